@@ -1,0 +1,222 @@
+"""The ``dupq`` command: one entry point, one subcommand per job.
+
+    dupq train     train a model directory from labelled pairs
+    dupq split     cut a pair file in two by duplicate groups (no leakage)
+    dupq evaluate  pair and retrieval metrics of a model on a pair file, with baselines
+    dupq embed     print the embeddings of questions as JSON lines
+    dupq index     add questions from a file to a data directory's store and index
+    dupq serve     run the HTTP service
+
+Heavy imports happen inside each subcommand, so ``dupq --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _train(args: argparse.Namespace) -> int:
+    from model.train import TrainConfig, train
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    encoder = {
+        k: getattr(args, k)
+        for k in ("embed_dim", "hidden_dim", "num_layers", "pooling", "out_dim", "dropout", "max_tokens")
+        if getattr(args, k) is not None
+    }
+    if args.unidirectional:
+        encoder["bidirectional"] = False
+    written = train(args.train, args.valid, args.out, config, encoder)
+    print(json.dumps({"out": str(args.out), "version": written["version"], "validation": written["validation"]}, indent=2))
+    return 0
+
+
+def _split(args: argparse.Namespace) -> int:
+    from model.data import load_pairs, write_bimpm
+    from model.groups import split_by_groups
+
+    pairs, _ = load_pairs(args.pairs)
+    rest, held = split_by_groups(pairs, args.fraction, args.seed)
+    write_bimpm(rest, args.out_rest)
+    write_bimpm(held, args.out_held)
+    print(json.dumps({"rest": len(rest), "held_out": len(held)}))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from model.data import load_pairs
+    from model.evaluate import evaluate, write_report
+    from model.model_dir import load_encoder
+
+    encoder = load_encoder(args.model, threads=args.threads)
+    pairs, _ = load_pairs(args.pairs)
+    tune = load_pairs(args.tune)[0] if args.tune else None
+    result = evaluate(encoder, pairs, tune_pairs=tune, reference=args.reference)
+    result = {"model": encoder.full_name, "file": str(args.pairs), **result}
+    if args.report:
+        result["report"] = str(write_report(args.report, encoder, pairs, result, str(args.pairs)))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _read_questions(path: str) -> list[tuple[str | None, str]]:
+    """Lines of ``text`` or ``id<TAB>text``; '-' reads standard input."""
+    handle = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    with handle:
+        items: list[tuple[str | None, str]] = []
+        for line in handle:
+            line = line.strip()
+            if line:
+                qid, sep, text = line.partition("\t")
+                items.append((qid, text.strip()) if sep else (None, qid))
+    return items
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from model.model_dir import load_encoder
+
+    encoder = load_encoder(args.model, threads=args.threads)
+    texts = [text for _, text in _read_questions(args.input)]
+    for start in range(0, len(texts), 1024):
+        chunk = texts[start : start + 1024]
+        for text, vector in zip(chunk, encoder.encode(chunk), strict=True):
+            print(json.dumps({"question": text, "embedding": [round(float(x), 6) for x in vector]}))
+    return 0
+
+
+def _index(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from app.engine import Engine
+    from app.settings import Settings
+
+    overrides = {"model_dir": args.model_dir} if args.model_dir else {}
+    settings = Settings(data_dir=args.data_dir, index_kind=args.index_kind, batch_wait_ms=0, **overrides)
+    items = _read_questions(args.input)
+    engine = Engine(settings)
+    engine.load_model()
+    engine.open()
+
+    async def add_all() -> int:
+        await engine.start()
+        try:
+            for start in range(0, len(items), 1024):
+                await engine.add(items[start : start + 1024])
+            return engine.index_size()
+        finally:
+            await engine.stop()
+
+    size = asyncio.run(add_all())
+    print(json.dumps({"added": len(items), "index_size": size, "data_dir": str(args.data_dir)}))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.logs import setup_logging
+    from app.main import create_app
+    from app.settings import Settings
+
+    overrides = {k: v for k, v in (("data_dir", args.data_dir), ("model_dir", args.model_dir)) if v is not None}
+    settings = Settings(**overrides)
+    setup_logging(settings.log_level, settings.log_json)
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from model.train import TrainConfig
+
+    p = sub.add_parser("train", help="train a model directory", description="Train the Siamese encoder.")
+    p.add_argument("--train", nargs="+", required=True, metavar="FILE", help="labelled pair files (any supported format)")
+    p.add_argument("--valid", required=True, metavar="FILE", help="validation pairs: early stopping, threshold, calibration")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="model directory to write")
+    defaults = TrainConfig()
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        default = getattr(defaults, field.name)
+        if isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"(default {default})")
+        else:
+            p.add_argument(flag, type=type(default), default=None, help=f"(default {default})")
+    for name, kind in (("embed-dim", int), ("hidden-dim", int), ("num-layers", int), ("out-dim", int), ("dropout", float), ("max-tokens", int)):
+        p.add_argument("--" + name, type=kind, default=None, help="encoder architecture (see model/encoder.py)")
+    p.add_argument("--pooling", choices=["mean", "max", "mean_max"], default=None)
+    p.add_argument("--unidirectional", action="store_true", help="one-way LSTM instead of bidirectional")
+    p.set_defaults(func=_train)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dupq", description="Duplicate-question detection: train, evaluate, serve.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+
+    p = sub.add_parser("split", help="split a pair file by duplicate groups", description="Cut pairs in two without leakage.")
+    p.add_argument("--pairs", required=True, help="labelled pair file")
+    p.add_argument("--fraction", type=float, default=0.5, help="share of questions held out (default 0.5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out-rest", required=True, help="where the rest goes (BiMPM layout)")
+    p.add_argument("--out-held", required=True, help="where the held-out part goes (BiMPM layout)")
+    p.set_defaults(func=_split)
+
+    p = sub.add_parser("evaluate", help="metrics of a model on labelled pairs", description="Evaluate a model directory.")
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--pairs", required=True, help="labelled pair file")
+    p.add_argument("--tune", help="pairs to choose the baselines' thresholds on (default: the evaluated pairs, an oracle)")
+    p.add_argument("--reference", action="store_true", help="also evaluate all-MiniLM-L6-v2 (train extra)")
+    p.add_argument("--report", type=Path, metavar="DIR", help="write report.md with ROC and histogram plots")
+    p.add_argument("--threads", type=int, default=0)
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("embed", help="embeddings of questions as JSON lines", description="Embed questions.")
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("input", nargs="?", default="-", help="file of questions, one per line ('-': standard input)")
+    p.add_argument("--threads", type=int, default=0)
+    p.set_defaults(func=_embed)
+
+    p = sub.add_parser("index", help="add questions to a data directory", description="Bulk-load questions into the store and index.")
+    p.add_argument("input", help="file of questions: 'text' or 'id<TAB>text' per line ('-': standard input)")
+    p.add_argument("--data-dir", type=Path, default=Path("data"))
+    p.add_argument("--model-dir", type=Path, default=None)
+    p.add_argument("--index-kind", choices=["flat", "hnsw"], default="flat")
+    p.set_defaults(func=_index)
+
+    p = sub.add_parser("serve", help="run the HTTP service", description="Serve the contract over HTTP (settings: DUPQ_* variables).")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--data-dir", type=Path, default=None, help="overrides DUPQ_DATA_DIR")
+    p.add_argument("--model-dir", type=Path, default=None, help="overrides DUPQ_MODEL_DIR")
+    p.set_defaults(func=_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return int(args.func(args))  # the service sets up its own logging
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

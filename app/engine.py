@@ -1,0 +1,286 @@
+"""The engine: the loaded model, the question store and the vector index, and the operations
+the routes call. It owns every resource; :func:`app.main.create_app` starts and stops it.
+
+Writes go store first (the source of truth, committed before any answer), then index, under
+the write lock; searches take the read lock across the index search and the text lookup, so a
+search never sees half of a write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import faiss
+import numpy as np
+
+from app.batching import EncodeBatcher
+from app.locks import ReadWriteLock
+from app.settings import Settings
+from app.store import QuestionStore
+from model.index import SnapshotError, VectorIndex
+from model.model_dir import QuestionEncoder, load_encoder
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class NotReady(RuntimeError):
+    """The model or the index is still loading."""
+
+
+class StartupError(RuntimeError):
+    """The service cannot start with this configuration; the message says why."""
+
+
+@dataclass(frozen=True)
+class Match:
+    id: str
+    question: str
+    similarity: float
+
+
+class Engine:
+    def __init__(self, settings: Settings, on_batch: Callable[[int], None] | None = None) -> None:
+        self.settings = settings
+        self.threads = settings.cpu_count()
+        self.encoder: QuestionEncoder | None = None
+        self.store: QuestionStore | None = None
+        self.index: VectorIndex | None = None
+        self.ready = False
+        self.load_error: str | None = None
+        self._lock = ReadWriteLock()
+        self._on_batch = on_batch
+        self._batcher: EncodeBatcher | None = None
+        self._workers = ThreadPoolExecutor(max_workers=max(4, 2 * self.threads), thread_name_prefix="engine")
+        self._snapshot_generation = -1
+
+    # Life cycle -------------------------------------------------------------------------------
+
+    @property
+    def snapshot_path(self) -> Path:
+        return self.settings.data_dir / f"index-{self.settings.index_kind}.faiss"
+
+    def load_model(self) -> None:
+        """Load the model and open the store; fast, and fails start-up with a clear message."""
+        import torch
+
+        torch.set_num_threads(self.threads)
+        faiss.omp_set_num_threads(1 if self.settings.index_kind == "hnsw" else self.threads)
+        try:
+            self.encoder = load_encoder(self.settings.model_dir, backend=self.settings.encoder_backend, threads=self.threads)
+        except ValueError as err:
+            raise StartupError(str(err)) from err
+        self.store = QuestionStore(self.settings.data_dir / "questions.sqlite3", self.encoder.dim)
+        others = {v: n for v, n in self.store.model_versions().items() if v != self.encoder.version}
+        if others and self.settings.on_model_change == "refuse":
+            raise StartupError(
+                f"the store in {self.settings.data_dir} holds {sum(others.values())} questions embedded by model "
+                f"version(s) {', '.join(sorted(others))}, not {self.encoder.version}; set DUPQ_ON_MODEL_CHANGE=reembed "
+                "to re-embed them, or serve the model that made them"
+            )
+
+    def open(self) -> None:
+        """The slow part of start-up: re-embed, load or rebuild the index, seed, warm up."""
+        assert self.encoder is not None and self.store is not None
+        self._reembed()
+        self._load_index()
+        if self.store.count() == 0 and self.settings.seed_file:
+            self._seed(self.settings.seed_file)
+        for _ in range(3):
+            self.encoder.encode(["Is the encoder warm yet?"])
+        self.ready = True
+        logger.info("ready: model %s, %s index of %d questions", self.encoder.full_name, self.settings.index_kind, len(self.index or ()))
+
+    def _reembed(self) -> None:
+        assert self.encoder is not None and self.store is not None
+        stale = sum(n for v, n in self.store.model_versions().items() if v != self.encoder.version)
+        if not stale:
+            return
+        logger.warning("re-embedding %d stored questions with model %s", stale, self.encoder.version)
+        done, started = 0, time.monotonic()
+        for rows in self.store.iter_texts(not_version=self.encoder.version):
+            vectors = self.encoder.encode([t for _, t in rows])
+            self.store.set_embeddings([k for k, _ in rows], vectors, self.encoder.version)
+            done += len(rows)
+            logger.info("re-embedded %d/%d questions (%.0f/s)", done, stale, done / max(1e-9, time.monotonic() - started))
+
+    def _new_index(self) -> VectorIndex:
+        assert self.encoder is not None
+        s = self.settings
+        return VectorIndex(self.encoder.dim, s.index_kind, hnsw_m=s.hnsw_m, ef_search=s.hnsw_ef_search)
+
+    def _tag(self) -> str:
+        assert self.encoder is not None and self.store is not None
+        return f"{self.store.generation()}:{self.encoder.version}"
+
+    def _load_index(self) -> None:
+        assert self.encoder is not None and self.store is not None
+        try:
+            self.index = VectorIndex.load(self.snapshot_path, self._tag(), self.settings.index_kind, self.encoder.dim)
+            self.index.ef_search = self.settings.hnsw_ef_search
+            self._snapshot_generation = self.store.generation()
+            logger.info("index snapshot loaded: %d questions", len(self.index))
+            return
+        except SnapshotError as why:
+            logger.info("rebuilding the index from the store (%s)", why)
+        index = self._new_index()
+        started = time.monotonic()
+        for keys, vectors in self.store.iter_vectors():
+            index.add(keys, vectors)
+        logger.info("index rebuilt: %d questions in %.1f s", len(index), time.monotonic() - started)
+        self.index = index
+        self.save_snapshot()
+
+    def save_snapshot(self) -> None:
+        """Write the index snapshot if the store changed since the last one."""
+        if self.index is None or self.store is None:
+            return
+        with self._lock.read():
+            generation = self.store.generation()
+            if generation == self._snapshot_generation:
+                return
+            self.index.save(self.snapshot_path, self._tag())
+            self._snapshot_generation = generation
+        logger.info("index snapshot written (%d questions)", len(self.index))
+
+    def _seed(self, path: Path) -> None:
+        assert self.encoder is not None
+        items: list[tuple[str, str]] = []
+        with open(path, encoding="utf-8") as handle:
+            for n, line in enumerate(handle, 1):
+                line = line.strip()
+                if not line:
+                    continue
+                qid, sep, text = line.partition("\t")
+                items.append((qid, text.strip()) if sep else (f"seed-{n}", qid))
+        logger.info("seeding the empty store with %d questions from %s", len(items), path)
+        for start in range(0, len(items), 1024):
+            chunk = items[start : start + 1024]
+            self._write(chunk, self.encoder.encode([t for _, t in chunk]))
+
+    async def start(self) -> None:
+        self._batcher = EncodeBatcher(
+            self._encode_sync,
+            max_size=self.settings.batch_max_size,
+            max_wait=self.settings.batch_wait_ms / 1000.0,
+            max_queue=self.settings.queue_max,
+            on_batch=self._on_batch,
+        )
+        self._batcher.start()
+
+    async def stop(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.stop()
+        if self.ready:
+            self.save_snapshot()
+        self._workers.shutdown(wait=True)
+        if self.store is not None:
+            self.store.close()
+
+    # Operations -------------------------------------------------------------------------------
+
+    def _encode_sync(self, texts: list[str]) -> np.ndarray:
+        assert self.encoder is not None
+        return self.encoder.encode(texts, batch_size=self.settings.batch_max_size)
+
+    @property
+    def queue_depth(self) -> int:
+        return self._batcher.depth if self._batcher else 0
+
+    def index_size(self) -> int:
+        return len(self.index) if self.index is not None else 0
+
+    def _require_ready(self) -> QuestionEncoder:
+        if not self.ready or self.encoder is None:
+            raise NotReady(self.load_error or "the model and the index are still loading")
+        return self.encoder
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._workers, fn, *args)
+
+    async def encode(self, texts: list[str]) -> np.ndarray:
+        self._require_ready()
+        assert self._batcher is not None
+        unique = list(dict.fromkeys(texts))  # a question asked twice is encoded once
+        vectors = await self._batcher.encode(unique)
+        if len(unique) == len(texts):
+            return vectors
+        row = {t: i for i, t in enumerate(unique)}
+        return vectors[[row[t] for t in texts]]
+
+    async def similarity(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        vectors = await self.encode([q for pair in pairs for q in pair])
+        v = vectors.astype(np.float64).reshape(len(pairs), 2, -1)
+        return np.clip((v[:, 0] * v[:, 1]).sum(1), -1.0, 1.0)
+
+    def probability(self, similarities: np.ndarray) -> np.ndarray:
+        return self._require_ready().probability(similarities)
+
+    @property
+    def threshold(self) -> float:
+        if self.settings.threshold is not None:
+            return self.settings.threshold
+        return self._require_ready().threshold
+
+    async def add(self, items: Sequence[tuple[str | None, str]]) -> tuple[list[str], int]:
+        """Upsert questions; an item without id gets a generated one. Durable on return."""
+        ids = [qid or f"q-{uuid.uuid4().hex}" for qid, _ in items]
+        vectors = await self.encode([text for _, text in items])
+        # The same id twice in one request: the last one wins, as if sent one after the other.
+        last = {qid: i for i, qid in enumerate(ids)}
+        keep = sorted(last.values())
+        await self._run(self._write, [(ids[i], items[i][1]) for i in keep], vectors[keep])
+        return ids, self.index_size()
+
+    def _write(self, items: list[tuple[str, str]], vectors: np.ndarray) -> None:
+        assert self.store is not None and self.index is not None and self.encoder is not None
+        with self._lock.write():
+            old, new = self.store.upsert(items, vectors, self.encoder.version)
+            self.index.remove(np.array(old, dtype=np.int64))
+            self.index.add(np.array(new, dtype=np.int64), vectors)
+
+    async def get(self, qid: str) -> tuple[str, str] | None:
+        self._require_ready()
+        assert self.store is not None
+        found = await self._run(self.store.get, qid)
+        return (found.id, found.text) if found else None
+
+    async def delete(self, qid: str) -> bool:
+        self._require_ready()
+        return await self._run(self._delete, qid)
+
+    def _delete(self, qid: str) -> bool:
+        assert self.store is not None and self.index is not None
+        with self._lock.write():
+            key = self.store.delete(qid)
+            if key is None:
+                return False
+            self.index.remove(np.array([key], dtype=np.int64))
+            return True
+
+    async def duplicates(self, texts: list[str], k: int) -> list[list[Match]]:
+        vectors = await self.encode(texts)
+        return await self._run(self._search, vectors, k)
+
+    def _search(self, vectors: np.ndarray, k: int) -> list[list[Match]]:
+        assert self.store is not None and self.index is not None
+        with self._lock.read():
+            scores, keys = self.index.search(vectors, k)
+            found = self.store.by_keys(sorted({int(x) for x in keys.ravel() if x >= 0}))
+        results = []
+        for row_scores, row_keys in zip(scores, keys, strict=True):
+            matches = []
+            for score, key in zip(row_scores, row_keys, strict=True):
+                question = found.get(int(key))
+                if question is not None:
+                    matches.append(Match(question.id, question.text, float(min(1.0, max(-1.0, score)))))
+            results.append(matches)
+        return results

@@ -1,0 +1,217 @@
+"""The app factory: ``create_app(settings)`` builds the FastAPI app whose lifespan starts and
+stops the engine. Nothing is built at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.batching import Overloaded
+from app.engine import Engine, NotReady, StartupError
+from app.metrics import Metrics
+from app.routes import duplicates, embed, ops, questions, similarity
+from app.schemas import ErrorBody
+from app.settings import Settings
+
+logger = logging.getLogger(__name__)
+access = logging.getLogger("dupq.access")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+OPEN_PATHS = frozenset({"/health", "/ready"})  # never behind the API key (probes)
+COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "missing or wrong API key"},
+    413: {"model": ErrorBody, "description": "request body over max_body_bytes"},
+    503: {"model": ErrorBody, "description": "not ready yet, or overloaded (see Retry-After)"},
+}
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _send_json(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = JSONResponse({"detail": detail}).body
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class Gate:
+    """Pure ASGI middleware, first in line: API key, body size cap, metrics and the access log."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], settings: Settings, metrics: Metrics) -> None:
+        self.app = app
+        self.settings = settings
+        self.metrics = metrics
+        key = settings.api_key.get_secret_value() if settings.api_key else ""
+        self.expected = f"Bearer {key}".encode() if key else b""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]
+        sent = [False]
+
+        async def send_tracked(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                sent[0] = True
+            await send(message)
+
+        try:
+            await self._handle(scope, receive, send_tracked)
+        except _BodyTooLarge:
+            if not sent[0]:
+                await _send_json(send_tracked, 413, f"request body over {self.settings.max_body_bytes} bytes")
+        finally:
+            route = scope.get("route")
+            label = getattr(route, "path", None) or "unmatched"
+            elapsed = time.perf_counter() - started
+            self.metrics.requests.labels(label, scope["method"], str(status[0])).inc()
+            self.metrics.latency.labels(label).observe(elapsed)
+            if status[0] >= 500 or logger.isEnabledFor(logging.DEBUG):
+                access.log(
+                    logging.WARNING if status[0] >= 500 else logging.DEBUG,
+                    "%s %s %d",
+                    scope["method"],
+                    scope["path"],
+                    status[0],
+                    extra={"fields": {"status": status[0], "ms": round(elapsed * 1000, 2), "route": label}},
+                )
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope["headers"])
+        if self.expected and scope["path"] not in OPEN_PATHS:
+            given = headers.get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                await _send_json(send, 401, "missing or wrong API key (Authorization: Bearer <key>)", [(b"www-authenticate", b"Bearer")])
+                return
+        limit = self.settings.max_body_bytes
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _send_json(send, 413, f"request body of {int(declared)} bytes is over {limit} bytes")
+            return
+        seen = 0
+
+        async def receive_capped() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _BodyTooLarge
+            return message
+
+        await self.app(scope, receive_capped, send)
+
+
+def _register_errors(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(NotReady)
+    async def not_ready(request: Request, exc: NotReady) -> JSONResponse:
+        return JSONResponse({"detail": f"not ready: {exc}"}, status_code=503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(Overloaded)
+    async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+        return JSONResponse({"detail": f"overloaded: {exc}; retry later"}, status_code=503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal server error; the service log has the details"}, status_code=500)
+
+
+def _openapi_with_limits(app: FastAPI, settings: Settings) -> Callable[[], dict[str, Any]]:
+    """FastAPI's OpenAPI document, with the limits set at run time written into it."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = original()
+        for component in schema.get("components", {}).get("schemas", {}).values():
+            for name, prop in component.get("properties", {}).items():
+                if prop.get("description", "").startswith("a question"):
+                    prop["maxLength"] = settings.max_question_chars
+                if prop.get("type") == "array" and name in ("pairs", "questions"):
+                    prop["maxItems"] = settings.max_batch
+                    items = prop.get("items", {})
+                    if items.get("description", "").startswith("a question"):
+                        items["maxLength"] = settings.max_question_chars
+        app.openapi_schema = schema
+        return schema
+
+    return openapi
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service. The lifespan loads the model (a bad model directory fails start-up
+    with its reason), then loads the index in the background: /health answers at once, /ready
+    once everything is loaded."""
+    settings = settings or Settings()
+    metrics = Metrics()
+    engine = Engine(settings, on_batch=metrics.batch_size.observe)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            await asyncio.to_thread(engine.load_model)
+        except StartupError as err:
+            logger.critical("cannot start: %s", err)
+            raise
+        await engine.start()
+
+        def open_engine() -> None:
+            try:
+                engine.open()
+            except Exception as err:
+                engine.load_error = f"start-up failed: {err}"
+                logger.exception("start-up failed")
+
+        loading = asyncio.create_task(asyncio.to_thread(open_engine))
+        try:
+            yield
+        finally:
+            await loading
+            await engine.stop()
+
+    app = FastAPI(
+        title="dupq",
+        version="1",
+        summary="Tells whether two questions mean the same thing and finds the duplicates of a new question.",
+        description="Contract version 1. Errors are JSON objects with a `detail` field.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.metrics = metrics
+    for module in (similarity, embed, questions, duplicates):
+        app.include_router(module.router, responses=COMMON_ERRORS)
+    app.include_router(ops.router)
+    _register_errors(app)
+    app.openapi = _openapi_with_limits(app, settings)  # type: ignore[method-assign]
+    app.add_middleware(Gate, settings=settings, metrics=metrics)
+    return app

@@ -1,0 +1,56 @@
+"""Operations: liveness, readiness, model information, Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.deps import EngineDep, SettingsDep
+from app.schemas import ErrorBody, Info, ReadyStatus, Status
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/health", response_model=Status)
+async def health() -> Status:
+    """Liveness: 200 while the process is alive."""
+    return Status(status="ok")
+
+
+@router.get("/ready", response_model=ReadyStatus, responses={503: {"model": ErrorBody, "description": "still loading"}})
+async def ready(engine: EngineDep) -> ReadyStatus | JSONResponse:
+    """Readiness: 200 once the model and the index are loaded and the model answers."""
+    if not engine.ready:
+        return JSONResponse({"detail": engine.load_error or "loading the model and the index"}, status_code=503)
+    return ReadyStatus(status="ready", index_size=engine.index_size())
+
+
+@router.get("/info", response_model=Info)
+async def info(engine: EngineDep, settings: SettingsDep) -> Info:
+    """The loaded model, its threshold and dimensions, the limits, and the index."""
+    encoder = engine._require_ready()
+    return Info(
+        name=encoder.name,
+        version=encoder.version,
+        model=encoder.full_name,
+        dim=encoder.dim,
+        threshold=engine.threshold,
+        max_tokens=encoder.max_tokens,
+        max_question_chars=settings.max_question_chars,
+        max_batch=settings.max_batch,
+        max_body_bytes=settings.max_body_bytes,
+        index_kind=settings.index_kind,
+        index_size=engine.index_size(),
+        encoder_backend=settings.encoder_backend,
+        threads=engine.threads,
+    )
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+async def metrics(request: Request, engine: EngineDep) -> Response:
+    """Prometheus metrics: requests and latency per route, encoder batch sizes, queue depth, index size."""
+    m = request.app.state.metrics
+    m.queue_depth.set(engine.queue_depth)
+    m.index_size.set(engine.index_size())
+    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,163 @@
+"""Request and response bodies of contract version 1 (../shared/CONTRACT.md).
+
+Limits fixed by the contract (``k`` in 1..100, the id format, a threshold in [-1, 1]) live in
+``Field``; limits set at run time (``max_question_chars``, ``max_batch``) are checked by
+:mod:`app.limits` and appear in the OpenAPI document built by :func:`app.main.create_app`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+
+def _not_blank(text: str) -> str:
+    text = text.strip()
+    if not text:
+        raise ValueError("must not be empty or white space")
+    return text
+
+
+Question = Annotated[str, AfterValidator(_not_blank), Field(description="a question; surrounding white space is ignored")]
+QuestionId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$"),
+    Field(description="1 to 128 letters, digits, '-', '_', '.', ':'"),
+]
+Threshold = Annotated[float, Field(ge=-1.0, le=1.0, description="overrides the decision threshold tau")]
+ModelName = Annotated[str, Field(description="name and version of the loaded model")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SimilarityRequest(Strict):
+    question1: Question
+    question2: Question
+    threshold: Threshold | None = None
+
+
+class SimilarityResult(BaseModel):
+    similarity: float = Field(description="cosine similarity of the two embeddings, in [-1, 1]")
+    is_duplicate: bool = Field(description="similarity >= threshold")
+    probability: float = Field(description="calibrated probability that the pair is a duplicate")
+
+
+class SimilarityResponse(SimilarityResult):
+    threshold: float
+    model: ModelName
+
+
+class PairIn(Strict):
+    question1: Question
+    question2: Question
+
+
+class SimilarityBatchRequest(Strict):
+    pairs: list[PairIn] = Field(min_length=1)
+    threshold: Threshold | None = None
+
+
+class SimilarityBatchResponse(BaseModel):
+    results: list[SimilarityResult]
+    threshold: float
+    model: ModelName
+
+
+class EmbedRequest(Strict):
+    questions: list[Question] = Field(min_length=1)
+
+
+class EmbedResponse(BaseModel):
+    embeddings: list[list[float]] = Field(description="one L2-normalized row per question, in request order")
+    dim: int
+    model: ModelName
+
+
+class QuestionIn(Strict):
+    id: QuestionId | None = Field(None, description="omit to have one generated; an existing id is replaced")
+    text: Question
+
+
+class AddQuestionsRequest(Strict):
+    questions: list[QuestionIn] = Field(min_length=1)
+
+
+class AddQuestionsResponse(BaseModel):
+    ids: list[str]
+    index_size: int
+
+
+class StoredQuestionOut(BaseModel):
+    id: str
+    text: str
+
+
+class DuplicatesRequest(Strict):
+    question: Question
+    k: int = Field(5, ge=1, le=100, description="most matches to return")
+    min_similarity: float | None = Field(None, ge=-1.0, le=1.0, description="drop matches below this similarity")
+    threshold: Threshold | None = None
+
+
+class MatchOut(BaseModel):
+    id: str
+    question: str
+    similarity: float
+    is_duplicate: bool
+
+
+class DuplicatesResponse(BaseModel):
+    matches: list[MatchOut]
+    threshold: float
+    index_size: int
+    model: ModelName
+
+
+class DuplicatesBatchRequest(Strict):
+    questions: list[Question] = Field(min_length=1)
+    k: int = Field(5, ge=1, le=100)
+    min_similarity: float | None = Field(None, ge=-1.0, le=1.0)
+    threshold: Threshold | None = None
+
+
+class MatchList(BaseModel):
+    matches: list[MatchOut]
+
+
+class DuplicatesBatchResponse(BaseModel):
+    results: list[MatchList]
+    threshold: float
+    index_size: int
+    model: ModelName
+
+
+class Status(BaseModel):
+    status: str
+
+
+class ReadyStatus(BaseModel):
+    status: str
+    index_size: int
+
+
+class Info(BaseModel):
+    name: str
+    version: str
+    model: ModelName
+    dim: int
+    threshold: float
+    max_tokens: int
+    max_question_chars: int
+    max_batch: int
+    max_body_bytes: int
+    index_kind: str
+    index_size: int
+    encoder_backend: str
+    threads: int
+
+
+class ErrorBody(BaseModel):
+    detail: str | list[dict[str, object]]

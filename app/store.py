@@ -1,0 +1,183 @@
+"""The question store: SQLite in WAL mode, the source of truth for ids, texts and embeddings.
+
+Each row has an integer ``key`` (AUTOINCREMENT, never reused) that the vector index uses; an
+upsert gives the question a new key, so an index key always means one text. Every write
+transaction bumps a ``generation`` counter, which tags index snapshots: a snapshot whose tag
+differs from the store's is stale. ``synchronous=FULL``: a committed write survives a crash of
+the process or of the machine.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS questions (
+    key INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    text TEXT NOT NULL,
+    embedding BLOB NOT NULL,
+    model_version TEXT NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO meta VALUES ('generation', '0');
+"""
+
+
+@dataclass(frozen=True)
+class StoredQuestion:
+    key: int
+    id: str
+    text: str
+
+
+class QuestionStore:
+    def __init__(self, path: str | Path, dim: int) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.dim = dim
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        with self._write_lock:
+            self._writer = self._connect()
+            self._writer.executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        return conn
+
+    @property
+    def _reader(self) -> sqlite3.Connection:
+        # One read connection per thread: WAL readers run in parallel and never block the writer.
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
+
+    def close(self) -> None:
+        self._writer.close()
+
+    # Writes: each is one transaction ------------------------------------------------------------
+
+    def upsert(self, items: Sequence[tuple[str, str]], vectors: np.ndarray, model_version: str) -> tuple[list[int], list[int]]:
+        """Insert or replace questions ``(id, text)`` with their vectors, atomically.
+        Returns (keys of the replaced rows, keys of the new rows) in the order of ``items``."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        now = time.time()
+        with self._write_lock:
+            cur = self._writer.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                old: list[int] = []
+                new: list[int] = []
+                for (qid, text), vector in zip(items, vectors, strict=True):
+                    row = cur.execute("DELETE FROM questions WHERE id = ? RETURNING key", (qid,)).fetchone()
+                    if row:
+                        old.append(row[0])
+                    cur.execute(
+                        "INSERT INTO questions (id, text, embedding, model_version, updated) VALUES (?, ?, ?, ?, ?)",
+                        (qid, text, vector.tobytes(), model_version, now),
+                    )
+                    new.append(int(cur.lastrowid or 0))
+                self._bump(cur)
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        return old, new
+
+    def delete(self, qid: str) -> int | None:
+        """Delete a question; returns its key, or None if there was none."""
+        with self._write_lock:
+            cur = self._writer.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                row = cur.execute("DELETE FROM questions WHERE id = ? RETURNING key", (qid,)).fetchone()
+                if row:
+                    self._bump(cur)
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        return int(row[0]) if row else None
+
+    def set_embeddings(self, keys: Sequence[int], vectors: np.ndarray, model_version: str) -> None:
+        """Replace the vectors of existing rows (re-embedding with a new model)."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        with self._write_lock:
+            cur = self._writer.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                cur.executemany(
+                    "UPDATE questions SET embedding = ?, model_version = ? WHERE key = ?",
+                    [(v.tobytes(), model_version, int(k)) for k, v in zip(keys, vectors, strict=True)],
+                )
+                self._bump(cur)
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+
+    @staticmethod
+    def _bump(cur: sqlite3.Cursor) -> None:
+        cur.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE name = 'generation'")
+
+    # Reads ----------------------------------------------------------------------------------------
+
+    def generation(self) -> int:
+        return int(self._reader.execute("SELECT value FROM meta WHERE name = 'generation'").fetchone()[0])
+
+    def count(self) -> int:
+        return int(self._reader.execute("SELECT COUNT(*) FROM questions").fetchone()[0])
+
+    def get(self, qid: str) -> StoredQuestion | None:
+        row = self._reader.execute("SELECT key, id, text FROM questions WHERE id = ?", (qid,)).fetchone()
+        return StoredQuestion(*row) if row else None
+
+    def by_keys(self, keys: Sequence[int]) -> dict[int, StoredQuestion]:
+        if not keys:
+            return {}
+        marks = ",".join("?" * len(keys))
+        rows = self._reader.execute(f"SELECT key, id, text FROM questions WHERE key IN ({marks})", [int(k) for k in keys])
+        return {row[0]: StoredQuestion(*row) for row in rows}
+
+    def model_versions(self) -> dict[str, int]:
+        rows = self._reader.execute("SELECT model_version, COUNT(*) FROM questions GROUP BY model_version")
+        return {version: n for version, n in rows}
+
+    def iter_vectors(self, batch: int = 10000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """All (keys, vectors) in key order, ``batch`` rows at a time."""
+        last = -1
+        while True:
+            rows = self._reader.execute(
+                "SELECT key, embedding FROM questions WHERE key > ? ORDER BY key LIMIT ?", (last, batch)
+            ).fetchall()
+            if not rows:
+                return
+            keys = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), self.dim)
+            yield keys, vectors
+            last = int(keys[-1])
+
+    def iter_texts(self, not_version: str, batch: int = 2048) -> Iterator[list[tuple[int, str]]]:
+        """(key, text) of the rows embedded by another model version than ``not_version``."""
+        last = -1
+        while True:
+            rows = self._reader.execute(
+                "SELECT key, text FROM questions WHERE key > ? AND model_version != ? ORDER BY key LIMIT ?",
+                (last, not_version, batch),
+            ).fetchall()
+            if not rows:
+                return
+            yield [(int(k), t) for k, t in rows]
+            last = int(rows[-1][0])

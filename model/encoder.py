@@ -1,0 +1,99 @@
+"""The Siamese question encoder: token embedding -> LSTM -> pooling -> L2 normalization.
+
+One set of weights encodes every question, so the cosine similarity of two questions is the dot
+product of their vectors: symmetric by construction, and 1 for a question with itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from model.tokenizer import PAD_ID
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Architecture of :class:`SiameseEncoder`; saved in the model directory's ``config.json``."""
+
+    vocab_size: int  # rows of the token embedding (the tokenizer's vocabulary)
+    embed_dim: int = 128  # width of the token embedding
+    hidden_dim: int = 256  # LSTM hidden size per direction
+    num_layers: int = 1  # stacked LSTM layers
+    bidirectional: bool = True  # read the question both ways
+    pooling: Literal["mean", "max", "mean_max"] = "max"  # over real tokens only, never padding
+    out_dim: int = 256  # width of the final embedding (a linear projection); 0 keeps the pooled width
+    dropout: float = 0.1  # on embeddings and pooled features, training only
+    max_tokens: int = 64  # longer questions are truncated by the tokenizer
+
+
+def embedding_matrix(vectors: torch.Tensor) -> np.ndarray:
+    """The embedding contract, in one place: float32, C-contiguous, shape (N, D), rows of unit norm."""
+    array = np.ascontiguousarray(vectors.detach().to(torch.float32).cpu().numpy())
+    assert array.ndim == 2, array.shape
+    return array
+
+
+class SiameseEncoder(nn.Module):
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=PAD_ID)
+        self.lstm = nn.LSTM(
+            config.embed_dim,
+            config.hidden_dim,
+            num_layers=config.num_layers,
+            bidirectional=config.bidirectional,
+            batch_first=True,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,
+        )
+        lstm_out = config.hidden_dim * (2 if config.bidirectional else 1)
+        pooled = lstm_out * (2 if config.pooling == "mean_max" else 1)
+        self.proj = nn.Linear(pooled, config.out_dim) if config.out_dim else nn.Identity()
+        self.dropout = nn.Dropout(config.dropout)
+
+    @property
+    def dim(self) -> int:
+        c = self.config
+        if c.out_dim:
+            return c.out_dim
+        return c.hidden_dim * (2 if c.bidirectional else 1) * (2 if c.pooling == "mean_max" else 1)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """ids (B, T) padded with PAD_ID, lengths (B,) >= 1 -> unit vectors (B, D)."""
+        x = self.dropout(self.embed(ids))  # (B, T, E)
+        if ids.shape[0] == 1:
+            # A single question has no padding; packing would only cost time.
+            out, _ = self.lstm(x[:, : int(lengths[0])])  # (1, T, H*dirs)
+            mask = torch.ones(out.shape[:2], dtype=torch.bool, device=out.device)
+        else:
+            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            out, _ = self.lstm(packed)
+            out, _ = pad_packed_sequence(out, batch_first=True)  # (B, T', H*dirs), zeros past each length
+            mask = torch.arange(out.shape[1], device=out.device)[None, :] < lengths.to(out.device)[:, None]
+        pooled = self._pool(out, mask)  # (B, P)
+        return F.normalize(self.proj(self.dropout(pooled)), dim=-1)  # (B, D)
+
+    def _pool(self, out: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        mask3 = mask.unsqueeze(-1)  # (B, T, 1)
+        parts = []
+        if self.config.pooling in ("mean", "mean_max"):
+            parts.append((out * mask3).sum(1) / mask3.sum(1).clamp(min=1))
+        if self.config.pooling in ("max", "mean_max"):
+            parts.append(out.masked_fill(~mask3, float("-inf")).max(1).values)
+        return torch.cat(parts, dim=-1)
+
+
+def pad_batch(sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> (ids (B, T) padded with PAD_ID, lengths (B,))."""
+    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+    ids = torch.full((len(sequences), int(lengths.max())), PAD_ID, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    return ids, lengths

