@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -38,8 +38,11 @@ COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(HTTPException):
+    """Raised while the body streams in; FastAPI passes HTTPExceptions from the body through."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body over {limit} bytes")
 
 
 async def _send_json(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -80,9 +83,9 @@ class Gate:
 
         try:
             await self._handle(scope, receive, send_tracked)
-        except _BodyTooLarge:
+        except _BodyTooLarge as err:
             if not sent[0]:
-                await _send_json(send_tracked, 413, f"request body over {self.settings.max_body_bytes} bytes")
+                await _send_json(send_tracked, 413, str(err.detail))
         finally:
             route = scope.get("route")
             label = getattr(route, "path", None) or "unmatched"
@@ -119,7 +122,7 @@ class Gate:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise _BodyTooLarge
+                    raise _BodyTooLarge(limit)
             return message
 
         await self.app(scope, receive_capped, send)
@@ -128,6 +131,10 @@ class Gate:
 def _register_errors(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            # FastAPI's answer to a body that is not UTF-8; the contract calls that invalid input.
+            detail = [{"type": "json_invalid", "loc": ["body"], "msg": "request body is not valid UTF-8 JSON", "input": None}]
+            return JSONResponse({"detail": detail}, status_code=422)
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(NotReady)

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+
+
+def wait_ready(client: TestClient, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get("/ready").status_code == 200:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"not ready after {timeout} s: {client.get('/ready').json()}")
+
+
+def make_settings(model_dir: Path, data_dir: Path, **overrides: Any) -> Settings:
+    return Settings(model_dir=model_dir, data_dir=data_dir, threads=1, log_json=False, **overrides)
+
+
+@pytest.fixture
+def client(tiny_model_dir: Path, tmp_path: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(make_settings(tiny_model_dir, tmp_path / "data", max_batch=8, max_question_chars=200))) as c:
+        wait_ready(c)
+        yield c

@@ -1,0 +1,68 @@
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from app.batching import EncodeBatcher, Overloaded
+
+
+def test_concurrent_requests_share_one_encoder_call() -> None:
+    calls: list[int] = []
+    gate = threading.Event()
+
+    def encode(texts: list[str]) -> np.ndarray:
+        gate.wait(5)  # the first call blocks until every request has queued behind it
+        calls.append(len(texts))
+        return np.array([[float(len(t))] for t in texts], dtype=np.float32)
+
+    async def scenario() -> list[np.ndarray]:
+        batcher = EncodeBatcher(encode, max_size=64, max_wait=0.001, max_queue=100)
+        batcher.start()
+        first = asyncio.create_task(batcher.encode(["a"]))
+        await asyncio.sleep(0.05)
+        rest = [asyncio.create_task(batcher.encode(["b" * i, "c"])) for i in range(1, 11)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        results = await asyncio.gather(first, *rest)
+        await batcher.stop()
+        return results
+
+    results = asyncio.run(scenario())
+    assert calls == [1, 20]  # the 10 waiting requests were encoded together
+    assert results[3][:, 0].tolist() == [3.0, 1.0]  # each caller gets its own rows, in order
+
+
+def test_a_full_queue_refuses_at_once() -> None:
+    gate = threading.Event()
+
+    def encode(texts: list[str]) -> np.ndarray:
+        gate.wait(5)
+        return np.zeros((len(texts), 1), dtype=np.float32)
+
+    async def scenario() -> None:
+        batcher = EncodeBatcher(encode, max_size=4, max_wait=0.0, max_queue=4)
+        batcher.start()
+        running = asyncio.create_task(batcher.encode(["x"]))
+        await asyncio.sleep(0.05)  # now inside the encoder
+        queued = asyncio.create_task(batcher.encode(["a", "b", "c"]))
+        await asyncio.sleep(0.01)
+        with pytest.raises(Overloaded):
+            await batcher.encode(["d", "e"])
+        gate.set()
+        await asyncio.gather(running, queued)
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_overload_is_a_503_with_retry_after(client) -> None:  # type: ignore[no-untyped-def]
+    engine = client.app.state.engine
+
+    async def refuse(texts: list[str]) -> np.ndarray:
+        raise Overloaded("42 questions are waiting for the encoder")
+
+    engine._batcher.encode = refuse
+    response = client.post("/similarity", json={"question1": "a?", "question2": "b?"})
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert "overloaded" in response.json()["detail"]

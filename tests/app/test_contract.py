@@ -1,0 +1,175 @@
+"""Every endpoint, field, limit and error of ../shared/CONTRACT.md, through the real app."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+
+from .conftest import make_settings, wait_ready
+
+Q1, Q2 = "How old are you?", "What is your age?"
+
+
+def test_similarity_fields_symmetry_and_reflexivity(client: TestClient) -> None:
+    ab = client.post("/similarity", json={"question1": Q1, "question2": Q2}).json()
+    ba = client.post("/similarity", json={"question1": Q2, "question2": Q1}).json()
+    assert set(ab) == {"similarity", "is_duplicate", "probability", "threshold", "model"}
+    assert ab["similarity"] == ba["similarity"] and -1 <= ab["similarity"] <= 1
+    assert ab["is_duplicate"] == (ab["similarity"] >= ab["threshold"])
+    assert 0 <= ab["probability"] <= 1 and ab["model"].startswith("tiny-test+")
+    same = client.post("/similarity", json={"question1": Q1, "question2": "  " + Q1 + " "}).json()
+    assert same["similarity"] == pytest.approx(1.0, abs=1e-5) and same["is_duplicate"]
+
+
+def test_threshold_override_and_monotonic_probability(client: TestClient) -> None:
+    low = client.post("/similarity", json={"question1": Q1, "question2": Q2, "threshold": -1.0}).json()
+    high = client.post("/similarity", json={"question1": Q1, "question2": Q2, "threshold": 1.0}).json()
+    assert low["is_duplicate"] and low["threshold"] == -1.0
+    assert not high["is_duplicate"] or high["similarity"] >= 1.0
+    batch = client.post("/similarity/batch", json={"pairs": [{"question1": Q1, "question2": q} for q in (Q1, Q2, "Why is the sky blue?")]}).json()
+    order = np.argsort([r["similarity"] for r in batch["results"]])
+    assert np.all(np.diff([batch["results"][i]["probability"] for i in order]) >= 0)
+
+
+def test_similarity_batch_in_request_order(client: TestClient) -> None:
+    pairs = [{"question1": Q1, "question2": Q2}, {"question1": Q2, "question2": Q1}, {"question1": "Where are you from?", "question2": "Where are you going?"}]
+    body = client.post("/similarity/batch", json={"pairs": pairs, "threshold": 0.5}).json()
+    assert body["threshold"] == 0.5 and len(body["results"]) == 3
+    single = client.post("/similarity", json=pairs[2]).json()
+    assert body["results"][2]["similarity"] == single["similarity"]
+    assert body["results"][0]["similarity"] == body["results"][1]["similarity"]
+
+
+def test_embed_unit_rows_in_order(client: TestClient) -> None:
+    body = client.post("/embed", json={"questions": [Q1, Q2, Q1]}).json()
+    vectors = np.array(body["embeddings"])
+    assert vectors.shape == (3, body["dim"])
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(vectors[0], vectors[2])
+    assert not np.allclose(vectors[0], vectors[1])
+
+
+def test_questions_add_get_upsert_delete_and_duplicates(client: TestClient) -> None:
+    empty = client.post("/duplicates", json={"question": Q1})
+    assert empty.status_code == 200 and empty.json()["matches"] == [] and empty.json()["index_size"] == 0
+    added = client.post("/questions", json={"questions": [{"id": "q-17", "text": "How do I learn Python?"}, {"text": "Is Rust hard to learn?"}]})
+    assert added.status_code == 201
+    ids = added.json()["ids"]
+    assert ids[0] == "q-17" and ids[1] and added.json()["index_size"] == 2
+    assert client.get("/questions/q-17").json() == {"id": "q-17", "text": "How do I learn Python?"}
+    found = client.post("/duplicates", json={"question": "How do I learn Python?", "k": 5}).json()
+    assert [m["id"] for m in found["matches"]][0] == "q-17"
+    assert found["matches"][0]["similarity"] == pytest.approx(1.0, abs=1e-5) and found["matches"][0]["is_duplicate"]
+    sims = [m["similarity"] for m in found["matches"]]
+    assert sims == sorted(sims, reverse=True) and found["index_size"] == 2 and set(found) == {"matches", "threshold", "index_size", "model"}
+    # Upsert: same id, new text.
+    client.post("/questions", json={"questions": [{"id": "q-17", "text": "Why is the sky blue?"}]})
+    assert client.get("/questions/q-17").json()["text"] == "Why is the sky blue?"
+    top = client.post("/duplicates", json={"question": "Why is the sky blue?", "k": 1}).json()
+    assert top["matches"][0]["id"] == "q-17" and top["index_size"] == 2
+    # min_similarity and threshold override.
+    strict = client.post("/duplicates", json={"question": "Why is the sky blue?", "k": 5, "min_similarity": 0.99999, "threshold": 1.0}).json()
+    assert [m["id"] for m in strict["matches"]] == ["q-17"] and strict["threshold"] == 1.0
+    # Delete sticks.
+    assert client.delete("/questions/q-17").status_code == 204
+    assert client.get("/questions/q-17").status_code == 404
+    assert client.delete("/questions/q-17").status_code == 404
+    after = client.post("/duplicates", json={"question": "Why is the sky blue?", "k": 100}).json()
+    assert "q-17" not in [m["id"] for m in after["matches"]] and after["index_size"] == 1
+
+
+def test_duplicates_batch(client: TestClient) -> None:
+    client.post("/questions", json={"questions": [{"id": "a", "text": Q1}, {"id": "b", "text": "Why is the sky blue?"}]})
+    body = client.post("/duplicates/batch", json={"questions": ["Why is the sky blue?", Q1], "k": 1}).json()
+    assert [r["matches"][0]["id"] for r in body["results"]] == ["b", "a"]
+    assert body["index_size"] == 2 and "threshold" in body and "model" in body
+
+
+def test_operations(client: TestClient) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").json() == {"status": "ready", "index_size": 0}
+    info = client.get("/info").json()
+    for key in ("name", "version", "dim", "threshold", "max_tokens", "max_question_chars", "max_batch", "index_kind", "index_size"):
+        assert key in info
+    assert info["max_batch"] == 8 and info["max_question_chars"] == 200 and info["index_kind"] == "flat"
+    client.post("/similarity", json={"question1": Q1, "question2": Q2})
+    text = client.get("/metrics").text
+    assert 'dupq_requests_total{method="POST",route="/similarity",status="200"} 1.0' in text
+    assert "dupq_request_duration_seconds_bucket" in text and "dupq_encoder_batch_size_count" in text
+    assert "dupq_index_size 0.0" in text and "dupq_encoder_queue_depth" in text
+    schema = client.get("/openapi.json").json()
+    assert schema["components"]["schemas"]["SimilarityRequest"]["properties"]["question1"]["maxLength"] == 200
+    assert client.get("/docs").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/similarity", {"question1": "   ", "question2": Q2}, "question1"),
+        ("/similarity", {"question1": Q1}, "question2"),
+        ("/similarity", {"question1": "x" * 201, "question2": Q2}, "question1"),
+        ("/similarity", {"question1": 5, "question2": Q2}, "question1"),
+        ("/similarity", {"question1": Q1, "question2": Q2, "threshold": 2}, "threshold"),
+        ("/similarity/batch", {"pairs": []}, "pairs"),
+        ("/similarity/batch", {"pairs": [{"question1": Q1, "question2": Q2}] * 9}, "pairs"),
+        ("/embed", {"questions": [Q1] * 9}, "questions"),
+        ("/embed", {"questions": "not a list"}, "questions"),
+        ("/questions", {"questions": [{"id": "bad id!", "text": Q1}]}, "id"),
+        ("/questions", {"questions": [{"id": "x" * 129, "text": Q1}]}, "id"),
+        ("/questions", {"questions": [{"text": ""}]}, "text"),
+        ("/duplicates", {"question": Q1, "k": 0}, "k"),
+        ("/duplicates", {"question": Q1, "k": 101}, "k"),
+        ("/duplicates/batch", {"questions": [Q1], "k": 1000}, "k"),
+    ],
+)
+def test_invalid_input_is_a_422_naming_the_field(client: TestClient, path: str, body: dict, field: str) -> None:
+    response = client.post(path, json=body)
+    assert response.status_code == 422, response.text
+    assert any(field in [str(x) for x in error["loc"]] for error in response.json()["detail"])
+
+
+def test_bad_json_and_bad_path_ids(client: TestClient) -> None:
+    response = client.post("/similarity", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "detail" in response.json()
+    assert client.get("/questions/bad%20id").status_code == 422
+    assert client.get("/questions/" + "a" * 129).status_code == 422
+    assert client.get("/nowhere").json() == {"detail": "Not Found"}
+
+
+def test_body_over_the_cap_is_413(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with TestClient(create_app(make_settings(tiny_model_dir, tmp_path, max_body_bytes=2048))) as client:
+        wait_ready(client)
+        big = {"question1": "a" * 3000, "question2": Q2}
+        response = client.post("/similarity", json=big)
+        assert response.status_code == 413 and "detail" in response.json()
+
+        def chunks():  # no Content-Length: the cap is counted on the stream
+            yield b'{"question1": "'
+            for _ in range(10):
+                yield b"a" * 500
+            yield b'", "question2": "b"}'
+
+        streamed = client.post("/similarity", content=chunks(), headers={"content-type": "application/json"})
+        assert streamed.status_code == 413
+
+
+def test_api_key(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with TestClient(create_app(make_settings(tiny_model_dir, tmp_path, api_key="s3cret"))) as client:
+        wait_ready(client)
+        assert client.get("/health").status_code == 200 and client.get("/ready").status_code == 200
+        body = {"question1": Q1, "question2": Q2}
+        missing = client.post("/similarity", json=body)
+        assert missing.status_code == 401 and "detail" in missing.json()
+        assert client.post("/similarity", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert client.get("/info").status_code == 401
+        assert client.post("/similarity", json=body, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+
+def test_a_body_that_is_not_utf8_is_a_422(client: TestClient) -> None:
+    response = client.post("/similarity", content=b'{"question1": "\xff\xfe"}', headers={"content-type": "application/json"})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body"]

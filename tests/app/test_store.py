@@ -1,0 +1,44 @@
+from pathlib import Path
+
+import numpy as np
+
+from app.store import QuestionStore
+
+
+def _vectors(n: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, 4)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_upsert_gives_new_keys_and_bumps_the_generation(tmp_path: Path) -> None:
+    store = QuestionStore(tmp_path / "q.sqlite3", dim=4)
+    g0 = store.generation()
+    old, new = store.upsert([("a", "A?"), ("b", "B?")], _vectors(2), "v1")
+    assert old == [] and len(set(new)) == 2 and store.generation() == g0 + 1
+    old2, new2 = store.upsert([("a", "A again?")], _vectors(1, 1), "v1")
+    assert old2 == [new[0]] and new2[0] > max(new)  # never reuses a key
+    assert store.get("a").text == "A again?" and store.count() == 2  # type: ignore[union-attr]
+    keys, vectors = next(store.iter_vectors())
+    assert sorted(keys.tolist()) == sorted([new[1], new2[0]]) and vectors.dtype == np.float32
+    assert store.delete("a") == new2[0] and store.delete("a") is None and store.get("a") is None
+    store.close()
+
+
+def test_writes_survive_reopening(tmp_path: Path) -> None:
+    store = QuestionStore(tmp_path / "q.sqlite3", dim=4)
+    store.upsert([("a", "A?")], _vectors(1), "v1")
+    store.close()
+    again = QuestionStore(tmp_path / "q.sqlite3", dim=4)
+    assert again.get("a").text == "A?" and again.model_versions() == {"v1": 1}  # type: ignore[union-attr]
+    assert [rows for rows in again.iter_texts(not_version="v2")] == [[(1, "A?")]]
+    assert list(again.iter_texts(not_version="v1")) == []
+
+
+def test_a_failed_transaction_leaves_nothing_behind(tmp_path: Path) -> None:
+    store = QuestionStore(tmp_path / "q.sqlite3", dim=4)
+    store.upsert([("a", "A?")], _vectors(1), "v1")
+    try:
+        store.upsert([("b", "B?"), ("c", "C?")], _vectors(1), "v1")  # two items, one vector: fails midway
+    except ValueError:
+        pass
+    assert store.get("b") is None and store.count() == 1

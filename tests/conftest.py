@@ -1,0 +1,58 @@
+"""Shared fixtures: a tiny deterministic model directory, built once, and pair files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.encoder import EncoderConfig, SiameseEncoder
+from model.model_dir import save_model_dir
+from model.tokenizer import train_tokenizer
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+CORPUS = [
+    "How old are you?",
+    "What is your age?",
+    "Where are you from?",
+    "Where are you going?",
+    "How do I learn Python?",
+    "How can I learn Python quickly?",
+    "Is Rust hard to learn?",
+    "What is the best way to lose weight?",
+    "How can I lose weight fast?",
+    "Why is the sky blue?",
+    "What causes the blue colour of the sky?",
+    "Can't I sleep at night?",
+]
+
+
+def build_tiny_model(out: Path, seed: int = 0, version_prefix: str = "test") -> Path:
+    """A small, seeded, untrained model directory: fast, deterministic, real in every part."""
+    torch.manual_seed(seed)
+    tokenizer = train_tokenizer(CORPUS * 3, vocab_size=200, min_frequency=1)
+    network = SiameseEncoder(
+        EncoderConfig(vocab_size=tokenizer.get_vocab_size(), embed_dim=16, hidden_dim=16, pooling="mean_max", out_dim=24, dropout=0.0)
+    )
+    save_model_dir(
+        out,
+        network,
+        tokenizer,
+        name="tiny",
+        threshold=0.8,
+        calibration=(10.0, -8.0),
+        extra={"version_prefix": version_prefix},
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def fixtures() -> Path:
+    return FIXTURES

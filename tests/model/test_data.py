@@ -1,0 +1,58 @@
+from pathlib import Path
+
+import pytest
+
+from model.data import Pair, detect_format, load_pairs, write_bimpm
+
+
+def test_quora_release_with_quotes_and_malformed_rows(fixtures: Path) -> None:
+    pairs, report = load_pairs(fixtures / "quora.tsv")
+    assert report.format == "quora"
+    assert pairs == [
+        Pair("How old are you?", "What is your age?", 1),
+        Pair("Where are you from?", 'Where are you "going"?', 0),
+        Pair("A question with a tab?", "Another one?", 1),  # the tab inside quotes became a space
+    ]
+    assert report.kept == 3
+    assert report.skipped == {
+        "rows with an empty question": 1,
+        "rows with a label other than 0 or 1": 1,
+        "rows with 5 fields instead of 6": 1,
+    }
+
+
+def test_kaggle_csv(fixtures: Path) -> None:
+    pairs, report = load_pairs(fixtures / "kaggle.csv")
+    assert report.format == "kaggle"
+    assert pairs == [
+        Pair("How old are you?", "What is your age?", 1),
+        Pair("Where are you from, friend?", "Where are you going?", 0),
+    ]
+    assert report.n_skipped == 2
+
+
+def test_bimpm_partition(fixtures: Path) -> None:
+    pairs, report = load_pairs(fixtures / "bimpm.tsv")
+    assert report.format == "bimpm"
+    assert [p.label for p in pairs] == [1, 0, 0]
+    assert pairs[2].question1 == "Why ca n't I sleep ?"
+    assert report.skipped == {"rows with 3 fields instead of 4": 1}
+
+
+def test_shared_qqp_gzip_keeps_double_quotes(fixtures: Path) -> None:
+    pairs, report = load_pairs(fixtures / "qqp.tsv.gz")
+    assert report.format == "qqp"
+    assert pairs[1] == Pair('Say "hi" to me?', "Say hello to me?", 1)
+    assert report.kept == 2 and report.n_skipped == 2
+    assert "2 skipped" in report.summary()
+
+
+def test_detect_format_rejects_unknown_text() -> None:
+    with pytest.raises(ValueError, match="cannot tell the format"):
+        detect_format("hello world")
+
+
+def test_write_bimpm_round_trip(tmp_path: Path) -> None:
+    pairs = [Pair("a b?", "c?", 1), Pair("d?", "e f?", 0)]
+    write_bimpm(pairs, tmp_path / "out.tsv")
+    assert load_pairs(tmp_path / "out.tsv")[0] == pairs

@@ -1,0 +1,54 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.encoder import EncoderConfig, SiameseEncoder, pad_batch
+from model.model_dir import load_encoder
+
+QUESTIONS = ["How old are you?", "What is your age?", "Where are you from?", "Why is the sky blue?", "A much longer question about many things?"]
+
+
+@pytest.fixture(scope="module", params=["onnx", "torch"])
+def encoder(request: pytest.FixtureRequest, tiny_model_dir: Path):  # type: ignore[no-untyped-def]
+    return load_encoder(tiny_model_dir, backend=request.param, threads=1)
+
+
+def test_unit_norm_float32_contract(encoder) -> None:  # type: ignore[no-untyped-def]
+    vectors = encoder.encode(QUESTIONS)
+    assert vectors.dtype == np.float32 and vectors.flags["C_CONTIGUOUS"]
+    assert vectors.shape == (len(QUESTIONS), encoder.dim)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_symmetric_and_reflexive(encoder) -> None:  # type: ignore[no-untyped-def]
+    a, b = encoder.encode(QUESTIONS[:2])
+    assert float(a @ b) == float(b @ a)
+    assert float(a @ a) == pytest.approx(1.0, abs=1e-5)
+    assert float(a @ b) < 0.99999  # two different questions, two different vectors
+
+
+def test_padding_and_batch_companions_never_change_a_vector(encoder) -> None:  # type: ignore[no-untyped-def]
+    alone = np.stack([encoder.encode([q])[0] for q in QUESTIONS])
+    together = encoder.encode(QUESTIONS)  # padded to the longest in the batch
+    np.testing.assert_allclose(alone, together, atol=1e-6)
+
+
+def test_onnx_graph_equals_the_torch_network(tiny_model_dir: Path) -> None:
+    onnx_vectors = load_encoder(tiny_model_dir, backend="onnx", threads=1).encode(QUESTIONS)
+    torch_vectors = load_encoder(tiny_model_dir, backend="torch", threads=1).encode(QUESTIONS)
+    np.testing.assert_allclose(onnx_vectors, torch_vectors, atol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "max", "mean_max"])
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_network_padding_invariance_in_every_configuration(pooling: str, bidirectional: bool) -> None:
+    torch.manual_seed(0)
+    net = SiameseEncoder(EncoderConfig(vocab_size=50, embed_dim=8, hidden_dim=8, num_layers=2, bidirectional=bidirectional, pooling=pooling, out_dim=0, dropout=0.0)).eval()  # type: ignore[arg-type]
+    short, long = [5, 6, 7], [8, 9, 10, 11, 12, 13, 14]
+    with torch.inference_mode():
+        alone = net(*pad_batch([short]))
+        padded = net(*pad_batch([short, long]))[0:1]
+    torch.testing.assert_close(alone, padded, atol=1e-6, rtol=0)
+    assert net.dim == alone.shape[1]

@@ -1,0 +1,78 @@
+import random
+from itertools import combinations
+
+from model.data import Pair
+from model.groups import PairGraph, duplicate_batches, question_key, split_by_groups
+
+
+def _pairs() -> list[Pair]:
+    return [
+        Pair("A?", "B?", 1),
+        Pair("b?", "C?", 1),  # same question as "B?" (case), so A, B, C form one group
+        Pair("A?", "C?", 0),  # ...but a label says A and C are not duplicates: the label wins
+        Pair("D?", "E?", 1),
+        Pair("A?", "D?", 0),
+        Pair("F?", "G?", 0),
+    ]
+
+
+def test_groups_are_transitive_and_labels_win() -> None:
+    graph = PairGraph.build(_pairs())
+    idx = {question_key(t): i for i, t in enumerate(graph.texts)}
+    a, b, c, d, e = (idx[k] for k in ("a?", "b?", "c?", "d?", "e?"))
+    assert graph.group[a] == graph.group[b] == graph.group[c]
+    assert graph.group[d] == graph.group[e] != graph.group[a]
+    assert len(graph.texts) == 7
+    positives = set(graph.group_positives(max_per_group=10, rng=random.Random(0)))
+    assert (min(a, b), max(a, b)) in positives and (min(b, c), max(b, c)) in positives
+    assert (min(a, c), max(a, c)) not in positives  # labelled non-duplicate
+    assert graph.negatives_of()[a] == sorted(graph.negatives_of()[a]) or True
+    assert set(graph.negatives_of()[a]) == {c, d}
+
+
+def test_implied_pairs_come_from_larger_groups() -> None:
+    pairs = [Pair("A?", "B?", 1), Pair("B?", "C?", 1), Pair("C?", "D?", 1)]
+    graph = PairGraph.build(pairs)
+    positives = graph.group_positives(max_per_group=10, rng=random.Random(0))
+    assert len(positives) == 6  # all pairs of 4 questions: 3 labelled + 3 implied
+
+
+def test_split_has_no_leakage_and_loses_nothing() -> None:
+    rng = random.Random(1)
+    pairs = []
+    for g in range(200):
+        members = [f"q{g}-{i}?" for i in range(rng.randint(2, 4))]
+        pairs += [Pair(x, y, 1) for x, y in combinations(members, 2)]
+        pairs.append(Pair(members[0], f"other{g}?", 0))
+    rest, held = split_by_groups(pairs, 0.3, seed=0)
+    assert len(rest) + len(held) == len(pairs)
+    assert 0.15 < len(held) / len(pairs) < 0.45
+    rest_questions = {question_key(q) for p in rest for q in (p.question1, p.question2)}
+    held_questions = {question_key(q) for p in held for q in (p.question1, p.question2)}
+    assert not rest_questions & held_questions
+    # No duplicate group straddles the cut.
+    graph = PairGraph.build(pairs)
+    idx = {question_key(t): i for i, t in enumerate(graph.texts)}
+    rest_groups = {graph.group[idx[q]] for q in rest_questions}
+    held_groups = {graph.group[idx[q]] for q in held_questions}
+    assert not rest_groups & held_groups
+
+
+def test_batches_never_repeat_a_group() -> None:
+    rng = random.Random(0)
+    pairs = []
+    for g in range(60):
+        members = [f"q{g}-{i}?" for i in range(3)]
+        pairs += [Pair(x, y, 1) for x, y in combinations(members, 2)]
+        pairs.append(Pair(members[0], f"q{(g + 1) % 60}-0?", 0))
+    graph = PairGraph.build(pairs)
+    positives = graph.group_positives(10, rng)
+    batches = list(duplicate_batches(graph, positives, batch_size=16, rng=rng))
+    assert len(batches) >= 5
+    for anchors, others, extra in batches:
+        assert len(anchors) == len(others) == 16
+        groups = [graph.group[q] for q in anchors + extra]
+        assert len(groups) == len(set(groups))  # rows, and extra columns, from distinct groups
+        assert all(graph.group[a] == graph.group[b] for a, b in zip(anchors, others, strict=True))
+        assert len(set(anchors + others + extra)) == 32 + len(extra)  # no question twice
+    assert any(extra for _, _, extra in batches)

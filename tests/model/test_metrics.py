@@ -1,0 +1,41 @@
+import numpy as np
+import pytest
+
+from model.metrics import best_threshold, classification, fit_logistic, probability, retrieval, roc_auc
+
+
+def test_roc_auc_by_hand() -> None:
+    # Positives 0.9, 0.4; negatives 0.5, 0.1: 3 of 4 positive/negative orderings right.
+    assert roc_auc(np.array([0.9, 0.4, 0.5, 0.1]), np.array([1, 1, 0, 0])) == pytest.approx(0.75)
+    assert roc_auc(np.array([0.5, 0.5]), np.array([1, 0])) == pytest.approx(0.5)  # a tie counts half
+
+
+def test_best_threshold_and_classification_by_hand() -> None:
+    scores = np.array([0.95, 0.8, 0.7, 0.65, 0.6, 0.3, 0.2])
+    labels = np.array([1, 1, 0, 1, 1, 0, 0])
+    tau = best_threshold(scores, labels)
+    assert tau == pytest.approx(0.45)  # between 0.6 and 0.3: 6 of 7 right (cutting at 0.75 gets 5)
+    result = classification(scores, labels, tau)
+    assert result.accuracy == pytest.approx(6 / 7)
+    assert result.precision == pytest.approx(4 / 5)
+    assert result.recall == pytest.approx(1.0)
+    assert result.f1 == pytest.approx(2 * 0.8 / 1.8)
+
+
+def test_logistic_calibration_is_monotonic_and_fits() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(-1, 1, 4000)
+    labels = (rng.uniform(size=4000) < 1 / (1 + np.exp(-(6 * scores - 1)))).astype(int)
+    slope, intercept = fit_logistic(scores, labels)
+    assert slope == pytest.approx(6, rel=0.15) and intercept == pytest.approx(-1, abs=0.2)
+    p = probability(np.array([-0.5, 0.0, 0.5]), slope, intercept)
+    assert np.all(np.diff(p) > 0)
+
+
+def test_retrieval_by_hand() -> None:
+    vectors = np.eye(4, dtype=np.float32)
+    vectors[1] = [0.8, 0.6, 0, 0]  # closest to row 0
+    vectors[2] = [0.6, 0, 0.8, 0]  # second closest to row 0
+    # Query 0 looking for 2: row 1 scores higher, so rank 2. Query 2 looking for 0: rank 1.
+    result = retrieval(vectors, np.array([0, 2]), np.array([2, 0]))
+    assert result == {"r@1": 0.5, "r@10": 1.0, "mrr@10": pytest.approx(0.75)}

@@ -1,0 +1,70 @@
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.cli import main
+from model.model_dir import ModelDirError, load_encoder
+
+from ..conftest import CORPUS
+
+
+def _pair_file(path: Path) -> Path:
+    rows = [
+        (1, CORPUS[0], CORPUS[1]), (0, CORPUS[2], CORPUS[3]), (1, CORPUS[4], CORPUS[5]), (0, CORPUS[5], CORPUS[6]),
+        (1, CORPUS[7], CORPUS[8]), (1, CORPUS[9], CORPUS[10]), (0, CORPUS[0], CORPUS[9]), (0, CORPUS[11], CORPUS[7]),
+    ]
+    path.write_text("".join(f"{y}\t{a}\t{b}\t{i}\n" for i, (y, a, b) in enumerate(rows)), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("train")
+    pairs = _pair_file(tmp / "pairs.tsv")
+    out = tmp / "model"
+    argv = ["train", "--train", str(pairs), "--valid", str(pairs), "--out", str(out), "--max-steps", "2", "--batch-size", "3",
+            "--pair-batch-size", "4", "--vocab-size", "200", "--embed-dim", "8", "--hidden-dim", "8", "--out-dim", "16", "--epochs", "2"]
+    assert main(argv) == 0
+    return out, pairs
+
+
+def test_two_step_training_writes_a_directory_that_reloads_identically(trained: tuple[Path, Path]) -> None:
+    out, _ = trained
+    config = json.loads((out / "config.json").read_text())
+    assert config["training"]["valid_file"]["sha256"] and config["training"]["train_files"][0]["pairs"] == 8
+    assert -1 <= config["threshold"] <= 1 and "slope" in config["calibration"]
+    assert {"accuracy", "mrr@10", "roc_auc"} <= set(config["validation"])
+    first = load_encoder(out).encode(CORPUS)
+    again = load_encoder(out).encode(CORPUS)
+    np.testing.assert_array_equal(first, again)
+    assert not any(p.suffix in {".pt", ".pkl", ".bin"} for p in out.iterdir())
+
+
+def test_evaluate_prints_every_metric_and_writes_a_report(trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, pairs = trained
+    assert main(["evaluate", "--model", str(out), "--pairs", str(pairs), "--report", str(tmp_path / "report")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in ("accuracy", "precision", "recall", "f1", "roc_auc", "threshold", "r@1", "r@10", "mrr@10"):
+        assert 0.0 <= result[key] <= 1.0 or key == "threshold"
+        assert key in result["tfidf"]
+    assert (tmp_path / "report" / "report.md").is_file() and (tmp_path / "report" / "roc.png").stat().st_size > 1000
+
+
+def test_load_encoder_refuses_broken_directories(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelDirError, match="does not exist"):
+        load_encoder(tmp_path / "nothing")
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(tiny_model_dir, incomplete)
+    (incomplete / "tokenizer.json").unlink()
+    with pytest.raises(ModelDirError, match="missing tokenizer.json"):
+        load_encoder(incomplete)
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(tiny_model_dir, mismatched)
+    config = json.loads((mismatched / "config.json").read_text())
+    config["encoder"]["hidden_dim"] = 32
+    (mismatched / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelDirError, match="do not match config.json"):
+        load_encoder(mismatched)
