@@ -9,6 +9,7 @@ full a request fails at once with :class:`Overloaded` instead of waiting without
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -54,10 +55,8 @@ class EncodeBatcher:
     async def stop(self) -> None:
         if self._worker is not None:
             self._worker.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
-            except asyncio.CancelledError:
-                pass
         for _, future in self._pending:
             if not future.done():
                 future.set_exception(Overloaded("shutting down"))

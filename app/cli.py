@@ -33,8 +33,10 @@ def _train(args: argparse.Namespace) -> int:
     }
     if args.unidirectional:
         encoder["bidirectional"] = False
-    written = train(args.train, args.valid, args.out, config, encoder)
-    print(json.dumps({"out": str(args.out), "version": written["version"], "validation": written["validation"]}, indent=2))
+    written = train(args.train, args.valid, args.out, config, encoder, tokenizer_file=args.tokenizer)
+    print(
+        json.dumps({"out": str(args.out), "version": written["version"], "validation": written["validation"]}, indent=2)
+    )
     return 0
 
 
@@ -143,8 +145,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     from model.train import TrainConfig
 
     p = sub.add_parser("train", help="train a model directory", description="Train the Siamese encoder.")
-    p.add_argument("--train", nargs="+", required=True, metavar="FILE", help="labelled pair files (any supported format)")
-    p.add_argument("--valid", required=True, metavar="FILE", help="validation pairs: early stopping, threshold, calibration")
+    p.add_argument(
+        "--train", nargs="+", required=True, metavar="FILE", help="labelled pair files (any supported format)"
+    )
+    p.add_argument(
+        "--valid", required=True, metavar="FILE", help="validation pairs: early stopping, threshold, calibration"
+    )
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="model directory to write")
     defaults = TrainConfig()
     for field in dataclasses.fields(TrainConfig):
@@ -154,9 +160,19 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"(default {default})")
         else:
             p.add_argument(flag, type=type(default), default=None, help=f"(default {default})")
-    for name, kind in (("embed-dim", int), ("hidden-dim", int), ("num-layers", int), ("out-dim", int), ("dropout", float), ("max-tokens", int)):
+    for name, kind in (
+        ("embed-dim", int),
+        ("hidden-dim", int),
+        ("num-layers", int),
+        ("out-dim", int),
+        ("dropout", float),
+        ("max-tokens", int),
+    ):
         p.add_argument("--" + name, type=kind, default=None, help="encoder architecture (see model/encoder.py)")
     p.add_argument("--pooling", choices=["mean", "max", "mean_max"], default=None)
+    p.add_argument(
+        "--tokenizer", metavar="FILE", help="reuse this tokenizer.json instead of training one (repeatable runs)"
+    )
     p.add_argument("--unidirectional", action="store_true", help="one-way LSTM instead of bidirectional")
     p.set_defaults(func=_train)
 
@@ -167,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
 
-    p = sub.add_parser("split", help="split a pair file by duplicate groups", description="Cut pairs in two without leakage.")
+    p = sub.add_parser(
+        "split", help="split a pair file by duplicate groups", description="Cut pairs in two without leakage."
+    )
     p.add_argument("--pairs", required=True, help="labelled pair file")
     p.add_argument("--fraction", type=float, default=0.5, help="share of questions held out (default 0.5)")
     p.add_argument("--seed", type=int, default=0)
@@ -175,10 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-held", required=True, help="where the held-out part goes (BiMPM layout)")
     p.set_defaults(func=_split)
 
-    p = sub.add_parser("evaluate", help="metrics of a model on labelled pairs", description="Evaluate a model directory.")
+    p = sub.add_parser(
+        "evaluate", help="metrics of a model on labelled pairs", description="Evaluate a model directory."
+    )
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--pairs", required=True, help="labelled pair file")
-    p.add_argument("--tune", help="pairs to choose the baselines' thresholds on (default: the evaluated pairs, an oracle)")
+    p.add_argument(
+        "--tune", help="pairs to choose the baselines' thresholds on (default: the evaluated pairs, an oracle)"
+    )
     p.add_argument("--reference", action="store_true", help="also evaluate all-MiniLM-L6-v2 (train extra)")
     p.add_argument("--report", type=Path, metavar="DIR", help="write report.md with ROC and histogram plots")
     p.add_argument("--threads", type=int, default=0)
@@ -190,14 +212,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0)
     p.set_defaults(func=_embed)
 
-    p = sub.add_parser("index", help="add questions to a data directory", description="Bulk-load questions into the store and index.")
+    p = sub.add_parser(
+        "index", help="add questions to a data directory", description="Bulk-load questions into the store and index."
+    )
     p.add_argument("input", help="file of questions: 'text' or 'id<TAB>text' per line ('-': standard input)")
     p.add_argument("--data-dir", type=Path, default=Path("data"))
     p.add_argument("--model-dir", type=Path, default=None)
     p.add_argument("--index-kind", choices=["flat", "hnsw"], default="flat")
     p.set_defaults(func=_index)
 
-    p = sub.add_parser("serve", help="run the HTTP service", description="Serve the contract over HTTP (settings: DUPQ_* variables).")
+    p = sub.add_parser(
+        "serve", help="run the HTTP service", description="Serve the contract over HTTP (settings: DUPQ_* variables)."
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--data-dir", type=Path, default=None, help="overrides DUPQ_DATA_DIR")

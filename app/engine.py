@@ -75,7 +75,9 @@ class Engine:
         torch.set_num_threads(self.threads)
         faiss.omp_set_num_threads(1 if self.settings.index_kind == "hnsw" else self.threads)
         try:
-            self.encoder = load_encoder(self.settings.model_dir, backend=self.settings.encoder_backend, threads=self.threads)
+            self.encoder = load_encoder(
+                self.settings.model_dir, backend=self.settings.encoder_backend, threads=self.threads
+            )
         except ValueError as err:
             raise StartupError(str(err)) from err
         self.store = QuestionStore(self.settings.data_dir / "questions.sqlite3", self.encoder.dim)
@@ -97,7 +99,12 @@ class Engine:
         for _ in range(3):
             self.encoder.encode(["Is the encoder warm yet?"])
         self.ready = True
-        logger.info("ready: model %s, %s index of %d questions", self.encoder.full_name, self.settings.index_kind, len(self.index or ()))
+        logger.info(
+            "ready: model %s, %s index of %d questions",
+            self.encoder.full_name,
+            self.settings.index_kind,
+            len(self.index or ()),
+        )
 
     def _reembed(self) -> None:
         assert self.encoder is not None and self.store is not None
@@ -110,7 +117,9 @@ class Engine:
             vectors = self.encoder.encode([t for _, t in rows])
             self.store.set_embeddings([k for k, _ in rows], vectors, self.encoder.version)
             done += len(rows)
-            logger.info("re-embedded %d/%d questions (%.0f/s)", done, stale, done / max(1e-9, time.monotonic() - started))
+            logger.info(
+                "re-embedded %d/%d questions (%.0f/s)", done, stale, done / max(1e-9, time.monotonic() - started)
+            )
 
     def _new_index(self) -> VectorIndex:
         assert self.encoder is not None

@@ -11,7 +11,9 @@ from fastapi.exceptions import RequestValidationError
 from app.settings import Settings
 
 
-def check(settings: Settings, texts: Sequence[tuple[tuple[str | int, ...], str]], batches: Sequence[tuple[str, int]] = ()) -> None:
+def check(
+    settings: Settings, texts: Sequence[tuple[tuple[str | int, ...], str]], batches: Sequence[tuple[str, int]] = ()
+) -> None:
     """``texts``: (location, text) pairs; ``batches``: (field, length) pairs."""
     errors: list[dict[str, Any]] = []
     for field, length in batches:
@@ -31,7 +33,8 @@ def check(settings: Settings, texts: Sequence[tuple[tuple[str | int, ...], str]]
                     {
                         "type": "string_too_long",
                         "loc": ("body", *loc),
-                        "msg": f"question has {len(text)} characters; at most max_question_chars = {settings.max_question_chars}",
+                        "msg": f"question has {len(text)} characters; "
+                        f"at most max_question_chars = {settings.max_question_chars}",
                         "input": text[:40] + "...",
                     }
                 )

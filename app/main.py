@@ -51,7 +51,11 @@ async def _send_json(send: Send, status: int, detail: str, headers: list[tuple[b
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})
@@ -60,7 +64,9 @@ async def _send_json(send: Send, status: int, detail: str, headers: list[tuple[b
 class Gate:
     """Pure ASGI middleware, first in line: API key, body size cap, metrics and the access log."""
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, app: Callable[[Scope, Receive, Send], Awaitable[None]], settings: Settings, metrics: Metrics
+    ) -> None:
         self.app = app
         self.settings = settings
         self.metrics = metrics
@@ -107,7 +113,12 @@ class Gate:
         if self.expected and scope["path"] not in OPEN_PATHS:
             given = headers.get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
-                await _send_json(send, 401, "missing or wrong API key (Authorization: Bearer <key>)", [(b"www-authenticate", b"Bearer")])
+                await _send_json(
+                    send,
+                    401,
+                    "missing or wrong API key (Authorization: Bearer <key>)",
+                    [(b"www-authenticate", b"Bearer")],
+                )
                 return
         limit = self.settings.max_body_bytes
         declared = headers.get(b"content-length")
@@ -133,7 +144,9 @@ def _register_errors(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
             # FastAPI's answer to a body that is not UTF-8; the contract calls that invalid input.
-            detail = [{"type": "json_invalid", "loc": ["body"], "msg": "request body is not valid UTF-8 JSON", "input": None}]
+            detail = [
+                {"type": "json_invalid", "loc": ["body"], "msg": "request body is not valid UTF-8 JSON", "input": None}
+            ]
             return JSONResponse({"detail": detail}, status_code=422)
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
@@ -143,7 +156,9 @@ def _register_errors(app: FastAPI) -> None:
 
     @app.exception_handler(Overloaded)
     async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
-        return JSONResponse({"detail": f"overloaded: {exc}; retry later"}, status_code=503, headers={"Retry-After": "1"})
+        return JSONResponse(
+            {"detail": f"overloaded: {exc}; retry later"}, status_code=503, headers={"Retry-After": "1"}
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

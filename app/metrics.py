@@ -9,7 +9,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "dupq_requests", "HTTP requests by route, method and status", ["route", "method", "status"], registry=self.registry
+            "dupq_requests",
+            "HTTP requests by route, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
             "dupq_request_duration_seconds",
@@ -24,5 +27,7 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
             registry=self.registry,
         )
-        self.queue_depth = Gauge("dupq_encoder_queue_depth", "questions waiting for the encoder", registry=self.registry)
+        self.queue_depth = Gauge(
+            "dupq_encoder_queue_depth", "questions waiting for the encoder", registry=self.registry
+        )
         self.index_size = Gauge("dupq_index_size", "questions in the duplicate index", registry=self.registry)

@@ -19,7 +19,9 @@ def _not_blank(text: str) -> str:
     return text
 
 
-Question = Annotated[str, AfterValidator(_not_blank), Field(description="a question; surrounding white space is ignored")]
+Question = Annotated[
+    str, AfterValidator(_not_blank), Field(description="a question; surrounding white space is ignored")
+]
 QuestionId = Annotated[
     str,
     StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$"),

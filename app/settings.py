@@ -20,23 +20,37 @@ class Settings(BaseSettings):
 
     model_dir: Path = Field(BUNDLED_MODEL, description="model directory to serve")
     data_dir: Path = Field(Path("data"), description="where the question store and index snapshot live")
-    api_key: SecretStr | None = Field(None, description="if set, every route but /health and /ready needs 'Authorization: Bearer <key>'")
+    api_key: SecretStr | None = Field(
+        None, description="if set, every route but /health and /ready needs 'Authorization: Bearer <key>'"
+    )
     threshold: float | None = Field(None, ge=-1.0, le=1.0, description="overrides the model's stored threshold tau")
     max_question_chars: int = Field(1000, ge=1, description="longest question accepted, in characters after stripping")
     max_batch: int = Field(256, ge=1, description="most items in one batch request")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body accepted")
-    index_kind: Literal["flat", "hnsw"] = Field("flat", description="flat (exact) or hnsw (approximate, large collections)")
+    index_kind: Literal["flat", "hnsw"] = Field(
+        "flat", description="flat (exact) or hnsw (approximate, large collections)"
+    )
     hnsw_m: int = Field(32, ge=4, le=128, description="HNSW graph degree")
     hnsw_ef_search: int = Field(128, ge=8, description="HNSW search breadth: recall against speed")
-    seed_file: Path | None = Field(None, description="questions (one per line, or 'id<TAB>text') loaded when the store is empty")
-    on_model_change: Literal["reembed", "refuse"] = Field(
-        "reembed", description="when stored vectors come from another model version: re-embed them at start-up, or refuse to start"
+    seed_file: Path | None = Field(
+        None, description="questions (one per line, or 'id<TAB>text') loaded when the store is empty"
     )
-    threads: int = Field(0, ge=0, description="CPU threads for the encoder and FAISS; 0 = the CPUs this process may use")
+    on_model_change: Literal["reembed", "refuse"] = Field(
+        "reembed",
+        description="when stored vectors come from another model version: re-embed them at start-up, "
+        "or refuse to start",
+    )
+    threads: int = Field(
+        0, ge=0, description="CPU threads for the encoder and FAISS; 0 = the CPUs this process may use"
+    )
     encoder_backend: Literal["onnx", "torch"] = Field("onnx", description="run the network in ONNX Runtime or PyTorch")
     batch_max_size: int = Field(256, ge=1, description="dynamic batching: most questions per encoder call")
-    batch_wait_ms: float = Field(2.0, ge=0.0, description="dynamic batching: longest wait for more requests to join a batch")
-    queue_max: int = Field(4096, ge=1, description="most questions waiting for the encoder; beyond it requests get 503 + Retry-After")
+    batch_wait_ms: float = Field(
+        2.0, ge=0.0, description="dynamic batching: longest wait for more requests to join a batch"
+    )
+    queue_max: int = Field(
+        4096, ge=1, description="most questions waiting for the encoder; beyond it requests get 503 + Retry-After"
+    )
     log_level: str = Field("INFO", description="logging level")
     log_json: bool = Field(True, description="one JSON object per log line")
 

@@ -69,7 +69,9 @@ class QuestionStore:
 
     # Writes: each is one transaction ------------------------------------------------------------
 
-    def upsert(self, items: Sequence[tuple[str, str]], vectors: np.ndarray, model_version: str) -> tuple[list[int], list[int]]:
+    def upsert(
+        self, items: Sequence[tuple[str, str]], vectors: np.ndarray, model_version: str
+    ) -> tuple[list[int], list[int]]:
         """Insert or replace questions ``(id, text)`` with their vectors, atomically.
         Returns (keys of the replaced rows, keys of the new rows) in the order of ``items``."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -148,7 +150,9 @@ class QuestionStore:
         if not keys:
             return {}
         marks = ",".join("?" * len(keys))
-        rows = self._reader.execute(f"SELECT key, id, text FROM questions WHERE key IN ({marks})", [int(k) for k in keys])
+        rows = self._reader.execute(
+            f"SELECT key, id, text FROM questions WHERE key IN ({marks})", [int(k) for k in keys]
+        )
         return {row[0]: StoredQuestion(*row) for row in rows}
 
     def model_versions(self) -> dict[str, int]:

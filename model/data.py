@@ -78,7 +78,7 @@ _LAYOUT: dict[str, tuple[dict[str, object], bool, tuple[int, int, int], int]] = 
 def _open_text(path: Path) -> io.TextIOBase:
     if path.suffix == ".gz":
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace", newline="")
-    return open(path, encoding="utf-8", errors="replace", newline="")  # noqa: SIM115
+    return open(path, encoding="utf-8", errors="replace", newline="")
 
 
 def detect_format(first_line: str) -> Format:
@@ -145,6 +145,6 @@ def write_bimpm(pairs: list[Pair], path: str | Path) -> None:
     """Write pairs in the BiMPM layout (``label q1 q2 pair_id``), the simplest one to read back."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "wt", encoding="utf-8", newline="") as handle:  # type: ignore[operator]
+    with opener(path, "wt", encoding="utf-8", newline="") as handle:
         for i, pair in enumerate(pairs):
             handle.write(f"{pair.label}\t{pair.question1}\t{pair.question2}\t{i}\n")

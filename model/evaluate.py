@@ -87,7 +87,9 @@ def evaluate(
     return result
 
 
-def write_report(out: str | Path, encoder: QuestionEncoder, pairs: Sequence[Pair], result: dict[str, Any], source: str) -> Path:
+def write_report(
+    out: str | Path, encoder: QuestionEncoder, pairs: Sequence[Pair], result: dict[str, Any], source: str
+) -> Path:
     """A Markdown report with an ROC curve and similarity histograms (PNG) in ``out``."""
     import matplotlib
 
@@ -112,7 +114,7 @@ def write_report(out: str | Path, encoder: QuestionEncoder, pairs: Sequence[Pair
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    bins = np.linspace(min(-0.2, float(sims.min())), 1.0, 60)
+    bins = np.linspace(min(-0.2, float(sims.min())), 1.0, 60).tolist()
     ax.hist(sims[labels], bins=bins, alpha=0.6, label="duplicates")
     ax.hist(sims[~labels], bins=bins, alpha=0.6, label="non-duplicates")
     ax.axvline(encoder.threshold, color="black", linestyle="--", label=f"tau = {encoder.threshold:.3f}")

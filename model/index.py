@@ -36,7 +36,9 @@ class SnapshotError(ValueError):
 
 
 class VectorIndex:
-    def __init__(self, dim: int, kind: IndexKind = "flat", hnsw_m: int = 32, ef_construction: int = 80, ef_search: int = 128) -> None:
+    def __init__(
+        self, dim: int, kind: IndexKind = "flat", hnsw_m: int = 32, ef_construction: int = 80, ef_search: int = 128
+    ) -> None:
         if kind not in INDEX_KINDS:
             raise ValueError(f"unknown index kind {kind!r}; expected one of {', '.join(INDEX_KINDS)}")
         self.dim = dim
@@ -45,7 +47,7 @@ class VectorIndex:
         self.ef_construction = ef_construction
         self.ef_search = ef_search
         self._tombstones: set[int] = set()
-        self._index = self._empty()
+        self._index: faiss.IndexIDMap2 = self._empty()
 
     def _empty(self) -> faiss.IndexIDMap2:
         if self.kind == "flat":
@@ -88,7 +90,11 @@ class VectorIndex:
     def compact(self) -> None:
         """Rebuild without the tombstoned vectors (HNSW only; flat removes at once)."""
         live = self.live_keys()
-        vectors = np.stack([self._index.reconstruct(int(k)) for k in live]) if len(live) else np.zeros((0, self.dim), np.float32)
+        vectors = (
+            np.stack([self._index.reconstruct(int(k)) for k in live])
+            if len(live)
+            else np.zeros((0, self.dim), np.float32)
+        )
         logger.info("rebuilding the %s index without %d deleted vectors", self.kind, len(self._tombstones))
         self._index = self._empty()
         self._tombstones.clear()
@@ -106,7 +112,7 @@ class VectorIndex:
         if self._index.ntotal == 0:
             return np.full((len(vectors), k), -np.inf, np.float32), np.full((len(vectors), k), -1, np.int64)
         if self.kind == "hnsw":
-            params = faiss.SearchParametersHNSW()
+            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # SWIG class missing from faiss's stubs
             params.efSearch = max(self.ef_search, k)
             if self._tombstones:
                 deleted = np.fromiter(self._tombstones, dtype=np.int64)
@@ -160,9 +166,12 @@ class VectorIndex:
         hnsw = meta.get("hnsw", {})
         index = cls(dim, kind, hnsw.get("m", 32), hnsw.get("ef_construction", 80), hnsw.get("ef_search", 128))
         try:
-            index._index = faiss.read_index(str(path))
+            loaded = faiss.read_index(str(path))
         except RuntimeError as err:
             raise SnapshotError(f"snapshot cannot be read: {err}") from err
+        if not isinstance(loaded, faiss.IndexIDMap2):
+            raise SnapshotError(f"snapshot holds a {type(loaded).__name__}, not an id-mapped index")
+        index._index = loaded
         index._tombstones = set(meta.get("tombstones", []))
         return index
 

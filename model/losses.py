@@ -43,7 +43,9 @@ def softmax_contrastive_loss(sim: torch.Tensor, temperature: float) -> torch.Ten
     return F.cross_entropy(sim / temperature, targets)
 
 
-def pair_logistic_loss(sim: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+def pair_logistic_loss(
+    sim: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor
+) -> torch.Tensor:
     """Binary cross-entropy of ``sigmoid(scale * (s - shift))`` against labelled pairs (1 = duplicate).
 
     Labelled non-duplicates are mostly on the same topic as their partner: this term teaches the

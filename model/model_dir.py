@@ -92,7 +92,9 @@ def read_config(model_dir: str | Path) -> dict[str, Any]:
         if key not in config:
             raise ModelDirError(f"{model_dir / CONFIG} lacks the field {key!r}")
     if config.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
-        raise ModelDirError(f"{model_dir} has format {config['format_version']}; this dupq reads up to {FORMAT_VERSION}")
+        raise ModelDirError(
+            f"{model_dir} has format {config['format_version']}; this dupq reads up to {FORMAT_VERSION}"
+        )
     return config
 
 
@@ -123,7 +125,14 @@ class QuestionEncoder:
     ``backend="torch"`` runs the PyTorch module itself. Both give the same vectors.
     """
 
-    def __init__(self, network: SiameseEncoder, tokenizer: Any, config: dict[str, Any], backend: Backend = "onnx", threads: int = 0) -> None:
+    def __init__(
+        self,
+        network: SiameseEncoder,
+        tokenizer: Any,
+        config: dict[str, Any],
+        backend: Backend = "onnx",
+        threads: int = 0,
+    ) -> None:
         self.network = network.eval()
         self.tokenizer = tokenizer
         self.config = config

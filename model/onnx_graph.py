@@ -44,7 +44,10 @@ def build_onnx(model: SiameseEncoder) -> onnx.ModelProto:
         b = np.stack(
             [
                 np.concatenate(
-                    [_gates_to_onnx(state[f"lstm.bias_ih{s}"], hidden), _gates_to_onnx(state[f"lstm.bias_hh{s}"], hidden)]
+                    [
+                        _gates_to_onnx(state[f"lstm.bias_ih{s}"], hidden),
+                        _gates_to_onnx(state[f"lstm.bias_hh{s}"], hidden),
+                    ]
                 )
                 for s in suffixes
             ]

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from model.data import LoadReport, Pair, load_pairs
@@ -30,7 +31,7 @@ from model.groups import PairGraph, duplicate_batches, question_key
 from model.losses import pair_logistic_loss, softmax_contrastive_loss, triplet_loss
 from model.metrics import best_threshold, classification, fit_logistic, retrieval, roc_auc
 from model.model_dir import save_model_dir, sha256_file
-from model.tokenizer import token_ids, train_tokenizer
+from model.tokenizer import load_tokenizer, token_ids, train_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -136,12 +137,22 @@ def validation_metrics(encode: Any, pairs: Sequence[Pair], threshold: float | No
 
 
 class Trainer:
-    def __init__(self, train_pairs: list[Pair], valid_pairs: list[Pair], config: TrainConfig, encoder_config: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        train_pairs: list[Pair],
+        valid_pairs: list[Pair],
+        config: TrainConfig,
+        encoder_config: dict[str, Any],
+        tokenizer: Tokenizer | None = None,
+    ) -> None:
         self.config = config
         _seed_everything(config.seed)
         self.graph = PairGraph.build(train_pairs)
         self.valid_pairs = valid_pairs
-        self.tokenizer = train_tokenizer(self.graph.texts, vocab_size=config.vocab_size)
+        # `tokenizers` breaks ties between equally frequent merges in no fixed order, so a
+        # retrained vocabulary can differ in a few rare tokens; reusing a tokenizer file makes a
+        # run repeatable bit for bit.
+        self.tokenizer = tokenizer or train_tokenizer(self.graph.texts, vocab_size=config.vocab_size)
         self.network = SiameseEncoder(EncoderConfig(vocab_size=self.tokenizer.get_vocab_size(), **encoder_config))
         if config.glove:
             logger.info("GloVe vectors for %d tokens", _glove_init(self.network, self.tokenizer))
@@ -152,7 +163,10 @@ class Trainer:
         self.labelled = [(a, b, 1) for a, b in self.graph.positives] + [(a, b, 0) for a, b in self.graph.negatives]
         logger.info(
             "training on %d questions in %d duplicate groups, %d labelled positives, %d labelled negatives",
-            len(self.graph.texts), len(self.graph.members), len(self.graph.positives), len(self.graph.negatives),
+            len(self.graph.texts),
+            len(self.graph.members),
+            len(self.graph.positives),
+            len(self.graph.negatives),
         )
 
     def encode(self, texts: list[str]) -> np.ndarray:
@@ -166,20 +180,24 @@ class Trainer:
                 out[rows] = self.network(*pad_batch([sequences[i] for i in rows])).numpy()
         return out
 
-    def _loss(self, anchors: list[int], others: list[int], extra: list[int], labelled: list[tuple[int, int, int]]) -> torch.Tensor:
+    def _loss(
+        self, anchors: list[int], others: list[int], extra: list[int], labelled: list[tuple[int, int, int]]
+    ) -> torch.Tensor:
         c = self.config
         questions = anchors + others + extra + [a for a, _, _ in labelled] + [b for _, b, _ in labelled]
         vectors = self.network(*pad_batch([self.token_ids[q] for q in questions]))  # (M, D)
         b, h, m = len(anchors), len(extra), len(labelled)
         v1, v2, v3 = vectors[:b], vectors[b : 2 * b], vectors[2 * b : 2 * b + h]
         sim = v1 @ torch.cat([v2, v3]).T  # (b, b + h): positives on the diagonal
-        sim_back = (v2 @ v1.T)  # (b, b): the same pairs seen from the other side
+        sim_back = v2 @ v1.T  # (b, b): the same pairs seen from the other side
         loss = vectors.new_zeros(())
         parts = c.loss.split("+")
         if "triplet" in parts:
             loss = loss + triplet_loss(sim, c.margin) + triplet_loss(sim_back, c.margin)
         if "softmax" in parts:
-            loss = loss + softmax_contrastive_loss(sim, c.temperature) + softmax_contrastive_loss(sim_back, c.temperature)
+            loss = (
+                loss + softmax_contrastive_loss(sim, c.temperature) + softmax_contrastive_loss(sim_back, c.temperature)
+            )
         if m and c.pair_weight:
             start = 2 * b + h
             pa, pb = vectors[start : start + m], vectors[start + m :]
@@ -190,7 +208,7 @@ class Trainer:
     def fit(self) -> tuple[dict[str, float], int]:
         c = self.config
         rng = random.Random(c.seed)
-        params = list(self.network.parameters()) + [self.pair_scale, self.pair_shift]
+        params = [*self.network.parameters(), self.pair_scale, self.pair_shift]
         optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
         steps_per_epoch = max(1, len(self.graph.group_positives(c.max_group_pairs, random.Random(0))) // c.batch_size)
         total = steps_per_epoch * c.epochs if not c.max_steps else min(c.max_steps, steps_per_epoch * c.epochs)
@@ -222,7 +240,11 @@ class Trainer:
             score = metrics["accuracy"] + metrics["mrr@10"]
             logger.info(
                 "epoch %d: valid accuracy %.4f, auc %.4f, mrr@10 %.4f (tau %.3f)",
-                epoch, metrics["accuracy"], metrics["roc_auc"], metrics["mrr@10"], metrics["threshold"],
+                epoch,
+                metrics["accuracy"],
+                metrics["roc_auc"],
+                metrics["mrr@10"],
+                metrics["threshold"],
             )
             if score > best_score:
                 best_score, best_epoch, best_metrics, stale = score, epoch, metrics, 0
@@ -256,8 +278,10 @@ def train(
     config: TrainConfig,
     encoder_config: dict[str, Any] | None = None,
     name: str = "siamese-lstm",
+    tokenizer_file: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Train on ``train_files``, validate on ``valid_file``, write the model directory ``out``."""
+    """Train on ``train_files``, validate on ``valid_file``, write the model directory ``out``.
+    With ``tokenizer_file``, reuse that tokenizer instead of training one."""
     if config.threads:
         torch.set_num_threads(config.threads)
     started = time.time()
@@ -270,7 +294,8 @@ def train(
     valid_pairs, valid_report = load_pairs(valid_file)
     if not train_pairs or not valid_pairs:
         raise ValueError("no usable pairs in the training or the validation files")
-    trainer = Trainer(train_pairs, valid_pairs, config, encoder_config or {})
+    tokenizer = load_tokenizer(tokenizer_file) if tokenizer_file else None  # read before `out` is overwritten
+    trainer = Trainer(train_pairs, valid_pairs, config, encoder_config or {}, tokenizer)
     metrics, epoch = trainer.fit()
     # Threshold and calibration from the validation pairs, with the best epoch's weights.
     scored = score_pairs(trainer.encode, valid_pairs)
@@ -284,9 +309,14 @@ def train(
             "best_epoch": epoch,
             "duration_s": round(time.time() - started, 1),
             "torch": torch.__version__,
+            "tokenizer": f"reused {tokenizer_file}" if tokenizer_file else "trained on the training questions",
         },
         "validation": {k: round(v, 5) for k, v in metrics.items()},
     }
-    written = save_model_dir(out, trainer.network, trainer.tokenizer, name=name, threshold=tau, calibration=(slope, intercept), extra=extra)
-    logger.info("wrote %s: validation accuracy %.4f, mrr@10 %.4f, tau %.3f", out, metrics["accuracy"], metrics["mrr@10"], tau)
+    written = save_model_dir(
+        out, trainer.network, trainer.tokenizer, name=name, threshold=tau, calibration=(slope, intercept), extra=extra
+    )
+    logger.info(
+        "wrote %s: validation accuracy %.4f, mrr@10 %.4f, tau %.3f", out, metrics["accuracy"], metrics["mrr@10"], tau
+    )
     return written

@@ -34,7 +34,14 @@ def build_tiny_model(out: Path, seed: int = 0, version_prefix: str = "test") -> 
     torch.manual_seed(seed)
     tokenizer = train_tokenizer(CORPUS * 3, vocab_size=200, min_frequency=1)
     network = SiameseEncoder(
-        EncoderConfig(vocab_size=tokenizer.get_vocab_size(), embed_dim=16, hidden_dim=16, pooling="mean_max", out_dim=24, dropout=0.0)
+        EncoderConfig(
+            vocab_size=tokenizer.get_vocab_size(),
+            embed_dim=16,
+            hidden_dim=16,
+            pooling="mean_max",
+            out_dim=24,
+            dropout=0.0,
+        )
     )
     save_model_dir(
         out,

@@ -42,9 +42,13 @@ async def duplicates(body: DuplicatesRequest, engine: EngineDep, settings: Setti
 
 
 @router.post("/batch", response_model=DuplicatesBatchResponse)
-async def duplicates_batch(body: DuplicatesBatchRequest, engine: EngineDep, settings: SettingsDep) -> DuplicatesBatchResponse:
+async def duplicates_batch(
+    body: DuplicatesBatchRequest, engine: EngineDep, settings: SettingsDep
+) -> DuplicatesBatchResponse:
     """Nearest duplicates of many questions, in request order."""
-    limits.check(settings, [(("questions", i), q) for i, q in enumerate(body.questions)], [("questions", len(body.questions))])
+    limits.check(
+        settings, [(("questions", i), q) for i, q in enumerate(body.questions)], [("questions", len(body.questions))]
+    )
     found = await engine.duplicates(body.questions, body.k)
     tau = engine.threshold if body.threshold is None else body.threshold
     return DuplicatesBatchResponse(

@@ -14,6 +14,10 @@ router = APIRouter(tags=["embeddings"])
 @router.post("/embed", response_model=EmbedResponse)
 async def embed(body: EmbedRequest, engine: EngineDep, settings: SettingsDep) -> EmbedResponse:
     """L2-normalized embeddings of questions, in request order."""
-    limits.check(settings, [(("questions", i), q) for i, q in enumerate(body.questions)], [("questions", len(body.questions))])
+    limits.check(
+        settings, [(("questions", i), q) for i, q in enumerate(body.questions)], [("questions", len(body.questions))]
+    )
     vectors = await engine.encode(body.questions)
-    return EmbedResponse(embeddings=vectors.tolist(), dim=int(vectors.shape[1]), model=engine.encoder.full_name if engine.encoder else "")
+    return EmbedResponse(
+        embeddings=vectors.tolist(), dim=int(vectors.shape[1]), model=engine.encoder.full_name if engine.encoder else ""
+    )

@@ -47,7 +47,11 @@ async def info(engine: EngineDep, settings: SettingsDep) -> Info:
     )
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+)
 async def metrics(request: Request, engine: EngineDep) -> Response:
     """Prometheus metrics: requests and latency per route, encoder batch sizes, queue depth, index size."""
     m = request.app.state.metrics

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Response, status
 
@@ -13,7 +13,7 @@ from app.schemas import AddQuestionsRequest, AddQuestionsResponse, ErrorBody, St
 router = APIRouter(prefix="/questions", tags=["questions"])
 
 IdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$", description="question id")]
-NOT_FOUND = {404: {"model": ErrorBody, "description": "no question with this id"}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "description": "no question with this id"}}
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=AddQuestionsResponse)

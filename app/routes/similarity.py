@@ -34,7 +34,9 @@ async def similarity(body: SimilarityRequest, engine: EngineDep, settings: Setti
 
 
 @router.post("/similarity/batch", response_model=SimilarityBatchResponse)
-async def similarity_batch(body: SimilarityBatchRequest, engine: EngineDep, settings: SettingsDep) -> SimilarityBatchResponse:
+async def similarity_batch(
+    body: SimilarityBatchRequest, engine: EngineDep, settings: SettingsDep
+) -> SimilarityBatchResponse:
     """Similarity of many pairs at once, in request order."""
     limits.check(
         settings,

@@ -9,7 +9,26 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from fastapi.testclient import TestClient
 
-WORDS = "how what why where learn python rust age sky blue weight lose sleep night best way fast city".split()
+WORDS = [
+    "how",
+    "what",
+    "why",
+    "where",
+    "learn",
+    "python",
+    "rust",
+    "age",
+    "sky",
+    "blue",
+    "weight",
+    "lose",
+    "sleep",
+    "night",
+    "best",
+    "way",
+    "fast",
+    "city",
+]
 
 
 def _question(rng: random.Random) -> str:
@@ -71,4 +90,6 @@ def test_parallel_writes_and_searches_end_in_the_serial_state(client: TestClient
     for text, result in zip(list(expected.values())[:8], body["results"], strict=True):
         found = {m["id"] for m in result["matches"]}
         assert found <= set(expected)
-        assert result["matches"][0]["question"] == text or np.isclose(result["matches"][0]["similarity"], 1.0, atol=1e-5)
+        assert result["matches"][0]["question"] == text or np.isclose(
+            result["matches"][0]["similarity"], 1.0, atol=1e-5
+        )

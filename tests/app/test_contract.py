@@ -31,13 +31,20 @@ def test_threshold_override_and_monotonic_probability(client: TestClient) -> Non
     high = client.post("/similarity", json={"question1": Q1, "question2": Q2, "threshold": 1.0}).json()
     assert low["is_duplicate"] and low["threshold"] == -1.0
     assert not high["is_duplicate"] or high["similarity"] >= 1.0
-    batch = client.post("/similarity/batch", json={"pairs": [{"question1": Q1, "question2": q} for q in (Q1, Q2, "Why is the sky blue?")]}).json()
+    batch = client.post(
+        "/similarity/batch",
+        json={"pairs": [{"question1": Q1, "question2": q} for q in (Q1, Q2, "Why is the sky blue?")]},
+    ).json()
     order = np.argsort([r["similarity"] for r in batch["results"]])
     assert np.all(np.diff([batch["results"][i]["probability"] for i in order]) >= 0)
 
 
 def test_similarity_batch_in_request_order(client: TestClient) -> None:
-    pairs = [{"question1": Q1, "question2": Q2}, {"question1": Q2, "question2": Q1}, {"question1": "Where are you from?", "question2": "Where are you going?"}]
+    pairs = [
+        {"question1": Q1, "question2": Q2},
+        {"question1": Q2, "question2": Q1},
+        {"question1": "Where are you from?", "question2": "Where are you going?"},
+    ]
     body = client.post("/similarity/batch", json={"pairs": pairs, "threshold": 0.5}).json()
     assert body["threshold"] == 0.5 and len(body["results"]) == 3
     single = client.post("/similarity", json=pairs[2]).json()
@@ -57,23 +64,32 @@ def test_embed_unit_rows_in_order(client: TestClient) -> None:
 def test_questions_add_get_upsert_delete_and_duplicates(client: TestClient) -> None:
     empty = client.post("/duplicates", json={"question": Q1})
     assert empty.status_code == 200 and empty.json()["matches"] == [] and empty.json()["index_size"] == 0
-    added = client.post("/questions", json={"questions": [{"id": "q-17", "text": "How do I learn Python?"}, {"text": "Is Rust hard to learn?"}]})
+    added = client.post(
+        "/questions",
+        json={"questions": [{"id": "q-17", "text": "How do I learn Python?"}, {"text": "Is Rust hard to learn?"}]},
+    )
     assert added.status_code == 201
     ids = added.json()["ids"]
     assert ids[0] == "q-17" and ids[1] and added.json()["index_size"] == 2
     assert client.get("/questions/q-17").json() == {"id": "q-17", "text": "How do I learn Python?"}
     found = client.post("/duplicates", json={"question": "How do I learn Python?", "k": 5}).json()
-    assert [m["id"] for m in found["matches"]][0] == "q-17"
+    assert found["matches"][0]["id"] == "q-17"
     assert found["matches"][0]["similarity"] == pytest.approx(1.0, abs=1e-5) and found["matches"][0]["is_duplicate"]
     sims = [m["similarity"] for m in found["matches"]]
-    assert sims == sorted(sims, reverse=True) and found["index_size"] == 2 and set(found) == {"matches", "threshold", "index_size", "model"}
+    assert (
+        sims == sorted(sims, reverse=True)
+        and found["index_size"] == 2
+        and set(found) == {"matches", "threshold", "index_size", "model"}
+    )
     # Upsert: same id, new text.
     client.post("/questions", json={"questions": [{"id": "q-17", "text": "Why is the sky blue?"}]})
     assert client.get("/questions/q-17").json()["text"] == "Why is the sky blue?"
     top = client.post("/duplicates", json={"question": "Why is the sky blue?", "k": 1}).json()
     assert top["matches"][0]["id"] == "q-17" and top["index_size"] == 2
     # min_similarity and threshold override.
-    strict = client.post("/duplicates", json={"question": "Why is the sky blue?", "k": 5, "min_similarity": 0.99999, "threshold": 1.0}).json()
+    strict = client.post(
+        "/duplicates", json={"question": "Why is the sky blue?", "k": 5, "min_similarity": 0.99999, "threshold": 1.0}
+    ).json()
     assert [m["id"] for m in strict["matches"]] == ["q-17"] and strict["threshold"] == 1.0
     # Delete sticks.
     assert client.delete("/questions/q-17").status_code == 204
@@ -84,7 +100,9 @@ def test_questions_add_get_upsert_delete_and_duplicates(client: TestClient) -> N
 
 
 def test_duplicates_batch(client: TestClient) -> None:
-    client.post("/questions", json={"questions": [{"id": "a", "text": Q1}, {"id": "b", "text": "Why is the sky blue?"}]})
+    client.post(
+        "/questions", json={"questions": [{"id": "a", "text": Q1}, {"id": "b", "text": "Why is the sky blue?"}]}
+    )
     body = client.post("/duplicates/batch", json={"questions": ["Why is the sky blue?", Q1], "k": 1}).json()
     assert [r["matches"][0]["id"] for r in body["results"]] == ["b", "a"]
     assert body["index_size"] == 2 and "threshold" in body and "model" in body
@@ -94,7 +112,17 @@ def test_operations(client: TestClient) -> None:
     assert client.get("/health").json() == {"status": "ok"}
     assert client.get("/ready").json() == {"status": "ready", "index_size": 0}
     info = client.get("/info").json()
-    for key in ("name", "version", "dim", "threshold", "max_tokens", "max_question_chars", "max_batch", "index_kind", "index_size"):
+    for key in (
+        "name",
+        "version",
+        "dim",
+        "threshold",
+        "max_tokens",
+        "max_question_chars",
+        "max_batch",
+        "index_kind",
+        "index_size",
+    ):
         assert key in info
     assert info["max_batch"] == 8 and info["max_question_chars"] == 200 and info["index_kind"] == "flat"
     client.post("/similarity", json={"question1": Q1, "question2": Q2})
@@ -171,5 +199,7 @@ def test_api_key(tiny_model_dir: Path, tmp_path: Path) -> None:
 
 
 def test_a_body_that_is_not_utf8_is_a_422(client: TestClient) -> None:
-    response = client.post("/similarity", content=b'{"question1": "\xff\xfe"}', headers={"content-type": "application/json"})
+    response = client.post(
+        "/similarity", content=b'{"question1": "\xff\xfe"}', headers={"content-type": "application/json"}
+    )
     assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body"]

@@ -35,7 +35,9 @@ def test_every_acknowledged_question_survives_sigkill(tiny_model_dir: Path, tmp_
         while not stop.is_set():
             qid, text = f"d-{i}", _text(i)
             try:
-                status, body = server.request("POST", "/questions", {"questions": [{"id": qid, "text": text}]}, timeout=5)
+                status, body = server.request(
+                    "POST", "/questions", {"questions": [{"id": qid, "text": text}]}, timeout=5
+                )
             except OSError:
                 return  # the server is gone
             if status == 201:

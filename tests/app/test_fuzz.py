@@ -19,10 +19,23 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(tiny_model_d
         server.request("POST", "/questions", {"questions": [{"id": "seed-1", "text": "How old are you?"}]})
         st = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or "schemathesis"
         result = subprocess.run(
-            [st, "run", f"{server.url}/openapi.json",
-             "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
-             "--max-examples", "25", "--seed", "1", "--request-timeout", "10", "--no-color"],
-            capture_output=True, text=True, timeout=600,
+            [
+                st,
+                "run",
+                f"{server.url}/openapi.json",
+                "--checks",
+                "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+                "--max-examples",
+                "25",
+                "--seed",
+                "1",
+                "--request-timeout",
+                "10",
+                "--no-color",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     finally:

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from app.store import QuestionStore
 
@@ -37,8 +38,6 @@ def test_writes_survive_reopening(tmp_path: Path) -> None:
 def test_a_failed_transaction_leaves_nothing_behind(tmp_path: Path) -> None:
     store = QuestionStore(tmp_path / "q.sqlite3", dim=4)
     store.upsert([("a", "A?")], _vectors(1), "v1")
-    try:
+    with pytest.raises(ValueError):
         store.upsert([("b", "B?"), ("c", "C?")], _vectors(1), "v1")  # two items, one vector: fails midway
-    except ValueError:
-        pass
     assert store.get("b") is None and store.count() == 1

@@ -7,7 +7,13 @@ import torch
 from model.encoder import EncoderConfig, SiameseEncoder, pad_batch
 from model.model_dir import load_encoder
 
-QUESTIONS = ["How old are you?", "What is your age?", "Where are you from?", "Why is the sky blue?", "A much longer question about many things?"]
+QUESTIONS = [
+    "How old are you?",
+    "What is your age?",
+    "Where are you from?",
+    "Why is the sky blue?",
+    "A much longer question about many things?",
+]
 
 
 @pytest.fixture(scope="module", params=["onnx", "torch"])
@@ -45,7 +51,18 @@ def test_onnx_graph_equals_the_torch_network(tiny_model_dir: Path) -> None:
 @pytest.mark.parametrize("bidirectional", [True, False])
 def test_network_padding_invariance_in_every_configuration(pooling: str, bidirectional: bool) -> None:
     torch.manual_seed(0)
-    net = SiameseEncoder(EncoderConfig(vocab_size=50, embed_dim=8, hidden_dim=8, num_layers=2, bidirectional=bidirectional, pooling=pooling, out_dim=0, dropout=0.0)).eval()  # type: ignore[arg-type]
+    net = SiameseEncoder(
+        EncoderConfig(
+            vocab_size=50,
+            embed_dim=8,
+            hidden_dim=8,
+            num_layers=2,
+            bidirectional=bidirectional,
+            pooling=pooling,
+            out_dim=0,
+            dropout=0.0,
+        )
+    ).eval()  # type: ignore[arg-type]
     short, long = [5, 6, 7], [8, 9, 10, 11, 12, 13, 14]
     with torch.inference_mode():
         alone = net(*pad_batch([short]))

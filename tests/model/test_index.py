@@ -63,7 +63,7 @@ def test_hnsw_compacts_when_tombstones_pile_up() -> None:
 
 
 def test_empty_index_search() -> None:
-    scores, keys = VectorIndex(8, "flat").search(np.ones((2, 8), np.float32) / np.sqrt(8), 3)
+    _, keys = VectorIndex(8, "flat").search(np.ones((2, 8), np.float32) / np.sqrt(8), 3)
     assert (keys == -1).all() and keys.shape == (2, 3)
 
 

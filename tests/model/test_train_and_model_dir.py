@@ -13,8 +13,14 @@ from ..conftest import CORPUS
 
 def _pair_file(path: Path) -> Path:
     rows = [
-        (1, CORPUS[0], CORPUS[1]), (0, CORPUS[2], CORPUS[3]), (1, CORPUS[4], CORPUS[5]), (0, CORPUS[5], CORPUS[6]),
-        (1, CORPUS[7], CORPUS[8]), (1, CORPUS[9], CORPUS[10]), (0, CORPUS[0], CORPUS[9]), (0, CORPUS[11], CORPUS[7]),
+        (1, CORPUS[0], CORPUS[1]),
+        (0, CORPUS[2], CORPUS[3]),
+        (1, CORPUS[4], CORPUS[5]),
+        (0, CORPUS[5], CORPUS[6]),
+        (1, CORPUS[7], CORPUS[8]),
+        (1, CORPUS[9], CORPUS[10]),
+        (0, CORPUS[0], CORPUS[9]),
+        (0, CORPUS[11], CORPUS[7]),
     ]
     path.write_text("".join(f"{y}\t{a}\t{b}\t{i}\n" for i, (y, a, b) in enumerate(rows)), encoding="utf-8")
     return path
@@ -25,8 +31,31 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("train")
     pairs = _pair_file(tmp / "pairs.tsv")
     out = tmp / "model"
-    argv = ["train", "--train", str(pairs), "--valid", str(pairs), "--out", str(out), "--max-steps", "2", "--batch-size", "3",
-            "--pair-batch-size", "4", "--vocab-size", "200", "--embed-dim", "8", "--hidden-dim", "8", "--out-dim", "16", "--epochs", "2"]
+    argv = [
+        "train",
+        "--train",
+        str(pairs),
+        "--valid",
+        str(pairs),
+        "--out",
+        str(out),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "3",
+        "--pair-batch-size",
+        "4",
+        "--vocab-size",
+        "200",
+        "--embed-dim",
+        "8",
+        "--hidden-dim",
+        "8",
+        "--out-dim",
+        "16",
+        "--epochs",
+        "2",
+    ]
     assert main(argv) == 0
     return out, pairs
 
@@ -43,7 +72,9 @@ def test_two_step_training_writes_a_directory_that_reloads_identically(trained: 
     assert not any(p.suffix in {".pt", ".pkl", ".bin"} for p in out.iterdir())
 
 
-def test_evaluate_prints_every_metric_and_writes_a_report(trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_prints_every_metric_and_writes_a_report(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out, pairs = trained
     assert main(["evaluate", "--model", str(out), "--pairs", str(pairs), "--report", str(tmp_path / "report")]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -59,12 +90,49 @@ def test_load_encoder_refuses_broken_directories(tiny_model_dir: Path, tmp_path:
     incomplete = tmp_path / "incomplete"
     shutil.copytree(tiny_model_dir, incomplete)
     (incomplete / "tokenizer.json").unlink()
-    with pytest.raises(ModelDirError, match="missing tokenizer.json"):
+    with pytest.raises(ModelDirError, match=r"missing tokenizer\.json"):
         load_encoder(incomplete)
     mismatched = tmp_path / "mismatched"
     shutil.copytree(tiny_model_dir, mismatched)
     config = json.loads((mismatched / "config.json").read_text())
     config["encoder"]["hidden_dim"] = 32
     (mismatched / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelDirError, match="do not match config.json"):
+    with pytest.raises(ModelDirError, match=r"do not match config\.json"):
         load_encoder(mismatched)
+
+
+def test_training_again_with_the_same_tokenizer_gives_the_same_weights(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    out, pairs = trained
+    config = json.loads((out / "config.json").read_text())
+    argv = [
+        "train",
+        "--train",
+        str(pairs),
+        "--valid",
+        str(pairs),
+        "--out",
+        str(tmp_path / "again"),
+        "--tokenizer",
+        str(out / "tokenizer.json"),
+    ]
+    argv += [
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "3",
+        "--pair-batch-size",
+        "4",
+        "--embed-dim",
+        "8",
+        "--hidden-dim",
+        "8",
+        "--out-dim",
+        "16",
+        "--epochs",
+        "2",
+    ]
+    assert main(argv) == 0
+    again = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert again["weights_sha256"] == config["weights_sha256"]

@@ -1,0 +1,68 @@
+# Two commands on a fresh machine: `make run` and `make test`. Everything installs into .venv.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+DATA ?= ../shared/data
+MODEL := models/dupq-qqp
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test lint train evaluate bench docker clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# One stamp per extra, remade when pyproject.toml changes.
+$(VENV)/.stamp-base: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+$(VENV)/.stamp-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+$(VENV)/.stamp-train: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[train,dev]'
+	touch $@
+
+## run: install and serve the bundled model with the demo corpus on $(HOST):$(PORT)
+run: $(VENV)/.stamp-base
+	DUPQ_SEED_FILE=$${DUPQ_SEED_FILE:-demo/questions.tsv} DUPQ_DATA_DIR=$${DUPQ_DATA_DIR:-data} \
+		$(BIN)/dupq serve --host $(HOST) --port $(PORT)
+
+## lint: ruff (lint and format) and mypy
+lint: $(VENV)/.stamp-dev
+	$(BIN)/ruff check app model tests bench scripts
+	$(BIN)/ruff format --check app model tests bench scripts
+	$(BIN)/mypy
+
+## test: lint, then the whole test suite (slow tests included)
+test: lint
+	$(BIN)/pytest -q
+
+## train: reproduce the shipped model from $(DATA) (about 25 minutes on 2 cores), then evaluate it
+train: $(VENV)/.stamp-train
+	mkdir -p build
+	$(BIN)/dupq split --pairs $(DATA)/qqp/dev.tsv.gz --fraction 0.5 --seed 0 --out-rest build/valid.tsv --out-held build/holdout.tsv
+	$(BIN)/dupq train --train $(DATA)/qqp/train.tsv.gz --valid build/valid.tsv --out $(MODEL) \
+		--epochs 6 --glove --threads 2 --hidden-dim 128 --pooling mean_max
+	$(MAKE) evaluate
+
+## evaluate: the shipped model on the held-out half of the BiMPM dev split, next to TF-IDF and MiniLM
+evaluate: $(VENV)/.stamp-train
+	HF_HUB_OFFLINE=1 $(BIN)/dupq evaluate --model $(MODEL) --pairs build/holdout.tsv --tune build/valid.tsv \
+		--reference --report $(MODEL)/report > $(MODEL)/report/evaluation.json || true
+	cat $(MODEL)/report/evaluation.json
+
+## bench: encoder throughput (with MiniLM when installed) and the HTTP load test
+bench: $(VENV)/.stamp-train
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/encoder.py
+	$(BIN)/python bench/service.py
+
+## docker: build the image and run the compose stack here, checked through the gateway
+docker:
+	bash scripts/docker.sh
+
+clean:
+	rm -rf $(VENV) build data .mypy_cache .ruff_cache .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

