@@ -51,3 +51,13 @@ def pair_logistic_loss(
     Labelled non-duplicates are mostly on the same topic as their partner: this term teaches the
     encoder where the boundary between duplicates and look-alikes lies."""
     return F.binary_cross_entropy_with_logits(scale * (sim - shift), labels.to(sim.dtype))
+
+
+def similarity_distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference between the student's and the teacher's cosine similarities of
+    every pair of questions in the batch (the diagonal, always 1, left out). Compares geometry,
+    not coordinates, so the two embeddings may differ in width (Reimers & Gurevych, 2020, match
+    vectors instead; matching similarities needs no projection head). student: (M, D) and
+    teacher: (M, D') unit vectors."""
+    off = ~torch.eye(student.shape[0], dtype=torch.bool, device=student.device)
+    return F.mse_loss((student @ student.T)[off], (teacher @ teacher.T)[off])

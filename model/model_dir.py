@@ -60,6 +60,7 @@ def save_model_dir(
     out.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
     save_file(weights, str(out / WEIGHTS), metadata={"format": "pt"})
+    (out / WEIGHTS).chmod(0o644)  # safetensors creates it 0600: a service user must be able to read it
     tokenizer.save(str(out / TOKENIZER))
     digest = sha256_file(out / WEIGHTS)
     config = {
@@ -104,7 +105,10 @@ def build_network(model_dir: str | Path, config: dict[str, Any]) -> SiameseEncod
     if unknown:
         raise ModelDirError(f"unknown encoder settings in config.json: {', '.join(sorted(unknown))}")
     network = SiameseEncoder(EncoderConfig(**config["encoder"]))
-    weights = load_file(str(Path(model_dir) / WEIGHTS))
+    try:
+        weights = load_file(str(Path(model_dir) / WEIGHTS))
+    except Exception as err:  # OSError, or safetensors' own error for a damaged file
+        raise ModelDirError(f"cannot read {Path(model_dir) / WEIGHTS}: {err}") from err
     expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in weights.items()}
     if expected != found:

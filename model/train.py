@@ -11,6 +11,7 @@ threshold and calibration are fitted on the validation pairs.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 import random
@@ -28,7 +29,7 @@ from tqdm import tqdm
 from model.data import LoadReport, Pair, load_pairs
 from model.encoder import EncoderConfig, SiameseEncoder, pad_batch
 from model.groups import PairGraph, duplicate_batches, question_key
-from model.losses import pair_logistic_loss, softmax_contrastive_loss, triplet_loss
+from model.losses import pair_logistic_loss, similarity_distillation_loss, softmax_contrastive_loss, triplet_loss
 from model.metrics import best_threshold, classification, fit_logistic, retrieval, roc_auc
 from model.model_dir import save_model_dir, sha256_file
 from model.tokenizer import load_tokenizer, token_ids, train_tokenizer
@@ -55,6 +56,8 @@ class TrainConfig:
     vocab_size: int = 16000  # word-piece vocabulary size
     glove: bool = False  # initialise token embeddings from GloVe 6B 50d (train extra)
     seed: int = 0
+    distill_weight: float = 0.0  # weight of similarity distillation from all-MiniLM-L6-v2 (train extra); 0: off
+    teacher_cache: str = ""  # .npy file for the teacher's vectors of the training questions (reused if it matches)
     max_steps: int = 0  # stop after this many steps in all (0: no limit); for smoke tests
     threads: int = 0  # torch threads (0: torch's default)
 
@@ -161,6 +164,14 @@ class Trainer:
         self.pair_scale = torch.nn.Parameter(torch.tensor(10.0))
         self.pair_shift = torch.nn.Parameter(torch.tensor(0.7))
         self.labelled = [(a, b, 1) for a, b in self.graph.positives] + [(a, b, 0) for a, b in self.graph.negatives]
+        # The teacher is slow (about 140 questions/s on 2 cores), so only questions that have a
+        # duplicate get its vectors: they fill the rows and columns of every duplicate batch.
+        self.teacher: torch.Tensor | None = None
+        self.teacher_row = np.full(len(self.graph.texts), -1, dtype=np.int64)
+        if config.distill_weight:
+            taught = sorted(q for members in self.graph.members if len(members) > 1 for q in members)
+            self.teacher_row[taught] = np.arange(len(taught))
+            self.teacher = torch.from_numpy(self._teacher_vectors([self.graph.texts[q] for q in taught]))
         logger.info(
             "training on %d questions in %d duplicate groups, %d labelled positives, %d labelled negatives",
             len(self.graph.texts),
@@ -179,6 +190,31 @@ class Trainer:
                 rows = order[start : start + 512]
                 out[rows] = self.network(*pad_batch([sequences[i] for i in rows])).numpy()
         return out
+
+    def _teacher_vectors(self, texts: list[str]) -> np.ndarray:
+        """all-MiniLM-L6-v2's unit vectors of ``texts``, cached in ``teacher_cache`` under a
+        digest of the texts, so a rerun on the same data skips the slow teacher."""
+        from model.evaluate import minilm_encoder
+
+        digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
+        cache = Path(self.config.teacher_cache) if self.config.teacher_cache else None
+        if (
+            cache
+            and cache.is_file()
+            and cache.with_suffix(".sha").is_file()
+            and cache.with_suffix(".sha").read_text() == digest
+        ):
+            logger.info("teacher vectors from %s", cache)
+            return np.load(cache)
+        started = time.time()
+        logger.info("encoding %d training questions with all-MiniLM-L6-v2 (the teacher)", len(texts))
+        vectors = minilm_encoder()(texts)
+        logger.info("teacher vectors in %.0f s", time.time() - started)
+        if cache:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.save(cache, vectors)
+            cache.with_suffix(".sha").write_text(digest)
+        return vectors
 
     def _loss(
         self, anchors: list[int], others: list[int], extra: list[int], labelled: list[tuple[int, int, int]]
@@ -203,6 +239,11 @@ class Trainer:
             pa, pb = vectors[start : start + m], vectors[start + m :]
             labels = torch.tensor([y for _, _, y in labelled])
             loss = loss + c.pair_weight * pair_logistic_loss((pa * pb).sum(1), labels, self.pair_scale, self.pair_shift)
+        if self.teacher is not None:
+            rows = self.teacher_row[questions]
+            taught = torch.from_numpy(np.flatnonzero(rows >= 0))
+            teacher = self.teacher[torch.from_numpy(rows[rows >= 0])]
+            loss = loss + c.distill_weight * similarity_distillation_loss(vectors[taught], teacher)
         return loss
 
     def fit(self) -> tuple[dict[str, float], int]:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from model.losses import pair_logistic_loss, softmax_contrastive_loss, triplet_loss
+from model.losses import pair_logistic_loss, similarity_distillation_loss, softmax_contrastive_loss, triplet_loss
 
 # The course's 4 x 4 example: positives on the diagonal.
 COURSE = torch.tensor(
@@ -54,3 +54,16 @@ def test_pair_loss_prefers_separated_pairs() -> None:
     good = pair_logistic_loss(torch.tensor([0.9, 0.1]), labels, torch.tensor(10.0), torch.tensor(0.5))
     bad = pair_logistic_loss(torch.tensor([0.1, 0.9]), labels, torch.tensor(10.0), torch.tensor(0.5))
     assert good.item() < 0.05 < bad.item()
+
+
+def test_distillation_compares_geometry_not_coordinates() -> None:
+    torch.manual_seed(0)
+    teacher = torch.nn.functional.normalize(torch.randn(6, 5), dim=1)
+    rotation, _ = torch.linalg.qr(torch.randn(5, 5))
+    assert similarity_distillation_loss(teacher @ rotation, teacher).item() == pytest.approx(0.0, abs=1e-10)
+    wider = torch.cat([teacher @ rotation, torch.zeros(6, 3)], dim=1)  # another width, same geometry
+    assert similarity_distillation_loss(wider, teacher).item() == pytest.approx(0.0, abs=1e-10)
+    # By hand: two questions, student cosine 0, teacher cosine 1 -> both off-diagonal entries miss by 1.
+    s = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    t = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    assert similarity_distillation_loss(s, t).item() == pytest.approx(1.0)

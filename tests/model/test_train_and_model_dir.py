@@ -136,3 +136,12 @@ def test_training_again_with_the_same_tokenizer_gives_the_same_weights(
     assert main(argv) == 0
     again = json.loads((tmp_path / "again" / "config.json").read_text())
     assert again["weights_sha256"] == config["weights_sha256"]
+
+
+def test_weights_are_readable_by_others_and_damage_is_reported(tiny_model_dir: Path, tmp_path: Path) -> None:
+    assert (tiny_model_dir / "model.safetensors").stat().st_mode & 0o044 == 0o044  # a service user can read them
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_model_dir, damaged)
+    (damaged / "model.safetensors").write_bytes(b"not safetensors at all")
+    with pytest.raises(ModelDirError, match="cannot read"):
+        load_encoder(damaged)

@@ -1,0 +1,129 @@
+"""The approximate (HNSW) index at one million vectors: single-query search latency and
+recall@10 against exact search, and the whole /duplicates path (encode + search) in-process.
+
+There are not a million distinct questions in the shared data, so the collection is built from
+the shipped model's embeddings of every distinct training question, each joined by noisy copies
+(vector + Gaussian noise, renormalized) until there are --size vectors: clusters of look-alikes
+around real questions, as a large Q&A site has. Queries are held-out questions (the BiMPM dev
+file), never in the collection. Ground truth is exact inner-product search (IndexFlatIP).
+
+    python bench/ann.py [--size 1000000] [--queries 1000] [--m 32] [--ef-construction 80]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from model.data import iter_pairs  # noqa: E402
+from model.groups import question_key  # noqa: E402
+from model.index import VectorIndex  # noqa: E402
+from model.model_dir import load_encoder  # noqa: E402
+
+
+def distinct(path: Path) -> list[str]:
+    seen: dict[str, str] = {}
+    for pair in iter_pairs(path):
+        for q in (pair.question1, pair.question2):
+            seen.setdefault(question_key(q), q)
+    return list(seen.values())
+
+
+def percentile_ms(samples: list[float], pct: float) -> float:
+    return round(float(np.percentile(samples, pct)) * 1000, 3)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(ROOT / "models" / "dupq-qqp"))
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "qqp")
+    parser.add_argument("--size", type=int, default=1_000_000)
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--m", type=int, default=32)
+    parser.add_argument("--ef-construction", type=int, default=80)
+    parser.add_argument("--noise", type=float, default=0.04, help="per-dimension noise of the synthetic copies")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    faiss.omp_set_num_threads(args.threads)
+    encoder = load_encoder(args.model, threads=args.threads)
+    rng = np.random.default_rng(0)
+
+    started = time.perf_counter()
+    train_texts = distinct(args.data / "train.tsv.gz")
+    base = encoder.encode(train_texts)
+    train_keys = {question_key(t) for t in train_texts}
+    query_texts = [t for t in distinct(args.data / "dev.tsv.gz") if question_key(t) not in train_keys][: args.queries]
+    print(f"encoded {len(base)} real questions in {time.perf_counter() - started:.1f} s", flush=True)
+    vectors = np.empty((args.size, encoder.dim), dtype=np.float32)
+    n_real = min(len(base), args.size)
+    vectors[:n_real] = base[:n_real]
+    for start in range(n_real, args.size, 100_000):
+        stop = min(args.size, start + 100_000)
+        copies = base[rng.integers(0, len(base), stop - start)] + rng.normal(
+            0, args.noise, (stop - start, encoder.dim)
+        ).astype(np.float32)
+        vectors[start:stop] = copies / np.linalg.norm(copies, axis=1, keepdims=True)
+    queries = encoder.encode(query_texts)
+    keys = np.arange(args.size, dtype=np.int64)
+
+    exact = VectorIndex(encoder.dim, "flat")
+    exact.add(keys, vectors)
+    started = time.perf_counter()
+    _, truth = exact.search(queries, 10)
+    exact_ms = (time.perf_counter() - started) / len(queries) * 1000
+    print(f"exact search: {exact_ms:.2f} ms per query ({args.threads} threads, batched)", flush=True)
+
+    hnsw = VectorIndex(encoder.dim, "hnsw", hnsw_m=args.m, ef_construction=args.ef_construction)
+    started = time.perf_counter()
+    for start in range(0, args.size, 100_000):
+        hnsw.add(keys[start : start + 100_000], vectors[start : start + 100_000])
+        print(f"  hnsw: {start + 100_000} vectors after {time.perf_counter() - started:.0f} s", flush=True)
+    build_s = time.perf_counter() - started
+    print(f"HNSW (M={args.m}, efConstruction={args.ef_construction}) built in {build_s:.0f} s", flush=True)
+
+    faiss.omp_set_num_threads(1)  # as the service runs it: one thread per search, searches in parallel
+    report = {
+        "size": args.size,
+        "dim": encoder.dim,
+        "build_s": round(build_s, 1),
+        "exact_ms_per_query": round(exact_ms, 3),
+        "ef": {},
+    }
+    for ef in (32, 64, 128, 256):
+        hnsw.ef_search = ef
+        latencies, found = [], []
+        for q in queries:
+            t = time.perf_counter()
+            _, got = hnsw.search(q[None, :], 10)
+            latencies.append(time.perf_counter() - t)
+            found.append(got[0])
+        recall = float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)]))
+        p50, p99 = percentile_ms(latencies, 50), percentile_ms(latencies, 99)
+        report["ef"][ef] = {"recall@10": round(recall, 4), "p50_ms": p50, "p99_ms": p99}
+        print(f"efSearch {ef:3d}: recall@10 {recall:.4f}, search p50 {p50} ms, p99 {p99} ms")
+
+    hnsw.ef_search = 128  # the service default
+    latencies = []
+    for text in query_texts:
+        t = time.perf_counter()
+        hnsw.search(encoder.encode([text]), 10)
+        latencies.append(time.perf_counter() - t)
+    report["encode_and_search_ef128"] = {"p50_ms": percentile_ms(latencies, 50), "p99_ms": percentile_ms(latencies, 99)}
+    print(
+        f"encode + search (efSearch 128): p50 {percentile_ms(latencies, 50)} ms, p99 {percentile_ms(latencies, 99)} ms"
+    )
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

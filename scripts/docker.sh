@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# `make docker`: build the image and run the compose stack on this machine, from a state where
+# Docker was never set up, then check it through the gateway. Prints each check; exits non-zero
+# on the first failure. Needs root (apt-get, dockerd, debootstrap).
+#
+# Steps: install docker.io, docker-compose and debootstrap if missing; start dockerd if it is not
+# running; make local Debian bookworm base images with debootstrap (no image can be pulled here):
+# one with Python 3.11 for the service, one with nginx for the gateway; build both images; start
+# the stack; check /ready, /similarity, an add and /duplicates, a body over the gateway's cap,
+# and data kept across a restart; check the image (size, user, no compilers, no tests).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PROJECT=${PROJECT:-dupqcheck}
+PORT=${DUPQ_PORT:-18080}
+BASE_IMAGE=dupq-base:bookworm
+GATEWAY_BASE_IMAGE=dupq-gateway-base:bookworm
+MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+CA_BUNDLE=${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+
+step() { printf '\n== %s\n' "$*"; }
+ok() { printf 'ok   %s\n' "$*"; }
+fail() { printf 'FAIL %s\n' "$*" >&2; exit 1; }
+
+step "tools"
+missing=()
+command -v dockerd >/dev/null || missing+=(docker.io)
+command -v docker-compose >/dev/null || missing+=(docker-compose)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
+if [ ${#missing[@]} -gt 0 ]; then
+    $SUDO apt-get update -q > /tmp/dupq-apt.log 2>&1
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}" >> /tmp/dupq-apt.log 2>&1 \
+        || { tail -20 /tmp/dupq-apt.log; fail "apt-get install ${missing[*]}"; }
+fi
+ok "docker $(docker --version | cut -d' ' -f3 | tr -d ,), $(docker-compose --version), debootstrap"
+
+step "docker engine"
+if ! docker info >/dev/null 2>&1; then
+    $SUDO sh -c 'nohup dockerd > /var/log/dupq-dockerd.log 2>&1 &'
+    for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+    docker info >/dev/null 2>&1 || { tail -20 /var/log/dupq-dockerd.log; fail "dockerd did not start"; }
+fi
+ok "dockerd answers (storage driver $(docker info --format '{{.Driver}}'))"
+
+make_base() {  # name, packages
+    local name=$1 packages=$2 dir
+    if docker image inspect "$name" >/dev/null 2>&1; then ok "base image $name exists"; return; fi
+    dir=$(mktemp -d /tmp/dupq-rootfs.XXXXXX)
+    $SUDO debootstrap --variant=minbase --include="$packages" bookworm "$dir" "$MIRROR" > "$dir.log" 2>&1 \
+        || { tail -20 "$dir.log"; fail "debootstrap $name"; }
+    $SUDO rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/*
+    $SUDO tar -C "$dir" -c . | docker import - "$name" >/dev/null
+    $SUDO rm -rf "$dir" "$dir.log"
+    ok "base image $name made with debootstrap ($packages)"
+}
+step "base images"
+make_base "$BASE_IMAGE" python3,python3-venv,ca-certificates
+make_base "$GATEWAY_BASE_IMAGE" nginx-light,ca-certificates
+
+step "wheelhouse (CPU torch and the CA bundle, for the build stage only)"
+mkdir -p wheelhouse
+ls wheelhouse/torch-2.13.0*.whl >/dev/null 2>&1 || python3 -m pip download --quiet --no-deps --only-binary=:all: -d wheelhouse torch==2.13.0
+ls wheelhouse/torch-2.13.0*.whl | grep -q cpu || fail "wheelhouse has no CPU build of torch 2.13.0"
+[ -f "$CA_BUNDLE" ] && cp "$CA_BUNDLE" wheelhouse/ca-certificates.crt
+ok "$(ls wheelhouse | tr '\n' ' ')"
+
+step "images"
+docker build -q --build-arg BASE="$BASE_IMAGE" -t dupq:latest . >/dev/null || fail "docker build dupq"
+docker build -q --build-arg BASE="$GATEWAY_BASE_IMAGE" -t dupq-gateway:latest docker/gateway >/dev/null || fail "docker build gateway"
+size=$(docker image inspect dupq:latest --format '{{.Size}}')
+ok "dupq:latest is $((size / 1000000)) MB"
+[ "$size" -le 1500000000 ] || fail "image over 1.5 GB"
+user=$(docker run --rm --entrypoint id dupq:latest -u)
+[ "$user" != 0 ] && ok "runs as uid $user, not root" || fail "image runs as root"
+if docker run --rm --entrypoint sh dupq:latest -c 'command -v gcc cc c++ clang g++ make' >/dev/null; then fail "a compiler is in the image"; fi
+ok "no compiler in the image"
+if docker run --rm --entrypoint sh dupq:latest -c 'ls -d /opt/dupq/tests /opt/venv/lib/python3*/site-packages/tests 2>/dev/null | grep -q .'; then fail "test files in the image"; fi
+ok "no test files in the image"
+
+compose() { DUPQ_PORT=$PORT DUPQ_BASE_IMAGE=$BASE_IMAGE GATEWAY_BASE_IMAGE=$GATEWAY_BASE_IMAGE docker-compose -p "$PROJECT" "$@"; }
+cleanup() { compose down -v >/dev/null 2>&1 || true; }
+trap 'compose logs --tail=30 || true; cleanup' ERR
+cleanup
+
+step "compose stack"
+compose up -d >/dev/null 2>&1 || { compose up -d; fail "docker-compose up"; }
+url="http://127.0.0.1:$PORT"
+wait_ready() {
+    for _ in $(seq 120); do
+        [ "$(curl -s -o /dev/null -w '%{http_code}' "$url/ready")" = 200 ] && return 0
+        sleep 1
+    done
+    return 1
+}
+wait_ready || fail "/ready through the gateway"
+ok "/ready through the gateway: $(curl -s "$url/ready")"
+published=$(docker ps --filter "label=com.docker.compose.project=$PROJECT" --format '{{.Names}} {{.Ports}}' | grep -c -- '->' || true)
+[ "$published" = 1 ] && ok "only the gateway publishes a port" || fail "$published containers publish ports"
+
+post() { curl -s -X POST -H 'content-type: application/json' "$url$1" -d "$2"; }
+sim=$(post /similarity '{"question1": "How old are you?", "question2": "What is your age?"}')
+echo "$sim" | grep -q '"similarity"' || fail "/similarity: $sim"
+ok "/similarity: $sim"
+added=$(post /questions '{"questions": [{"id": "docker-check-1", "text": "How do I learn to play the guitar quickly?"}]}')
+echo "$added" | grep -q '"docker-check-1"' || fail "add: $added"
+ok "add: $added"
+found=$(post /duplicates '{"question": "What is the fastest way to learn guitar?", "k": 3}')
+echo "$found" | grep -q '"docker-check-1"' || fail "/duplicates: $found"
+ok "/duplicates finds it: ${found:0:160}..."
+big_code=$(head -c 2000000 /dev/zero | tr '\0' 'a' | curl -s -o /tmp/dupq-413.json -w '%{http_code}' -X POST -H 'content-type: application/json' --data-binary @- "$url/similarity")
+[ "$big_code" = 413 ] && grep -q gateway /tmp/dupq-413.json || fail "body over the cap: $big_code $(cat /tmp/dupq-413.json)"
+ok "a 2 MB body is refused by the gateway: 413 $(cat /tmp/dupq-413.json)"
+
+step "restart"
+compose restart >/dev/null 2>&1
+wait_ready || fail "/ready after restart"
+kept=$(curl -s "$url/questions/docker-check-1")
+echo "$kept" | grep -q guitar || fail "question lost across restart: $kept"
+ok "kept across docker-compose restart: $kept"
+
+trap - ERR
+cleanup
+printf '\nall docker checks passed\n'
