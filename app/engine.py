@@ -76,10 +76,12 @@ class Engine:
         faiss.omp_set_num_threads(1 if self.settings.index_kind == "hnsw" else self.threads)
         try:
             self.encoder = load_encoder(
-                self.settings.model_dir, backend=self.settings.encoder_backend, threads=self.threads
+                self.settings.model_dir, backend=self.settings.encoder_backend, threads=self.threads, spin=False
             )
         except ValueError as err:
             raise StartupError(str(err)) from err
+        except Exception as err:
+            raise StartupError(f"cannot load the model in {self.settings.model_dir}: {err!r}") from err
         self.store = QuestionStore(self.settings.data_dir / "questions.sqlite3", self.encoder.dim)
         others = {v: n for v, n in self.store.model_versions().items() if v != self.encoder.version}
         if others and self.settings.on_model_change == "refuse":

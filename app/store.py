@@ -146,14 +146,16 @@ class QuestionStore:
         row = self._reader.execute("SELECT key, id, text FROM questions WHERE id = ?", (qid,)).fetchone()
         return StoredQuestion(*row) if row else None
 
-    def by_keys(self, keys: Sequence[int]) -> dict[int, StoredQuestion]:
-        if not keys:
-            return {}
-        marks = ",".join("?" * len(keys))
-        rows = self._reader.execute(
-            f"SELECT key, id, text FROM questions WHERE key IN ({marks})", [int(k) for k in keys]
-        )
-        return {row[0]: StoredQuestion(*row) for row in rows}
+    def by_keys(self, keys: Sequence[int], chunk: int = 900) -> dict[int, StoredQuestion]:
+        """The questions with these keys (absent keys are left out), asked in chunks that stay
+        under the smallest limit on bound variables SQLite builds have (999)."""
+        found: dict[int, StoredQuestion] = {}
+        for start in range(0, len(keys), chunk):
+            part = [int(k) for k in keys[start : start + chunk]]
+            marks = ",".join("?" * len(part))
+            for row in self._reader.execute(f"SELECT key, id, text FROM questions WHERE key IN ({marks})", part):
+                found[row[0]] = StoredQuestion(*row)
+        return found
 
     def model_versions(self) -> dict[str, int]:
         rows = self._reader.execute("SELECT model_version, COUNT(*) FROM questions GROUP BY model_version")

@@ -136,6 +136,7 @@ class QuestionEncoder:
         config: dict[str, Any],
         backend: Backend = "onnx",
         threads: int = 0,
+        spin: bool = True,
     ) -> None:
         self.network = network.eval()
         self.tokenizer = tokenizer
@@ -152,6 +153,10 @@ class QuestionEncoder:
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
             options.log_severity_level = 3
+            if not spin:
+                # Idle pool threads sleep instead of spinning: in a server they would take the
+                # CPU from the event loop between batches.
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self._session = ort.InferenceSession(
                 build_onnx(network).SerializeToString(), options, providers=["CPUExecutionProvider"]
             )
@@ -206,8 +211,11 @@ class QuestionEncoder:
             return embedding_matrix(self.network(ids, lengths))
 
 
-def load_encoder(model_dir: str | Path, backend: Backend = "onnx", threads: int = 0) -> QuestionEncoder:
-    """Load a model directory; raises :class:`ModelDirError` with the reason if it is unusable."""
+def load_encoder(
+    model_dir: str | Path, backend: Backend = "onnx", threads: int = 0, spin: bool = True
+) -> QuestionEncoder:
+    """Load a model directory; raises :class:`ModelDirError` with the reason if it is unusable.
+    ``spin=False`` keeps idle ONNX Runtime threads from busy-waiting (for servers)."""
     config = read_config(model_dir)
     network = build_network(model_dir, config)
     try:
@@ -218,6 +226,6 @@ def load_encoder(model_dir: str | Path, backend: Backend = "onnx", threads: int 
         raise ModelDirError(
             f"tokenizer has {tokenizer.get_vocab_size()} tokens but the network only {network.config.vocab_size}"
         )
-    encoder = QuestionEncoder(network, tokenizer, config, backend=backend, threads=threads)
+    encoder = QuestionEncoder(network, tokenizer, config, backend=backend, threads=threads, spin=spin)
     logger.info("loaded model %s (dim %d, backend %s) from %s", encoder.full_name, encoder.dim, backend, model_dir)
     return encoder

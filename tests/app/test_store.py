@@ -41,3 +41,11 @@ def test_a_failed_transaction_leaves_nothing_behind(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         store.upsert([("b", "B?"), ("c", "C?")], _vectors(1), "v1")  # two items, one vector: fails midway
     assert store.get("b") is None and store.count() == 1
+
+
+def test_by_keys_beyond_sqlites_variable_limit(tmp_path: Path) -> None:
+    store = QuestionStore(tmp_path / "q.sqlite3", dim=4)
+    _, keys = store.upsert([(f"q{i}", f"Q{i}?") for i in range(50)], _vectors(50), "v1")
+    asked = keys + list(range(100_000, 140_000))  # 40,050 keys, most absent
+    found = store.by_keys(asked)
+    assert sorted(found) == sorted(keys) and found[keys[7]].id == "q7"
