@@ -200,7 +200,7 @@ class Engine:
 
     def _encode_sync(self, texts: list[str]) -> np.ndarray:
         assert self.encoder is not None
-        return self.encoder.encode(texts, batch_size=self.settings.batch_max_size)
+        return self.encoder.encode(texts)
 
     @property
     def queue_depth(self) -> int:

@@ -6,6 +6,7 @@ product of their vectors: symmetric by construction, and 1 for a question with i
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -90,10 +91,17 @@ class SiameseEncoder(nn.Module):
         return torch.cat(parts, dim=-1)
 
 
-def pad_batch(sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token id lists -> (ids (B, T) padded with PAD_ID, lengths (B,))."""
-    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
-    ids = torch.full((len(sequences), int(lengths.max())), PAD_ID, dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+def pad_ids(sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Token id lists -> (ids (B, T) int64 padded with PAD_ID, lengths (B,) int64), in one
+    vectorized fill: a row-by-row copy costs as much as the network on short questions."""
+    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+    ids = np.full((len(sequences), int(lengths.max())), PAD_ID, dtype=np.int64)
+    real = np.arange(ids.shape[1])[None, :] < lengths[:, None]  # (B, T), row-major like the chain below
+    ids[real] = np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64, count=int(lengths.sum()))
     return ids, lengths
+
+
+def pad_batch(sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> (ids (B, T) padded with PAD_ID, lengths (B,)) as tensors."""
+    ids, lengths = pad_ids(sequences)
+    return torch.from_numpy(ids), torch.from_numpy(lengths)

@@ -56,7 +56,8 @@ def minilm_encoder() -> Encode:
 
 
 def _rounded(metrics: dict[str, float]) -> dict[str, float]:
-    return {k: round(float(v), 4) for k, v in metrics.items()}
+    """Figures to 4 decimals; counts as integers."""
+    return {k: int(v) if k in ("pairs", "questions") else round(float(v), 4) for k, v in metrics.items()}
 
 
 def evaluate(

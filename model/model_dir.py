@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from model.encoder import EncoderConfig, SiameseEncoder, embedding_matrix, pad_batch
+from model.encoder import EncoderConfig, SiameseEncoder, embedding_matrix, pad_ids
 from model.metrics import probability
 from model.tokenizer import load_tokenizer, token_ids
 
@@ -189,26 +189,37 @@ class QuestionEncoder:
         cal = self.config["calibration"]
         return probability(similarity, cal["slope"], cal["intercept"])
 
-    def encode(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
+    def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """Unit vectors (N, D), float32, in the order of ``texts``. Inputs are sorted by length
-        and batched so that a batch holds little padding."""
+        and run ``batch_size`` at a time, so that a batch holds little padding (the LSTM pays for
+        every padded step of its longest question)."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         sequences = token_ids(self.tokenizer, texts, self.max_tokens)
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
         out = np.empty((len(sequences), self.dim), dtype=np.float32)
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            ids, lengths = pad_batch([sequences[i] for i in rows])
+        for rows in _length_buckets(order, [len(s) for s in sequences], batch_size):
+            ids, lengths = pad_ids([sequences[i] for i in rows])
             out[rows] = self._forward(ids, lengths)
         return out
 
-    def _forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> np.ndarray:
+    def _forward(self, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         if self._session is not None:
-            result = self._session.run(None, {"ids": ids.numpy(), "lengths": lengths.numpy().astype(np.int32)})[0]
+            result = self._session.run(None, {"ids": ids, "lengths": lengths.astype(np.int32)})[0]
             return np.ascontiguousarray(result, dtype=np.float32)
         with torch.inference_mode():
-            return embedding_matrix(self.network(ids, lengths))
+            return embedding_matrix(self.network(torch.from_numpy(ids), torch.from_numpy(lengths)))
+
+
+def _length_buckets(order: list[int], lengths: list[int], most: int) -> list[list[int]]:
+    """Cut rows sorted by length into runs of at most ``most`` whose longest is at most 1.5 times
+    (plus 2 tokens) their shortest, so that padding wastes little."""
+    buckets: list[list[int]] = []
+    for i in order:
+        if not buckets or len(buckets[-1]) >= most or lengths[i] > 1.5 * lengths[buckets[-1][0]] + 2:
+            buckets.append([])
+        buckets[-1].append(i)
+    return buckets
 
 
 def load_encoder(

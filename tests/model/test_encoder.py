@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.encoder import EncoderConfig, SiameseEncoder, pad_batch
+from model.encoder import EncoderConfig, SiameseEncoder, pad_batch, pad_ids
 from model.model_dir import load_encoder
 
 QUESTIONS = [
@@ -69,3 +69,14 @@ def test_network_padding_invariance_in_every_configuration(pooling: str, bidirec
         padded = net(*pad_batch([short, long]))[0:1]
     torch.testing.assert_close(alone, padded, atol=1e-6, rtol=0)
     assert net.dim == alone.shape[1]
+
+
+def test_pad_ids_matches_a_plain_loop() -> None:
+    sequences = [[5, 6, 7], [8], [9, 10, 11, 12, 13], [14, 15]]
+    ids, lengths = pad_ids(sequences)
+    expected = np.zeros((4, 5), dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        expected[row, : len(seq)] = seq
+    np.testing.assert_array_equal(ids, expected)
+    np.testing.assert_array_equal(lengths, [3, 1, 5, 2])
+    assert ids.dtype == np.int64 and lengths.dtype == np.int64
