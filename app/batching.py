@@ -1,8 +1,9 @@
 """Dynamic batching: concurrent requests that need encoding share one encoder call.
 
 Requests queue their questions; one worker takes everything waiting (up to ``max_size``
-questions), waits at most ``max_wait`` for more when the batch is not full, and runs the encoder
-once in its own thread. While it runs, the next batch gathers. The queue is bounded: when it is
+questions) and runs the encoder once in its own thread; while it runs, the next batch gathers.
+Under load (the previous batch served several requests) the worker also waits up to
+``max_wait`` for more to join a batch that is not full; a lone request never waits. The queue is bounded: when it is
 full a request fails at once with :class:`Overloaded` instead of waiting without end.
 """
 
@@ -43,6 +44,7 @@ class EncodeBatcher:
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
         self._worker: asyncio.Task[None] | None = None
+        self._last_requests = 0  # requests in the previous batch: >1 means requests are arriving together
 
     @property
     def depth(self) -> int:
@@ -90,11 +92,13 @@ class EncodeBatcher:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
-                if self._queued < self.max_size and self.max_wait > 0:
-                    await asyncio.sleep(self.max_wait)  # let concurrent requests join
+                if self._queued < self.max_size and self.max_wait > 0 and self._last_requests > 1:
+                    # Under load, wait a moment for more requests to join; a lone request goes at once.
+                    await asyncio.sleep(self.max_wait)
                 batch = self._take()
                 if not batch:
                     continue
+                self._last_requests = len(batch)
                 texts = [t for ts, _ in batch for t in ts]
                 self._on_batch(len(texts))
                 try:

@@ -73,7 +73,9 @@ class Engine:
         import torch
 
         torch.set_num_threads(self.threads)
-        faiss.omp_set_num_threads(1 if self.settings.index_kind == "hnsw" else self.threads)
+        # One thread per search: concurrency comes from parallel requests, and OpenMP teams per
+        # search would oversubscribe the cores under load.
+        faiss.omp_set_num_threads(1)
         try:
             self.encoder = load_encoder(
                 self.settings.model_dir, backend=self.settings.encoder_backend, threads=self.threads, spin=False
@@ -201,6 +203,10 @@ class Engine:
     def _encode_sync(self, texts: list[str]) -> np.ndarray:
         assert self.encoder is not None
         return self.encoder.encode(texts)
+
+    @property
+    def model_name(self) -> str:
+        return self._require_ready().full_name
 
     @property
     def queue_depth(self) -> int:

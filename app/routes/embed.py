@@ -18,6 +18,4 @@ async def embed(body: EmbedRequest, engine: EngineDep, settings: SettingsDep) ->
         settings, [(("questions", i), q) for i, q in enumerate(body.questions)], [("questions", len(body.questions))]
     )
     vectors = await engine.encode(body.questions)
-    return EmbedResponse(
-        embeddings=vectors.tolist(), dim=int(vectors.shape[1]), model=engine.encoder.full_name if engine.encoder else ""
-    )
+    return EmbedResponse(embeddings=vectors.tolist(), dim=int(vectors.shape[1]), model=engine.model_name)
