@@ -7,7 +7,8 @@
 # running; make local Debian bookworm base images with debootstrap (no image can be pulled here):
 # one with Python 3.11 for the service, one with nginx for the gateway; build both images; start
 # the stack; check /ready, /similarity, an add and /duplicates, a body over the gateway's cap,
-# and data kept across a restart; check the image (size, user, no compilers, no tests).
+# the per-client rate limit, and data kept across a restart; check the image (size, user, no
+# compilers, no tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -111,6 +112,10 @@ ok "/duplicates finds it: ${found:0:160}..."
 big_code=$(head -c 2000000 /dev/zero | tr '\0' 'a' | curl -s -o /tmp/dupq-413.json -w '%{http_code}' -X POST -H 'content-type: application/json' --data-binary @- "$url/similarity")
 [ "$big_code" = 413 ] && grep -q gateway /tmp/dupq-413.json || fail "body over the cap: $big_code $(cat /tmp/dupq-413.json)"
 ok "a 2 MB body is refused by the gateway: 413 $(cat /tmp/dupq-413.json)"
+
+limited=$(for _ in $(seq 150); do curl -s -o /dev/null -w '%{http_code}\n' "$url/health"; done | grep -c '^429$' || true)
+[ "$limited" -gt 0 ] || fail "150 rapid requests from one client drew no 429"
+ok "rate limit per client: $limited of 150 rapid requests got 429"
 
 step "restart"
 compose restart >/dev/null 2>&1

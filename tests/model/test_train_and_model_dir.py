@@ -26,6 +26,11 @@ def _pair_file(path: Path) -> Path:
     return path
 
 
+# A tiny network trained for two steps: fast, and every part of training runs.
+TINY = ["--max-steps", "2", "--batch-size", "3", "--pair-batch-size", "4", "--embed-dim", "8", "--hidden-dim", "8"]
+TINY += ["--out-dim", "16", "--epochs", "2"]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("train")
@@ -39,22 +44,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         str(pairs),
         "--out",
         str(out),
-        "--max-steps",
-        "2",
-        "--batch-size",
-        "3",
-        "--pair-batch-size",
-        "4",
         "--vocab-size",
         "200",
-        "--embed-dim",
-        "8",
-        "--hidden-dim",
-        "8",
-        "--out-dim",
-        "16",
-        "--epochs",
-        "2",
+        *TINY,
     ]
     assert main(argv) == 0
     return out, pairs
@@ -117,22 +109,7 @@ def test_training_again_with_the_same_tokenizer_gives_the_same_weights(
         "--tokenizer",
         str(out / "tokenizer.json"),
     ]
-    argv += [
-        "--max-steps",
-        "2",
-        "--batch-size",
-        "3",
-        "--pair-batch-size",
-        "4",
-        "--embed-dim",
-        "8",
-        "--hidden-dim",
-        "8",
-        "--out-dim",
-        "16",
-        "--epochs",
-        "2",
-    ]
+    argv += TINY
     assert main(argv) == 0
     again = json.loads((tmp_path / "again" / "config.json").read_text())
     assert again["weights_sha256"] == config["weights_sha256"]
