@@ -1,10 +1,13 @@
-"""Dynamic batching: concurrent requests that need encoding share one encoder call.
+"""Dynamic batching: concurrent requests share one call of a batch function.
 
-Requests queue their questions; one worker takes everything waiting (up to ``max_size``
-questions) and runs the encoder once in its own thread; while it runs, the next batch gathers.
-Under load (the previous batch served several requests) the worker also waits up to
-``max_wait`` for more to join a batch that is not full; a lone request never waits. The queue is bounded: when it is
-full a request fails at once with :class:`Overloaded` instead of waiting without end.
+The engine runs two batchers: one turns questions into vectors (one encoder call), the other
+turns query vectors into matches (one index search, a matrix product instead of one pass over the
+index per request). Requests queue their items; one worker takes everything waiting (up to
+``max_size`` items) and runs the function once in its own thread; while it runs, the next batch
+gathers. Under load (the previous batch served several requests) the worker also waits up to
+``max_wait`` for more to join a batch that is not full; a lone request never waits. The queue is
+bounded: when it is full a request fails at once with :class:`Overloaded` instead of waiting
+without end.
 """
 
 from __future__ import annotations
@@ -13,46 +16,50 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-
-import numpy as np
+from typing import Any, Generic, TypeVar
 
 logger = logging.getLogger(__name__)
 
+Item = TypeVar("Item")
+Results = Any  # a sequence with one entry per item (a list, or an array with one row per item)
+
 
 class Overloaded(RuntimeError):
-    """The encoder queue is full; the client should retry later."""
+    """The queue is full; the client should retry later."""
 
 
-class EncodeBatcher:
+class Batcher(Generic[Item]):
     def __init__(
         self,
-        encode: Callable[[list[str]], np.ndarray],
+        run: Callable[[list[Item]], Results],
         max_size: int,
         max_wait: float,
         max_queue: int,
+        name: str = "batcher",
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
-        self._encode = encode
+        self._run_batch = run
         self.max_size = max_size
         self.max_wait = max_wait
         self.max_queue = max_queue
+        self.name = name
         self._on_batch = on_batch or (lambda n: None)
-        self._pending: deque[tuple[list[str], asyncio.Future[np.ndarray]]] = deque()
+        self._pending: deque[tuple[Sequence[Item], asyncio.Future[Results]]] = deque()
         self._queued = 0
         self._wake = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._worker: asyncio.Task[None] | None = None
         self._last_requests = 0  # requests in the previous batch: >1 means requests are arriving together
 
     @property
     def depth(self) -> int:
-        """Questions waiting for the encoder."""
+        """Items waiting."""
         return self._queued
 
     def start(self) -> None:
-        self._worker = asyncio.get_running_loop().create_task(self._run(), name="encode-batcher")
+        self._worker = asyncio.get_running_loop().create_task(self._loop(), name=self.name)
 
     async def stop(self) -> None:
         if self._worker is not None:
@@ -64,29 +71,29 @@ class EncodeBatcher:
                 future.set_exception(Overloaded("shutting down"))
         self._executor.shutdown(wait=True)
 
-    async def encode(self, texts: list[str]) -> np.ndarray:
-        """Vectors (N, D) of ``texts``, computed in a batch shared with concurrent callers."""
-        if self._queued + len(texts) > self.max_queue and self._queued > 0:
-            raise Overloaded(f"{self._queued} questions are waiting for the encoder")
-        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        self._pending.append((texts, future))
-        self._queued += len(texts)
+    async def submit(self, items: Sequence[Item]) -> Results:
+        """The results for ``items``, in order, computed in a batch shared with concurrent callers."""
+        if self._queued + len(items) > self.max_queue and self._queued > 0:
+            raise Overloaded(f"{self._queued} items are waiting for the {self.name}")
+        future: asyncio.Future[Results] = asyncio.get_running_loop().create_future()
+        self._pending.append((items, future))
+        self._queued += len(items)
         self._wake.set()
         return await future
 
-    def _take(self) -> list[tuple[list[str], asyncio.Future[np.ndarray]]]:
-        taken: list[tuple[list[str], asyncio.Future[np.ndarray]]] = []
+    def _take(self) -> list[tuple[Sequence[Item], asyncio.Future[Results]]]:
+        taken: list[tuple[Sequence[Item], asyncio.Future[Results]]] = []
         size = 0
         while self._pending and (not taken or size + len(self._pending[0][0]) <= self.max_size):
-            texts, future = self._pending.popleft()
-            self._queued -= len(texts)
+            items, future = self._pending.popleft()
+            self._queued -= len(items)
             if future.cancelled():
                 continue  # the client went away
-            taken.append((texts, future))
-            size += len(texts)
+            taken.append((items, future))
+            size += len(items)
         return taken
 
-    async def _run(self) -> None:
+    async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
@@ -99,18 +106,18 @@ class EncodeBatcher:
                 if not batch:
                     continue
                 self._last_requests = len(batch)
-                texts = [t for ts, _ in batch for t in ts]
-                self._on_batch(len(texts))
+                items = [item for chunk, _ in batch for item in chunk]
+                self._on_batch(len(items))
                 try:
-                    vectors = await loop.run_in_executor(self._executor, self._encode, texts)
+                    results = await loop.run_in_executor(self._executor, self._run_batch, items)
                 except Exception as err:  # hand the failure to every waiting request
-                    logger.exception("encoder failed on a batch of %d questions", len(texts))
+                    logger.exception("%s failed on a batch of %d items", self.name, len(items))
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(err)
                     continue
                 start = 0
-                for ts, future in batch:
+                for chunk, future in batch:
                     if not future.done():
-                        future.set_result(vectors[start : start + len(ts)])
-                    start += len(ts)
+                        future.set_result(results[start : start + len(chunk)])
+                    start += len(chunk)

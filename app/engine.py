@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import faiss
 import numpy as np
 
-from app.batching import EncodeBatcher
+from app.batching import Batcher
 from app.locks import ReadWriteLock
 from app.settings import Settings
 from app.store import QuestionStore
@@ -58,7 +58,8 @@ class Engine:
         self.load_error: str | None = None
         self._lock = ReadWriteLock()
         self._on_batch = on_batch
-        self._batcher: EncodeBatcher | None = None
+        self._batcher: Batcher[str] | None = None  # questions -> vectors
+        self._searcher: Batcher[tuple[np.ndarray, int]] | None = None  # (vector, k) -> matches
         self._workers = ThreadPoolExecutor(max_workers=max(4, 2 * self.threads), thread_name_prefix="engine")
         self._snapshot_generation = -1
 
@@ -180,18 +181,18 @@ class Engine:
             self._write(chunk, self.encoder.encode([t for _, t in chunk]))
 
     async def start(self) -> None:
-        self._batcher = EncodeBatcher(
-            self._encode_sync,
-            max_size=self.settings.batch_max_size,
-            max_wait=self.settings.batch_wait_ms / 1000.0,
-            max_queue=self.settings.queue_max,
-            on_batch=self._on_batch,
+        s = self.settings
+        self._batcher = Batcher(
+            self._encode_sync, s.batch_max_size, s.batch_wait_ms / 1000.0, s.queue_max, "encoder", self._on_batch
         )
+        self._searcher = Batcher(self._search, s.batch_max_size, s.batch_wait_ms / 1000.0, s.queue_max, "searcher")
         self._batcher.start()
+        self._searcher.start()
 
     async def stop(self) -> None:
-        if self._batcher is not None:
-            await self._batcher.stop()
+        for batcher in (self._batcher, self._searcher):
+            if batcher is not None:
+                await batcher.stop()
         if self.ready:
             self.save_snapshot()
         self._workers.shutdown(wait=True)
@@ -210,7 +211,7 @@ class Engine:
 
     @property
     def queue_depth(self) -> int:
-        return self._batcher.depth if self._batcher else 0
+        return sum(b.depth for b in (self._batcher, self._searcher) if b is not None)
 
     def index_size(self) -> int:
         return len(self.index) if self.index is not None else 0
@@ -227,7 +228,7 @@ class Engine:
         self._require_ready()
         assert self._batcher is not None
         unique = list(dict.fromkeys(texts))  # a question asked twice is encoded once
-        vectors = await self._batcher.encode(unique)
+        vectors: np.ndarray = await self._batcher.submit(unique)
         if len(unique) == len(texts):
             return vectors
         row = {t: i for i, t in enumerate(unique)}
@@ -285,17 +286,22 @@ class Engine:
 
     async def duplicates(self, texts: list[str], k: int) -> list[list[Match]]:
         vectors = await self.encode(texts)
-        return await self._run(self._search, vectors, k)
+        assert self._searcher is not None
+        matches: list[list[Match]] = await self._searcher.submit([(v, k) for v in vectors])
+        return matches
 
-    def _search(self, vectors: np.ndarray, k: int) -> list[list[Match]]:
+    def _search(self, queries: list[tuple[np.ndarray, int]]) -> list[list[Match]]:
+        """One index search for a batch of (vector, k) queries from concurrent requests: for a
+        flat index one matrix product instead of one pass over all vectors per query."""
         assert self.store is not None and self.index is not None
+        k_most = max(k for _, k in queries)
         with self._lock.read():
-            scores, keys = self.index.search(vectors, k)
+            scores, keys = self.index.search(np.stack([v for v, _ in queries]), k_most)
             found = self.store.by_keys(sorted({int(x) for x in keys.ravel() if x >= 0}))
         results = []
-        for row_scores, row_keys in zip(scores, keys, strict=True):
+        for (_, k), row_scores, row_keys in zip(queries, scores, keys, strict=True):
             matches = []
-            for score, key in zip(row_scores, row_keys, strict=True):
+            for score, key in zip(row_scores[:k], row_keys[:k], strict=True):
                 question = found.get(int(key))
                 if question is not None:
                     matches.append(Match(question.id, question.text, float(min(1.0, max(-1.0, score)))))

@@ -4,7 +4,7 @@ import threading
 import numpy as np
 import pytest
 
-from app.batching import EncodeBatcher, Overloaded
+from app.batching import Batcher, Overloaded
 
 
 def test_concurrent_requests_share_one_encoder_call() -> None:
@@ -17,11 +17,11 @@ def test_concurrent_requests_share_one_encoder_call() -> None:
         return np.array([[float(len(t))] for t in texts], dtype=np.float32)
 
     async def scenario() -> list[np.ndarray]:
-        batcher = EncodeBatcher(encode, max_size=64, max_wait=0.001, max_queue=100)
+        batcher = Batcher(encode, max_size=64, max_wait=0.001, max_queue=100)
         batcher.start()
-        first = asyncio.create_task(batcher.encode(["a"]))
+        first = asyncio.create_task(batcher.submit(["a"]))
         await asyncio.sleep(0.05)
-        rest = [asyncio.create_task(batcher.encode(["b" * i, "c"])) for i in range(1, 11)]
+        rest = [asyncio.create_task(batcher.submit(["b" * i, "c"])) for i in range(1, 11)]
         await asyncio.sleep(0.05)
         gate.set()
         results = await asyncio.gather(first, *rest)
@@ -41,14 +41,14 @@ def test_a_full_queue_refuses_at_once() -> None:
         return np.zeros((len(texts), 1), dtype=np.float32)
 
     async def scenario() -> None:
-        batcher = EncodeBatcher(encode, max_size=4, max_wait=0.0, max_queue=4)
+        batcher = Batcher(encode, max_size=4, max_wait=0.0, max_queue=4)
         batcher.start()
-        running = asyncio.create_task(batcher.encode(["x"]))
+        running = asyncio.create_task(batcher.submit(["x"]))
         await asyncio.sleep(0.05)  # now inside the encoder
-        queued = asyncio.create_task(batcher.encode(["a", "b", "c"]))
+        queued = asyncio.create_task(batcher.submit(["a", "b", "c"]))
         await asyncio.sleep(0.01)
         with pytest.raises(Overloaded):
-            await batcher.encode(["d", "e"])
+            await batcher.submit(["d", "e"])
         gate.set()
         await asyncio.gather(running, queued)
         await batcher.stop()
@@ -62,7 +62,7 @@ def test_overload_is_a_503_with_retry_after(client) -> None:  # type: ignore[no-
     async def refuse(texts: list[str]) -> np.ndarray:
         raise Overloaded("42 questions are waiting for the encoder")
 
-    engine._batcher.encode = refuse
+    engine._batcher.submit = refuse
     response = client.post("/similarity", json={"question1": "a?", "question2": "b?"})
     assert response.status_code == 503 and response.headers["retry-after"] == "1"
     assert "overloaded" in response.json()["detail"]
