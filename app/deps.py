@@ -10,12 +10,14 @@ from app.engine import Engine
 from app.settings import Settings
 
 
-def get_engine(request: Request) -> Engine:
+# `async def` on purpose: FastAPI runs a plain `def` dependency in a worker thread, a thread
+# hand-off per request for what is an attribute lookup.
+async def get_engine(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
