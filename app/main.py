@@ -98,9 +98,11 @@ class Gate:
             elapsed = time.perf_counter() - started
             self.metrics.requests.labels(label, scope["method"], str(status[0])).inc()
             self.metrics.latency.labels(label).observe(elapsed)
-            if status[0] >= 500 or logger.isEnabledFor(logging.DEBUG):
+            # 5xx are worth a warning, except /ready saying "not yet", which probes ask all along.
+            failed = status[0] >= 500 and label != "/ready"
+            if failed or access.isEnabledFor(logging.DEBUG):
                 access.log(
-                    logging.WARNING if status[0] >= 500 else logging.DEBUG,
+                    logging.WARNING if failed else logging.DEBUG,
                     "%s %s %d",
                     scope["method"],
                     scope["path"],

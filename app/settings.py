@@ -44,12 +44,14 @@ class Settings(BaseSettings):
         0, ge=0, description="CPU threads for the encoder and FAISS; 0 = the CPUs this process may use"
     )
     encoder_backend: Literal["onnx", "torch"] = Field("onnx", description="run the network in ONNX Runtime or PyTorch")
-    batch_max_size: int = Field(256, ge=1, description="dynamic batching: most questions per encoder call")
+    batch_max_size: int = Field(
+        256, ge=1, description="dynamic batching: most questions per encoder call or index search"
+    )
     batch_wait_ms: float = Field(
-        2.0, ge=0.0, description="dynamic batching: longest wait for more requests to join a batch"
+        2.0, ge=0.0, description="dynamic batching, under load: longest wait for more requests to join a batch"
     )
     queue_max: int = Field(
-        4096, ge=1, description="most questions waiting for the encoder; beyond it requests get 503 + Retry-After"
+        4096, ge=1, description="most questions waiting for the encoder (or the index); beyond it, 503 + Retry-After"
     )
     log_level: str = Field("INFO", description="logging level")
     log_json: bool = Field(True, description="one JSON object per log line")

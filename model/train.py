@@ -31,7 +31,7 @@ from model.encoder import EncoderConfig, SiameseEncoder, pad_batch
 from model.groups import PairGraph, duplicate_batches, question_key
 from model.losses import pair_logistic_loss, similarity_distillation_loss, softmax_contrastive_loss, triplet_loss
 from model.metrics import best_threshold, classification, fit_logistic, retrieval, roc_auc
-from model.model_dir import save_model_dir, sha256_file
+from model.model_dir import QuestionEncoder, save_model_dir, sha256_file
 from model.tokenizer import load_tokenizer, token_ids, train_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -181,15 +181,8 @@ class Trainer:
         )
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        self.network.eval()
-        sequences = token_ids(self.tokenizer, texts, self.network.config.max_tokens)
-        order = sorted(range(len(texts)), key=lambda i: len(sequences[i]))
-        out = np.empty((len(texts), self.network.dim), dtype=np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(order), 512):
-                rows = order[start : start + 512]
-                out[rows] = self.network(*pad_batch([sequences[i] for i in rows])).numpy()
-        return out
+        """Vectors of the network as it stands (eval mode; the next epoch switches back)."""
+        return QuestionEncoder(self.network, self.tokenizer, {}, backend="torch").encode(texts, batch_size=256)
 
     def _teacher_vectors(self, texts: list[str]) -> np.ndarray:
         """all-MiniLM-L6-v2's unit vectors of ``texts``, cached in ``teacher_cache`` under a
