@@ -31,23 +31,16 @@ TINY = ["--max-steps", "2", "--batch-size", "3", "--pair-batch-size", "4", "--em
 TINY += ["--out-dim", "16", "--epochs", "2"]
 
 
+def _train_argv(pairs: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--train", str(pairs), "--valid", str(pairs), "--out", str(out), *extra, *TINY]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("train")
     pairs = _pair_file(tmp / "pairs.tsv")
     out = tmp / "model"
-    argv = [
-        "train",
-        "--train",
-        str(pairs),
-        "--valid",
-        str(pairs),
-        "--out",
-        str(out),
-        "--vocab-size",
-        "200",
-        *TINY,
-    ]
+    argv = _train_argv(pairs, out, "--vocab-size", "200")
     assert main(argv) == 0
     return out, pairs
 
@@ -98,18 +91,7 @@ def test_training_again_with_the_same_tokenizer_gives_the_same_weights(
 ) -> None:
     out, pairs = trained
     config = json.loads((out / "config.json").read_text())
-    argv = [
-        "train",
-        "--train",
-        str(pairs),
-        "--valid",
-        str(pairs),
-        "--out",
-        str(tmp_path / "again"),
-        "--tokenizer",
-        str(out / "tokenizer.json"),
-    ]
-    argv += TINY
+    argv = _train_argv(pairs, tmp_path / "again", "--tokenizer", str(out / "tokenizer.json"))
     assert main(argv) == 0
     again = json.loads((tmp_path / "again" / "config.json").read_text())
     assert again["weights_sha256"] == config["weights_sha256"]
