@@ -47,6 +47,7 @@ class VectorIndex:
         self.ef_construction = ef_construction
         self.ef_search = ef_search
         self._tombstones: set[int] = set()
+        self._selector: tuple[object, object] | None = None  # excludes the tombstones; rebuilt when they change
         self._index: faiss.IndexIDMap2 = self._empty()
 
     def _empty(self) -> faiss.IndexIDMap2:
@@ -84,6 +85,7 @@ class VectorIndex:
             self._index.remove_ids(faiss.IDSelectorBatch(keys))
             return
         self._tombstones.update(int(k) for k in keys)
+        self._selector = None
         if len(self._tombstones) > max(1000, self._index.ntotal // 4):
             self.compact()
 
@@ -98,6 +100,7 @@ class VectorIndex:
         logger.info("rebuilding the %s index without %d deleted vectors", self.kind, len(self._tombstones))
         self._index = self._empty()
         self._tombstones.clear()
+        self._selector = None
         self.add(live, vectors)
 
     def live_keys(self) -> np.ndarray:
@@ -115,12 +118,20 @@ class VectorIndex:
             params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # SWIG class missing from faiss's stubs
             params.efSearch = max(self.ef_search, k)
             if self._tombstones:
-                deleted = np.fromiter(self._tombstones, dtype=np.int64)
-                params.sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(deleted))
+                params.sel = self._exclude_tombstones()
             scores, keys = self._index.search(vectors, k, params=params)
         else:
             scores, keys = self._index.search(vectors, k)
         return scores, keys
+
+    def _exclude_tombstones(self) -> object:
+        """A FAISS selector of every key but the tombstones, built once per change of them (a
+        search would otherwise hash all of them again). Writes are exclusive, so no search sees
+        it change; two searches may both build it, harmlessly."""
+        if self._selector is None:
+            batch = faiss.IDSelectorBatch(np.fromiter(self._tombstones, dtype=np.int64))
+            self._selector = (batch, faiss.IDSelectorNot(batch))  # keep `batch` alive with its wrapper
+        return self._selector[1]
 
     # Snapshots --------------------------------------------------------------------------------
 

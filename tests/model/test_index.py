@@ -90,3 +90,15 @@ def test_snapshot_round_trip_and_refusals(tmp_path: Path, kind: str) -> None:
         VectorIndex.load(path, tag="7:v1", kind=kind, dim=16)  # type: ignore[arg-type]
     with pytest.raises(SnapshotError, match="no snapshot"):
         VectorIndex.load(tmp_path / "absent.faiss", tag="7:v1", kind=kind, dim=16)  # type: ignore[arg-type]
+
+
+def test_hnsw_deletes_after_a_search_are_honoured() -> None:
+    rng = np.random.default_rng(4)
+    vectors = _unit(rng, 2000, 16)
+    index = VectorIndex(16, "hnsw", hnsw_m=8)
+    index.add(np.arange(2000, dtype=np.int64), vectors)
+    index.remove(np.array([0], dtype=np.int64))
+    assert index.search(vectors[1:2], 1)[1][0, 0] == 1  # the selector for {0} is built here
+    index.remove(np.array([1], dtype=np.int64))  # ...and must not be reused now
+    _, found = index.search(vectors[:2], 5)
+    assert not np.isin(found, [0, 1]).any()
