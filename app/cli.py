@@ -70,15 +70,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _read_questions(path: str) -> list[tuple[str | None, str]]:
     """Lines of ``text`` or ``id<TAB>text``; '-' reads standard input."""
+    from app.store import parse_question_lines
+
     handle = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
     with handle:
-        items: list[tuple[str | None, str]] = []
-        for line in handle:
-            line = line.strip()
-            if line:
-                qid, sep, text = line.partition("\t")
-                items.append((qid, text.strip()) if sep else (None, qid))
-    return items
+        return parse_question_lines(handle)
 
 
 def _embed(args: argparse.Namespace) -> int:

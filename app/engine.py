@@ -24,7 +24,7 @@ import numpy as np
 from app.batching import Batcher
 from app.locks import ReadWriteLock
 from app.settings import Settings
-from app.store import QuestionStore
+from app.store import QuestionStore, parse_question_lines
 from model.index import SnapshotError, VectorIndex
 from model.model_dir import QuestionEncoder, load_encoder
 
@@ -167,14 +167,9 @@ class Engine:
 
     def _seed(self, path: Path) -> None:
         assert self.encoder is not None
-        items: list[tuple[str, str]] = []
         with open(path, encoding="utf-8") as handle:
-            for n, line in enumerate(handle, 1):
-                line = line.strip()
-                if not line:
-                    continue
-                qid, sep, text = line.partition("\t")
-                items.append((qid, text.strip()) if sep else (f"seed-{n}", qid))
+            parsed = parse_question_lines(handle)
+        items = [(qid or f"seed-{n}", text) for n, (qid, text) in enumerate(parsed, 1)]
         logger.info("seeding the empty store with %d questions from %s", len(items), path)
         for start in range(0, len(items), 1024):
             chunk = items[start : start + 1024]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,18 @@ CREATE TABLE IF NOT EXISTS questions (
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('generation', '0');
 """
+
+
+def parse_question_lines(lines: Iterable[str]) -> list[tuple[str | None, str]]:
+    """Questions from lines of ``text`` or ``id<TAB>text`` (the seed and bulk-load format);
+    blank lines are skipped, a line without a tab has no id."""
+    items: list[tuple[str | None, str]] = []
+    for line in lines:
+        line = line.strip()
+        if line:
+            qid, sep, text = line.partition("\t")
+            items.append((qid, text.strip()) if sep else (None, qid))
+    return items
 
 
 @dataclass(frozen=True)

@@ -34,9 +34,12 @@ class EncoderConfig:
     max_tokens: int = 64  # longer questions are truncated by the tokenizer
 
 
-def embedding_matrix(vectors: torch.Tensor) -> np.ndarray:
-    """The embedding contract, in one place: float32, C-contiguous, shape (N, D), rows of unit norm."""
-    array = np.ascontiguousarray(vectors.detach().to(torch.float32).cpu().numpy())
+def embedding_matrix(vectors: torch.Tensor | np.ndarray) -> np.ndarray:
+    """The embedding contract, in one place for every backend: float32, C-contiguous, shape
+    (N, D). The rows are unit vectors already: the network normalizes as its last step."""
+    if isinstance(vectors, torch.Tensor):
+        vectors = vectors.detach().cpu().numpy()
+    array = np.ascontiguousarray(vectors, dtype=np.float32)
     assert array.ndim == 2, array.shape
     return array
 

@@ -205,8 +205,7 @@ class QuestionEncoder:
 
     def _forward(self, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         if self._session is not None:
-            result = self._session.run(None, {"ids": ids, "lengths": lengths.astype(np.int32)})[0]
-            return np.ascontiguousarray(result, dtype=np.float32)
+            return embedding_matrix(self._session.run(None, {"ids": ids, "lengths": lengths.astype(np.int32)})[0])
         with torch.inference_mode():
             return embedding_matrix(self.network(torch.from_numpy(ids), torch.from_numpy(lengths)))
 

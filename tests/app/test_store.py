@@ -49,3 +49,14 @@ def test_by_keys_beyond_sqlites_variable_limit(tmp_path: Path) -> None:
     asked = keys + list(range(100_000, 140_000))  # 40,050 keys, most absent
     found = store.by_keys(asked)
     assert sorted(found) == sorted(keys) and found[keys[7]].id == "q7"
+
+
+def test_question_lines_with_and_without_ids() -> None:
+    from app.store import parse_question_lines
+
+    lines = ["q-1\tHow old are you?\n", "\n", "  Why is the sky blue?  \n", "q-2\t  Where? \n"]
+    assert parse_question_lines(lines) == [
+        ("q-1", "How old are you?"),
+        (None, "Why is the sky blue?"),
+        ("q-2", "Where?"),
+    ]
