@@ -79,7 +79,7 @@ class Engine:
         faiss.omp_set_num_threads(1)
         try:
             self.encoder = load_encoder(
-                self.settings.model_dir, backend=self.settings.encoder_backend, threads=self.threads, spin=False
+                self.settings.model_dir, backend=self.settings.encoder_backend, threads=self.threads
             )
         except ValueError as err:
             raise StartupError(str(err)) from err

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     # Each system is built just before it is measured and freed after, so no idle thread pool of
     # one competes with the next. The ONNX encoder runs as the service runs it (idle threads sleep).
     factories: dict[str, Callable[[], Callable[[list[str]], np.ndarray]]] = {
-        "dupq (onnx)": lambda: load_encoder(args.model, backend="onnx", threads=args.threads, spin=False).encode,
+        "dupq (onnx)": lambda: load_encoder(args.model, backend="onnx", threads=args.threads).encode,
         "dupq (torch)": lambda: load_encoder(args.model, backend="torch", threads=args.threads).encode,
     }
     if not args.no_reference:

@@ -47,6 +47,16 @@ def test_onnx_graph_equals_the_torch_network(tiny_model_dir: Path) -> None:
     np.testing.assert_allclose(onnx_vectors, torch_vectors, atol=1e-5)
 
 
+def test_a_batch_shared_between_threads_gives_the_vectors_of_one_thread(tiny_model_dir: Path) -> None:
+    # 120 questions of many lengths: dealt out to two sessions, several length buckets each.
+    questions = [f"{q} {' '.join(['and more'] * (i % 13))} number {i}?" for i, q in enumerate(QUESTIONS * 24)]
+    shared = load_encoder(tiny_model_dir, backend="onnx", threads=2)
+    assert len(shared._sessions) == 2
+    reference = load_encoder(tiny_model_dir, backend="torch", threads=1).encode(questions)
+    np.testing.assert_allclose(shared.encode(questions, batch_size=16), reference, atol=1e-5)
+    np.testing.assert_allclose(shared.encode(questions[:3]), reference[:3], atol=1e-5)  # too few to split
+
+
 @pytest.mark.parametrize("pooling", ["mean", "max", "mean_max"])
 @pytest.mark.parametrize("bidirectional", [True, False])
 def test_network_padding_invariance_in_every_configuration(pooling: str, bidirectional: bool) -> None:

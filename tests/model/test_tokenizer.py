@@ -1,4 +1,13 @@
-from model.tokenizer import UNK_ID, token_ids, train_tokenizer
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from model.tokenizer import UNK_ID, TokenIds, load_tokenizer, token_ids, train_tokenizer
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = load_tokenizer(ROOT / "models" / "dupq-qqp" / "tokenizer.json")
+FAST = TokenIds(SHIPPED, max_tokens=64)
 
 
 def test_raw_and_bimpm_tokenized_text_give_the_same_tokens() -> None:
@@ -15,3 +24,46 @@ def test_unknown_words_and_empty_text() -> None:
     assert ids[1] == [UNK_ID]  # never an empty sequence
     assert len(ids[2]) == 8  # truncated to max_tokens
     assert all(isinstance(i, int) for i in ids[0]) and ids[0]
+
+
+TRICKY = [
+    "",
+    "   ",
+    "?",
+    "How old are you?",
+    "HOW OLD ARE YOU ???",
+    "Can't I? DON'T! won't`t isn`t",
+    'What\'s 2+2=4; a<b>c & d|e~f^g_h @home #tag $100 50% (x) [y] {z} \\ / "quoted"',
+    "What is [math]x^2[/math]?",
+    "What does [UNK] mean? and [pad]?",
+    "supercalifragilisticexpialidocious" * 3 + " word",
+    "Where is the café? naïve résumé",
+    "Tabs\tand\nnewlines",
+    "n't n'tn't nn't",
+    "ends with n't",
+    "The quick brown fox " * 20,
+    "zzqx qqqj xxyzzy",
+    "\u2018quoted\u2019 \u00bdhalf \uff21\uff22 \u0130stanbul",
+]
+
+
+def test_the_fast_path_gives_the_ids_of_the_tokenizer_on_real_and_tricky_questions() -> None:
+    demo = [line.split("\t", 1)[-1] for line in (ROOT / "demo" / "questions.tsv").read_text().splitlines()]
+    texts = demo + TRICKY
+    assert FAST.fast
+    assert FAST(texts) == token_ids(SHIPPED, texts, 64)
+    assert FAST(texts) == token_ids(SHIPPED, texts, 64)  # again, from the chunk cache
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x7F)) | st.text(), max_size=4))
+def test_the_fast_path_agrees_with_the_tokenizer_on_any_text(texts: list[str]) -> None:
+    assert FAST(texts) == token_ids(SHIPPED, texts, 64)
+
+
+def test_another_pipeline_takes_the_tokenizer_itself() -> None:
+    tokenizer = train_tokenizer(["hello world"] * 5, vocab_size=100, min_frequency=1)
+    tokenizer.normalizer = None  # no lower-casing: the fast path would be wrong, so it is off
+    ids = TokenIds(tokenizer, max_tokens=8)
+    assert not ids.fast
+    assert ids(["Hello world"]) == token_ids(tokenizer, ["Hello world"], 8)
