@@ -231,8 +231,9 @@ class Engine:
 
     async def similarity(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         vectors = await self.encode([q for pair in pairs for q in pair])
-        v = vectors.astype(np.float64).reshape(len(pairs), 2, -1)
-        return np.clip((v[:, 0] * v[:, 1]).sum(1), -1.0, 1.0)
+        # Products summed in float64, in the same order whichever side comes first: symmetric.
+        sims = np.einsum("ij,ij->i", vectors[0::2], vectors[1::2], dtype=np.float64)
+        return np.minimum(np.maximum(sims, -1.0, out=sims), 1.0, out=sims)
 
     def probability(self, similarities: np.ndarray) -> np.ndarray:
         return self._require_ready().probability(similarities)

@@ -4,19 +4,25 @@ stops the engine. Nothing is built at import time."""
 from __future__ import annotations
 
 import asyncio
+import functools
+import gc
 import hmac
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.batching import Overloaded
 from app.engine import Engine, NotReady, StartupError
+from app.fastpath import FastSimilarity, internal_error_response, not_ready_response, overloaded_response
 from app.metrics import Metrics
 from app.routes import duplicates, embed, ops, questions, similarity
 from app.schemas import ErrorBody
@@ -62,14 +68,20 @@ async def _send_json(send: Send, status: int, detail: str, headers: list[tuple[b
 
 
 class Gate:
-    """Pure ASGI middleware, first in line: API key, body size cap, metrics and the access log."""
+    """Pure ASGI middleware, first in line: API key, body size cap, metrics and the access log;
+    then the lean path for valid ``/similarity`` requests (``fast``), or the FastAPI app."""
 
     def __init__(
-        self, app: Callable[[Scope, Receive, Send], Awaitable[None]], settings: Settings, metrics: Metrics
+        self,
+        app: Callable[[Scope, Receive, Send], Awaitable[None]],
+        settings: Settings,
+        metrics: Metrics,
+        fast: FastSimilarity | None = None,
     ) -> None:
         self.app = app
         self.settings = settings
         self.metrics = metrics
+        self.fast = fast
         key = settings.api_key.get_secret_value() if settings.api_key else ""
         self.expected = f"Bearer {key}".encode() if key else b""
 
@@ -138,7 +150,23 @@ class Gate:
                     raise _BodyTooLarge(limit)
             return message
 
+        if self.fast is not None and self.fast.takes(scope, headers):
+            await self.fast(scope, receive_capped, send, self.app)
+            return
         await self.app(scope, receive_capped, send)
+
+
+class Service(FastAPI):
+    """The FastAPI app with :class:`Gate` in front of everything, FastAPI's and Starlette's own
+    middleware included: the lean path then skips every layer it does not need."""
+
+    gate: Gate | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.gate is None:
+            await super().__call__(scope, receive, send)
+        else:
+            await self.gate(scope, receive, send)
 
 
 def _register_errors(app: FastAPI) -> None:
@@ -152,20 +180,35 @@ def _register_errors(app: FastAPI) -> None:
             return JSONResponse({"detail": detail}, status_code=422)
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own answer, except that an input of NaN or Infinity (Python's json module
+        # reads them) is written as a string: JSON has no such numbers, and rendering them failed.
+        return JSONResponse({"detail": _finite(jsonable_encoder(exc.errors()))}, status_code=422)
+
     @app.exception_handler(NotReady)
     async def not_ready(request: Request, exc: NotReady) -> JSONResponse:
-        return JSONResponse({"detail": f"not ready: {exc}"}, status_code=503, headers={"Retry-After": "5"})
+        return not_ready_response(exc)
 
     @app.exception_handler(Overloaded)
     async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
-        return JSONResponse(
-            {"detail": f"overloaded: {exc}; retry later"}, status_code=503, headers={"Retry-After": "1"}
-        )
+        return overloaded_response(exc)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "internal server error; the service log has the details"}, status_code=500)
+        return internal_error_response()
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every float that JSON cannot hold (NaN, Infinity) replaced by its name."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
 
 
 def _openapi_with_limits(app: FastAPI, settings: Settings) -> Callable[[], dict[str, Any]]:
@@ -211,6 +254,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         def open_engine() -> None:
             try:
                 engine.open()
+                # Everything loaded so far lives as long as the process: keep it out of the
+                # garbage collector's full passes, which otherwise walk it all (tens of ms).
+                gc.freeze()
             except Exception as err:
                 engine.load_error = f"start-up failed: {err}"
                 logger.exception("start-up failed")
@@ -222,7 +268,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await loading
             await engine.stop()
 
-    app = FastAPI(
+    app = Service(
         title="dupq",
         version="1",
         summary="Tells whether two questions mean the same thing and finds the duplicates of a new question.",
@@ -237,5 +283,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops.router)
     _register_errors(app)
     app.openapi = _openapi_with_limits(app, settings)  # type: ignore[method-assign]
-    app.add_middleware(Gate, settings=settings, metrics=metrics)
+    fast = FastSimilarity(engine, settings) if settings.fast_path else None
+    app.gate = Gate(functools.partial(FastAPI.__call__, app), settings=settings, metrics=metrics, fast=fast)
     return app

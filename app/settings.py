@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     queue_max: int = Field(
         4096, ge=1, description="most questions waiting for the encoder (or the index); beyond it, 503 + Retry-After"
     )
+    fast_path: bool = Field(
+        True, description="answer valid POST /similarity requests on a lean path that skips FastAPI's routing"
+    )
     log_level: str = Field("INFO", description="logging level")
     log_json: bool = Field(True, description="one JSON object per log line")
 
