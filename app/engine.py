@@ -9,7 +9,9 @@ search never sees half of a write.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -61,7 +63,9 @@ class Engine:
         self._batcher: Batcher[str] | None = None  # questions -> vectors
         self._searcher: Batcher[tuple[np.ndarray, int]] | None = None  # (vector, k) -> matches
         self._workers = ThreadPoolExecutor(max_workers=max(4, 2 * self.threads), thread_name_prefix="engine")
-        self._snapshot_generation = -1
+        self._snapshot_generation = -1  # store generation of the snapshot on disk
+        self._snapshot_write = threading.Lock()  # one snapshot written at a time
+        self._snapshotter: asyncio.Task[None] | None = None
 
     # Life cycle -------------------------------------------------------------------------------
 
@@ -97,8 +101,8 @@ class Engine:
     def open(self) -> None:
         """The slow part of start-up: re-embed, load or rebuild the index, seed, warm up."""
         assert self.encoder is not None and self.store is not None
-        self._reembed()
-        self._load_index()
+        reembedded = self._reembed()
+        self._load_index(trust_snapshot=not reembedded)
         if self.store.count() == 0 and self.settings.seed_file:
             self._seed(self.settings.seed_file)
         for _ in range(3):
@@ -111,11 +115,12 @@ class Engine:
             len(self.index or ()),
         )
 
-    def _reembed(self) -> None:
+    def _reembed(self) -> int:
+        """Re-embed the stored questions of other model versions; returns how many."""
         assert self.encoder is not None and self.store is not None
         stale = sum(n for v, n in self.store.model_versions().items() if v != self.encoder.version)
         if not stale:
-            return
+            return 0
         logger.warning("re-embedding %d stored questions with model %s", stale, self.encoder.version)
         done, started = 0, time.monotonic()
         for rows in self.store.iter_texts(not_version=self.encoder.version):
@@ -125,6 +130,7 @@ class Engine:
             logger.info(
                 "re-embedded %d/%d questions (%.0f/s)", done, stale, done / max(1e-9, time.monotonic() - started)
             )
+        return stale
 
     def _new_index(self) -> VectorIndex:
         assert self.encoder is not None
@@ -132,19 +138,35 @@ class Engine:
         return VectorIndex(self.encoder.dim, s.index_kind, hnsw_m=s.hnsw_m, ef_search=s.hnsw_ef_search)
 
     def _tag(self) -> str:
-        assert self.encoder is not None and self.store is not None
-        return f"{self.store.generation()}:{self.encoder.version}"
+        """What the index holds: vectors of this model version (a snapshot of another is useless)."""
+        assert self.encoder is not None
+        return f"vectors of model {self.encoder.version}"
 
-    def _load_index(self) -> None:
+    def _load_index(self, trust_snapshot: bool = True) -> None:
         assert self.encoder is not None and self.store is not None
         try:
-            self.index = VectorIndex.load(self.snapshot_path, self._tag(), self.settings.index_kind, self.encoder.dim)
-            self.index.ef_search = self.settings.hnsw_ef_search
-            self._snapshot_generation = self.store.generation()
-            logger.info("index snapshot loaded: %d questions", len(self.index))
-            return
+            if not trust_snapshot:  # vectors changed in place: the snapshot cannot tell which
+                raise SnapshotError("stored questions were re-embedded")
+            index = VectorIndex.load(self.snapshot_path, self._tag(), self.settings.index_kind, self.encoder.dim)
         except SnapshotError as why:
             logger.info("rebuilding the index from the store (%s)", why)
+        else:
+            index.ef_search = self.settings.hnsw_ef_search
+            self._snapshot_generation = int(index.snapshot_meta.get("generation", -1))
+            logger.info("index snapshot loaded: %d questions", len(index))
+            if self._snapshot_generation != self.store.generation():
+                # Written before the last changes (a crash, or changes since the last periodic
+                # snapshot): replay them from the store instead of rebuilding everything.
+                started = time.monotonic()
+                added, removed = self._catch_up(index, int(index.snapshot_meta.get("max_key", -1)))
+                logger.info(
+                    "index caught up with the store: %d added, %d removed since the snapshot, in %.1f s",
+                    added,
+                    removed,
+                    time.monotonic() - started,
+                )
+            self.index = index
+            return
         index = self._new_index()
         started = time.monotonic()
         for keys, vectors in self.store.iter_vectors():
@@ -153,17 +175,46 @@ class Engine:
         self.index = index
         self.save_snapshot()
 
+    def _catch_up(self, index: VectorIndex, max_key: int) -> tuple[int, int]:
+        """Bring a snapshot holding every key up to ``max_key`` level with the store: add the rows
+        written since (their keys are larger: keys only grow), remove the keys deleted since."""
+        assert self.store is not None
+        added = 0
+        for keys, vectors in self.store.iter_vectors(after=max_key):
+            index.add(keys, vectors)
+            added += len(keys)
+        live = index.live_keys()
+        gone = np.setdiff1d(live[live <= max_key], self.store.keys(upto=max_key))
+        index.remove(gone)
+        return added, len(gone)
+
     def save_snapshot(self) -> None:
-        """Write the index snapshot if the store changed since the last one."""
+        """Write the index snapshot if the store changed since the last one. Writes wait only
+        while the index is copied in memory, not while the copy goes to disk."""
         if self.index is None or self.store is None:
             return
-        with self._lock.read():
-            generation = self.store.generation()
-            if generation == self._snapshot_generation:
-                return
-            self.index.save(self.snapshot_path, self._tag())
+        with self._snapshot_write:
+            with self._lock.read():
+                generation = self.store.generation()
+                if generation == self._snapshot_generation:
+                    return
+                data, meta = self.index.snapshot()
+                size = len(self.index)
+            started = time.monotonic()
+            VectorIndex.write_snapshot(self.snapshot_path, data, {**meta, "tag": self._tag(), "generation": generation})
             self._snapshot_generation = generation
-        logger.info("index snapshot written (%d questions)", len(self.index))
+        logger.info("index snapshot written (%d questions, %.1f s)", size, time.monotonic() - started)
+
+    async def _snapshot_loop(self) -> None:
+        """Snapshot the index every ``snapshot_interval_s`` while the store changes, so a restart
+        after a crash replays only the changes since the last one."""
+        while True:
+            await asyncio.sleep(self.settings.snapshot_interval_s)
+            if self.ready:
+                try:
+                    await self._run(self.save_snapshot)
+                except Exception:
+                    logger.exception("index snapshot failed; the next one will try again")
 
     def _seed(self, path: Path) -> None:
         assert self.encoder is not None
@@ -183,8 +234,14 @@ class Engine:
         self._searcher = Batcher(self._search, s.batch_max_size, s.batch_wait_ms / 1000.0, s.queue_max, "searcher")
         self._batcher.start()
         self._searcher.start()
+        if s.snapshot_interval_s > 0:
+            self._snapshotter = asyncio.get_running_loop().create_task(self._snapshot_loop(), name="snapshots")
 
     async def stop(self) -> None:
+        if self._snapshotter is not None:
+            self._snapshotter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._snapshotter
         for batcher in (self._batcher, self._searcher):
             if batcher is not None:
                 await batcher.stop()

@@ -40,6 +40,12 @@ class Settings(BaseSettings):
         description="when stored vectors come from another model version: re-embed them at start-up, "
         "or refuse to start",
     )
+    snapshot_interval_s: float = Field(
+        300.0,
+        ge=0.0,
+        description="seconds between index snapshots while questions change (0: only at shutdown); "
+        "a restart replays from the store only what changed since the last one",
+    )
     threads: int = Field(
         0, ge=0, description="CPU threads for the encoder and FAISS; 0 = the CPUs this process may use"
     )

@@ -173,9 +173,11 @@ class QuestionStore:
         rows = self._reader.execute("SELECT model_version, COUNT(*) FROM questions GROUP BY model_version")
         return {version: n for version, n in rows}
 
-    def iter_vectors(self, batch: int = 10000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """All (keys, vectors) in key order, ``batch`` rows at a time."""
-        last = -1
+    def iter_vectors(self, batch: int = 10000, after: int = -1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(keys, vectors) of the rows whose key is over ``after`` (all by default), in key order,
+        ``batch`` rows at a time. Keys only grow (AUTOINCREMENT; an upsert makes a new row), so
+        the rows over a key are exactly those written after it."""
+        last = after
         while True:
             rows = self._reader.execute(
                 "SELECT key, embedding FROM questions WHERE key > ? ORDER BY key LIMIT ?", (last, batch)
@@ -186,6 +188,11 @@ class QuestionStore:
             vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), self.dim)
             yield keys, vectors
             last = int(keys[-1])
+
+    def keys(self, upto: int) -> np.ndarray:
+        """The keys of the rows whose key is at most ``upto``, ascending."""
+        rows = self._reader.execute("SELECT key FROM questions WHERE key <= ? ORDER BY key", (upto,))
+        return np.fromiter((r[0] for r in rows), dtype=np.int64)
 
     def iter_texts(self, not_version: str, batch: int = 2048) -> Iterator[list[tuple[int, str]]]:
         """(key, text) of the rows embedded by another model version than ``not_version``."""

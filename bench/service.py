@@ -1,10 +1,16 @@
 """HTTP benchmark of ``dupq serve`` with the shipped model: requests/s and p50/p99 latency of
-/similarity and /duplicates at 1, 16 and 64 concurrent clients, over an index of real Quora
-questions (100,000 by default), with wrk (Debian package ``wrk``) as the load generator.
+/similarity and /duplicates at 1, 16 and 64 concurrent clients, over an index of Quora questions
+(100,000 by default), with wrk (Debian package ``wrk``) as the load generator.
 
     python bench/service.py [--questions 100000] [--seconds 10] [--clients 1,16,64] [--index-kind flat]
+    python bench/service.py --questions 1000000 --index-kind hnsw --routes /duplicates
 
-The server and wrk share this machine's cores, as they would on a 2-core host with a local proxy.
+The queries are 2,000 real questions kept out of the index. The training file holds about 177,000
+other distinct questions; past that, the index is filled with made-up questions, each two real
+ones joined ("How do I learn Python? Why is the sky blue?"), encoded by the model like any other.
+With ``--index-kind hnsw`` the script also measures recall@10 of ``/duplicates`` over HTTP against
+exact search over the stored vectors. The server and wrk share this machine's cores, as they
+would on a 2-core host with a local proxy. The data directory is built once and kept in build/.
 """
 
 from __future__ import annotations
@@ -38,12 +44,51 @@ def distinct_questions(path: Path, n: int) -> list[str]:
     return list(seen.values())[:n]
 
 
+def fill(real: list[str], n: int, seed: int = 0) -> list[str]:
+    """``real``, then made-up questions (two real ones joined) until there are ``n`` distinct ones."""
+    rng = random.Random(seed)
+    texts, seen = list(real[:n]), {question_key(q) for q in real[:n]}
+    while len(texts) < n:
+        text = f"{rng.choice(real)} {rng.choice(real)}"
+        if question_key(text) not in seen:
+            seen.add(question_key(text))
+            texts.append(text)
+    return texts
+
+
+def post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def http_recall(url: str, data_dir: Path, queries: list[str], k: int = 10) -> float:
+    """recall@k of /duplicates against exact inner-product search over every stored vector."""
+    import sqlite3
+
+    import numpy as np
+
+    with sqlite3.connect(data_dir / "questions.sqlite3") as db:
+        rows = db.execute("SELECT id, embedding FROM questions").fetchall()
+    ids = [row[0] for row in rows]
+    matrix = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32).reshape(len(rows), -1)
+    vectors = np.array(post(url + "/embed", {"questions": queries})["embeddings"], dtype=np.float32)
+    exact = np.argsort(-(vectors @ matrix.T), axis=1)[:, :k]
+    hits = 0
+    for query, best in zip(queries, exact, strict=True):
+        found = {m["id"] for m in post(url + "/duplicates", {"question": query, "k": k})["matches"]}
+        hits += len(found & {ids[i] for i in best})
+    return hits / (k * len(queries))
+
+
 def get(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=5) as response:
         return json.loads(response.read())
 
 
-def wait_ready(url: str, timeout: float = 600) -> dict:
+def wait_ready(url: str, timeout: float = 1800) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -76,14 +121,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--clients", default="1,16,64")
     parser.add_argument("--index-kind", default="flat", choices=["flat", "hnsw"])
+    parser.add_argument("--routes", default="/similarity,/duplicates")
+    parser.add_argument("--recall-queries", type=int, default=200, help="queries for recall@10 (hnsw only)")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--data-dir", type=Path, default=ROOT / "build" / "bench-data")
     args = parser.parse_args(argv)
     if not shutil.which("wrk"):
         print("wrk is not installed: apt-get install wrk", file=sys.stderr)
         return 2
-    texts = distinct_questions(Path(args.pairs), args.questions + 2000)
-    indexed, queries = texts[: args.questions], texts[args.questions :]
+    real = distinct_questions(Path(args.pairs), args.questions + 2000)
+    indexed, queries = fill(real[:-2000], args.questions), real[-2000:]
     data_dir = args.data_dir / f"{args.index_kind}-{args.questions}"
     bin_dir = Path(sys.executable).parent
     if not (data_dir / "questions.sqlite3").exists():
@@ -123,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             "/duplicates": [json.dumps({"question": rng.choice(queries), "k": 10}) for _ in range(5000)],
         }
         for route, lines in bodies.items():
+            if route not in args.routes.split(","):
+                continue
             body_file = data_dir.parent / f"bodies{route.replace('/', '-')}.jsonl"
             body_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
             results[route] = {}
@@ -162,6 +211,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         if batches:
             print(f"mean encoder batch: {float(batches.group(1)) / float(batches.group(2)):.1f} questions per call")
+        if args.index_kind == "hnsw":
+            started = time.perf_counter()
+            recall = http_recall(url, data_dir, queries[: args.recall_queries])
+            results["recall@10"] = recall  # type: ignore[assignment]
+            print(
+                f"/duplicates recall@10 against exact search: {recall:.4f} ({args.recall_queries} queries, "
+                f"{time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
     finally:
         server.terminate()
         server.wait(30)

@@ -20,7 +20,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import faiss
 import numpy as np
@@ -49,6 +49,7 @@ class VectorIndex:
         self._tombstones: set[int] = set()
         self._selector: tuple[object, object] | None = None  # excludes the tombstones; rebuilt when they change
         self._index: faiss.IndexIDMap2 = self._empty()
+        self.snapshot_meta: dict[str, Any] = {}  # what load() read with the snapshot
 
     def _empty(self) -> faiss.IndexIDMap2:
         if self.kind == "flat":
@@ -135,31 +136,50 @@ class VectorIndex:
 
     # Snapshots --------------------------------------------------------------------------------
 
-    def save(self, path: str | Path, tag: str) -> None:
-        """Write the index to ``path`` and a sidecar ``path.json`` with its checksum and ``tag``
-        (what state of the store it reflects). Both are written atomically (temp file + rename)."""
-        path = Path(path)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        faiss.write_index(self._index, str(tmp))
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
+    def snapshot(self) -> tuple[np.ndarray, dict[str, Any]]:
+        """The index serialized in memory, and its metadata: a memory copy, quick enough to take
+        under the lock that keeps writes out, so that writing the file can happen after it."""
+        data = faiss.serialize_index(self._index)
+        keys = faiss.vector_to_array(self._index.id_map)
         meta = {
-            "tag": tag,
             "kind": self.kind,
             "dim": self.dim,
-            "sha256": _sha256(tmp),
+            "max_key": int(keys.max()) if len(keys) else -1,
             "tombstones": sorted(self._tombstones),
             "hnsw": {"m": self.hnsw_m, "ef_construction": self.ef_construction, "ef_search": self.ef_search},
         }
+        return data, meta
+
+    @staticmethod
+    def write_snapshot(path: str | Path, data: np.ndarray, meta: dict[str, Any]) -> None:
+        """Write a :meth:`snapshot` to ``path`` and its metadata, with the checksum, to the sidecar
+        ``path.json``; each file is written to a temporary name, synced, then renamed."""
+        path = Path(path)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        with open(tmp, "wb") as handle:
+            handle.write(memoryview(data))
+            handle.flush()
+            os.fsync(handle.fileno())
+        meta = {**meta, "sha256": hashlib.sha256(memoryview(data)).hexdigest()}
         os.replace(tmp, path)
         meta_tmp = path.with_suffix(path.suffix + ".json.tmp")
-        meta_tmp.write_text(json.dumps(meta), encoding="utf-8")
+        with open(meta_tmp, "w", encoding="utf-8") as handle:
+            json.dump(meta, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(meta_tmp, path.with_suffix(path.suffix + ".json"))
+
+    def save(self, path: str | Path, tag: str, **extra: Any) -> None:
+        """Write the index to ``path``; ``tag`` says which vectors it holds (checked by
+        :meth:`load`), ``extra`` is kept in the metadata for the caller."""
+        data, meta = self.snapshot()
+        self.write_snapshot(path, data, {**meta, **extra, "tag": tag})
 
     @classmethod
     def load(cls, path: str | Path, tag: str, kind: IndexKind, dim: int) -> VectorIndex:
-        """Load a snapshot written by :meth:`save` for the same ``tag``, kind and dim, or raise
-        :class:`SnapshotError` saying why it cannot be used."""
+        """Load a snapshot written by :meth:`save` with the same ``tag``, kind and dim, or raise
+        :class:`SnapshotError` saying why it cannot be used. The metadata, ``max_key`` (the
+        largest key ever added) and the caller's extras included, is in ``snapshot_meta``."""
         path = Path(path)
         meta_path = path.with_suffix(path.suffix + ".json")
         if not path.is_file() or not meta_path.is_file():
@@ -169,7 +189,7 @@ class VectorIndex:
         except (OSError, json.JSONDecodeError) as err:
             raise SnapshotError(f"unreadable snapshot metadata: {err}") from err
         if meta.get("tag") != tag:
-            raise SnapshotError("snapshot is stale (the store changed since)")
+            raise SnapshotError(f"snapshot is stale: it holds {meta.get('tag')}, not {tag}")
         if meta.get("kind") != kind or meta.get("dim") != dim:
             raise SnapshotError(f"snapshot is a {meta.get('kind')} index of dim {meta.get('dim')}")
         if _sha256(path) != meta.get("sha256"):
@@ -184,6 +204,7 @@ class VectorIndex:
             raise SnapshotError(f"snapshot holds a {type(loaded).__name__}, not an id-mapped index")
         index._index = loaded
         index._tombstones = set(meta.get("tombstones", []))
+        index.snapshot_meta = meta
         return index
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -15,33 +18,83 @@ from ..conftest import build_tiny_model
 from .conftest import make_settings, wait_ready
 
 
-def test_restart_uses_the_snapshot_and_rebuilds_a_stale_one(
+def test_restart_uses_the_snapshot_and_replays_what_changed_since(
     tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = make_settings(tiny_model_dir, tmp_path)
     with TestClient(create_app(settings)) as client:
         wait_ready(client)
         client.post(
-            "/questions", json={"questions": [{"id": "a", "text": "How old are you?"}, {"id": "b", "text": "Why?"}]}
+            "/questions",
+            json={
+                "questions": [
+                    {"id": "a", "text": "How old are you?"},
+                    {"id": "b", "text": "Why?"},
+                    {"id": "c", "text": "Where are you from?"},
+                ]
+            },
         )
     caplog.set_level(logging.INFO)
     with TestClient(create_app(settings)) as client:
         wait_ready(client)
-        assert "index snapshot loaded: 2 questions" in caplog.text
+        assert "index snapshot loaded: 3 questions" in caplog.text
+        assert "caught up" not in caplog.text
         assert (
             client.post("/duplicates", json={"question": "How old are you?", "k": 1}).json()["matches"][0]["id"] == "a"
         )
-    # The store moves on without the snapshot (as after a kill -9): the snapshot is stale.
+    # The store moves on without the snapshot (as after a kill -9): a delete, an update, a new row.
     from app.store import QuestionStore
 
     store = QuestionStore(tmp_path / "questions.sqlite3", dim=24)
     store.delete("b")
+    vector = np.eye(24, dtype=np.float32)[:2]
+    version = json.loads((tiny_model_dir / "config.json").read_text())["version"]
+    store.upsert([("c", "Is this an update?"), ("d", "Is this new?")], vector, version)
     store.close()
     caplog.clear()
     with TestClient(create_app(settings)) as client:
         wait_ready(client)
+        assert "index snapshot loaded: 3 questions" in caplog.text
+        assert "index caught up with the store: 2 added, 2 removed since the snapshot" in caplog.text
+        engine = client.app.state.engine  # type: ignore[attr-defined]
+        by_key = engine.store.by_keys(engine.index.live_keys().tolist())
+        assert sorted(q.id for q in by_key.values()) == ["a", "c", "d"]
+        assert engine.store.get("c").text == "Is this an update?"
+        assert client.get("/ready").json()["index_size"] == 3
+        # The replayed vectors are the stored ones: each row is its own nearest neighbour.
+        _, keys = engine.index.search(vector, 1)
+        assert [by_key[int(k)].id for k in keys[:, 0]] == ["c", "d"]
+
+
+def test_a_snapshot_of_another_model_is_rebuilt(
+    tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(tiny_model_dir, tmp_path)
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        client.post("/questions", json={"questions": [{"id": "a", "text": "How old are you?"}]})
+    meta_path = tmp_path / "index-flat.faiss.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "tag": "vectors of model other"}))
+    caplog.set_level(logging.INFO)
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
         assert "rebuilding the index from the store (snapshot is stale" in caplog.text
         assert client.get("/ready").json()["index_size"] == 1
+
+
+def test_snapshots_are_written_while_serving(tiny_model_dir: Path, tmp_path: Path) -> None:
+    settings = make_settings(tiny_model_dir, tmp_path, snapshot_interval_s=0.1)
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        client.post("/questions", json={"questions": [{"id": "a", "text": "How old are you?"}]})
+        engine = client.app.state.engine  # type: ignore[attr-defined]
+        meta_path = tmp_path / "index-flat.faiss.json"
+        deadline = time.monotonic() + 10
+        while json.loads(meta_path.read_text()).get("generation") != engine.store.generation():
+            assert time.monotonic() < deadline, "no snapshot of the new question within 10 s"
+            time.sleep(0.05)
+        assert json.loads(meta_path.read_text())["max_key"] == engine.store.get("a").key
 
 
 def test_another_model_reembeds_or_refuses(tiny_model_dir: Path, tmp_path: Path) -> None:
