@@ -156,11 +156,12 @@ class VectorIndex:
         ``path.json``; each file is written to a temporary name, synced, then renamed."""
         path = Path(path)
         tmp = path.with_suffix(path.suffix + ".tmp")
+        buffer = data.data  # the array's bytes, not copied
         with open(tmp, "wb") as handle:
-            handle.write(memoryview(data))
+            handle.write(buffer)
             handle.flush()
             os.fsync(handle.fileno())
-        meta = {**meta, "sha256": hashlib.sha256(memoryview(data)).hexdigest()}
+        meta = {**meta, "sha256": hashlib.sha256(buffer).hexdigest()}
         os.replace(tmp, path)
         meta_tmp = path.with_suffix(path.suffix + ".json.tmp")
         with open(meta_tmp, "w", encoding="utf-8") as handle:
