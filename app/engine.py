@@ -184,7 +184,9 @@ class Engine:
             index.add(keys, vectors)
             added += len(keys)
         live = index.live_keys()
-        gone = np.setdiff1d(live[live <= max_key], self.store.keys(upto=max_key))
+        live = live[live <= max_key]
+        # isin picks a lookup table over the key range when it is small enough: linear time.
+        gone = live[~np.isin(live, self.store.keys(upto=max_key))]
         index.remove(gone)
         return added, len(gone)
 
