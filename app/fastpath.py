@@ -86,7 +86,7 @@ class FastSimilarity:
         scope["route"] = self.route
         response: JSONResponse
         try:
-            response = JSONResponse(await similarity.answer(request, self.engine))
+            content = await similarity.answer(request, self.engine)
         except NotReady as err:
             response = not_ready_response(err)
         except Overloaded as err:
@@ -94,6 +94,13 @@ class FastSimilarity:
         except Exception:  # Starlette's error middleware is not in front of this path
             logger.exception("unhandled error on POST %s", PATH)
             response = internal_error_response()
+        else:
+            # What JSONResponse would send, without building one.
+            body = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+            headers = [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
         await response(scope, receive, send)
 
 

@@ -82,6 +82,7 @@ class Gate:
         self.settings = settings
         self.metrics = metrics
         self.fast = fast
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}  # metric children by label
         key = settings.api_key.get_secret_value() if settings.api_key else ""
         self.expected = f"Bearer {key}".encode() if key else b""
 
@@ -108,8 +109,15 @@ class Gate:
             route = scope.get("route")
             label = getattr(route, "path", None) or "unmatched"
             elapsed = time.perf_counter() - started
-            self.metrics.requests.labels(label, scope["method"], str(status[0])).inc()
-            self.metrics.latency.labels(label).observe(elapsed)
+            key = (label, scope["method"], status[0])
+            children = self._children.get(key)
+            if children is None:  # prometheus_client's labels() lookup costs more than the update
+                children = self._children[key] = (
+                    self.metrics.requests.labels(label, scope["method"], str(status[0])),
+                    self.metrics.latency.labels(label),
+                )
+            children[0].inc()
+            children[1].observe(elapsed)
             # 5xx are worth a warning, except /ready saying "not yet", which probes ask all along.
             failed = status[0] >= 500 and label != "/ready"
             if failed or access.isEnabledFor(logging.DEBUG):
