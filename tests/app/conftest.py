@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,14 @@ def wait_ready(client: TestClient, timeout: float = 30.0) -> None:
             return
         time.sleep(0.02)
     raise AssertionError(f"not ready after {timeout} s: {client.get('/ready').json()}")
+
+
+@contextmanager
+def serving(settings: Settings) -> Iterator[TestClient]:
+    """A client of the app built from ``settings``, its lifespan running, once it is ready."""
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        yield client
 
 
 def make_settings(model_dir: Path, data_dir: Path, **overrides: Any) -> Settings:

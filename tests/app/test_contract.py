@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from app.main import create_app
-
-from .conftest import make_settings, wait_ready
+from .conftest import make_settings, serving
 
 Q1, Q2 = "How old are you?", "What is your age?"
 
@@ -170,8 +168,7 @@ def test_bad_json_and_bad_path_ids(client: TestClient) -> None:
 
 
 def test_body_over_the_cap_is_413(tiny_model_dir: Path, tmp_path: Path) -> None:
-    with TestClient(create_app(make_settings(tiny_model_dir, tmp_path, max_body_bytes=2048))) as client:
-        wait_ready(client)
+    with serving(make_settings(tiny_model_dir, tmp_path, max_body_bytes=2048)) as client:
         big = {"question1": "a" * 3000, "question2": Q2}
         response = client.post("/similarity", json=big)
         assert response.status_code == 413 and "detail" in response.json()
@@ -187,8 +184,7 @@ def test_body_over_the_cap_is_413(tiny_model_dir: Path, tmp_path: Path) -> None:
 
 
 def test_api_key(tiny_model_dir: Path, tmp_path: Path) -> None:
-    with TestClient(create_app(make_settings(tiny_model_dir, tmp_path, api_key="s3cret"))) as client:
-        wait_ready(client)
+    with serving(make_settings(tiny_model_dir, tmp_path, api_key="s3cret")) as client:
         assert client.get("/health").status_code == 200 and client.get("/ready").status_code == 200
         body = {"question1": Q1, "question2": Q2}
         missing = client.post("/similarity", json=body)

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 import app.fastpath
 from app.main import create_app
-from tests.app.conftest import make_settings, wait_ready
+from tests.app.conftest import make_settings, serving, wait_ready
 
 JSON = {"content-type": "application/json"}
 VALID: list[tuple[bytes, dict[str, str]]] = [
@@ -96,8 +96,7 @@ def test_valid_requests_take_the_lean_path_and_invalid_ones_fastapi(
 
 def test_the_lean_path_keeps_the_api_key_and_the_body_cap(tiny_model_dir: Path, tmp_path: Path) -> None:
     settings = make_settings(tiny_model_dir, tmp_path / "data", api_key="s3cret", max_body_bytes=1024)
-    with TestClient(create_app(settings)) as client:
-        wait_ready(client)
+    with serving(settings) as client:
         body = VALID[0][0]
         assert client.post("/similarity", content=body, headers=JSON).status_code == 401
         auth = {**JSON, "authorization": "Bearer s3cret"}

@@ -15,15 +15,14 @@ from app.engine import StartupError
 from app.main import create_app
 
 from ..conftest import build_tiny_model
-from .conftest import make_settings, wait_ready
+from .conftest import make_settings, serving
 
 
 def test_restart_uses_the_snapshot_and_replays_what_changed_since(
     tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = make_settings(tiny_model_dir, tmp_path)
-    with TestClient(create_app(settings)) as client:
-        wait_ready(client)
+    with serving(settings) as client:
         client.post(
             "/questions",
             json={
@@ -35,8 +34,7 @@ def test_restart_uses_the_snapshot_and_replays_what_changed_since(
             },
         )
     caplog.set_level(logging.INFO)
-    with TestClient(create_app(settings)) as client:
-        wait_ready(client)
+    with serving(settings) as client:
         assert "index snapshot loaded: 3 questions" in caplog.text
         assert "caught up" not in caplog.text
         assert (
@@ -52,8 +50,7 @@ def test_restart_uses_the_snapshot_and_replays_what_changed_since(
     store.upsert([("c", "Is this an update?"), ("d", "Is this new?")], vector, version)
     store.close()
     caplog.clear()
-    with TestClient(create_app(settings)) as client:
-        wait_ready(client)
+    with serving(settings) as client:
         assert "index snapshot loaded: 3 questions" in caplog.text
         assert "index caught up with the store: 2 added, 2 removed since the snapshot" in caplog.text
         engine = client.app.state.engine  # type: ignore[attr-defined]
@@ -70,23 +67,20 @@ def test_a_snapshot_of_another_model_is_rebuilt(
     tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = make_settings(tiny_model_dir, tmp_path)
-    with TestClient(create_app(settings)) as client:
-        wait_ready(client)
+    with serving(settings) as client:
         client.post("/questions", json={"questions": [{"id": "a", "text": "How old are you?"}]})
     meta_path = tmp_path / "index-flat.faiss.json"
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, "tag": "vectors of model other"}))
     caplog.set_level(logging.INFO)
-    with TestClient(create_app(settings)) as client:
-        wait_ready(client)
+    with serving(settings) as client:
         assert "rebuilding the index from the store (snapshot is stale" in caplog.text
         assert client.get("/ready").json()["index_size"] == 1
 
 
 def test_snapshots_are_written_while_serving(tiny_model_dir: Path, tmp_path: Path) -> None:
     settings = make_settings(tiny_model_dir, tmp_path, snapshot_interval_s=0.1)
-    with TestClient(create_app(settings)) as client:
-        wait_ready(client)
+    with serving(settings) as client:
         client.post("/questions", json={"questions": [{"id": "a", "text": "How old are you?"}]})
         engine = client.app.state.engine  # type: ignore[attr-defined]
         meta_path = tmp_path / "index-flat.faiss.json"
@@ -99,8 +93,7 @@ def test_snapshots_are_written_while_serving(tiny_model_dir: Path, tmp_path: Pat
 
 def test_another_model_reembeds_or_refuses(tiny_model_dir: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
-    with TestClient(create_app(make_settings(tiny_model_dir, data))) as client:
-        wait_ready(client)
+    with serving(make_settings(tiny_model_dir, data)) as client:
         client.post("/questions", json={"questions": [{"id": "a", "text": "How old are you?"}]})
     other = build_tiny_model(tmp_path / "other", seed=1, version_prefix="other")
     with (
@@ -108,8 +101,7 @@ def test_another_model_reembeds_or_refuses(tiny_model_dir: Path, tmp_path: Path)
         TestClient(create_app(make_settings(other, data, on_model_change="refuse"))),
     ):
         pass
-    with TestClient(create_app(make_settings(other, data))) as client:
-        wait_ready(client)
+    with serving(make_settings(other, data)) as client:
         match = client.post("/duplicates", json={"question": "How old are you?", "k": 1}).json()["matches"][0]
         assert match["id"] == "a" and match["similarity"] == pytest.approx(1.0, abs=1e-5)  # vectors of the new model
 
@@ -118,13 +110,11 @@ def test_seed_file_fills_an_empty_store_once(tiny_model_dir: Path, tmp_path: Pat
     seed = tmp_path / "seed.tsv"
     seed.write_text("s1\tHow old are you?\nWhy is the sky blue?\n\n", encoding="utf-8")
     settings = make_settings(tiny_model_dir, tmp_path / "data", seed_file=seed)
-    with TestClient(create_app(settings)) as client:
-        wait_ready(client)
+    with serving(settings) as client:
         assert client.get("/ready").json()["index_size"] == 2
         assert client.get("/questions/s1").json()["text"] == "How old are you?"
         client.delete("/questions/s1")
-    with TestClient(create_app(settings)) as client:
-        wait_ready(client)
+    with serving(settings) as client:
         assert client.get("/ready").json()["index_size"] == 1  # not seeded again
 
 
@@ -137,8 +127,7 @@ def test_a_bad_model_directory_fails_start_up_with_its_reason(tmp_path: Path) ->
 
 
 def test_hnsw_service(tiny_model_dir: Path, tmp_path: Path) -> None:
-    with TestClient(create_app(make_settings(tiny_model_dir, tmp_path, index_kind="hnsw"))) as client:
-        wait_ready(client)
+    with serving(make_settings(tiny_model_dir, tmp_path, index_kind="hnsw")) as client:
         client.post(
             "/questions",
             json={
