@@ -36,8 +36,5 @@ def make_settings(model_dir: Path, data_dir: Path, **overrides: Any) -> Settings
 
 @pytest.fixture
 def client(tiny_model_dir: Path, tmp_path: Path) -> Iterator[TestClient]:
-    with TestClient(
-        create_app(make_settings(tiny_model_dir, tmp_path / "data", max_batch=8, max_question_chars=200))
-    ) as c:
-        wait_ready(c)
+    with serving(make_settings(tiny_model_dir, tmp_path / "data", max_batch=8, max_question_chars=200)) as c:
         yield c
