@@ -24,6 +24,7 @@ from app.routes import similarity
 from app.schemas import SimilarityRequest
 from app.settings import Settings
 
+# ASGI types, shared with app.main.
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]

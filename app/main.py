@@ -10,7 +10,7 @@ import hmac
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -22,7 +22,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.batching import Overloaded
 from app.engine import Engine, NotReady, StartupError
-from app.fastpath import FastSimilarity, internal_error_response, not_ready_response, overloaded_response
+from app.fastpath import (
+    ASGIApp,
+    FastSimilarity,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    internal_error_response,
+    not_ready_response,
+    overloaded_response,
+)
 from app.metrics import Metrics
 from app.routes import duplicates, embed, ops, questions, similarity
 from app.schemas import ErrorBody
@@ -31,10 +41,6 @@ from app.settings import Settings
 logger = logging.getLogger(__name__)
 access = logging.getLogger("dupq.access")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 OPEN_PATHS = frozenset({"/health", "/ready"})  # never behind the API key (probes)
 COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -73,7 +79,7 @@ class Gate:
 
     def __init__(
         self,
-        app: Callable[[Scope, Receive, Send], Awaitable[None]],
+        app: ASGIApp,
         settings: Settings,
         metrics: Metrics,
         fast: FastSimilarity | None = None,
