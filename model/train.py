@@ -27,7 +27,7 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from model.data import LoadReport, Pair, load_pairs
-from model.encoder import EncoderConfig, SiameseEncoder, pad_batch
+from model.encoder import EncoderConfig, SiameseEncoder, forward_by_length
 from model.groups import PairGraph, duplicate_batches, question_key
 from model.losses import pair_logistic_loss, similarity_distillation_loss, softmax_contrastive_loss, triplet_loss
 from model.metrics import best_threshold, classification, fit_logistic, retrieval, roc_auc
@@ -214,7 +214,7 @@ class Trainer:
     ) -> torch.Tensor:
         c = self.config
         questions = anchors + others + extra + [a for a, _, _ in labelled] + [b for _, b, _ in labelled]
-        vectors = self.network(*pad_batch([self.token_ids[q] for q in questions]))  # (M, D)
+        vectors = forward_by_length(self.network, [self.token_ids[q] for q in questions])  # (M, D)
         b, h, m = len(anchors), len(extra), len(labelled)
         v1, v2, v3 = vectors[:b], vectors[b : 2 * b], vectors[2 * b : 2 * b + h]
         sim = v1 @ torch.cat([v2, v3]).T  # (b, b + h): positives on the diagonal

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.encoder import EncoderConfig, SiameseEncoder, pad_batch, pad_ids
+from model.encoder import EncoderConfig, SiameseEncoder, forward_by_length, pad_batch, pad_ids
 from model.model_dir import load_encoder
 
 QUESTIONS = [
@@ -79,6 +79,25 @@ def test_network_padding_invariance_in_every_configuration(pooling: str, bidirec
         padded = net(*pad_batch([short, long]))[0:1]
     torch.testing.assert_close(alone, padded, atol=1e-6, rtol=0)
     assert net.dim == alone.shape[1]
+
+
+def test_forward_by_length_gives_the_rows_and_gradients_of_one_call() -> None:
+    torch.manual_seed(0)
+    config = EncoderConfig(vocab_size=50, embed_dim=8, hidden_dim=8, pooling="mean_max", out_dim=6, dropout=0.0)
+    net = SiameseEncoder(config)
+    rng = np.random.default_rng(0)
+    sequences = [rng.integers(2, 50, size=rng.integers(1, 12)).tolist() for _ in range(23)]
+    whole = net(*pad_batch(sequences))
+    chunked = forward_by_length(net, sequences, chunk=4)  # sorted by length, six chunks
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=0)
+    weights = torch.randn_like(whole)
+    grads = []
+    for vectors in (whole, chunked):
+        net.zero_grad()
+        (vectors * weights).sum().backward(retain_graph=True)
+        grads.append([p.grad.clone() for p in net.parameters()])  # type: ignore[union-attr]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
 def test_pad_ids_matches_a_plain_loop() -> None:
