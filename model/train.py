@@ -58,6 +58,7 @@ class TrainConfig:
     seed: int = 0
     distill_weight: float = 0.0  # weight of similarity distillation from all-MiniLM-L6-v2 (train extra); 0: off
     teacher_cache: str = ""  # .npy file for the teacher's vectors of the training questions (reused if it matches)
+    distill_all: bool = False  # teach every training question, not only those with a known duplicate
     max_steps: int = 0  # stop after this many steps in all (0: no limit); for smoke tests
     threads: int = 0  # torch threads (0: torch's default)
 
@@ -164,12 +165,16 @@ class Trainer:
         self.pair_scale = torch.nn.Parameter(torch.tensor(10.0))
         self.pair_shift = torch.nn.Parameter(torch.tensor(0.7))
         self.labelled = [(a, b, 1) for a, b in self.graph.positives] + [(a, b, 0) for a, b in self.graph.negatives]
-        # The teacher is slow (about 140 questions/s on 2 cores), so only questions that have a
-        # duplicate get its vectors: they fill the rows and columns of every duplicate batch.
+        # The teacher is slow (about 140 questions/s on 2 cores), so by default only questions
+        # that have a duplicate get its vectors: they fill the rows and columns of every duplicate
+        # batch. With ``distill_all`` the hard negatives and labelled pairs are taught too.
         self.teacher: torch.Tensor | None = None
         self.teacher_row = np.full(len(self.graph.texts), -1, dtype=np.int64)
         if config.distill_weight:
-            taught = sorted(q for members in self.graph.members if len(members) > 1 for q in members)
+            if config.distill_all:
+                taught = list(range(len(self.graph.texts)))
+            else:
+                taught = sorted(q for members in self.graph.members if len(members) > 1 for q in members)
             self.teacher_row[taught] = np.arange(len(taught))
             self.teacher = torch.from_numpy(self._teacher_vectors([self.graph.texts[q] for q in taught]))
         logger.info(
