@@ -170,17 +170,19 @@ class VectorIndex:
             os.fsync(handle.fileno())
         os.replace(meta_tmp, path.with_suffix(path.suffix + ".json"))
 
-    def save(self, path: str | Path, tag: str, **extra: Any) -> None:
+    def save(self, path: str | Path, tag: str) -> None:
         """Write the index to ``path``; ``tag`` says which vectors it holds (checked by
-        :meth:`load`), ``extra`` is kept in the metadata for the caller."""
+        :meth:`load`). A caller that must not hold its lock while the file is written (the
+        engine) takes :meth:`snapshot` and :meth:`write_snapshot` apart, with its own metadata."""
         data, meta = self.snapshot()
-        self.write_snapshot(path, data, {**meta, **extra, "tag": tag})
+        self.write_snapshot(path, data, {**meta, "tag": tag})
 
     @classmethod
     def load(cls, path: str | Path, tag: str, kind: IndexKind, dim: int) -> VectorIndex:
         """Load a snapshot written by :meth:`save` with the same ``tag``, kind and dim, or raise
         :class:`SnapshotError` saying why it cannot be used. The metadata, ``max_key`` (the
-        largest key ever added) and the caller's extras included, is in ``snapshot_meta``."""
+        largest key ever added) and anything a caller gave :meth:`write_snapshot` included, is in
+        ``snapshot_meta``."""
         path = Path(path)
         meta_path = path.with_suffix(path.suffix + ".json")
         if not path.is_file() or not meta_path.is_file():
