@@ -156,6 +156,7 @@ def duplicate_batches(
     batch_size: int,
     rng: random.Random,
     hard_negatives: bool = True,
+    topics: list[int] | None = None,
 ) -> Iterator[tuple[list[int], list[int], list[int]]]:
     """Batches of ``batch_size`` duplicate pairs ``(anchors, positives, extra_negatives)``.
 
@@ -163,10 +164,48 @@ def duplicate_batches(
     similarity matrix is a true negative. With ``hard_negatives``, each anchor may bring one
     question labelled as not its duplicate (from a group not yet in the batch) as an extra
     negative column.
+
+    With ``topics`` (one topic number per pair of ``positives``, e.g. a k-means cluster of the
+    anchors' vectors), each batch is filled from the pairs of one topic, so its in-batch
+    negatives are questions on the same subject, the hard ones that retrieval among many similar
+    questions must tell apart. The pairs a topic cannot fill a batch with are batched at random
+    at the end, and the batches come in random order.
     """
     negatives = graph.negatives_of() if hard_negatives else {}
-    pending = positives[:]
-    rng.shuffle(pending)
+    if topics is None:
+        pending = positives[:]
+        rng.shuffle(pending)
+        batches, _ = _fill_batches(graph, pending, batch_size, rng, negatives)
+        yield from batches
+        return
+    by_topic: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for pair, topic in zip(positives, topics, strict=True):
+        by_topic[topic].append(pair)
+    batches, leftovers = [], []
+    for topic in sorted(by_topic):
+        pending = by_topic[topic]
+        rng.shuffle(pending)
+        filled, rest = _fill_batches(graph, pending, batch_size, rng, negatives)
+        batches += filled
+        leftovers += rest
+    rng.shuffle(leftovers)
+    batches += _fill_batches(graph, leftovers, batch_size, rng, negatives)[0]
+    rng.shuffle(batches)
+    yield from batches
+
+
+Batch = tuple[list[int], list[int], list[int]]
+
+
+def _fill_batches(
+    graph: PairGraph,
+    pending: list[tuple[int, int]],
+    batch_size: int,
+    rng: random.Random,
+    negatives: dict[int, list[int]],
+) -> tuple[list[Batch], list[tuple[int, int]]]:
+    """Batches of distinct groups taken from ``pending`` in order, and the pairs left over."""
+    batches: list[Batch] = []
     while len(pending) >= batch_size:
         used: set[int] = set()
         anchors: list[int] = []
@@ -185,9 +224,9 @@ def duplicate_batches(
                 a, b = b, a  # both orders, so neither side is special
             anchors.append(a)
             others.append(b)
-        pending = deferred + pending[i:]
         if len(anchors) < batch_size:
-            return  # what is left cannot fill a batch with distinct groups
+            break  # what is left cannot fill a batch with distinct groups
+        pending = deferred + pending[i:]
         extra: list[int] = []
         for a in anchors:
             candidates = negatives.get(a)
@@ -196,4 +235,5 @@ def duplicate_batches(
                 if graph.group[n] not in used:
                     used.add(graph.group[n])
                     extra.append(n)
-        yield anchors, others, extra
+        batches.append((anchors, others, extra))
+    return batches, pending

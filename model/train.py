@@ -52,6 +52,7 @@ class TrainConfig:
     pair_weight: float = 1.0  # weight of the logistic pair loss (0 turns it off)
     hard_negatives: bool = True  # add labelled non-duplicates of the anchors as negative columns
     max_group_pairs: int = 20  # implied (transitive) positives drawn per duplicate group
+    topic_size: int = 0  # from epoch 2, batches drawn from k-means topics this many batches big (0: random)
     patience: int = 2  # epochs without validation gain before stopping
     vocab_size: int = 16000  # word-piece vocabulary size
     glove: bool = False  # initialise token embeddings from GloVe 6B 50d (train extra)
@@ -244,6 +245,23 @@ class Trainer:
             loss = loss + c.distill_weight * similarity_distillation_loss(vectors[taught], teacher)
         return loss
 
+    def _topics(self, positives: list[tuple[int, int]], epoch: int) -> list[int]:
+        """A topic for each pair: the k-means cluster (on the network's vectors as they stand)
+        of its first question, with about ``topic_size`` batches of pairs per cluster."""
+        import faiss
+
+        c = self.config
+        started = time.time()
+        firsts = sorted({a for a, _ in positives})
+        row = {q: i for i, q in enumerate(firsts)}
+        vectors = self.encode([self.graph.texts[q] for q in firsts])
+        k = max(1, len(positives) // (c.batch_size * c.topic_size))
+        kmeans = faiss.Kmeans(vectors.shape[1], k, niter=20, seed=c.seed + epoch, spherical=True)
+        kmeans.train(vectors)
+        _, assigned = kmeans.index.search(vectors, 1)
+        logger.info("%d topics of %d questions in %.1f s", k, len(firsts), time.time() - started)
+        return [int(assigned[row[a], 0]) for a, _ in positives]
+
     def fit(self) -> tuple[dict[str, float], int]:
         c = self.config
         rng = random.Random(c.seed)
@@ -257,11 +275,13 @@ class Trainer:
         )
         best_score, best_state, best_metrics, best_epoch, stale, step = -math.inf, None, {}, 0, 0, 0
         for epoch in range(1, c.epochs + 1):
-            self.network.train()
             positives = self.graph.group_positives(c.max_group_pairs, rng)
+            # The first epoch's network knows too little to tell topics apart.
+            topics = self._topics(positives, epoch) if c.topic_size and epoch > 1 else None
+            self.network.train()
             labelled = self.labelled[:]
             rng.shuffle(labelled)
-            batches = duplicate_batches(self.graph, positives, c.batch_size, rng, c.hard_negatives)
+            batches = duplicate_batches(self.graph, positives, c.batch_size, rng, c.hard_negatives, topics)
             bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}/{c.epochs}", unit="step", leave=False)
             for i, (anchors, others, extra) in enumerate(bar):
                 chunk = labelled[i * c.pair_batch_size : (i + 1) * c.pair_batch_size] if c.pair_weight else []

@@ -75,3 +75,26 @@ def test_batches_never_repeat_a_group() -> None:
         assert all(graph.group[a] == graph.group[b] for a, b in zip(anchors, others, strict=True))
         assert len(set(anchors + others + extra)) == 32 + len(extra)  # no question twice
     assert any(extra for _, _, extra in batches)
+
+
+def test_topic_batches_take_each_batch_from_one_topic() -> None:
+    rng = random.Random(0)
+    pairs = []
+    for g in range(100):
+        members = [f"q{g}-{i}?" for i in range(3)]
+        pairs += [Pair(x, y, 1) for x, y in combinations(members, 2)]
+    graph = PairGraph.build(pairs)
+    positives = graph.group_positives(10, rng)
+    # Four topics of 25 groups (75 pairs) each; a batch needs 16 groups, so each topic leaves some over.
+    topic_of_group = {graph.group[graph.texts.index(f"q{g}-0?")]: g % 4 for g in range(100)}
+    topics = [topic_of_group[graph.group[a]] for a, _ in positives]
+    batches = list(duplicate_batches(graph, positives, 16, rng, topics=topics))
+    one_topic = [b for b in batches if len({topic_of_group[graph.group[a]] for a in b[0]}) == 1]
+    assert len(one_topic) >= 4  # at least one whole batch from each topic
+    assert len(batches) > len(one_topic)  # the leftovers are batched across topics
+    for anchors, _, _ in batches:
+        assert len({graph.group[a] for a in anchors}) == 16  # still one pair per group
+    # Every pair is used at most once.
+    used = [tuple(sorted(p)) for anchors, others, _ in batches for p in zip(anchors, others, strict=True)]
+    assert len(used) == len(set(used))
+    assert set(used) <= {tuple(sorted(p)) for p in positives}

@@ -104,3 +104,19 @@ def test_weights_are_readable_by_others_and_damage_is_reported(tiny_model_dir: P
     (damaged / "model.safetensors").write_bytes(b"not safetensors at all")
     with pytest.raises(ModelDirError, match="cannot read"):
         load_encoder(damaged)
+
+
+def test_topic_batches_from_the_second_epoch(
+    trained: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out, pairs = trained
+    argv = _train_argv(pairs, tmp_path / "topics", "--tokenizer", str(out / "tokenizer.json"), "--topic-size", "1")
+    with caplog.at_level("INFO", logger="model.train"):
+        assert main(argv) == 0
+    topic_lines = [r.getMessage() for r in caplog.records if " topics of " in r.getMessage()]
+    assert len(topic_lines) == 1  # the second epoch only: the first one's network knows nothing yet
+    assert topic_lines[0].startswith("1 topics of 4 questions")
+    config = json.loads((tmp_path / "topics" / "config.json").read_text())
+    assert config["training"]["config"]["topic_size"] == 1
+    vectors = load_encoder(tmp_path / "topics").encode([CORPUS[0], CORPUS[1]])
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
