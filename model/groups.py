@@ -168,8 +168,8 @@ def duplicate_batches(
     With ``topics`` (one topic number per pair of ``positives``, e.g. a k-means cluster of the
     anchors' vectors), each batch is filled from the pairs of one topic, so its in-batch
     negatives are questions on the same subject, the hard ones that retrieval among many similar
-    questions must tell apart. The pairs a topic cannot fill a batch with are batched at random
-    at the end, and the batches come in random order.
+    questions must tell apart. The pairs of topic -1, and those a topic cannot fill a batch with,
+    are batched at random at the end, and the batches come in random order.
     """
     negatives = graph.negatives_of() if hard_negatives else {}
     if topics is None:
@@ -181,7 +181,8 @@ def duplicate_batches(
     by_topic: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for pair, topic in zip(positives, topics, strict=True):
         by_topic[topic].append(pair)
-    batches, leftovers = [], []
+    batches: list[Batch] = []
+    leftovers = by_topic.pop(-1, [])
     for topic in sorted(by_topic):
         pending = by_topic[topic]
         rng.shuffle(pending)

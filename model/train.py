@@ -53,6 +53,7 @@ class TrainConfig:
     hard_negatives: bool = True  # add labelled non-duplicates of the anchors as negative columns
     max_group_pairs: int = 20  # implied (transitive) positives drawn per duplicate group
     topic_size: int = 0  # from epoch 2, batches drawn from k-means topics this many batches big (0: random)
+    topic_share: float = 1.0  # share of the pairs batched by topic; the others make random batches
     patience: int = 2  # epochs without validation gain before stopping
     vocab_size: int = 16000  # word-piece vocabulary size
     glove: bool = False  # initialise token embeddings from GloVe 6B 50d (train extra)
@@ -260,7 +261,10 @@ class Trainer:
         kmeans.train(vectors)
         _, assigned = kmeans.index.search(vectors, 1)
         logger.info("%d topics of %d questions in %.1f s", k, len(firsts), time.time() - started)
-        return [int(assigned[row[a], 0]) for a, _ in positives]
+        # Pairs left out of the topics (topic -1) go to random batches.
+        rng = np.random.default_rng(c.seed + epoch)
+        mixed = rng.random(len(positives)) >= c.topic_share
+        return [-1 if mixed[i] else int(assigned[row[a], 0]) for i, (a, _) in enumerate(positives)]
 
     def fit(self) -> tuple[dict[str, float], int]:
         c = self.config
