@@ -175,8 +175,7 @@ def duplicate_batches(
     if topics is None:
         pending = positives[:]
         rng.shuffle(pending)
-        batches, _ = _fill_batches(graph, pending, batch_size, rng, negatives)
-        yield from batches
+        yield from _fill_batches(graph, pending, batch_size, rng, negatives)[0]
         return
     by_topic: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for pair, topic in zip(positives, topics, strict=True):
