@@ -17,20 +17,25 @@ import dataclasses
 import json
 import logging
 import sys
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 
+# The encoder's vocabulary size is the tokenizer's (``--vocab-size`` sizes the tokenizer), and
+# ``--unidirectional`` reads better than ``--no-bidirectional``.
+_NOT_ENCODER_FLAGS = ("vocab_size", "bidirectional")
+
 
 def _train(args: argparse.Namespace) -> int:
-    from model.train import TrainConfig, train
+    from model.config import EncoderConfig, TrainConfig
+    from model.train import train
 
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
-    encoder = {
-        k: getattr(args, k)
-        for k in ("embed_dim", "hidden_dim", "num_layers", "pooling", "out_dim", "dropout", "max_tokens")
-        if getattr(args, k) is not None
-    }
+    def given(config: type, skip: Sequence[str] = ()) -> dict[str, typing.Any]:
+        names = [f.name for f in dataclasses.fields(config) if f.name not in skip]
+        return {name: vars(args)[name] for name in names if vars(args)[name] is not None}
+
+    config = TrainConfig(**given(TrainConfig))
+    encoder = given(EncoderConfig, skip=_NOT_ENCODER_FLAGS)
     if args.unidirectional:
         encoder["bidirectional"] = False
     written = train(args.train, args.valid, args.out, config, encoder, tokenizer_file=args.tokenizer)
@@ -138,7 +143,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from model.train import TrainConfig
+    from model.config import EncoderConfig, TrainConfig
 
     p = sub.add_parser("train", help="train a model directory", description="Train the Siamese encoder.")
     p.add_argument(
@@ -148,29 +153,30 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--valid", required=True, metavar="FILE", help="validation pairs: early stopping, threshold, calibration"
     )
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="model directory to write")
-    defaults = TrainConfig()
-    for field in dataclasses.fields(TrainConfig):
-        flag = "--" + field.name.replace("_", "-")
-        default = getattr(defaults, field.name)
-        if isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"(default {default})")
-        else:
-            p.add_argument(flag, type=type(default), default=None, help=f"(default {default})")
-    for name, kind in (
-        ("embed-dim", int),
-        ("hidden-dim", int),
-        ("num-layers", int),
-        ("out-dim", int),
-        ("dropout", float),
-        ("max-tokens", int),
-    ):
-        p.add_argument("--" + name, type=kind, default=None, help="encoder architecture (see model/encoder.py)")
-    p.add_argument("--pooling", choices=["mean", "max", "mean_max"], default=None)
+    _add_config_flags(p, TrainConfig, skip=())
+    _add_config_flags(p, EncoderConfig, skip=_NOT_ENCODER_FLAGS)
     p.add_argument(
         "--tokenizer", metavar="FILE", help="reuse this tokenizer.json instead of training one (repeatable runs)"
     )
     p.add_argument("--unidirectional", action="store_true", help="one-way LSTM instead of bidirectional")
     p.set_defaults(func=_train)
+
+
+def _add_config_flags(p: argparse.ArgumentParser, config: type, skip: Sequence[str]) -> None:
+    """One flag per field of the dataclass ``config``, its help taken from the field's metadata.
+    Flags default to None, so that only what is given overrides the dataclass' own default."""
+    hints = typing.get_type_hints(config)
+    for field in dataclasses.fields(config):
+        if field.name in skip:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        text = f"{field.metadata['help']} (default: {field.default if field.default != '' else 'none'})"
+        if typing.get_origin(hints[field.name]) is typing.Literal:
+            p.add_argument(flag, choices=typing.get_args(hints[field.name]), default=None, help=text)
+        elif hints[field.name] is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            p.add_argument(flag, type=hints[field.name], default=None, help=text)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,8 +7,6 @@ product of their vectors: symmetric by construction, and 1 for a question with i
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -16,22 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from model.config import EncoderConfig
 from model.tokenizer import PAD_ID
-
-
-@dataclass(frozen=True)
-class EncoderConfig:
-    """Architecture of :class:`SiameseEncoder`; saved in the model directory's ``config.json``."""
-
-    vocab_size: int  # rows of the token embedding (the tokenizer's vocabulary)
-    embed_dim: int = 128  # width of the token embedding
-    hidden_dim: int = 256  # LSTM hidden size per direction
-    num_layers: int = 1  # stacked LSTM layers
-    bidirectional: bool = True  # read the question both ways
-    pooling: Literal["mean", "max", "mean_max"] = "max"  # over real tokens only, never padding
-    out_dim: int = 256  # width of the final embedding (a linear projection); 0 keeps the pooled width
-    dropout: float = 0.1  # on embeddings and pooled features, training only
-    max_tokens: int = 64  # longer questions are truncated by the tokenizer
 
 
 def embedding_matrix(vectors: torch.Tensor | np.ndarray) -> np.ndarray:

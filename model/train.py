@@ -26,6 +26,7 @@ import torch
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
+from model.config import TrainConfig
 from model.data import LoadReport, Pair, load_pairs
 from model.encoder import EncoderConfig, SiameseEncoder, forward_by_length
 from model.groups import PairGraph, duplicate_batches, question_key
@@ -35,34 +36,6 @@ from model.model_dir import QuestionEncoder, save_model_dir, sha256_file
 from model.tokenizer import load_tokenizer, token_ids, train_tokenizer
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training hyperparameters; stored in the model's config.json."""
-
-    epochs: int = 8  # passes over the positive pairs
-    batch_size: int = 128  # duplicate pairs per batch (rows of the similarity matrix)
-    pair_batch_size: int = 64  # labelled pairs per step for the logistic pair loss
-    lr: float = 2e-3  # AdamW peak learning rate, linear warm-up then linear decay
-    weight_decay: float = 0.01
-    loss: str = "triplet+softmax"  # '+'-joined subset of {triplet, softmax}
-    margin: float = 0.25  # alpha of the triplet loss
-    temperature: float = 0.05  # of the softmax loss
-    pair_weight: float = 1.0  # weight of the logistic pair loss (0 turns it off)
-    hard_negatives: bool = True  # add labelled non-duplicates of the anchors as negative columns
-    max_group_pairs: int = 20  # implied (transitive) positives drawn per duplicate group
-    topic_size: int = 0  # from epoch 2, batches drawn from k-means topics this many batches big (0: random)
-    topic_share: float = 1.0  # share of the pairs batched by topic; the others make random batches
-    patience: int = 2  # epochs without validation gain before stopping
-    vocab_size: int = 16000  # word-piece vocabulary size
-    glove: bool = False  # initialise token embeddings from GloVe 6B 50d (train extra)
-    seed: int = 0
-    distill_weight: float = 0.0  # weight of similarity distillation from all-MiniLM-L6-v2 (train extra); 0: off
-    teacher_cache: str = ""  # .npy file for the teacher's vectors of the training questions (reused if it matches)
-    distill_all: bool = False  # teach every training question, not only those with a known duplicate
-    max_steps: int = 0  # stop after this many steps in all (0: no limit); for smoke tests
-    threads: int = 0  # torch threads (0: torch's default)
 
 
 def _seed_everything(seed: int) -> None:

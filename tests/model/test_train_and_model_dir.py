@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -5,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.cli import main
+from app.cli import build_parser, main
+from model.config import EncoderConfig, TrainConfig
 from model.model_dir import ModelDirError, load_encoder
 
 from ..conftest import CORPUS
@@ -55,6 +57,22 @@ def test_two_step_training_writes_a_directory_that_reloads_identically(trained: 
     again = load_encoder(out).encode(CORPUS)
     np.testing.assert_array_equal(first, again)
     assert not any(p.suffix in {".pt", ".pkl", ".bin"} for p in out.iterdir())
+
+
+def test_every_hyperparameter_is_a_documented_train_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = capsys.readouterr().out
+    architecture = [f for f in dataclasses.fields(EncoderConfig) if f.name not in {"vocab_size", "bidirectional"}]
+    for field in [*dataclasses.fields(TrainConfig), *architecture]:
+        assert "--" + field.name.replace("_", "-") in help_text
+        assert field.metadata["help"].split()[0] in help_text
+    args = build_parser().parse_args(
+        ["train", "--train", "a", "--valid", "b", "--out", "c", "--pooling", "mean", "--no-hard-negatives"]
+    )
+    assert args.pooling == "mean" and args.hard_negatives is False and args.epochs is None
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--train", "a", "--valid", "b", "--out", "c", "--pooling", "sum"])
 
 
 def test_evaluate_prints_every_metric_and_writes_a_report(

@@ -1,0 +1,76 @@
+"""The hyperparameters of the encoder and of its training, as plain dataclasses.
+
+Both are stored in a model directory's ``config.json``; ``dupq train`` makes one flag of each
+field, with the field's ``help`` as its help text. This module imports nothing heavy, so the
+command line can build its parser without loading torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Architecture of :class:`SiameseEncoder`; saved in the model directory's ``config.json``."""
+
+    vocab_size: int = field(metadata={"help": "rows of the token embedding (the tokenizer's vocabulary)"})
+    embed_dim: int = field(default=128, metadata={"help": "width of the token embedding"})
+    hidden_dim: int = field(default=256, metadata={"help": "LSTM hidden size per direction"})
+    num_layers: int = field(default=1, metadata={"help": "stacked LSTM layers"})
+    bidirectional: bool = field(default=True, metadata={"help": "read the question both ways"})
+    pooling: Literal["mean", "max", "mean_max"] = field(
+        default="max", metadata={"help": "over real tokens only, never padding"}
+    )
+    out_dim: int = field(
+        default=256, metadata={"help": "width of the final embedding (a linear projection); 0 keeps the pooled width"}
+    )
+    dropout: float = field(default=0.1, metadata={"help": "on embeddings and pooled features, training only"})
+    max_tokens: int = field(default=64, metadata={"help": "longer questions are truncated by the tokenizer"})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training hyperparameters; stored in the model's config.json."""
+
+    epochs: int = field(default=8, metadata={"help": "passes over the positive pairs"})
+    batch_size: int = field(default=128, metadata={"help": "duplicate pairs per batch (rows of the similarity matrix)"})
+    pair_batch_size: int = field(default=64, metadata={"help": "labelled pairs per step for the logistic pair loss"})
+    lr: float = field(default=2e-3, metadata={"help": "AdamW peak learning rate, linear warm-up then linear decay"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    loss: str = field(default="triplet+softmax", metadata={"help": "'+'-joined subset of {triplet, softmax}"})
+    margin: float = field(default=0.25, metadata={"help": "alpha of the triplet loss"})
+    temperature: float = field(default=0.05, metadata={"help": "of the softmax contrastive loss"})
+    pair_weight: float = field(default=1.0, metadata={"help": "weight of the logistic pair loss (0 turns it off)"})
+    hard_negatives: bool = field(
+        default=True, metadata={"help": "add labelled non-duplicates of the anchors as negative columns"}
+    )
+    max_group_pairs: int = field(
+        default=20, metadata={"help": "implied (transitive) positives drawn per duplicate group"}
+    )
+    topic_size: int = field(
+        default=0,
+        metadata={"help": "from epoch 2, batches drawn from k-means topics this many batches big (0: random)"},
+    )
+    topic_share: float = field(
+        default=1.0, metadata={"help": "share of the pairs batched by topic; the others make random batches"}
+    )
+    patience: int = field(default=2, metadata={"help": "epochs without validation gain before stopping"})
+    vocab_size: int = field(default=16000, metadata={"help": "word-piece vocabulary size"})
+    glove: bool = field(default=False, metadata={"help": "initialise token embeddings from GloVe 6B 50d (train extra)"})
+    seed: int = field(default=0, metadata={"help": "seeds the weights, the batches and dropout"})
+    distill_weight: float = field(
+        default=0.0, metadata={"help": "weight of similarity distillation from all-MiniLM-L6-v2 (train extra); 0: off"}
+    )
+    teacher_cache: str = field(
+        default="",
+        metadata={"help": ".npy file for the teacher's vectors of the training questions (reused if it matches)"},
+    )
+    distill_all: bool = field(
+        default=False, metadata={"help": "teach every training question, not only those with a known duplicate"}
+    )
+    max_steps: int = field(
+        default=0, metadata={"help": "stop after this many steps in all (0: no limit); for smoke tests"}
+    )
+    threads: int = field(default=0, metadata={"help": "torch threads (0: torch's default)"})
