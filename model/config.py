@@ -21,7 +21,7 @@ class EncoderConfig:
     num_layers: int = field(default=1, metadata={"help": "stacked LSTM layers"})
     bidirectional: bool = field(default=True, metadata={"help": "read the question both ways"})
     pooling: Literal["mean", "max", "mean_max"] = field(
-        default="max", metadata={"help": "over real tokens only, never padding"}
+        default="max", metadata={"help": "how the token states become one vector, over real tokens only"}
     )
     out_dim: int = field(
         default=256, metadata={"help": "width of the final embedding (a linear projection); 0 keeps the pooled width"}
