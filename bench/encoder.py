@@ -4,6 +4,7 @@ in the same run on the same questions (the demo corpus). Text in, unit vectors o
 and padding are counted, as the service pays them.
 
     python bench/encoder.py [--model DIR] [--threads 2] [--questions FILE] [--seconds 5]
+    python bench/encoder.py --cost-model    # refit the cost of one network call (model/model_dir.py)
 """
 
 from __future__ import annotations
@@ -48,6 +49,33 @@ def measure(
     return {"questions_per_s": round(done / elapsed, 1), "ms_per_call": round(1000 * elapsed / calls, 3)}
 
 
+def cost_model(model: str) -> dict[str, float]:
+    """Time one ONNX Runtime call (one thread) on batches of ``rows`` questions of ``steps`` tokens
+    and fit ``us = call + step * steps + row_step * rows * steps + row * rows`` by least squares;
+    ``model/model_dir.py`` cuts batches by the first three, in units of ``row_step``."""
+    encoder = load_encoder(model, backend="onnx", threads=1)
+    rng = np.random.default_rng(0)
+    design, timings = [], []
+    for steps in (1, 2, 4, 8, 12, 16, 24, 32):
+        for rows in (1, 2, 4, 8, 16, 32, 64):
+            ids = rng.integers(5, encoder.network.config.vocab_size, size=(rows, steps)).astype(np.int64)
+            lengths = np.full(rows, steps, dtype=np.int64)
+            for _ in range(3):
+                encoder._forward(ids, lengths)
+            best = float("inf")
+            for _ in range(3):
+                started = time.perf_counter()
+                for _ in range(20):
+                    encoder._forward(ids, lengths)
+                best = min(best, (time.perf_counter() - started) / 20)
+            design.append([1.0, steps, rows * steps, rows])
+            timings.append(best * 1e6)
+    coef = np.linalg.lstsq(np.array(design), np.array(timings), rcond=None)[0]
+    fit = {"call_us": coef[0], "step_us": coef[1], "row_step_us": coef[2], "row_us": coef[3]}
+    fit |= {"call_cost": coef[0] / coef[2], "step_cost": coef[1] / coef[2]}
+    return {k: round(float(v), 3) for k, v in fit.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(ROOT / "models" / "dupq-qqp"))
@@ -55,8 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--questions", type=Path, default=ROOT / "demo" / "questions.tsv")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--no-reference", action="store_true", help="skip all-MiniLM-L6-v2")
+    parser.add_argument(
+        "--cost-model", action="store_true", help="fit the cost of one network call instead (one thread)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.cost_model:
+        print(json.dumps(cost_model(args.model)))
+        return 0
     texts = questions(args.questions, 20000)
     # Each system is built just before it is measured and freed after, so no idle thread pool of
     # one competes with the next. The ONNX encoder runs as the service runs it (idle threads sleep).

@@ -195,12 +195,13 @@ class QuestionEncoder:
         cal = self.config["calibration"]
         return probability(similarity, cal["slope"], cal["intercept"])
 
-    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        """Unit vectors (N, D), float32, in the order of ``texts``. Inputs are sorted by length
-        and run ``batch_size`` at a time, so that a batch holds little padding (the LSTM pays for
-        every padded step of its longest question). With ONNX Runtime and several threads, the
-        sorted rows are dealt out in turn to one share per thread, so the shares cost the same,
-        and the shares run at once."""
+    def encode(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
+        """Unit vectors (N, D), float32, in the order of ``texts``. Inputs are sorted by length.
+        With ONNX Runtime they are cut into runs of similar length, at most ``batch_size`` each,
+        wherever the padding saved outweighs the cost of one more call (the LSTM pays for every
+        padded step of a run's longest question); with PyTorch, which packs, into runs of at most
+        64. With ONNX Runtime and several threads, the sorted rows are dealt out in turn to one
+        share per thread, so the shares cost the same, and the shares run at once."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         sequences = self.token_ids(texts)
@@ -224,7 +225,12 @@ class QuestionEncoder:
     def _run_share(
         self, k: int, rows: list[int], sequences: list[list[int]], lengths: list[int], most: int, out: np.ndarray
     ) -> None:
-        for bucket in _length_buckets(rows, lengths, most):
+        if not self._sessions:  # PyTorch packs a batch: padding costs little, big batches do
+            step = min(most, _TORCH_ROWS)
+            buckets = [rows[k : k + step] for k in range(0, len(rows), step)]
+        else:
+            buckets = _length_buckets(rows, lengths, most)
+        for bucket in buckets:
             ids, bucket_lengths = pad_ids([sequences[i] for i in bucket])
             out[bucket] = self._forward(ids, bucket_lengths, k)
 
@@ -237,17 +243,47 @@ class QuestionEncoder:
 
 
 _MIN_SHARE = 8  # rows per thread below which a batch is not worth splitting
+_TORCH_ROWS = 64  # most rows per PyTorch call: its packed LSTM slows past that
+
+# What one network call on ``rows`` questions padded to ``steps`` tokens costs, in units of one
+# question-step: every row pays for every step of the call, padded or not (ONNX Runtime's LSTM
+# runs the whole batch to its longest row), plus a fixed cost per call and a cost per step. For
+# the shipped network in ONNX Runtime on one thread, a question-step is about 9 us, and four fits
+# (``python bench/encoder.py --cost-model``) put a call at 5 to 13 of them and a step at 0.3 to
+# 0.8; the cuts below change little within that range.
+_CALL_COST = 8.0
+_STEP_COST = 0.75
 
 
 def _length_buckets(order: list[int], lengths: list[int], most: int) -> list[list[int]]:
-    """Cut rows sorted by length into runs of at most ``most`` whose longest is at most 1.5 times
-    (plus 2 tokens) their shortest, so that padding wastes little."""
-    buckets: list[list[int]] = []
-    for i in order:
-        if not buckets or len(buckets[-1]) >= most or lengths[i] > 1.5 * lengths[buckets[-1][0]] + 2:
-            buckets.append([])
-        buckets[-1].append(i)
-    return buckets
+    """Cut rows sorted by length into runs at the cuts that make the modelled cost of running them
+    (above) least: a cut saves padding and costs a call. Dynamic programming over the places where
+    the length changes (a cut between equal lengths saves nothing); a run of more than ``most``
+    rows is counted, and run, as that many calls."""
+    n = len(order)
+    if n == 0:
+        return []
+    starts = [0] + [k for k in range(1, n) if lengths[order[k]] != lengths[order[k - 1]]]
+    ends = [*starts[1:], n]
+    # best[j]: least cost of the rows of the j shortest distinct lengths; cut[j]: where its last run starts
+    best = [0.0] + [float("inf")] * len(starts)
+    cut = [0] * (len(starts) + 1)
+    for j in range(1, len(starts) + 1):
+        end = ends[j - 1]
+        steps = lengths[order[end - 1]]
+        call = _CALL_COST + _STEP_COST * steps
+        for i in range(j):
+            rows = end - starts[i]
+            cost = best[i] + -(-rows // most) * call + rows * steps
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    runs: list[list[int]] = []
+    j = len(starts)
+    while j > 0:
+        first, end = starts[cut[j]], ends[j - 1]
+        runs[:0] = [order[k : min(k + most, end)] for k in range(first, end, most)]
+        j = cut[j]
+    return runs
 
 
 def load_encoder(model_dir: str | Path, backend: Backend = "onnx", threads: int = 0) -> QuestionEncoder:

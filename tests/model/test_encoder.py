@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from model.encoder import EncoderConfig, SiameseEncoder, forward_by_length, pad_batch, pad_ids
-from model.model_dir import load_encoder
+from model.model_dir import _CALL_COST, _STEP_COST, _length_buckets, load_encoder
 
 QUESTIONS = [
     "How old are you?",
@@ -37,8 +37,40 @@ def test_symmetric_and_reflexive(encoder) -> None:  # type: ignore[no-untyped-de
 
 def test_padding_and_batch_companions_never_change_a_vector(encoder) -> None:  # type: ignore[no-untyped-def]
     alone = np.stack([encoder.encode([q])[0] for q in QUESTIONS])
-    together = encoder.encode(QUESTIONS)  # padded to the longest in the batch
-    np.testing.assert_allclose(alone, together, atol=1e-6)
+    np.testing.assert_allclose(encoder.encode(QUESTIONS), alone, atol=1e-6)
+    ids, lengths = pad_ids(encoder.token_ids(QUESTIONS))  # one call, padded to the longest
+    assert len(set(lengths.tolist())) > 1
+    np.testing.assert_allclose(encoder._forward(ids, lengths), alone, atol=1e-6)
+
+
+def _run_cost(rows: int, steps: int) -> float:
+    return _CALL_COST + _STEP_COST * steps + rows * steps
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_length_buckets_cut_where_the_modelled_cost_is_least(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 40, size=int(rng.integers(1, 60))).tolist()
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    runs = _length_buckets(order, lengths, most=1000)
+    assert [i for run in runs for i in run] == order  # every row once, in order
+    cost = sum(_run_cost(len(run), max(lengths[i] for i in run)) for run in runs)
+    # Brute force over every cut, between equal lengths too.
+    best = [0.0] + [float("inf")] * len(order)
+    for j in range(1, len(order) + 1):
+        best[j] = min(best[i] + _run_cost(j - i, lengths[order[j - 1]]) for i in range(j))
+    assert cost == pytest.approx(best[-1])
+    assert cost <= _run_cost(len(order), lengths[order[-1]]) + 1e-9  # never worse than one call
+
+
+def test_length_buckets_hold_at_most_the_batch_size() -> None:
+    lengths = [5] * 70 + [6] * 30 + [30] * 3
+    order = list(range(len(lengths)))
+    runs = _length_buckets(order, lengths, most=32)
+    assert [i for run in runs for i in run] == order
+    assert max(len(run) for run in runs) == 32
+    assert all(lengths[run[0]] >= 30 or max(lengths[i] for i in run) <= 6 for run in runs)  # no long row padded in
+    assert _length_buckets([], [], most=32) == []
 
 
 def test_onnx_graph_equals_the_torch_network(tiny_model_dir: Path) -> None:
