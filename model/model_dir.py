@@ -248,7 +248,7 @@ _TORCH_ROWS = 64  # most rows per PyTorch call: its packed LSTM slows past that
 # What one network call on ``rows`` questions padded to ``steps`` tokens costs, in units of one
 # question-step: every row pays for every step of the call, padded or not (ONNX Runtime's LSTM
 # runs the whole batch to its longest row), plus a fixed cost per call and a cost per step. For
-# the shipped network in ONNX Runtime on one thread, a question-step is about 9 us, and four fits
+# the shipped network in ONNX Runtime on one thread, a question-step is about 9 us, and three fits
 # (``python bench/encoder.py --cost-model``) put a call at 5 to 13 of them and a step at 0.3 to
 # 0.8; the cuts below change little within that range.
 _CALL_COST = 8.0
