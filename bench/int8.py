@@ -22,25 +22,16 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model.data import load_pairs
 from model.encoder import pad_ids
-from model.model_dir import load_encoder
+from model.model_dir import load_encoder, single_thread_session
 from model.onnx_graph import build_onnx
 from model.train import validation_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def session(graph: bytes) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         quantize_dynamic(graph, Path(tmp) / "int8.onnx", op_types_to_quantize=["LSTM"], weight_type=QuantType.QInt8)
         int8_graph = onnx.load(str(Path(tmp) / "int8.onnx")).SerializeToString()
-    sessions = {"float32": session(graph.SerializeToString()), "int8": session(int8_graph)}
+    sessions = {"float32": single_thread_session(graph.SerializeToString()), "int8": single_thread_session(int8_graph)}
     texts = [line.split("\t", 1)[-1].strip() for line in args.questions.read_text().splitlines() if line.strip()][:2048]
     sequences = encoder.token_ids(texts)
     order = sorted(range(len(texts)), key=lambda i: len(sequences[i]))

@@ -147,23 +147,13 @@ class QuestionEncoder:
         self._sessions: list[Any] = []
         self._pool: ThreadPoolExecutor | None = None
         if backend == "onnx":
-            import onnxruntime as ort
-
             from model.onnx_graph import build_onnx
 
             # One single-threaded session per thread, each running its own share of a batch: the
             # LSTM's time steps are too small to split well between threads (two threads on one
-            # session ran about 1.4 times as fast as one), whole sub-batches are not. A session
-            # with one thread has no pool, so nothing spins between calls and takes the CPU from
-            # a server's event loop.
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = 1
-            options.inter_op_num_threads = 1
-            options.log_severity_level = 3
+            # session ran about 1.4 times as fast as one), whole sub-batches are not.
             graph = build_onnx(network).SerializeToString()
-            self._sessions = [
-                ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"]) for _ in range(self.threads)
-            ]
+            self._sessions = [single_thread_session(graph) for _ in range(self.threads)]
             if self.threads > 1:
                 self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="dupq-encoder")
 
@@ -240,6 +230,18 @@ class QuestionEncoder:
             return embedding_matrix(self._sessions[share].run(None, feed)[0])
         with torch.inference_mode():
             return embedding_matrix(self.network(torch.from_numpy(ids), torch.from_numpy(lengths)))
+
+
+def single_thread_session(graph: bytes) -> Any:
+    """An ONNX Runtime session (CPU) that runs on the calling thread alone. With one thread it has
+    no pool, so nothing spins between calls and takes the CPU from a server's event loop."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
 
 _MIN_SHARE = 8  # rows per thread below which a batch is not worth splitting
