@@ -7,7 +7,8 @@ index per request). Requests queue their items; one worker takes everything wait
 gathers. Under load (the previous batch served several requests) the worker also waits up to
 ``max_wait`` for more to join a batch that is not full; a lone request never waits. The queue is
 bounded: when it is full a request fails at once with :class:`Overloaded` instead of waiting
-without end.
+without end. When a batch of several requests fails, each request is run again alone, so an error
+reaches only the request that caused it.
 """
 
 from __future__ import annotations
@@ -110,14 +111,38 @@ class Batcher(Generic[Item]):
                 self._on_batch(len(items))
                 try:
                     results = await loop.run_in_executor(self._executor, self._run_batch, items)
-                except Exception as err:  # hand the failure to every waiting request
-                    logger.exception("%s failed on a batch of %d items", self.name, len(items))
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(err)
+                except Exception as err:
+                    if len(batch) > 1:
+                        await self._one_by_one(batch)
+                    else:
+                        logger.exception("%s failed on a request of %d items", self.name, len(items))
+                        _fail(batch[0][1], err)
                     continue
                 start = 0
                 for chunk, future in batch:
                     if not future.done():
                         future.set_result(results[start : start + len(chunk)])
                     start += len(chunk)
+
+    async def _one_by_one(self, batch: list[tuple[Sequence[Item], asyncio.Future[Results]]]) -> None:
+        """A batch of several requests failed: run each request's items alone, so that a bad one
+        (one that validation let through) fails by itself and its batch companions still get
+        their results."""
+        loop = asyncio.get_running_loop()
+        logger.warning("%s failed on a batch of %d requests; running each alone", self.name, len(batch))
+        for items, future in batch:
+            if future.done():
+                continue
+            try:
+                results = await loop.run_in_executor(self._executor, self._run_batch, list(items))
+            except Exception as err:
+                logger.exception("%s failed on a request of %d items", self.name, len(items))
+                _fail(future, err)
+            else:
+                if not future.done():
+                    future.set_result(results)
+
+
+def _fail(future: asyncio.Future[Results], err: Exception) -> None:
+    if not future.done():
+        future.set_exception(err)

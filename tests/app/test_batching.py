@@ -33,6 +33,36 @@ def test_concurrent_requests_share_one_encoder_call() -> None:
     assert results[3][:, 0].tolist() == [3.0, 1.0]  # each caller gets its own rows, in order
 
 
+def test_a_failing_request_does_not_fail_its_batch_companions() -> None:
+    calls: list[list[str]] = []
+    gate = threading.Event()
+
+    def encode(texts: list[str]) -> np.ndarray:
+        gate.wait(5)
+        calls.append(list(texts))
+        if "poison" in texts:
+            raise ValueError("cannot encode 'poison'")
+        return np.array([[float(len(t))] for t in texts], dtype=np.float32)
+
+    async def scenario() -> list[object]:
+        batcher = Batcher(encode, max_size=64, max_wait=0.001, max_queue=100)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(["a"]))
+        await asyncio.sleep(0.05)
+        rest = [asyncio.create_task(batcher.submit(items)) for items in (["bb"], ["poison", "c"], ["dddd"])]
+        await asyncio.sleep(0.05)
+        gate.set()
+        results = await asyncio.gather(first, *rest, return_exceptions=True)
+        await batcher.stop()
+        return results
+
+    results = asyncio.run(scenario())
+    # One shared call failed; each of its three requests then ran alone.
+    assert calls == [["a"], ["bb", "poison", "c", "dddd"], ["bb"], ["poison", "c"], ["dddd"]]
+    assert isinstance(results[2], ValueError)
+    assert [r[:, 0].tolist() for r in (results[0], results[1], results[3])] == [[1.0], [2.0], [4.0]]
+
+
 def test_a_full_queue_refuses_at_once() -> None:
     gate = threading.Event()
 
