@@ -197,8 +197,9 @@ def _register_errors(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's own answer, except that an input of NaN or Infinity (Python's json module
-        # reads them) is written as a string: JSON has no such numbers, and rendering them failed.
-        return JSONResponse({"detail": _finite(jsonable_encoder(exc.errors()))}, status_code=422)
+        # reads them) is written as a string, JSON having no such numbers, and a lone surrogate
+        # (JSON's "\ud800") as its escape, UTF-8 having no such character: rendering either failed.
+        return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
 
     @app.exception_handler(NotReady)
     async def not_ready(request: Request, exc: NotReady) -> JSONResponse:
@@ -214,14 +215,21 @@ def _register_errors(app: FastAPI) -> None:
         return internal_error_response()
 
 
-def _finite(value: Any) -> Any:
-    """``value`` with every float that JSON cannot hold (NaN, Infinity) replaced by its name."""
+def _json_safe(value: Any) -> Any:
+    """``value`` with every float that JSON cannot hold (NaN, Infinity) replaced by its name and
+    every string that UTF-8 cannot hold (a lone surrogate) by its backslash escape."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return value
     if isinstance(value, list):
-        return [_finite(v) for v in value]
+        return [_json_safe(v) for v in value]
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {_json_safe(k): _json_safe(v) for k, v in value.items()}
     return value
 
 

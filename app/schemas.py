@@ -12,15 +12,21 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 
-def _not_blank(text: str) -> str:
+def _question(text: str) -> str:
     text = text.strip()
     if not text:
         raise ValueError("must not be empty or white space")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:  # JSON's "\ud800" escape gives a lone surrogate
+        raise ValueError(
+            f"must be valid Unicode text: lone surrogate U+{ord(text[err.start]):04X} at character {err.start}"
+        ) from None
     return text
 
 
 Question = Annotated[
-    str, AfterValidator(_not_blank), Field(description="a question; surrounding white space is ignored")
+    str, AfterValidator(_question), Field(description="a question; surrounding white space is ignored")
 ]
 QuestionId = Annotated[
     str,

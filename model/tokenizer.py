@@ -52,9 +52,24 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
 
 
 def token_ids(tokenizer: Tokenizer, texts: list[str], max_tokens: int) -> list[list[int]]:
-    """Token ids of each text, truncated to ``max_tokens``; a text with no token gets ``[UNK]``."""
+    """Token ids of each text, truncated to ``max_tokens``; a text with no token gets ``[UNK]``.
+
+    Raises ``ValueError`` for a text that is not valid Unicode (a lone surrogate, which JSON's
+    ``"\\ud800"`` escape and ``surrogateescape`` decoding produce)."""
+    _refuse_surrogates(texts, range(len(texts)))
     encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
     return [enc.ids[:max_tokens] or [UNK_ID] for enc in encodings]
+
+
+def _refuse_surrogates(texts: list[str], numbers: Iterable[int]) -> None:
+    for number, text in zip(numbers, texts, strict=True):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError(
+                f"text {number} is not valid Unicode: "
+                f"lone surrogate U+{ord(text[err.start]):04X} at character {err.start}"
+            ) from None
 
 
 # Printable ASCII after the normalizer: a word is a run of letters and digits, every other
@@ -100,6 +115,7 @@ class TokenIds:
                 out.append([])
                 slow.append(i)
         if slow:
+            _refuse_surrogates([texts[i] for i in slow], slow)  # named by their place in ``texts``
             for i, ids in zip(slow, token_ids(self.tokenizer, [texts[i] for i in slow], most), strict=True):
                 out[i] = ids
         return out

@@ -199,3 +199,24 @@ def test_a_body_that_is_not_utf8_is_a_422(client: TestClient) -> None:
         "/similarity", content=b'{"question1": "\xff\xfe"}', headers={"content-type": "application/json"}
     )
     assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body"]
+
+
+def test_text_that_is_not_unicode_is_a_422_that_names_the_field(client: TestClient) -> None:
+    # JSON may escape a lone surrogate ("\\ud800"), which Python reads and UTF-8 cannot hold.
+    headers = {"content-type": "application/json"}
+    cases = [
+        ("/similarity", b'{"question1": "a \\ud800 b", "question2": "b"}', ["body", "question1"]),
+        ("/questions", b'{"questions": [{"id": "s1", "text": "\\udfff"}]}', ["body", "questions", 0, "text"]),
+        ("/duplicates", b'{"question": "q", "k": "\\ud800"}', ["body", "k"]),
+        ("/embed", b'{"questions": ["ok", "\\ud83d"]}', ["body", "questions", 1]),
+    ]
+    for path, body, loc in cases:
+        response = client.post(path, content=body, headers=headers)
+        assert response.status_code == 422, (path, response.text)
+        assert response.json()["detail"][0]["loc"] == loc
+    detail = client.post(cases[0][0], content=cases[0][1], headers=headers).json()["detail"][0]
+    assert "lone surrogate U+D800 at character 2" in detail["msg"]
+    assert client.get("/questions/s1").status_code == 404
+    # A surrogate pair is a valid character (U+1F600).
+    ok = client.post("/similarity", content=b'{"question1": "\\ud83d\\ude00?", "question2": "b"}', headers=headers)
+    assert ok.status_code == 200

@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -67,3 +68,9 @@ def test_another_pipeline_takes_the_tokenizer_itself() -> None:
     ids = TokenIds(tokenizer, max_tokens=8)
     assert not ids.fast
     assert ids(["Hello world"]) == token_ids(tokenizer, ["Hello world"], 8)
+
+
+def test_text_that_is_not_unicode_is_refused_by_name() -> None:
+    # A lone surrogate (JSON's "\\ud800" escape) has no UTF-8 form; tokenizers fails obscurely on it.
+    with pytest.raises(ValueError, match=r"text 1 is not valid Unicode: lone surrogate U\+D800 at character 2"):
+        FAST(["fine", "ab\ud800"])
