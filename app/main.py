@@ -90,7 +90,7 @@ class Gate:
         self.fast = fast
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}  # metric children by label
         key = settings.api_key.get_secret_value() if settings.api_key else ""
-        self.expected = f"Bearer {key}".encode() if key else b""
+        self.key = key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -138,9 +138,10 @@ class Gate:
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(scope["headers"])
-        if self.expected and scope["path"] not in OPEN_PATHS:
-            given = headers.get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
+        if self.key and scope["path"] not in OPEN_PATHS:
+            # "Bearer <key>"; the scheme is case-insensitive (RFC 9110, 11.1), the key is not.
+            scheme, _, given = headers.get(b"authorization", b"").strip().partition(b" ")
+            if not (scheme.lower() == b"bearer" and hmac.compare_digest(given.lstrip(b" "), self.key)):
                 await _send_json(
                     send,
                     401,

@@ -192,6 +192,10 @@ def test_api_key(tiny_model_dir: Path, tmp_path: Path) -> None:
         assert client.post("/similarity", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert client.get("/info").status_code == 401
         assert client.post("/similarity", json=body, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        # The scheme is case-insensitive (RFC 9110, 11.1); the key is not.
+        assert client.post("/similarity", json=body, headers={"Authorization": "bearer  s3cret"}).status_code == 200
+        for wrong in ("Bearer S3CRET", "Bearer s3cre", "Bearer s3crett", "Basic s3cret", "s3cret", "Bearers3cret"):
+            assert client.post("/similarity", json=body, headers={"Authorization": wrong}).status_code == 401
 
 
 def test_a_body_that_is_not_utf8_is_a_422(client: TestClient) -> None:
