@@ -25,6 +25,8 @@ from pathlib import Path
 # ``--unidirectional`` reads better than ``--no-bidirectional``.
 _NOT_ENCODER_FLAGS = ("vocab_size", "bidirectional")
 
+logger = logging.getLogger(__name__)
+
 
 def _train(args: argparse.Namespace) -> int:
     from model.config import EncoderConfig, TrainConfig
@@ -73,20 +75,28 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_questions(path: str) -> list[tuple[str | None, str]]:
-    """Lines of ``text`` or ``id<TAB>text``; '-' reads standard input."""
-    from app.store import parse_question_lines
+def _read_questions(path: str, max_chars: int) -> tuple[list[tuple[str | None, str]], int]:
+    """Lines of ``text`` or ``id<TAB>text``, '-' reads standard input; and how many lines were
+    skipped (each is logged) because ``POST /questions`` would refuse them."""
+    from app.store import describe_skipped, parse_question_lines
 
     handle = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
     with handle:
-        return parse_question_lines(handle)
+        try:
+            items, skipped = parse_question_lines(handle, max_chars)
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path} is not UTF-8 text: byte 0x{err.object[err.start]:02x}, {err.reason}") from None
+    if skipped:
+        logger.warning(describe_skipped(path, skipped))
+    return items, len(skipped)
 
 
 def _embed(args: argparse.Namespace) -> int:
+    from app.settings import Settings
     from model.model_dir import load_encoder
 
     encoder = load_encoder(args.model, threads=args.threads)
-    texts = [text for _, text in _read_questions(args.input)]
+    texts = [text for _, text in _read_questions(args.input, Settings().max_question_chars)[0]]
     for start in range(0, len(texts), 1024):
         chunk = texts[start : start + 1024]
         for text, vector in zip(chunk, encoder.encode(chunk), strict=True):
@@ -102,7 +112,7 @@ def _index(args: argparse.Namespace) -> int:
 
     overrides = {"model_dir": args.model_dir} if args.model_dir else {}
     settings = Settings(data_dir=args.data_dir, index_kind=args.index_kind, batch_wait_ms=0, **overrides)
-    items = _read_questions(args.input)
+    items, skipped = _read_questions(args.input, settings.max_question_chars)
     engine = Engine(settings)
     engine.load_model()
     engine.open()
@@ -117,7 +127,7 @@ def _index(args: argparse.Namespace) -> int:
             await engine.stop()
 
     size = asyncio.run(add_all())
-    print(json.dumps({"added": len(items), "index_size": size, "data_dir": str(args.data_dir)}))
+    print(json.dumps({"added": len(items), "skipped": skipped, "index_size": size, "data_dir": str(args.data_dir)}))
     return 0
 
 
@@ -243,7 +253,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except (OSError, ValueError) as err:  # a missing or unreadable file, a bad model directory, bad input
+        if args.verbose:
+            raise
+        print(f"dupq {args.command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -32,16 +32,43 @@ INSERT OR IGNORE INTO meta VALUES ('generation', '0');
 """
 
 
-def parse_question_lines(lines: Iterable[str]) -> list[tuple[str | None, str]]:
-    """Questions from lines of ``text`` or ``id<TAB>text`` (the seed and bulk-load format);
-    blank lines are skipped, a line without a tab has no id."""
+def parse_question_lines(
+    lines: Iterable[str], max_chars: int
+) -> tuple[list[tuple[str | None, str]], list[tuple[int, str]]]:
+    """Questions from lines of ``text`` or ``id<TAB>text`` (the seed and bulk-load format), and
+    the lines skipped, as (line number, reason). Blank lines are ignored; a line without a tab
+    has no id. Each line meets the rules of ``POST /questions`` (the id format, a text that is
+    not blank, at most ``max_chars`` characters, valid Unicode) or is skipped, never loaded
+    under another meaning (``id<TAB>`` with no text is not the question "id")."""
+    from pydantic import ValidationError
+
+    from app.schemas import QuestionIn
+
     items: list[tuple[str | None, str]] = []
-    for line in lines:
-        line = line.strip()
-        if line:
-            qid, sep, text = line.partition("\t")
-            items.append((qid, text.strip()) if sep else (None, qid))
-    return items
+    skipped: list[tuple[int, str]] = []
+    for number, line in enumerate(lines, 1):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        qid, sep, text = line.partition("\t")
+        try:
+            item = QuestionIn(id=qid.strip(), text=text) if sep else QuestionIn(text=line)
+        except ValidationError as err:
+            reason = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+            skipped.append((number, reason))
+            continue
+        if len(item.text) > max_chars:
+            skipped.append((number, f"text has {len(item.text)} characters; at most max_question_chars = {max_chars}"))
+            continue
+        items.append((item.id, item.text))
+    return items, skipped
+
+
+def describe_skipped(source: object, skipped: list[tuple[int, str]], shown: int = 5) -> str:
+    """One log line about the lines of ``source`` that were skipped: how many, and the first few."""
+    first = "; ".join(f"line {number}: {reason}" for number, reason in skipped[:shown])
+    more = f"; and {len(skipped) - shown} more" if len(skipped) > shown else ""
+    return f"{source}: skipped {len(skipped)} line(s) that POST /questions would refuse: {first}{more}"
 
 
 @dataclass(frozen=True)

@@ -106,12 +106,16 @@ def test_another_model_reembeds_or_refuses(tiny_model_dir: Path, tmp_path: Path)
         assert match["id"] == "a" and match["similarity"] == pytest.approx(1.0, abs=1e-5)  # vectors of the new model
 
 
-def test_seed_file_fills_an_empty_store_once(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_seed_file_fills_an_empty_store_once(
+    tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     seed = tmp_path / "seed.tsv"
-    seed.write_text("s1\tHow old are you?\nWhy is the sky blue?\n\n", encoding="utf-8")
+    seed.write_text("s1\tHow old are you?\nWhy is the sky blue?\n\nbad/id\tWhere?\ns2\t \n", encoding="utf-8")
     settings = make_settings(tiny_model_dir, tmp_path / "data", seed_file=seed)
-    with serving(settings) as client:
+    with caplog.at_level(logging.WARNING, logger="app.engine"), serving(settings) as client:
         assert client.get("/ready").json()["index_size"] == 2
+        warning = next(r.getMessage() for r in caplog.records if "skipped" in r.getMessage())
+        assert warning.startswith(f"seed file {seed}: skipped 2 line(s) that POST /questions would refuse: line 4: id:")
         assert client.get("/questions/s1").json()["text"] == "How old are you?"
         client.delete("/questions/s1")
     with serving(settings) as client:
