@@ -44,13 +44,15 @@ def distinct_questions(path: Path, n: int) -> list[str]:
     return list(seen.values())[:n]
 
 
-def fill(real: list[str], n: int, seed: int = 0) -> list[str]:
-    """``real``, then made-up questions (two real ones joined) until there are ``n`` distinct ones."""
+def fill(real: list[str], n: int, seed: int = 0, max_chars: int = 1000) -> list[str]:
+    """``real``, then made-up questions (two real ones joined) until there are ``n`` distinct ones,
+    each at most ``max_chars`` long (the service's default limit: ``dupq index`` skips longer ones)."""
     rng = random.Random(seed)
+    real = [q for q in real if len(q.strip()) <= max_chars]
     texts, seen = list(real[:n]), {question_key(q) for q in real[:n]}
     while len(texts) < n:
         text = f"{rng.choice(real)} {rng.choice(real)}"
-        if question_key(text) not in seen:
+        if len(text) <= max_chars and question_key(text) not in seen:
             seen.add(question_key(text))
             texts.append(text)
     return texts
