@@ -36,8 +36,8 @@ def parse_question_lines(
     lines: Iterable[str], max_chars: int
 ) -> tuple[list[tuple[str | None, str]], list[tuple[int, str]]]:
     """Questions from lines of ``text`` or ``id<TAB>text`` (the seed and bulk-load format), and
-    the lines skipped, as (line number, reason). Blank lines are ignored; a line without a tab
-    has no id. Each line meets the rules of ``POST /questions`` (the id format, a text that is
+    the lines skipped, as (line number, reason). Blank lines are ignored; a line without a tab,
+    or with nothing before it, has no id. Each line meets the rules of ``POST /questions`` (the id format, a text that is
     not blank, at most ``max_chars`` characters, valid Unicode) or is skipped, never loaded
     under another meaning (``id<TAB>`` with no text is not the question "id")."""
     from pydantic import ValidationError
@@ -52,7 +52,7 @@ def parse_question_lines(
             continue
         qid, sep, text = line.partition("\t")
         try:
-            item = QuestionIn(id=qid.strip(), text=text) if sep else QuestionIn(text=line)
+            item = QuestionIn(id=qid.strip() or None, text=text) if sep else QuestionIn(text=line)
         except ValidationError as err:
             reason = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
             skipped.append((number, reason))

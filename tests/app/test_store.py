@@ -54,9 +54,9 @@ def test_by_keys_beyond_sqlites_variable_limit(tmp_path: Path) -> None:
 def test_question_lines_with_and_without_ids() -> None:
     from app.store import parse_question_lines
 
-    lines = ["q-1\tHow old are you?\n", "\n", "  Why is the sky blue?  \n", "q-2\t  Where? \r\n"]
+    lines = ["q-1\tHow old are you?\n", "\n", "  Why is the sky blue?  \n", "q-2\t  Where? \r\n", "\tWhen?"]
     assert parse_question_lines(lines, max_chars=100) == (
-        [("q-1", "How old are you?"), (None, "Why is the sky blue?"), ("q-2", "Where?")],
+        [("q-1", "How old are you?"), (None, "Why is the sky blue?"), ("q-2", "Where?"), (None, "When?")],
         [],
     )
 
