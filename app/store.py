@@ -37,9 +37,10 @@ def parse_question_lines(
 ) -> tuple[list[tuple[str | None, str]], list[tuple[int, str]]]:
     """Questions from lines of ``text`` or ``id<TAB>text`` (the seed and bulk-load format), and
     the lines skipped, as (line number, reason). Blank lines are ignored; a line without a tab,
-    or with nothing before it, has no id. Each line meets the rules of ``POST /questions`` (the id format, a text that is
-    not blank, at most ``max_chars`` characters, valid Unicode) or is skipped, never loaded
-    under another meaning (``id<TAB>`` with no text is not the question "id")."""
+    or with nothing before it, has no id. Each line meets the rules of ``POST /questions`` (the
+    id format, a text that is not blank, at most ``max_chars`` characters, valid Unicode) or is
+    skipped, never loaded under another meaning (``id<TAB>`` with no text is not the question
+    "id")."""
     from pydantic import ValidationError
 
     from app.schemas import QuestionIn
