@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic_core import PydanticCustomError
 
 
 def _question(text: str) -> str:
@@ -33,7 +34,20 @@ QuestionId = Annotated[
     StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$"),
     Field(description="1 to 128 letters, digits, '-', '_', '.', ':'"),
 ]
-Threshold = Annotated[float, Field(ge=-1.0, le=1.0, description="overrides the decision threshold tau")]
+
+
+def _json_number(value: object) -> object:
+    """Refuse what pydantic's lax mode would turn into a number: a string ("5") or a boolean."""
+    if isinstance(value, bool | str):
+        kind = "a boolean" if isinstance(value, bool) else "a string"
+        raise PydanticCustomError("number_type", "Input should be a JSON number, not {kind}", {"kind": kind})
+    return value
+
+
+JsonNumber = BeforeValidator(_json_number)
+Threshold = Annotated[float, JsonNumber, Field(ge=-1.0, le=1.0, description="overrides the decision threshold tau")]
+Similarity = Annotated[float, JsonNumber, Field(ge=-1.0, le=1.0, description="drop matches below this similarity")]
+K = Annotated[int, JsonNumber, Field(ge=1, le=100, description="most matches to return")]
 ModelName = Annotated[str, Field(description="name and version of the loaded model")]
 
 
@@ -105,8 +119,8 @@ class StoredQuestionOut(BaseModel):
 
 class DuplicatesRequest(Strict):
     question: Question
-    k: int = Field(5, ge=1, le=100, description="most matches to return")
-    min_similarity: float | None = Field(None, ge=-1.0, le=1.0, description="drop matches below this similarity")
+    k: K = 5
+    min_similarity: Similarity | None = None
     threshold: Threshold | None = None
 
 
@@ -126,8 +140,8 @@ class DuplicatesResponse(BaseModel):
 
 class DuplicatesBatchRequest(Strict):
     questions: list[Question] = Field(min_length=1)
-    k: int = Field(5, ge=1, le=100)
-    min_similarity: float | None = Field(None, ge=-1.0, le=1.0)
+    k: K = 5
+    min_similarity: Similarity | None = None
     threshold: Threshold | None = None
 
 

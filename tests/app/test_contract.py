@@ -151,12 +151,25 @@ def test_operations(client: TestClient) -> None:
         ("/duplicates", {"question": Q1, "k": 0}, "k"),
         ("/duplicates", {"question": Q1, "k": 101}, "k"),
         ("/duplicates/batch", {"questions": [Q1], "k": 1000}, "k"),
+        # Wrong JSON types that pydantic's lax mode would have turned into numbers.
+        ("/duplicates", {"question": Q1, "k": "5"}, "k"),
+        ("/duplicates", {"question": Q1, "k": True}, "k"),
+        ("/duplicates", {"question": Q1, "min_similarity": "0.5"}, "min_similarity"),
+        ("/duplicates/batch", {"questions": [Q1], "k": "5"}, "k"),
+        ("/similarity", {"question1": Q1, "question2": Q2, "threshold": "0.5"}, "threshold"),
+        ("/similarity/batch", {"pairs": [{"question1": Q1, "question2": Q2}], "threshold": True}, "threshold"),
     ],
 )
 def test_invalid_input_is_a_422_naming_the_field(client: TestClient, path: str, body: dict, field: str) -> None:
     response = client.post(path, json=body)
     assert response.status_code == 422, response.text
     assert any(field in [str(x) for x in error["loc"]] for error in response.json()["detail"])
+
+
+def test_numbers_may_be_written_either_way(client: TestClient) -> None:
+    # JSON has one number type: 5.0 is an integer k, 1 a float threshold.
+    assert client.post("/duplicates", json={"question": Q1, "k": 5.0, "threshold": 1}).status_code == 200
+    assert client.post("/similarity", json={"question1": Q1, "question2": Q2, "threshold": 0}).status_code == 200
 
 
 def test_bad_json_and_bad_path_ids(client: TestClient) -> None:
