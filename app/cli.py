@@ -78,14 +78,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _read_questions(path: str, max_chars: int) -> tuple[list[tuple[str | None, str]], int]:
     """Lines of ``text`` or ``id<TAB>text``, '-' reads standard input; and how many lines were
     skipped (each is logged) because ``POST /questions`` would refuse them."""
-    from app.store import describe_skipped, parse_question_lines
+    from app.store import describe_skipped, read_question_file
 
-    handle = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
-    with handle:
-        try:
-            items, skipped = parse_question_lines(handle, max_chars)
-        except UnicodeDecodeError as err:
-            raise ValueError(f"{path} is not UTF-8 text: byte 0x{err.object[err.start]:02x}, {err.reason}") from None
+    items, skipped = read_question_file(path, max_chars)
     if skipped:
         logger.warning(describe_skipped(path, skipped))
     return items, len(skipped)

@@ -26,7 +26,7 @@ import numpy as np
 from app.batching import Batcher
 from app.locks import ReadWriteLock
 from app.settings import Settings
-from app.store import QuestionStore, describe_skipped, parse_question_lines
+from app.store import QuestionStore, describe_skipped, read_question_file
 from model.index import SnapshotError, VectorIndex
 from model.model_dir import QuestionEncoder, load_encoder
 
@@ -220,11 +220,7 @@ class Engine:
 
     def _seed(self, path: Path) -> None:
         assert self.encoder is not None
-        with open(path, encoding="utf-8") as handle:
-            try:
-                parsed, skipped = parse_question_lines(handle, self.settings.max_question_chars)
-            except UnicodeDecodeError as err:
-                raise ValueError(f"seed file {path} is not UTF-8 text: byte 0x{err.object[err.start]:02x}") from None
+        parsed, skipped = read_question_file(path, self.settings.max_question_chars)
         if skipped:
             logger.warning(describe_skipped(f"seed file {path}", skipped))
         items = [(qid or f"seed-{n}", text) for n, (qid, text) in enumerate(parsed, 1)]

@@ -10,6 +10,7 @@ the process or of the machine.
 from __future__ import annotations
 
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -63,6 +64,17 @@ def parse_question_lines(
             continue
         items.append((item.id, item.text))
     return items, skipped
+
+
+def read_question_file(path: str | Path, max_chars: int) -> tuple[list[tuple[str | None, str]], list[tuple[int, str]]]:
+    """:func:`parse_question_lines` of a UTF-8 file ('-': standard input); a file that is not
+    UTF-8 is a ``ValueError`` that names it."""
+    handle = sys.stdin if str(path) == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    with handle:
+        try:
+            return parse_question_lines(handle, max_chars)
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path} is not UTF-8 text: byte 0x{err.object[err.start]:02x}, {err.reason}") from None
 
 
 def describe_skipped(source: object, skipped: list[tuple[int, str]], shown: int = 5) -> str:
