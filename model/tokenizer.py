@@ -57,6 +57,10 @@ def token_ids(tokenizer: Tokenizer, texts: list[str], max_tokens: int) -> list[l
     Raises ``ValueError`` for a text that is not valid Unicode (a lone surrogate, which JSON's
     ``"\\ud800"`` escape and ``surrogateescape`` decoding produce)."""
     _refuse_surrogates(texts, range(len(texts)))
+    return _encode(tokenizer, texts, max_tokens)
+
+
+def _encode(tokenizer: Tokenizer, texts: list[str], max_tokens: int) -> list[list[int]]:
     encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
     return [enc.ids[:max_tokens] or [UNK_ID] for enc in encodings]
 
@@ -115,8 +119,9 @@ class TokenIds:
                 out.append([])
                 slow.append(i)
         if slow:
-            _refuse_surrogates([texts[i] for i in slow], slow)  # named by their place in ``texts``
-            for i, ids in zip(slow, token_ids(self.tokenizer, [texts[i] for i in slow], most), strict=True):
+            others = [texts[i] for i in slow]
+            _refuse_surrogates(others, slow)  # named by their place in ``texts``
+            for i, ids in zip(slow, _encode(self.tokenizer, others, most), strict=True):
                 out[i] = ids
         return out
 
