@@ -9,6 +9,7 @@ import gc
 import hmac
 import logging
 import math
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -188,10 +189,9 @@ def _register_errors(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
-            # FastAPI's answer to a body that is not UTF-8; the contract calls that invalid input.
-            detail = [
-                {"type": "json_invalid", "loc": ["body"], "msg": "request body is not valid UTF-8 JSON", "input": None}
-            ]
+            # FastAPI's answer to a body that json.loads failed on other than by a syntax error
+            # (not UTF-8, nested too deep, a number too long); the contract calls that invalid input.
+            detail = [{"type": "json_invalid", "loc": ["body"], "msg": _unreadable(exc.__cause__), "input": None}]
             return JSONResponse({"detail": detail}, status_code=422)
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
@@ -200,7 +200,22 @@ def _register_errors(app: FastAPI) -> None:
         # FastAPI's own answer, except that an input of NaN or Infinity (Python's json module
         # reads them) is written as a string, JSON having no such numbers, and a lone surrogate
         # (JSON's "\ud800") as its escape, UTF-8 having no such character: rendering either failed.
-        return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+        errors = exc.errors()
+        if any(tuple(e["loc"]) == ("body",) and isinstance(e.get("input"), bytes) for e in errors):
+            # FastAPI hands the body over unread when the request does not say it is JSON: its
+            # own message ("Input should be a valid dictionary") would not say why.
+            content_type = request.headers.get("content-type")
+            errors = [
+                {
+                    "type": "content_type",
+                    "loc": ["header", "content-type"],
+                    "msg": f"Content-Type must be application/json, not {content_type!r}"
+                    if content_type
+                    else "Content-Type must be application/json; the header is missing",
+                    "input": content_type,
+                }
+            ]
+        return JSONResponse({"detail": _json_safe(jsonable_encoder(errors))}, status_code=422)
 
     @app.exception_handler(NotReady)
     async def not_ready(request: Request, exc: NotReady) -> JSONResponse:
@@ -214,6 +229,17 @@ def _register_errors(app: FastAPI) -> None:
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
         return internal_error_response()
+
+
+def _unreadable(cause: BaseException | None) -> str:
+    """Why ``json.loads`` could not read a request body, in a client's words."""
+    if isinstance(cause, UnicodeDecodeError):
+        return f"request body is not valid UTF-8 (byte 0x{cause.object[cause.start]:02x} at offset {cause.start})"
+    if isinstance(cause, RecursionError):
+        return "request body is not valid JSON: nested too deeply"
+    if isinstance(cause, ValueError) and "integer string conversion" in str(cause):
+        return f"request body is not valid JSON: a number of more than {sys.get_int_max_str_digits()} digits"
+    return "request body is not valid UTF-8 JSON"
 
 
 def _json_safe(value: Any) -> Any:
@@ -297,6 +323,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Tells whether two questions mean the same thing and finds the duplicates of a new question.",
         description="Contract version 1. Errors are JSON objects with a `detail` field.",
         lifespan=lifespan,
+        # "/health/" is not "/health": a 404 in JSON, not a redirect to a URL the gateway may not serve.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.engine = engine

@@ -18,12 +18,20 @@ async def health() -> Status:
     return Status(status="ok")
 
 
+# Some load balancers probe with HEAD: the same status, no body (the server drops it). Left out
+# of the OpenAPI document, which describes the GET.
+router.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
+
+
 @router.get("/ready", response_model=ReadyStatus, responses={503: {"model": ErrorBody, "description": "still loading"}})
 async def ready(engine: EngineDep) -> ReadyStatus | JSONResponse:
     """Readiness: 200 once the model and the index are loaded and the model answers."""
     if not engine.ready:
         return JSONResponse({"detail": engine.load_error or "loading the model and the index"}, status_code=503)
     return ReadyStatus(status="ready", index_size=engine.index_size())
+
+
+router.add_api_route("/ready", ready, methods=["HEAD"], response_model=ReadyStatus, include_in_schema=False)
 
 
 @router.get("/info", response_model=Info)

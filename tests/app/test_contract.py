@@ -216,6 +216,46 @@ def test_a_body_that_is_not_utf8_is_a_422(client: TestClient) -> None:
         "/similarity", content=b'{"question1": "\xff\xfe"}', headers={"content-type": "application/json"}
     )
     assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body"]
+    assert response.json()["detail"][0]["msg"] == "request body is not valid UTF-8 (byte 0xff at offset 15)"
+
+
+def test_a_body_that_json_cannot_read_is_a_422_that_says_why(client: TestClient) -> None:
+    headers = {"content-type": "application/json"}
+    cases = [
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),  # Python's json recursion limit
+        (b'{"question": "q", "k": ' + b"9" * 5000 + b"}", "a number of more than 4300 digits"),
+    ]
+    for body, why in cases:
+        for path in ("/similarity", "/duplicates"):
+            response = client.post(path, content=body, headers=headers)
+            assert response.status_code == 422, response.text
+            (error,) = response.json()["detail"]
+            assert error["type"] == "json_invalid" and error["loc"] == ["body"]
+            assert error["msg"] == f"request body is not valid JSON: {why}"
+
+
+def test_a_body_not_sent_as_json_is_a_422_that_names_the_content_type(client: TestClient) -> None:
+    body = b'{"question1": "a", "question2": "b"}'
+    # curl -d sends application/x-www-form-urlencoded; FastAPI reads only JSON bodies as JSON.
+    for content_type in ("application/x-www-form-urlencoded", "text/plain", None):
+        headers = {"content-type": content_type} if content_type else {}
+        response = client.post("/similarity", content=body, headers=headers)
+        assert response.status_code == 422, response.text
+        (error,) = response.json()["detail"]
+        assert error["loc"] == ["header", "content-type"] and "must be application/json" in error["msg"]
+        assert error["input"] == content_type
+    # An empty body is a missing body, whatever its type.
+    assert client.post("/similarity", content=b"").json()["detail"][0]["loc"] == ["body"]
+    assert client.post("/similarity", content=body, headers={"content-type": "application/json"}).status_code == 200
+
+
+def test_probes_answer_head_and_paths_are_not_redirected(client: TestClient) -> None:
+    for path in ("/health", "/ready"):
+        response = client.head(path)
+        assert response.status_code == 200 and response.content == b""
+    for method, path in (("GET", "/health/"), ("GET", "/questions/"), ("DELETE", "/questions/")):
+        response = client.request(method, path, follow_redirects=False)
+        assert response.status_code == 404 and response.json() == {"detail": "Not Found"}
 
 
 def test_text_that_is_not_unicode_is_a_422_that_names_the_field(client: TestClient) -> None:
