@@ -55,8 +55,9 @@ def save_model_dir(
     calibration: tuple[float, float],
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write a complete model directory; the version ends with a digest of the weights, so two
-    different sets of weights never share a version. Returns the written config."""
+    """Write a complete model directory; the version ends with a digest of the weights and the
+    tokenizer, so two models that could give a question different vectors never share a version.
+    Returns the written config."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
@@ -64,15 +65,18 @@ def save_model_dir(
     (out / WEIGHTS).chmod(0o644)  # safetensors creates it 0600: a service user must be able to read it
     tokenizer.save(str(out / TOKENIZER))
     digest = sha256_file(out / WEIGHTS)
+    tokenizer_digest = sha256_file(out / TOKENIZER)
+    both = hashlib.sha256(f"{digest} {tokenizer_digest}".encode()).hexdigest()
     config = {
         "format_version": FORMAT_VERSION,
         "name": name,
-        "version": f"{extra.get('version_prefix', '2026.11') if extra else '2026.11'}+{digest[:10]}",
+        "version": f"{extra.get('version_prefix', '2026.11') if extra else '2026.11'}+{both[:10]}",
         "encoder": dataclasses.asdict(network.config),
         "dim": network.dim,
         "threshold": float(threshold),
         "calibration": {"slope": float(calibration[0]), "intercept": float(calibration[1])},
         "weights_sha256": digest,
+        "tokenizer_sha256": tokenizer_digest,
         **{k: v for k, v in (extra or {}).items() if k != "version_prefix"},
     }
     (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

@@ -2,7 +2,9 @@
 
 Normalization lower-cases, applies Unicode NFKC, strips accents, and splits punctuation off
 words, so a raw question (``Can't I?``) and its tokenized BiMPM form (``Ca n't I ?``) give the
-same tokens. Unknown words fall back to word pieces, then to ``[UNK]``.
+same tokens. Unknown words fall back to word pieces. Characters the vocabulary has never seen (an
+emoji, another script) are split off the word they touch, each run of them one ``[UNK]``, so
+``nyc🍕`` keeps its ``nyc`` (word-piece alone would make the whole word ``[UNK]``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
@@ -44,7 +47,47 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 16000, min_frequency
     )
     tokenizer.train_from_iterator(texts, trainer)
     assert tokenizer.token_to_id(PAD) == PAD_ID and tokenizer.token_to_id(UNK) == UNK_ID
+    # Every character of the training text is in the vocabulary, so this changes none of its tokens.
+    tokenizer.pre_tokenizer = _pre_tokenizer(alphabet(tokenizer))
     return tokenizer
+
+
+def alphabet(tokenizer: Tokenizer) -> set[str]:
+    """The characters of the vocabulary's own tokens (special tokens left out)."""
+    special = {token.content for token in tokenizer.get_added_tokens_decoder().values()}
+    return {ch for token in tokenizer.get_vocab() if token not in special for ch in token.removeprefix("##")}
+
+
+def isolate_unknown(tokenizer: Tokenizer) -> Tokenizer:
+    """``tokenizer`` (one :func:`train_tokenizer` built before this step existed) with runs of
+    characters outside its vocabulary split off the words they touch. Tokens of text made of known
+    characters do not change."""
+    tokenizer.pre_tokenizer = _pre_tokenizer(alphabet(tokenizer))
+    return tokenizer
+
+
+def _pre_tokenizer(known: set[str]) -> pre_tokenizers.PreTokenizer:
+    # BERT's split on white space and punctuation, then each run of characters outside ``known``
+    # its own piece, which word-piece makes one [UNK].
+    return pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.BertPreTokenizer(),
+            pre_tokenizers.Split(Regex(f"[^{_char_class(known)}]+"), behavior="isolated"),
+        ]
+    )
+
+
+def _char_class(chars: set[str]) -> str:
+    """The inside of a regex character class for ``chars``: ranges of code points, each end
+    written as ``\\x{...}`` so no character needs the class's own escaping."""
+    points = sorted(map(ord, chars))
+    ranges: list[list[int]] = []
+    for point in points:
+        if ranges and point == ranges[-1][1] + 1:
+            ranges[-1][1] = point
+        else:
+            ranges.append([point, point])
+    return "".join(f"\\x{{{a:x}}}" + (f"-\\x{{{b:x}}}" if b > a else "") for a, b in ranges)
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
@@ -78,7 +121,17 @@ def _refuse_surrogates(texts: list[str], numbers: Iterable[int]) -> None:
 
 # Printable ASCII after the normalizer: a word is a run of letters and digits, every other
 # printable character is punctuation (BertPreTokenizer isolates each), spaces only separate.
-_ASCII_WORD = re.compile(r"[a-z0-9]+|[^ a-z0-9]")
+_ALNUM = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def _ascii_words(unknown: str) -> re.Pattern[str]:
+    """The words of a lower-cased printable ASCII chunk, ``unknown`` letters and digits (those
+    the pre-tokenizer splits off) in runs of their own."""
+    if not unknown:
+        return re.compile(r"[a-z0-9]+|[^ a-z0-9]")
+    known = "".join(ch for ch in _ALNUM if ch not in unknown)
+    runs = [f"[{known}]+"] if known else []
+    return re.compile("|".join([*runs, f"[{unknown}]+", r"[^ a-z0-9]"]))
 
 
 class TokenIds:
@@ -100,6 +153,8 @@ class TokenIds:
         self.max_tokens = max_tokens
         self.cache_chunks = cache_chunks
         self.fast = _is_ours(tokenizer)
+        isolates = self.fast and _isolates_unknown(tokenizer)
+        self._words = _ascii_words("".join(ch for ch in _ALNUM if ch not in alphabet(tokenizer)) if isolates else "")
         added = [token.content.lower() for token in tokenizer.get_added_tokens_decoder().values()]
         self._added = re.compile("|".join(map(re.escape, added))) if added else None
         self._chunks: dict[str, list[int]] = {}
@@ -126,7 +181,7 @@ class TokenIds:
         return out
 
     def _chunk_ids(self, chunk: str) -> list[int]:
-        words = _ASCII_WORD.findall(chunk.replace("`", "'").replace("n't", " n't"))
+        words = self._words.findall(chunk.replace("`", "'").replace("n't", " n't"))
         ids = [token.id for word in words for token in self.tokenizer.model.tokenize(word)]
         if len(self._chunks) < self.cache_chunks:
             self._chunks[chunk] = ids
@@ -134,13 +189,28 @@ class TokenIds:
 
 
 def _is_ours(tokenizer: Tokenizer) -> bool:
-    """Whether ``tokenizer`` normalizes and splits exactly as :func:`train_tokenizer` sets it up."""
-    reference = Tokenizer(WordPiece(unk_token=UNK))
-    reference.normalizer = _normalizer()
-    reference.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    spec, ours = json.loads(tokenizer.to_str()), json.loads(reference.to_str())
+    """Whether ``tokenizer`` normalizes and splits exactly as :func:`train_tokenizer` sets it up
+    (or did before :func:`isolate_unknown`)."""
+    spec = json.loads(tokenizer.to_str())
     return bool(
         spec["model"]["type"] == "WordPiece"
-        and spec["normalizer"] == ours["normalizer"]
-        and spec["pre_tokenizer"] == ours["pre_tokenizer"]
+        and spec["normalizer"] == _spec(normalizer=_normalizer())["normalizer"]
+        and (
+            spec["pre_tokenizer"] == _spec(pre_tokenizer=pre_tokenizers.BertPreTokenizer())["pre_tokenizer"]
+            or _isolates_unknown(tokenizer)
+        )
     )
+
+
+def _isolates_unknown(tokenizer: Tokenizer) -> bool:
+    pre_tokenizer = _pre_tokenizer(alphabet(tokenizer))
+    return bool(json.loads(tokenizer.to_str())["pre_tokenizer"] == _spec(pre_tokenizer=pre_tokenizer)["pre_tokenizer"])
+
+
+def _spec(**parts: Any) -> dict[str, Any]:
+    """The JSON form of a word-piece tokenizer made of ``parts``, to compare pipelines by."""
+    reference = Tokenizer(WordPiece(unk_token=UNK))
+    for name, part in parts.items():
+        setattr(reference, name, part)
+    spec: dict[str, Any] = json.loads(reference.to_str())
+    return spec

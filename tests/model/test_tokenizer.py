@@ -1,14 +1,19 @@
+import json
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tokenizers import pre_tokenizers
 
-from model.tokenizer import UNK_ID, TokenIds, load_tokenizer, token_ids, train_tokenizer
+from model.tokenizer import UNK_ID, TokenIds, isolate_unknown, load_tokenizer, token_ids, train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = load_tokenizer(ROOT / "models" / "dupq-qqp" / "tokenizer.json")
 FAST = TokenIds(SHIPPED, max_tokens=64)
+# A vocabulary without most letters: the fast path must split them off as the tokenizer does.
+TINY = train_tokenizer(["hello world 42"] * 5, vocab_size=100, min_frequency=1)
+TINY_FAST = TokenIds(TINY, max_tokens=16)
 
 
 def test_raw_and_bimpm_tokenized_text_give_the_same_tokens() -> None:
@@ -25,6 +30,26 @@ def test_unknown_words_and_empty_text() -> None:
     assert ids[1] == [UNK_ID]  # never an empty sequence
     assert len(ids[2]) == 8  # truncated to max_tokens
     assert all(isinstance(i, int) for i in ids[0]) and ids[0]
+
+
+def test_characters_outside_the_vocabulary_cost_only_themselves() -> None:
+    # Word-piece alone makes a whole word [UNK] for one character it lacks ("nyc🍕" -> [UNK]).
+    assert SHIPPED.encode("nyc🍕 pizza?").tokens == ["nyc", "[UNK]", "pizza", "?"]
+    assert SHIPPED.encode("python😀😀🎉tips").tokens == ["python", "[UNK]", "tips"]  # one [UNK] per run
+    assert SHIPPED.encode("😀").tokens == ["[UNK]"]
+    assert TINY.encode("hello wqqqorld").tokens == ["hello", "w", "[UNK]", *TINY.encode("orld").tokens]
+
+
+def test_isolating_unknown_characters_changes_no_known_text() -> None:
+    old = train_tokenizer(["hello world 42"] * 5, vocab_size=100, min_frequency=1)
+    old.pre_tokenizer = pre_tokenizers.BertPreTokenizer()  # as train_tokenizer built it before
+    known, unknown = ["hello world", "Hello, WORLD 42!", "oh hello?"], ["hello qworld"]
+    before = token_ids(old, known + unknown, 16)
+    assert TokenIds(old, 16).fast and TokenIds(old, 16)(known + unknown) == before  # the fast path as before
+    isolate_unknown(old)
+    assert json.loads(old.to_str())["pre_tokenizer"] == json.loads(TINY.to_str())["pre_tokenizer"]  # as trained now
+    assert token_ids(old, known, 16) == before[:3]
+    assert token_ids(old, unknown, 16) != before[3:]  # "qworld" is no longer one [UNK]
 
 
 TRICKY = [
@@ -60,6 +85,13 @@ def test_the_fast_path_gives_the_ids_of_the_tokenizer_on_real_and_tricky_questio
 @given(st.lists(st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x7F)) | st.text(), max_size=4))
 def test_the_fast_path_agrees_with_the_tokenizer_on_any_text(texts: list[str]) -> None:
     assert FAST(texts) == token_ids(SHIPPED, texts, 64)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E)) | st.text(), max_size=4))
+def test_the_fast_path_agrees_with_a_tokenizer_that_lacks_letters(texts: list[str]) -> None:
+    assert TINY_FAST.fast
+    assert TINY_FAST(texts + TRICKY) == token_ids(TINY, texts + TRICKY, 16)
 
 
 def test_another_pipeline_takes_the_tokenizer_itself() -> None:

@@ -5,10 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tokenizers import pre_tokenizers
 
 from app.cli import build_parser, main
 from model.config import EncoderConfig, TrainConfig
-from model.model_dir import ModelDirError, load_encoder
+from model.model_dir import ModelDirError, load_encoder, save_model_dir
+from model.tokenizer import load_tokenizer
 
 from ..conftest import CORPUS
 
@@ -138,6 +140,21 @@ def test_training_again_with_the_same_tokenizer_gives_the_same_weights(
     assert main(argv) == 0
     again = json.loads((tmp_path / "again" / "config.json").read_text())
     assert again["weights_sha256"] == config["weights_sha256"]
+    assert again["version"] == config["version"]
+
+
+def test_the_version_changes_with_the_tokenizer(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # The same weights with another tokenizer can give a question another vector: another version.
+    encoder = load_encoder(tiny_model_dir)
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    tokenizer = load_tokenizer(tiny_model_dir / "tokenizer.json")
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    other = save_model_dir(
+        tmp_path / "other", encoder.network, tokenizer, name="n", threshold=0.5, calibration=(1.0, 0.0)
+    )
+    assert other["weights_sha256"] == config["weights_sha256"]
+    assert other["tokenizer_sha256"] != config["tokenizer_sha256"]
+    assert other["version"].split("+")[1] != config["version"].split("+")[1]
 
 
 def test_weights_are_readable_by_others_and_damage_is_reported(tiny_model_dir: Path, tmp_path: Path) -> None:
