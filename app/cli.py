@@ -127,17 +127,33 @@ def _index(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import pydantic
     import uvicorn
 
+    from app.engine import StartupError
     from app.logs import setup_logging
     from app.main import create_app
     from app.settings import Settings
 
     overrides = {k: v for k, v in (("data_dir", args.data_dir), ("model_dir", args.model_dir)) if v is not None}
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except pydantic.ValidationError as err:
+        for error in err.errors():
+            name = "DUPQ_" + "_".join(map(str, error["loc"])).upper()
+            print(f"dupq serve: error: {name}={error['input']!r}: {error['msg']}", file=sys.stderr)
+        return 1
     setup_logging(settings.log_level, settings.log_json)
+    app = create_app(settings)
+    try:
+        # What the lifespan would do first, done here so that a bad model directory, data
+        # directory or seed file ends the command with one line rather than a server traceback.
+        app.state.engine.load_model()
+    except StartupError as err:
+        logging.getLogger("app.main").critical("cannot start: %s", err)
+        return 1
     uvicorn.run(
-        create_app(settings),
+        app,
         host=args.host,
         port=args.port,
         log_config=None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import threading
 import time
 import uuid
@@ -74,7 +75,10 @@ class Engine:
         return self.settings.data_dir / f"index-{self.settings.index_kind}.faiss"
 
     def load_model(self) -> None:
-        """Load the model and open the store; fast, and fails start-up with a clear message."""
+        """Load the model and open the store; fast, and fails start-up with a clear message.
+        Once done, calling it again does nothing (``dupq serve`` calls it before the server)."""
+        if self.encoder is not None and self.store is not None:
+            return
         import torch
 
         torch.set_num_threads(self.threads)
@@ -89,7 +93,13 @@ class Engine:
             raise StartupError(str(err)) from err
         except Exception as err:
             raise StartupError(f"cannot load the model in {self.settings.model_dir}: {err!r}") from err
-        self.store = QuestionStore(self.settings.data_dir / "questions.sqlite3", self.encoder.dim)
+        try:
+            self.store = QuestionStore(self.settings.data_dir / "questions.sqlite3", self.encoder.dim)
+        except (OSError, sqlite3.Error) as err:
+            raise StartupError(f"cannot open the question store in {self.settings.data_dir}: {err}") from err
+        seed = self.settings.seed_file
+        if seed and not seed.is_file() and self.store.count() == 0:
+            raise StartupError(f"the store is empty and the seed file {seed} (DUPQ_SEED_FILE) is not a file")
         others = {v: n for v, n in self.store.model_versions().items() if v != self.encoder.version}
         if others and self.settings.on_model_change == "refuse":
             raise StartupError(

@@ -1,4 +1,4 @@
-"""Start-up: snapshots, rebuilds, a changed model, seeding, and a bad model directory."""
+"""Start-up: snapshots, rebuilds, a changed model, seeding, a bad model or data directory, bad settings."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from app.cli import main
 from app.engine import StartupError
 from app.main import create_app
 
@@ -128,6 +129,45 @@ def test_a_bad_model_directory_fails_start_up_with_its_reason(tmp_path: Path) ->
         TestClient(create_app(make_settings(tmp_path / "none", tmp_path))),
     ):
         pass
+
+
+def test_a_store_that_cannot_open_or_a_missing_seed_file_fails_start_up(tiny_model_dir: Path, tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    with (
+        pytest.raises(StartupError, match=f"cannot open the question store in {not_a_dir}"),
+        TestClient(create_app(make_settings(tiny_model_dir, not_a_dir))),
+    ):
+        pass
+    missing = make_settings(tiny_model_dir, tmp_path / "data", seed_file=tmp_path / "none.tsv")
+    with (
+        pytest.raises(StartupError, match=r"the store is empty and the seed file .*none\.tsv"),
+        TestClient(create_app(missing)),
+    ):
+        pass
+    with serving(make_settings(tiny_model_dir, tmp_path / "data")) as client:
+        client.post("/questions", json={"questions": [{"text": "How old are you?"}]})
+    with serving(missing) as client:  # a store with questions needs no seed file
+        assert client.get("/ready").json()["index_size"] == 1
+
+
+def test_dupq_serve_refuses_bad_settings_and_start_up_errors_in_one_line(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DUPQ_INDEX_KIND", "bogus")
+    assert main(["serve", "--model-dir", str(tiny_model_dir), "--data-dir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == "dupq serve: error: DUPQ_INDEX_KIND='bogus': Input should be 'flat' or 'hnsw'\n"
+    monkeypatch.delenv("DUPQ_INDEX_KIND")
+    monkeypatch.setenv("DUPQ_LOG_JSON", "false")
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level  # `dupq serve` sets up the process's logging
+    try:
+        # Start-up errors end the command before any server starts (main returns, no port is opened).
+        assert main(["serve", "--model-dir", str(tmp_path / "none"), "--data-dir", str(tmp_path)]) == 1
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    assert f"cannot start: model directory {tmp_path / 'none'} does not exist" in capsys.readouterr().err
 
 
 def test_hnsw_service(tiny_model_dir: Path, tmp_path: Path) -> None:
