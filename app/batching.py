@@ -40,7 +40,10 @@ class Batcher(Generic[Item]):
         max_queue: int,
         name: str = "batcher",
         on_batch: Callable[[int], None] | None = None,
+        initializer: Callable[[], object] | None = None,
     ) -> None:
+        """``initializer`` runs once in the worker thread that will run every batch (settings
+        that are per thread, such as OpenMP's thread count)."""
         self._run_batch = run
         self.max_size = max_size
         self.max_wait = max_wait
@@ -50,7 +53,7 @@ class Batcher(Generic[Item]):
         self._pending: deque[tuple[Sequence[Item], asyncio.Future[Results]]] = deque()
         self._queued = 0
         self._wake = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name, initializer=initializer)
         self._worker: asyncio.Task[None] | None = None
         self._last_requests = 0  # requests in the previous batch: >1 means requests are arriving together
 

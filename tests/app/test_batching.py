@@ -96,3 +96,25 @@ def test_overload_is_a_503_with_retry_after(client) -> None:  # type: ignore[no-
     response = client.post("/similarity", json={"question1": "a?", "question2": "b?"})
     assert response.status_code == 503 and response.headers["retry-after"] == "1"
     assert "overloaded" in response.json()["detail"]
+
+
+def test_the_initializer_runs_in_the_thread_that_runs_the_batches() -> None:
+    # How the engine sets FAISS's OpenMP threads: that setting holds only in the thread that makes it.
+    faiss = pytest.importorskip("faiss")
+    seen: list[tuple[int, int]] = []
+
+    def run(items: list[int]) -> np.ndarray:
+        seen.append((threading.get_ident(), faiss.omp_get_max_threads()))
+        return np.array(items)
+
+    async def scenario() -> None:
+        batcher = Batcher(run, 8, 0.0, 100, initializer=lambda: faiss.omp_set_num_threads(1))
+        batcher.start()
+        await batcher.submit([1])
+        await batcher.submit([2])
+        await batcher.stop()
+
+    before = faiss.omp_get_max_threads()
+    asyncio.run(scenario())
+    assert seen[0] == seen[1] and seen[0][1] == 1
+    assert faiss.omp_get_max_threads() == before  # this thread is untouched
