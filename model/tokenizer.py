@@ -48,8 +48,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 16000, min_frequency
     tokenizer.train_from_iterator(texts, trainer)
     assert tokenizer.token_to_id(PAD) == PAD_ID and tokenizer.token_to_id(UNK) == UNK_ID
     # Every character of the training text is in the vocabulary, so this changes none of its tokens.
-    tokenizer.pre_tokenizer = _pre_tokenizer(alphabet(tokenizer))
-    return tokenizer
+    return isolate_unknown(tokenizer)
 
 
 def alphabet(tokenizer: Tokenizer) -> set[str]:
@@ -140,7 +139,8 @@ class TokenIds:
     Printable ASCII text (99 % of the Quora questions) takes a fast path in Python. For such text
     the normalizer comes down to lower-casing, backtick -> apostrophe and ``n't`` -> `` n't``
     (NFKC, accent stripping and control-character cleaning change nothing), and the pre-tokenizer
-    to splitting on spaces and isolating every other non-alphanumeric character. None of these
+    to splitting on spaces and isolating every other non-alphanumeric character (and runs of any
+    letter or digit the vocabulary lacks, which only a tiny vocabulary does). None of these
     steps crosses a space, so the ids of each space-separated chunk (``you?``, ``can't``) are
     worked out once, with the tokenizer's own WordPiece model, and kept in a dictionary of at most
     ``cache_chunks`` chunks. Other text, text that contains an added token such as ``[UNK]``, and
@@ -152,9 +152,8 @@ class TokenIds:
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
         self.cache_chunks = cache_chunks
-        self.fast = _is_ours(tokenizer)
-        isolates = self.fast and _isolates_unknown(tokenizer)
-        self._words = _ascii_words("".join(ch for ch in _ALNUM if ch not in alphabet(tokenizer)) if isolates else "")
+        self._words = _fast_words(tokenizer)
+        self.fast = self._words is not None
         added = [token.content.lower() for token in tokenizer.get_added_tokens_decoder().values()]
         self._added = re.compile("|".join(map(re.escape, added))) if added else None
         self._chunks: dict[str, list[int]] = {}
@@ -181,6 +180,7 @@ class TokenIds:
         return out
 
     def _chunk_ids(self, chunk: str) -> list[int]:
+        assert self._words is not None
         words = self._words.findall(chunk.replace("`", "'").replace("n't", " n't"))
         ids = [token.id for word in words for token in self.tokenizer.model.tokenize(word)]
         if len(self._chunks) < self.cache_chunks:
@@ -188,23 +188,18 @@ class TokenIds:
         return ids
 
 
-def _is_ours(tokenizer: Tokenizer) -> bool:
-    """Whether ``tokenizer`` normalizes and splits exactly as :func:`train_tokenizer` sets it up
-    (or did before :func:`isolate_unknown`)."""
+def _fast_words(tokenizer: Tokenizer) -> re.Pattern[str] | None:
+    """The words of the fast path for ``tokenizer``, or None when it does not normalize and split
+    exactly as :func:`train_tokenizer` sets it up (or did before :func:`isolate_unknown`)."""
     spec = json.loads(tokenizer.to_str())
-    return bool(
-        spec["model"]["type"] == "WordPiece"
-        and spec["normalizer"] == _spec(normalizer=_normalizer())["normalizer"]
-        and (
-            spec["pre_tokenizer"] == _spec(pre_tokenizer=pre_tokenizers.BertPreTokenizer())["pre_tokenizer"]
-            or _isolates_unknown(tokenizer)
-        )
-    )
-
-
-def _isolates_unknown(tokenizer: Tokenizer) -> bool:
-    pre_tokenizer = _pre_tokenizer(alphabet(tokenizer))
-    return bool(json.loads(tokenizer.to_str())["pre_tokenizer"] == _spec(pre_tokenizer=pre_tokenizer)["pre_tokenizer"])
+    if spec["model"]["type"] != "WordPiece" or spec["normalizer"] != _spec(normalizer=_normalizer())["normalizer"]:
+        return None
+    if spec["pre_tokenizer"] == _spec(pre_tokenizer=pre_tokenizers.BertPreTokenizer())["pre_tokenizer"]:
+        return _ascii_words("")
+    known = alphabet(tokenizer)
+    if spec["pre_tokenizer"] == _spec(pre_tokenizer=_pre_tokenizer(known))["pre_tokenizer"]:
+        return _ascii_words("".join(ch for ch in _ALNUM if ch not in known))
+    return None
 
 
 def _spec(**parts: Any) -> dict[str, Any]:
