@@ -95,6 +95,15 @@ class Engine:
             self.store = QuestionStore(self.settings.data_dir / "questions.sqlite3", self.encoder.dim)
         except (OSError, sqlite3.Error) as err:
             raise StartupError(f"cannot open the question store in {self.settings.data_dir}: {err}") from err
+        try:
+            self._check_store()
+        except StartupError:
+            self.store.close()  # and its lock: the next attempt may open it
+            self.store = None
+            raise
+
+    def _check_store(self) -> None:
+        assert self.encoder is not None and self.store is not None
         seed = self.settings.seed_file
         if seed and not seed.is_file() and self.store.count() == 0:
             raise StartupError(f"the store is empty and the seed file {seed} (DUPQ_SEED_FILE) is not a file")

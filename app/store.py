@@ -5,10 +5,18 @@ upsert gives the question a new key, so an index key always means one text. Ever
 transaction bumps a ``generation`` counter, which tags index snapshots: a snapshot whose tag
 differs from the store's is stale. ``synchronous=FULL``: a committed write survives a crash of
 the process or of the machine.
+
+One process at a time owns a store: it holds an exclusive lock (``flock``) on ``<file>.lock``
+from opening to closing, which the kernel drops when the process dies, even by SIGKILL. A second
+owner, such as another ``dupq serve`` or a ``dupq index`` run on the data directory of a running
+service, would keep its own index, which misses the other's writes, and could write a snapshot
+that claims them: it is refused instead, with :class:`StoreInUse`.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import sys
 import threading
@@ -16,6 +24,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -84,6 +93,26 @@ def describe_skipped(source: object, skipped: list[tuple[int, str]], shown: int 
     return f"{source}: skipped {len(skipped)} line(s) that POST /questions would refuse: {first}{more}"
 
 
+def _own(lock_path: Path) -> IO[str]:
+    """The lock file, opened and exclusively locked; raises :class:`StoreInUse` if it is taken."""
+    handle = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115 (held open until close())
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise StoreInUse(
+            f"{lock_path.parent} is in use by another dupq process (pid {holder}); "
+            "stop it first, or give this one its own data directory"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
 @dataclass(frozen=True)
 class StoredQuestion:
     key: int
@@ -91,16 +120,25 @@ class StoredQuestion:
     text: str
 
 
+class StoreInUse(OSError):
+    """Another process has the store open."""
+
+
 class QuestionStore:
     def __init__(self, path: str | Path, dim: int) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._owner = _own(self.path.with_name(self.path.name + ".lock"))
         self.dim = dim
         self._local = threading.local()
         self._write_lock = threading.Lock()
-        with self._write_lock:
-            self._writer = self._connect()
-            self._writer.executescript(SCHEMA)
+        try:
+            with self._write_lock:
+                self._writer = self._connect()
+                self._writer.executescript(SCHEMA)
+        except BaseException:
+            self._owner.close()
+            raise
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
@@ -118,6 +156,7 @@ class QuestionStore:
 
     def close(self) -> None:
         self._writer.close()
+        self._owner.close()  # releases the lock
 
     # Writes: each is one transaction ------------------------------------------------------------
 

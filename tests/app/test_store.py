@@ -1,9 +1,13 @@
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from app.store import QuestionStore
+from app.store import QuestionStore, StoreInUse
 
 
 def _vectors(n: int, seed: int = 0) -> np.ndarray:
@@ -81,3 +85,33 @@ def test_question_lines_the_api_would_refuse_are_skipped_and_named() -> None:
     assert reasons[2] == "text: Value error, must not be empty or white space"
     assert reasons[3] == "text has 11 characters; at most max_question_chars = 10"
     assert "lone surrogate U+D800" in reasons[4]
+
+
+def test_one_process_owns_a_store_until_it_closes_or_dies(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite3"
+    store = QuestionStore(path, dim=4)
+    with pytest.raises(StoreInUse, match=f"in use by another dupq process \\(pid {os.getpid()}\\)"):
+        QuestionStore(path, dim=4)
+    store.close()
+    QuestionStore(path, dim=4).close()
+    # Another process holds it, then is killed: the kernel drops the lock, nothing stale is left.
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from app.store import QuestionStore; s = QuestionStore({str(path)!r}, 4); print('open', flush=True); "
+            "input()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+        with pytest.raises(StoreInUse, match=f"pid {holder.pid}"):
+            QuestionStore(path, dim=4)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    QuestionStore(path, dim=4).close()

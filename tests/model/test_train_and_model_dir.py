@@ -8,6 +8,7 @@ import pytest
 from tokenizers import pre_tokenizers
 
 from app.cli import build_parser, main
+from app.store import QuestionStore
 from model.config import EncoderConfig, TrainConfig
 from model.model_dir import ModelDirError, load_encoder, save_model_dir
 from model.tokenizer import load_tokenizer
@@ -129,6 +130,15 @@ def test_the_command_line_reports_bad_input_in_one_line(
     questions.write_text("q1\tHow old are you?\nq/2\tWhat is your age?\n", encoding="utf-8")
     assert main(["index", "--model-dir", str(tiny_model_dir), "--data-dir", str(tmp_path / "d"), str(questions)]) == 0
     assert json.loads(capsys.readouterr().out)["skipped"] == 1
+    # Not on the data directory of a running service: its index would miss these questions.
+    held = QuestionStore(tmp_path / "d" / "questions.sqlite3", dim=24)
+    try:
+        assert (
+            main(["index", "--model-dir", str(tiny_model_dir), "--data-dir", str(tmp_path / "d"), str(questions)]) == 1
+        )
+        assert "dupq index: error: cannot open the question store" in capsys.readouterr().err
+    finally:
+        held.close()
 
 
 def test_training_again_with_the_same_tokenizer_gives_the_same_weights(
