@@ -20,6 +20,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from app.batching import Overloaded
 from app.engine import Engine, NotReady, StartupError
@@ -193,7 +194,12 @@ def _register_errors(app: FastAPI) -> None:
             # (not UTF-8, nested too deep, a number too long); the contract calls that invalid input.
             detail = [{"type": "json_invalid", "loc": ["body"], "msg": _unreadable(exc.__cause__), "input": None}]
             return JSONResponse({"detail": detail}, status_code=422)
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route that matched the path; a path served
+            # by several routes (GET and DELETE /questions/{id}) allows all of theirs.
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -229,6 +235,18 @@ def _register_errors(app: FastAPI) -> None:
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
         return internal_error_response()
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods some route fully matches for this request's path (asked of each route, with
+    each method, through the routes' public ``matches``)."""
+    routes = request.app.router.routes
+    scope = dict(request.scope)
+    return [
+        method
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+        if any(route.matches({**scope, "method": method})[0] == Match.FULL for route in routes)
+    ]
 
 
 def _unreadable(cause: BaseException | None) -> str:

@@ -26,8 +26,18 @@ def _question(text: str) -> str:
     return text
 
 
+# The characters str.strip() removes (str.isspace), as ranges: a question must hold one that is not.
+PYTHON_WHITE_SPACE = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+
 Question = Annotated[
-    str, AfterValidator(_question), Field(description="a question; surrounding white space is ignored")
+    str,
+    AfterValidator(_question),
+    Field(
+        description="a question; surrounding white space is ignored",
+        # For the OpenAPI document only (_question checks it): at least one character that is not
+        # white space, so that a client generating from the schema does not send what is refused.
+        json_schema_extra={"minLength": 1, "pattern": f"[^{PYTHON_WHITE_SPACE}]"},
+    ),
 ]
 QuestionId = Annotated[
     str,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+
+from app.schemas import PYTHON_WHITE_SPACE
 
 from .conftest import make_settings, serving
 
@@ -247,6 +250,30 @@ def test_a_body_not_sent_as_json_is_a_422_that_names_the_content_type(client: Te
     # An empty body is a missing body, whatever its type.
     assert client.post("/similarity", content=b"").json()["detail"][0]["loc"] == ["body"]
     assert client.post("/similarity", content=body, headers={"content-type": "application/json"}).status_code == 200
+
+
+def test_a_wrong_method_is_a_405_that_lists_every_method_of_the_path(client: TestClient) -> None:
+    for method, path, allow in (
+        ("OPTIONS", "/questions/q1", "GET, DELETE"),  # two routes serve this path
+        ("PUT", "/questions", "POST"),
+        ("POST", "/health", "GET, HEAD"),
+        ("GET", "/similarity", "POST"),
+    ):
+        response = client.request(method, path)
+        assert response.status_code == 405 and response.json() == {"detail": "Method Not Allowed"}
+        assert response.headers["allow"] == allow
+
+
+def test_the_openapi_document_says_a_question_needs_a_character_that_is_not_white_space(
+    client: TestClient,
+) -> None:
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    question1 = schemas["SimilarityRequest"]["properties"]["question1"]
+    assert question1["minLength"] == 1
+    blank = re.compile(rf"^[{PYTHON_WHITE_SPACE}]*$")  # the pattern's character class, negated
+    assert question1["pattern"] == f"[^{PYTHON_WHITE_SPACE}]"
+    # The class is exactly what str.strip() removes, so the schema and the server agree on every text.
+    assert all(bool(blank.match(chr(c))) == chr(c).isspace() for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)
 
 
 def test_probes_answer_head_and_paths_are_not_redirected(client: TestClient) -> None:
