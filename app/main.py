@@ -241,7 +241,7 @@ def _allowed_methods(request: Request) -> list[str]:
     """The methods some route fully matches for this request's path (asked of each route, with
     each method, through the routes' public ``matches``)."""
     routes = request.app.router.routes
-    scope = dict(request.scope)
+    scope = request.scope
     return [
         method
         for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
