@@ -54,10 +54,12 @@ def _json_number(value: object) -> object:
     return value
 
 
+# The range goes before the validator: after it, pydantic still checks it but writes it into the
+# OpenAPI document as unknown "ge"/"le" keys instead of "minimum"/"maximum".
 JsonNumber = BeforeValidator(_json_number)
-Threshold = Annotated[float, JsonNumber, Field(ge=-1.0, le=1.0, description="overrides the decision threshold tau")]
-Similarity = Annotated[float, JsonNumber, Field(ge=-1.0, le=1.0, description="drop matches below this similarity")]
-K = Annotated[int, JsonNumber, Field(ge=1, le=100, description="most matches to return")]
+Threshold = Annotated[float, Field(ge=-1.0, le=1.0, description="overrides the decision threshold tau"), JsonNumber]
+Similarity = Annotated[float, Field(ge=-1.0, le=1.0, description="drop matches below this similarity"), JsonNumber]
+K = Annotated[int, Field(ge=1, le=100, description="most matches to return"), JsonNumber]
 ModelName = Annotated[str, Field(description="name and version of the loaded model")]
 
 
