@@ -102,17 +102,14 @@ def _embed(args: argparse.Namespace) -> int:
 def _index(args: argparse.Namespace) -> int:
     import asyncio
 
-    from app.engine import Engine, StartupError
+    from app.engine import Engine
     from app.settings import Settings
 
     overrides = {"model_dir": args.model_dir} if args.model_dir else {}
     settings = Settings(data_dir=args.data_dir, index_kind=args.index_kind, batch_wait_ms=0, **overrides)
     items, skipped = _read_questions(args.input, settings.max_question_chars)
     engine = Engine(settings)
-    try:
-        engine.load_model()
-    except StartupError as err:  # a bad model directory, a store in use by a running service
-        raise ValueError(str(err)) from err
+    engine.load_model()  # a StartupError (bad model directory, store in use) ends it in one line
     engine.open()
 
     async def add_all() -> int:

@@ -40,8 +40,9 @@ class NotReady(RuntimeError):
     """The model or the index is still loading."""
 
 
-class StartupError(RuntimeError):
-    """The service cannot start with this configuration; the message says why."""
+class StartupError(ValueError):
+    """The service cannot start with this configuration; the message says why. A ValueError, so
+    that ``dupq``'s subcommands report it in one line like any other bad input."""
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ def parse_question_lines(
     "id")."""
     from pydantic import ValidationError
 
+    from app.limits import too_long
     from app.schemas import QuestionIn
 
     items: list[tuple[str | None, str]] = []
@@ -68,8 +69,9 @@ def parse_question_lines(
             reason = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
             skipped.append((number, reason))
             continue
-        if len(item.text) > max_chars:
-            skipped.append((number, f"text has {len(item.text)} characters; at most max_question_chars = {max_chars}"))
+        why = too_long(item.text, max_chars)
+        if why:
+            skipped.append((number, why))
             continue
         items.append((item.id, item.text))
     return items, skipped

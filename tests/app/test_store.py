@@ -83,7 +83,7 @@ def test_question_lines_the_api_would_refuse_are_skipped_and_named() -> None:
     reasons = dict(skipped)
     assert reasons[1].startswith("id: String should match pattern")
     assert reasons[2] == "text: Value error, must not be empty or white space"
-    assert reasons[3] == "text has 11 characters; at most max_question_chars = 10"
+    assert reasons[3] == "question has 11 characters; at most max_question_chars = 10"
     assert "lone surrogate U+D800" in reasons[4]
 
 
