@@ -53,12 +53,17 @@ train: $(VENV)/.stamp-train
 		--epochs 9 --glove --threads 2 --hidden-dim 128 --pooling mean_max $(if $(TOKENIZER),--tokenizer $(TOKENIZER))
 	$(MAKE) evaluate
 
-## evaluate: the shipped model on the held-out half of the BiMPM dev split, next to TF-IDF and MiniLM
+## evaluate: the shipped model on the held-out half of the BiMPM dev split, then on STS-B and SICK, next to TF-IDF and MiniLM
 evaluate: $(VENV)/.stamp-train
 	mkdir -p $(MODEL)/report
 	HF_HUB_OFFLINE=1 $(BIN)/dupq evaluate --model $(MODEL) --pairs build/holdout.tsv --tune build/valid.tsv \
 		--reference --report $(MODEL)/report > $(MODEL)/report/evaluation.json
 	cat $(MODEL)/report/evaluation.json
+	HF_HUB_OFFLINE=1 $(BIN)/dupq sts --model $(MODEL) --pairs $(DATA)/sts/stsbenchmark.tsv.gz --split test \
+		--reference > $(MODEL)/report/sts-benchmark.json
+	HF_HUB_OFFLINE=1 $(BIN)/dupq sts --model $(MODEL) --pairs $(DATA)/sts/SICK_test_annotated.txt.gz \
+		--reference > $(MODEL)/report/sick.json
+	cat $(MODEL)/report/sts-benchmark.json $(MODEL)/report/sick.json
 
 ## bench: encoder throughput (with MiniLM when installed) and the HTTP load test
 bench: $(VENV)/.stamp-train

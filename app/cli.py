@@ -75,6 +75,20 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sts(args: argparse.Namespace) -> int:
+    from model.evaluate import evaluate_graded
+    from model.graded import load_graded
+    from model.model_dir import load_encoder
+
+    pairs, report = load_graded(args.pairs, split=args.split)
+    encoder = load_encoder(args.model, threads=args.threads)
+    result = evaluate_graded(encoder, pairs, reference=args.reference)
+    head = {"model": encoder.full_name, "file": str(args.pairs), "split": args.split}
+    skipped = {"skipped": report.n_skipped} if report.n_skipped else {}
+    print(json.dumps(head | skipped | result, indent=2))
+    return 0
+
+
 def _read_questions(path: str, max_chars: int) -> tuple[list[tuple[str | None, str]], int]:
     """Lines of ``text`` or ``id<TAB>text``, '-' reads standard input; and how many lines were
     skipped (each is logged) because ``POST /questions`` would refuse them."""
@@ -228,6 +242,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, metavar="DIR", help="write report.md with ROC and histogram plots")
     p.add_argument("--threads", type=int, default=0)
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser(
+        "sts",
+        help="correlation with graded similarity (STS Benchmark, SICK)",
+        description="How well a model's cosine similarity ranks sentence pairs that people graded for "
+        "similarity: Spearman and Pearson correlation, next to TF-IDF (and all-MiniLM-L6-v2).",
+    )
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--pairs", required=True, help="graded pair file: STS Benchmark or SICK layout, may be .gz")
+    p.add_argument("--split", help="only this split of an STS Benchmark file (train, dev or test)")
+    p.add_argument("--reference", action="store_true", help="also evaluate all-MiniLM-L6-v2 (train extra)")
+    p.add_argument("--threads", type=int, default=0)
+    p.set_defaults(func=_sts)
 
     p = sub.add_parser("embed", help="embeddings of questions as JSON lines", description="Embed questions.")
     p.add_argument("--model", required=True, help="model directory")

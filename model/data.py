@@ -75,7 +75,8 @@ _LAYOUT: dict[str, tuple[dict[str, object], bool, tuple[int, int, int], int]] = 
 }
 
 
-def _open_text(path: Path) -> io.TextIOBase:
+def open_text(path: Path) -> io.TextIOBase:
+    """A UTF-8 text file, gunzipped on the fly when it ends in ``.gz``; bad bytes become U+FFFD."""
     if path.suffix == ".gz":
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace", newline="")
     return open(path, encoding="utf-8", errors="replace", newline="")
@@ -97,7 +98,7 @@ def detect_format(first_line: str) -> Format:
 
 def _rows(path: Path, fmt: Format) -> Iterator[list[str]]:
     dialect, has_header, _, _ = _LAYOUT[fmt]
-    with _open_text(path) as handle:
+    with open_text(path) as handle:
         reader = csv.reader(handle, **dialect)  # type: ignore[arg-type]
         if has_header:
             next(reader, None)
@@ -108,7 +109,7 @@ def iter_pairs(path: str | Path, fmt: Format | None = None, report: LoadReport |
     """Yield the well-formed pairs of ``path``; skipped rows are counted in ``report``."""
     path = Path(path)
     if fmt is None:
-        with _open_text(path) as handle:
+        with open_text(path) as handle:
             fmt = detect_format(handle.readline())
     if fmt not in _LAYOUT:
         raise ValueError(f"unknown pair format {fmt!r}; expected one of {', '.join(FORMATS)}")

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from model.data import Pair
+from model.graded import GradedPair, graded_metrics
 from model.metrics import best_threshold
 from model.model_dir import QuestionEncoder
 from model.train import score_pairs, validation_metrics
@@ -84,6 +85,22 @@ def evaluate(
         figures = _rounded(validation_metrics(encode, pairs, threshold=tau))
         figures["threshold_tuned_on"] = "tune pairs" if tune_pairs is not None else "these pairs (oracle)"  # type: ignore[assignment]
         figures["seconds"] = round(time.perf_counter() - started, 2)
+        result[name] = figures
+    return result
+
+
+def evaluate_graded(encoder: QuestionEncoder, pairs: Sequence[GradedPair], reference: bool = False) -> dict[str, Any]:
+    """Spearman and Pearson correlation with graded similarity (STS Benchmark, SICK) of ``encoder``
+    and the baselines: TF-IDF fitted on the file's sentences, and all-MiniLM-L6-v2 if ``reference``."""
+    pairs = list(pairs)
+    result: dict[str, Any] = _rounded(graded_metrics(encoder.encode, pairs))
+    texts = sorted({s for p in pairs for s in (p.sentence1, p.sentence2)})
+    baselines: dict[str, Encode] = {"tfidf": tfidf_encoder(texts)}
+    if reference:
+        baselines["all-MiniLM-L6-v2"] = minilm_encoder()
+    for name, encode in baselines.items():
+        figures = _rounded(graded_metrics(encode, pairs))
+        del figures["pairs"]
         result[name] = figures
     return result
 

@@ -1,0 +1,88 @@
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.cli import main
+from model.graded import GradedPair, detect_graded_format, graded_metrics, load_graded
+from model.metrics import average_ranks, pearson, spearman
+
+
+def test_sts_benchmark_file_with_malformed_rows(fixtures: Path) -> None:
+    pairs, report = load_graded(fixtures / "stsb.tsv")
+    assert report.format == "stsb"
+    assert pairs == [
+        GradedPair("A plane is taking off.", "An air plane is taking off.", 5.0),
+        GradedPair('A man plays "the" flute.', "A woman slices an onion.", 0.5),  # no quoting; spaces collapsed
+        GradedPair("Stocks rose today.", "Shares went up today.", 4.0),
+    ]
+    assert report.skipped == {
+        "rows whose score is not a number": 2,  # "five" and "nan"
+        "rows with an empty sentence": 1,
+        "rows with 7 fields instead of 8": 1,
+    }
+
+
+def test_sts_benchmark_split(fixtures: Path) -> None:
+    pairs, report = load_graded(fixtures / "stsb.tsv", split="test")
+    assert [p.score for p in pairs] == [0.5, 4.0]
+    assert report.format == "stsb, split test"
+    assert report.n_skipped == 3  # the malformed test rows; the dev row is left out, not skipped
+    with pytest.raises(ValueError, match="is 'tst' a split of it"):
+        load_graded(fixtures / "stsb.tsv", split="tst")
+
+
+def test_sick_gzip(fixtures: Path) -> None:
+    pairs, report = load_graded(fixtures / "sick.txt.gz")
+    assert report.format == "sick"
+    assert pairs[0] == GradedPair("A group of kids is playing in a yard", "A group of boys is playing in a yard", 4.5)
+    assert [p.score for p in pairs] == [4.5, 1.1, 4.9]
+    assert report.skipped == {"rows with 4 fields instead of 5": 1}
+    with pytest.raises(ValueError, match="has no splits"):
+        load_graded(fixtures / "sick.txt.gz", split="test")
+
+
+def test_detect_graded_format() -> None:
+    assert detect_graded_format("\ufeffpair_ID\tsentence_A\tsentence_B") == "sick"
+    with pytest.raises(ValueError, match="cannot tell the format"):
+        detect_graded_format("1\tHow old are you ?\tWhat is your age ?\t7")
+
+
+def test_correlations_by_hand() -> None:
+    assert average_ranks(np.array([10, 20, 20, 40, 5])).tolist() == [2, 3.5, 3.5, 5, 1]
+    x, y = np.array([1, 2, 3, 4]), np.array([10, 20, 20, 40])
+    # Ranks of y: 1, 2.5, 2.5, 4. Deviations from 2.5: x -1.5 -.5 .5 1.5, y -1.5 0 0 1.5.
+    assert spearman(x, y) == pytest.approx(4.5 / math.sqrt(5 * 4.5))
+    # Raw y deviates from 22.5 by -12.5 -2.5 -2.5 17.5: sum of products 45, squares 475.
+    assert pearson(x, y) == pytest.approx(45 / math.sqrt(5 * 475))
+    assert spearman(x, np.exp(x)) == pytest.approx(1.0)  # any increasing function ranks alike
+    assert spearman(x, -x) == pytest.approx(-1.0)
+    assert math.isnan(pearson(x, np.ones(4)))
+
+
+def test_graded_metrics_scores_each_pair_by_cosine() -> None:
+    angle = {"a": 0.0, "b": 0.3, "c": 1.0, "d": 2.0}
+
+    def encode(texts: list[str]) -> np.ndarray:
+        assert len(texts) == len(set(texts))  # each distinct sentence encoded once
+        return np.array([[math.cos(angle[t]), math.sin(angle[t])] for t in texts])
+
+    # Cosines: a-b 0.955, a-c 0.540, b-d -0.146; the grades agree in order, not in spacing.
+    pairs = [GradedPair("a", "b", 5.0), GradedPair("a", "c", 4.9), GradedPair("b", "d", 0.0)]
+    result = graded_metrics(encode, pairs)
+    assert result["pairs"] == 3
+    assert result["spearman"] == pytest.approx(1.0)
+    assert 0.5 < result["pearson"] < 1.0
+    reversed_grades = [GradedPair(p.sentence1, p.sentence2, -p.score) for p in pairs]
+    assert graded_metrics(encode, reversed_grades)["spearman"] == pytest.approx(-1.0)
+
+
+def test_sts_command(tiny_model_dir: Path, fixtures: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sts", "--model", str(tiny_model_dir), "--pairs", str(fixtures / "stsb.tsv"), "--split", "test"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["pairs"] == 2 and result["skipped"] == 3 and result["split"] == "test"
+    assert -1 <= result["spearman"] <= 1 and set(result["tfidf"]) == {"spearman", "pearson"}
+    assert main(["sts", "--model", str(tiny_model_dir), "--pairs", str(fixtures / "sick.txt.gz"), "--split", "x"]) == 1
+    assert "has no splits" in capsys.readouterr().err
