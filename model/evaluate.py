@@ -10,6 +10,7 @@ best one on the evaluated pairs themselves (an optimistic "oracle" figure, and s
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -56,9 +57,13 @@ def minilm_encoder() -> Encode:
     return encode
 
 
-def _rounded(metrics: dict[str, float]) -> dict[str, float]:
-    """Figures to 4 decimals; counts as integers."""
-    return {k: int(v) if k in ("pairs", "questions") else round(float(v), 4) for k, v in metrics.items()}
+def _rounded(metrics: dict[str, float]) -> dict[str, float | None]:
+    """Figures to 4 decimals; counts as integers; an undefined figure (NaN: ROC-AUC with one
+    class only, a correlation with a constant) as None, so the JSON printed is valid JSON."""
+    return {
+        k: int(v) if k in ("pairs", "questions") else None if math.isnan(v) else round(float(v), 4)
+        for k, v in metrics.items()
+    }
 
 
 def evaluate(

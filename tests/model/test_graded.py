@@ -86,3 +86,15 @@ def test_sts_command(tiny_model_dir: Path, fixtures: Path, capsys: pytest.Captur
     assert -1 <= result["spearman"] <= 1 and set(result["tfidf"]) == {"spearman", "pearson"}
     assert main(["sts", "--model", str(tiny_model_dir), "--pairs", str(fixtures / "sick.txt.gz"), "--split", "x"]) == 1
     assert "has no splits" in capsys.readouterr().err
+
+
+def test_an_undefined_correlation_prints_as_null(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flat = tmp_path / "flat.tsv"  # every pair graded alike: no ranking to agree with
+    rows = ["pair_ID\tsentence_A\tsentence_B\trelatedness_score\tentailment_judgment"]
+    rows += [f"{i}\tA dog number {i} runs\tA cat sleeps\t3.0\tNEUTRAL" for i in range(3)]
+    flat.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    assert main(["sts", "--model", str(tiny_model_dir), "--pairs", str(flat)]) == 0
+    result = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
+    assert result["spearman"] is None and result["tfidf"]["pearson"] is None
