@@ -190,3 +190,48 @@ def test_topic_batches_from_the_second_epoch(
     assert config["training"]["config"]["topic_size"] == 1
     vectors = load_encoder(tmp_path / "topics").encode([CORPUS[0], CORPUS[1]])
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_cross_batch_memory_is_a_ring_that_never_holds_an_anchors_duplicates(tmp_path: Path) -> None:
+    import torch
+
+    from model.data import load_pairs
+    from model.train import Trainer
+
+    pairs, _ = load_pairs(_pair_file(tmp_path / "pairs.tsv"))
+    config = TrainConfig(memory_size=5, vocab_size=200, loss="softmax", pair_weight=0.0)
+    trainer = Trainer(pairs, pairs, config, {"embed_dim": 8, "hidden_dim": 8, "out_dim": 4})
+    assert trainer.memory is None  # switched on from the second epoch
+    trainer.memory = torch.empty(0, 4)
+    rows = torch.eye(4)[torch.tensor([0, 1, 2, 3, 0, 1, 2])]
+    trainer._remember(rows[:3], torch.tensor([0, 1, 2]))
+    trainer._remember(rows[3:], torch.tensor([3, 4, 5, 6]))  # the 6th and 7th replace the two oldest
+    assert trainer.memory_group.tolist() == [5, 6, 2, 3, 4] and trainer.memory_next == 2
+    torch.testing.assert_close(trainer.memory, rows[[5, 6, 2, 3, 4]])
+
+    trainer.network.eval()  # no dropout: the same vectors on every call
+    graph = trainer.graph
+    a, b = sorted(graph.positives)[0]
+
+    def loss_with_memory(questions: list[int]) -> float:
+        trainer.memory = torch.from_numpy(trainer.encode([graph.texts[q] for q in questions]))
+        trainer.memory_group = torch.tensor([graph.group[q] for q in questions])
+        return float(trainer._loss([a], [b], [], []).detach())
+
+    # One pair alone: nothing to tell it from, no loss. Its own group in memory is masked out.
+    assert loss_with_memory([a, b]) == pytest.approx(0.0, abs=1e-6)
+    # A question of another group is a negative.
+    stranger = next(q for q in range(len(graph.texts)) if graph.group[q] != graph.group[a])
+    assert loss_with_memory([a, b, stranger]) > 1e-3
+    assert len(trainer.memory) == 5 and trainer.memory_group[-2:].tolist() == [graph.group[a]] * 2  # a, b joined
+
+
+def test_training_with_a_cross_batch_memory_that_wraps(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    out, pairs = trained
+    # One step per epoch: the memory starts in epoch 2 and wraps (6 vectors a step into 4 rows)
+    # in epochs 2 and 3, while the step's graph still needs the rows it replaces.
+    argv = [*_train_argv(pairs, tmp_path / "memory", "--tokenizer", str(out / "tokenizer.json"))]
+    argv += ["--memory-size", "4", "--epochs", "3", "--max-steps", "0", "--patience", "5"]
+    assert main(argv) == 0
+    config = json.loads((tmp_path / "memory" / "config.json").read_text())
+    assert config["training"]["config"]["memory_size"] == 4 and config["training"]["config"]["epochs"] == 3
