@@ -56,13 +56,6 @@ class TrainConfig:
     topic_share: float = field(
         default=1.0, metadata={"help": "share of the pairs batched by topic; the others make random batches"}
     )
-    memory_size: int = field(
-        default=0,
-        metadata={
-            "help": "from epoch 2, the softmax loss also takes the vectors of this many recent questions, "
-            "kept from earlier steps, as negatives (cross-batch memory; 0: off)"
-        },
-    )
     patience: int = field(default=2, metadata={"help": "epochs without validation gain before stopping"})
     vocab_size: int = field(default=16000, metadata={"help": "word-piece vocabulary size"})
     glove: bool = field(default=False, metadata={"help": "initialise token embeddings from GloVe 6B 50d (train extra)"})

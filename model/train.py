@@ -140,12 +140,6 @@ class Trainer:
         self.pair_scale = torch.nn.Parameter(torch.tensor(10.0))
         self.pair_shift = torch.nn.Parameter(torch.tensor(0.7))
         self.labelled = [(a, b, 1) for a, b in self.graph.positives] + [(a, b, 0) for a, b in self.graph.negatives]
-        # Cross-batch memory (Wang et al., 2020): the detached vectors of recent steps' questions
-        # and their duplicate groups, a ring buffer; empty (None) until switched on in ``fit``.
-        self.group_of = torch.tensor(self.graph.group)
-        self.memory: torch.Tensor | None = None
-        self.memory_group = torch.empty(0, dtype=torch.long)
-        self.memory_next = 0
         # The teacher is slow (about 140 questions/s on 2 cores), so by default only questions
         # that have a duplicate get its vectors: they fill the rows and columns of every duplicate
         # batch. With ``distill_all`` the hard negatives and labelled pairs are taught too.
@@ -210,14 +204,6 @@ class Trainer:
         if "triplet" in parts:
             loss = loss + triplet_loss(sim, c.margin) + triplet_loss(sim_back, c.margin)
         if "softmax" in parts:
-            if self.memory is not None:
-                # Memory columns from an anchor's own duplicate group are not negatives: masked out.
-                groups = self.group_of[anchors + others]
-                remembered = torch.cat([v1, v2]) @ self.memory.T
-                remembered = remembered.masked_fill(groups[:, None] == self.memory_group[None, :], -math.inf)
-                sim = torch.cat([sim, remembered[:b]], 1)
-                sim_back = torch.cat([sim_back, remembered[b:]], 1)
-                self._remember(torch.cat([v1, v2]).detach(), groups)
             loss = (
                 loss + softmax_contrastive_loss(sim, c.temperature) + softmax_contrastive_loss(sim_back, c.temperature)
             )
@@ -232,23 +218,6 @@ class Trainer:
             teacher = self.teacher[torch.from_numpy(rows[rows >= 0])]
             loss = loss + c.distill_weight * similarity_distillation_loss(vectors[taught], teacher)
         return loss
-
-    def _remember(self, vectors: torch.Tensor, groups: torch.Tensor) -> None:
-        """Write this step's vectors into the memory ring, over the oldest ones once it is full."""
-        assert self.memory is not None
-        size = self.config.memory_size
-        if len(self.memory) < size:
-            room = size - len(self.memory)
-            self.memory = torch.cat([self.memory, vectors[:room]])
-            self.memory_group = torch.cat([self.memory_group, groups[:room]])
-            vectors, groups = vectors[room:], groups[room:]
-        for start in range(0, len(vectors), size):
-            part, part_groups = vectors[start : start + size], groups[start : start + size]
-            rows = (self.memory_next + torch.arange(len(part))) % size
-            # Out of place: this step's graph still holds the old memory for its backward pass.
-            self.memory = self.memory.index_copy(0, rows, part)
-            self.memory_group = self.memory_group.index_copy(0, rows, part_groups)
-            self.memory_next = int((self.memory_next + len(part)) % size)
 
     def _topics(self, positives: list[tuple[int, int]], epoch: int) -> list[int]:
         """A topic for each pair: the k-means cluster (on the network's vectors as they stand)
@@ -286,8 +255,6 @@ class Trainer:
             positives = self.graph.group_positives(c.max_group_pairs, rng)
             # The first epoch's network knows too little to tell topics apart.
             topics = self._topics(positives, epoch) if c.topic_size and epoch > 1 else None
-            if c.memory_size and epoch == 2 and self.memory is None:  # after the first epoch's fast drift
-                self.memory = torch.empty(0, self.network.dim)
             self.network.train()
             labelled = self.labelled[:]
             rng.shuffle(labelled)
