@@ -74,3 +74,6 @@ class TrainConfig:
         default=0, metadata={"help": "stop after this many steps in all (0: no limit); for smoke tests"}
     )
     threads: int = field(default=0, metadata={"help": "torch threads (0: torch's default)"})
+    device: str = field(
+        default="cpu", metadata={"help": "torch device to train on: cpu, or cuda where PyTorch has a GPU"}
+    )

@@ -44,6 +44,17 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _device(name: str) -> torch.device:
+    """The torch device named by ``--device``, refused with a clear message where it is absent."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {name!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name!r}: this PyTorch ({torch.__version__}) sees no CUDA GPU")
+    return device
+
+
 def _glove_init(network: SiameseEncoder, tokenizer: Any) -> int:
     """Copy GloVe 6B 50d vectors into the first 50 columns of the token embedding for every
     whole-word token GloVe knows. Returns how many tokens were initialised."""
@@ -135,10 +146,12 @@ class Trainer:
         self.network = SiameseEncoder(EncoderConfig(vocab_size=self.tokenizer.get_vocab_size(), **encoder_config))
         if config.glove:
             logger.info("GloVe vectors for %d tokens", _glove_init(self.network, self.tokenizer))
+        self.device = _device(config.device)
+        self.network.to(self.device)
         self.token_ids = token_ids(self.tokenizer, self.graph.texts, self.network.config.max_tokens)
         # The logistic pair loss learns its own scale and shift; they are not part of the model.
-        self.pair_scale = torch.nn.Parameter(torch.tensor(10.0))
-        self.pair_shift = torch.nn.Parameter(torch.tensor(0.7))
+        self.pair_scale = torch.nn.Parameter(torch.tensor(10.0, device=self.device))
+        self.pair_shift = torch.nn.Parameter(torch.tensor(0.7, device=self.device))
         self.labelled = [(a, b, 1) for a, b in self.graph.positives] + [(a, b, 0) for a, b in self.graph.negatives]
         # The teacher is slow (about 140 questions/s on 2 cores), so by default only questions
         # that have a duplicate get its vectors: they fill the rows and columns of every duplicate
@@ -151,7 +164,8 @@ class Trainer:
             else:
                 taught = sorted(q for members in self.graph.members if len(members) > 1 for q in members)
             self.teacher_row[taught] = np.arange(len(taught))
-            self.teacher = torch.from_numpy(self._teacher_vectors([self.graph.texts[q] for q in taught]))
+            teacher = self._teacher_vectors([self.graph.texts[q] for q in taught])
+            self.teacher = torch.from_numpy(teacher).to(self.device)
         logger.info(
             "training on %d questions in %d duplicate groups, %d labelled positives, %d labelled negatives",
             len(self.graph.texts),
@@ -210,7 +224,7 @@ class Trainer:
         if m and c.pair_weight:
             start = 2 * b + h
             pa, pb = vectors[start : start + m], vectors[start + m :]
-            labels = torch.tensor([y for _, _, y in labelled])
+            labels = torch.tensor([y for _, _, y in labelled], device=vectors.device)
             loss = loss + c.pair_weight * pair_logistic_loss((pa * pb).sum(1), labels, self.pair_scale, self.pair_shift)
         if self.teacher is not None:
             rows = self.teacher_row[questions]
@@ -318,6 +332,7 @@ def train(
 ) -> dict[str, Any]:
     """Train on ``train_files``, validate on ``valid_file``, write the model directory ``out``.
     With ``tokenizer_file``, reuse that tokenizer instead of training one."""
+    _device(config.device)  # a device that is not there is refused before the data is read
     if config.threads:
         torch.set_num_threads(config.threads)
     started = time.time()

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from tokenizers import pre_tokenizers
 
 from app.cli import build_parser, main
@@ -190,3 +191,28 @@ def test_topic_batches_from_the_second_epoch(
     assert config["training"]["config"]["topic_size"] == 1
     vectors = load_encoder(tmp_path / "topics").encode([CORPUS[0], CORPUS[1]])
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_a_device_that_is_not_there_is_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pairs = _pair_file(tmp_path / "pairs.tsv")
+    assert main(_train_argv(pairs, tmp_path / "model", "--device", "tpu-ish")) == 1
+    assert "dupq train: error: --device 'tpu-ish'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(_train_argv(pairs, tmp_path / "model", "--device", "cuda")) == 1
+        assert "sees no CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_on_a_gpu_writes_a_directory_that_serves_on_the_cpu(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    reference, pairs = trained
+    out = tmp_path / "gpu"
+    tokenizer = str(reference / "tokenizer.json")
+    assert main(_train_argv(pairs, out, "--device", "cuda", "--tokenizer", tokenizer)) == 0
+    texts = ["How old are you?", "What is your age?", "Where are you from?"]
+    onnx, torch_cpu = load_encoder(out), load_encoder(out, backend="torch")
+    np.testing.assert_allclose(onnx.encode(texts), torch_cpu.encode(texts), atol=1e-5)
+    config = json.loads((out / "config.json").read_text())
+    assert config["training"]["config"]["device"] == "cuda"
