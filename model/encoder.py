@@ -47,6 +47,11 @@ class SiameseEncoder(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     @property
+    def device(self) -> torch.device:
+        """Where the weights are: token ids must be sent there (a network in training may be on a GPU)."""
+        return self.embed.weight.device
+
+    @property
     def dim(self) -> int:
         c = self.config
         if c.out_dim:
@@ -100,12 +105,11 @@ def forward_by_length(network: SiameseEncoder, sequences: list[list[int]], chunk
     question is encoded on its own), but the backward pass is far cheaper: PyTorch's packed LSTM
     backward grows faster than linearly with the batch and its longest question (2,000 questions
     of a training step: 8.8 s in one call, 1.3 s in sorted chunks of 128, forward and backward)."""
-    device = network.embed.weight.device
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     parts = []
     for start in range(0, len(order), chunk):
         ids, lengths = pad_batch([sequences[i] for i in order[start : start + chunk]])
-        parts.append(network(ids.to(device), lengths))
+        parts.append(network(ids.to(network.device), lengths))
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
-    return torch.cat(parts)[inverse.to(device)]
+    return torch.cat(parts)[inverse.to(network.device)]

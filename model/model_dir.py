@@ -233,8 +233,8 @@ class QuestionEncoder:
             feed = {"ids": ids, "lengths": lengths.astype(np.int32)}
             return embedding_matrix(self._sessions[share].run(None, feed)[0])
         with torch.inference_mode():
-            device = self.network.embed.weight.device  # a network being trained may be on a GPU
-            return embedding_matrix(self.network(torch.from_numpy(ids).to(device), torch.from_numpy(lengths)))
+            ids_there = torch.from_numpy(ids).to(self.network.device)
+            return embedding_matrix(self.network(ids_there, torch.from_numpy(lengths)))
 
 
 def single_thread_session(graph: bytes) -> Any:
