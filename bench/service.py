@@ -208,11 +208,12 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
         metrics = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
-        batches = re.search(
-            r"dupq_encoder_batch_size_sum (\S+)\s+dupq_encoder_batch_size_count (\S+)", metrics.replace("\n", " ")
-        )
-        if batches:
-            print(f"mean encoder batch: {float(batches.group(1)) / float(batches.group(2)):.1f} questions per call")
+        # Prometheus writes a histogram's _count before its _sum: read each on its own.
+        calls = re.search(r"^dupq_encoder_batch_size_count (\S+)$", metrics, re.MULTILINE)
+        questions = re.search(r"^dupq_encoder_batch_size_sum (\S+)$", metrics, re.MULTILINE)
+        if calls and questions and float(calls.group(1)):
+            mean = float(questions.group(1)) / float(calls.group(1))
+            print(f"mean encoder batch: {mean:.1f} questions per call, {float(calls.group(1)):.0f} calls", flush=True)
         if args.index_kind == "hnsw":
             started = time.perf_counter()
             recall = http_recall(url, data_dir, queries[: args.recall_queries])
