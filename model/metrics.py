@@ -5,6 +5,7 @@ All in numpy so they can be checked by hand on small examples.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,17 +109,25 @@ def probability(scores: np.ndarray | float, slope: float, intercept: float) -> n
     return 1.0 / (1.0 + np.exp(-(slope * np.asarray(scores, dtype=np.float64) + intercept)))
 
 
-def retrieval(vectors: np.ndarray, queries: np.ndarray, targets: np.ndarray, chunk: int = 1024) -> dict[str, float]:
+def retrieval(
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    targets: np.ndarray,
+    chunk: int = 1024,
+    scores_of: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> dict[str, float]:
     """R@1, R@10 and MRR@10 of finding ``targets[i]`` when querying with ``queries[i]`` among all
     rows of ``vectors`` (unit vectors, so the dot product is the cosine), the query excluded.
-    A tie with the target counts in the target's favour."""
+    A tie with the target counts in the target's favour. ``scores_of``, if given, maps an array of
+    query rows to a new array of their scores against every row, in place of the cosine (for
+    experiments)."""
     queries = np.asarray(queries)
     targets = np.asarray(targets)
     ranks = np.empty(len(queries), dtype=np.int64)
     for start in range(0, len(queries), chunk):
         q = queries[start : start + chunk]
         t = targets[start : start + chunk]
-        scores = vectors[q] @ vectors.T  # (C, N)
+        scores = vectors[q] @ vectors.T if scores_of is None else scores_of(q)  # (C, N)
         scores[np.arange(len(q)), q] = -np.inf
         target_scores = scores[np.arange(len(q)), t][:, None]
         ranks[start : start + chunk] = (scores > target_scores).sum(1) + 1

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from model.data import Pair, load_pairs  # noqa: E402
-from model.metrics import best_threshold, classification  # noqa: E402
+from model.metrics import best_threshold, classification, retrieval  # noqa: E402
 from model.model_dir import load_encoder  # noqa: E402
 from model.train import score_pairs  # noqa: E402
 
@@ -60,14 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     held = pair_scores(load_pairs(args.holdout)[0])
 
     # Distinct questions, queries and targets exactly as `dupq evaluate` picks them.
-    retrieval = load_pairs(args.retrieval)[0]
-    scored = score_pairs(encoder.encode, retrieval)
+    dev = load_pairs(args.retrieval)[0]
+    scored = score_pairs(encoder.encode, dev)
     dup = scored.labels == 1
     queries = np.concatenate([scored.first[dup], scored.second[dup]])
     targets = np.concatenate([scored.second[dup], scored.first[dup]])
     vectors = scored.vectors
     texts = [""] * len(vectors)  # each row's first spelling, the one that was encoded
-    for pair, a, b in zip(retrieval, scored.first, scored.second, strict=True):
+    for pair, a, b in zip(dev, scored.first, scored.second, strict=True):
         texts[a] = texts[a] or pair.question1
         texts[b] = texts[b] or pair.question2
     words = sparse.csr_matrix(tfidf.transform(texts))
@@ -79,14 +79,14 @@ def main(argv: list[str] | None = None) -> int:
         tau = best_threshold(fused_valid, valid[2])
         valid_acc = classification(fused_valid, valid[2], tau).accuracy
         held_acc = classification((1 - w) * held[0] + w * held[1], held[2], tau).accuracy
-        reciprocal = []
-        for start in range(0, len(queries), 512):
-            q, t = queries[start : start + 512], targets[start : start + 512]
-            scores = (1 - w) * (vectors[q] @ vectors.T) + w * (words[q] @ words_t).toarray()
-            scores[np.arange(len(q)), q] = -np.inf
-            ranks = (scores > scores[np.arange(len(q)), t][:, None]).sum(1) + 1
-            reciprocal.append(np.where(ranks <= 10, 1.0 / ranks, 0.0))
-        print(f"{w:<5.2f} {valid_acc:.4f}     {tau:.3f}  {held_acc:.4f}        {np.concatenate(reciprocal).mean():.4f}")
+        fused = retrieval(
+            vectors,
+            queries,
+            targets,
+            chunk=512,
+            scores_of=lambda q, w=w: (1 - w) * (vectors[q] @ vectors.T) + w * (words[q] @ words_t).toarray(),
+        )
+        print(f"{w:<5.2f} {valid_acc:.4f}     {tau:.3f}  {held_acc:.4f}        {fused['mrr@10']:.4f}")
     return 0
 
 
