@@ -81,11 +81,18 @@ def _glove_init(network: SiameseEncoder, tokenizer: Any) -> int:
 class ScoredPairs:
     """The similarities of labelled pairs, and the vectors of their distinct questions."""
 
+    texts: list[str]  # (Q,) each distinct question as first spelled, the text that was encoded
     vectors: np.ndarray  # (Q, D), one row per distinct question
     first: np.ndarray  # (P,) row of each pair's question1
     second: np.ndarray  # (P,) row of each pair's question2
     labels: np.ndarray  # (P,)
     similarities: np.ndarray  # (P,)
+
+    def retrieval_queries(self) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of the queries and of their targets: each side of each duplicate pair looks for
+        the other side."""
+        dup = self.labels == 1
+        return np.concatenate([self.first[dup], self.second[dup]]), np.concatenate([self.second[dup], self.first[dup]])
 
 
 def score_pairs(encode: Any, pairs: Sequence[Pair]) -> ScoredPairs:
@@ -101,7 +108,7 @@ def score_pairs(encode: Any, pairs: Sequence[Pair]) -> ScoredPairs:
     first = np.array([keys[question_key(p.question1)] for p in pairs])
     second = np.array([keys[question_key(p.question2)] for p in pairs])
     sims = (vectors[first] * vectors[second]).sum(1)
-    return ScoredPairs(vectors, first, second, np.array([p.label for p in pairs]), sims)
+    return ScoredPairs(texts, vectors, first, second, np.array([p.label for p in pairs]), sims)
 
 
 def validation_metrics(encode: Any, pairs: Sequence[Pair], threshold: float | None = None) -> dict[str, float]:
@@ -110,9 +117,7 @@ def validation_metrics(encode: Any, pairs: Sequence[Pair], threshold: float | No
     scored = score_pairs(encode, pairs)
     tau = best_threshold(scored.similarities, scored.labels) if threshold is None else threshold
     cls = classification(scored.similarities, scored.labels, tau)
-    dup = scored.labels == 1
-    queries = np.concatenate([scored.first[dup], scored.second[dup]])
-    targets = np.concatenate([scored.second[dup], scored.first[dup]])
+    queries, targets = scored.retrieval_queries()
     return {
         "accuracy": cls.accuracy,
         "precision": cls.precision,

@@ -50,27 +50,19 @@ def main(argv: list[str] | None = None) -> int:
     tfidf.fit(sorted({q for p in train for q in (p.question1, p.question2)}))
 
     def pair_scores(pairs: list[Pair]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        a = [p.question1 for p in pairs]
-        b = [p.question2 for p in pairs]
-        dense = (encoder.encode(a) * encoder.encode(b)).sum(1)
-        lexical = np.asarray(tfidf.transform(a).multiply(tfidf.transform(b)).sum(1)).ravel()
-        return dense, lexical, np.array([p.label for p in pairs])
+        scored = score_pairs(encoder.encode, pairs)
+        words = tfidf.transform(scored.texts)
+        lexical = np.asarray(words[scored.first].multiply(words[scored.second]).sum(1)).ravel()
+        return scored.similarities, lexical, scored.labels
 
     valid = pair_scores(load_pairs(args.valid)[0])
     held = pair_scores(load_pairs(args.holdout)[0])
 
     # Distinct questions, queries and targets exactly as `dupq evaluate` picks them.
-    dev = load_pairs(args.retrieval)[0]
-    scored = score_pairs(encoder.encode, dev)
-    dup = scored.labels == 1
-    queries = np.concatenate([scored.first[dup], scored.second[dup]])
-    targets = np.concatenate([scored.second[dup], scored.first[dup]])
+    scored = score_pairs(encoder.encode, load_pairs(args.retrieval)[0])
+    queries, targets = scored.retrieval_queries()
     vectors = scored.vectors
-    texts = [""] * len(vectors)  # each row's first spelling, the one that was encoded
-    for pair, a, b in zip(dev, scored.first, scored.second, strict=True):
-        texts[a] = texts[a] or pair.question1
-        texts[b] = texts[b] or pair.question2
-    words = sparse.csr_matrix(tfidf.transform(texts))
+    words = sparse.csr_matrix(tfidf.transform(scored.texts))
     words_t = words.T.tocsc()
 
     print("w     valid acc  tau    held-out acc  MRR@10 (all of the retrieval file)")
