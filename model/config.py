@@ -59,6 +59,13 @@ class TrainConfig:
     patience: int = field(default=2, metadata={"help": "epochs without validation gain before stopping"})
     vocab_size: int = field(default=16000, metadata={"help": "word-piece vocabulary size"})
     glove: bool = field(default=False, metadata={"help": "initialise token embeddings from GloVe 6B 50d (train extra)"})
+    minilm_embed: bool = field(
+        default=False,
+        metadata={
+            "help": "initialise token embeddings from all-MiniLM-L6-v2's vector of each token alone, reduced by "
+            "PCA (train extra); with --glove, the columns after GloVe's 50"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "seeds the weights, the batches and dropout"})
     distill_weight: float = field(
         default=0.0, metadata={"help": "weight of similarity distillation from all-MiniLM-L6-v2 (train extra); 0: off"}

@@ -37,6 +37,8 @@ from model.tokenizer import load_tokenizer, token_ids, train_tokenizer
 
 logger = logging.getLogger(__name__)
 
+GLOVE_DIM = 50  # width of the GloVe 6B vectors of the train extra
+
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -66,7 +68,7 @@ def _glove_init(network: SiameseEncoder, tokenizer: Any) -> int:
     vectors = np.load(root / "glove_6B_50d_emb.npy", mmap_mode="r")
     row_of = {w: i for i, w in enumerate(words)}
     weight = network.embed.weight.data
-    width = min(weight.shape[1], vectors.shape[1])
+    width = min(weight.shape[1], vectors.shape[1], GLOVE_DIM)
     scale = float(weight[2:].std()) / float(np.asarray(vectors[:10000]).std())
     hits = 0
     for token, tid in tokenizer.get_vocab().items():
@@ -75,6 +77,29 @@ def _glove_init(network: SiameseEncoder, tokenizer: Any) -> int:
             weight[tid, :width] = torch.from_numpy(np.asarray(vectors[row, :width]) * scale)
             hits += 1
     return hits
+
+
+def _minilm_init(network: SiameseEncoder, tokenizer: Any, first_column: int = 0) -> int:
+    """Fill the token embedding's columns from ``first_column`` on with all-MiniLM-L6-v2's
+    sentence vector of each token's text alone (a word piece without its ``##``), centred and
+    reduced by PCA to the free width, at the scale of the random initialisation (the way
+    Model2Vec distils static vectors from a sentence encoder). Returns how many tokens."""
+    from model.evaluate import minilm_encoder  # training extra
+
+    weight = network.embed.weight.data
+    width = weight.shape[1] - first_column
+    texts = [""] * weight.shape[0]
+    for token, tid in tokenizer.get_vocab().items():
+        if tid >= 2 and tid < len(texts):
+            texts[tid] = token[2:] if token.startswith("##") else token
+    rows = [tid for tid, text in enumerate(texts) if text]
+    vectors = minilm_encoder()([texts[tid] for tid in rows]).astype(np.float64)
+    vectors -= vectors.mean(0)
+    _, _, components = np.linalg.svd(vectors, full_matrices=False)
+    reduced = vectors @ components[:width].T
+    reduced *= float(weight[2:, first_column:].std()) / reduced.std()
+    weight[rows, first_column:] = torch.from_numpy(reduced).to(weight.dtype)
+    return len(rows)
 
 
 @dataclass
@@ -151,6 +176,9 @@ class Trainer:
         self.network = SiameseEncoder(EncoderConfig(vocab_size=self.tokenizer.get_vocab_size(), **encoder_config))
         if config.glove:
             logger.info("GloVe vectors for %d tokens", _glove_init(self.network, self.tokenizer))
+        if config.minilm_embed:
+            first = min(GLOVE_DIM, self.network.config.embed_dim - 1) if config.glove else 0
+            logger.info("MiniLM vectors for %d tokens", _minilm_init(self.network, self.tokenizer, first))
         self.device = _device(config.device)
         self.network.to(self.device)
         self.token_ids = token_ids(self.tokenizer, self.graph.texts, self.network.config.max_tokens)

@@ -216,3 +216,41 @@ def test_training_on_a_gpu_writes_a_directory_that_serves_on_the_cpu(
     np.testing.assert_allclose(onnx.encode(texts), torch_cpu.encode(texts), atol=1e-5)
     config = json.loads((out / "config.json").read_text())
     assert config["training"]["config"]["device"] == "cuda"
+
+
+def test_minilm_init_fills_the_free_columns_with_each_tokens_vector(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import model.evaluate
+    from model.encoder import SiameseEncoder
+    from model.train import _minilm_init
+
+    seen: list[str] = []
+
+    def fake_minilm() -> object:
+        def encode(texts: list[str]) -> np.ndarray:
+            seen.extend(texts)
+            # A fixed vector per text: a word piece and the same letters as a word get the same one.
+            return np.stack([np.random.default_rng(sum(map(ord, t)) * 7919 + len(t)).normal(size=32) for t in texts])
+
+        return encode
+
+    monkeypatch.setattr(model.evaluate, "minilm_encoder", fake_minilm)
+    tokenizer = load_tokenizer(tiny_model_dir / "tokenizer.json")
+    network = SiameseEncoder(EncoderConfig(vocab_size=tokenizer.get_vocab_size(), embed_dim=12, hidden_dim=4))
+    before = network.embed.weight.detach().clone()
+    filled = _minilm_init(network, tokenizer, first_column=4)
+    after = network.embed.weight.detach()
+
+    vocab = tokenizer.get_vocab()
+    assert filled == len(seen) == tokenizer.get_vocab_size() - 2  # every token but [PAD] and [UNK]
+    assert not any(t.startswith("##") for t in seen)
+    assert torch.equal(after[:2], before[:2])  # [PAD] stays zero, [UNK] random
+    assert torch.equal(after[:, :4], before[:, :4])  # the columns before first_column are left alone
+    assert not torch.allclose(after[2:, 4:], before[2:, 4:])
+    # The same scale as the random initialisation, so the learning rate suits both.
+    assert float(after[2:, 4:].std()) == pytest.approx(float(before[2:, 4:].std()), rel=1e-3)
+    pieces = [t for t in vocab if t.startswith("##") and t[2:] in vocab]
+    assert pieces, "the fixture tokenizer has a word piece that is also a word"
+    word, piece = vocab[pieces[0][2:]], vocab[pieces[0]]
+    assert torch.allclose(after[word, 4:], after[piece, 4:])
