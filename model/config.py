@@ -77,6 +77,13 @@ class TrainConfig:
     distill_all: bool = field(
         default=False, metadata={"help": "teach every training question, not only those with a known duplicate"}
     )
+    pretrain_epochs: int = field(
+        default=0,
+        metadata={
+            "help": "epochs over every training question, before the pair training, that pull the network's "
+            "vectors (through a linear head, then discarded) towards all-MiniLM-L6-v2's (train extra); 0: none"
+        },
+    )
     max_steps: int = field(
         default=0, metadata={"help": "stop after this many steps in all (0: no limit); for smoke tests"}
     )

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
@@ -188,11 +189,12 @@ class Trainer:
         self.labelled = [(a, b, 1) for a, b in self.graph.positives] + [(a, b, 0) for a, b in self.graph.negatives]
         # The teacher is slow (about 140 questions/s on 2 cores), so by default only questions
         # that have a duplicate get its vectors: they fill the rows and columns of every duplicate
-        # batch. With ``distill_all`` the hard negatives and labelled pairs are taught too.
+        # batch. With ``distill_all`` the hard negatives and labelled pairs are taught too, and
+        # pretraining (``pretrain_epochs``) teaches every question, so it implies ``distill_all``.
         self.teacher: torch.Tensor | None = None
         self.teacher_row = np.full(len(self.graph.texts), -1, dtype=np.int64)
-        if config.distill_weight:
-            if config.distill_all:
+        if config.distill_weight or config.pretrain_epochs:
+            if config.distill_all or config.pretrain_epochs:
                 taught = list(range(len(self.graph.texts)))
             else:
                 taught = sorted(q for members in self.graph.members if len(members) > 1 for q in members)
@@ -259,7 +261,7 @@ class Trainer:
             pa, pb = vectors[start : start + m], vectors[start + m :]
             labels = torch.tensor([y for _, _, y in labelled], device=vectors.device)
             loss = loss + c.pair_weight * pair_logistic_loss((pa * pb).sum(1), labels, self.pair_scale, self.pair_shift)
-        if self.teacher is not None:
+        if self.teacher is not None and c.distill_weight:
             rows = self.teacher_row[questions]
             taught = torch.from_numpy(np.flatnonzero(rows >= 0))
             teacher = self.teacher[torch.from_numpy(rows[rows >= 0])]
@@ -286,8 +288,52 @@ class Trainer:
         mixed = rng.random(len(positives)) >= c.topic_share
         return [-1 if mixed[i] else int(assigned[row[a], 0]) for i, (a, _) in enumerate(positives)]
 
+    def pretrain(self, batch_size: int = 256) -> list[float]:
+        """``pretrain_epochs`` passes over every training question that pull the network's vector,
+        through a linear head discarded afterwards, towards the teacher's (cosine loss), as
+        Reimers & Gurevych (2020) distil a sentence encoder by matching vectors: every question,
+        duplicate or not, passes on what MiniLM knows of it before the pairs shape the space.
+        Returns each pass's mean loss."""
+        c = self.config
+        assert self.teacher is not None
+        rng = np.random.default_rng(c.seed)
+        head = torch.nn.Linear(self.network.dim, self.teacher.shape[1], bias=False).to(self.device)
+        params = [*self.network.parameters(), *head.parameters()]
+        optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+        rows = np.flatnonzero(self.teacher_row >= 0)
+        steps = (len(rows) + batch_size - 1) // batch_size
+        if c.max_steps:
+            steps = min(steps, c.max_steps)
+        total = steps * c.pretrain_epochs
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: min((s + 1) / max(1, total // 20), max(0.0, (total - s) / total))
+        )
+        self.network.train()
+        losses = []
+        for epoch in range(1, c.pretrain_epochs + 1):
+            order = rng.permutation(rows)
+            bar = tqdm(range(steps), desc=f"pretrain {epoch}/{c.pretrain_epochs}", unit="step", leave=False)
+            mean = 0.0
+            for i in bar:
+                questions = order[i * batch_size : (i + 1) * batch_size]
+                vectors = forward_by_length(self.network, [self.token_ids[q] for q in questions])
+                teacher = self.teacher[torch.from_numpy(self.teacher_row[questions])]
+                loss = 1 - F.cosine_similarity(head(vectors), teacher).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                scheduler.step()
+                mean += (loss.item() - mean) / (i + 1)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+            logger.info("pretrain epoch %d: mean cosine loss %.4f", epoch, mean)
+            losses.append(mean)
+        return losses
+
     def fit(self) -> tuple[dict[str, float], int]:
         c = self.config
+        if c.pretrain_epochs:
+            self.pretrain()
         rng = random.Random(c.seed)
         params = [*self.network.parameters(), self.pair_scale, self.pair_shift]
         optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)

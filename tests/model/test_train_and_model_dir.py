@@ -254,3 +254,33 @@ def test_minilm_init_fills_the_free_columns_with_each_tokens_vector(
     assert pieces, "the fixture tokenizer has a word piece that is also a word"
     word, piece = vocab[pieces[0][2:]], vocab[pieces[0]]
     assert torch.allclose(after[word, 4:], after[piece, 4:])
+
+
+def test_pretraining_pulls_every_questions_vector_towards_the_teacher(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import model.evaluate
+    from model.data import load_pairs
+    from model.train import Trainer
+
+    taught: list[str] = []
+
+    def fake_minilm() -> object:
+        def encode(texts: list[str]) -> np.ndarray:
+            taught.extend(texts)
+            v = np.stack([np.random.default_rng(sum(map(ord, t))).normal(size=24) for t in texts])
+            return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+        return encode
+
+    monkeypatch.setattr(model.evaluate, "minilm_encoder", fake_minilm)
+    torch.set_num_threads(1)
+    pairs, _ = load_pairs(_pair_file(tmp_path / "pairs.tsv"))
+    config = TrainConfig(pretrain_epochs=8, lr=0.01, vocab_size=200)
+    trainer = Trainer(pairs, pairs, config, {"embed_dim": 8, "hidden_dim": 8, "out_dim": 16})
+    # Every training question is taught, not only those with a known duplicate.
+    assert sorted(taught) == sorted(trainer.graph.texts) and len(taught) == 12
+    before = trainer.encode(trainer.graph.texts)
+    losses = trainer.pretrain(batch_size=4)
+    assert len(losses) == 8 and losses[-1] < losses[0] - 0.05
+    assert not np.allclose(trainer.encode(trainer.graph.texts), before)
