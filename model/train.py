@@ -5,7 +5,9 @@ of the anchors as extra negative columns), encodes them with the one shared netw
 the b x (b + h) similarity matrix with the triplet loss (mean and closest negative) and/or the
 in-batch softmax loss; a second, smaller batch of labelled pairs of both kinds adds a logistic
 pair loss. Early stopping watches validation accuracy and MRR@10; the best epoch is kept, and the
-threshold and calibration are fitted on the validation pairs.
+threshold and calibration are fitted on the validation pairs. Optional, with all-MiniLM-L6-v2 as
+teacher (train extra): token embeddings from its vectors, passes that pull the network's vectors
+towards its own before the pair training, and distillation of its similarities during it.
 """
 
 from __future__ import annotations
