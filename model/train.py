@@ -191,16 +191,21 @@ class Trainer:
         self.labelled = [(a, b, 1) for a, b in self.graph.positives] + [(a, b, 0) for a, b in self.graph.negatives]
         # The teacher is slow (about 140 questions/s on 2 cores), so by default only questions
         # that have a duplicate get its vectors: they fill the rows and columns of every duplicate
-        # batch. With ``distill_all`` the hard negatives and labelled pairs are taught too, and
-        # pretraining (``pretrain_epochs``) teaches every question, so it implies ``distill_all``.
+        # batch. With ``distill_all`` the hard negatives and labelled pairs are taught too.
+        # Pretraining (``pretrain_epochs``) needs every question's vector; the distillation still
+        # teaches only the questions ``distill_all`` says (``distill_row``).
         self.teacher: torch.Tensor | None = None
         self.teacher_row = np.full(len(self.graph.texts), -1, dtype=np.int64)
+        self.distill_row = self.teacher_row
         if config.distill_weight or config.pretrain_epochs:
-            if config.distill_all or config.pretrain_epochs:
-                taught = list(range(len(self.graph.texts)))
-            else:
-                taught = sorted(q for members in self.graph.members if len(members) > 1 for q in members)
+            with_duplicate = sorted(q for members in self.graph.members if len(members) > 1 for q in members)
+            taught = (
+                list(range(len(self.graph.texts))) if config.distill_all or config.pretrain_epochs else with_duplicate
+            )
             self.teacher_row[taught] = np.arange(len(taught))
+            if not config.distill_all:
+                self.distill_row = np.full_like(self.teacher_row, -1)
+                self.distill_row[with_duplicate] = self.teacher_row[with_duplicate]
             teacher = self._teacher_vectors([self.graph.texts[q] for q in taught])
             self.teacher = torch.from_numpy(teacher).to(self.device)
         logger.info(
@@ -264,7 +269,7 @@ class Trainer:
             labels = torch.tensor([y for _, _, y in labelled], device=vectors.device)
             loss = loss + c.pair_weight * pair_logistic_loss((pa * pb).sum(1), labels, self.pair_scale, self.pair_shift)
         if self.teacher is not None and c.distill_weight:
-            rows = self.teacher_row[questions]
+            rows = self.distill_row[questions]
             taught = torch.from_numpy(np.flatnonzero(rows >= 0))
             teacher = self.teacher[torch.from_numpy(rows[rows >= 0])]
             loss = loss + c.distill_weight * similarity_distillation_loss(vectors[taught], teacher)

@@ -280,6 +280,9 @@ def test_pretraining_pulls_every_questions_vector_towards_the_teacher(
     trainer = Trainer(pairs, pairs, config, {"embed_dim": 8, "hidden_dim": 8, "out_dim": 16})
     # Every training question is taught, not only those with a known duplicate.
     assert sorted(taught) == sorted(trainer.graph.texts) and len(taught) == 12
+    # Distillation, were it on, would still teach only questions with a known duplicate.
+    with_duplicate = {q for members in trainer.graph.members if len(members) > 1 for q in members}
+    assert set(np.flatnonzero(trainer.distill_row >= 0)) == with_duplicate and len(with_duplicate) == 8
     before = trainer.encode(trainer.graph.texts)
     losses = trainer.pretrain(batch_size=4)
     assert len(losses) == 8 and losses[-1] < losses[0] - 0.05
