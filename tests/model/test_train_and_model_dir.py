@@ -218,6 +218,22 @@ def test_training_on_a_gpu_writes_a_directory_that_serves_on_the_cpu(
     assert config["training"]["config"]["device"] == "cuda"
 
 
+def _stand_in_minilm(seen: list[str], dim: int) -> object:
+    """A stand-in for ``model.evaluate.minilm_encoder``: a fixed unit vector per text (a word
+    piece and the same letters as a word get the same one), each text it encodes noted in
+    ``seen``."""
+
+    def minilm_encoder() -> object:
+        def encode(texts: list[str]) -> np.ndarray:
+            seen.extend(texts)
+            v = np.stack([np.random.default_rng(sum(map(ord, t)) * 7919 + len(t)).normal(size=dim) for t in texts])
+            return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+        return encode
+
+    return minilm_encoder
+
+
 def test_minilm_init_fills_the_free_columns_with_each_tokens_vector(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -226,16 +242,7 @@ def test_minilm_init_fills_the_free_columns_with_each_tokens_vector(
     from model.train import _minilm_init
 
     seen: list[str] = []
-
-    def fake_minilm() -> object:
-        def encode(texts: list[str]) -> np.ndarray:
-            seen.extend(texts)
-            # A fixed vector per text: a word piece and the same letters as a word get the same one.
-            return np.stack([np.random.default_rng(sum(map(ord, t)) * 7919 + len(t)).normal(size=32) for t in texts])
-
-        return encode
-
-    monkeypatch.setattr(model.evaluate, "minilm_encoder", fake_minilm)
+    monkeypatch.setattr(model.evaluate, "minilm_encoder", _stand_in_minilm(seen, 32))
     tokenizer = load_tokenizer(tiny_model_dir / "tokenizer.json")
     network = SiameseEncoder(EncoderConfig(vocab_size=tokenizer.get_vocab_size(), embed_dim=12, hidden_dim=4))
     before = network.embed.weight.detach().clone()
@@ -264,16 +271,7 @@ def test_pretraining_pulls_every_questions_vector_towards_the_teacher(
     from model.train import Trainer
 
     taught: list[str] = []
-
-    def fake_minilm() -> object:
-        def encode(texts: list[str]) -> np.ndarray:
-            taught.extend(texts)
-            v = np.stack([np.random.default_rng(sum(map(ord, t))).normal(size=24) for t in texts])
-            return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
-
-        return encode
-
-    monkeypatch.setattr(model.evaluate, "minilm_encoder", fake_minilm)
+    monkeypatch.setattr(model.evaluate, "minilm_encoder", _stand_in_minilm(taught, 24))
     torch.set_num_threads(1)
     pairs, _ = load_pairs(_pair_file(tmp_path / "pairs.tsv"))
     config = TrainConfig(pretrain_epochs=8, lr=0.01, vocab_size=200)
