@@ -71,7 +71,7 @@ def _glove_init(network: SiameseEncoder, tokenizer: Any) -> int:
     vectors = np.load(root / "glove_6B_50d_emb.npy", mmap_mode="r")
     row_of = {w: i for i, w in enumerate(words)}
     weight = network.embed.weight.data
-    width = min(weight.shape[1], vectors.shape[1], GLOVE_DIM)
+    width = min(weight.shape[1], vectors.shape[1])
     scale = float(weight[2:].std()) / float(np.asarray(vectors[:10000]).std())
     hits = 0
     for token, tid in tokenizer.get_vocab().items():
@@ -80,6 +80,15 @@ def _glove_init(network: SiameseEncoder, tokenizer: Any) -> int:
             weight[tid, :width] = torch.from_numpy(np.asarray(vectors[row, :width]) * scale)
             hits += 1
     return hits
+
+
+def _warmup_then_decay(optimizer: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning rate climbs linearly over the first 5 % of ``total`` steps, then falls
+    linearly to 0 at the last one."""
+    warmup = max(1, total // 20)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
+    )
 
 
 def _minilm_init(network: SiameseEncoder, tokenizer: Any, first_column: int = 0) -> int:
@@ -180,7 +189,12 @@ class Trainer:
         if config.glove:
             logger.info("GloVe vectors for %d tokens", _glove_init(self.network, self.tokenizer))
         if config.minilm_embed:
-            first = min(GLOVE_DIM, self.network.config.embed_dim - 1) if config.glove else 0
+            if config.glove and self.network.config.embed_dim <= GLOVE_DIM:
+                raise ValueError(
+                    f"--minilm-embed with --glove fills the columns after GloVe's {GLOVE_DIM}: "
+                    f"--embed-dim {self.network.config.embed_dim} leaves none; give it more, or drop one of them"
+                )
+            first = GLOVE_DIM if config.glove else 0
             logger.info("MiniLM vectors for %d tokens", _minilm_init(self.network, self.tokenizer, first))
         self.device = _device(config.device)
         self.network.to(self.device)
@@ -312,9 +326,7 @@ class Trainer:
         if c.max_steps:
             steps = min(steps, c.max_steps)
         total = steps * c.pretrain_epochs
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: min((s + 1) / max(1, total // 20), max(0.0, (total - s) / total))
-        )
+        scheduler = _warmup_then_decay(optimizer, total)
         self.network.train()
         losses = []
         for epoch in range(1, c.pretrain_epochs + 1):
@@ -346,10 +358,7 @@ class Trainer:
         optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
         steps_per_epoch = max(1, len(self.graph.group_positives(c.max_group_pairs, random.Random(0))) // c.batch_size)
         total = steps_per_epoch * c.epochs if not c.max_steps else min(c.max_steps, steps_per_epoch * c.epochs)
-        warmup = max(1, total // 20)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
-        )
+        scheduler = _warmup_then_decay(optimizer, total)
         best_score, best_state, best_metrics, best_epoch, stale, step = -math.inf, None, {}, 0, 0, 0
         for epoch in range(1, c.epochs + 1):
             positives = self.graph.group_positives(c.max_group_pairs, rng)

@@ -285,3 +285,14 @@ def test_pretraining_pulls_every_questions_vector_towards_the_teacher(
     losses = trainer.pretrain(batch_size=4)
     assert len(losses) == 8 and losses[-1] < losses[0] - 0.05
     assert not np.allclose(trainer.encode(trainer.graph.texts), before)
+
+
+def test_minilm_columns_after_glove_need_a_wider_embedding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import model.train
+    from model.data import load_pairs
+
+    monkeypatch.setattr(model.train, "_glove_init", lambda network, tokenizer: 0)
+    pairs, _ = load_pairs(_pair_file(tmp_path / "pairs.tsv"))
+    config = TrainConfig(glove=True, minilm_embed=True, vocab_size=200)
+    with pytest.raises(ValueError, match="--embed-dim 50 leaves none"):
+        model.train.Trainer(pairs, pairs, config, {"embed_dim": 50, "hidden_dim": 8, "out_dim": 16})
