@@ -203,23 +203,24 @@ class Trainer:
         self.pair_scale = torch.nn.Parameter(torch.tensor(10.0, device=self.device))
         self.pair_shift = torch.nn.Parameter(torch.tensor(0.7, device=self.device))
         self.labelled = [(a, b, 1) for a, b in self.graph.positives] + [(a, b, 0) for a, b in self.graph.negatives]
-        # The teacher is slow (about 140 questions/s on 2 cores), so by default only questions
+        # The teacher is slow (about 150 questions/s on 2 cores), so by default only questions
         # that have a duplicate get its vectors: they fill the rows and columns of every duplicate
         # batch. With ``distill_all`` the hard negatives and labelled pairs are taught too.
-        # Pretraining (``pretrain_epochs``) needs every question's vector; the distillation still
-        # teaches only the questions ``distill_all`` says (``distill_row``).
+        # Pretraining (``pretrain_epochs``) teaches every question unless ``pretrain_on`` is
+        # "distilled"; the distillation still teaches only the questions ``distill_all`` says
+        # (``distill_row``).
         self.teacher: torch.Tensor | None = None
         self.teacher_row = np.full(len(self.graph.texts), -1, dtype=np.int64)
         self.distill_row = self.teacher_row
         if config.distill_weight or config.pretrain_epochs:
+            everything = list(range(len(self.graph.texts)))
             with_duplicate = sorted(q for members in self.graph.members if len(members) > 1 for q in members)
-            taught = (
-                list(range(len(self.graph.texts))) if config.distill_all or config.pretrain_epochs else with_duplicate
-            )
+            distilled = everything if config.distill_all else with_duplicate
+            taught = everything if config.pretrain_epochs and config.pretrain_on == "all" else distilled
             self.teacher_row[taught] = np.arange(len(taught))
-            if not config.distill_all:
+            if taught is not distilled:
                 self.distill_row = np.full_like(self.teacher_row, -1)
-                self.distill_row[with_duplicate] = self.teacher_row[with_duplicate]
+                self.distill_row[distilled] = self.teacher_row[distilled]
             teacher = self._teacher_vectors([self.graph.texts[q] for q in taught])
             self.teacher = torch.from_numpy(teacher).to(self.device)
         logger.info(
@@ -310,10 +311,11 @@ class Trainer:
         return [-1 if mixed[i] else int(assigned[row[a], 0]) for i, (a, _) in enumerate(positives)]
 
     def pretrain(self, batch_size: int = 256) -> list[float]:
-        """``pretrain_epochs`` passes over every training question that pull the network's vector,
+        """``pretrain_epochs`` passes over the taught training questions (all of them, or with
+        ``pretrain_on="distilled"`` those the distillation teaches) that pull the network's vector,
         through a linear head discarded afterwards, towards the teacher's (cosine loss), as
-        Reimers & Gurevych (2020) distil a sentence encoder by matching vectors: every question,
-        duplicate or not, passes on what MiniLM knows of it before the pairs shape the space.
+        Reimers & Gurevych (2020) distil a sentence encoder by matching vectors: each taught
+        question passes on what MiniLM knows of it before the pairs shape the space.
         Returns each pass's mean loss."""
         c = self.config
         assert self.teacher is not None
