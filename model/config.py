@@ -80,16 +80,17 @@ class TrainConfig:
     pretrain_epochs: int = field(
         default=0,
         metadata={
-            "help": "epochs over the training questions (see --pretrain-on), before the pair training, that pull "
-            "the network's vectors (through a linear head, then discarded) towards all-MiniLM-L6-v2's (train "
-            "extra); 0: none"
+            "help": "epochs over the training questions (see --pretrain-questions), before the pair training, "
+            "that pull the network's vectors (through a linear head, then discarded) towards all-MiniLM-L6-v2's "
+            "(train extra); 0: none"
         },
     )
-    pretrain_on: Literal["all", "distilled"] = field(
-        default="all",
+    pretrain_questions: int = field(
+        default=0,
         metadata={
-            "help": "the questions pretraining teaches: all of them, or only those the distillation teaches "
-            "(those with a known duplicate unless --distill-all), so the teacher encodes about a third"
+            "help": "how many training questions pretraining teaches (0: all): those the distillation teaches "
+            "(with a known duplicate unless --distill-all), then others drawn at random (--seed); MiniLM encodes "
+            "about 150 of them a second on 2 cores"
         },
     )
     max_steps: int = field(

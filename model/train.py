@@ -206,9 +206,9 @@ class Trainer:
         # The teacher is slow (about 150 questions/s on 2 cores), so by default only questions
         # that have a duplicate get its vectors: they fill the rows and columns of every duplicate
         # batch. With ``distill_all`` the hard negatives and labelled pairs are taught too.
-        # Pretraining (``pretrain_epochs``) teaches every question unless ``pretrain_on`` is
-        # "distilled"; the distillation still teaches only the questions ``distill_all`` says
-        # (``distill_row``).
+        # Pretraining (``pretrain_epochs``) teaches every question, or ``pretrain_questions`` of
+        # them: the distilled ones first, then others drawn at random. The distillation still
+        # teaches only the questions ``distill_all`` says (``distill_row``).
         self.teacher: torch.Tensor | None = None
         self.teacher_row = np.full(len(self.graph.texts), -1, dtype=np.int64)
         self.distill_row = self.teacher_row
@@ -216,7 +216,12 @@ class Trainer:
             everything = list(range(len(self.graph.texts)))
             with_duplicate = sorted(q for members in self.graph.members if len(members) > 1 for q in members)
             distilled = everything if config.distill_all else with_duplicate
-            taught = everything if config.pretrain_epochs and config.pretrain_on == "all" else distilled
+            taught = distilled
+            if config.pretrain_epochs:
+                wanted = config.pretrain_questions or len(everything)
+                others = np.setdiff1d(everything, distilled)
+                drawn = np.random.default_rng(config.seed).permutation(others)[: max(0, wanted - len(distilled))]
+                taught = distilled if not len(drawn) else sorted([*distilled, *drawn.tolist()])
             self.teacher_row[taught] = np.arange(len(taught))
             if taught is not distilled:
                 self.distill_row = np.full_like(self.teacher_row, -1)
@@ -311,8 +316,8 @@ class Trainer:
         return [-1 if mixed[i] else int(assigned[row[a], 0]) for i, (a, _) in enumerate(positives)]
 
     def pretrain(self, batch_size: int = 256) -> list[float]:
-        """``pretrain_epochs`` passes over the taught training questions (all of them, or with
-        ``pretrain_on="distilled"`` those the distillation teaches) that pull the network's vector,
+        """``pretrain_epochs`` passes over the taught training questions (all of them, or
+        ``pretrain_questions`` of them) that pull the network's vector,
         through a linear head discarded afterwards, towards the teacher's (cosine loss), as
         Reimers & Gurevych (2020) distil a sentence encoder by matching vectors: each taught
         question passes on what MiniLM knows of it before the pairs shape the space.

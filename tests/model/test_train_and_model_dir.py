@@ -287,8 +287,9 @@ def test_pretraining_pulls_every_questions_vector_towards_the_teacher(
     assert not np.allclose(trainer.encode(trainer.graph.texts), before)
 
 
-def test_pretraining_on_the_distilled_questions_asks_the_teacher_for_those_alone(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("wanted", [8, 10])
+def test_pretraining_on_fewer_questions_teaches_the_distilled_ones_then_a_draw_of_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wanted: int
 ) -> None:
     import model.evaluate
     from model.data import load_pairs
@@ -298,12 +299,15 @@ def test_pretraining_on_the_distilled_questions_asks_the_teacher_for_those_alone
     monkeypatch.setattr(model.evaluate, "minilm_encoder", _stand_in_minilm(taught, 24))
     torch.set_num_threads(1)
     pairs, _ = load_pairs(_pair_file(tmp_path / "pairs.tsv"))
-    config = TrainConfig(pretrain_epochs=1, pretrain_on="distilled", distill_weight=1.0, vocab_size=200)
+    config = TrainConfig(pretrain_epochs=1, pretrain_questions=wanted, distill_weight=1.0, vocab_size=200)
     trainer = Trainer(pairs, pairs, config, {"embed_dim": 8, "hidden_dim": 8, "out_dim": 16})
     with_duplicate = {q for members in trainer.graph.members if len(members) > 1 for q in members}
-    assert sorted(taught) == sorted(trainer.graph.texts[q] for q in with_duplicate) and len(taught) == 8
-    assert set(np.flatnonzero(trainer.teacher_row >= 0)) == with_duplicate
-    assert set(np.flatnonzero(trainer.distill_row >= 0)) == with_duplicate
+    assert len(with_duplicate) == 8 and len(trainer.graph.texts) == 12
+    held = set(np.flatnonzero(trainer.teacher_row >= 0).tolist())
+    # The teacher encodes those questions alone: the distilled ones, then others up to `wanted`.
+    assert len(held) == len(taught) == wanted and held >= with_duplicate
+    assert sorted(taught) == sorted(trainer.graph.texts[q] for q in held)
+    assert set(np.flatnonzero(trainer.distill_row >= 0).tolist()) == with_duplicate
     # Each pretraining pass goes over exactly the taught questions.
     asked: list[int] = []
 
@@ -314,7 +318,7 @@ def test_pretraining_on_the_distilled_questions_asks_the_teacher_for_those_alone
 
     trainer.token_ids = Recording(trainer.token_ids)
     losses = trainer.pretrain(batch_size=3)
-    assert len(losses) == 1 and sorted(asked) == sorted(with_duplicate)
+    assert len(losses) == 1 and sorted(asked) == sorted(held)
 
 
 def test_minilm_columns_after_glove_need_a_wider_embedding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
