@@ -218,14 +218,13 @@ class Trainer:
             distilled = everything if config.distill_all else with_duplicate
             taught = distilled
             if config.pretrain_epochs:
-                wanted = config.pretrain_questions or len(everything)
                 others = np.setdiff1d(everything, distilled)
-                drawn = np.random.default_rng(config.seed).permutation(others)[: max(0, wanted - len(distilled))]
-                taught = distilled if not len(drawn) else sorted([*distilled, *drawn.tolist()])
+                more = max(0, config.pretrain_questions - len(distilled)) if config.pretrain_questions else len(others)
+                drawn = np.random.default_rng(config.seed).permutation(others)[:more]
+                taught = sorted([*distilled, *drawn.tolist()])
             self.teacher_row[taught] = np.arange(len(taught))
-            if taught is not distilled:
-                self.distill_row = np.full_like(self.teacher_row, -1)
-                self.distill_row[distilled] = self.teacher_row[distilled]
+            self.distill_row = np.full_like(self.teacher_row, -1)
+            self.distill_row[distilled] = self.teacher_row[distilled]
             teacher = self._teacher_vectors([self.graph.texts[q] for q in taught])
             self.teacher = torch.from_numpy(teacher).to(self.device)
         logger.info(
