@@ -77,6 +77,16 @@ class TrainConfig:
     distill_all: bool = field(
         default=False, metadata={"help": "teach every training question, not only those with a known duplicate"}
     )
+    distill_loss: Literal["mse", "kl"] = field(
+        default="mse",
+        metadata={
+            "help": "how distillation compares the step's cosines with the teacher's: mse, each pair's cosine; "
+            "kl, each question's softmax over the others (at --distill-temperature), so only their order counts"
+        },
+    )
+    distill_temperature: float = field(
+        default=0.05, metadata={"help": "of --distill-loss kl, student and teacher alike"}
+    )
     pretrain_epochs: int = field(
         default=0,
         metadata={

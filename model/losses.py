@@ -61,3 +61,16 @@ def similarity_distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -
     teacher: (M, D') unit vectors."""
     off = ~torch.eye(student.shape[0], dtype=torch.bool, device=student.device)
     return F.mse_loss((student @ student.T)[off], (teacher @ teacher.T)[off])
+
+
+def ranking_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Kullback-Leibler divergence from the teacher's to the student's softmax over each question's
+    cosines with the batch's other questions (itself left out), at ``temperature``, averaged over
+    the questions. Only the order and spacing of each question's neighbours count, not the cosines'
+    level, so the student keeps its own scale (where the threshold sits) while learning whom the
+    teacher ranks first. student: (M, D) and teacher: (M, D') unit vectors, M >= 2."""
+    m = student.shape[0]
+    off = ~torch.eye(m, dtype=torch.bool, device=student.device)
+    s = (student @ student.T)[off].view(m, m - 1) / temperature
+    t = (teacher @ teacher.T)[off].view(m, m - 1) / temperature
+    return F.kl_div(F.log_softmax(s, dim=1), F.log_softmax(t, dim=1), log_target=True, reduction="batchmean")

@@ -33,7 +33,13 @@ from model.config import TrainConfig
 from model.data import LoadReport, Pair, load_pairs
 from model.encoder import EncoderConfig, SiameseEncoder, forward_by_length
 from model.groups import PairGraph, duplicate_batches, question_key
-from model.losses import pair_logistic_loss, similarity_distillation_loss, softmax_contrastive_loss, triplet_loss
+from model.losses import (
+    pair_logistic_loss,
+    ranking_distillation_loss,
+    similarity_distillation_loss,
+    softmax_contrastive_loss,
+    triplet_loss,
+)
 from model.metrics import best_threshold, classification, fit_logistic, retrieval, roc_auc
 from model.model_dir import QuestionEncoder, save_model_dir, sha256_file
 from model.tokenizer import load_tokenizer, token_ids, train_tokenizer
@@ -287,11 +293,15 @@ class Trainer:
             pa, pb = vectors[start : start + m], vectors[start + m :]
             labels = torch.tensor([y for _, _, y in labelled], device=vectors.device)
             loss = loss + c.pair_weight * pair_logistic_loss((pa * pb).sum(1), labels, self.pair_scale, self.pair_shift)
-        if self.teacher is not None and c.distill_weight:
-            rows = self.distill_row[questions]
+        rows = self.distill_row[questions]
+        if self.teacher is not None and c.distill_weight and (rows >= 0).sum() >= 2:  # pairs of taught questions
             taught = torch.from_numpy(np.flatnonzero(rows >= 0))
             teacher = self.teacher[torch.from_numpy(rows[rows >= 0])]
-            loss = loss + c.distill_weight * similarity_distillation_loss(vectors[taught], teacher)
+            if c.distill_loss == "kl":
+                distill = ranking_distillation_loss(vectors[taught], teacher, c.distill_temperature)
+            else:
+                distill = similarity_distillation_loss(vectors[taught], teacher)
+            loss = loss + c.distill_weight * distill
         return loss
 
     def _topics(self, positives: list[tuple[int, int]], epoch: int) -> list[int]:

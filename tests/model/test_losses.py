@@ -1,7 +1,15 @@
+import math
+
 import pytest
 import torch
 
-from model.losses import pair_logistic_loss, similarity_distillation_loss, softmax_contrastive_loss, triplet_loss
+from model.losses import (
+    pair_logistic_loss,
+    ranking_distillation_loss,
+    similarity_distillation_loss,
+    softmax_contrastive_loss,
+    triplet_loss,
+)
 
 # The course's 4 x 4 example: positives on the diagonal.
 COURSE = torch.tensor(
@@ -67,3 +75,24 @@ def test_distillation_compares_geometry_not_coordinates() -> None:
     s = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     t = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
     assert similarity_distillation_loss(s, t).item() == pytest.approx(1.0)
+
+
+def test_ranking_distillation_compares_each_questions_order_of_neighbours() -> None:
+    torch.manual_seed(0)
+    teacher = torch.nn.functional.normalize(torch.randn(6, 5), dim=1)
+    rotation, _ = torch.linalg.qr(torch.randn(5, 5))
+    wider = torch.cat([teacher @ rotation, torch.zeros(6, 3)], dim=1)  # another width, same geometry
+    assert ranking_distillation_loss(wider, teacher, 0.05).item() == pytest.approx(0.0, abs=1e-6)
+    # By hand, temperature 1. Student: e1, e1, e2; teacher: e1, e2, e2. Each question's cosines with
+    # the other two (itself left out), student | teacher: q0 (1, 0) | (0, 0); q1 (1, 0) | (0, 1);
+    # q2 (0, 0) | (0, 1). With a = e / (1 + e), the softmax of (1, 0) is (a, 1 - a), so
+    # KL(q0) = ln(0.5 / a) / 2 + ln(0.5 / (1 - a)) / 2, KL(q1) = (1 - a) ln((1 - a) / a) + a ln(a / (1 - a)),
+    # KL(q2) = (1 - a) ln(2 (1 - a)) + a ln(2 a); the loss is their mean.
+    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    a = math.e / (1 + math.e)
+    kl0 = 0.5 * math.log(0.5 / a) + 0.5 * math.log(0.5 / (1 - a))
+    kl1 = (1 - a) * math.log((1 - a) / a) + a * math.log(a / (1 - a))
+    kl2 = (1 - a) * math.log(2 * (1 - a)) + a * math.log(2 * a)
+    loss = ranking_distillation_loss(torch.stack([e1, e1, e2]), torch.stack([e1, e2, e2]), 1.0)
+    assert loss.item() == pytest.approx((kl0 + kl1 + kl2) / 3, rel=1e-6)
+    assert loss.item() == pytest.approx(0.23107, abs=1e-4)  # worked out on paper

@@ -2,6 +2,7 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -330,3 +331,33 @@ def test_minilm_columns_after_glove_need_a_wider_embedding(tmp_path: Path, monke
     config = TrainConfig(glove=True, minilm_embed=True, vocab_size=200)
     with pytest.raises(ValueError, match="--embed-dim 50 leaves none"):
         model.train.Trainer(pairs, pairs, config, {"embed_dim": 50, "hidden_dim": 8, "out_dim": 16})
+
+
+@pytest.mark.parametrize("kind", ["mse", "kl"])
+def test_each_step_distils_the_taught_questions_with_the_chosen_loss(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: Literal["mse", "kl"]
+) -> None:
+    import model.evaluate
+    import model.train
+    from model.data import load_pairs
+
+    monkeypatch.setattr(model.evaluate, "minilm_encoder", _stand_in_minilm([], 24))
+    calls: list[tuple[str, int]] = []
+    for name in ("similarity_distillation_loss", "ranking_distillation_loss"):
+        real = getattr(model.train, name)
+
+        def recording(student, teacher, *rest, name=name, real=real):
+            assert student.shape[0] == teacher.shape[0] and teacher.shape[1] == 24
+            calls.append((name, student.shape[0]))
+            return real(student, teacher, *rest)
+
+        monkeypatch.setattr(model.train, name, recording)
+    torch.set_num_threads(1)
+    pairs, _ = load_pairs(_pair_file(tmp_path / "pairs.tsv"))
+    config = TrainConfig(distill_weight=2.0, distill_loss=kind, vocab_size=200, max_steps=2, batch_size=3)
+    trainer = model.train.Trainer(pairs, pairs, config, {"embed_dim": 8, "hidden_dim": 8, "out_dim": 16})
+    trainer.fit()
+    wanted = "ranking_distillation_loss" if kind == "kl" else "similarity_distillation_loss"
+    assert len(calls) == 2 and {name for name, _ in calls} == {wanted}
+    # Each step's anchors and positives all have a known duplicate, so at least those are taught.
+    assert all(rows >= 6 for _, rows in calls)
