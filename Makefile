@@ -53,7 +53,7 @@ train: $(VENV)/.stamp-train
 	$(BIN)/dupq split --pairs $(DATA)/qqp/dev.tsv.gz --fraction 0.5 --seed 0 --out-rest build/valid.tsv --out-held build/holdout.tsv
 	HF_HUB_OFFLINE=1 $(BIN)/dupq train --train $(DATA)/qqp/train.tsv.gz --valid build/valid.tsv --out $(MODEL) \
 		--epochs 9 --minilm-embed --threads 2 --hidden-dim 128 --pooling mean_max \
-		--pretrain-epochs 3 --pretrain-questions 53524 --topic-size 8 --distill-weight 5 \
+		--pretrain-epochs 3 --pretrain-questions 53524 --topic-size 8 --distill-weight 10 \
 		--teacher-cache build/teacher.npy $(if $(TOKENIZER),--tokenizer $(TOKENIZER))
 	$(MAKE) evaluate
 
