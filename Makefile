@@ -45,7 +45,7 @@ test: lint
 # trains a new one.
 TOKENIZER ?= $(wildcard $(MODEL)/tokenizer.json)
 
-## train: reproduce the shipped model from $(DATA) (about 27 minutes on this 2-core machine), then evaluate it
+## train: reproduce the shipped model from $(DATA) (about 28 minutes on this 2-core machine), then evaluate it
 # MiniLM (the train extra) teaches the 53,524 training questions that have a known duplicate:
 # pretraining on its vectors, then distillation alongside the pair losses (README, "The model").
 train: $(VENV)/.stamp-train

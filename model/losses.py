@@ -59,8 +59,7 @@ def similarity_distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -
     not coordinates, so the two embeddings may differ in width (Reimers & Gurevych, 2020, match
     vectors instead; matching similarities needs no projection head). student: (M, D) and
     teacher: (M, D') unit vectors."""
-    off = ~torch.eye(student.shape[0], dtype=torch.bool, device=student.device)
-    return F.mse_loss((student @ student.T)[off], (teacher @ teacher.T)[off])
+    return F.mse_loss(_neighbour_cosines(student), _neighbour_cosines(teacher))
 
 
 def ranking_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -69,8 +68,13 @@ def ranking_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temp
     the questions. Only the order and spacing of each question's neighbours count, not the cosines'
     level, so the student keeps its own scale (where the threshold sits) while learning whom the
     teacher ranks first. student: (M, D) and teacher: (M, D') unit vectors, M >= 2."""
-    m = student.shape[0]
-    off = ~torch.eye(m, dtype=torch.bool, device=student.device)
-    s = (student @ student.T)[off].view(m, m - 1) / temperature
-    t = (teacher @ teacher.T)[off].view(m, m - 1) / temperature
+    s = _neighbour_cosines(student) / temperature
+    t = _neighbour_cosines(teacher) / temperature
     return F.kl_div(F.log_softmax(s, dim=1), F.log_softmax(t, dim=1), log_target=True, reduction="batchmean")
+
+
+def _neighbour_cosines(vectors: torch.Tensor) -> torch.Tensor:
+    """(M, M - 1): each row's cosines with the other rows, its own (always 1) left out."""
+    m = vectors.shape[0]
+    off = ~torch.eye(m, dtype=torch.bool, device=vectors.device)
+    return (vectors @ vectors.T)[off].view(m, m - 1)

@@ -293,15 +293,17 @@ class Trainer:
             pa, pb = vectors[start : start + m], vectors[start + m :]
             labels = torch.tensor([y for _, _, y in labelled], device=vectors.device)
             loss = loss + c.pair_weight * pair_logistic_loss((pa * pb).sum(1), labels, self.pair_scale, self.pair_shift)
-        rows = self.distill_row[questions]
-        if self.teacher is not None and c.distill_weight and (rows >= 0).sum() >= 2:  # pairs of taught questions
-            taught = torch.from_numpy(np.flatnonzero(rows >= 0))
-            teacher = self.teacher[torch.from_numpy(rows[rows >= 0])]
-            if c.distill_loss == "kl":
-                distill = ranking_distillation_loss(vectors[taught], teacher, c.distill_temperature)
-            else:
-                distill = similarity_distillation_loss(vectors[taught], teacher)
-            loss = loss + c.distill_weight * distill
+        if self.teacher is not None and c.distill_weight:
+            rows = self.distill_row[questions]
+            taught = np.flatnonzero(rows >= 0)
+            if len(taught) >= 2:  # distillation compares pairs of taught questions
+                student = vectors[torch.from_numpy(taught)]
+                teacher = self.teacher[torch.from_numpy(rows[taught])]
+                if c.distill_loss == "kl":
+                    distill = ranking_distillation_loss(student, teacher, c.distill_temperature)
+                else:
+                    distill = similarity_distillation_loss(student, teacher)
+                loss = loss + c.distill_weight * distill
         return loss
 
     def _topics(self, positives: list[tuple[int, int]], epoch: int) -> list[int]:
