@@ -103,6 +103,13 @@ class TrainConfig:
             "MiniLM encodes 150 to 240 of them a second on 2 cores"
         },
     )
+    ema: float = field(
+        default=0.0,
+        metadata={
+            "help": "keep an exponential moving average of the weights with this decay per step (e.g. 0.998); "
+            "validation, early stopping and the written model use the average; 0: off"
+        },
+    )
     max_steps: int = field(
         default=0, metadata={"help": "stop after this many steps in all (0: no limit); for smoke tests"}
     )

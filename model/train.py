@@ -5,7 +5,8 @@ of the anchors as extra negative columns), encodes them with the one shared netw
 the b x (b + h) similarity matrix with the triplet loss (mean and closest negative) and/or the
 in-batch softmax loss; a second, smaller batch of labelled pairs of both kinds adds a logistic
 pair loss. Early stopping watches validation accuracy and MRR@10; the best epoch is kept, and the
-threshold and calibration are fitted on the validation pairs. Optional, with all-MiniLM-L6-v2 as
+threshold and calibration are fitted on the validation pairs. With ``ema``, an exponential moving
+average of the weights is what validation sees and what is written. Optional, with all-MiniLM-L6-v2 as
 teacher (train extra): token embeddings from its vectors, passes that pull the network's vectors
 towards its own before the pair training, and distillation of its similarities during it.
 """
@@ -95,6 +96,16 @@ def _warmup_then_decay(optimizer: torch.optim.Optimizer, total: int) -> torch.op
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
     )
+
+
+def _ema_update(average: dict[str, torch.Tensor], live: dict[str, torch.Tensor], decay: float) -> None:
+    """One step of the exponential moving average: ``average <- decay * average + (1 - decay) * live``,
+    in place, for every floating-point tensor of a state dict (others are copied)."""
+    for name, value in live.items():
+        if value.is_floating_point():
+            average[name].lerp_(value.detach(), 1.0 - decay)
+        else:
+            average[name].copy_(value)
 
 
 def _minilm_init(network: SiameseEncoder, tokenizer: Any, first_column: int = 0) -> int:
@@ -378,6 +389,9 @@ class Trainer:
         total = steps_per_epoch * c.epochs if not c.max_steps else min(c.max_steps, steps_per_epoch * c.epochs)
         scheduler = _warmup_then_decay(optimizer, total)
         best_score, best_state, best_metrics, best_epoch, stale, step = -math.inf, None, {}, 0, 0, 0
+        # The moving average starts from the weights that pair training starts from; it never feeds
+        # back into training, so the live weights follow the same path with or without it.
+        average = {k: v.detach().clone() for k, v in self.network.state_dict().items()} if c.ema else None
         for epoch in range(1, c.epochs + 1):
             positives = self.graph.group_positives(c.max_group_pairs, rng)
             # The first epoch's network knows too little to tell topics apart.
@@ -395,24 +409,41 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step()
                 scheduler.step()
+                if average is not None:
+                    _ema_update(average, self.network.state_dict(), c.ema)
                 step += 1
                 bar.set_postfix(loss=f"{loss.item():.3f}")
                 if c.max_steps and step >= c.max_steps:
                     break
+            live = None
+            if average is not None:
+                live_metrics = validation_metrics(self.encode, self.valid_pairs)
+                logger.info(
+                    "epoch %d: live weights: valid accuracy %.4f, mrr@10 %.4f",
+                    epoch,
+                    live_metrics["accuracy"],
+                    live_metrics["mrr@10"],
+                )
+                live = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
+                self.network.load_state_dict(average)
             metrics = validation_metrics(self.encode, self.valid_pairs)
             score = metrics["accuracy"] + metrics["mrr@10"]
             logger.info(
-                "epoch %d: valid accuracy %.4f, auc %.4f, mrr@10 %.4f (tau %.3f)",
+                "epoch %d: valid accuracy %.4f, auc %.4f, mrr@10 %.4f (tau %.3f)%s",
                 epoch,
                 metrics["accuracy"],
                 metrics["roc_auc"],
                 metrics["mrr@10"],
                 metrics["threshold"],
+                " (averaged weights)" if live is not None else "",
             )
-            if score > best_score:
+            improved = score > best_score
+            if improved:
                 best_score, best_epoch, best_metrics, stale = score, epoch, metrics, 0
                 best_state = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
-            else:
+            if live is not None:
+                self.network.load_state_dict(live)  # training goes on from the live weights
+            if not improved:
                 stale += 1
                 if stale >= c.patience:
                     logger.info("early stop: no gain for %d epochs", stale)

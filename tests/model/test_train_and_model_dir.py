@@ -13,7 +13,7 @@ from app.cli import build_parser, main
 from app.store import QuestionStore
 from model.config import EncoderConfig, TrainConfig
 from model.model_dir import ModelDirError, load_encoder, save_model_dir
-from model.tokenizer import load_tokenizer
+from model.tokenizer import load_tokenizer, train_tokenizer
 
 from ..conftest import CORPUS
 
@@ -361,3 +361,61 @@ def test_each_step_distils_the_taught_questions_with_the_chosen_loss(
     assert len(calls) == 2 and {name for name, _ in calls} == {wanted}
     # Each step's anchors and positives all have a known duplicate, so at least those are taught.
     assert all(rows >= 6 for _, rows in calls)
+
+
+def test_the_moving_average_of_the_weights_by_hand() -> None:
+    from model.train import _ema_update
+
+    average = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor([7])}
+    _ema_update(average, {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor([9])}, 0.75)
+    assert torch.equal(average["w"], torch.tensor([1.5, 3.0]))  # 0.75 * 1 + 0.25 * 3, 0.75 * 2 + 0.25 * 6
+    assert torch.equal(average["n"], torch.tensor([9]))  # not averaged: copied
+
+
+def test_the_averaged_weights_are_kept_and_the_live_ones_train_as_without_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import model.train
+    from model.data import load_pairs
+
+    # Each validation scores higher than the one before, so the last epoch's weights are kept.
+    calls = iter(range(1000))
+    monkeypatch.setattr(
+        model.train,
+        "validation_metrics",
+        lambda *_: {"accuracy": next(calls) / 1000, "roc_auc": 0.5, "mrr@10": 0.0, "threshold": 0.5},
+    )
+
+    pairs, _ = load_pairs(_pair_file(tmp_path / "pairs.tsv"))
+    small = {"embed_dim": 8, "hidden_dim": 8, "out_dim": 16}
+    # One tokenizer for both runs: a retrained one may break ties between merges otherwise.
+    tokenizer = train_tokenizer([text for pair in pairs for text in (pair.question1, pair.question2)], vocab_size=200)
+
+    def run(ema: float) -> tuple[model.train.Trainer, list[dict[str, torch.Tensor]]]:
+        torch.set_num_threads(1)
+        config = TrainConfig(ema=ema, vocab_size=200, max_steps=3, epochs=3, batch_size=2)
+        trainer = model.train.Trainer(pairs, pairs, config, small, tokenizer)
+        states = [{k: v.clone() for k, v in trainer.network.state_dict().items()}]
+        real = model.train._ema_update
+
+        def recording(average, live, decay):
+            states.append({k: v.clone() for k, v in live.items()})
+            real(average, live, decay)
+
+        model.train._ema_update = recording
+        try:
+            trainer.fit()
+        finally:
+            model.train._ema_update = real
+        return trainer, states
+
+    averaged, states = run(0.5)
+    assert len(states) == 4  # the start, then after each of the 3 steps (over two epochs)
+    expected = states[0]
+    for live in states[1:]:
+        expected = {k: 0.5 * expected[k] + 0.5 * live[k] for k in expected}
+    kept = averaged.network.state_dict()
+    assert all(torch.allclose(kept[k], expected[k], atol=1e-6) for k in kept)
+    assert not torch.allclose(kept["proj.weight"], states[-1]["proj.weight"])
+    plain, _ = run(0.0)
+    assert all(torch.equal(plain.network.state_dict()[k], states[-1][k]) for k in kept)
