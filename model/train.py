@@ -477,6 +477,8 @@ def train(
     """Train on ``train_files``, validate on ``valid_file``, write the model directory ``out``.
     With ``tokenizer_file``, reuse that tokenizer instead of training one."""
     _device(config.device)  # a device that is not there is refused before the data is read
+    if not 0.0 <= config.ema < 1.0:
+        raise ValueError(f"--ema {config.ema}: the decay must be at least 0 (off) and below 1")
     if config.threads:
         torch.set_num_threads(config.threads)
     started = time.time()

@@ -390,23 +390,20 @@ def test_the_averaged_weights_are_kept_and_the_live_ones_train_as_without_them(
     small = {"embed_dim": 8, "hidden_dim": 8, "out_dim": 16}
     # One tokenizer for both runs: a retrained one may break ties between merges otherwise.
     tokenizer = train_tokenizer([text for pair in pairs for text in (pair.question1, pair.question2)], vocab_size=200)
+    real = model.train._ema_update
 
     def run(ema: float) -> tuple[model.train.Trainer, list[dict[str, torch.Tensor]]]:
         torch.set_num_threads(1)
         config = TrainConfig(ema=ema, vocab_size=200, max_steps=3, epochs=3, batch_size=2)
         trainer = model.train.Trainer(pairs, pairs, config, small, tokenizer)
         states = [{k: v.clone() for k, v in trainer.network.state_dict().items()}]
-        real = model.train._ema_update
 
         def recording(average, live, decay):
             states.append({k: v.clone() for k, v in live.items()})
             real(average, live, decay)
 
-        model.train._ema_update = recording
-        try:
-            trainer.fit()
-        finally:
-            model.train._ema_update = real
+        monkeypatch.setattr(model.train, "_ema_update", recording)
+        trainer.fit()
         return trainer, states
 
     averaged, states = run(0.5)
@@ -419,3 +416,12 @@ def test_the_averaged_weights_are_kept_and_the_live_ones_train_as_without_them(
     assert not torch.allclose(kept["proj.weight"], states[-1]["proj.weight"])
     plain, _ = run(0.0)
     assert all(torch.equal(plain.network.state_dict()[k], states[-1][k]) for k in kept)
+
+
+def test_a_moving_average_decay_outside_0_to_1_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pairs = _pair_file(tmp_path / "pairs.tsv")
+    assert main(_train_argv(pairs, tmp_path / "model", "--ema", "1.0")) == 1
+    assert "dupq train: error: --ema 1.0: the decay must be" in capsys.readouterr().err
+    assert not (tmp_path / "model").exists()
