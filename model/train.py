@@ -108,6 +108,11 @@ def _ema_update(average: dict[str, torch.Tensor], live: dict[str, torch.Tensor],
             average[name].copy_(value)
 
 
+def _snapshot(network: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of ``network``'s weights that later steps leave alone."""
+    return {k: v.detach().clone() for k, v in network.state_dict().items()}
+
+
 def _minilm_init(network: SiameseEncoder, tokenizer: Any, first_column: int = 0) -> int:
     """Fill the token embedding's columns from ``first_column`` on with all-MiniLM-L6-v2's
     sentence vector of each token's text alone (a word piece without its ``##``), centred and
@@ -391,7 +396,7 @@ class Trainer:
         best_score, best_state, best_metrics, best_epoch, stale, step = -math.inf, None, {}, 0, 0, 0
         # The moving average starts from the weights that pair training starts from; it never feeds
         # back into training, so the live weights follow the same path with or without it.
-        average = {k: v.detach().clone() for k, v in self.network.state_dict().items()} if c.ema else None
+        average = _snapshot(self.network) if c.ema else None
         for epoch in range(1, c.epochs + 1):
             positives = self.graph.group_positives(c.max_group_pairs, rng)
             # The first epoch's network knows too little to tell topics apart.
@@ -424,7 +429,7 @@ class Trainer:
                     live_metrics["accuracy"],
                     live_metrics["mrr@10"],
                 )
-                live = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
+                live = _snapshot(self.network)
                 self.network.load_state_dict(average)
             metrics = validation_metrics(self.encode, self.valid_pairs)
             score = metrics["accuracy"] + metrics["mrr@10"]
@@ -440,7 +445,7 @@ class Trainer:
             improved = score > best_score
             if improved:
                 best_score, best_epoch, best_metrics, stale = score, epoch, metrics, 0
-                best_state = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
+                best_state = _snapshot(self.network)
             if live is not None:
                 self.network.load_state_dict(live)  # training goes on from the live weights
             if not improved:
