@@ -74,6 +74,13 @@ class TrainConfig:
         default="",
         metadata={"help": ".npy file for the teacher's vectors of the training questions (reused if it matches)"},
     )
+    teacher_dtype: Literal["float32", "bfloat16"] = field(
+        default="float32",
+        metadata={
+            "help": "precision MiniLM encodes the training questions in: bfloat16 (torch autocast) is about 3 times "
+            "as fast on a CPU with bfloat16 instructions (AVX-512 BF16), its cosines within 1e-4 of float32's"
+        },
+    )
     distill_all: bool = field(
         default=False, metadata={"help": "teach every training question, not only those with a known duplicate"}
     )
@@ -100,7 +107,7 @@ class TrainConfig:
         metadata={
             "help": "how many training questions pretraining teaches (0: all): every one the distillation teaches "
             "(with a known duplicate unless --distill-all), then others drawn at random (--seed) up to this many; "
-            "MiniLM encodes 150 to 240 of them a second on 2 cores"
+            "MiniLM encodes 150 to 270 of them a second on 2 cores (about 900 with --teacher-dtype bfloat16)"
         },
     )
     ema: float = field(

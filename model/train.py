@@ -266,7 +266,8 @@ class Trainer:
         digest of the texts, so a rerun on the same data skips the slow teacher."""
         from model.evaluate import minilm_encoder
 
-        digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
+        dtype = self.config.teacher_dtype
+        digest = hashlib.sha256("\n".join([dtype, *texts]).encode()).hexdigest()[:16]
         cache = Path(self.config.teacher_cache) if self.config.teacher_cache else None
         if (
             cache
@@ -277,8 +278,8 @@ class Trainer:
             logger.info("teacher vectors from %s", cache)
             return np.load(cache)
         started = time.time()
-        logger.info("encoding %d training questions with all-MiniLM-L6-v2 (the teacher)", len(texts))
-        vectors = minilm_encoder()(texts)
+        logger.info("encoding %d training questions with all-MiniLM-L6-v2 (the teacher, %s)", len(texts), dtype)
+        vectors = minilm_encoder(dtype)(texts)
         logger.info("teacher vectors in %.0f s", time.time() - started)
         if cache:
             cache.parent.mkdir(parents=True, exist_ok=True)

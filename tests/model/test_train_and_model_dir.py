@@ -219,12 +219,15 @@ def test_training_on_a_gpu_writes_a_directory_that_serves_on_the_cpu(
     assert config["training"]["config"]["device"] == "cuda"
 
 
-def _stand_in_minilm(seen: list[str], dim: int) -> object:
+def _stand_in_minilm(seen: list[str], dim: int, dtypes: list[str] | None = None) -> object:
     """A stand-in for ``model.evaluate.minilm_encoder``: a fixed unit vector per text (a word
     piece and the same letters as a word get the same one), each text it encodes noted in
-    ``seen``."""
+    ``seen``, and the precision each encoder was asked for in ``dtypes``."""
 
-    def minilm_encoder() -> object:
+    def minilm_encoder(dtype: str = "float32") -> object:
+        if dtypes is not None:
+            dtypes.append(dtype)
+
         def encode(texts: list[str]) -> np.ndarray:
             seen.extend(texts)
             v = np.stack([np.random.default_rng(sum(map(ord, t)) * 7919 + len(t)).normal(size=dim) for t in texts])
@@ -320,6 +323,43 @@ def test_pretraining_on_fewer_questions_teaches_the_distilled_ones_then_a_draw_o
     trainer.token_ids = Recording(trainer.token_ids)
     losses = trainer.pretrain(batch_size=3)
     assert len(losses) == 1 and sorted(asked) == sorted(held)
+
+
+def test_the_teacher_runs_in_the_precision_asked_and_its_cache_is_kept_apart_by_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import model.evaluate
+    from model.data import load_pairs
+    from model.train import Trainer
+
+    taught: list[str] = []
+    dtypes: list[str] = []
+    monkeypatch.setattr(model.evaluate, "minilm_encoder", _stand_in_minilm(taught, 24, dtypes))
+    torch.set_num_threads(1)
+    pairs, _ = load_pairs(_pair_file(tmp_path / "pairs.tsv"))
+    cache = tmp_path / "teacher.npy"
+
+    def teacher(dtype: Literal["float32", "bfloat16"]) -> torch.Tensor:
+        config = TrainConfig(distill_weight=1.0, teacher_dtype=dtype, teacher_cache=str(cache), vocab_size=200)
+        trainer = Trainer(pairs, pairs, config, {"embed_dim": 8, "hidden_dim": 8, "out_dim": 16})
+        assert trainer.teacher is not None
+        return trainer.teacher
+
+    first = teacher("float32")
+    assert dtypes == ["float32"] and len(taught) == 8  # the questions with a known duplicate
+    # Vectors cached in one precision are not taken for the other: the teacher runs again.
+    teacher("bfloat16")
+    assert dtypes == ["float32", "bfloat16"] and len(taught) == 16
+    teacher("bfloat16")  # now cached in bfloat16
+    assert dtypes == ["float32", "bfloat16"] and len(taught) == 16
+    assert torch.equal(teacher("float32"), first) and len(taught) == 24  # re-encoded, as the cache holds bfloat16's
+
+
+def test_minilm_refuses_a_precision_it_does_not_run_in() -> None:
+    from model.evaluate import minilm_encoder
+
+    with pytest.raises(ValueError, match="float32 or bfloat16, not 'float16'"):
+        minilm_encoder("float16")
 
 
 def test_minilm_columns_after_glove_need_a_wider_embedding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
