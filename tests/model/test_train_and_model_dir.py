@@ -465,3 +465,58 @@ def test_a_moving_average_decay_outside_0_to_1_is_refused_in_one_line(
     assert main(_train_argv(pairs, tmp_path / "model", "--ema", "1.0")) == 1
     assert "dupq train: error: --ema 1.0: the decay must be" in capsys.readouterr().err
     assert not (tmp_path / "model").exists()
+
+
+def test_a_soup_averages_members_trained_from_the_same_start_and_keeps_one_only_if_it_helps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import model.train
+    from model.data import load_pairs
+
+    pairs, _ = load_pairs(_pair_file(tmp_path / "pairs.tsv"))
+    small = {"embed_dim": 8, "hidden_dim": 8, "out_dim": 16}
+    tokenizer = train_tokenizer([text for pair in pairs for text in (pair.question1, pair.question2)], vocab_size=200)
+    real = model.train.Trainer._train_pairs
+
+    def run(
+        scores: list[float], averages: list[float]
+    ) -> tuple[model.train.Trainer, list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]:
+        """A soup of three members that score ``scores`` on validation, its averages ``averages``."""
+        torch.set_num_threads(1)
+        config = TrainConfig(soup=3, vocab_size=200, max_steps=2, batch_size=2)
+        trainer = model.train.Trainer(pairs, pairs, config, small, tokenizer)
+        starts: list[dict[str, torch.Tensor]] = []
+        ends: list[dict[str, torch.Tensor]] = []
+        member_scores, average_scores = iter(scores), iter(averages)
+
+        def recording(self, rng):  # type: ignore[no-untyped-def]
+            starts.append({k: v.clone() for k, v in self.network.state_dict().items()})
+            _, state, metrics, epoch = real(self, rng)
+            ends.append(state)
+            score = next(member_scores)
+            return score, state, {**metrics, "accuracy": score, "mrr@10": 0.0}, epoch
+
+        def validation(encode, pairs):  # type: ignore[no-untyped-def]
+            # Inside a member's training (its epochs), any figures do; the soup's come from `averages`.
+            inside = len(ends) < len(starts)
+            score = 0.5 if inside else next(average_scores)
+            return {"accuracy": score, "roc_auc": 0.5, "mrr@10": 0.0, "threshold": 0.5}
+
+        monkeypatch.setattr(model.train.Trainer, "_train_pairs", recording)
+        monkeypatch.setattr(model.train, "validation_metrics", validation)
+        trainer.fit()
+        return trainer, starts, ends
+
+    # Members score 0.5, 0.7, 0.6: the soup starts from the second, takes the third (0.8 > 0.7),
+    # and leaves out the first (0.75 < 0.8).
+    trainer, starts, ends = run([0.5, 0.7, 0.6], [0.8, 0.75])
+    assert len(starts) == 3 and all(torch.equal(starts[0][k], s[k]) for s in starts[1:] for k in s)
+    assert not torch.equal(ends[0]["proj.weight"], ends[1]["proj.weight"])  # own seeds, own weights
+    kept = trainer.network.state_dict()
+    assert all(torch.allclose(kept[k], (ends[1][k] + ends[2][k]) / 2) for k in kept)
+    assert [m["kept"] for m in trainer.soup_members] == [False, True, True]
+    assert [m["seed"] for m in trainer.soup_members] == [0, 1, 2]
+    # A soup no better than its best member is that member alone.
+    trainer, _, ends = run([0.5, 0.7, 0.6], [0.65, 0.6])
+    assert all(torch.equal(trainer.network.state_dict()[k], ends[1][k]) for k in ends[1])
+    assert [m["kept"] for m in trainer.soup_members] == [False, True, False]
