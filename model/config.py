@@ -117,13 +117,6 @@ class TrainConfig:
             "validation, early stopping and the written model use the average; 0: off"
         },
     )
-    soup: int = field(
-        default=1,
-        metadata={
-            "help": "pair trainings from the same (pretrained) weights, each with its own seed, averaged as a "
-            "greedy model soup: a member stays in the average only if it raises validation accuracy + MRR@10"
-        },
-    )
     max_steps: int = field(
         default=0, metadata={"help": "stop after this many steps in all (0: no limit); for smoke tests"}
     )

@@ -48,8 +48,6 @@ from model.tokenizer import load_tokenizer, token_ids, train_tokenizer
 logger = logging.getLogger(__name__)
 
 GLOVE_DIM = 50  # width of the GloVe 6B vectors of the train extra
-# Where the logistic pair loss's own scale and shift start (cosines near tau, about 0.7, are unsure).
-PAIR_SCALE_START, PAIR_SHIFT_START = 10.0, 0.7
 
 
 def _seed_everything(seed: int) -> None:
@@ -108,14 +106,6 @@ def _ema_update(average: dict[str, torch.Tensor], live: dict[str, torch.Tensor],
             average[name].lerp_(value.detach(), 1.0 - decay)
         else:
             average[name].copy_(value)
-
-
-def _average(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """The mean of ``states`` (float tensors; any other kind is copied from the first)."""
-    return {
-        k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v.clone()
-        for k, v in states[0].items()
-    }
 
 
 def _snapshot(network: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -232,8 +222,8 @@ class Trainer:
         self.network.to(self.device)
         self.token_ids = token_ids(self.tokenizer, self.graph.texts, self.network.config.max_tokens)
         # The logistic pair loss learns its own scale and shift; they are not part of the model.
-        self.pair_scale = torch.nn.Parameter(torch.tensor(PAIR_SCALE_START, device=self.device))
-        self.pair_shift = torch.nn.Parameter(torch.tensor(PAIR_SHIFT_START, device=self.device))
+        self.pair_scale = torch.nn.Parameter(torch.tensor(10.0, device=self.device))
+        self.pair_shift = torch.nn.Parameter(torch.tensor(0.7, device=self.device))
         self.labelled = [(a, b, 1) for a, b in self.graph.positives] + [(a, b, 0) for a, b in self.graph.negatives]
         # The teacher is slow (about 150 questions/s on 2 cores), so by default only questions
         # that have a duplicate get its vectors: they fill the rows and columns of every duplicate
@@ -395,71 +385,10 @@ class Trainer:
         return losses
 
     def fit(self) -> tuple[dict[str, float], int]:
-        """Pretraining (with ``pretrain_epochs``), then pair training; the network is left with
-        the kept weights. Returns their validation figures and the epoch they come from.
-
-        With ``soup`` N > 1, N pair trainings start from the same weights (the pretrained ones),
-        each with its own seed for batches and dropout, and their kept weights are averaged as a
-        greedy model soup (Wortsman et al., 2022, "Model soups"): members in order of validation
-        score, each kept in the average only if it raises the average's score. The network stays
-        as fast as one; ``soup_members`` says what each member scored and whether it was kept."""
         c = self.config
         if c.pretrain_epochs:
             self.pretrain()
-        start = _snapshot(self.network) if c.soup > 1 else None
-        members: list[dict[str, Any]] = []
-        for member in range(max(1, c.soup)):
-            if member:
-                assert start is not None
-                self.network.load_state_dict(start)
-                _seed_everything(c.seed + member)
-                with torch.no_grad():
-                    self.pair_scale.fill_(PAIR_SCALE_START)
-                    self.pair_shift.fill_(PAIR_SHIFT_START)
-            score, state, metrics, epoch = self._train_pairs(random.Random(c.seed + member))
-            members.append(
-                {"seed": c.seed + member, "score": score, "state": state, "metrics": metrics, "epoch": epoch}
-            )
-            if c.soup > 1:
-                logger.info(
-                    "soup member %d: valid accuracy %.4f, mrr@10 %.4f (epoch %d)",
-                    member + 1,
-                    metrics["accuracy"],
-                    metrics["mrr@10"],
-                    epoch,
-                )
-        members.sort(key=lambda m: -m["score"])
-        best = members[0]
-        kept = [best["state"]]
-        best["kept"] = True
-        for candidate in members[1:]:
-            averaged = _average([*kept, candidate["state"]])
-            self.network.load_state_dict(averaged)
-            metrics = validation_metrics(self.encode, self.valid_pairs)
-            score = metrics["accuracy"] + metrics["mrr@10"]
-            candidate["kept"] = score > best["score"]
-            logger.info(
-                "soup of %d: valid accuracy %.4f, mrr@10 %.4f: %s",
-                len(kept) + 1,
-                metrics["accuracy"],
-                metrics["mrr@10"],
-                "kept" if candidate["kept"] else "not better, left out",
-            )
-            if candidate["kept"]:
-                kept.append(candidate["state"])
-                best = {**best, "score": score, "state": averaged, "metrics": metrics}
-        self.network.load_state_dict(best["state"])
-        self.soup_members = [
-            {"seed": m["seed"], "best_epoch": m["epoch"], "kept": m["kept"]}
-            | {k: round(m["metrics"][k], 5) for k in ("accuracy", "mrr@10")}
-            for m in sorted(members, key=lambda m: m["seed"])
-        ]
-        return best["metrics"], best["epoch"]
-
-    def _train_pairs(self, rng: random.Random) -> tuple[float, dict[str, torch.Tensor], dict[str, float], int]:
-        """One pair training from the network's current weights, with early stopping on
-        validation accuracy + MRR@10. Returns the best epoch's score, weights, figures and number."""
-        c = self.config
+        rng = random.Random(c.seed)
         params = [*self.network.parameters(), self.pair_scale, self.pair_shift]
         optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
         steps_per_epoch = max(1, len(self.graph.group_positives(c.max_group_pairs, random.Random(0))) // c.batch_size)
@@ -528,7 +457,8 @@ class Trainer:
             if c.max_steps and step >= c.max_steps:
                 break
         assert best_state is not None
-        return best_score, best_state, best_metrics, best_epoch
+        self.network.load_state_dict(best_state)
+        return best_metrics, best_epoch
 
 
 def _describe(report: LoadReport) -> dict[str, Any]:
@@ -580,7 +510,6 @@ def train(
             "train_files": [_describe(r) for r in reports],
             "valid_file": _describe(valid_report),
             "best_epoch": epoch,
-            **({"soup": trainer.soup_members} if config.soup > 1 else {}),
             "duration_s": round(time.time() - started, 1),
             "torch": torch.__version__,
             "tokenizer": f"reused {tokenizer_file}" if tokenizer_file else "trained on the training questions",
