@@ -108,7 +108,7 @@ class TrainConfig:
         metadata={
             "help": "how many training questions pretraining teaches (0: all): every one the distillation teaches "
             "(with a known duplicate unless --distill-all), then others drawn at random (--seed) up to this many; "
-            "MiniLM encodes 150 to 270 of them a second on 2 cores (about 900 with --teacher-dtype bfloat16)"
+            "MiniLM encodes 150 to 270 of them a second on 2 cores (700 to 950 with --teacher-dtype bfloat16)"
         },
     )
     ema: float = field(
