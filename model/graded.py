@@ -26,7 +26,7 @@ from typing import Literal
 import numpy as np
 
 from model.data import LoadReport, open_text
-from model.metrics import pearson, spearman
+from model.metrics import pair_dots, pearson, spearman
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +109,6 @@ def graded_metrics(encode: Callable[[list[str]], np.ndarray], pairs: list[Graded
     vectors = encode(list(index))
     first = np.array([index[p.sentence1] for p in pairs])
     second = np.array([index[p.sentence2] for p in pairs])
-    similarities = (vectors[first] * vectors[second]).sum(1)
+    similarities = pair_dots(vectors, first, second)
     scores = np.array([p.score for p in pairs])
     return {"pairs": len(pairs), "spearman": spearman(similarities, scores), "pearson": pearson(similarities, scores)}

@@ -41,7 +41,7 @@ from model.losses import (
     softmax_contrastive_loss,
     triplet_loss,
 )
-from model.metrics import best_threshold, classification, fit_logistic, retrieval, roc_auc
+from model.metrics import best_threshold, classification, fit_logistic, pair_dots, retrieval, roc_auc
 from model.model_dir import QuestionEncoder, save_model_dir, sha256_file
 from model.tokenizer import load_tokenizer, token_ids, train_tokenizer
 
@@ -141,7 +141,7 @@ class ScoredPairs:
     """The similarities of labelled pairs, and the vectors of their distinct questions."""
 
     texts: list[str]  # (Q,) each distinct question as first spelled, the text that was encoded
-    vectors: np.ndarray  # (Q, D), one row per distinct question
+    vectors: Any  # (Q, D), one row per distinct question: numpy, or scipy sparse for TF-IDF
     first: np.ndarray  # (P,) row of each pair's question1
     second: np.ndarray  # (P,) row of each pair's question2
     labels: np.ndarray  # (P,)
@@ -166,7 +166,7 @@ def score_pairs(encode: Any, pairs: Sequence[Pair]) -> ScoredPairs:
     vectors = encode(texts)
     first = np.array([keys[question_key(p.question1)] for p in pairs])
     second = np.array([keys[question_key(p.question2)] for p in pairs])
-    sims = (vectors[first] * vectors[second]).sum(1)
+    sims = pair_dots(vectors, first, second)
     return ScoredPairs(texts, vectors, first, second, np.array([p.label for p in pairs]), sims)
 
 
@@ -186,7 +186,7 @@ def validation_metrics(encode: Any, pairs: Sequence[Pair], threshold: float | No
         "threshold": tau,
         **retrieval(scored.vectors, queries, targets),
         "pairs": float(len(pairs)),
-        "questions": float(len(scored.vectors)),
+        "questions": float(scored.vectors.shape[0]),
     }
 
 

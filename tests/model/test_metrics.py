@@ -53,3 +53,38 @@ def test_retrieval_with_other_scores() -> None:
     # at rank 1 too (itself excluded, and 0 ties with rows 1 and 3 at 0, a tie in the target's favour).
     other = retrieval(vectors, queries, targets, scores_of=lambda q: np.tile([0.0, 0.0, 1.0, 0.0], (len(q), 1)))
     assert other == {"r@1": 1.0, "r@10": 1.0, "mrr@10": 1.0}
+
+
+def test_sparse_rows_give_the_figures_of_dense_ones() -> None:
+    sparse = pytest.importorskip("scipy.sparse")
+    from model.metrics import pair_dots
+
+    vectors = np.eye(4, dtype=np.float32)
+    vectors[1] = [0.8, 0.6, 0, 0]
+    vectors[2] = [0.6, 0, 0.8, 0]
+    rows = sparse.csr_matrix(vectors)
+    queries, targets = np.array([0, 2]), np.array([2, 0])
+    assert retrieval(rows, queries, targets) == retrieval(vectors, queries, targets)
+    dots = pair_dots(rows, np.array([0, 0, 1]), np.array([1, 2, 3]))
+    assert dots.shape == (3,) and dots == pytest.approx([0.8, 0.6, 0.0])
+    assert pair_dots(vectors, np.array([0, 0, 1]), np.array([1, 2, 3])) == pytest.approx(dots)
+
+
+def test_tfidf_keeps_its_rows_sparse_and_scores_as_if_dense() -> None:
+    pytest.importorskip("sklearn")
+    from model.data import Pair
+    from model.evaluate import tfidf_encoder
+    from model.train import validation_metrics
+
+    pairs = [
+        Pair("how old are you", "what is your age", 1),
+        Pair("how do i learn python", "how can i learn python fast", 1),
+        Pair("how do i learn python", "how do i learn java", 0),
+        Pair("where are you from", "where are you going", 0),
+    ]
+    encode = tfidf_encoder([q for p in pairs for q in (p.question1, p.question2)])
+    rows = encode(["how do i learn python", "what is your age"])
+    assert hasattr(rows, "toarray") and rows.shape[0] == 2
+    figures = validation_metrics(encode, pairs)
+    assert figures == pytest.approx(validation_metrics(lambda texts: encode(texts).toarray(), pairs))
+    assert figures["questions"] == 7
