@@ -103,6 +103,15 @@ class TrainConfig:
             "(train extra); 0: none"
         },
     )
+    pretrain_head: Literal["linear", "projection"] = field(
+        default="linear",
+        metadata={
+            "help": "how pretraining compares the network's vector with MiniLM's: linear, through a learned linear "
+            "head (discarded afterwards); projection, with no head, against MiniLM's vector projected onto the "
+            "network's width (the top singular directions of the taught questions' vectors), so the network's own "
+            "cosines are pulled towards MiniLM's"
+        },
+    )
     pretrain_questions: int = field(
         default=0,
         metadata={

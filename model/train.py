@@ -347,18 +347,25 @@ class Trainer:
 
     def pretrain(self, batch_size: int = 256) -> list[float]:
         """``pretrain_epochs`` passes over the taught training questions (all of them, or
-        ``pretrain_questions`` of them) that pull the network's vector,
-        through a linear head discarded afterwards, towards the teacher's (cosine loss), as
+        ``pretrain_questions`` of them) that pull the network's vector, through a linear head
+        discarded afterwards or (``pretrain_head="projection"``) with none, towards the
+        teacher's (cosine loss), as
         Reimers & Gurevych (2020) distil a sentence encoder by matching vectors: each taught
         question passes on what MiniLM knows of it before the pairs shape the space.
         Returns each pass's mean loss."""
         c = self.config
         assert self.teacher is not None
         rng = np.random.default_rng(c.seed)
-        head = torch.nn.Linear(self.network.dim, self.teacher.shape[1], bias=False).to(self.device)
+        rows = np.flatnonzero(self.teacher_row >= 0)
+        targets = self.teacher
+        head: torch.nn.Module
+        if c.pretrain_head == "projection":
+            head = torch.nn.Identity()
+            targets = self._projected_teacher()
+        else:
+            head = torch.nn.Linear(self.network.dim, self.teacher.shape[1], bias=False).to(self.device)
         params = [*self.network.parameters(), *head.parameters()]
         optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
-        rows = np.flatnonzero(self.teacher_row >= 0)
         steps = (len(rows) + batch_size - 1) // batch_size
         if c.max_steps:
             steps = min(steps, c.max_steps)
@@ -373,7 +380,7 @@ class Trainer:
             for i in bar:
                 questions = order[i * batch_size : (i + 1) * batch_size]
                 vectors = forward_by_length(self.network, [self.token_ids[q] for q in questions])
-                teacher = self.teacher[torch.from_numpy(self.teacher_row[questions])]
+                teacher = targets[torch.from_numpy(self.teacher_row[questions])]
                 loss = 1 - F.cosine_similarity(head(vectors), teacher).mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -385,6 +392,25 @@ class Trainer:
             logger.info("pretrain epoch %d: mean cosine loss %.4f", epoch, mean)
             losses.append(mean)
         return losses
+
+    def _projected_teacher(self) -> torch.Tensor:
+        """The teacher's vectors projected onto the network's width, onto their own top right
+        singular vectors (not centred, so the cosine of two projections stays close to the cosine
+        of the vectors), for pretraining with no head."""
+        assert self.teacher is not None
+        dim, width = self.network.dim, self.teacher.shape[1]
+        if dim > width:
+            raise ValueError(
+                f"--pretrain-head projection needs the network's width ({dim}) at most the teacher's ({width})"
+            )
+        # The eigenvectors of T^T T are T's right singular vectors, all `width` of them however few
+        # the rows; eigh sorts them by ascending eigenvalue.
+        teacher = self.teacher.double()
+        energy, basis = torch.linalg.eigh(teacher.T @ teacher)
+        top = basis[:, -dim:]
+        kept = float(energy[-dim:].sum() / energy.sum())
+        logger.info("teacher projected onto %d of %d directions (%.1f %% of its energy)", dim, width, 100 * kept)
+        return (teacher @ top).float()
 
     def fit(self) -> tuple[dict[str, float], int]:
         c = self.config

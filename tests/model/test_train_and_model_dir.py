@@ -291,6 +291,46 @@ def test_pretraining_pulls_every_questions_vector_towards_the_teacher(
     assert not np.allclose(trainer.encode(trainer.graph.texts), before)
 
 
+def test_pretraining_with_no_head_pulls_the_networks_own_vectors_towards_the_projected_teacher(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import model.evaluate
+    from model.data import load_pairs
+    from model.train import Trainer
+
+    monkeypatch.setattr(model.evaluate, "minilm_encoder", _stand_in_minilm([], 24))
+    torch.set_num_threads(1)
+    pairs, _ = load_pairs(_pair_file(tmp_path / "pairs.tsv"))
+    config = TrainConfig(pretrain_epochs=8, pretrain_head="projection", lr=0.01, vocab_size=200)
+    trainer = Trainer(pairs, pairs, config, {"embed_dim": 8, "hidden_dim": 8, "out_dim": 16})
+    assert trainer.teacher is not None
+    # Teacher vectors that lie in 16 of their 24 dimensions keep every cosine when projected.
+    teacher = trainer.teacher.clone()
+    flat = torch.nn.functional.normalize(torch.cat([teacher[:, :16], torch.zeros(len(teacher), 8)], 1), dim=1)
+    trainer.teacher = flat @ torch.linalg.qr(torch.randn(24, 24, generator=torch.Generator().manual_seed(0)))[0]
+    projected = trainer._projected_teacher()
+    assert projected.shape == (len(teacher), 16)
+    cosines = torch.nn.functional.normalize(projected, dim=1) @ torch.nn.functional.normalize(projected, dim=1).T
+    assert torch.allclose(cosines, trainer.teacher @ trainer.teacher.T, atol=1e-5)
+
+    trainer.teacher = teacher
+    target = torch.nn.functional.normalize(trainer._projected_teacher(), dim=1).numpy()
+    rows = trainer.teacher_row[np.arange(len(trainer.graph.texts))]
+
+    def gap() -> float:  # how far the network's cosines lie from the projected teacher's
+        v = trainer.encode(trainer.graph.texts)
+        return float(np.abs(v @ v.T - target[rows] @ target[rows].T).mean())
+
+    before = gap()
+    losses = trainer.pretrain(batch_size=4)
+    assert losses[-1] < losses[0] - 0.05
+    assert gap() < before
+
+    wide = Trainer(pairs, pairs, config, {"embed_dim": 8, "hidden_dim": 8, "out_dim": 32})
+    with pytest.raises(ValueError, match=r"network's width \(32\) at most the teacher's \(24\)"):
+        wide.pretrain(batch_size=4)
+
+
 @pytest.mark.parametrize("wanted", [8, 10])
 def test_pretraining_on_fewer_questions_teaches_the_distilled_ones_then_a_draw_of_the_others(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wanted: int
