@@ -99,7 +99,7 @@ class TrainConfig:
         default=0,
         metadata={
             "help": "epochs over the training questions (see --pretrain-questions), before the pair training, "
-            "that pull the network's vectors (through a linear head, then discarded) towards all-MiniLM-L6-v2's "
+            "that pull the network's vectors (see --pretrain-head) towards all-MiniLM-L6-v2's "
             "(train extra); 0: none"
         },
     )
