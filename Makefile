@@ -45,7 +45,7 @@ test: lint
 # trains a new one.
 TOKENIZER ?= $(wildcard $(MODEL)/tokenizer.json)
 
-## train: reproduce the shipped model from $(DATA) (about 18 minutes on this 2-core machine), then evaluate it
+## train: reproduce the shipped model from $(DATA) (about 22 minutes on this 2-core machine), then evaluate it (2 more)
 # MiniLM (the train extra), in bfloat16, teaches all 160,034 training questions: pretraining on its
 # vectors (projected onto the network's width, no head), then distillation alongside the pair losses
 # (README, "The model").
