@@ -27,7 +27,8 @@ from model.train import score_pairs, validation_metrics
 
 logger = logging.getLogger(__name__)
 
-Encode = Callable[[list[str]], np.ndarray]
+# Texts in, one unit vector per text out: numpy rows, or (TF-IDF) the rows of a scipy sparse matrix.
+Encode = Callable[[list[str]], Any]
 
 
 def tfidf_encoder(fit_texts: Sequence[str]) -> Encode:
