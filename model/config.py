@@ -120,6 +120,14 @@ class TrainConfig:
             "MiniLM encodes 150 to 270 of them a second on 2 cores (700 to 950 with --teacher-dtype bfloat16)"
         },
     )
+    memory: int = field(
+        default=0,
+        metadata={
+            "help": "cross-batch memory: from epoch 2 the softmax loss also scores each row against the vectors "
+            "of up to this many questions of recent batches (no gradient through them; the row's own duplicate "
+            "group left out), more negatives than one batch holds; 0: off"
+        },
+    )
     ema: float = field(
         default=0.0,
         metadata={

@@ -224,6 +224,11 @@ class Trainer:
         # The logistic pair loss learns its own scale and shift; they are not part of the model.
         self.pair_scale = torch.nn.Parameter(torch.tensor(10.0, device=self.device))
         self.pair_shift = torch.nn.Parameter(torch.tensor(0.7, device=self.device))
+        # Cross-batch memory (``memory``): recent steps' vectors and their duplicate groups, used as
+        # extra softmax columns from epoch 2 (``memory_on``), when the vectors drift slowly enough.
+        self.memory_vectors = torch.zeros(0, self.network.dim, device=self.device)
+        self.memory_groups = torch.zeros(0, dtype=torch.long, device=self.device)
+        self.memory_on = False
         self.labelled = [(a, b, 1) for a, b in self.graph.positives] + [(a, b, 0) for a, b in self.graph.negatives]
         # The teacher is slow (150 to 270 questions/s on 2 cores in float32, 700 to 950 with
         # ``teacher_dtype="bfloat16"``), so by default only questions that have a duplicate get
@@ -305,8 +310,11 @@ class Trainer:
             loss = loss + triplet_loss(sim, c.margin) + triplet_loss(sim_back, c.margin)
         if "softmax" in parts:
             loss = (
-                loss + softmax_contrastive_loss(sim, c.temperature) + softmax_contrastive_loss(sim_back, c.temperature)
+                loss
+                + softmax_contrastive_loss(self._with_memory(sim, v1, anchors), c.temperature)
+                + softmax_contrastive_loss(self._with_memory(sim_back, v2, others), c.temperature)
             )
+            self._remember(torch.cat([v1, v2]), anchors + others)
         if m and c.pair_weight:
             start = 2 * b + h
             pa, pb = vectors[start : start + m], vectors[start + m :]
@@ -324,6 +332,23 @@ class Trainer:
                     distill = similarity_distillation_loss(student, teacher)
                 loss = loss + c.distill_weight * distill
         return loss
+
+    def _with_memory(self, sim: torch.Tensor, rows: torch.Tensor, questions: list[int]) -> torch.Tensor:
+        """``sim`` with a column more for each remembered vector (``memory``), where a remembered
+        question of the row's own duplicate group scores -inf, so it is never a negative."""
+        if not self.memory_on or not len(self.memory_groups):
+            return sim
+        own = torch.as_tensor([self.graph.group[q] for q in questions], device=sim.device)
+        remembered = (rows @ self.memory_vectors.T).masked_fill(own[:, None] == self.memory_groups[None, :], -math.inf)
+        return torch.cat([sim, remembered], 1)
+
+    def _remember(self, vectors: torch.Tensor, questions: list[int]) -> None:
+        """Push this step's duplicate-pair vectors (detached) into the memory, oldest out first."""
+        if not self.config.memory:
+            return
+        groups = torch.as_tensor([self.graph.group[q] for q in questions], device=vectors.device)
+        self.memory_vectors = torch.cat([vectors.detach(), self.memory_vectors])[: self.config.memory]
+        self.memory_groups = torch.cat([groups, self.memory_groups])[: self.config.memory]
 
     def _topics(self, positives: list[tuple[int, int]], epoch: int) -> list[int]:
         """A topic for each pair: the k-means cluster (on the network's vectors as they stand)
@@ -431,6 +456,7 @@ class Trainer:
             # The first epoch's network knows too little to tell topics apart.
             topics = self._topics(positives, epoch) if c.topic_size and epoch > 1 else None
             self.network.train()
+            self.memory_on = bool(c.memory) and epoch > 1
             labelled = self.labelled[:]
             rng.shuffle(labelled)
             batches = duplicate_batches(self.graph, positives, c.batch_size, rng, c.hard_negatives, topics)
@@ -513,6 +539,8 @@ def train(
     _device(config.device)  # a device that is not there is refused before the data is read
     if not 0.0 <= config.ema < 1.0:
         raise ValueError(f"--ema {config.ema}: the decay must be at least 0 (off) and below 1")
+    if config.memory < 0 or (config.memory and "softmax" not in config.loss.split("+")):
+        raise ValueError(f"--memory {config.memory}: must be 0 (off) or positive, with the softmax loss on")
     if config.threads:
         torch.set_num_threads(config.threads)
     started = time.time()

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Literal
@@ -505,3 +506,39 @@ def test_a_moving_average_decay_outside_0_to_1_is_refused_in_one_line(
     assert main(_train_argv(pairs, tmp_path / "model", "--ema", "1.0")) == 1
     assert "dupq train: error: --ema 1.0: the decay must be" in capsys.readouterr().err
     assert not (tmp_path / "model").exists()
+
+
+def test_the_memory_adds_recent_vectors_as_negatives_but_never_the_rows_own_group(tmp_path: Path) -> None:
+    from model.data import load_pairs
+    from model.train import Trainer
+
+    torch.set_num_threads(1)
+    pairs, _ = load_pairs(_pair_file(tmp_path / "pairs.tsv"))
+    config = TrainConfig(vocab_size=200, memory=3, batch_size=3)
+    trainer = Trainer(pairs, pairs, config, {"embed_dim": 8, "hidden_dim": 8, "out_dim": 16})
+    q = {text: i for i, text in enumerate(trainer.graph.texts)}
+    first, second, alone, other = q[CORPUS[0]], q[CORPUS[1]], q[CORPUS[2]], q[CORPUS[4]]
+    vectors = torch.nn.functional.normalize(torch.randn(4, 16), dim=1)
+    sim = torch.randn(1, 2)
+    assert trainer._with_memory(sim, vectors[:1], [first]) is sim  # nothing remembered yet, and off
+    trainer._remember(vectors[1:3], [second, alone])
+    trainer._remember(vectors[3:], [other])
+    trainer._remember(vectors[:1], [first])  # the memory holds three: the oldest step's last one, `alone`, falls out
+    assert trainer._with_memory(sim, vectors[:1], [first]) is sim  # still off (the first epoch)
+    trainer.memory_on = True
+    wide = trainer._with_memory(sim, vectors[1:2], [second])
+    assert wide.shape == (1, 5) and torch.equal(wide[:, :2], sim)
+    # Remembered, newest step first: `first` and `second` (the row's own group: never a negative), `other`.
+    assert wide[0, 2] == -math.inf and wide[0, 4] == -math.inf
+    assert torch.allclose(wide[0, 3], vectors[3] @ vectors[1])
+
+
+def test_training_with_a_memory_runs_and_a_memory_without_the_softmax_loss_is_refused(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, pairs = trained
+    tokenizer = ["--tokenizer", str(out / "tokenizer.json")]
+    assert main(_train_argv(pairs, tmp_path / "memory", *tokenizer, "--memory", "8")) == 0
+    assert json.loads((tmp_path / "memory" / "config.json").read_text())["training"]["config"]["memory"] == 8
+    assert main(_train_argv(pairs, tmp_path / "refused", *tokenizer, "--memory", "8", "--loss", "triplet")) == 1
+    assert "--memory 8: must be 0 (off) or positive, with the softmax loss on" in capsys.readouterr().err
