@@ -6,7 +6,8 @@ the b x (b + h) similarity matrix with the triplet loss (mean and closest negati
 in-batch softmax loss; a second, smaller batch of labelled pairs of both kinds adds a logistic
 pair loss. Early stopping watches validation accuracy and MRR@10; the best epoch is kept, and the
 threshold and calibration are fitted on the validation pairs. With ``ema``, an exponential moving
-average of the weights is what validation sees and what is written. Optional, with all-MiniLM-L6-v2 as
+average of the weights is what validation sees and what is written. With ``memory``, recent steps'
+vectors join the softmax loss as more negatives (cross-batch memory). Optional, with all-MiniLM-L6-v2 as
 teacher (train extra): token embeddings from its vectors, passes that pull the network's vectors
 towards its own before the pair training, and distillation of its similarities during it.
 """
