@@ -533,12 +533,26 @@ def test_the_memory_adds_recent_vectors_as_negatives_but_never_the_rows_own_grou
     assert torch.allclose(wide[0, 3], vectors[3] @ vectors[1])
 
 
-def test_training_with_a_memory_runs_and_a_memory_without_the_softmax_loss_is_refused(
-    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_training_with_a_memory_uses_it_and_a_memory_without_the_softmax_loss_is_refused(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import model.train
+
+    widened: list[int] = []
+    real = model.train.Trainer._with_memory
+
+    def recording(self, sim, rows, questions):  # type: ignore[no-untyped-def]
+        wide = real(self, sim, rows, questions)
+        widened.append(wide.shape[1] - sim.shape[1])
+        return wide
+
+    monkeypatch.setattr(model.train.Trainer, "_with_memory", recording)
     out, pairs = trained
     tokenizer = ["--tokenizer", str(out / "tokenizer.json")]
     assert main(_train_argv(pairs, tmp_path / "memory", *tokenizer, "--memory", "8")) == 0
+    # Two steps, one per epoch, each scoring both directions: the first epoch's see no memory, the
+    # second's see the first step's vectors (3 anchors and their 3 duplicates).
+    assert widened == [0, 0, 6, 6]
     assert json.loads((tmp_path / "memory" / "config.json").read_text())["training"]["config"]["memory"] == 8
     assert main(_train_argv(pairs, tmp_path / "refused", *tokenizer, "--memory", "8", "--loss", "triplet")) == 1
     assert "--memory 8: must be 0 (off) or positive, with the softmax loss on" in capsys.readouterr().err
