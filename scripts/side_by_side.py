@@ -32,11 +32,16 @@ from model.model_dir import load_encoder  # noqa: E402
 from model.train import score_pairs  # noqa: E402
 
 
-def first_hits(vectors: np.ndarray, queries: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """For each query, whether its target is the nearest question other than itself."""
-    sims = vectors[queries] @ vectors.T
-    sims[np.arange(len(queries)), queries] = -np.inf
-    return sims.argmax(1) == targets
+def first_hits(vectors: np.ndarray, queries: np.ndarray, targets: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """For each query, whether its target is the nearest question other than itself (``chunk``
+    queries at a time, as ``retrieval`` scores them, so no matrix of every query by every question)."""
+    hits = np.empty(len(queries), dtype=bool)
+    for start in range(0, len(queries), chunk):
+        q = queries[start : start + chunk]
+        sims = vectors[q] @ vectors.T
+        sims[np.arange(len(q)), q] = -np.inf
+        hits[start : start + chunk] = sims.argmax(1) == targets[start : start + chunk]
+    return hits
 
 
 def main() -> None:
