@@ -28,18 +28,6 @@ class EncoderConfig:
     )
     dropout: float = field(default=0.1, metadata={"help": "on embeddings and pooled features, training only"})
     max_tokens: int = field(default=64, metadata={"help": "longer questions are truncated by the tokenizer"})
-    lexical_dim: int = field(
-        default=0,
-        metadata={
-            "help": "width of a fixed lexical part of the embedding, side by side with the network's: the question's "
-            "tokens weighted by their IDF in the training questions and hashed (with a sign) into this many "
-            "columns, so shared rare words count as such; 0: none"
-        },
-    )
-    lexical_weight: float = field(
-        default=0.2,
-        metadata={"help": "weight w of the lexical part: the cosine is (network's + w lexical) / (1 + w)"},
-    )
 
 
 @dataclass(frozen=True)
@@ -92,13 +80,6 @@ class TrainConfig:
             "help": "precision MiniLM encodes the training questions in: bfloat16 (torch autocast) is about 3 times "
             "as fast on a CPU with bfloat16 instructions (AVX-512 BF16); each vector has a cosine of 0.9999 or more "
             "with float32's"
-        },
-    )
-    distill_tfidf: float = field(
-        default=0.0,
-        metadata={
-            "help": "weight of the TF-IDF cosine (words and word pairs, IDF from the training questions) mixed into "
-            "the teacher's similarities that the distillation matches: (MiniLM + w TF-IDF) / (1 + w); 0: MiniLM's alone"
         },
     )
     distill_all: bool = field(

@@ -6,9 +6,7 @@ product of their vectors: symmetric by construction, and 1 for a question with i
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import math
 
 import numpy as np
 import torch
@@ -47,33 +45,6 @@ class SiameseEncoder(nn.Module):
         pooled = lstm_out * (2 if config.pooling == "mean_max" else 1)
         self.proj = nn.Linear(pooled, config.out_dim) if config.out_dim else nn.Identity()
         self.dropout = nn.Dropout(config.dropout)
-        self.neural_only = False  # pretraining matches the network's own part alone
-        if config.lexical_dim:
-            # IDF of each token in the training questions (set_idf), stored with the weights; the
-            # columns and signs come from a hash of the token id, so they need no storage.
-            self.register_buffer("idf", torch.ones(config.vocab_size))
-            column, sign = lexical_hash(config.vocab_size, config.lexical_dim)
-            self.register_buffer("lexical_column", torch.from_numpy(column), persistent=False)
-            self.register_buffer("lexical_sign", torch.from_numpy(sign), persistent=False)
-
-    def set_idf(self, idf: torch.Tensor | np.ndarray) -> None:
-        self.idf.copy_(torch.as_tensor(idf, dtype=torch.float32))
-
-    def lexical_matrix(self) -> torch.Tensor:
-        """(vocab, lexical_dim): each token's row, its signed IDF in its hashed column (0 for padding);
-        rebuilt only when the IDF changes (``set_idf``, loading weights) or moves."""
-        key = (self.idf.device, self.idf.data_ptr(), self.idf._version)
-        if getattr(self, "_lexical_key", None) != key:
-            self._lexical = self._build_lexical_matrix()
-            self._lexical_key = key
-        return self._lexical
-
-    def _build_lexical_matrix(self) -> torch.Tensor:
-        rows = torch.zeros(self.config.vocab_size, self.config.lexical_dim, device=self.idf.device)
-        weight = self.idf * self.lexical_sign
-        weight[PAD_ID] = 0.0
-        rows[torch.arange(self.config.vocab_size, device=rows.device), self.lexical_column] = weight
-        return rows
 
     @property
     def device(self) -> torch.device:
@@ -81,15 +52,11 @@ class SiameseEncoder(nn.Module):
         return self.embed.weight.device
 
     @property
-    def neural_dim(self) -> int:
+    def dim(self) -> int:
         c = self.config
         if c.out_dim:
             return c.out_dim
         return c.hidden_dim * (2 if c.bidirectional else 1) * (2 if c.pooling == "mean_max" else 1)
-
-    @property
-    def dim(self) -> int:
-        return self.neural_dim + (0 if self.neural_only else self.config.lexical_dim)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """ids (B, T) padded with PAD_ID, lengths (B,) >= 1 -> unit vectors (B, D)."""
@@ -104,13 +71,7 @@ class SiameseEncoder(nn.Module):
             out, _ = pad_packed_sequence(out, batch_first=True)  # (B, T', H*dirs), zeros past each length
             mask = torch.arange(out.shape[1], device=out.device)[None, :] < lengths.to(out.device)[:, None]
         pooled = self._pool(out, mask)  # (B, P)
-        neural = F.normalize(self.proj(self.dropout(pooled)), dim=-1)  # (B, D)
-        if not self.config.lexical_dim or self.neural_only:
-            return neural
-        real = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths.to(ids.device)[:, None]
-        lexical = (self.lexical_matrix()[ids] * real[..., None]).sum(1)  # (B, K)
-        lexical = F.normalize(lexical, dim=-1) * math.sqrt(self.config.lexical_weight)
-        return F.normalize(torch.cat([neural, lexical], -1), dim=-1)
+        return F.normalize(self.proj(self.dropout(pooled)), dim=-1)  # (B, D)
 
     def _pool(self, out: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         mask3 = mask.unsqueeze(-1)  # (B, T, 1)
@@ -120,16 +81,6 @@ class SiameseEncoder(nn.Module):
         if self.config.pooling in ("max", "mean_max"):
             parts.append(out.masked_fill(~mask3, float("-inf")).max(1).values)
         return torch.cat(parts, dim=-1)
-
-
-def lexical_hash(vocab_size: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each token id's column (0 to ``width`` - 1) and sign (+1 or -1) in the lexical part, from a
-    BLAKE2 digest of the id: fixed for ever, whatever the library versions."""
-    digests = [hashlib.blake2b(str(i).encode(), digest_size=8).digest() for i in range(vocab_size)]
-    values = np.array([int.from_bytes(d, "little") for d in digests], dtype=np.uint64)
-    column = (values % np.uint64(width)).astype(np.int64)
-    sign = np.where((values >> np.uint64(63)) == 1, -1.0, 1.0).astype(np.float32)
-    return column, sign
 
 
 def pad_ids(sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:

@@ -62,14 +62,6 @@ def similarity_distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -
     return F.mse_loss(_neighbour_cosines(student), _neighbour_cosines(teacher))
 
 
-def gram_distillation_loss(student: torch.Tensor, teacher_gram: torch.Tensor) -> torch.Tensor:
-    """As ``similarity_distillation_loss``, against a teacher given by its (M, M) matrix of
-    similarities, such as a mix of two teachers' cosines, instead of its vectors."""
-    m = student.shape[0]
-    off = ~torch.eye(m, dtype=torch.bool, device=student.device)
-    return F.mse_loss((student @ student.T)[off], teacher_gram[off])
-
-
 def ranking_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """Kullback-Leibler divergence from the teacher's to the student's softmax over each question's
     cosines with the batch's other questions (itself left out), at ``temperature``, averaged over

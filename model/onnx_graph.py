@@ -117,24 +117,11 @@ def build_onnx(model: SiameseEncoder) -> onnx.ModelProto:
         ]
     else:
         nodes.append(helper.make_node("Identity", ["pooled"], ["vec"]))
-    nodes += _normalize("vec", "neural" if config.lexical_dim else "embeddings")
-    if config.lexical_dim:
-        # The fixed lexical part: the sum of the real tokens' rows of the signed-IDF matrix,
-        # normalized and weighted, side by side with the network's vector, then both normalized.
-        inits += [
-            numpy_helper.from_array(model.lexical_matrix().detach().cpu().numpy().astype(np.float32), "lexical_rows"),
-            numpy_helper.from_array(np.array(np.sqrt(config.lexical_weight), dtype=np.float32), "lexical_scale"),
-        ]
-        nodes += [
-            helper.make_node("Gather", ["lexical_rows", "ids"], ["lex_tok"]),  # (B, T, K)
-            helper.make_node("Cast", ["mask"], ["lex_mask"], to=TensorProto.FLOAT),
-            helper.make_node("Mul", ["lex_tok", "lex_mask"], ["lex_masked"]),
-            helper.make_node("ReduceSum", ["lex_masked", "axis1"], ["lex_sum"], keepdims=0),  # (B, K)
-            *_normalize("lex_sum", "lex_unit"),
-            helper.make_node("Mul", ["lex_unit", "lexical_scale"], ["lexical"]),
-            helper.make_node("Concat", ["neural", "lexical"], ["side_by_side"], axis=-1),
-            *_normalize("side_by_side", "embeddings"),
-        ]
+    nodes += [
+        helper.make_node("ReduceL2", ["vec"], ["norm"], axes=[-1], keepdims=1),
+        helper.make_node("Max", ["norm", "eps"], ["norm_eps"]),
+        helper.make_node("Div", ["vec", "norm_eps"], ["embeddings"]),
+    ]
     graph = helper.make_graph(
         nodes,
         "siamese_encoder",
@@ -149,15 +136,6 @@ def build_onnx(model: SiameseEncoder) -> onnx.ModelProto:
     onnx_model.ir_version = 8
     onnx.checker.check_model(onnx_model)
     return onnx_model
-
-
-def _normalize(vector: str, out: str) -> list[onnx.NodeProto]:
-    """``vector`` / max(its L2 norm, 1e-12) over the last axis, as torch's ``F.normalize``."""
-    return [
-        helper.make_node("ReduceL2", [vector], [f"{out}_norm"], axes=[-1], keepdims=1),
-        helper.make_node("Max", [f"{out}_norm", "eps"], [f"{out}_norm_eps"]),
-        helper.make_node("Div", [vector, f"{out}_norm_eps"], [out]),
-    ]
 
 
 def torch_reference(model: SiameseEncoder, ids: torch.Tensor, lengths: torch.Tensor) -> np.ndarray:

@@ -37,7 +37,6 @@ from model.encoder import EncoderConfig, SiameseEncoder, forward_by_length
 from model.groups import PairGraph, duplicate_batches, question_key
 from model.losses import (
     pair_logistic_loss,
-    gram_distillation_loss,
     ranking_distillation_loss,
     similarity_distillation_loss,
     softmax_contrastive_loss,
@@ -89,15 +88,6 @@ def _glove_init(network: SiameseEncoder, tokenizer: Any) -> int:
             weight[tid, :width] = torch.from_numpy(np.asarray(vectors[row, :width]) * scale)
             hits += 1
     return hits
-
-
-def token_idf(sequences: Sequence[Sequence[int]], vocab_size: int) -> np.ndarray:
-    """Smoothed inverse document frequency of each token id over ``sequences`` (one per
-    question), as scikit-learn's TF-IDF: ln((1 + n) / (1 + df)) + 1."""
-    df = np.zeros(vocab_size, dtype=np.float64)
-    for ids in sequences:
-        df[np.unique(np.asarray(ids, dtype=np.int64))] += 1
-    return (np.log((1 + len(sequences)) / (1 + df)) + 1).astype(np.float32)
 
 
 def _warmup_then_decay(optimizer: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -232,8 +222,6 @@ class Trainer:
         self.device = _device(config.device)
         self.network.to(self.device)
         self.token_ids = token_ids(self.tokenizer, self.graph.texts, self.network.config.max_tokens)
-        if self.network.config.lexical_dim:
-            self.network.set_idf(token_idf(self.token_ids, self.network.config.vocab_size))
         # The logistic pair loss learns its own scale and shift; they are not part of the model.
         self.pair_scale = torch.nn.Parameter(torch.tensor(10.0, device=self.device))
         self.pair_shift = torch.nn.Parameter(torch.tensor(0.7, device=self.device))
@@ -251,7 +239,6 @@ class Trainer:
         # them: the distilled ones first, then others drawn at random. The distillation still
         # teaches only the questions ``distill_all`` says (``distill_row``).
         self.teacher: torch.Tensor | None = None
-        self.teacher_tfidf: Any = None  # TF-IDF rows of the taught questions (``distill_tfidf``)
         self.teacher_row = np.full(len(self.graph.texts), -1, dtype=np.int64)
         self.distill_row = self.teacher_row
         if config.distill_weight or config.pretrain_epochs:
@@ -269,10 +256,6 @@ class Trainer:
             self.distill_row[distilled] = self.teacher_row[distilled]
             teacher = self._teacher_vectors([self.graph.texts[q] for q in taught])
             self.teacher = torch.from_numpy(teacher).to(self.device)
-            if config.distill_tfidf:
-                from model.evaluate import tfidf_encoder
-
-                self.teacher_tfidf = tfidf_encoder(self.graph.texts)([self.graph.texts[q] for q in taught])
         logger.info(
             "training on %d questions in %d duplicate groups, %d labelled positives, %d labelled negatives",
             len(self.graph.texts),
@@ -344,12 +327,7 @@ class Trainer:
             if len(taught) >= 2:  # distillation compares pairs of taught questions
                 student = vectors[torch.from_numpy(taught)]
                 teacher = self.teacher[torch.from_numpy(rows[taught])]
-                if self.teacher_tfidf is not None:
-                    words = self.teacher_tfidf[rows[taught]]
-                    lexical = torch.from_numpy((words @ words.T).toarray()).to(teacher.device)
-                    gram = (teacher @ teacher.T + c.distill_tfidf * lexical) / (1 + c.distill_tfidf)
-                    distill = gram_distillation_loss(student, gram)
-                elif c.distill_loss == "kl":
+                if c.distill_loss == "kl":
                     distill = ranking_distillation_loss(student, teacher, c.distill_temperature)
                 else:
                     distill = similarity_distillation_loss(student, teacher)
@@ -411,7 +389,7 @@ class Trainer:
             head = torch.nn.Identity()
             targets = self._projected_teacher()
         else:
-            head = torch.nn.Linear(self.network.neural_dim, self.teacher.shape[1], bias=False).to(self.device)
+            head = torch.nn.Linear(self.network.dim, self.teacher.shape[1], bias=False).to(self.device)
         params = [*self.network.parameters(), *head.parameters()]
         optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
         steps = (len(rows) + batch_size - 1) // batch_size
@@ -420,7 +398,6 @@ class Trainer:
         total = steps * c.pretrain_epochs
         scheduler = _warmup_then_decay(optimizer, total)
         self.network.train()
-        self.network.neural_only = True  # the lexical part is fixed: MiniLM's vectors teach the rest
         losses = []
         for epoch in range(1, c.pretrain_epochs + 1):
             order = rng.permutation(rows)
@@ -440,7 +417,6 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
             logger.info("pretrain epoch %d: mean cosine loss %.4f", epoch, mean)
             losses.append(mean)
-        self.network.neural_only = False
         return losses
 
     def _projected_teacher(self) -> torch.Tensor:
@@ -448,7 +424,7 @@ class Trainer:
         singular vectors (not centred, so the cosine of two projections stays close to the cosine
         of the vectors), for pretraining with no head."""
         assert self.teacher is not None
-        dim, width = self.network.neural_dim, self.teacher.shape[1]
+        dim, width = self.network.dim, self.teacher.shape[1]
         if dim > width:
             raise ValueError(
                 f"--pretrain-head projection needs the network's width ({dim}) at most the teacher's ({width})"

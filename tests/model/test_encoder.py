@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.encoder import EncoderConfig, SiameseEncoder, forward_by_length, lexical_hash, pad_batch, pad_ids
-from model.model_dir import _CALL_COST, _STEP_COST, _length_buckets, load_encoder, save_model_dir
-from model.tokenizer import train_tokenizer
+from model.encoder import EncoderConfig, SiameseEncoder, forward_by_length, pad_batch, pad_ids
+from model.model_dir import _CALL_COST, _STEP_COST, _length_buckets, load_encoder
 
 QUESTIONS = [
     "How old are you?",
@@ -141,63 +140,3 @@ def test_pad_ids_matches_a_plain_loop() -> None:
     np.testing.assert_array_equal(ids, expected)
     np.testing.assert_array_equal(lengths, [3, 1, 5, 2])
     assert ids.dtype == np.int64 and lengths.dtype == np.int64
-
-
-def _lexical_network(vocab_size: int = 50, width: int = 8, weight: float = 0.5) -> SiameseEncoder:
-    torch.manual_seed(0)
-    config = EncoderConfig(
-        vocab_size=vocab_size,
-        embed_dim=8,
-        hidden_dim=8,
-        pooling="mean_max",
-        out_dim=6,
-        dropout=0.0,
-        lexical_dim=width,
-        lexical_weight=weight,
-    )
-    net = SiameseEncoder(config)
-    net.set_idf(torch.linspace(1.0, 3.0, vocab_size))
-    return net.eval()
-
-
-def test_lexical_part_is_the_weighted_cosine_of_hashed_idf_bags() -> None:
-    net = _lexical_network()
-    a, b = [5, 6, 7, 7], [7, 9, 5]
-    with torch.inference_mode():
-        va, vb = net(*pad_batch([a, b]))
-        net.neural_only = True
-        na, nb = net(*pad_batch([a, b]))
-        net.neural_only = False
-    assert va.shape == (14,) and na.shape == (6,)
-    column, sign = lexical_hash(50, 8)
-    idf = np.linspace(1.0, 3.0, 50)
-
-    def bag(ids: list[int]) -> np.ndarray:  # by hand: each occurrence adds its signed IDF to its column
-        out = np.zeros(8)
-        for i in ids:
-            out[column[i]] += sign[i] * idf[i]
-        return out / np.linalg.norm(out)
-
-    expected = (float(na @ nb) + 0.5 * float(bag(a) @ bag(b))) / 1.5
-    assert float(va @ vb) == pytest.approx(expected, abs=1e-5)
-    assert float(va @ va) == pytest.approx(1.0, abs=1e-6)
-    assert net.dim == 14 and net.neural_dim == 6
-
-
-def test_lexical_part_ignores_padding_and_goes_through_onnx_and_the_model_directory(tmp_path: Path) -> None:
-    tokenizer = train_tokenizer(
-        ["How old are you?", "What is your age?", "Where are you from?", "Why is the sky blue?"] * 3,
-        vocab_size=120,
-        min_frequency=1,
-    )
-    net = _lexical_network(vocab_size=tokenizer.get_vocab_size())
-    short, long = [5, 6, 7], [8, 9, 10, 11, 12, 13, 14]
-    with torch.inference_mode():
-        torch.testing.assert_close(net(*pad_batch([short])), net(*pad_batch([short, long]))[0:1], atol=1e-6, rtol=0)
-    save_model_dir(tmp_path, net, tokenizer, name="lexical", threshold=0.8, calibration=(10.0, -8.0))
-    with torch.inference_mode():
-        expected = net(*pad_batch(load_encoder(tmp_path, backend="torch").token_ids(QUESTIONS)))
-    for backend in ("torch", "onnx"):
-        loaded = load_encoder(tmp_path, backend=backend, threads=1)
-        assert loaded.dim == 14
-        np.testing.assert_allclose(loaded.encode(QUESTIONS), expected.numpy(), atol=1e-5)
