@@ -9,7 +9,10 @@ duplicate first. If two encoders side by side rank much better than either alone
 something the other lacks, which one network trained to carry both has not yet learned.
 
     python scripts/side_by_side.py --model models/dupq-qqp [--model DIR ...] [--minilm] \
-        [--pairs ../shared/data/qqp/dev.tsv.gz]
+        [--pairs ../shared/data/qqp/dev.tsv.gz] [--valid build/valid.tsv]
+
+With ``--valid``, each also gets the pair accuracy on ``--pairs`` at the threshold best on the
+``--valid`` pairs (for the encoders alone too, so they are compared alike, not at their stored tau).
 
 ``--minilm`` needs the train extra and runs MiniLM in float32 (as ``dupq evaluate --reference``).
 """
@@ -27,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from model.data import load_pairs  # noqa: E402
-from model.metrics import retrieval  # noqa: E402
+from model.metrics import best_threshold, classification, pair_dots, retrieval  # noqa: E402
 from model.model_dir import load_encoder  # noqa: E402
 from model.train import score_pairs  # noqa: E402
 
@@ -49,6 +52,7 @@ def main() -> None:
     parser.add_argument("--model", action="append", default=[], help="model directory (repeatable)")
     parser.add_argument("--minilm", action="store_true", help="add all-MiniLM-L6-v2 (float32)")
     parser.add_argument("--pairs", default=str(ROOT.parent / "shared/data/qqp/dev.tsv.gz"))
+    parser.add_argument("--valid", help="pairs to choose each threshold on, for accuracy on --pairs")
     args = parser.parse_args()
     encoders = {path: load_encoder(path).encode for path in args.model}
     if args.minilm:
@@ -64,10 +68,24 @@ def main() -> None:
     vectors = {name: np.asarray(s.vectors, dtype=np.float32) for name, s in scored.items()}
     together = np.hstack(list(vectors.values()))
     vectors["side by side"] = together / np.linalg.norm(together, axis=1, keepdims=True)
+    thresholds = {}
+    if args.valid:
+        valid_pairs, _ = load_pairs(args.valid)
+        valid = {name: score_pairs(encode, valid_pairs) for name, encode in encoders.items()}
+        valid_vectors = {name: np.asarray(s.vectors, dtype=np.float32) for name, s in valid.items()}
+        both = np.hstack(list(valid_vectors.values()))
+        valid_vectors["side by side"] = both / np.linalg.norm(both, axis=1, keepdims=True)
+        ref = next(iter(valid.values()))  # every encoder saw the same questions in the same order
+        for name, v in valid_vectors.items():
+            thresholds[name] = best_threshold(pair_dots(v, ref.first, ref.second), ref.labels)
     out = {}
     for name, v in vectors.items():
         m = retrieval(v, queries, targets)
         out[name] = {"mrr@10": round(m["mrr@10"], 4), "r@1": round(m["r@1"], 4)}
+        if name in thresholds:
+            sims = pair_dots(v, some.first, some.second)
+            out[name]["threshold"] = round(thresholds[name], 4)
+            out[name]["accuracy"] = round(classification(sims, some.labels, thresholds[name]).accuracy, 4)
     a, b = list(encoders)[:2]
     hit_a, hit_b = first_hits(vectors[a], queries, targets), first_hits(vectors[b], queries, targets)
     out["first found by"] = {
