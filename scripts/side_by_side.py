@@ -47,6 +47,13 @@ def first_hits(vectors: np.ndarray, queries: np.ndarray, targets: np.ndarray, ch
     return hits
 
 
+def with_side_by_side(vectors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``vectors`` (each encoder's, rows in the same order) and, under "side by side", all of them
+    concatenated and normalized again."""
+    together = np.hstack(list(vectors.values()))
+    return {**vectors, "side by side": together / np.linalg.norm(together, axis=1, keepdims=True)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", default=[], help="model directory (repeatable)")
@@ -65,16 +72,12 @@ def main() -> None:
     scored = {name: score_pairs(encode, pairs) for name, encode in encoders.items()}
     some = next(iter(scored.values()))
     queries, targets = some.retrieval_queries()
-    vectors = {name: np.asarray(s.vectors, dtype=np.float32) for name, s in scored.items()}
-    together = np.hstack(list(vectors.values()))
-    vectors["side by side"] = together / np.linalg.norm(together, axis=1, keepdims=True)
+    vectors = with_side_by_side({name: np.asarray(s.vectors, dtype=np.float32) for name, s in scored.items()})
     thresholds = {}
     if args.valid:
         valid_pairs, _ = load_pairs(args.valid)
         valid = {name: score_pairs(encode, valid_pairs) for name, encode in encoders.items()}
-        valid_vectors = {name: np.asarray(s.vectors, dtype=np.float32) for name, s in valid.items()}
-        both = np.hstack(list(valid_vectors.values()))
-        valid_vectors["side by side"] = both / np.linalg.norm(both, axis=1, keepdims=True)
+        valid_vectors = with_side_by_side({name: np.asarray(s.vectors, dtype=np.float32) for name, s in valid.items()})
         ref = next(iter(valid.values()))  # every encoder saw the same questions in the same order
         for name, v in valid_vectors.items():
             thresholds[name] = best_threshold(pair_dots(v, ref.first, ref.second), ref.labels)
@@ -93,7 +96,7 @@ def main() -> None:
         f"only {a}": round(float(np.mean(hit_a & ~hit_b)), 4),
         f"only {b}": round(float(np.mean(~hit_a & hit_b)), 4),
     }
-    print(json.dumps({"pairs": args.pairs, "questions": int(together.shape[0]), **out}, indent=1))
+    print(json.dumps({"pairs": args.pairs, "questions": int(vectors["side by side"].shape[0]), **out}, indent=1))
 
 
 if __name__ == "__main__":
