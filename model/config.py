@@ -138,7 +138,15 @@ class TrainConfig:
     max_steps: int = field(
         default=0, metadata={"help": "stop after this many steps in all (0: no limit); for smoke tests"}
     )
-    threads: int = field(default=0, metadata={"help": "torch threads (0: torch's default)"})
+    members: int = field(
+        default=1,
+        metadata={
+            "help": "networks to train, each with its own seed (--seed, --seed + 1, ...), at once in processes of "
+            "their own that share out --threads and share the tokenizer and MiniLM's vectors; the model's vector "
+            "is theirs side by side, so its cosine is the mean of theirs (twice the vector and encoding cost for 2)"
+        },
+    )
+    threads: int = field(default=0, metadata={"help": "torch threads (0: torch's default), in all"})
     device: str = field(
         default="cpu", metadata={"help": "torch device to train on: cpu, or cuda where PyTorch has a GPU"}
     )

@@ -7,6 +7,8 @@ product of their vectors: symmetric by construction, and 1 for a question with i
 from __future__ import annotations
 
 import itertools
+import math
+import typing
 
 import numpy as np
 import torch
@@ -81,6 +83,45 @@ class SiameseEncoder(nn.Module):
         if self.config.pooling in ("max", "mean_max"):
             parts.append(out.masked_fill(~mask3, float("-inf")).max(1).values)
         return torch.cat(parts, dim=-1)
+
+
+class SideBySide(nn.Module):
+    """Several networks trained apart (``dupq train --members K``), one vector: the members' unit
+    vectors side by side, scaled by ``1 / sqrt(K)``. It is still a unit vector, and the cosine of
+    two questions is the mean of the members' cosines. Its weights are the members' under
+    ``members.<i>.``; every member reads the same token ids (one tokenizer)."""
+
+    def __init__(self, config: EncoderConfig, members: int) -> None:
+        super().__init__()
+        if members < 2:
+            raise ValueError(f"SideBySide needs at least 2 members, got {members}")
+        self.members = nn.ModuleList(SiameseEncoder(config) for _ in range(members))
+
+    @property
+    def networks(self) -> list[SiameseEncoder]:
+        """The members, typed."""
+        return [typing.cast(SiameseEncoder, member) for member in self.members]
+
+    @property
+    def config(self) -> EncoderConfig:
+        """The members' architecture (one for all)."""
+        return self.networks[0].config
+
+    @property
+    def device(self) -> torch.device:
+        return self.networks[0].device
+
+    @property
+    def dim(self) -> int:
+        return sum(member.dim for member in self.networks)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """ids (B, T), lengths (B,) -> unit vectors (B, K * D)."""
+        return torch.cat([member(ids, lengths) for member in self.networks], dim=-1) / math.sqrt(len(self.members))
+
+
+Network = SiameseEncoder | SideBySide
+"""What a model directory holds: one network, or several side by side."""
 
 
 def pad_ids(sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:

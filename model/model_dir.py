@@ -1,7 +1,8 @@
 """The model directory: the unit that training writes and serving loads.
 
     config.json        architecture, threshold, calibration, version, training data and metrics
-    model.safetensors  the weights (no pickles: loading never executes code)
+    model.safetensors  the weights (no pickles: loading never executes code); with ``members``
+                       in config.json (format 2), the weights of that many networks side by side
     tokenizer.json     the word-piece tokenizer
 
 :func:`load_encoder` rebuilds the network from ``config.json`` alone and refuses a directory that
@@ -22,14 +23,14 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from model.encoder import EncoderConfig, SiameseEncoder, embedding_matrix, pad_ids
+from model.encoder import EncoderConfig, Network, SiameseEncoder, SideBySide, embedding_matrix, pad_ids
 from model.metrics import probability
 from model.tokenizer import TokenIds, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: ``members``, networks side by side; a single network is still written as format 1
 Backend = Literal["onnx", "torch"]
 
 
@@ -47,7 +48,7 @@ def sha256_file(path: str | Path) -> str:
 
 def save_model_dir(
     out: str | Path,
-    network: SiameseEncoder,
+    network: Network,
     tokenizer: Any,
     *,
     name: str,
@@ -67,11 +68,13 @@ def save_model_dir(
     digest = sha256_file(out / WEIGHTS)
     tokenizer_digest = sha256_file(out / TOKENIZER)
     both = hashlib.sha256(f"{digest} {tokenizer_digest}".encode()).hexdigest()
+    members = len(network.members) if isinstance(network, SideBySide) else 1
     config = {
-        "format_version": FORMAT_VERSION,
+        "format_version": 2 if members > 1 else 1,
         "name": name,
         "version": f"{extra.get('version_prefix', '2026.11') if extra else '2026.11'}+{both[:10]}",
         "encoder": dataclasses.asdict(network.config),
+        **({"members": members} if members > 1 else {}),
         "dim": network.dim,
         "threshold": float(threshold),
         "calibration": {"slope": float(calibration[0]), "intercept": float(calibration[1])},
@@ -104,12 +107,18 @@ def read_config(model_dir: str | Path) -> dict[str, Any]:
     return config
 
 
-def build_network(model_dir: str | Path, config: dict[str, Any]) -> SiameseEncoder:
+def build_network(model_dir: str | Path, config: dict[str, Any]) -> Network:
     fields = {f.name for f in dataclasses.fields(EncoderConfig)}
     unknown = set(config["encoder"]) - fields
     if unknown:
         raise ModelDirError(f"unknown encoder settings in config.json: {', '.join(sorted(unknown))}")
-    network = SiameseEncoder(EncoderConfig(**config["encoder"]))
+    members = config.get("members", 1)
+    if not isinstance(members, int) or isinstance(members, bool) or members < 1:
+        raise ModelDirError(
+            f"{Path(model_dir) / CONFIG}: members must be a whole number of at least 1, not {members!r}"
+        )
+    encoder_config = EncoderConfig(**config["encoder"])
+    network: Network = SideBySide(encoder_config, members) if members > 1 else SiameseEncoder(encoder_config)
     try:
         weights = load_file(str(Path(model_dir) / WEIGHTS))
     except Exception as err:  # OSError, or safetensors' own error for a damaged file
@@ -136,7 +145,7 @@ class QuestionEncoder:
 
     def __init__(
         self,
-        network: SiameseEncoder,
+        network: Network,
         tokenizer: Any,
         config: dict[str, Any],
         backend: Backend = "onnx",

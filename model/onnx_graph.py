@@ -3,18 +3,21 @@
 PyTorch's CPU LSTM pays a per-time-step overhead that dominates short questions; ONNX Runtime's
 fused LSTM kernel takes the true ``sequence_lens`` (no packing, no padding effects) and runs the
 same arithmetic several times faster. The graph is built by hand from the trained weights, so it
-is exactly the network of :class:`model.encoder.SiameseEncoder` in inference mode; a test checks
-the two give the same vectors.
+is exactly the network of :class:`model.encoder.SiameseEncoder` in inference mode (or of each
+member of a :class:`model.encoder.SideBySide`, one branch each); a test checks the two give the
+same vectors.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from model.encoder import SiameseEncoder
+from model.encoder import Network, SiameseEncoder, SideBySide
 
 OPSET = 17
 
@@ -25,8 +28,62 @@ def _gates_to_onnx(w: np.ndarray, hidden: int) -> np.ndarray:
     return np.concatenate([i, o, f, g], axis=0)
 
 
-def build_onnx(model: SiameseEncoder) -> onnx.ModelProto:
-    """Inputs ``ids`` (B, T) int64 and ``lengths`` (B,) int32; output ``embeddings`` (B, D) float32."""
+def build_onnx(model: Network) -> onnx.ModelProto:
+    """Inputs ``ids`` (B, T) int64 and ``lengths`` (B,) int32; output ``embeddings`` (B, D) float32.
+    Members side by side are one branch each (names prefixed ``m<i>_``), joined as in
+    :meth:`SideBySide.forward`."""
+    if isinstance(model, SideBySide):
+        nodes: list[onnx.NodeProto] = []
+        inits: list[onnx.TensorProto] = []
+        for i, member in enumerate(model.networks):
+            member_nodes, member_inits = _prefixed(*_network(member), f"m{i}_")
+            nodes += member_nodes
+            inits += member_inits
+        scale = np.array(1.0 / math.sqrt(len(model.members)), dtype=np.float32)
+        inits.append(numpy_helper.from_array(scale, "members_scale"))
+        nodes += [
+            helper.make_node("Concat", [f"m{i}_embeddings" for i in range(len(model.members))], ["joined"], axis=-1),
+            helper.make_node("Mul", ["joined", "members_scale"], ["embeddings"]),
+        ]
+    else:
+        nodes, inits = _network(model)
+    graph = helper.make_graph(
+        nodes,
+        "siamese_encoder",
+        [
+            helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "tokens"]),
+            helper.make_tensor_value_info("lengths", TensorProto.INT32, ["batch"]),
+        ],
+        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", model.dim])],
+        inits,
+    )
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    onnx_model.ir_version = 8
+    onnx.checker.check_model(onnx_model)
+    return onnx_model
+
+
+_INPUTS = ("ids", "lengths")
+
+
+def _prefixed(
+    nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], prefix: str
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """The same nodes and initializers with ``prefix`` before every name but the graph's inputs."""
+
+    def name(n: str) -> str:
+        return n if n in _INPUTS or not n else prefix + n
+
+    for node in nodes:
+        node.input[:] = [name(n) for n in node.input]
+        node.output[:] = [name(n) for n in node.output]
+    for init in inits:
+        init.name = name(init.name)
+    return nodes, inits
+
+
+def _network(model: SiameseEncoder) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """The nodes and initializers of one network, from ``ids`` and ``lengths`` to ``embeddings``."""
     config = model.config
     hidden = config.hidden_dim
     dirs = 2 if config.bidirectional else 1
@@ -122,22 +179,9 @@ def build_onnx(model: SiameseEncoder) -> onnx.ModelProto:
         helper.make_node("Max", ["norm", "eps"], ["norm_eps"]),
         helper.make_node("Div", ["vec", "norm_eps"], ["embeddings"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "siamese_encoder",
-        [
-            helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "tokens"]),
-            helper.make_tensor_value_info("lengths", TensorProto.INT32, ["batch"]),
-        ],
-        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", model.dim])],
-        inits,
-    )
-    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    onnx_model.ir_version = 8
-    onnx.checker.check_model(onnx_model)
-    return onnx_model
+    return nodes, inits
 
 
-def torch_reference(model: SiameseEncoder, ids: torch.Tensor, lengths: torch.Tensor) -> np.ndarray:
+def torch_reference(model: Network, ids: torch.Tensor, lengths: torch.Tensor) -> np.ndarray:
     with torch.inference_mode():
         return model.eval()(ids, lengths).numpy()

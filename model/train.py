@@ -18,9 +18,12 @@ import dataclasses
 import hashlib
 import logging
 import math
+import multiprocessing
 import random
+import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +36,7 @@ from tqdm import tqdm
 
 from model.config import TrainConfig
 from model.data import LoadReport, Pair, load_pairs
-from model.encoder import EncoderConfig, SiameseEncoder, forward_by_length
+from model.encoder import EncoderConfig, Network, SiameseEncoder, SideBySide, forward_by_length
 from model.groups import PairGraph, duplicate_batches, question_key
 from model.losses import (
     pair_logistic_loss,
@@ -43,7 +46,7 @@ from model.losses import (
     triplet_loss,
 )
 from model.metrics import best_threshold, classification, fit_logistic, pair_dots, retrieval, roc_auc
-from model.model_dir import QuestionEncoder, save_model_dir, sha256_file
+from model.model_dir import QuestionEncoder, build_network, save_model_dir, sha256_file
 from model.tokenizer import load_tokenizer, token_ids, train_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -191,6 +194,51 @@ def validation_metrics(encode: Any, pairs: Sequence[Pair], threshold: float | No
     }
 
 
+def taught_questions(graph: PairGraph, config: TrainConfig) -> tuple[list[int], list[int]]:
+    """The questions (rows of ``graph.texts``) that MiniLM teaches, sorted, and of those the ones
+    the distillation teaches: every question with ``distill_all``, else those with a known
+    duplicate; pretraining teaches those and others, all of them or drawn (``--seed``) up to
+    ``pretrain_questions``."""
+    everything = list(range(len(graph.texts)))
+    with_duplicate = sorted(q for members in graph.members if len(members) > 1 for q in members)
+    distilled = everything if config.distill_all else with_duplicate
+    taught = distilled
+    if config.pretrain_epochs:
+        others = np.setdiff1d(everything, distilled)
+        more = max(0, config.pretrain_questions - len(distilled)) if config.pretrain_questions else len(others)
+        drawn = np.random.default_rng(config.seed).permutation(others)[:more]
+        taught = sorted([*distilled, *drawn.tolist()])
+    return taught, distilled
+
+
+def teacher_vectors(texts: list[str], config: TrainConfig) -> np.ndarray:
+    """all-MiniLM-L6-v2's unit vectors of ``texts`` in ``teacher_dtype``, cached in
+    ``teacher_cache`` under a digest of the precision and the texts, so a rerun on the same data
+    skips the slow teacher and vectors of one precision never stand in for the other's."""
+    from model.evaluate import minilm_encoder
+
+    dtype = config.teacher_dtype
+    digest = hashlib.sha256("\n".join([dtype, *texts]).encode()).hexdigest()[:16]
+    cache = Path(config.teacher_cache) if config.teacher_cache else None
+    if (
+        cache
+        and cache.is_file()
+        and cache.with_suffix(".sha").is_file()
+        and cache.with_suffix(".sha").read_text() == digest
+    ):
+        logger.info("teacher vectors from %s", cache)
+        return np.load(cache)
+    started = time.time()
+    logger.info("encoding %d training questions with all-MiniLM-L6-v2 (the teacher, %s)", len(texts), dtype)
+    vectors = minilm_encoder(dtype)(texts)
+    logger.info("teacher vectors in %.0f s", time.time() - started)
+    if cache:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, vectors)
+        cache.with_suffix(".sha").write_text(digest)
+    return vectors
+
+
 class Trainer:
     def __init__(
         self,
@@ -199,8 +247,10 @@ class Trainer:
         config: TrainConfig,
         encoder_config: dict[str, Any],
         tokenizer: Tokenizer | None = None,
+        progress: bool = True,
     ) -> None:
         self.config = config
+        self.progress = progress
         _seed_everything(config.seed)
         self.graph = PairGraph.build(train_pairs)
         self.valid_pairs = valid_pairs
@@ -242,19 +292,11 @@ class Trainer:
         self.teacher_row = np.full(len(self.graph.texts), -1, dtype=np.int64)
         self.distill_row = self.teacher_row
         if config.distill_weight or config.pretrain_epochs:
-            everything = list(range(len(self.graph.texts)))
-            with_duplicate = sorted(q for members in self.graph.members if len(members) > 1 for q in members)
-            distilled = everything if config.distill_all else with_duplicate
-            taught = distilled
-            if config.pretrain_epochs:
-                others = np.setdiff1d(everything, distilled)
-                more = max(0, config.pretrain_questions - len(distilled)) if config.pretrain_questions else len(others)
-                drawn = np.random.default_rng(config.seed).permutation(others)[:more]
-                taught = sorted([*distilled, *drawn.tolist()])
+            taught, distilled = taught_questions(self.graph, config)
             self.teacher_row[taught] = np.arange(len(taught))
             self.distill_row = np.full_like(self.teacher_row, -1)
             self.distill_row[distilled] = self.teacher_row[distilled]
-            teacher = self._teacher_vectors([self.graph.texts[q] for q in taught])
+            teacher = teacher_vectors([self.graph.texts[q] for q in taught], config)
             self.teacher = torch.from_numpy(teacher).to(self.device)
         logger.info(
             "training on %d questions in %d duplicate groups, %d labelled positives, %d labelled negatives",
@@ -267,33 +309,6 @@ class Trainer:
     def encode(self, texts: list[str]) -> np.ndarray:
         """Vectors of the network as it stands (eval mode; the next epoch switches back)."""
         return QuestionEncoder(self.network, self.tokenizer, {}, backend="torch").encode(texts, batch_size=256)
-
-    def _teacher_vectors(self, texts: list[str]) -> np.ndarray:
-        """all-MiniLM-L6-v2's unit vectors of ``texts`` in ``teacher_dtype``, cached in
-        ``teacher_cache`` under a digest of the precision and the texts, so a rerun on the same data
-        skips the slow teacher and vectors of one precision never stand in for the other's."""
-        from model.evaluate import minilm_encoder
-
-        dtype = self.config.teacher_dtype
-        digest = hashlib.sha256("\n".join([dtype, *texts]).encode()).hexdigest()[:16]
-        cache = Path(self.config.teacher_cache) if self.config.teacher_cache else None
-        if (
-            cache
-            and cache.is_file()
-            and cache.with_suffix(".sha").is_file()
-            and cache.with_suffix(".sha").read_text() == digest
-        ):
-            logger.info("teacher vectors from %s", cache)
-            return np.load(cache)
-        started = time.time()
-        logger.info("encoding %d training questions with all-MiniLM-L6-v2 (the teacher, %s)", len(texts), dtype)
-        vectors = minilm_encoder(dtype)(texts)
-        logger.info("teacher vectors in %.0f s", time.time() - started)
-        if cache:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            np.save(cache, vectors)
-            cache.with_suffix(".sha").write_text(digest)
-        return vectors
 
     def _loss(
         self, anchors: list[int], others: list[int], extra: list[int], labelled: list[tuple[int, int, int]]
@@ -401,7 +416,13 @@ class Trainer:
         losses = []
         for epoch in range(1, c.pretrain_epochs + 1):
             order = rng.permutation(rows)
-            bar = tqdm(range(steps), desc=f"pretrain {epoch}/{c.pretrain_epochs}", unit="step", leave=False)
+            bar = tqdm(
+                range(steps),
+                desc=f"pretrain {epoch}/{c.pretrain_epochs}",
+                unit="step",
+                leave=False,
+                disable=not self.progress,
+            )
             mean = 0.0
             for i in bar:
                 questions = order[i * batch_size : (i + 1) * batch_size]
@@ -461,7 +482,14 @@ class Trainer:
             labelled = self.labelled[:]
             rng.shuffle(labelled)
             batches = duplicate_batches(self.graph, positives, c.batch_size, rng, c.hard_negatives, topics)
-            bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}/{c.epochs}", unit="step", leave=False)
+            bar = tqdm(
+                batches,
+                total=steps_per_epoch,
+                desc=f"epoch {epoch}/{c.epochs}",
+                unit="step",
+                leave=False,
+                disable=not self.progress,
+            )
             for i, (anchors, others, extra) in enumerate(bar):
                 chunk = labelled[i * c.pair_batch_size : (i + 1) * c.pair_batch_size] if c.pair_weight else []
                 loss = self._loss(anchors, others, extra, chunk)
@@ -534,14 +562,21 @@ def train(
     encoder_config: dict[str, Any] | None = None,
     name: str = "siamese-lstm",
     tokenizer_file: str | Path | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Train on ``train_files``, validate on ``valid_file``, write the model directory ``out``.
-    With ``tokenizer_file``, reuse that tokenizer instead of training one."""
+    With ``tokenizer_file``, reuse that tokenizer instead of training one. With ``members`` above
+    1, train that many networks at once (:func:`_train_members`) and write them side by side."""
     _device(config.device)  # a device that is not there is refused before the data is read
     if not 0.0 <= config.ema < 1.0:
         raise ValueError(f"--ema {config.ema}: the decay must be at least 0 (off) and below 1")
     if config.memory < 0 or (config.memory and "softmax" not in config.loss.split("+")):
         raise ValueError(f"--memory {config.memory}: must be 0 (off) or positive, with the softmax loss on")
+    if config.members < 1:
+        raise ValueError(f"--members {config.members}: train at least 1 network")
+    if config.members > 1 and config.pretrain_questions:
+        # Each member draws its own questions (its own seed): they could not share MiniLM's vectors.
+        raise ValueError("--members with --pretrain-questions: the members would each need MiniLM's vectors of others")
     if config.threads:
         torch.set_num_threads(config.threads)
     started = time.time()
@@ -555,10 +590,32 @@ def train(
     if not train_pairs or not valid_pairs:
         raise ValueError("no usable pairs in the training or the validation files")
     tokenizer = load_tokenizer(tokenizer_file) if tokenizer_file else None  # read before `out` is overwritten
-    trainer = Trainer(train_pairs, valid_pairs, config, encoder_config or {}, tokenizer)
-    metrics, epoch = trainer.fit()
+    about: dict[str, Any]
+    network: Network
+    if config.members > 1:
+        network, tokenizer, member_configs = _train_members(
+            train_files, valid_file, train_pairs, config, encoder_config or {}, tokenizer
+        )
+        about = {
+            "members": [
+                {
+                    "seed": m["training"]["config"]["seed"],
+                    "threads": m["training"]["config"]["threads"],
+                    "best_epoch": m["training"]["best_epoch"],
+                    "duration_s": m["training"]["duration_s"],
+                    "validation": m["validation"],
+                }
+                for m in member_configs
+            ]
+        }
+    else:
+        trainer = Trainer(train_pairs, valid_pairs, config, encoder_config or {}, tokenizer, progress=progress)
+        _, epoch = trainer.fit()
+        network, tokenizer, about = trainer.network, trainer.tokenizer, {"best_epoch": epoch}
     # Threshold and calibration from the validation pairs, with the best epoch's weights.
-    scored = score_pairs(trainer.encode, valid_pairs)
+    encoder = QuestionEncoder(network, tokenizer, {}, backend="torch")
+    scored = score_pairs(lambda texts: encoder.encode(texts, batch_size=256), valid_pairs)
+    metrics = validation_metrics(lambda texts: encoder.encode(texts, batch_size=256), valid_pairs)
     tau = best_threshold(scored.similarities, scored.labels)
     slope, intercept = fit_logistic(scored.similarities, scored.labels)
     extra = {
@@ -566,7 +623,7 @@ def train(
             "config": dataclasses.asdict(config),
             "train_files": [_describe(r) for r in reports],
             "valid_file": _describe(valid_report),
-            "best_epoch": epoch,
+            **about,
             "duration_s": round(time.time() - started, 1),
             "torch": torch.__version__,
             "tokenizer": f"reused {tokenizer_file}" if tokenizer_file else "trained on the training questions",
@@ -574,9 +631,80 @@ def train(
         "validation": {k: round(v, 5) for k, v in metrics.items()},
     }
     written = save_model_dir(
-        out, trainer.network, trainer.tokenizer, name=name, threshold=tau, calibration=(slope, intercept), extra=extra
+        out, network, tokenizer, name=name, threshold=tau, calibration=(slope, intercept), extra=extra
     )
     logger.info(
         "wrote %s: validation accuracy %.4f, mrr@10 %.4f, tau %.3f", out, metrics["accuracy"], metrics["mrr@10"], tau
     )
     return written
+
+
+def _train_members(
+    train_files: Sequence[str | Path],
+    valid_file: str | Path,
+    train_pairs: list[Pair],
+    config: TrainConfig,
+    encoder_config: dict[str, Any],
+    tokenizer: Tokenizer | None,
+) -> tuple[SideBySide, Tokenizer, list[dict[str, Any]]]:
+    """``config.members`` networks, each trained as one would be alone but with its own seed
+    (``seed``, ``seed + 1``, ...), all at once in processes of their own, the threads shared out
+    among them: the LSTM's small steps use a second thread poorly (300 steps: 74 s on 2 threads,
+    93 s on 1), so two processes of one thread each train two networks in 108 s instead of 148 s.
+    The tokenizer and MiniLM's vectors are made here, once, and shared. Returns the members side by
+    side, the tokenizer, and each member's config as it wrote it."""
+    k = config.members
+    graph = PairGraph.build(train_pairs)
+    tokenizer = tokenizer or train_tokenizer(graph.texts, vocab_size=config.vocab_size)
+    threads = max(1, (config.threads or torch.get_num_threads()) // k)
+    with tempfile.TemporaryDirectory(prefix="dupq-members-") as tmp:
+        work = Path(tmp)
+        tokenizer.save(str(work / "tokenizer.json"))
+        shared = dataclasses.replace(config, teacher_cache=config.teacher_cache or str(work / "teacher.npy"))
+        if config.distill_weight or config.pretrain_epochs:
+            taught, _ = taught_questions(graph, config)  # the same for every seed without --pretrain-questions
+            teacher_vectors([graph.texts[q] for q in taught], shared)  # into the cache the members read
+        del graph
+        logger.info("training %d networks side by side, %d thread(s) each", k, threads)
+        member_config = [
+            dataclasses.replace(shared, members=1, seed=config.seed + i, threads=threads) for i in range(k)
+        ]
+        level = logging.getLogger().getEffectiveLevel()
+        with ProcessPoolExecutor(k, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [
+                pool.submit(
+                    _train_member,
+                    i,
+                    [str(f) for f in train_files],
+                    str(valid_file),
+                    str(work / f"member-{i}"),
+                    member_config[i],
+                    encoder_config,
+                    str(work / "tokenizer.json"),
+                    level,
+                )
+                for i in range(k)
+            ]
+            written = [future.result() for future in futures]
+        network = SideBySide(EncoderConfig(vocab_size=tokenizer.get_vocab_size(), **encoder_config), k)
+        for i, member in enumerate(network.networks):
+            member.load_state_dict(build_network(work / f"member-{i}", written[i]).state_dict())
+    return network.eval(), tokenizer, written
+
+
+def _train_member(
+    index: int,
+    train_files: list[str],
+    valid_file: str,
+    out: str,
+    config: TrainConfig,
+    encoder_config: dict[str, Any],
+    tokenizer_file: str,
+    log_level: int,
+) -> dict[str, Any]:
+    """One member of :func:`_train_members`, in a process of its own: its log lines say which
+    member they are from, and only the first shows progress bars."""
+    logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s member {index}: %(name)s: %(message)s")
+    return train(
+        train_files, valid_file, out, config, encoder_config, tokenizer_file=tokenizer_file, progress=index == 0
+    )

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.encoder import EncoderConfig, SiameseEncoder
+from model.encoder import EncoderConfig, Network, SiameseEncoder, SideBySide
 from model.model_dir import save_model_dir
 from model.tokenizer import train_tokenizer
 
@@ -29,20 +29,20 @@ CORPUS = [
 ]
 
 
-def build_tiny_model(out: Path, seed: int = 0, version_prefix: str = "test") -> Path:
-    """A small, seeded, untrained model directory: fast, deterministic, real in every part."""
+def build_tiny_model(out: Path, seed: int = 0, version_prefix: str = "test", members: int = 1) -> Path:
+    """A small, seeded, untrained model directory: fast, deterministic, real in every part; with
+    ``members``, that many such networks side by side."""
     torch.manual_seed(seed)
     tokenizer = train_tokenizer(CORPUS * 3, vocab_size=200, min_frequency=1)
-    network = SiameseEncoder(
-        EncoderConfig(
-            vocab_size=tokenizer.get_vocab_size(),
-            embed_dim=16,
-            hidden_dim=16,
-            pooling="mean_max",
-            out_dim=24,
-            dropout=0.0,
-        )
+    config = EncoderConfig(
+        vocab_size=tokenizer.get_vocab_size(),
+        embed_dim=16,
+        hidden_dim=16,
+        pooling="mean_max",
+        out_dim=24,
+        dropout=0.0,
     )
+    network: Network = SideBySide(config, members) if members > 1 else SiameseEncoder(config)
     save_model_dir(
         out,
         network,
@@ -58,6 +58,12 @@ def build_tiny_model(out: Path, seed: int = 0, version_prefix: str = "test") -> 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_members_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two tiny networks side by side."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-members"), members=2)
 
 
 @pytest.fixture(scope="session")

@@ -107,6 +107,23 @@ def test_another_model_reembeds_or_refuses(tiny_model_dir: Path, tmp_path: Path)
         assert match["id"] == "a" and match["similarity"] == pytest.approx(1.0, abs=1e-5)  # vectors of the new model
 
 
+def test_a_model_of_two_networks_side_by_side_takes_over_a_store_of_narrower_vectors(
+    tiny_model_dir: Path, tiny_members_dir: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    with serving(make_settings(tiny_model_dir, data)) as client:
+        client.post("/questions", json={"questions": [{"id": "a", "text": "How old are you?"}]})
+        assert client.get("/info").json()["dim"] == 24
+    with serving(make_settings(tiny_members_dir, data)) as client:
+        assert client.get("/info").json()["dim"] == 48
+        match = client.post("/duplicates", json={"question": "How old are you?", "k": 1}).json()["matches"][0]
+        assert match["id"] == "a" and match["similarity"] == pytest.approx(1.0, abs=1e-5)
+        pair = {"question1": "How old are you?", "question2": "What is your age?"}
+        vectors = client.post("/embed", json={"questions": list(pair.values())}).json()["embeddings"]
+        similarity = client.post("/similarity", json=pair).json()["similarity"]
+        assert similarity == pytest.approx(float(np.dot(*vectors)), abs=1e-5)
+
+
 def test_seed_file_fills_an_empty_store_once(
     tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

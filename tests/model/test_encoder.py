@@ -1,10 +1,11 @@
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
 import torch
 
-from model.encoder import EncoderConfig, SiameseEncoder, forward_by_length, pad_batch, pad_ids
+from model.encoder import EncoderConfig, SiameseEncoder, SideBySide, forward_by_length, pad_batch, pad_ids
 from model.model_dir import _CALL_COST, _STEP_COST, _length_buckets, load_encoder
 
 QUESTIONS = [
@@ -17,8 +18,18 @@ QUESTIONS = [
 
 
 @pytest.fixture(scope="module", params=["onnx", "torch"])
-def encoder(request: pytest.FixtureRequest, tiny_model_dir: Path):  # type: ignore[no-untyped-def]
-    return load_encoder(tiny_model_dir, backend=request.param, threads=1)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module", params=["one network", "two side by side"])
+def model_dir(request: pytest.FixtureRequest, tiny_model_dir: Path, tiny_members_dir: Path) -> Path:
+    return tiny_model_dir if request.param == "one network" else tiny_members_dir
+
+
+@pytest.fixture(scope="module")
+def encoder(model_dir: Path, backend: Literal["onnx", "torch"]):  # type: ignore[no-untyped-def]
+    return load_encoder(model_dir, backend=backend, threads=1)
 
 
 def test_unit_norm_float32_contract(encoder) -> None:  # type: ignore[no-untyped-def]
@@ -72,18 +83,32 @@ def test_length_buckets_hold_at_most_the_batch_size() -> None:
     assert _length_buckets([], [], most=32) == []
 
 
-def test_onnx_graph_equals_the_torch_network(tiny_model_dir: Path) -> None:
-    onnx_vectors = load_encoder(tiny_model_dir, backend="onnx", threads=1).encode(QUESTIONS)
-    torch_vectors = load_encoder(tiny_model_dir, backend="torch", threads=1).encode(QUESTIONS)
+def test_onnx_graph_equals_the_torch_network(model_dir: Path) -> None:
+    onnx_vectors = load_encoder(model_dir, backend="onnx", threads=1).encode(QUESTIONS)
+    torch_vectors = load_encoder(model_dir, backend="torch", threads=1).encode(QUESTIONS)
     np.testing.assert_allclose(onnx_vectors, torch_vectors, atol=1e-5)
 
 
-def test_a_batch_shared_between_threads_gives_the_vectors_of_one_thread(tiny_model_dir: Path) -> None:
+def test_side_by_side_cosine_is_the_mean_of_the_members_cosines(tiny_members_dir: Path) -> None:
+    encoder = load_encoder(tiny_members_dir, backend="onnx", threads=1)
+    assert isinstance(encoder.network, SideBySide) and encoder.dim == 2 * 24
+    ids, lengths = pad_batch(encoder.token_ids(QUESTIONS))
+    with torch.inference_mode():
+        alone = [member.eval()(ids, lengths).numpy() for member in encoder.network.networks]
+    assert not np.allclose(alone[0], alone[1], atol=1e-3)  # two networks, not one twice
+    vectors = encoder.encode(QUESTIONS)
+    np.testing.assert_allclose(vectors, np.concatenate(alone, axis=1) / np.sqrt(2), atol=1e-5)
+    np.testing.assert_allclose(vectors @ vectors.T, (alone[0] @ alone[0].T + alone[1] @ alone[1].T) / 2, atol=1e-5)
+    with pytest.raises(ValueError, match="at least 2 members"):
+        SideBySide(encoder.network.config, 1)
+
+
+def test_a_batch_shared_between_threads_gives_the_vectors_of_one_thread(model_dir: Path) -> None:
     # 120 questions of many lengths: dealt out to two sessions, several length buckets each.
     questions = [f"{q} {' '.join(['and more'] * (i % 13))} number {i}?" for i, q in enumerate(QUESTIONS * 24)]
-    shared = load_encoder(tiny_model_dir, backend="onnx", threads=2)
+    shared = load_encoder(model_dir, backend="onnx", threads=2)
     assert len(shared._sessions) == 2
-    reference = load_encoder(tiny_model_dir, backend="torch", threads=1).encode(questions)
+    reference = load_encoder(model_dir, backend="torch", threads=1).encode(questions)
     np.testing.assert_allclose(shared.encode(questions, batch_size=16), reference, atol=1e-5)
     np.testing.assert_allclose(shared.encode(questions[:3]), reference[:3], atol=1e-5)  # too few to split
 

@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 from typing import Literal
@@ -65,6 +66,67 @@ def test_two_step_training_writes_a_directory_that_reloads_identically(trained: 
     again = load_encoder(out).encode(CORPUS)
     np.testing.assert_array_equal(first, again)
     assert not any(p.suffix in {".pt", ".pkl", ".bin"} for p in out.iterdir())
+
+
+def test_members_train_at_once_each_as_it_would_alone(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    out, pairs = trained
+    tokenizer = str(out / "tokenizer.json")
+    assert main(_train_argv(pairs, tmp_path / "both", "--members", "2", "--tokenizer", tokenizer)) == 0
+    config = json.loads((tmp_path / "both" / "config.json").read_text())
+    assert (config["format_version"], config["members"], config["dim"]) == (2, 2, 32)
+    assert [(m["seed"], m["threads"]) for m in config["training"]["members"]] == [(0, 1), (1, 1)]
+    assert config["training"]["config"]["members"] == 2 and -1 <= config["threshold"] <= 1
+    alone = []
+    for seed in (0, 1):
+        assert main(_train_argv(pairs, tmp_path / f"seed{seed}", "--seed", str(seed), "--tokenizer", tokenizer)) == 0
+        alone.append(load_encoder(tmp_path / f"seed{seed}").encode(CORPUS))
+    both = load_encoder(tmp_path / "both").encode(CORPUS)
+    np.testing.assert_allclose(both, np.concatenate(alone, axis=1) / math.sqrt(2), atol=1e-6)
+    validation = json.loads((tmp_path / "seed1" / "config.json").read_text())["validation"]
+    assert config["training"]["members"][1]["validation"] == validation
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--members", "0"], "--members 0: train at least 1 network"),
+        (
+            ["--members", "2", "--pretrain-epochs", "1", "--pretrain-questions", "5"],
+            "--members with --pretrain-questions",
+        ),
+    ],
+)
+def test_members_that_cannot_be_trained_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    pairs = _pair_file(tmp_path / "pairs.tsv")
+    assert main(_train_argv(pairs, tmp_path / "model", *flags)) == 1
+    assert f"dupq train: error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "model").exists()
+
+
+def test_a_members_directory_checks_its_count_against_its_weights(tiny_members_dir: Path, tmp_path: Path) -> None:
+    for members, message in ((3, "do not match config.json: members.2.embed.weight"), (0, "at least 1, not 0")):
+        broken = tmp_path / f"members{members}"
+        shutil.copytree(tiny_members_dir, broken)
+        config = json.loads((broken / "config.json").read_text())
+        (broken / "config.json").write_text(json.dumps({**config, "members": members}))
+        with pytest.raises(ModelDirError, match=re.escape(message)):
+            load_encoder(broken)
+    newer = tmp_path / "newer"
+    shutil.copytree(tiny_members_dir, newer)
+    config = json.loads((newer / "config.json").read_text())
+    assert config["format_version"] == 2
+    (newer / "config.json").write_text(json.dumps({**config, "format_version": 3}))
+    with pytest.raises(ModelDirError, match="has format 3; this dupq reads up to 2"):
+        load_encoder(newer)
+    single = tmp_path / "single"
+    shutil.copytree(tiny_members_dir, single)
+    config = json.loads((single / "config.json").read_text())
+    del config["members"]
+    (single / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelDirError, match=r"^weights in .* do not match config.json: embed\.weight: config wants"):
+        load_encoder(single)
 
 
 def test_every_hyperparameter_is_a_documented_train_flag() -> None:
