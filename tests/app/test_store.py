@@ -1,5 +1,6 @@
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.store import QuestionStore, StoreInUse
+from app.store import PAGE_SIZE, QuestionStore, StoreInUse
 
 
 def _vectors(n: int, seed: int = 0) -> np.ndarray:
@@ -37,6 +38,30 @@ def test_writes_survive_reopening(tmp_path: Path) -> None:
     assert again.get("a").text == "A?" and again.model_versions() == {"v1": 1}  # type: ignore[union-attr]
     assert [rows for rows in again.iter_texts(not_version="v2")] == [[(1, "A?")]]
     assert list(again.iter_texts(not_version="v1")) == []
+
+
+def test_new_stores_take_wide_pages_and_old_ones_keep_theirs(tmp_path: Path) -> None:
+    def rows_per_page(path: Path, dim: int, n: int = 200) -> float:
+        store = QuestionStore(path, dim=dim)
+        x = np.random.default_rng(0).standard_normal((n, dim)).astype(np.float32)
+        store.upsert(
+            [(f"q{i}", f"Question number {i}?") for i in range(n)], x / np.linalg.norm(x, axis=1)[:, None], "v"
+        )
+        store.close()
+        conn = sqlite3.connect(path)
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        size, pages = (conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_size", "page_count"))
+        conn.close()
+        assert size == (PAGE_SIZE if "new" in path.name else 4096)
+        return n / pages
+
+    assert rows_per_page(tmp_path / "new.sqlite3", dim=512) > 5  # a 4 KiB page holds one such row
+    old = tmp_path / "old.sqlite3"
+    sqlite3.connect(old).execute("CREATE TABLE t (x)").connection.close()  # a file made with 4 KiB pages
+    assert 0 < rows_per_page(old, dim=512) <= 1.1
+    reopened = QuestionStore(old, dim=512)
+    assert reopened.count() == 200
+    reopened.close()
 
 
 def test_a_failed_transaction_leaves_nothing_behind(tmp_path: Path) -> None:
