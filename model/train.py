@@ -177,7 +177,11 @@ def score_pairs(encode: Any, pairs: Sequence[Pair]) -> ScoredPairs:
 def validation_metrics(encode: Any, pairs: Sequence[Pair], threshold: float | None = None) -> dict[str, float]:
     """Pair metrics (at ``threshold``, or the best one for these pairs) and retrieval metrics
     (every distinct question indexed; each side of each duplicate pair queries for the other)."""
-    scored = score_pairs(encode, pairs)
+    return scored_metrics(score_pairs(encode, pairs), threshold)
+
+
+def scored_metrics(scored: ScoredPairs, threshold: float | None = None) -> dict[str, float]:
+    """:func:`validation_metrics` of pairs already scored."""
     tau = best_threshold(scored.similarities, scored.labels) if threshold is None else threshold
     cls = classification(scored.similarities, scored.labels, tau)
     queries, targets = scored.retrieval_queries()
@@ -189,7 +193,7 @@ def validation_metrics(encode: Any, pairs: Sequence[Pair], threshold: float | No
         "roc_auc": roc_auc(scored.similarities, scored.labels),
         "threshold": tau,
         **retrieval(scored.vectors, queries, targets),
-        "pairs": float(len(pairs)),
+        "pairs": float(len(scored.labels)),
         "questions": float(scored.vectors.shape[0]),
     }
 
@@ -615,8 +619,8 @@ def train(
     # Threshold and calibration from the validation pairs, with the best epoch's weights.
     encoder = QuestionEncoder(network, tokenizer, {}, backend="torch")
     scored = score_pairs(lambda texts: encoder.encode(texts, batch_size=256), valid_pairs)
-    metrics = validation_metrics(lambda texts: encoder.encode(texts, batch_size=256), valid_pairs)
-    tau = best_threshold(scored.similarities, scored.labels)
+    metrics = scored_metrics(scored)
+    tau = metrics["threshold"]
     slope, intercept = fit_logistic(scored.similarities, scored.labels)
     extra = {
         "training": {
