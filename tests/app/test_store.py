@@ -41,7 +41,8 @@ def test_writes_survive_reopening(tmp_path: Path) -> None:
 
 
 def test_new_stores_take_wide_pages_and_old_ones_keep_theirs(tmp_path: Path) -> None:
-    def rows_per_page(path: Path, dim: int, n: int = 200) -> float:
+    def fill(path: Path, n: int = 200, dim: int = 512) -> tuple[int, float]:
+        """200 questions with 512-d vectors into the store at ``path``: its page size, and rows per page."""
         store = QuestionStore(path, dim=dim)
         x = np.random.default_rng(0).standard_normal((n, dim)).astype(np.float32)
         store.upsert(
@@ -52,13 +53,14 @@ def test_new_stores_take_wide_pages_and_old_ones_keep_theirs(tmp_path: Path) -> 
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         size, pages = (conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_size", "page_count"))
         conn.close()
-        assert size == (PAGE_SIZE if "new" in path.name else 4096)
-        return n / pages
+        return size, n / pages
 
-    assert rows_per_page(tmp_path / "new.sqlite3", dim=512) > 5  # a 4 KiB page holds one such row
+    size, per_page = fill(tmp_path / "new.sqlite3")
+    assert size == PAGE_SIZE and per_page > 5  # a 4 KiB page holds one such row
     old = tmp_path / "old.sqlite3"
     sqlite3.connect(old).execute("CREATE TABLE t (x)").connection.close()  # a file made with 4 KiB pages
-    assert 0 < rows_per_page(old, dim=512) <= 1.1
+    size, per_page = fill(old)
+    assert size == 4096 and 0 < per_page <= 1.1
     reopened = QuestionStore(old, dim=512)
     assert reopened.count() == 200
     reopened.close()
