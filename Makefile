@@ -45,7 +45,7 @@ test: lint
 # trains a new one.
 TOKENIZER ?= $(wildcard $(MODEL)/tokenizer.json)
 
-## train: reproduce the shipped model from $(DATA) (about 27 minutes on this 2-core machine), then evaluate it (2 more)
+## train: reproduce the shipped model from $(DATA) (26.5 to 28 minutes on this 2-core machine), then evaluate it (2 to 2.5 more)
 # Two networks (seeds 0 and 1), trained at once on one thread each and shipped side by side. MiniLM
 # (the train extra), in bfloat16, teaches all 160,034 training questions: pretraining on its
 # vectors (projected onto the network's width, no head), then distillation alongside the pair losses
