@@ -70,7 +70,7 @@ def save_model_dir(
     both = hashlib.sha256(f"{digest} {tokenizer_digest}".encode()).hexdigest()
     members = len(network.members) if isinstance(network, SideBySide) else 1
     config = {
-        "format_version": 2 if members > 1 else 1,
+        "format_version": FORMAT_VERSION if members > 1 else 1,
         "name": name,
         "version": f"{extra.get('version_prefix', '2026.11') if extra else '2026.11'}+{both[:10]}",
         "encoder": dataclasses.asdict(network.config),

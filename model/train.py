@@ -653,7 +653,7 @@ def _train_members(
 ) -> tuple[SideBySide, Tokenizer, list[dict[str, Any]]]:
     """``config.members`` networks, each trained as one would be alone but with its own seed
     (``seed``, ``seed + 1``, ...), all at once in processes of their own, the threads shared out
-    among them: the LSTM's small steps use a second thread poorly (300 steps: 74 s on 2 threads,
+    among them: the LSTM's small steps use a second thread poorly (200 steps: 74 s on 2 threads,
     93 s on 1), so two processes of one thread each train two networks in 108 s instead of 148 s.
     The tokenizer and MiniLM's vectors are made here, once, and shared. Returns the members side by
     side, the tokenizer, and each member's config as it wrote it."""
