@@ -14,14 +14,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# One stamp per extra, remade when pyproject.toml changes.
+# One stamp per install, remade when pyproject.toml changes: serving alone (no PyTorch), and
+# serving with training and the development tools (the tests train tiny models).
 $(VENV)/.stamp-base: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 	touch $@
 $(VENV)/.stamp-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $@
-$(VENV)/.stamp-train: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[train,dev]'
 	touch $@
 
@@ -46,22 +44,17 @@ test: lint
 TOKENIZER ?= $(wildcard $(MODEL)/tokenizer.json)
 
 ## train: reproduce the shipped model from $(DATA) (26.5 to 28 minutes on this 2-core machine), then evaluate it (2 to 2.5 more)
-# Two networks (seeds 0 and 1), trained at once on one thread each and shipped side by side. MiniLM
-# (the train extra), in bfloat16, teaches all 160,034 training questions: pretraining on its
-# vectors (projected onto the network's width, no head), then distillation alongside the pair losses
-# (README, "The model").
-train: $(VENV)/.stamp-train
+# The recipe is dupq train's defaults (model/training/config.py; docs/model.md): two networks
+# (seeds 0 and 1) trained at once and shipped side by side, all-MiniLM-L6-v2 as the teacher.
+train: $(VENV)/.stamp-dev
 	mkdir -p build
 	$(BIN)/dupq split --pairs $(DATA)/qqp/dev.tsv.gz --fraction 0.5 --seed 0 --out-rest build/valid.tsv --out-held build/holdout.tsv
 	HF_HUB_OFFLINE=1 $(BIN)/dupq train --train $(DATA)/qqp/train.tsv.gz --valid build/valid.tsv --out $(MODEL) \
-		--members 2 --epochs 9 --minilm-embed --threads 2 --hidden-dim 128 --pooling mean_max \
-		--batch-size 256 --pair-batch-size 128 --pretrain-epochs 3 --pretrain-head projection --topic-size 8 \
-		--distill-weight 5 --distill-all \
-		--teacher-dtype bfloat16 --teacher-cache build/teacher.npy $(if $(TOKENIZER),--tokenizer $(TOKENIZER))
+		--teacher-cache build/teacher.npy $(if $(TOKENIZER),--tokenizer $(TOKENIZER))
 	$(MAKE) evaluate
 
 ## evaluate: the shipped model on the held-out half of the BiMPM dev split, then on STS-B and SICK, next to TF-IDF and MiniLM
-evaluate: $(VENV)/.stamp-train
+evaluate: $(VENV)/.stamp-dev
 	mkdir -p $(MODEL)/report
 	HF_HUB_OFFLINE=1 $(BIN)/dupq evaluate --model $(MODEL) --pairs build/holdout.tsv --tune build/valid.tsv \
 		--reference --report $(MODEL)/report > $(MODEL)/report/evaluation.json
@@ -72,9 +65,10 @@ evaluate: $(VENV)/.stamp-train
 		--reference > $(MODEL)/report/sick.json
 	cat $(MODEL)/report/sts-benchmark.json $(MODEL)/report/sick.json
 
-## bench: encoder throughput (with MiniLM when installed), the teacher in float32 and bfloat16, and the HTTP load test
-bench: $(VENV)/.stamp-train
+## bench: encoder and tokenizer throughput (with MiniLM), the teacher in float32 and bfloat16, and the HTTP load test
+bench: $(VENV)/.stamp-dev
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/encoder.py
+	$(BIN)/python bench/tokenizer.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/teacher.py
 	$(BIN)/python bench/service.py
 

@@ -1,13 +1,16 @@
 """The ``dupq`` command: one entry point, one subcommand per job.
 
-    dupq train     train a model directory from labelled pairs
-    dupq split     cut a pair file in two by duplicate groups (no leakage)
-    dupq evaluate  pair and retrieval metrics of a model on a pair file, with baselines
-    dupq embed     print the embeddings of questions as JSON lines
-    dupq index     add questions from a file to a data directory's store and index
     dupq serve     run the HTTP service
+    dupq index     add questions from a file to a data directory's store and index
+    dupq embed     print the embeddings of questions as JSON lines
+    dupq train     train a model directory from labelled pairs (train extra)
+    dupq evaluate  pair and retrieval metrics of a model on a pair file, with baselines
+    dupq sts       correlation with graded similarity (STS Benchmark, SICK)
+    dupq split     cut a pair file in two by duplicate groups (no leakage)
+    dupq upgrade   bring a model directory of an older dupq to this format (train extra)
 
-Heavy imports happen inside each subcommand, so ``dupq --help`` is instant.
+Each subcommand imports what it needs inside itself, so ``dupq --help`` is instant and ``dupq
+serve`` never loads training code (``train``'s many flags are added only when it is asked for).
 """
 
 from __future__ import annotations
@@ -18,19 +21,141 @@ import json
 import logging
 import sys
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 # The encoder's vocabulary size is the tokenizer's (``--vocab-size`` sizes the tokenizer), and
 # ``--unidirectional`` reads better than ``--no-bidirectional``.
 _NOT_ENCODER_FLAGS = ("vocab_size", "bidirectional")
+_TRAIN_EXTRA = "pip install 'dupq[train]'"
 
-logger = logging.getLogger(__name__)
+
+def _version() -> str:
+    try:
+        return version("dupq")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
+def _settings(**overrides: typing.Any) -> typing.Any:
+    """The service's settings (``DUPQ_*`` variables), with the flags that were given on top."""
+    from app.settings import Settings
+
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _limits(settings: typing.Any) -> typing.Any:
+    from app.schemas import Limits
+
+    return Limits(settings.max_question_chars, settings.max_batch)
+
+
+def _read_questions(path: str, settings: typing.Any) -> tuple[list[tuple[str | None, str]], int]:
+    """Lines of ``text`` or ``id<TAB>text`` ('-': standard input), and how many were skipped
+    (each is logged) because ``POST /questions`` would refuse them."""
+    from app.question_file import describe_skipped, read_question_file
+
+    items, skipped = read_question_file(path, _limits(settings))
+    if skipped:
+        logger.warning(describe_skipped(path, skipped))
+    return items, len(skipped)
+
+
+# Subcommands ----------------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import pydantic
+    import uvicorn
+
+    from app.engine import StartupError, open_model_and_store
+    from app.logs import setup_logging
+    from app.main import create_app
+
+    try:
+        settings = _settings(data_dir=args.data_dir, model_dir=args.model_dir)
+    except pydantic.ValidationError as err:
+        for error in err.errors():
+            name = "DUPQ_" + "_".join(map(str, error["loc"])).upper()
+            print(f"dupq serve: error: {name}={error['input']!r}: {error['msg']}", file=sys.stderr)
+        return 1
+    setup_logging(settings.log_level, settings.log_json)
+    try:
+        # What the lifespan would do first, done here so that a bad model directory, data
+        # directory or seed file ends the command with one line rather than a server traceback.
+        opened = open_model_and_store(settings)
+    except StartupError as err:
+        logging.getLogger("app.main").critical("cannot start: %s", err)
+        return 1
+    uvicorn.run(
+        create_app(settings, opened),
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def _index(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from tqdm import tqdm
+
+    from app.engine import Engine, open_model_and_store
+
+    settings = _settings(
+        data_dir=args.data_dir, model_dir=args.model_dir, index_kind=args.index_kind, batch_wait_ms=0.0
+    )
+    items, skipped = _read_questions(args.input, settings)
+    encoder, store = open_model_and_store(settings)  # a StartupError ends it in one line
+    try:
+        engine = Engine.build(settings, encoder, store, progress=True)
+    except BaseException:
+        store.close()
+        raise
+
+    async def add_all() -> int:
+        await engine.start()
+        try:
+            with tqdm(total=len(items), desc="indexing", unit="question") as bar:
+                for start in range(0, len(items), 1024):
+                    await engine.add(items[start : start + 1024])
+                    bar.update(min(1024, len(items) - start))
+            return engine.index_size()
+        finally:
+            await engine.stop()
+
+    size = asyncio.run(add_all())
+    print(json.dumps({"added": len(items), "skipped": skipped, "index_size": size, "data_dir": str(settings.data_dir)}))
+    return 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from model.encoder import load_encoder
+
+    settings = _settings(model_dir=args.model)
+    encoder = load_encoder(settings.model_dir, threads=args.threads)
+    texts = [text for _, text in _read_questions(args.input, settings)[0]]
+    with tqdm(total=len(texts), desc="embedding", unit="question") as bar:
+        for start in range(0, len(texts), 1024):
+            chunk = texts[start : start + 1024]
+            for text, vector in zip(chunk, encoder.encode(chunk), strict=True):
+                print(json.dumps({"question": text, "embedding": [round(float(x), 6) for x in vector]}))
+            bar.update(len(chunk))
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
-    from model.config import EncoderConfig, TrainConfig
-    from model.train import train
+    from model.config import EncoderConfig
+    from model.training.config import TrainConfig
+    from model.training.trainer import train
 
     def given(config: type, skip: Sequence[str] = ()) -> dict[str, typing.Any]:
         names = [f.name for f in dataclasses.fields(config) if f.name not in skip]
@@ -47,22 +172,10 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _split(args: argparse.Namespace) -> int:
-    from model.data import load_pairs, write_bimpm
-    from model.groups import split_by_groups
-
-    pairs, _ = load_pairs(args.pairs)
-    rest, held = split_by_groups(pairs, args.fraction, args.seed)
-    write_bimpm(rest, args.out_rest)
-    write_bimpm(held, args.out_held)
-    print(json.dumps({"rest": len(rest), "held_out": len(held)}))
-    return 0
-
-
 def _evaluate(args: argparse.Namespace) -> int:
-    from model.data import load_pairs
-    from model.evaluate import evaluate, write_report
-    from model.model_dir import load_encoder
+    from model.encoder import load_encoder
+    from model.training.data import load_pairs
+    from model.training.evaluation import evaluate, write_report
 
     encoder = load_encoder(args.model, threads=args.threads)
     pairs, _ = load_pairs(args.pairs)
@@ -76,9 +189,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _sts(args: argparse.Namespace) -> int:
-    from model.evaluate import evaluate_graded
-    from model.graded import load_graded
-    from model.model_dir import load_encoder
+    from model.encoder import load_encoder
+    from model.training.evaluation import evaluate_graded
+    from model.training.graded import load_graded
 
     pairs, report = load_graded(args.pairs, split=args.split)
     encoder = load_encoder(args.model, threads=args.threads)
@@ -89,98 +202,62 @@ def _sts(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_questions(path: str, max_chars: int) -> tuple[list[tuple[str | None, str]], int]:
-    """Lines of ``text`` or ``id<TAB>text``, '-' reads standard input; and how many lines were
-    skipped (each is logged) because ``POST /questions`` would refuse them."""
-    from app.store import describe_skipped, read_question_file
+def _split(args: argparse.Namespace) -> int:
+    from model.training.data import load_pairs, write_bimpm
+    from model.training.groups import split_by_groups
 
-    items, skipped = read_question_file(path, max_chars)
-    if skipped:
-        logger.warning(describe_skipped(path, skipped))
-    return items, len(skipped)
-
-
-def _embed(args: argparse.Namespace) -> int:
-    from app.settings import Settings
-    from model.model_dir import load_encoder
-
-    encoder = load_encoder(args.model, threads=args.threads)
-    texts = [text for _, text in _read_questions(args.input, Settings().max_question_chars)[0]]
-    for start in range(0, len(texts), 1024):
-        chunk = texts[start : start + 1024]
-        for text, vector in zip(chunk, encoder.encode(chunk), strict=True):
-            print(json.dumps({"question": text, "embedding": [round(float(x), 6) for x in vector]}))
+    pairs, _ = load_pairs(args.pairs)
+    rest, held = split_by_groups(pairs, args.fraction, args.seed)
+    write_bimpm(rest, args.out_rest)
+    write_bimpm(held, args.out_held)
+    print(json.dumps({"rest": len(rest), "held_out": len(held)}))
     return 0
 
 
-def _index(args: argparse.Namespace) -> int:
-    import asyncio
+def _upgrade(args: argparse.Namespace) -> int:
+    from model.training.export import upgrade_model_dir
 
-    from app.engine import Engine
-    from app.settings import Settings
-
-    overrides = {"model_dir": args.model_dir} if args.model_dir else {}
-    settings = Settings(data_dir=args.data_dir, index_kind=args.index_kind, batch_wait_ms=0, **overrides)
-    items, skipped = _read_questions(args.input, settings.max_question_chars)
-    engine = Engine(settings)
-    engine.load_model()  # a StartupError (bad model directory, store in use) ends it in one line
-    engine.open()
-
-    async def add_all() -> int:
-        await engine.start()
-        try:
-            for start in range(0, len(items), 1024):
-                await engine.add(items[start : start + 1024])
-            return engine.index_size()
-        finally:
-            await engine.stop()
-
-    size = asyncio.run(add_all())
-    print(json.dumps({"added": len(items), "skipped": skipped, "index_size": size, "data_dir": str(args.data_dir)}))
-    return 0
-
-
-def _serve(args: argparse.Namespace) -> int:
-    import pydantic
-    import uvicorn
-
-    from app.engine import StartupError
-    from app.logs import setup_logging
-    from app.main import create_app
-    from app.settings import Settings
-
-    overrides = {k: v for k, v in (("data_dir", args.data_dir), ("model_dir", args.model_dir)) if v is not None}
-    try:
-        settings = Settings(**overrides)
-    except pydantic.ValidationError as err:
-        for error in err.errors():
-            name = "DUPQ_" + "_".join(map(str, error["loc"])).upper()
-            print(f"dupq serve: error: {name}={error['input']!r}: {error['msg']}", file=sys.stderr)
-        return 1
-    setup_logging(settings.log_level, settings.log_json)
-    app = create_app(settings)
-    try:
-        # What the lifespan would do first, done here so that a bad model directory, data
-        # directory or seed file ends the command with one line rather than a server traceback.
-        app.state.engine.load_model()
-    except StartupError as err:
-        logging.getLogger("app.main").critical("cannot start: %s", err)
-        return 1
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
+    config = upgrade_model_dir(args.model_dir)
+    print(
+        json.dumps({"model_dir": str(args.model_dir), "version": config["version"], "format": config["format_version"]})
     )
     return 0
 
 
-def _add_train(sub: argparse._SubParsersAction) -> None:
-    from model.config import EncoderConfig, TrainConfig
+# The parser -----------------------------------------------------------------------------------
 
-    p = sub.add_parser("train", help="train a model directory", description="Train the Siamese encoder.")
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose flags may be added when it is first used (``add_flags``), so that
+    building the whole command line imports no subcommand's modules."""
+
+    def __init__(
+        self,
+        *args: typing.Any,
+        add_flags: Callable[[argparse.ArgumentParser], None] | None = None,
+        **kwargs: typing.Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._add_flags = add_flags
+
+    def _complete(self) -> None:
+        if self._add_flags is not None:
+            add, self._add_flags = self._add_flags, None
+            add(self)
+
+    def parse_known_args(self, args: typing.Any = None, namespace: typing.Any = None) -> typing.Any:
+        self._complete()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._complete()
+        return super().format_help()
+
+
+def _train_flags(p: argparse.ArgumentParser) -> None:
+    from model.config import EncoderConfig
+    from model.training.config import TrainConfig
+
     p.add_argument(
         "--train", nargs="+", required=True, metavar="FILE", help="labelled pair files (any supported format)"
     )
@@ -188,13 +265,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--valid", required=True, metavar="FILE", help="validation pairs: early stopping, threshold, calibration"
     )
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="model directory to write")
-    _add_config_flags(p, TrainConfig, skip=())
-    _add_config_flags(p, EncoderConfig, skip=_NOT_ENCODER_FLAGS)
     p.add_argument(
         "--tokenizer", metavar="FILE", help="reuse this tokenizer.json instead of training one (repeatable runs)"
     )
+    _add_config_flags(p, TrainConfig, skip=())
+    _add_config_flags(p, EncoderConfig, skip=_NOT_ENCODER_FLAGS)
     p.add_argument("--unidirectional", action="store_true", help="one-way LSTM instead of bidirectional")
-    p.set_defaults(func=_train)
 
 
 def _add_config_flags(p: argparse.ArgumentParser, config: type, skip: Sequence[str]) -> None:
@@ -215,20 +291,51 @@ def _add_config_flags(p: argparse.ArgumentParser, config: type, skip: Sequence[s
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dupq", description="Duplicate-question detection: train, evaluate, serve.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_train(sub)
+    parser = argparse.ArgumentParser(
+        prog="dupq", description="Duplicate-question detection: serve, index, embed, train, evaluate."
+    )
+    parser.add_argument("--version", action="version", version=f"dupq {_version()}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    env = " (default: $%s, else %s)"
 
     p = sub.add_parser(
-        "split", help="split a pair file by duplicate groups", description="Cut pairs in two without leakage."
+        "serve", help="run the HTTP service", description="Serve the contract over HTTP; settings are DUPQ_* variables."
     )
-    p.add_argument("--pairs", required=True, help="labelled pair file")
-    p.add_argument("--fraction", type=float, default=0.5, help="share of questions held out (default 0.5)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out-rest", required=True, help="where the rest goes (BiMPM layout)")
-    p.add_argument("--out-held", required=True, help="where the held-out part goes (BiMPM layout)")
-    p.set_defaults(func=_split)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0: all)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    p.add_argument("--data-dir", type=Path, help="where the store and index live" + env % ("DUPQ_DATA_DIR", "data"))
+    p.add_argument(
+        "--model-dir", type=Path, help="model directory to serve" + env % ("DUPQ_MODEL_DIR", "the bundled model")
+    )
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser(
+        "index",
+        help="add questions to a data directory",
+        description="Bulk-load questions into the store and index of a data directory that no service has open.",
+    )
+    p.add_argument("input", help="file of questions: 'text' or 'id<TAB>text' per line, UTF-8 ('-': standard input)")
+    p.add_argument("--data-dir", type=Path, help="data directory" + env % ("DUPQ_DATA_DIR", "data"))
+    p.add_argument("--model-dir", type=Path, help="model directory" + env % ("DUPQ_MODEL_DIR", "the bundled model"))
+    p.add_argument("--index-kind", choices=["flat", "hnsw"], help="index to build" + env % ("DUPQ_INDEX_KIND", "flat"))
+    p.set_defaults(func=_index)
+
+    p = sub.add_parser("embed", help="embeddings of questions as JSON lines", description="Embed questions.")
+    p.add_argument(
+        "input", nargs="?", default="-", help="file of questions, one per line ('-', the default: standard input)"
+    )
+    p.add_argument("--model", type=Path, help="model directory" + env % ("DUPQ_MODEL_DIR", "the bundled model"))
+    p.add_argument("--threads", type=int, default=0, help="encoder threads (default: 0, every CPU)")
+    p.set_defaults(func=_embed)
+
+    sub.add_parser(
+        "train",
+        help="train a model directory (train extra)",
+        description="Train the Siamese encoder. The defaults are the recipe of the shipped model: "
+        "`dupq train --train FILE --valid FILE --out DIR` runs it.",
+        add_flags=_train_flags,
+    ).set_defaults(func=_train)
 
     p = sub.add_parser(
         "evaluate", help="metrics of a model on labelled pairs", description="Evaluate a model directory."
@@ -240,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--reference", action="store_true", help="also evaluate all-MiniLM-L6-v2 (train extra)")
     p.add_argument("--report", type=Path, metavar="DIR", help="write report.md with ROC and histogram plots")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="encoder threads (default: 0, every CPU)")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser(
@@ -253,32 +360,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", required=True, help="graded pair file: STS Benchmark or SICK layout, may be .gz")
     p.add_argument("--split", help="only this split of an STS Benchmark file (train, dev or test)")
     p.add_argument("--reference", action="store_true", help="also evaluate all-MiniLM-L6-v2 (train extra)")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="encoder threads (default: 0, every CPU)")
     p.set_defaults(func=_sts)
 
-    p = sub.add_parser("embed", help="embeddings of questions as JSON lines", description="Embed questions.")
-    p.add_argument("--model", required=True, help="model directory")
-    p.add_argument("input", nargs="?", default="-", help="file of questions, one per line ('-': standard input)")
-    p.add_argument("--threads", type=int, default=0)
-    p.set_defaults(func=_embed)
+    p = sub.add_parser(
+        "split", help="split a pair file by duplicate groups", description="Cut pairs in two without leakage."
+    )
+    p.add_argument("--pairs", required=True, help="labelled pair file")
+    p.add_argument("--fraction", type=float, default=0.5, help="share of questions held out (default 0.5)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the cut (default 0)")
+    p.add_argument("--out-rest", required=True, help="where the rest goes (BiMPM layout)")
+    p.add_argument("--out-held", required=True, help="where the held-out part goes (BiMPM layout)")
+    p.set_defaults(func=_split)
 
     p = sub.add_parser(
-        "index", help="add questions to a data directory", description="Bulk-load questions into the store and index."
+        "upgrade",
+        help="bring an older model directory to this format (train extra)",
+        description="Write model.onnx from the weights of a model directory an older dupq wrote; no vector changes.",
     )
-    p.add_argument("input", help="file of questions: 'text' or 'id<TAB>text' per line ('-': standard input)")
-    p.add_argument("--data-dir", type=Path, default=Path("data"))
-    p.add_argument("--model-dir", type=Path, default=None)
-    p.add_argument("--index-kind", choices=["flat", "hnsw"], default="flat")
-    p.set_defaults(func=_index)
-
-    p = sub.add_parser(
-        "serve", help="run the HTTP service", description="Serve the contract over HTTP (settings: DUPQ_* variables)."
-    )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--data-dir", type=Path, default=None, help="overrides DUPQ_DATA_DIR")
-    p.add_argument("--model-dir", type=Path, default=None, help="overrides DUPQ_MODEL_DIR")
-    p.set_defaults(func=_serve)
+    p.add_argument("model_dir", type=Path, help="model directory to upgrade in place")
+    p.set_defaults(func=_upgrade)
     return parser
 
 
@@ -293,6 +394,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
+    except ModuleNotFoundError as err:  # an extra that is not installed
+        if args.verbose:
+            raise
+        print(f"dupq {args.command}: error: {err} (this needs the train extra: {_TRAIN_EXTRA})", file=sys.stderr)
+        return 1
     except (OSError, ValueError) as err:  # a missing or unreadable file, a bad model directory, bad input
         if args.verbose:
             raise

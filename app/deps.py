@@ -1,26 +1,57 @@
-"""FastAPI dependencies: the engine and the settings of the running app."""
+"""The service's state and the dependencies that hand out its finished resources.
+
+The lifespan (:func:`app.main.create_app`) fills :class:`ServiceState` once the engine is built;
+until then, and if building it failed, :func:`get_engine` answers with :class:`NotReady` (a 503),
+so a route only ever sees a complete engine.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.engine import Engine
+from app.engine import Engine, NotReady
+from app.schemas import Limits
 from app.settings import Settings
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    limits: Limits
+    engine: Engine | None = None  # None while loading, or when loading failed (load_error says why)
+    load_error: str | None = None
+
+
+def _state(request: Request) -> ServiceState:
+    state: ServiceState = request.app.state.service
+    return state
+
+
+def get_limits(request: Request) -> Limits:
+    """The run-time limits, for validating a request body (:mod:`app.routing`)."""
+    return _state(request).limits
 
 
 # `async def` on purpose: FastAPI runs a plain `def` dependency in a worker thread, a thread
 # hand-off per request for what is an attribute lookup.
-async def get_engine(request: Request) -> Engine:
-    engine: Engine = request.app.state.engine
-    return engine
+async def service_state(request: Request) -> ServiceState:
+    return _state(request)
 
 
 async def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+    return _state(request).settings
+
+
+async def get_engine(request: Request) -> Engine:
+    state = _state(request)
+    if state.engine is None:
+        raise NotReady(state.load_error or "the model and the index are still loading")
+    return state.engine
 
 
 EngineDep = Annotated[Engine, Depends(get_engine)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+StateDep = Annotated[ServiceState, Depends(service_state)]

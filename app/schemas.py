@@ -1,19 +1,34 @@
 """Request and response bodies of contract version 1 (../shared/CONTRACT.md).
 
 Limits fixed by the contract (``k`` in 1..100, the id format, a threshold in [-1, 1]) live in
-``Field``; limits set at run time (``max_question_chars``, ``max_batch``) are checked by
-:mod:`app.limits` and appear in the OpenAPI document built by :func:`app.main.create_app`.
+``Field``. Limits set at run time (``max_question_chars``, ``max_batch``) come in the validation
+context as :class:`Limits` (``Model.model_validate(data, context=limits)``), so one validation
+pass checks both and names the field either way; :func:`app.main.create_app` writes them into the
+OpenAPI document.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationInfo
 from pydantic_core import PydanticCustomError
 
 
-def _question(text: str) -> str:
+@dataclass(frozen=True)
+class Limits:
+    """The limits set at run time (``DUPQ_MAX_QUESTION_CHARS``, ``DUPQ_MAX_BATCH``)."""
+
+    max_question_chars: int
+    max_batch: int
+
+
+def _limits(info: ValidationInfo) -> Limits | None:
+    return info.context if isinstance(info.context, Limits) else None
+
+
+def _question(text: str, info: ValidationInfo) -> str:
     text = text.strip()
     if not text:
         raise ValueError("must not be empty or white space")
@@ -23,11 +38,32 @@ def _question(text: str) -> str:
         raise ValueError(
             f"must be valid Unicode text: lone surrogate U+{ord(text[err.start]):04X} at character {err.start}"
         ) from None
+    limits = _limits(info)
+    if limits is not None and len(text) > limits.max_question_chars:
+        raise PydanticCustomError(
+            "string_too_long",
+            "question has {length} characters; at most max_question_chars = {limit}",
+            {"length": len(text), "limit": limits.max_question_chars},
+        )
     return text
+
+
+def _batch(items: list[Any], info: ValidationInfo) -> list[Any]:
+    limits = _limits(info)
+    if limits is not None and len(items) > limits.max_batch:
+        raise PydanticCustomError(
+            "too_long",
+            "{length} items; at most max_batch = {limit} are allowed",
+            {"length": len(items), "limit": limits.max_batch},
+        )
+    return items
 
 
 # The characters str.strip() removes (str.isspace), as ranges: a question must hold one that is not.
 PYTHON_WHITE_SPACE = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+
+# A batch field: 1 (Field(min_length=1)) to max_batch items.
+MaxBatch = AfterValidator(_batch)
 
 Question = Annotated[
     str,
@@ -90,7 +126,7 @@ class PairIn(Strict):
 
 
 class SimilarityBatchRequest(Strict):
-    pairs: list[PairIn] = Field(min_length=1)
+    pairs: Annotated[list[PairIn], MaxBatch] = Field(min_length=1)
     threshold: Threshold | None = None
 
 
@@ -101,7 +137,7 @@ class SimilarityBatchResponse(BaseModel):
 
 
 class EmbedRequest(Strict):
-    questions: list[Question] = Field(min_length=1)
+    questions: Annotated[list[Question], MaxBatch] = Field(min_length=1)
 
 
 class EmbedResponse(BaseModel):
@@ -116,7 +152,7 @@ class QuestionIn(Strict):
 
 
 class AddQuestionsRequest(Strict):
-    questions: list[QuestionIn] = Field(min_length=1)
+    questions: Annotated[list[QuestionIn], MaxBatch] = Field(min_length=1)
 
 
 class AddQuestionsResponse(BaseModel):
@@ -151,7 +187,7 @@ class DuplicatesResponse(BaseModel):
 
 
 class DuplicatesBatchRequest(Strict):
-    questions: list[Question] = Field(min_length=1)
+    questions: Annotated[list[Question], MaxBatch] = Field(min_length=1)
     k: K = 5
     min_similarity: Similarity | None = None
     threshold: Threshold | None = None
@@ -189,7 +225,7 @@ class Info(BaseModel):
     max_body_bytes: int
     index_kind: str
     index_size: int
-    encoder_backend: str
+    encoder_backend: str = Field(description="always onnx: the network runs in ONNX Runtime")
     threads: int
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from model.encoder import available_cpus
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_MODEL = REPO_ROOT / "models" / "dupq-qqp"
@@ -33,7 +34,8 @@ class Settings(BaseSettings):
     hnsw_m: int = Field(32, ge=4, le=128, description="HNSW graph degree")
     hnsw_ef_search: int = Field(128, ge=8, description="HNSW search breadth: recall against speed")
     seed_file: Path | None = Field(
-        None, description="questions (one per line, or 'id<TAB>text') loaded when the store is empty"
+        None,
+        description="questions (one per line, or 'id<TAB>text') loaded when the store is empty; unset or empty: none",
     )
     on_model_change: Literal["reembed", "refuse"] = Field(
         "reembed",
@@ -49,7 +51,6 @@ class Settings(BaseSettings):
     threads: int = Field(
         0, ge=0, description="CPU threads for the encoder and FAISS; 0 = the CPUs this process may use"
     )
-    encoder_backend: Literal["onnx", "torch"] = Field("onnx", description="run the network in ONNX Runtime or PyTorch")
     batch_max_size: int = Field(
         256, ge=1, description="dynamic batching: most questions per encoder call or index search"
     )
@@ -59,25 +60,14 @@ class Settings(BaseSettings):
     queue_max: int = Field(
         4096, ge=1, description="most questions waiting for the encoder (or the index); beyond it, 503 + Retry-After"
     )
-    fast_path: bool = Field(
-        True, description="answer valid POST /similarity requests on a lean path that skips FastAPI's routing"
-    )
     log_level: str = Field("INFO", description="logging level")
     log_json: bool = Field(True, description="one JSON object per log line")
 
+    @field_validator("seed_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        # DUPQ_SEED_FILE= (set but empty) means no seed file, as an unset variable does.
+        return None if isinstance(value, str) and not value.strip() else value
+
     def cpu_count(self) -> int:
-        if self.threads:
-            return self.threads
-        return available_cpus()
-
-
-def available_cpus() -> int:
-    """CPUs this process may use: the affinity mask, capped by a cgroup v2 quota (containers)."""
-    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if quota != "max":
-            count = min(count, max(1, int(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, count)
+        return self.threads or available_cpus()

@@ -18,10 +18,9 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
-import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -40,59 +39,6 @@ CREATE TABLE IF NOT EXISTS questions (
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('generation', '0');
 """
-
-
-def parse_question_lines(
-    lines: Iterable[str], max_chars: int
-) -> tuple[list[tuple[str | None, str]], list[tuple[int, str]]]:
-    """Questions from lines of ``text`` or ``id<TAB>text`` (the seed and bulk-load format), and
-    the lines skipped, as (line number, reason). Blank lines are ignored; a line without a tab,
-    or with nothing before it, has no id. Each line meets the rules of ``POST /questions`` (the
-    id format, a text that is not blank, at most ``max_chars`` characters, valid Unicode) or is
-    skipped, never loaded under another meaning (``id<TAB>`` with no text is not the question
-    "id")."""
-    from pydantic import ValidationError
-
-    from app.limits import too_long
-    from app.schemas import QuestionIn
-
-    items: list[tuple[str | None, str]] = []
-    skipped: list[tuple[int, str]] = []
-    for number, line in enumerate(lines, 1):
-        line = line.rstrip("\r\n")
-        if not line.strip():
-            continue
-        qid, sep, text = line.partition("\t")
-        try:
-            item = QuestionIn(id=qid.strip() or None, text=text) if sep else QuestionIn(text=line)
-        except ValidationError as err:
-            reason = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-            skipped.append((number, reason))
-            continue
-        why = too_long(item.text, max_chars)
-        if why:
-            skipped.append((number, why))
-            continue
-        items.append((item.id, item.text))
-    return items, skipped
-
-
-def read_question_file(path: str | Path, max_chars: int) -> tuple[list[tuple[str | None, str]], list[tuple[int, str]]]:
-    """:func:`parse_question_lines` of a UTF-8 file ('-': standard input); a file that is not
-    UTF-8 is a ``ValueError`` that names it."""
-    handle = sys.stdin if str(path) == "-" else open(path, encoding="utf-8")  # noqa: SIM115
-    with handle:
-        try:
-            return parse_question_lines(handle, max_chars)
-        except UnicodeDecodeError as err:
-            raise ValueError(f"{path} is not UTF-8 text: byte 0x{err.object[err.start]:02x}, {err.reason}") from None
-
-
-def describe_skipped(source: object, skipped: list[tuple[int, str]], shown: int = 5) -> str:
-    """One log line about the lines of ``source`` that were skipped: how many, and the first few."""
-    first = "; ".join(f"line {number}: {reason}" for number, reason in skipped[:shown])
-    more = f"; and {len(skipped) - shown} more" if len(skipped) > shown else ""
-    return f"{source}: skipped {len(skipped)} line(s) that POST /questions would refuse: {first}{more}"
 
 
 def _own(lock_path: Path) -> IO[str]:

@@ -24,10 +24,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from model.data import iter_pairs  # noqa: E402
-from model.groups import question_key  # noqa: E402
-from model.index import VectorIndex  # noqa: E402
-from model.model_dir import load_encoder  # noqa: E402
+from app.index import VectorIndex  # noqa: E402
+from model.encoder import load_encoder  # noqa: E402
+from model.training.data import iter_pairs  # noqa: E402
+from model.training.groups import question_key  # noqa: E402
 
 
 def distinct(path: Path) -> list[str]:

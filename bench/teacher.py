@@ -19,8 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.data import load_pairs
-from model.evaluate import minilm_encoder
+from model.training.data import load_pairs
+from model.training.teacher import minilm_encoder
 
 
 def main(argv: list[str] | None = None) -> int:

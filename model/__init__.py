@@ -1,4 +1,12 @@
-"""dupq's model: data, tokenizer, Siamese encoder, losses, training, evaluation and the index.
+"""dupq's model, in two layers.
 
-Pure PyTorch, `tokenizers` and FAISS; nothing here imports the web service.
+Serving (this package's modules; NumPy, ``tokenizers`` and ONNX Runtime, no PyTorch): the model
+directory (:mod:`model.model_dir`), the tokenizer (:mod:`model.tokenizer`), the encoder at run
+time (:mod:`model.encoder`), the architecture (:mod:`model.config`) and the calibrated probability
+(:mod:`model.calibration`).
+
+Training (:mod:`model.training`; the train extra, with PyTorch): data, duplicate groups, the
+network, losses, the trainer and its recipe, evaluation, the teacher, and writing a model
+directory with its ONNX graph. Training uses the serving layer, never the other way round, and
+nothing in ``model`` imports the web service.
 """

@@ -1,127 +1,35 @@
-"""The Siamese question encoder: token embedding -> LSTM -> pooling -> L2 normalization.
+"""The encoder at run time: questions in, unit vectors out, with ONNX Runtime (no PyTorch).
 
-One set of weights encodes every question, so the cosine similarity of two questions is the dot
-product of their vectors: symmetric by construction, and 1 for a question with itself.
+:func:`load_encoder` opens a model directory (:mod:`model.model_dir`) and runs its ``model.onnx``,
+the graph that training wrote from the PyTorch network (:mod:`model.training.onnx_graph`). The
+embedding contract lives in :func:`embedding_matrix`; everything downstream trusts it.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
-import typing
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from model.config import EncoderConfig
-from model.tokenizer import PAD_ID
+from model.calibration import probability
+from model.model_dir import ONNX, TOKENIZER, ModelDirError, read_config
+from model.tokenizer import PAD_ID, TokenIds, load_tokenizer
+
+logger = logging.getLogger(__name__)
 
 
-def embedding_matrix(vectors: torch.Tensor | np.ndarray) -> np.ndarray:
-    """The embedding contract, in one place for every backend: float32, C-contiguous, shape
+def embedding_matrix(vectors: np.ndarray) -> np.ndarray:
+    """The embedding contract, in one place for every producer: float32, C-contiguous, shape
     (N, D). The rows are unit vectors already: the network normalizes as its last step."""
-    if isinstance(vectors, torch.Tensor):
-        vectors = vectors.detach().cpu().numpy()
     array = np.ascontiguousarray(vectors, dtype=np.float32)
-    assert array.ndim == 2, array.shape
+    if array.ndim != 2:
+        raise ValueError(f"embeddings must be a (N, D) matrix, got shape {array.shape}")
     return array
-
-
-class SiameseEncoder(nn.Module):
-    def __init__(self, config: EncoderConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.embed = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=PAD_ID)
-        self.lstm = nn.LSTM(
-            config.embed_dim,
-            config.hidden_dim,
-            num_layers=config.num_layers,
-            bidirectional=config.bidirectional,
-            batch_first=True,
-            dropout=config.dropout if config.num_layers > 1 else 0.0,
-        )
-        lstm_out = config.hidden_dim * (2 if config.bidirectional else 1)
-        pooled = lstm_out * (2 if config.pooling == "mean_max" else 1)
-        self.proj = nn.Linear(pooled, config.out_dim) if config.out_dim else nn.Identity()
-        self.dropout = nn.Dropout(config.dropout)
-
-    @property
-    def device(self) -> torch.device:
-        """Where the weights are: token ids must be sent there (a network in training may be on a GPU)."""
-        return self.embed.weight.device
-
-    @property
-    def dim(self) -> int:
-        c = self.config
-        if c.out_dim:
-            return c.out_dim
-        return c.hidden_dim * (2 if c.bidirectional else 1) * (2 if c.pooling == "mean_max" else 1)
-
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """ids (B, T) padded with PAD_ID, lengths (B,) >= 1 -> unit vectors (B, D)."""
-        x = self.dropout(self.embed(ids))  # (B, T, E)
-        if ids.shape[0] == 1:
-            # A single question has no padding; packing would only cost time.
-            out, _ = self.lstm(x[:, : int(lengths[0])])  # (1, T, H*dirs)
-            mask = torch.ones(out.shape[:2], dtype=torch.bool, device=out.device)
-        else:
-            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-            out, _ = self.lstm(packed)
-            out, _ = pad_packed_sequence(out, batch_first=True)  # (B, T', H*dirs), zeros past each length
-            mask = torch.arange(out.shape[1], device=out.device)[None, :] < lengths.to(out.device)[:, None]
-        pooled = self._pool(out, mask)  # (B, P)
-        return F.normalize(self.proj(self.dropout(pooled)), dim=-1)  # (B, D)
-
-    def _pool(self, out: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        mask3 = mask.unsqueeze(-1)  # (B, T, 1)
-        parts = []
-        if self.config.pooling in ("mean", "mean_max"):
-            parts.append((out * mask3).sum(1) / mask3.sum(1).clamp(min=1))
-        if self.config.pooling in ("max", "mean_max"):
-            parts.append(out.masked_fill(~mask3, float("-inf")).max(1).values)
-        return torch.cat(parts, dim=-1)
-
-
-class SideBySide(nn.Module):
-    """Several networks trained apart (``dupq train --members K``), one vector: the members' unit
-    vectors side by side, scaled by ``1 / sqrt(K)``. It is still a unit vector, and the cosine of
-    two questions is the mean of the members' cosines. Its weights are the members' under
-    ``members.<i>.``; every member reads the same token ids (one tokenizer)."""
-
-    def __init__(self, config: EncoderConfig, members: int) -> None:
-        super().__init__()
-        if members < 2:
-            raise ValueError(f"SideBySide needs at least 2 members, got {members}")
-        self.members = nn.ModuleList(SiameseEncoder(config) for _ in range(members))
-
-    @property
-    def networks(self) -> list[SiameseEncoder]:
-        """The members, typed."""
-        return [typing.cast(SiameseEncoder, member) for member in self.members]
-
-    @property
-    def config(self) -> EncoderConfig:
-        """The members' architecture (one for all)."""
-        return self.networks[0].config
-
-    @property
-    def device(self) -> torch.device:
-        return self.networks[0].device
-
-    @property
-    def dim(self) -> int:
-        return sum(member.dim for member in self.networks)
-
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """ids (B, T), lengths (B,) -> unit vectors (B, K * D)."""
-        return torch.cat([member(ids, lengths) for member in self.networks], dim=-1) / math.sqrt(len(self.members))
-
-
-Network = SiameseEncoder | SideBySide
-"""What a model directory holds: one network, or several side by side."""
 
 
 def pad_ids(sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -134,23 +42,175 @@ def pad_ids(sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     return ids, lengths
 
 
-def pad_batch(sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token id lists -> (ids (B, T) padded with PAD_ID, lengths (B,)) as tensors."""
-    ids, lengths = pad_ids(sequences)
-    return torch.from_numpy(ids), torch.from_numpy(lengths)
+def available_cpus() -> int:
+    """CPUs this process may use: the affinity mask, capped by a cgroup v2 quota (containers)."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            count = min(count, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
 
 
-def forward_by_length(network: SiameseEncoder, sequences: list[list[int]], chunk: int = 128) -> torch.Tensor:
-    """``network`` over token id lists, run in chunks of ``chunk`` questions of similar length;
-    rows come back in the order given. The vectors are those of one call over all of them (every
-    question is encoded on its own), but the backward pass is far cheaper: PyTorch's packed LSTM
-    backward grows faster than linearly with the batch and its longest question (2,000 questions
-    of a training step: 8.8 s in one call, 1.3 s in sorted chunks of 128, forward and backward)."""
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-    parts = []
-    for start in range(0, len(order), chunk):
-        ids, lengths = pad_batch([sequences[i] for i in order[start : start + chunk]])
-        parts.append(network(ids.to(network.device), lengths))
-    inverse = torch.empty(len(order), dtype=torch.long)
-    inverse[torch.tensor(order)] = torch.arange(len(order))
-    return torch.cat(parts)[inverse.to(network.device)]
+class QuestionEncoder:
+    """A loaded model: questions in, unit vectors out, plus the threshold and the calibration.
+
+    One single-threaded ONNX Runtime session per thread, each running its own share of a batch:
+    the LSTM's time steps are too small to split well between threads (two threads on one session
+    ran about 1.4 times as fast as one), whole sub-batches are not.
+    """
+
+    def __init__(self, config: dict[str, Any], tokenizer: Any, graph: bytes, threads: int = 1) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.token_ids = TokenIds(tokenizer, int(config["encoder"]["max_tokens"]))
+        self.threads = max(1, threads)
+        self._sessions = [single_thread_session(graph) for _ in range(self.threads)]
+        width = self._sessions[0].get_outputs()[0].shape[-1]
+        if width != config["dim"]:
+            raise ModelDirError(f"model.onnx gives {width}-d vectors where config.json says {config['dim']}")
+        self._pool = (
+            ThreadPoolExecutor(self.threads - 1, thread_name_prefix="dupq-encoder") if self.threads > 1 else None
+        )
+
+    @property
+    def name(self) -> str:
+        return str(self.config["name"])
+
+    @property
+    def version(self) -> str:
+        return str(self.config["version"])
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.name}-{self.version}"
+
+    @property
+    def dim(self) -> int:
+        return int(self.config["dim"])
+
+    @property
+    def max_tokens(self) -> int:
+        return self.token_ids.max_tokens
+
+    @property
+    def threshold(self) -> float:
+        return float(self.config["threshold"])
+
+    def probability(self, similarities: np.ndarray | float) -> np.ndarray:
+        calibration = self.config["calibration"]
+        return probability(similarities, calibration["slope"], calibration["intercept"])
+
+    def encode(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
+        """Unit vectors (N, D), float32, in the order of ``texts``. Inputs are sorted by length
+        and cut into runs of similar length, at most ``batch_size`` each, wherever the padding
+        saved outweighs the cost of one more call (the LSTM pays for every padded step of a run's
+        longest question). With several threads, the sorted rows are dealt out in turn to one
+        share per thread, so the shares cost the same, and the shares run at once."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        sequences = self.token_ids(texts)
+        lengths = [len(s) for s in sequences]
+        order = sorted(range(len(sequences)), key=lengths.__getitem__)
+        out = np.empty((len(sequences), self.dim), dtype=np.float32)
+        shares = len(self._sessions)
+        if self._pool is None or len(texts) < _MIN_SHARE * shares:
+            self._run_share(0, order, sequences, lengths, batch_size, out)
+            return out
+        futures = [
+            self._pool.submit(self._run_share, k, order[k::shares], sequences, lengths, batch_size, out)
+            for k in range(1, shares)
+        ]
+        self._run_share(0, order[0::shares], sequences, lengths, batch_size, out)
+        for future in futures:
+            future.result()
+        return out
+
+    def _run_share(
+        self, share: int, rows: list[int], sequences: list[list[int]], lengths: list[int], most: int, out: np.ndarray
+    ) -> None:
+        for run in _length_buckets(rows, lengths, most):
+            ids, run_lengths = pad_ids([sequences[i] for i in run])
+            out[run] = self.forward(ids, run_lengths, share)
+
+    def forward(self, ids: np.ndarray, lengths: np.ndarray, share: int = 0) -> np.ndarray:
+        """The network on padded token ids (B, T) and their lengths (B,): unit vectors (B, D)."""
+        feed = {"ids": ids, "lengths": lengths.astype(np.int32)}
+        return embedding_matrix(self._sessions[share].run(None, feed)[0])
+
+
+def single_thread_session(graph: bytes) -> Any:
+    """An ONNX Runtime session (CPU) that runs on the calling thread alone. With one thread it has
+    no pool, so nothing spins between calls and takes the CPU from a server's event loop."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+
+
+_MIN_SHARE = 8  # rows per thread below which a batch is not worth splitting
+
+# What one network call on ``rows`` questions padded to ``steps`` tokens costs, in units of one
+# question-step: every row pays for every step of the call, padded or not (ONNX Runtime's LSTM
+# runs the whole batch to its longest row), plus a fixed cost per call and a cost per step. For
+# the shipped network in ONNX Runtime on one thread, a question-step is about 9 us, and three fits
+# (``python bench/encoder.py --cost-model``) put a call at 5 to 13 of them and a step at 0.3 to
+# 0.8; the cuts below change little within that range.
+_CALL_COST = 8.0
+_STEP_COST = 0.75
+
+
+def _length_buckets(order: list[int], lengths: list[int], most: int) -> list[list[int]]:
+    """Cut rows sorted by length into runs at the cuts that make the modelled cost of running them
+    (above) least: a cut saves padding and costs a call. Dynamic programming over the places where
+    the length changes (a cut between equal lengths saves nothing); a run of more than ``most``
+    rows is counted, and run, as that many calls."""
+    n = len(order)
+    if n == 0:
+        return []
+    starts = [0] + [k for k in range(1, n) if lengths[order[k]] != lengths[order[k - 1]]]
+    ends = [*starts[1:], n]
+    # best[j]: least cost of the rows of the j shortest distinct lengths; cut[j]: where its last run starts
+    best = [0.0] + [float("inf")] * len(starts)
+    cut = [0] * (len(starts) + 1)
+    for j in range(1, len(starts) + 1):
+        end = ends[j - 1]
+        steps = lengths[order[end - 1]]
+        call = _CALL_COST + _STEP_COST * steps
+        for i in range(j):
+            rows = end - starts[i]
+            cost = best[i] + -(-rows // most) * call + rows * steps
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    runs: list[list[int]] = []
+    j = len(starts)
+    while j > 0:
+        first, end = starts[cut[j]], ends[j - 1]
+        runs[:0] = [order[k : min(k + most, end)] for k in range(first, end, most)]
+        j = cut[j]
+    return runs
+
+
+def load_encoder(model_dir: str | Path, threads: int = 1) -> QuestionEncoder:
+    """Load a model directory for serving; raises :class:`ModelDirError` with the reason if it
+    is unusable. ``threads``: how many threads one ``encode`` call may use (0: every CPU this
+    process may use)."""
+    model_dir = Path(model_dir)
+    config = read_config(model_dir)
+    try:
+        tokenizer = load_tokenizer(model_dir / TOKENIZER)
+    except Exception as err:  # tokenizers raises its own Exception type
+        raise ModelDirError(f"{model_dir / TOKENIZER} cannot be read: {err}") from err
+    try:
+        encoder = QuestionEncoder(config, tokenizer, (model_dir / ONNX).read_bytes(), threads or available_cpus())
+    except ModelDirError:
+        raise
+    except Exception as err:  # onnxruntime's own errors for a graph it cannot run
+        raise ModelDirError(f"{model_dir / ONNX} cannot be run: {err}") from err
+    logger.info("loaded model %s (dim %d, %d thread(s)) from %s", encoder.full_name, encoder.dim, threads, model_dir)
+    return encoder

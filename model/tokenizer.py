@@ -146,6 +146,11 @@ class TokenIds:
     ``cache_chunks`` chunks. Other text, text that contains an added token such as ``[UNK]``, and
     a tokenizer whose normalizer or pre-tokenizer is not the one :func:`train_tokenizer` builds go
     through ``encode_batch``. Tests check that both paths give the same ids.
+
+    Why two paths: on the dev questions (``python bench/tokenizer.py``, 2026-12-04) ``encode_batch``
+    took 127 us for the two questions of a /similarity request and the fast path 10 us, the
+    encoder's share of such a request being about 0.7 ms; over 20,000 questions, 31,802 against
+    114,976 questions/s (182,096 with the dictionary warm), with the same ids for every one.
     """
 
     def __init__(self, tokenizer: Tokenizer, max_tokens: int, cache_chunks: int = 100_000) -> None:

@@ -1,4 +1,7 @@
-"""Shared fixtures: a tiny deterministic model directory, built once, and pair files."""
+"""Shared fixtures: a tiny deterministic model directory, built once, and pair files.
+
+Building it takes the training layer (PyTorch); loading and serving it take none.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.encoder import EncoderConfig, Network, SiameseEncoder, SideBySide
-from model.model_dir import save_model_dir
+from model.config import EncoderConfig
 from model.tokenizer import train_tokenizer
+from model.training.export import save_model_dir
+from model.training.network import Network, SiameseEncoder, SideBySide
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -50,7 +54,7 @@ def build_tiny_model(out: Path, seed: int = 0, version_prefix: str = "test", mem
         name="tiny",
         threshold=0.8,
         calibration=(10.0, -8.0),
-        extra={"version_prefix": version_prefix},
+        version_prefix=version_prefix,
     )
     return out
 

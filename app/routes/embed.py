@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 
-from app import limits
-from app.deps import EngineDep, SettingsDep
+from app.deps import EngineDep
+from app.routing import JsonRoute
 from app.schemas import EmbedRequest, EmbedResponse
 
-router = APIRouter(tags=["embeddings"])
+router = APIRouter(tags=["embeddings"], route_class=JsonRoute)
 
 
 @router.post("/embed", response_model=EmbedResponse)
-async def embed(body: EmbedRequest, engine: EngineDep, settings: SettingsDep) -> EmbedResponse:
+async def embed(body: EmbedRequest, engine: EngineDep) -> dict[str, Any]:
     """L2-normalized embeddings of questions, in request order."""
-    limits.check(
-        settings, [(("questions", i), q) for i, q in enumerate(body.questions)], [("questions", len(body.questions))]
-    )
     vectors = await engine.encode(body.questions)
-    return EmbedResponse(embeddings=vectors.tolist(), dim=int(vectors.shape[1]), model=engine.model_name)
+    return {"embeddings": vectors.tolist(), "dim": int(vectors.shape[1]), "model": engine.model_name}

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.deps import EngineDep, SettingsDep
+from app.deps import EngineDep, SettingsDep, StateDep
 from app.schemas import ErrorBody, Info, ReadyStatus, Status
 
 router = APIRouter(tags=["operations"])
@@ -24,11 +24,11 @@ router.add_api_route("/health", health, methods=["HEAD"], include_in_schema=Fals
 
 
 @router.get("/ready", response_model=ReadyStatus, responses={503: {"model": ErrorBody, "description": "still loading"}})
-async def ready(engine: EngineDep) -> ReadyStatus | JSONResponse:
+async def ready(state: StateDep) -> ReadyStatus | JSONResponse:
     """Readiness: 200 once the model and the index are loaded and the model answers."""
-    if not engine.ready:
-        return JSONResponse({"detail": engine.load_error or "loading the model and the index"}, status_code=503)
-    return ReadyStatus(status="ready", index_size=engine.index_size())
+    if state.engine is None:
+        return JSONResponse({"detail": state.load_error or "loading the model and the index"}, status_code=503)
+    return ReadyStatus(status="ready", index_size=state.engine.index_size())
 
 
 router.add_api_route("/ready", ready, methods=["HEAD"], response_model=ReadyStatus, include_in_schema=False)
@@ -37,7 +37,7 @@ router.add_api_route("/ready", ready, methods=["HEAD"], response_model=ReadyStat
 @router.get("/info", response_model=Info)
 async def info(engine: EngineDep, settings: SettingsDep) -> Info:
     """The loaded model, its threshold and dimensions, the limits, and the index."""
-    encoder = engine._require_ready()
+    encoder = engine.encoder
     return Info(
         name=encoder.name,
         version=encoder.version,
@@ -50,7 +50,7 @@ async def info(engine: EngineDep, settings: SettingsDep) -> Info:
         max_body_bytes=settings.max_body_bytes,
         index_kind=settings.index_kind,
         index_size=engine.index_size(),
-        encoder_backend=settings.encoder_backend,
+        encoder_backend="onnx",
         threads=engine.threads,
     )
 
@@ -60,9 +60,9 @@ async def info(engine: EngineDep, settings: SettingsDep) -> Info:
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
 )
-async def metrics(request: Request, engine: EngineDep) -> Response:
+async def metrics(request: Request, state: StateDep) -> Response:
     """Prometheus metrics: requests and latency per route, encoder batch sizes, queue depth, index size."""
     m = request.app.state.metrics
-    m.queue_depth.set(engine.queue_depth)
-    m.index_size.set(engine.index_size())
+    m.queue_depth.set(state.engine.queue_depth if state.engine else 0)
+    m.index_size.set(state.engine.index_size() if state.engine else 0)
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

@@ -6,26 +6,21 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Response, status
 
-from app import limits
-from app.deps import EngineDep, SettingsDep
+from app.deps import EngineDep
+from app.routing import JsonRoute
 from app.schemas import AddQuestionsRequest, AddQuestionsResponse, ErrorBody, StoredQuestionOut
 
-router = APIRouter(prefix="/questions", tags=["questions"])
+router = APIRouter(prefix="/questions", tags=["questions"], route_class=JsonRoute)
 
 IdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$", description="question id")]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "description": "no question with this id"}}
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=AddQuestionsResponse)
-async def add_questions(body: AddQuestionsRequest, engine: EngineDep, settings: SettingsDep) -> AddQuestionsResponse:
+async def add_questions(body: AddQuestionsRequest, engine: EngineDep) -> dict[str, Any]:
     """Add questions to the index, or replace those whose id exists; durable once answered."""
-    limits.check(
-        settings,
-        [(("questions", i, "text"), q.text) for i, q in enumerate(body.questions)],
-        [("questions", len(body.questions))],
-    )
     ids, size = await engine.add([(q.id, q.text) for q in body.questions])
-    return AddQuestionsResponse(ids=ids, index_size=size)
+    return {"ids": ids, "index_size": size}
 
 
 @router.get("/{question_id}", response_model=StoredQuestionOut, responses=NOT_FOUND)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from app.engine import Engine
 from app.main import create_app
 from app.settings import Settings
 
@@ -28,6 +29,13 @@ def serving(settings: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(settings)) as client:
         wait_ready(client)
         yield client
+
+
+def engine_of(client: TestClient) -> Engine:
+    """The engine of a ready app."""
+    engine = client.app.state.service.engine  # type: ignore[attr-defined]
+    assert engine is not None, "the app is not ready"
+    return engine  # type: ignore[no-any-return]
 
 
 def make_settings(model_dir: Path, data_dir: Path, **overrides: Any) -> Settings:

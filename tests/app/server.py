@@ -1,4 +1,9 @@
-"""A real ``dupq serve`` in a subprocess, for tests over real HTTP."""
+"""A real ``dupq serve`` in a subprocess, for tests over real HTTP.
+
+The process cannot import PyTorch or any other package of the train extra (``sys.modules`` holds
+None under their names, so importing one raises ImportError): every test over real HTTP also
+checks that serving needs none of them.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +26,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+TRAINING_ONLY = ("torch", "onnx", "safetensors", "sentence_transformers", "sklearn", "matplotlib")
+BLOCKED_SERVE = (
+    f"import sys; sys.modules.update(dict.fromkeys({TRAINING_ONLY!r})); "
+    "from app.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
 class Server:
     def __init__(self, model_dir: Path, data_dir: Path, port: int | None = None, **env: str) -> None:
         self.model_dir, self.data_dir = model_dir, data_dir
@@ -35,8 +47,8 @@ class Server:
     def start(self, timeout: float = 60.0) -> Server:
         argv = [
             sys.executable,
-            "-m",
-            "app.cli",
+            "-c",
+            BLOCKED_SERVE,
             "serve",
             "--port",
             str(self.port),
@@ -60,15 +72,21 @@ class Server:
             time.sleep(0.05)
         raise TimeoutError("server not ready")
 
-    def request(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else None
+    def request(
+        self, method: str, path: str, body: Any = None, timeout: float = 10.0, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        """Status and JSON answer (None when empty) of one request; ``body`` is sent as JSON, or as
+        it is when it is bytes."""
+        data = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(
-            self.url + path, data=data, method=method, headers={"content-type": "application/json"}
+            self.url + path, data=data, method=method, headers={"content-type": "application/json", **(headers or {})}
         )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as response:
                 raw = response.read()
-                return response.status, json.loads(raw) if raw else None
+                return response.status, json.loads(
+                    raw
+                ) if raw and response.headers.get_content_subtype() == "json" else raw or None
         except urllib.error.HTTPError as err:
             raw = err.read()
             return err.code, json.loads(raw) if raw else None

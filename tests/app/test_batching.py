@@ -6,6 +6,8 @@ import pytest
 
 from app.batching import Batcher, Overloaded
 
+from .conftest import engine_of
+
 
 def test_concurrent_requests_share_one_encoder_call() -> None:
     calls: list[int] = []
@@ -87,7 +89,7 @@ def test_a_full_queue_refuses_at_once() -> None:
 
 
 def test_overload_is_a_503_with_retry_after(client) -> None:  # type: ignore[no-untyped-def]
-    engine = client.app.state.engine
+    engine = engine_of(client)
 
     async def refuse(texts: list[str]) -> np.ndarray:
         raise Overloaded("42 questions are waiting for the encoder")

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from app.schemas import PYTHON_WHITE_SPACE
 
-from .conftest import make_settings, serving
+from .conftest import engine_of, make_settings, serving
 
 Q1, Q2 = "How old are you?", "What is your age?"
 
@@ -226,8 +226,9 @@ def test_a_body_that_is_not_utf8_is_a_422(client: TestClient) -> None:
 def test_a_body_that_json_cannot_read_is_a_422_that_says_why(client: TestClient) -> None:
     headers = {"content-type": "application/json"}
     cases = [
-        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),  # Python's json recursion limit
-        (b'{"question": "q", "k": ' + b"9" * 5000 + b"}", "a number of more than 4300 digits"),
+        (b"[" * 100_000 + b"]" * 100_000, "recursion limit exceeded"),
+        (b'{"question": "q", "k": ' + b"9" * 5000 + b"}", "number out of range"),
+        (b'{"question": "q", "k": 5', "EOF while parsing"),
     ]
     for body, why in cases:
         for path in ("/similarity", "/duplicates"):
@@ -235,7 +236,8 @@ def test_a_body_that_json_cannot_read_is_a_422_that_says_why(client: TestClient)
             assert response.status_code == 422, response.text
             (error,) = response.json()["detail"]
             assert error["type"] == "json_invalid" and error["loc"] == ["body"]
-            assert error["msg"] == f"request body is not valid JSON: {why}"
+            assert error["msg"].startswith("Invalid JSON: " + why), error["msg"]
+            assert error.get("input") is None  # the body is not echoed back
 
 
 def test_a_body_not_sent_as_json_is_a_422_that_names_the_content_type(client: TestClient) -> None:
@@ -290,22 +292,70 @@ def test_probes_answer_head_and_paths_are_not_redirected(client: TestClient) -> 
         assert response.status_code == 404 and response.json() == {"detail": "Not Found"}
 
 
-def test_text_that_is_not_unicode_is_a_422_that_names_the_field(client: TestClient) -> None:
-    # JSON may escape a lone surrogate ("\\ud800"), which Python reads and UTF-8 cannot hold.
+def test_text_that_is_not_unicode_is_a_422_that_says_where(client: TestClient) -> None:
+    # JSON may escape a lone surrogate ("\\ud800"), which no Unicode text holds: the body is refused.
     headers = {"content-type": "application/json"}
     cases = [
-        ("/similarity", b'{"question1": "a \\ud800 b", "question2": "b"}', ["body", "question1"]),
-        ("/questions", b'{"questions": [{"id": "s1", "text": "\\udfff"}]}', ["body", "questions", 0, "text"]),
-        ("/duplicates", b'{"question": "q", "k": "\\ud800"}', ["body", "k"]),
-        ("/embed", b'{"questions": ["ok", "\\ud83d"]}', ["body", "questions", 1]),
+        ("/similarity", b'{"question1": "a \\ud800 b", "question2": "b"}', 24),
+        ("/questions", b'{"questions": [{"id": "s1", "text": "\\udfff"}]}', 43),
+        ("/embed", b'{"questions": ["ok", "\\ud83d"]}', 29),
     ]
-    for path, body, loc in cases:
+    for path, body, column in cases:
         response = client.post(path, content=body, headers=headers)
         assert response.status_code == 422, (path, response.text)
-        assert response.json()["detail"][0]["loc"] == loc
-    detail = client.post(cases[0][0], content=cases[0][1], headers=headers).json()["detail"][0]
-    assert "lone surrogate U+D800 at character 2" in detail["msg"]
+        (error,) = response.json()["detail"]
+        assert error["type"] == "json_invalid" and error["loc"] == ["body"]
+        assert f"at line 1 column {column}" in error["msg"] and "surrogate pair" in error["msg"], error["msg"]
     assert client.get("/questions/s1").status_code == 404
     # A surrogate pair is a valid character (U+1F600).
     ok = client.post("/similarity", content=b'{"question1": "\\ud83d\\ude00?", "question2": "b"}', headers=headers)
     assert ok.status_code == 200
+
+
+def test_nan_and_infinity_are_a_422_that_names_them(client: TestClient) -> None:
+    body = b'{"question1": NaN, "question2": "b", "threshold": Infinity}'
+    response = client.post("/similarity", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert {(e["loc"][-1], e["input"]) for e in response.json()["detail"]} == {
+        ("question1", "nan"),
+        ("threshold", "inf"),
+    }
+
+
+def test_a_body_over_the_cap_is_a_413_whether_declared_or_streamed(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with serving(make_settings(tiny_model_dir, tmp_path / "data", max_body_bytes=1024)) as client:
+        big = b'{"question1": "' + b"x" * 2000 + b'", "question2": "b"}'
+        declared = client.post("/similarity", content=big, headers={"content-type": "application/json"})
+        assert declared.status_code == 413
+        assert declared.json() == {"detail": "request body of 2035 bytes is over max_body_bytes = 1024 bytes"}
+        chunks = (big[i : i + 500] for i in range(0, len(big), 500))  # no Content-Length: counted as it comes
+        streamed = client.post("/similarity", content=chunks, headers={"content-type": "application/json"})
+        assert streamed.status_code == 413
+        assert streamed.json() == {"detail": "request body over max_body_bytes = 1024 bytes"}
+
+
+def test_an_unexpected_failure_is_a_json_500_that_shows_nothing_inside(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(pairs: object) -> object:
+        raise RuntimeError("encoder exploded")
+
+    monkeypatch.setattr(engine_of(client), "similarity", broken)
+    # The same running app, with the 500 answered instead of raised in the test.
+    response = TestClient(client.app, raise_server_exceptions=False).post(
+        "/similarity", json={"question1": Q1, "question2": Q2}
+    )
+    assert response.status_code == 500
+    assert response.json() == {"detail": "internal server error; the service log has the details"}
+    assert "encoder exploded" not in response.text
+    metrics = client.get("/metrics").text
+    assert 'dupq_requests_total{method="POST",route="/similarity",status="500"} 1.0' in metrics
+
+
+def test_valid_and_invalid_requests_are_counted_by_route_and_status(client: TestClient) -> None:
+    for _ in range(3):
+        client.post("/similarity", json={"question1": Q1, "question2": Q2})
+    client.post("/similarity", json={"question1": " ", "question2": Q2})
+    metrics = client.get("/metrics").text
+    assert 'dupq_requests_total{method="POST",route="/similarity",status="200"} 3.0' in metrics
+    assert 'dupq_requests_total{method="POST",route="/similarity",status="422"} 1.0' in metrics

@@ -16,7 +16,7 @@ from app.engine import StartupError
 from app.main import create_app
 
 from ..conftest import build_tiny_model
-from .conftest import make_settings, serving
+from .conftest import engine_of, make_settings, serving
 
 
 def test_restart_uses_the_snapshot_and_replays_what_changed_since(
@@ -54,7 +54,7 @@ def test_restart_uses_the_snapshot_and_replays_what_changed_since(
     with serving(settings) as client:
         assert "index snapshot loaded: 3 questions" in caplog.text
         assert "index caught up with the store: 2 added, 2 removed since the snapshot" in caplog.text
-        engine = client.app.state.engine  # type: ignore[attr-defined]
+        engine = engine_of(client)
         by_key = engine.store.by_keys(engine.index.live_keys().tolist())
         assert sorted(q.id for q in by_key.values()) == ["a", "c", "d"]
         assert engine.store.get("c").text == "Is this an update?"
@@ -83,7 +83,7 @@ def test_snapshots_are_written_while_serving(tiny_model_dir: Path, tmp_path: Pat
     settings = make_settings(tiny_model_dir, tmp_path, snapshot_interval_s=0.1)
     with serving(settings) as client:
         client.post("/questions", json={"questions": [{"id": "a", "text": "How old are you?"}]})
-        engine = client.app.state.engine  # type: ignore[attr-defined]
+        engine = engine_of(client)
         meta_path = tmp_path / "index-flat.faiss.json"
         deadline = time.monotonic() + 10
         while json.loads(meta_path.read_text()).get("generation") != engine.store.generation():
@@ -199,3 +199,13 @@ def test_hnsw_service(tiny_model_dir: Path, tmp_path: Path) -> None:
         found = client.post("/duplicates", json={"question": "How old are you?", "k": 5}).json()
         assert "q0" not in {m["id"] for m in found["matches"]} and found["index_size"] == 2
         assert client.get("/info").json()["index_kind"] == "hnsw"
+
+
+def test_an_empty_seed_file_setting_means_no_seed(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DUPQ_SEED_FILE", "")  # as `docker run -e DUPQ_SEED_FILE=` sets it
+    settings = make_settings(tiny_model_dir, tmp_path / "data")
+    assert settings.seed_file is None
+    with serving(settings) as client:
+        assert client.get("/ready").json() == {"status": "ready", "index_size": 0}

@@ -82,38 +82,6 @@ def test_by_keys_beyond_sqlites_variable_limit(tmp_path: Path) -> None:
     assert sorted(found) == sorted(keys) and found[keys[7]].id == "q7"
 
 
-def test_question_lines_with_and_without_ids() -> None:
-    from app.store import parse_question_lines
-
-    lines = ["q-1\tHow old are you?\n", "\n", "  Why is the sky blue?  \n", "q-2\t  Where? \r\n", "\tWhen?"]
-    assert parse_question_lines(lines, max_chars=100) == (
-        [("q-1", "How old are you?"), (None, "Why is the sky blue?"), ("q-2", "Where?"), (None, "When?")],
-        [],
-    )
-
-
-def test_question_lines_the_api_would_refuse_are_skipped_and_named() -> None:
-    from app.store import parse_question_lines
-
-    lines = [
-        "a/b\tAn id with a slash?\n",  # 1: bad id
-        "q-3\t   \n",  # 2: an id and no text, not the question "q-3"
-        "x" * 11 + "\n",  # 3: too long
-        "q-4\tok \ud800\n",  # 4: a lone surrogate
-        "q-5\tFine?\n",
-        "text\twith a tab\n",  # 6: "text" is an id, "with a tab" its question
-        "two words\tand a tab\n",  # 7: "two words" is no id
-    ]
-    items, skipped = parse_question_lines(lines, max_chars=10)
-    assert items == [("q-5", "Fine?"), ("text", "with a tab")]
-    assert [number for number, _ in skipped] == [1, 2, 3, 4, 7]
-    reasons = dict(skipped)
-    assert reasons[1].startswith("id: String should match pattern")
-    assert reasons[2] == "text: Value error, must not be empty or white space"
-    assert reasons[3] == "question has 11 characters; at most max_question_chars = 10"
-    assert "lone surrogate U+D800" in reasons[4]
-
-
 def test_one_process_owns_a_store_until_it_closes_or_dies(tmp_path: Path) -> None:
     path = tmp_path / "q.sqlite3"
     store = QuestionStore(path, dim=4)

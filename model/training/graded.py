@@ -9,8 +9,8 @@ similarity of the two sentences and the human score. Two layouts, told apart by 
 - ``sick``: ``pair_ID sentence_A sentence_B relatedness_score entailment_judgment`` (score 1 to 5),
   SICK 2014.
 
-Both are tab-separated with no quoting. As for labelled pairs (:mod:`model.data`), a malformed
-row is skipped and counted in the :class:`~model.data.LoadReport`.
+Both are tab-separated with no quoting. As for labelled pairs (:mod:`model.training.data`), a malformed
+row is skipped and counted in the :class:`~model.training.data.LoadReport`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Literal
 
 import numpy as np
 
-from model.data import LoadReport, open_text
-from model.metrics import pair_dots, pearson, spearman
+from model.training.data import LoadReport, open_text
+from model.training.metrics import pair_dots, pearson, spearman
 
 logger = logging.getLogger(__name__)
 

@@ -1,13 +1,13 @@
-import math
-
 import pytest
 import torch
 
-from model.losses import (
+from model.training.losses import (
+    StepTensors,
     pair_logistic_loss,
-    ranking_distillation_loss,
+    recipe_terms,
     similarity_distillation_loss,
     softmax_contrastive_loss,
+    total_loss,
     triplet_loss,
 )
 
@@ -77,22 +77,53 @@ def test_distillation_compares_geometry_not_coordinates() -> None:
     assert similarity_distillation_loss(s, t).item() == pytest.approx(1.0)
 
 
-def test_ranking_distillation_compares_each_questions_order_of_neighbours() -> None:
+def _step(pairs: int = 2, teacher: bool = True) -> StepTensors:
     torch.manual_seed(0)
-    teacher = torch.nn.functional.normalize(torch.randn(6, 5), dim=1)
-    rotation, _ = torch.linalg.qr(torch.randn(5, 5))
-    wider = torch.cat([teacher @ rotation, torch.zeros(6, 3)], dim=1)  # another width, same geometry
-    assert ranking_distillation_loss(wider, teacher, 0.05).item() == pytest.approx(0.0, abs=1e-6)
-    # By hand, temperature 1. Student: e1, e1, e2; teacher: e1, e2, e2. Each question's cosines with
-    # the other two (itself left out), student | teacher: q0 (1, 0) | (0, 0); q1 (1, 0) | (0, 1);
-    # q2 (0, 0) | (0, 1). With a = e / (1 + e), the softmax of (1, 0) is (a, 1 - a), so
-    # KL(q0) = ln(0.5 / a) / 2 + ln(0.5 / (1 - a)) / 2, KL(q1) = (1 - a) ln((1 - a) / a) + a ln(a / (1 - a)),
-    # KL(q2) = (1 - a) ln(2 (1 - a)) + a ln(2 a); the loss is their mean.
-    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
-    a = math.e / (1 + math.e)
-    kl0 = 0.5 * math.log(0.5 / a) + 0.5 * math.log(0.5 / (1 - a))
-    kl1 = (1 - a) * math.log((1 - a) / a) + a * math.log(a / (1 - a))
-    kl2 = (1 - a) * math.log(2 * (1 - a)) + a * math.log(2 * a)
-    loss = ranking_distillation_loss(torch.stack([e1, e1, e2]), torch.stack([e1, e2, e2]), 1.0)
-    assert loss.item() == pytest.approx((kl0 + kl1 + kl2) / 3, rel=1e-6)
-    assert loss.item() == pytest.approx(0.23107, abs=1e-4)  # worked out on paper
+    vectors = torch.nn.functional.normalize(torch.randn(8, 4), dim=1)
+    v1, v2, v3 = vectors[:3], vectors[3:6], vectors[6:7]
+    return StepTensors(
+        sim=v1 @ torch.cat([v2, v3]).T,
+        sim_back=v2 @ v1.T,
+        pair_sims=torch.tensor([0.9, 0.2][:pairs]),
+        pair_labels=torch.tensor([1, 0][:pairs]),
+        vectors=vectors,
+        teacher=torch.nn.functional.normalize(torch.randn(8, 6), dim=1) if teacher else None,
+    )
+
+
+def test_the_loss_is_the_weighted_sum_of_the_recipes_terms_in_order() -> None:
+    scale, shift = torch.tensor(10.0), torch.tensor(0.7)
+    terms = recipe_terms(0.25, 0.05, pair_weight=2.0, distill_weight=5.0, pair_scale=scale, pair_shift=shift)
+    assert [(t.name, t.weight) for t in terms] == [
+        ("triplet", 1.0),
+        ("triplet, other side", 1.0),
+        ("softmax", 1.0),
+        ("softmax, other side", 1.0),
+        ("pair", 2.0),
+        ("distillation", 5.0),
+    ]
+    step = _step()
+    by_hand = (
+        triplet_loss(step.sim, 0.25)
+        + triplet_loss(step.sim_back, 0.25)
+        + softmax_contrastive_loss(step.sim, 0.05)
+        + softmax_contrastive_loss(step.sim_back, 0.05)
+        + 2.0 * pair_logistic_loss(step.pair_sims, step.pair_labels, scale, shift)
+        + 5.0 * similarity_distillation_loss(step.vectors, step.teacher)  # type: ignore[arg-type]
+    )
+    assert total_loss(terms, step).item() == pytest.approx(by_hand.item(), rel=1e-6)
+
+
+def test_a_term_of_weight_zero_is_left_out_and_a_step_without_pairs_adds_no_pair_loss() -> None:
+    scale, shift = torch.tensor(10.0), torch.tensor(0.7)
+    terms = recipe_terms(0.25, 0.05, pair_weight=1.0, distill_weight=0.0, pair_scale=scale, pair_shift=shift)
+    assert "distillation" not in [t.name for t in terms]
+    with_pairs, without = _step(teacher=False), _step(pairs=0, teacher=False)
+    assert total_loss(terms, without).item() == pytest.approx(
+        total_loss(terms, with_pairs).item()
+        - pair_logistic_loss(with_pairs.pair_sims, with_pairs.pair_labels, scale, shift).item(),
+        rel=1e-6,
+    )
+    distilled = recipe_terms(0.25, 0.05, 1.0, distill_weight=1.0, pair_scale=scale, pair_shift=shift)
+    with pytest.raises(ValueError, match="needs the teacher's vectors"):
+        total_loss(distilled, without)

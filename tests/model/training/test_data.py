@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from model.data import Pair, detect_format, load_pairs, write_bimpm
+from model.training.data import Pair, detect_format, load_pairs, write_bimpm
 
 
 def test_quora_release_with_quotes_and_malformed_rows(fixtures: Path) -> None:

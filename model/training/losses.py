@@ -1,10 +1,15 @@
-"""Losses over a batch's similarity matrix ``S = V1 @ V2.T`` (positives on the diagonal).
+"""The training loss: a weighted sum of terms, each a pure function of one step's tensors.
 
-Each is a pure function of the matrix, so it can be checked on hand-made tensors. ``S`` may have
-more columns than rows: extra columns are hard negatives shared by every row.
+The matrix losses take a batch's similarity matrix ``S = V1 @ V2.T`` (positives on the
+diagonal); ``S`` may have more columns than rows: extra columns are hard negatives shared by every
+row. Each function can be checked on hand-made tensors. :func:`recipe_terms` lists the terms of
+the recipe and :func:`total_loss` adds them up, in that order.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -62,19 +67,72 @@ def similarity_distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -
     return F.mse_loss(_neighbour_cosines(student), _neighbour_cosines(teacher))
 
 
-def ranking_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Kullback-Leibler divergence from the teacher's to the student's softmax over each question's
-    cosines with the batch's other questions (itself left out), at ``temperature``, averaged over
-    the questions. Only the order and spacing of each question's neighbours count, not the cosines'
-    level, so the student keeps its own scale (where the threshold sits) while learning whom the
-    teacher ranks first. student: (M, D) and teacher: (M, D') unit vectors, M >= 2."""
-    s = _neighbour_cosines(student) / temperature
-    t = _neighbour_cosines(teacher) / temperature
-    return F.kl_div(F.log_softmax(s, dim=1), F.log_softmax(t, dim=1), log_target=True, reduction="batchmean")
-
-
 def _neighbour_cosines(vectors: torch.Tensor) -> torch.Tensor:
     """(M, M - 1): each row's cosines with the other rows, its own (always 1) left out."""
     m = vectors.shape[0]
     off = ~torch.eye(m, dtype=torch.bool, device=vectors.device)
     return (vectors @ vectors.T)[off].view(m, m - 1)
+
+
+@dataclass(frozen=True)
+class StepTensors:
+    """What the terms of one step's loss are computed from."""
+
+    sim: torch.Tensor  # (b, b + h) anchors x (their duplicates, then hard negatives): positives on the diagonal
+    sim_back: torch.Tensor  # (b, b) the same pairs seen from the duplicates' side
+    pair_sims: torch.Tensor  # (m,) cosines of the step's labelled pairs
+    pair_labels: torch.Tensor  # (m,) 1 for a duplicate
+    vectors: torch.Tensor  # (M, D) every question of the step
+    teacher: torch.Tensor | None  # (M, D') the teacher's unit vectors of the same questions
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    name: str
+    weight: float
+    value: Callable[[StepTensors], torch.Tensor | None]  # None: nothing to score in this step
+
+
+def recipe_terms(
+    margin: float,
+    temperature: float,
+    pair_weight: float,
+    distill_weight: float,
+    pair_scale: torch.Tensor,
+    pair_shift: torch.Tensor,
+) -> list[LossTerm]:
+    """The recipe's terms: the triplet loss and the in-batch softmax loss, each from both sides of
+    the duplicate pairs, the logistic pair loss (with its own learned scale and shift) and the
+    distillation of the teacher's cosines. A term of weight 0 is left out."""
+    terms = [
+        LossTerm("triplet", 1.0, lambda s: triplet_loss(s.sim, margin)),
+        LossTerm("triplet, other side", 1.0, lambda s: triplet_loss(s.sim_back, margin)),
+        LossTerm("softmax", 1.0, lambda s: softmax_contrastive_loss(s.sim, temperature)),
+        LossTerm("softmax, other side", 1.0, lambda s: softmax_contrastive_loss(s.sim_back, temperature)),
+        LossTerm("pair", pair_weight, lambda s: _pairs(s, pair_scale, pair_shift)),
+        LossTerm("distillation", distill_weight, lambda s: similarity_distillation_loss(s.vectors, _taught(s))),
+    ]
+    return [term for term in terms if term.weight]
+
+
+def _pairs(step: StepTensors, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor | None:
+    if not len(step.pair_labels):
+        return None
+    return pair_logistic_loss(step.pair_sims, step.pair_labels, scale, shift)
+
+
+def _taught(step: StepTensors) -> torch.Tensor:
+    if step.teacher is None:
+        raise ValueError("the distillation term needs the teacher's vectors")
+    return step.teacher
+
+
+def total_loss(terms: list[LossTerm], step: StepTensors) -> torch.Tensor:
+    """The weighted sum of ``terms``, added in their order; a term with nothing to score in this
+    step (the pair loss of a step without labelled pairs) adds nothing."""
+    loss = step.vectors.new_zeros(())
+    for term in terms:
+        value = term.value(step)
+        if value is not None:
+            loss = loss + term.weight * value
+    return loss

@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from model.data import Pair
+from model.training.data import Pair
 
 
 def question_key(text: str) -> str:
@@ -155,23 +155,22 @@ def duplicate_batches(
     positives: list[tuple[int, int]],
     batch_size: int,
     rng: random.Random,
-    hard_negatives: bool = True,
     topics: list[int] | None = None,
 ) -> Iterator[tuple[list[int], list[int], list[int]]]:
     """Batches of ``batch_size`` duplicate pairs ``(anchors, positives, extra_negatives)``.
 
     No duplicate group appears twice in a batch, so every off-diagonal entry of the batch's
-    similarity matrix is a true negative. With ``hard_negatives``, each anchor may bring one
-    question labelled as not its duplicate (from a group not yet in the batch) as an extra
-    negative column.
+    similarity matrix is a true negative. Each anchor may also bring one question labelled as not
+    its duplicate (from a group not yet in the batch) as an extra negative column: a hard negative,
+    the closest kind there is.
 
     With ``topics`` (one topic number per pair of ``positives``, e.g. a k-means cluster of the
     anchors' vectors), each batch is filled from the pairs of one topic, so its in-batch
     negatives are questions on the same subject, the hard ones that retrieval among many similar
-    questions must tell apart. The pairs of topic -1, and those a topic cannot fill a batch with,
-    are batched at random at the end, and the batches come in random order.
+    questions must tell apart. The pairs a topic cannot fill a batch with are batched at random at
+    the end, and the batches come in random order.
     """
-    negatives = graph.negatives_of() if hard_negatives else {}
+    negatives = graph.negatives_of()
     if topics is None:
         pending = positives[:]
         rng.shuffle(pending)
@@ -181,7 +180,7 @@ def duplicate_batches(
     for pair, topic in zip(positives, topics, strict=True):
         by_topic[topic].append(pair)
     batches: list[Batch] = []
-    leftovers = by_topic.pop(-1, [])
+    leftovers: list[tuple[int, int]] = []
     for topic in sorted(by_topic):
         pending = by_topic[topic]
         rng.shuffle(pending)

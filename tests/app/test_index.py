@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.index import SnapshotError, VectorIndex
+from app.index import SnapshotError, VectorIndex
 
 
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:

@@ -1,11 +1,21 @@
-"""The encoder as an ONNX graph, for fast inference with ONNX Runtime.
+"""The trained network as an ONNX graph: what training writes as ``model.onnx`` and serving runs.
 
-PyTorch's CPU LSTM pays a per-time-step overhead that dominates short questions; ONNX Runtime's
-fused LSTM kernel takes the true ``sequence_lens`` (no packing, no padding effects) and runs the
-same arithmetic several times faster. The graph is built by hand from the trained weights, so it
-is exactly the network of :class:`model.encoder.SiameseEncoder` in inference mode (or of each
-member of a :class:`model.encoder.SideBySide`, one branch each); a test checks the two give the
-same vectors.
+Serving runs ONNX Runtime, not PyTorch: PyTorch's CPU LSTM pays a per-time-step overhead that
+dominates short questions, while ONNX Runtime's fused LSTM kernel takes the true
+``sequence_lens`` (no packing, no padding effects) and runs the same arithmetic several times
+faster, and the service then needs no PyTorch at all.
+
+The graph is built here by hand from the trained weights, not exported with
+``torch.onnx.export``: the network runs its LSTM on a packed sequence (``pack_padded_sequence``),
+which the exporter PyTorch supports (``dynamo=True``, through ``torch.export``) cannot export: on
+PyTorch 2.13 it stops with ``TorchExportError``. The deprecated TorchScript exporter
+(``dynamo=False``) does trace it, with warnings that ``prim::PackPadded`` has no shape
+inference, to the same vectors within 3e-8 and at about the same speed (one thread, the shipped
+model: 2,334 against this graph's 2,673 questions/s at batch 1, 7,867 against 7,674 at batch 64;
+2026-12-04). Rather than depend on an exporter that is on its way out, this module writes the
+network's arithmetic out once: it is exactly :class:`model.training.network.SiameseEncoder` in
+inference mode (or each member of a :class:`model.training.network.SideBySide`, one branch each),
+and a test checks that both give the same vectors to 1e-5.
 """
 
 from __future__ import annotations
@@ -14,10 +24,9 @@ import math
 
 import numpy as np
 import onnx
-import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from model.encoder import Network, SiameseEncoder, SideBySide
+from model.training.network import Network, SiameseEncoder, SideBySide
 
 OPSET = 17
 
@@ -180,8 +189,3 @@ def _network(model: SiameseEncoder) -> tuple[list[onnx.NodeProto], list[onnx.Ten
         helper.make_node("Div", ["vec", "norm_eps"], ["embeddings"]),
     ]
     return nodes, inits
-
-
-def torch_reference(model: Network, ids: torch.Tensor, lengths: torch.Tensor) -> np.ndarray:
-    with torch.inference_mode():
-        return model.eval()(ids, lengths).numpy()

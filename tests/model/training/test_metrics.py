@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from model.metrics import best_threshold, classification, fit_logistic, probability, retrieval, roc_auc
+from model.calibration import probability
+from model.training.metrics import best_threshold, classification, fit_logistic, retrieval, roc_auc
 
 
 def test_roc_auc_by_hand() -> None:
@@ -41,23 +42,9 @@ def test_retrieval_by_hand() -> None:
     assert result == {"r@1": 0.5, "r@10": 1.0, "mrr@10": pytest.approx(0.75)}
 
 
-def test_retrieval_with_other_scores() -> None:
-    vectors = np.eye(4, dtype=np.float32)
-    vectors[1] = [0.8, 0.6, 0, 0]
-    vectors[2] = [0.6, 0, 0.8, 0]
-    queries, targets = np.array([0, 2]), np.array([2, 0])
-    # The cosine given as scores: the same figures as without.
-    same = retrieval(vectors, queries, targets, scores_of=lambda q: vectors[q] @ vectors.T)
-    assert same == retrieval(vectors, queries, targets)
-    # Scores that put row 2 first for every query: query 0 now finds 2 at rank 1, query 2 finds 0
-    # at rank 1 too (itself excluded, and 0 ties with rows 1 and 3 at 0, a tie in the target's favour).
-    other = retrieval(vectors, queries, targets, scores_of=lambda q: np.tile([0.0, 0.0, 1.0, 0.0], (len(q), 1)))
-    assert other == {"r@1": 1.0, "r@10": 1.0, "mrr@10": 1.0}
-
-
 def test_sparse_rows_give_the_figures_of_dense_ones() -> None:
     sparse = pytest.importorskip("scipy.sparse")
-    from model.metrics import pair_dots
+    from model.training.metrics import pair_dots
 
     vectors = np.eye(4, dtype=np.float32)
     vectors[1] = [0.8, 0.6, 0, 0]
@@ -72,9 +59,8 @@ def test_sparse_rows_give_the_figures_of_dense_ones() -> None:
 
 def test_tfidf_keeps_its_rows_sparse_and_scores_as_if_dense() -> None:
     pytest.importorskip("sklearn")
-    from model.data import Pair
-    from model.evaluate import tfidf_encoder
-    from model.train import validation_metrics
+    from model.training.data import Pair
+    from model.training.evaluation import PairEvaluator, tfidf_encoder
 
     pairs = [
         Pair("how old are you", "what is your age", 1),
@@ -85,6 +71,6 @@ def test_tfidf_keeps_its_rows_sparse_and_scores_as_if_dense() -> None:
     encode = tfidf_encoder([q for p in pairs for q in (p.question1, p.question2)])
     rows = encode(["how do i learn python", "what is your age"])
     assert hasattr(rows, "toarray") and rows.shape[0] == 2
-    figures = validation_metrics(encode, pairs)
-    assert figures == pytest.approx(validation_metrics(lambda texts: encode(texts).toarray(), pairs))
+    figures = PairEvaluator(pairs)(encode)
+    assert figures == pytest.approx(PairEvaluator(pairs)(lambda texts: encode(texts).toarray()))
     assert figures["questions"] == 7

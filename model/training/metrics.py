@@ -1,11 +1,11 @@
-"""Metrics for pair classification and retrieval, the threshold choice, and calibration.
+"""Metrics for pair classification, retrieval and graded similarity; the choice of the threshold
+tau; the fit of the calibration that :mod:`model.calibration` applies.
 
 All in numpy so they can be checked by hand on small examples.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,8 +89,9 @@ def classification(scores: np.ndarray, labels: np.ndarray, threshold: float) -> 
 
 
 def fit_logistic(scores: np.ndarray, labels: np.ndarray, l2: float = 1e-4, steps: int = 50) -> tuple[float, float]:
-    """Platt scaling: (slope, intercept) of ``P(duplicate) = sigmoid(slope * s + intercept)``,
-    fitted by Newton's method on held-out pairs. A positive slope keeps it monotonic in s."""
+    """Platt scaling: (slope, intercept) of ``P(duplicate) = sigmoid(slope * s + intercept)``
+    (:func:`model.calibration.probability`), fitted by Newton's method on held-out pairs. A
+    positive slope keeps it monotonic in s."""
     x = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
     design = np.stack([x, np.ones_like(x)], axis=1)  # (N, 2)
@@ -104,10 +105,6 @@ def fit_logistic(scores: np.ndarray, labels: np.ndarray, l2: float = 1e-4, steps
         if np.abs(step).max() < 1e-10:
             break
     return float(w[0]), float(w[1])
-
-
-def probability(scores: np.ndarray | float, slope: float, intercept: float) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-(slope * np.asarray(scores, dtype=np.float64) + intercept)))
 
 
 def pair_dots(vectors: Any, first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -124,21 +121,18 @@ def retrieval(
     queries: np.ndarray,
     targets: np.ndarray,
     chunk: int = 1024,
-    scores_of: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, float]:
     """R@1, R@10 and MRR@10 of finding ``targets[i]`` when querying with ``queries[i]`` among all
     rows of ``vectors`` (unit vectors, so the dot product is the cosine; a numpy array or a scipy
     sparse matrix), the query excluded.
-    A tie with the target counts in the target's favour. ``scores_of``, if given, maps an array of
-    query rows to a new array of their scores against every row, in place of the cosine (for
-    experiments)."""
+    A tie with the target counts in the target's favour."""
     queries = np.asarray(queries)
     targets = np.asarray(targets)
     ranks = np.empty(len(queries), dtype=np.int64)
     for start in range(0, len(queries), chunk):
         q = queries[start : start + chunk]
         t = targets[start : start + chunk]
-        scores = vectors[q] @ vectors.T if scores_of is None else scores_of(q)  # (C, N)
+        scores = vectors[q] @ vectors.T  # (C, N)
         if hasattr(scores, "toarray"):  # sparse rows give a sparse product
             scores = scores.toarray()
         scores[np.arange(len(q)), q] = -np.inf

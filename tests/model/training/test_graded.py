@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from app.cli import main
-from model.graded import GradedPair, detect_graded_format, graded_metrics, load_graded
-from model.metrics import average_ranks, pearson, spearman
+from model.training.graded import GradedPair, detect_graded_format, graded_metrics, load_graded
+from model.training.metrics import average_ranks, pearson, spearman
 
 
 def test_sts_benchmark_file_with_malformed_rows(fixtures: Path) -> None:

@@ -1,8 +1,8 @@
 import random
 from itertools import combinations
 
-from model.data import Pair
-from model.groups import PairGraph, duplicate_batches, question_key, split_by_groups
+from model.training.data import Pair
+from model.training.groups import PairGraph, duplicate_batches, question_key, split_by_groups
 
 
 def _pairs() -> list[Pair]:
@@ -98,18 +98,3 @@ def test_topic_batches_take_each_batch_from_one_topic() -> None:
     used = [tuple(sorted(p)) for anchors, others, _ in batches for p in zip(anchors, others, strict=True)]
     assert len(used) == len(set(used))
     assert set(used) <= {tuple(sorted(p)) for p in positives}
-
-
-def test_pairs_of_topic_minus_one_are_batched_apart_from_the_topics() -> None:
-    pairs = [Pair(f"q{g}-0?", f"q{g}-1?", 1) for g in range(64)]
-    graph = PairGraph.build(pairs)
-    positives = sorted(graph.positives)
-    number = {q: int(graph.texts[q].split("-")[0][1:]) for pair in positives for q in pair}
-    # Topic 0 holds pairs 0-15, exactly one batch; the other 48 pairs are in no topic (-1).
-    topics = [0 if number[a] < 16 else -1 for a, _ in positives]
-    batches = list(duplicate_batches(graph, positives, 16, random.Random(0), topics=topics))
-    assert len(batches) == 4  # every pair used
-    in_topic = [all(number[a] < 16 for a in anchors) for anchors, _, _ in batches]
-    assert sorted(in_topic) == [False, False, False, True]  # one batch of topic 0, three of the rest
-    rest = [anchors for (anchors, _, _), topical in zip(batches, in_topic, strict=True) if not topical]
-    assert all(number[a] >= 16 for anchors in rest for a in anchors)

@@ -1,0 +1,104 @@
+"""Every error as a JSON object with a ``detail`` field: the exception handlers, in one place.
+
+Validation errors (422), HTTP errors (404, 405, ...), "not ready" and "overloaded" (503 with
+``Retry-After``) and anything unexpected (500, logged, no stack trace in the answer) are mapped to
+their status here; the middleware (:mod:`app.middleware`) answers 401 and 413 itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+from starlette.routing import Match
+
+from app.batching import Overloaded
+from app.engine import NotReady
+
+logger = logging.getLogger(__name__)
+
+NOT_READY_RETRY_S = 5
+OVERLOADED_RETRY_S = 1
+
+
+def error_response(status: int, detail: Any, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def register_errors(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(422, [_renderable(error) for error in exc.errors()])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = exc.headers
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route that matched the path; a path served
+            # by several routes (GET and DELETE /questions/{id}) allows all of theirs.
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+        return error_response(exc.status_code, exc.detail, headers)
+
+    @app.exception_handler(NotReady)
+    async def not_ready(request: Request, exc: NotReady) -> JSONResponse:
+        return error_response(503, f"not ready: {exc}", {"Retry-After": str(NOT_READY_RETRY_S)})
+
+    @app.exception_handler(Overloaded)
+    async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+        return error_response(503, f"overloaded: {exc}; retry later", {"Retry-After": str(OVERLOADED_RETRY_S)})
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal server error; the service log has the details")
+
+
+def _renderable(error: dict[str, Any]) -> dict[str, Any]:
+    """One validation error as JSON can hold it: the input in brief (a body that is not JSON is
+    left out; a long text is cut), exceptions in ``ctx`` as their message, a float JSON has no
+    number for (NaN, Infinity) as its name, a lone surrogate as its backslash escape."""
+    error = dict(error)
+    value = error.get("input")
+    if isinstance(value, bytes | bytearray):
+        error["input"] = None
+    elif isinstance(value, str) and len(value) > 80:
+        error["input"] = value[:40] + "..."
+    if "ctx" in error:
+        error["ctx"] = {k: str(v) if isinstance(v, Exception) else v for k, v in error["ctx"].items()}
+    error.pop("url", None)
+    return _json_safe(jsonable_encoder(error))
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return value
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {_json_safe(k): _json_safe(v) for k, v in value.items()}
+    return value
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods some route fully matches for this request's path (asked of each route, with
+    each method, through the routes' public ``matches``)."""
+    routes = request.app.router.routes
+    scope = request.scope
+    return [
+        method
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+        if any(route.matches({**scope, "method": method})[0] == Match.FULL for route in routes)
+    ]

@@ -1,0 +1,143 @@
+"""Plain ASGI middleware over Starlette's types, in the order a request meets them:
+:class:`Telemetry` (metrics and the access log, for every answer), :class:`ApiKey` (401 without
+the key), :class:`BodyLimit` (413 over ``max_body_bytes``). Their answers are JSON, as every error.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from typing import Any
+
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.metrics import Metrics
+
+access = logging.getLogger("dupq.access")
+
+OPEN_PATHS = frozenset({"/health", "/ready"})  # never behind the API key (probes)
+
+
+class Telemetry:
+    """Counts each answer and its latency by route template, method and status, and logs it:
+    5xx as warnings (but /ready saying "not yet", which probes ask all along), the rest at
+    DEBUG."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}  # metric children by label
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # unless an answer starts
+
+        async def send_noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_status)
+        finally:
+            self._record(scope, status, time.perf_counter() - started)
+
+    def _record(self, scope: Scope, status: int, elapsed: float) -> None:
+        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        key = (route, scope["method"], status)
+        children = self._children.get(key)
+        if children is None:  # prometheus_client's labels() lookup costs more than the update
+            children = self._children[key] = (
+                self.metrics.requests.labels(route, scope["method"], str(status)),
+                self.metrics.latency.labels(route),
+            )
+        children[0].inc()
+        children[1].observe(elapsed)
+        failed = status >= 500 and route != "/ready"
+        if failed or access.isEnabledFor(logging.DEBUG):
+            access.log(
+                logging.WARNING if failed else logging.DEBUG,
+                "%s %s %d",
+                scope["method"],
+                scope["path"],
+                status,
+                extra={"fields": {"status": status, "ms": round(elapsed * 1000, 2), "route": route}},
+            )
+
+
+class ApiKey:
+    """``Authorization: Bearer <key>`` on every path but the probes'; the scheme is
+    case-insensitive (RFC 9110, 11.1), the key is not, and is compared in constant time."""
+
+    def __init__(self, app: ASGIApp, key: str) -> None:
+        self.app = app
+        self.key = key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+            scheme, _, given = (Headers(scope=scope).get("authorization") or "").strip().partition(" ")
+            if not (scheme.lower() == "bearer" and hmac.compare_digest(given.lstrip(" ").encode(), self.key)):
+                response = JSONResponse(
+                    {"detail": "missing or wrong API key (Authorization: Bearer <key>)"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """A request body over ``max_bytes`` is a 413: at once when its ``Content-Length`` says so,
+    else as soon as the bytes received pass the limit."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send, f"request body of {int(declared)} bytes is over")
+            return
+        seen = 0
+        started = False
+
+        async def receive_counting() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        async def send_noting_start(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive_counting, send_noting_start)
+        except _TooLarge:
+            if started:
+                raise
+            await self._refuse(scope, receive, send, "request body over")
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, what: str) -> None:
+        response = JSONResponse({"detail": f"{what} max_body_bytes = {self.max_bytes} bytes"}, status_code=413)
+        await response(scope, receive, send)

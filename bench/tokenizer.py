@@ -1,0 +1,68 @@
+"""Tokenizer speed: the shipped tokenizer through ``tokenizers`` itself (``encode_batch``) against
+``TokenIds``'s fast path for printable ASCII (model/tokenizer.py), on the dev questions, in one
+run: questions per second over all of them (the fast path cold and warm), microseconds per call
+of two questions (a /similarity request), and whether both give the same ids.
+
+    python bench/tokenizer.py [--model DIR] [--pairs FILE] [--questions 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from model.tokenizer import TokenIds, load_tokenizer, token_ids  # noqa: E402
+from model.training.data import iter_pairs  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "dupq-qqp")
+    parser.add_argument("--pairs", type=Path, default=ROOT.parent / "shared" / "data" / "qqp" / "dev.tsv.gz")
+    parser.add_argument("--questions", type=int, default=20000)
+    args = parser.parse_args(argv)
+    tokenizer = load_tokenizer(args.model / "tokenizer.json")
+    texts = [q for pair in iter_pairs(args.pairs) for q in (pair.question1, pair.question2)][: args.questions]
+
+    started = time.perf_counter()
+    reference = token_ids(tokenizer, texts, 64)
+    library = len(texts) / (time.perf_counter() - started)
+    fast = TokenIds(tokenizer, 64)
+    started = time.perf_counter()
+    ids = fast(texts)
+    cold = len(texts) / (time.perf_counter() - started)
+    started = time.perf_counter()
+    fast(texts)
+    warm = len(texts) / (time.perf_counter() - started)
+
+    pairs = [texts[i : i + 2] for i in range(0, min(len(texts), 4000), 2)]
+    started = time.perf_counter()
+    for pair in pairs:
+        token_ids(tokenizer, pair, 64)
+    per_pair_library = (time.perf_counter() - started) / len(pairs) * 1e6
+    started = time.perf_counter()
+    for pair in pairs:
+        fast(pair)
+    per_pair_fast = (time.perf_counter() - started) / len(pairs) * 1e6
+
+    figures = {
+        "questions": len(texts),
+        "same_ids": ids == reference,
+        "encode_batch_questions_per_s": round(library),
+        "fast_path_cold_questions_per_s": round(cold),
+        "fast_path_warm_questions_per_s": round(warm),
+        "encode_batch_us_per_pair": round(per_pair_library, 1),
+        "fast_path_us_per_pair": round(per_pair_fast, 1),
+    }
+    print(json.dumps(figures))
+    return 0 if figures["same_ids"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

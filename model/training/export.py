@@ -1,0 +1,137 @@
+"""Writing a model directory (:mod:`model.model_dir` describes its files) and reading its weights back.
+
+Training calls :func:`save_model_dir` once, at the end: the weights, the ONNX graph built from
+them, the tokenizer and ``config.json``. :func:`load_network` rebuilds the PyTorch network from a
+directory's ``config.json`` and weights alone (for the parity test, fine-tuning and upgrades),
+and :func:`upgrade_model_dir` brings a directory written by an older dupq to this format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+
+from model.config import EncoderConfig
+from model.model_dir import CONFIG, FORMAT_VERSION, ONNX, TOKENIZER, WEIGHTS, ModelDirError, read_json, sha256_file
+from model.training.network import Network, SiameseEncoder, SideBySide
+from model.training.onnx_graph import build_onnx
+
+logger = logging.getLogger(__name__)
+
+VERSION_PREFIX = "2026.11"
+
+
+def save_model_dir(
+    out: str | Path,
+    network: Network,
+    tokenizer: Any,
+    *,
+    name: str,
+    threshold: float,
+    calibration: tuple[float, float],
+    extra: dict[str, Any] | None = None,
+    version_prefix: str = VERSION_PREFIX,
+) -> dict[str, Any]:
+    """Write a complete model directory; returns the written config. The version ends with a
+    digest of the weights and the tokenizer, so two models that could give a question different
+    vectors never share a version."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    save_file(weights, str(out / WEIGHTS), metadata={"format": "pt"})
+    (out / WEIGHTS).chmod(0o644)  # safetensors creates it 0600: a service user must be able to read it
+    tokenizer.save(str(out / TOKENIZER))
+    _write_onnx(out, network)
+    digest = sha256_file(out / WEIGHTS)
+    tokenizer_digest = sha256_file(out / TOKENIZER)
+    both = hashlib.sha256(f"{digest} {tokenizer_digest}".encode()).hexdigest()
+    members = len(network.members) if isinstance(network, SideBySide) else 1
+    config = {
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "version": f"{version_prefix}+{both[:10]}",
+        "encoder": dataclasses.asdict(network.config),
+        **({"members": members} if members > 1 else {}),
+        "dim": network.dim,
+        "threshold": float(threshold),
+        "calibration": {"slope": float(calibration[0]), "intercept": float(calibration[1])},
+        "weights_sha256": digest,
+        "tokenizer_sha256": tokenizer_digest,
+        "onnx_sha256": sha256_file(out / ONNX),
+        **(extra or {}),
+    }
+    _write_config(out, config)
+    return config
+
+
+def _write_onnx(out: Path, network: Network) -> None:
+    (out / ONNX).write_bytes(build_onnx(network.eval()).SerializeToString())
+
+
+def _write_config(out: Path, config: dict[str, Any]) -> None:
+    (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+
+def load_network(model_dir: str | Path) -> Network:
+    """The PyTorch network of a model directory (any format), in eval mode, from ``config.json``
+    and the weights; raises :class:`ModelDirError` if they do not match."""
+    model_dir = Path(model_dir)
+    config = read_json(model_dir)
+    if "encoder" not in config:
+        raise ModelDirError(f"{model_dir / CONFIG} lacks the field 'encoder'")
+    fields = {f.name for f in dataclasses.fields(EncoderConfig)}
+    unknown = set(config["encoder"]) - fields
+    if unknown:
+        raise ModelDirError(f"unknown encoder settings in {model_dir / CONFIG}: {', '.join(sorted(unknown))}")
+    members = config.get("members", 1)
+    if not isinstance(members, int) or isinstance(members, bool) or members < 1:
+        raise ModelDirError(f"{model_dir / CONFIG}: members must be a whole number of at least 1, not {members!r}")
+    encoder_config = EncoderConfig(**config["encoder"])
+    network: Network = SideBySide(encoder_config, members) if members > 1 else SiameseEncoder(encoder_config)
+    if not (model_dir / WEIGHTS).is_file():
+        raise ModelDirError(f"model directory {model_dir} is incomplete: missing {WEIGHTS}")
+    try:
+        weights = load_file(str(model_dir / WEIGHTS))
+    except Exception as err:  # OSError, or safetensors' own error for a damaged file
+        raise ModelDirError(f"cannot read {model_dir / WEIGHTS}: {err}") from err
+    expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in weights.items()}
+    if expected != found:
+        diff = sorted(
+            f"{k}: config wants {expected.get(k, 'nothing')}, weights have {found.get(k, 'nothing')}"
+            for k in expected.keys() | found.keys()
+            if expected.get(k) != found.get(k)
+        )
+        raise ModelDirError(f"weights in {model_dir} do not match {CONFIG}: " + "; ".join(diff[:5]))
+    network.load_state_dict(weights)
+    return network.eval()
+
+
+def upgrade_model_dir(model_dir: str | Path) -> dict[str, Any]:
+    """Bring a model directory of an older format to this one: write ``model.onnx`` from the
+    weights and record it in ``config.json``. No weight, vector or version changes; running it
+    again rewrites the same files. Returns the written config."""
+    model_dir = Path(model_dir)
+    config = read_json(model_dir)
+    if not (model_dir / TOKENIZER).is_file():
+        raise ModelDirError(f"model directory {model_dir} is incomplete: missing {TOKENIZER}")
+    network = load_network(model_dir)
+    if config.get("weights_sha256") not in (None, sha256_file(model_dir / WEIGHTS)):
+        raise ModelDirError(f"{model_dir / WEIGHTS} does not match {CONFIG}: the file was changed or damaged")
+    _write_onnx(model_dir, network)
+    before = config.get("format_version", 1)
+    config.update(
+        format_version=FORMAT_VERSION,
+        onnx_sha256=sha256_file(model_dir / ONNX),
+        tokenizer_sha256=config.get("tokenizer_sha256") or sha256_file(model_dir / TOKENIZER),
+        dim=network.dim,
+    )
+    _write_config(model_dir, config)
+    logger.info("upgraded %s from format %s to %d: wrote %s", model_dir, before, FORMAT_VERSION, ONNX)
+    return config

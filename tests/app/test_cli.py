@@ -1,0 +1,98 @@
+"""The `dupq` command line: settings, help, progress, and bad input reported in one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.cli import build_parser, main
+from app.store import QuestionStore
+from model.encoder import load_encoder
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == "dupq 0.2.0"
+
+
+@pytest.mark.parametrize("command", ["serve", "index", "embed", "evaluate", "sts", "split", "upgrade", "train"])
+def test_every_flag_has_help_text(command: str) -> None:
+    parser = build_parser()._subparsers._group_actions[0].choices[command]  # type: ignore[union-attr]
+    parser.format_help()  # `train` adds its flags when first asked for
+    for action in parser._actions:
+        assert action.help, f"dupq {command} {'/'.join(action.option_strings) or action.dest} has no help"
+
+
+def test_the_command_line_reports_bad_input_in_one_line(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("How old are you?\nWhere is the caf\u00e9?\n".encode("latin-1"))
+    assert main(["embed", "--model", str(tiny_model_dir), str(latin1)]) == 1
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(f"dupq embed: error: {latin1} is not UTF-8 text: byte 0xe9, invalid continuation byte")
+    )
+    assert main(["embed", "--model", str(tmp_path / "nothing"), str(latin1)]) == 1
+    assert "dupq embed: error: model directory" in capsys.readouterr().err
+    index = ["index", "--model-dir", str(tiny_model_dir), "--data-dir", str(tmp_path / "d")]
+    assert main([*index, str(tmp_path / "none")]) == 1
+    assert "No such file or directory" in capsys.readouterr().err
+    questions = tmp_path / "questions.tsv"
+    questions.write_text("q1\tHow old are you?\nq/2\tWhat is your age?\n", encoding="utf-8")
+    assert main([*index, str(questions)]) == 0
+    assert json.loads(capsys.readouterr().out)["skipped"] == 1
+    # Not on the data directory of a running service: its index would miss these questions.
+    held = QuestionStore(tmp_path / "d" / "questions.sqlite3", dim=24)
+    try:
+        assert main([*index, str(questions)]) == 1
+        assert "dupq index: error: cannot open the question store" in capsys.readouterr().err
+    finally:
+        held.close()
+
+
+def test_index_takes_its_settings_from_the_environment_as_serve_does(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    questions = tmp_path / "questions.tsv"
+    questions.write_text("q1\tHow old are you?\nq2\tWhat is your age?\n", encoding="utf-8")
+    monkeypatch.setenv("DUPQ_MODEL_DIR", str(tiny_model_dir))
+    monkeypatch.setenv("DUPQ_DATA_DIR", str(tmp_path / "from-env"))
+    monkeypatch.setenv("DUPQ_INDEX_KIND", "hnsw")
+    assert main(["index", str(questions)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["data_dir"] == str(tmp_path / "from-env") and out["index_size"] == 2
+    assert (tmp_path / "from-env" / "index-hnsw.faiss").is_file()
+    # A flag still wins over the variable.
+    assert main(["index", "--index-kind", "flat", "--data-dir", str(tmp_path / "flag"), str(questions)]) == 0
+    assert (tmp_path / "flag" / "index-flat.faiss").is_file()
+
+
+def test_embed_prints_the_encoders_vectors_and_shows_progress(
+    tiny_model_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    questions = tmp_path / "questions.txt"
+    questions.write_text("How old are you?\nWhat is your age?\n", encoding="utf-8")
+    assert main(["embed", "--model", str(tiny_model_dir), str(questions)]) == 0
+    out, err = capfd.readouterr()
+    rows = [json.loads(line) for line in out.splitlines()]
+    expected = load_encoder(tiny_model_dir).encode(["How old are you?", "What is your age?"])
+    np.testing.assert_allclose([r["embedding"] for r in rows], expected, atol=1e-6)
+    assert "embedding: 100%" in err and "2/2" in err
+
+
+def test_a_command_that_needs_the_train_extra_says_so(tmp_path: Path) -> None:
+    probe = (
+        "import sys; sys.modules['torch'] = None; from app.cli import main; "
+        f"sys.exit(main(['upgrade', {str(tmp_path)!r}]))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "dupq upgrade: error:" in result.stderr and "pip install 'dupq[train]'" in result.stderr

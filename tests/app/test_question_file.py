@@ -1,0 +1,32 @@
+"""The question file of the seed file and `dupq index`: the rules of POST /questions, line by line."""
+
+from app.question_file import parse_question_lines
+from app.schemas import Limits
+
+
+def test_question_lines_with_and_without_ids() -> None:
+    lines = ["q-1\tHow old are you?\n", "\n", "  Why is the sky blue?  \n", "q-2\t  Where? \r\n", "\tWhen?"]
+    assert parse_question_lines(lines, Limits(max_question_chars=100, max_batch=8)) == (
+        [("q-1", "How old are you?"), (None, "Why is the sky blue?"), ("q-2", "Where?"), (None, "When?")],
+        [],
+    )
+
+
+def test_question_lines_the_api_would_refuse_are_skipped_and_named() -> None:
+    lines = [
+        "a/b\tAn id with a slash?\n",  # 1: bad id
+        "q-3\t   \n",  # 2: an id and no text, not the question "q-3"
+        "x" * 11 + "\n",  # 3: too long
+        "q-4\tok \ud800\n",  # 4: a lone surrogate
+        "q-5\tFine?\n",
+        "text\twith a tab\n",  # 6: "text" is an id, "with a tab" its question
+        "two words\tand a tab\n",  # 7: "two words" is no id
+    ]
+    items, skipped = parse_question_lines(lines, Limits(max_question_chars=10, max_batch=8))
+    assert items == [("q-5", "Fine?"), ("text", "with a tab")]
+    assert [number for number, _ in skipped] == [1, 2, 3, 4, 7]
+    reasons = dict(skipped)
+    assert reasons[1].startswith("id: String should match pattern")
+    assert reasons[2] == "text: Value error, must not be empty or white space"
+    assert reasons[3] == "text: question has 11 characters; at most max_question_chars = 10"
+    assert "lone surrogate U+D800" in reasons[4]

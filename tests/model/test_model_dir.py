@@ -1,0 +1,67 @@
+"""Reading a model directory for serving: what is refused, and how it says so."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from model.encoder import load_encoder
+from model.model_dir import FORMAT_VERSION, ModelDirError, read_config
+
+
+def _copy(source: Path, tmp_path: Path, name: str) -> Path:
+    target = tmp_path / name
+    shutil.copytree(source, target)
+    return target
+
+
+def _edit_config(model_dir: Path, **changes: object) -> None:
+    config = json.loads((model_dir / "config.json").read_text())
+    config.update(changes)
+    (model_dir / "config.json").write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
+
+
+def test_a_complete_directory_of_this_format_loads(tiny_model_dir: Path) -> None:
+    config = read_config(tiny_model_dir)
+    assert config["format_version"] == FORMAT_VERSION == 3
+    assert {p.name for p in tiny_model_dir.iterdir()} >= {"config.json", "model.onnx", "tokenizer.json"}
+    assert not any(p.suffix in {".pt", ".pkl", ".bin"} for p in tiny_model_dir.iterdir())
+
+
+def test_serving_needs_no_weights(tiny_model_dir: Path, tmp_path: Path) -> None:
+    lean = _copy(tiny_model_dir, tmp_path, "lean")
+    (lean / "model.safetensors").unlink()  # what training and `dupq upgrade` read, not serving
+    assert load_encoder(lean).encode(["How old are you?"]).shape == (1, 24)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: shutil.rmtree(d), r"does not exist"),
+        (lambda d: (d / "tokenizer.json").unlink(), r"missing tokenizer\.json"),
+        (lambda d: (d / "config.json").write_text("{not json"), r"config\.json is not valid JSON"),
+        (lambda d: (d / "model.onnx").write_bytes(b"not a graph"), r"model\.onnx does not match config\.json"),
+        (lambda d: (d / "tokenizer.json").write_text("{}"), r"tokenizer\.json does not match config\.json"),
+        (lambda d: _edit_config(d, threshold=None), r"lacks the field\(s\) 'threshold'"),
+        (lambda d: _edit_config(d, format_version=4), r"has format 4; this dupq reads up to 3"),
+    ],
+)
+def test_a_broken_directory_is_refused_in_one_line(tiny_model_dir: Path, tmp_path: Path, damage, message) -> None:  # type: ignore[no-untyped-def]
+    broken = _copy(tiny_model_dir, tmp_path, "broken")
+    damage(broken)
+    with pytest.raises(ModelDirError, match=message) as caught:
+        load_encoder(broken)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_older_directory_names_the_command_that_upgrades_it(tiny_model_dir: Path, tmp_path: Path) -> None:
+    older = _copy(tiny_model_dir, tmp_path, "older")
+    (older / "model.onnx").unlink()
+    _edit_config(older, format_version=2, onnx_sha256=None)
+    with pytest.raises(ModelDirError) as caught:
+        load_encoder(older)
+    assert str(caught.value) == (
+        f"model directory {older} has no model.onnx (format 2, written by an older dupq): "
+        f"run `dupq upgrade {older}` to add it (needs the train extra: pip install 'dupq[train]')"
+    )
