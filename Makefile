@@ -8,7 +8,7 @@ MODEL := models/dupq-qqp
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint train evaluate bench docker clean
+.PHONY: run test serving-check lint train evaluate bench docker clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,14 @@ lint: $(VENV)/.stamp-dev
 ## test: lint, then the whole test suite (slow tests included)
 test: lint
 	$(BIN)/pytest -q
+
+## serving-check: a fresh virtual environment with a plain `pip install .` (no PyTorch) serves every endpoint and error of the contract over real HTTP
+serving-check: $(VENV)/.stamp-dev
+	rm -rf build/serve-venv
+	$(PYTHON) -m venv build/serve-venv
+	build/serve-venv/bin/pip install --quiet .
+	! build/serve-venv/bin/python -c 'import torch' 2>/dev/null
+	DUPQ_TEST_PYTHON=$(CURDIR)/build/serve-venv/bin/python $(BIN)/pytest -q tests/app/test_http.py
 
 # The shipped tokenizer is reused when present: `tokenizers` breaks ties between equally frequent
 # merges in no fixed order, and everything else in training is seeded. `make train TOKENIZER=`

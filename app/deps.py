@@ -24,15 +24,16 @@ class ServiceState:
     engine: Engine | None = None  # None while loading, or when loading failed (load_error says why)
     load_error: str | None = None
 
+    def ready_engine(self) -> Engine:
+        """The engine, or :class:`NotReady` (a 503) while there is none."""
+        if self.engine is None:
+            raise NotReady(self.load_error or "the model and the index are still loading")
+        return self.engine
+
 
 def _state(request: Request) -> ServiceState:
     state: ServiceState = request.app.state.service
     return state
-
-
-def get_limits(request: Request) -> Limits:
-    """The run-time limits, for validating a request body (:mod:`app.routing`)."""
-    return _state(request).limits
 
 
 # `async def` on purpose: FastAPI runs a plain `def` dependency in a worker thread, a thread
@@ -46,10 +47,7 @@ async def get_settings(request: Request) -> Settings:
 
 
 async def get_engine(request: Request) -> Engine:
-    state = _state(request)
-    if state.engine is None:
-        raise NotReady(state.load_error or "the model and the index are still loading")
-    return state.engine
+    return _state(request).ready_engine()
 
 
 EngineDep = Annotated[Engine, Depends(get_engine)]

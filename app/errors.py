@@ -21,8 +21,16 @@ from starlette.routing import Match
 
 from app.batching import Overloaded
 from app.engine import NotReady
+from app.schemas import ErrorBody
 
 logger = logging.getLogger(__name__)
+
+# The errors every route may answer, for the OpenAPI document.
+COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "missing or wrong API key"},
+    413: {"model": ErrorBody, "description": "request body over max_body_bytes"},
+    503: {"model": ErrorBody, "description": "not ready yet, or overloaded (see Retry-After)"},
+}
 
 NOT_READY_RETRY_S = 5
 OVERLOADED_RETRY_S = 1

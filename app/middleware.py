@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -94,13 +95,10 @@ class ApiKey:
         await self.app(scope, receive, send)
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class BodyLimit:
     """A request body over ``max_bytes`` is a 413: at once when its ``Content-Length`` says so,
-    else as soon as the bytes received pass the limit."""
+    else as soon as the bytes received pass the limit, as the HTTP error
+    :func:`app.errors.register_errors` answers (a route reads its body before it answers)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -112,32 +110,17 @@ class BodyLimit:
             return
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, receive, send, f"request body of {int(declared)} bytes is over")
+            detail = f"request body of {int(declared)} bytes is over max_body_bytes = {self.max_bytes} bytes"
+            await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
             return
         seen = 0
-        started = False
 
         async def receive_counting() -> Message:
             nonlocal seen
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise HTTPException(413, f"request body over max_body_bytes = {self.max_bytes} bytes")
             return message
 
-        async def send_noting_start(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive_counting, send_noting_start)
-        except _TooLarge:
-            if started:
-                raise
-            await self._refuse(scope, receive, send, "request body over")
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, what: str) -> None:
-        response = JSONResponse({"detail": f"{what} max_body_bytes = {self.max_bytes} bytes"}, status_code=413)
-        await response(scope, receive, send)
+        await self.app(scope, receive_counting, send)

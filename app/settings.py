@@ -11,7 +11,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from model.encoder import available_cpus
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The model bundled with the source: next to the code in a checkout (or an editable install); an
+# installed dupq (`pip install .`) finds it in the directory it runs in, the checkout's root.
 BUNDLED_MODEL = REPO_ROOT / "models" / "dupq-qqp"
+if not BUNDLED_MODEL.is_dir():
+    BUNDLED_MODEL = Path("models") / "dupq-qqp"
 
 
 class Settings(BaseSettings):

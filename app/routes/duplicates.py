@@ -8,10 +8,11 @@ from fastapi import APIRouter
 
 from app.deps import EngineDep
 from app.engine import Match
+from app.errors import COMMON_ERRORS
 from app.routing import JsonRoute
 from app.schemas import DuplicatesBatchRequest, DuplicatesBatchResponse, DuplicatesRequest, DuplicatesResponse
 
-router = APIRouter(prefix="/duplicates", tags=["duplicates"], route_class=JsonRoute)
+router = APIRouter(prefix="/duplicates", tags=["duplicates"], route_class=JsonRoute, responses=COMMON_ERRORS)
 
 
 def _matches(found: list[Match], tau: float, min_similarity: float | None) -> list[dict[str, Any]]:

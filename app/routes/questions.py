@@ -7,10 +7,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, Response, status
 
 from app.deps import EngineDep
+from app.errors import COMMON_ERRORS
 from app.routing import JsonRoute
 from app.schemas import AddQuestionsRequest, AddQuestionsResponse, ErrorBody, StoredQuestionOut
 
-router = APIRouter(prefix="/questions", tags=["questions"], route_class=JsonRoute)
+router = APIRouter(prefix="/questions", tags=["questions"], route_class=JsonRoute, responses=COMMON_ERRORS)
 
 IdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$", description="question id")]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "description": "no question with this id"}}

@@ -7,10 +7,11 @@ from typing import Any
 from fastapi import APIRouter
 
 from app.deps import EngineDep
+from app.errors import COMMON_ERRORS
 from app.routing import JsonRoute
 from app.schemas import SimilarityBatchRequest, SimilarityBatchResponse, SimilarityRequest, SimilarityResponse
 
-router = APIRouter(tags=["similarity"], route_class=JsonRoute)
+router = APIRouter(tags=["similarity"], route_class=JsonRoute, responses=COMMON_ERRORS)
 
 
 @router.post("/similarity", response_model=SimilarityResponse)

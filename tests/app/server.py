@@ -2,7 +2,9 @@
 
 The process cannot import PyTorch or any other package of the train extra (``sys.modules`` holds
 None under their names, so importing one raises ImportError): every test over real HTTP also
-checks that serving needs none of them.
+checks that serving needs none of them. ``DUPQ_TEST_PYTHON`` names another interpreter to serve
+with, such as that of a virtual environment made with a plain ``pip install .`` (``make
+serving-check``).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ class Server:
 
     def start(self, timeout: float = 60.0) -> Server:
         argv = [
-            sys.executable,
+            os.environ.get("DUPQ_TEST_PYTHON") or sys.executable,
             "-c",
             BLOCKED_SERVE,
             "serve",
@@ -57,7 +59,9 @@ class Server:
             "--model-dir",
             str(self.model_dir),
         ]
-        self.process = subprocess.Popen(argv, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Not run from the checkout, so that the interpreter serves the dupq installed in it.
+        cwd = self.data_dir.parent
+        self.process = subprocess.Popen(argv, env=self.env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -3,6 +3,7 @@ PyTorch or anything else of the train extra (tests/app/server.py)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import urllib.request
@@ -117,3 +118,12 @@ def test_the_server_runs_where_training_packages_cannot_be_imported() -> None:
     probe = BLOCKED_SERVE.replace("from app.cli import main; sys.exit(main(sys.argv[1:]))", "import torch")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert result.returncode == 1 and "import of torch halted" in result.stderr
+
+
+def test_the_package_needs_no_training_package_to_serve() -> None:
+    from importlib.metadata import requires
+
+    base = [r for r in requires("dupq") or [] if "extra ==" not in r]
+    names = {re.split(r"[<>=\[ ;]", r, maxsplit=1)[0].lower() for r in base}
+    assert {"onnxruntime", "faiss-cpu", "fastapi"} <= names
+    assert not names & {"torch", "onnx", "safetensors", "sentence-transformers", "scikit-learn", "matplotlib"}
