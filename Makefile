@@ -53,12 +53,13 @@ TOKENIZER ?= $(wildcard $(MODEL)/tokenizer.json)
 
 ## train: reproduce the shipped model from $(DATA) (26.5 to 28 minutes on this 2-core machine), then evaluate it (2 to 2.5 more)
 # The recipe is dupq train's defaults (model/training/config.py; docs/model.md): two networks
-# (seeds 0 and 1) trained at once and shipped side by side, all-MiniLM-L6-v2 as the teacher.
+# (seeds 0 and 1) trained at once and shipped side by side, all-MiniLM-L6-v2 as the teacher, in
+# bfloat16. On a CPU without bfloat16 instructions: make train TRAIN_FLAGS='--teacher-dtype float32'.
 train: $(VENV)/.stamp-dev
 	mkdir -p build
 	$(BIN)/dupq split --pairs $(DATA)/qqp/dev.tsv.gz --fraction 0.5 --seed 0 --out-rest build/valid.tsv --out-held build/holdout.tsv
 	HF_HUB_OFFLINE=1 $(BIN)/dupq train --train $(DATA)/qqp/train.tsv.gz --valid build/valid.tsv --out $(MODEL) \
-		--teacher-cache build/teacher.npy $(if $(TOKENIZER),--tokenizer $(TOKENIZER))
+		--teacher-cache build/teacher.npy $(if $(TOKENIZER),--tokenizer $(TOKENIZER)) $(TRAIN_FLAGS)
 	$(MAKE) evaluate
 
 ## evaluate: the shipped model on the held-out half of the BiMPM dev split, then on STS-B and SICK, next to TF-IDF and MiniLM

@@ -212,5 +212,7 @@ def load_encoder(model_dir: str | Path, threads: int = 1) -> QuestionEncoder:
         raise
     except Exception as err:  # onnxruntime's own errors for a graph it cannot run
         raise ModelDirError(f"{model_dir / ONNX} cannot be run: {err}") from err
-    logger.info("loaded model %s (dim %d, %d thread(s)) from %s", encoder.full_name, encoder.dim, threads, model_dir)
+    logger.info(
+        "loaded model %s (dim %d, %d thread(s)) from %s", encoder.full_name, encoder.dim, encoder.threads, model_dir
+    )
     return encoder

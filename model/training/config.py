@@ -61,8 +61,8 @@ class TrainConfig:
         default="bfloat16",
         metadata={
             "help": "precision the teacher encodes the training questions in: bfloat16 (torch autocast) is about "
-            "3 times as fast on a CPU with bfloat16 instructions (AVX-512 BF16), each vector within a cosine of "
-            "0.9999 of float32's; on other CPUs float32 is the faster"
+            "3 times as fast as float32 on a CPU with bfloat16 instructions (AVX-512 BF16), each vector within a "
+            "cosine of 0.9999 of float32's; elsewhere it is refused (5 times slower), pass float32 there"
         },
     )
     teacher_cache: str = field(

@@ -339,6 +339,7 @@ def test_the_teachers_cache_is_kept_apart_by_precision(
         return StandInTeacher(4)._vectors
 
     monkeypatch.setattr(model.training.teacher, "minilm_encoder", stand_in)
+    monkeypatch.setattr(model.training.teacher, "cpu_has_bfloat16", lambda: True)
     cache = tmp_path / "teacher.npy"
     other = "bfloat16" if dtype == "float32" else "float32"
     first = MiniLMTeacher(dtype, cache).question_vectors(["a?", "b?"])
@@ -350,6 +351,23 @@ def test_the_teachers_cache_is_kept_apart_by_precision(
     assert asked == [dtype, other, dtype]
     MiniLMTeacher(dtype, cache).token_vectors(["a"])
     assert asked[-1] == "float32"  # tokens always in float32
+
+
+def test_bfloat16_on_a_cpu_without_it_is_refused_unless_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import model.training.teacher
+    from model.training.teacher import MiniLMTeacher
+
+    monkeypatch.setattr(
+        model.training.teacher, "minilm_encoder", lambda precision="float32": StandInTeacher(4)._vectors
+    )
+    cache = tmp_path / "teacher.npy"
+    monkeypatch.setattr(model.training.teacher, "cpu_has_bfloat16", lambda: True)
+    cached = MiniLMTeacher("bfloat16", cache).question_vectors(["a?"])  # made where bfloat16 runs
+    monkeypatch.setattr(model.training.teacher, "cpu_has_bfloat16", lambda: False)
+    np.testing.assert_array_equal(MiniLMTeacher("bfloat16", cache).question_vectors(["a?"]), cached)
+    with pytest.raises(ValueError, match=r"no bfloat16 instructions.*pass --teacher-dtype float32"):
+        MiniLMTeacher("bfloat16", cache).question_vectors(["b?"])
+    assert MiniLMTeacher("float32", cache).question_vectors(["b?"]).shape == (1, 4)
 
 
 def test_minilm_refuses_a_precision_it_does_not_run_in() -> None:
