@@ -1,36 +1,38 @@
-# The dupq service: CPU-only, non-root, the bundled model and demo corpus inside, data in /data.
+# The dupq service: CPU-only, non-root, no PyTorch (the network runs in ONNX Runtime), the bundled
+# model inside, data in /data. The store starts empty; set DUPQ_SEED_FILE (the demo corpus is at
+# /opt/dupq/demo/questions.tsv) to load questions into an empty store at start-up.
 #
 #   docker build --build-arg BASE=python:3.11-slim -t dupq .
 #
 # BASE must provide python3 (3.11) with venv. `make docker` builds one from Debian bookworm with
-# debootstrap where no image can be pulled. The build context must hold wheelhouse/ with the CPU
-# build of torch (PyPI's default torch is the multi-GB CUDA build) and, where pip goes through a
-# TLS-intercepting proxy, that proxy's CA bundle as wheelhouse/ca-certificates.crt: both stay in
+# debootstrap where no image can be pulled. Where pip goes through a TLS-intercepting proxy, put
+# that proxy's CA bundle in the build context as build/docker-ca/ca-certificates.crt: it stays in
 # the build stage, never in the final image.
 ARG BASE=python:3.11-slim
 
 FROM ${BASE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_DEFAULT_TIMEOUT=180
-COPY wheelhouse/ /wheelhouse/
-RUN if [ -f /wheelhouse/ca-certificates.crt ]; then echo "PIP_CERT=/wheelhouse/ca-certificates.crt" > /tmp/pipenv; fi; \
+# pyproject.toml is there so that the COPY has a source when build/docker-ca/ is absent.
+COPY pyproject.toml build/docker-ca* /docker-ca/
+RUN if [ -f /docker-ca/ca-certificates.crt ]; then echo "PIP_CERT=/docker-ca/ca-certificates.crt" > /tmp/pipenv; fi; \
     python3 -m venv /opt/venv
 COPY pyproject.toml README.md /src/
 COPY app/ /src/app/
 COPY model/ /src/model/
 RUN set -a; [ -f /tmp/pipenv ] && . /tmp/pipenv; set +a; \
-    /opt/venv/bin/pip install --find-links /wheelhouse 'torch==2.13.0' && \
-    /opt/venv/bin/pip install --find-links /wheelhouse /src && \
-    /opt/venv/bin/python -c "import torch, faiss, onnxruntime, fastapi; print('torch', torch.__version__)" && \
+    /opt/venv/bin/pip install /src && \
+    /opt/venv/bin/python -c "import faiss, onnxruntime, fastapi, app.main" && \
+    ! /opt/venv/bin/python -c "import torch" 2>/dev/null && \
     find /opt/venv -name '__pycache__' -prune -exec rm -rf {} + && \
-    rm -rf /opt/venv/lib/python3*/site-packages/torch/include /opt/venv/lib/python3*/site-packages/torch/share/cmake \
-           /opt/venv/lib/python3*/site-packages/pip
+    rm -rf /opt/venv/lib/python3*/site-packages/pip /opt/venv/lib/python3*/site-packages/setuptools
 
 FROM ${BASE}
 ARG UID=10001
 RUN useradd --uid ${UID} --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin dupq \
     && mkdir -p /data && chown dupq /data
 COPY --from=build /opt/venv /opt/venv
-COPY models/ /opt/dupq/models/
+# What serving reads of the model directory (the weights are for training, not needed here).
+COPY models/dupq-qqp/config.json models/dupq-qqp/model.onnx models/dupq-qqp/tokenizer.json /opt/dupq/models/dupq-qqp/
 COPY demo/ /opt/dupq/demo/
 COPY docker/entrypoint.sh /usr/local/bin/dupq-entrypoint
 RUN chmod -R a+rX /opt/dupq /usr/local/bin/dupq-entrypoint
@@ -38,8 +40,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     DUPQ_MODEL_DIR=/opt/dupq/models/dupq-qqp \
-    DUPQ_DATA_DIR=/data \
-    DUPQ_SEED_FILE=/opt/dupq/demo/questions.tsv
+    DUPQ_DATA_DIR=/data
 USER dupq
 VOLUME ["/data"]
 EXPOSE 8000
