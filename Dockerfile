@@ -25,17 +25,20 @@ RUN set -a; [ -f /tmp/pipenv ] && . /tmp/pipenv; set +a; \
     ! /opt/venv/bin/python -c "import torch" 2>/dev/null && \
     find /opt/venv -name '__pycache__' -prune -exec rm -rf {} + && \
     rm -rf /opt/venv/lib/python3*/site-packages/pip /opt/venv/lib/python3*/site-packages/setuptools
+# What serving reads of the model directory (the weights are for training, not needed here), the
+# demo corpus and the entrypoint, readable by the service user whatever the checkout's umask:
+# made so here, so that the final image holds them once (a chmod there would add a second copy).
+COPY models/dupq-qqp/config.json models/dupq-qqp/model.onnx models/dupq-qqp/tokenizer.json /opt/dupq/models/dupq-qqp/
+COPY demo/ /opt/dupq/demo/
+COPY docker/entrypoint.sh /opt/dupq/bin/dupq-entrypoint
+RUN chmod -R a+rX /opt/dupq && chmod a+x /opt/dupq/bin/dupq-entrypoint
 
 FROM ${BASE}
 ARG UID=10001
 RUN useradd --uid ${UID} --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin dupq \
     && mkdir -p /data && chown dupq /data
 COPY --from=build /opt/venv /opt/venv
-# What serving reads of the model directory (the weights are for training, not needed here).
-COPY models/dupq-qqp/config.json models/dupq-qqp/model.onnx models/dupq-qqp/tokenizer.json /opt/dupq/models/dupq-qqp/
-COPY demo/ /opt/dupq/demo/
-COPY docker/entrypoint.sh /usr/local/bin/dupq-entrypoint
-RUN chmod -R a+rX /opt/dupq /usr/local/bin/dupq-entrypoint
+COPY --from=build /opt/dupq /opt/dupq
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -46,5 +49,5 @@ VOLUME ["/data"]
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python3", "-c", "import urllib.request, sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/ready', timeout=2).status != 200)"]
-ENTRYPOINT ["/usr/local/bin/dupq-entrypoint"]
+ENTRYPOINT ["/opt/dupq/bin/dupq-entrypoint"]
 CMD ["dupq", "serve", "--host", "0.0.0.0", "--port", "8000"]
