@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prints each README curl example with the real answer of a running service (default: the one
+# Prints each curl example of docs/api.md with the real answer of a running service (default: the one
 # `make run` starts). Usage: scripts/api_examples.sh [http://127.0.0.1:8000]
 set -euo pipefail
 URL=${1:-http://127.0.0.1:8000}
@@ -29,3 +29,4 @@ show GET /ready
 show GET /info
 show POST /similarity '{"question1": "   ", "question2": "What is your age?"}'
 show POST /duplicates '{"question": "How old are you?", "k": 0}'
+show POST /similarity '{"question1": "How old are you?", "question2": "What is your age?"'

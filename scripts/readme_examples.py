@@ -1,11 +1,11 @@
-"""Puts the answers that ``scripts/api_examples.sh`` printed into README.md's examples.
+"""Puts the answers that ``scripts/api_examples.sh`` printed into the examples of docs/api.md.
 
     scripts/api_examples.sh | python scripts/readme_examples.py [README.md]
 
 Each ```console block of the README that starts with a ``$ curl`` line takes the answer printed
 after the same command, in order (a command asked twice, such as a GET before and after a
 DELETE, takes its answers in turn). The embedding is cut to its first four numbers, as the
-README shows it. A command of the README that the output lacks stops the script with an error,
+file shows it. A command of the file that the output lacks stops the script with an error,
 before anything is written.
 """
 
@@ -59,7 +59,7 @@ def update(readme: str, examples: list[tuple[str, list[str]]]) -> str:
 
 
 def main() -> None:
-    path = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/api.md")
     path.write_text(update(path.read_text(), parse_output(sys.stdin.read())))
 
 
