@@ -33,6 +33,16 @@ CORPUS = [
 ]
 
 
+# Questions of several lengths, for the encoder's tests.
+QUESTIONS = [
+    "How old are you?",
+    "What is your age?",
+    "Where are you from?",
+    "Why is the sky blue?",
+    "A much longer question about many things?",
+]
+
+
 def build_tiny_model(out: Path, seed: int = 0, version_prefix: str = "test", members: int = 1) -> Path:
     """A small, seeded, untrained model directory: fast, deterministic, real in every part; with
     ``members``, that many such networks side by side."""
@@ -73,3 +83,9 @@ def tiny_members_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def fixtures() -> Path:
     return FIXTURES
+
+
+@pytest.fixture(scope="session", params=["one network", "two side by side"])
+def model_dir(request: pytest.FixtureRequest, tiny_model_dir: Path, tiny_members_dir: Path) -> Path:
+    """Each tiny model directory in turn: one network, then two side by side."""
+    return tiny_model_dir if request.param == "one network" else tiny_members_dir

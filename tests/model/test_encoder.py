@@ -7,18 +7,7 @@ import pytest
 
 from model.encoder import _CALL_COST, _STEP_COST, QuestionEncoder, _length_buckets, load_encoder, pad_ids
 
-QUESTIONS = [
-    "How old are you?",
-    "What is your age?",
-    "Where are you from?",
-    "Why is the sky blue?",
-    "A much longer question about many things?",
-]
-
-
-@pytest.fixture(scope="module", params=["one network", "two side by side"])
-def model_dir(request: pytest.FixtureRequest, tiny_model_dir: Path, tiny_members_dir: Path) -> Path:
-    return tiny_model_dir if request.param == "one network" else tiny_members_dir
+from ..conftest import QUESTIONS
 
 
 @pytest.fixture(scope="module")

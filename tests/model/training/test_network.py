@@ -12,18 +12,7 @@ from model.tokenizer import TokenIds, load_tokenizer
 from model.training.export import load_network
 from model.training.network import SiameseEncoder, SideBySide, encode, forward_by_length, pad_batch
 
-QUESTIONS = [
-    "How old are you?",
-    "What is your age?",
-    "Where are you from?",
-    "Why is the sky blue?",
-    "A much longer question about many things?",
-]
-
-
-@pytest.fixture(scope="module", params=["one network", "two side by side"])
-def model_dir(request: pytest.FixtureRequest, tiny_model_dir: Path, tiny_members_dir: Path) -> Path:
-    return tiny_model_dir if request.param == "one network" else tiny_members_dir
+from ...conftest import QUESTIONS
 
 
 def _torch_vectors(model_dir: Path, texts: list[str]) -> np.ndarray:
