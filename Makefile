@@ -51,7 +51,7 @@ serving-check: $(VENV)/.stamp-dev
 # trains a new one.
 TOKENIZER ?= $(wildcard $(MODEL)/tokenizer.json)
 
-## train: reproduce the shipped model from $(DATA) (26.5 to 28 minutes on this 2-core machine), then evaluate it (2 to 2.5 more)
+## train: reproduce the shipped model from $(DATA), then evaluate it (28:45 and 30:12 in all on the 2-core AVX-512 BF16 machine that trained it)
 # The recipe is dupq train's defaults (model/training/config.py; docs/model.md): two networks
 # (seeds 0 and 1) trained at once and shipped side by side, all-MiniLM-L6-v2 as the teacher, in
 # bfloat16. On a CPU without bfloat16 instructions: make train TRAIN_FLAGS='--teacher-dtype float32'.

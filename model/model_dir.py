@@ -75,6 +75,8 @@ def read_config(model_dir: str | Path) -> dict[str, Any]:
     missing = [key for key in REQUIRED if key not in config]
     if missing:
         raise ModelDirError(f"{model_dir / CONFIG} lacks the field(s) {', '.join(map(repr, missing))}")
+    if not isinstance(config["encoder"], dict) or not isinstance(config["encoder"].get("max_tokens"), int):
+        raise ModelDirError(f"{model_dir / CONFIG}: 'encoder' must hold the architecture, 'max_tokens' included")
     if not (model_dir / TOKENIZER).is_file():
         raise ModelDirError(f"model directory {model_dir} is incomplete: missing {TOKENIZER}")
     for name, key in ((ONNX, "onnx_sha256"), (TOKENIZER, "tokenizer_sha256")):

@@ -370,13 +370,15 @@ def train(
     # `tokenizers` breaks ties between equally frequent merges in no fixed order, so a retrained
     # vocabulary can differ in a few rare tokens; reusing a tokenizer file makes a run repeatable.
     tokenizer = given or train_tokenizer(graph.texts, vocab_size=config.vocab_size)
-    teacher = teacher or teacher_for(config)
+    if teacher is not None and config.members > 1:
+        # Each member runs in a process of its own and makes its teacher from the config.
+        raise ValueError("a teacher object cannot be handed to members trained in processes of their own")
     evaluator = PairEvaluator(valid_pairs)
     about: dict[str, Any]
     network: Network
     if config.members > 1:
         network, member_configs = _train_members(
-            train_files, valid_file, graph, config, encoder_config or {}, tokenizer, teacher
+            train_files, valid_file, graph, config, encoder_config or {}, tokenizer
         )
         about = {
             "members": [
@@ -391,6 +393,7 @@ def train(
             ]
         }
     else:
+        teacher = teacher or teacher_for(config)
         trainer = Trainer(graph, tokenizer, config, encoder_config or {}, teacher, progress=progress)
         _, epoch = trainer.fit(evaluator)
         network, about = trainer.network, {"best_epoch": epoch}
@@ -428,7 +431,6 @@ def _train_members(
     config: TrainConfig,
     encoder_config: dict[str, Any],
     tokenizer: Tokenizer,
-    teacher: Teacher | None,
 ) -> tuple[SideBySide, list[dict[str, Any]]]:
     """``config.members`` networks, each trained as one would be alone but with its own seed
     (``seed``, ``seed + 1``, ...), all at once in processes of their own, the threads shared out
@@ -442,9 +444,9 @@ def _train_members(
         work = Path(tmp)
         tokenizer.save(str(work / "tokenizer.json"))
         shared = dataclasses.replace(config, teacher_cache=config.teacher_cache or str(work / "teacher.npy"))
+        teacher = teacher_for(shared)  # each member makes the same from the config
         if teacher is not None and (config.distill_weight or config.pretrain_epochs):
-            # Into the cache the members read (they each make their teacher from the config).
-            MiniLMTeacher(shared.teacher_dtype, shared.teacher_cache).question_vectors(graph.texts)
+            teacher.question_vectors(graph.texts)  # into the cache the members read
         logger.info("training %d networks side by side, %d thread(s) each", k, threads)
         member_config = [
             dataclasses.replace(shared, members=1, seed=config.seed + i, threads=threads) for i in range(k)

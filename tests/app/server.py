@@ -1,8 +1,8 @@
 """A real ``dupq serve`` in a subprocess, for tests over real HTTP.
 
-The process cannot import PyTorch or any other package of the train extra (``sys.modules`` holds
-None under their names, so importing one raises ImportError): every test over real HTTP also
-checks that serving needs none of them. ``DUPQ_TEST_PYTHON`` names another interpreter to serve
+The process cannot import dupq's training code, PyTorch or any other package of the train extra
+(``sys.modules`` holds None under their names, so importing one raises ImportError): every test
+over real HTTP also checks that serving needs none of them. ``DUPQ_TEST_PYTHON`` names another interpreter to serve
 with, such as that of a virtual environment made with a plain ``pip install .`` (``make
 serving-check``).
 """
@@ -28,7 +28,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-TRAINING_ONLY = ("torch", "onnx", "safetensors", "sentence_transformers", "sklearn", "matplotlib")
+TRAINING_ONLY = ("model.training", "torch", "onnx", "safetensors", "sentence_transformers", "sklearn", "matplotlib")
 BLOCKED_SERVE = (
     f"import sys; sys.modules.update(dict.fromkeys({TRAINING_ONLY!r})); "
     "from app.cli import main; sys.exit(main(sys.argv[1:]))"

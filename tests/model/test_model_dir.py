@@ -45,6 +45,7 @@ def test_serving_needs_no_weights(tiny_model_dir: Path, tmp_path: Path) -> None:
         (lambda d: (d / "tokenizer.json").write_text("{}"), r"tokenizer\.json does not match config\.json"),
         (lambda d: _edit_config(d, threshold=None), r"lacks the field\(s\) 'threshold'"),
         (lambda d: _edit_config(d, format_version=4), r"has format 4; this dupq reads up to 3"),
+        (lambda d: _edit_config(d, encoder={"hidden_dim": 16}), r"'encoder' must hold the architecture"),
     ],
 )
 def test_a_broken_directory_is_refused_in_one_line(tiny_model_dir: Path, tmp_path: Path, damage, message) -> None:  # type: ignore[no-untyped-def]
