@@ -41,10 +41,20 @@ def _version() -> str:
 
 
 def _settings(**overrides: typing.Any) -> typing.Any:
-    """The service's settings (``DUPQ_*`` variables), with the flags that were given on top."""
+    """The service's settings (``DUPQ_*`` variables), with the flags that were given on top; a
+    variable it cannot take is a ``ValueError`` that names it, in one line."""
+    import pydantic
+
     from app.settings import Settings
 
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except pydantic.ValidationError as err:
+        reasons = (
+            f"DUPQ_{'_'.join(map(str, error['loc'])).upper()}={error['input']!r}: {error['msg']}"
+            for error in err.errors()
+        )
+        raise ValueError("; ".join(reasons)) from None
 
 
 def _limits(settings: typing.Any) -> typing.Any:
@@ -68,7 +78,6 @@ def _read_questions(path: str, settings: typing.Any) -> tuple[list[tuple[str | N
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import pydantic
     import uvicorn
 
     from app.engine import StartupError, open_model_and_store
@@ -77,10 +86,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         settings = _settings(data_dir=args.data_dir, model_dir=args.model_dir)
-    except pydantic.ValidationError as err:
-        for error in err.errors():
-            name = "DUPQ_" + "_".join(map(str, error["loc"])).upper()
-            print(f"dupq serve: error: {name}={error['input']!r}: {error['msg']}", file=sys.stderr)
+    except ValueError as err:  # the service sets up its own logging, so main() does not answer this one
+        print(f"dupq serve: error: {err}", file=sys.stderr)
         return 1
     setup_logging(settings.log_level, settings.log_json)
     try:

@@ -69,14 +69,12 @@ def register_errors(app: FastAPI) -> None:
 
 
 def _renderable(error: dict[str, Any]) -> dict[str, Any]:
-    """One validation error as JSON can hold it: the input in brief (a body that is not JSON is
-    left out; a long text is cut), exceptions in ``ctx`` as their message, a float JSON has no
-    number for (NaN, Infinity) as its name, a lone surrogate as its backslash escape."""
+    """One validation error as JSON can hold it: a long input text cut short, exceptions in
+    ``ctx`` as their message, a float JSON has no number for (NaN, Infinity) as its name, a lone
+    surrogate as its backslash escape."""
     error = dict(error)
     value = error.get("input")
-    if isinstance(value, bytes | bytearray):
-        error["input"] = None
-    elif isinstance(value, str) and len(value) > 80:
+    if isinstance(value, str) and len(value) > 80:
         error["input"] = value[:40] + "..."
     if "ctx" in error:
         error["ctx"] = {k: str(v) if isinstance(v, Exception) else v for k, v in error["ctx"].items()}

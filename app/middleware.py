@@ -12,9 +12,9 @@ from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.errors import error_response
 from app.metrics import Metrics
 
 access = logging.getLogger("dupq.access")
@@ -85,12 +85,8 @@ class ApiKey:
         if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
             scheme, _, given = (Headers(scope=scope).get("authorization") or "").strip().partition(" ")
             if not (scheme.lower() == "bearer" and hmac.compare_digest(given.lstrip(" ").encode(), self.key)):
-                response = JSONResponse(
-                    {"detail": "missing or wrong API key (Authorization: Bearer <key>)"},
-                    status_code=401,
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-                await response(scope, receive, send)
+                detail = "missing or wrong API key (Authorization: Bearer <key>)"
+                await error_response(401, detail, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -111,7 +107,7 @@ class BodyLimit:
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             detail = f"request body of {int(declared)} bytes is over max_body_bytes = {self.max_bytes} bytes"
-            await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+            await error_response(413, detail)(scope, receive, send)
             return
         seen = 0
 

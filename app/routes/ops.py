@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.deps import EngineDep, SettingsDep, StateDep
@@ -23,12 +22,14 @@ async def health() -> Status:
 router.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
 
 
-@router.get("/ready", response_model=ReadyStatus, responses={503: {"model": ErrorBody, "description": "still loading"}})
-async def ready(state: StateDep) -> ReadyStatus | JSONResponse:
+@router.get(
+    "/ready",
+    response_model=ReadyStatus,
+    responses={503: {"model": ErrorBody, "description": "still loading (see Retry-After), or loading failed"}},
+)
+async def ready(state: StateDep) -> ReadyStatus:
     """Readiness: 200 once the model and the index are loaded and the model answers."""
-    if state.engine is None:
-        return JSONResponse({"detail": state.load_error or "loading the model and the index"}, status_code=503)
-    return ReadyStatus(status="ready", index_size=state.engine.index_size())
+    return ReadyStatus(status="ready", index_size=state.ready_engine().index_size())
 
 
 router.add_api_route("/ready", ready, methods=["HEAD"], response_model=ReadyStatus, include_in_schema=False)

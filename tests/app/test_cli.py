@@ -75,6 +75,19 @@ def test_index_takes_its_settings_from_the_environment_as_serve_does(
     assert (tmp_path / "flag" / "index-flat.faiss").is_file()
 
 
+@pytest.mark.parametrize("command", ["index", "embed"])
+def test_a_setting_that_cannot_be_taken_is_named_in_one_line(
+    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DUPQ_INDEX_KIND", "bogus")
+    monkeypatch.setenv("DUPQ_MAX_BATCH", "0")
+    assert main([command, str(tmp_path / "questions.txt")]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"dupq {command}: error: DUPQ_MAX_BATCH='0': Input should be greater than or equal to 1; "
+        "DUPQ_INDEX_KIND='bogus': Input should be 'flat' or 'hnsw'"
+    )
+
+
 def test_embed_prints_the_encoders_vectors_and_shows_progress(
     tiny_model_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:

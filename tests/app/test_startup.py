@@ -16,7 +16,7 @@ from app.engine import StartupError
 from app.main import create_app
 
 from ..conftest import build_tiny_model
-from .conftest import engine_of, make_settings, serving
+from .conftest import engine_of, make_settings, serving, wait_ready
 
 
 def test_restart_uses_the_snapshot_and_replays_what_changed_since(
@@ -209,3 +209,38 @@ def test_an_empty_seed_file_setting_means_no_seed(
     assert settings.seed_file is None
     with serving(settings) as client:
         assert client.get("/ready").json() == {"status": "ready", "index_size": 0}
+
+
+def test_while_loading_and_after_a_failed_start_every_route_but_health_is_a_503_with_retry_after(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from app.engine import Engine
+
+    real_build = Engine.build
+    release = threading.Event()
+
+    def slow_build(*args, **kwargs):  # type: ignore[no-untyped-def]
+        release.wait(10)
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(Engine, "build", slow_build)
+    with TestClient(create_app(make_settings(tiny_model_dir, tmp_path / "data"))) as client:
+        assert client.get("/health").status_code == 200
+        for response in (client.get("/ready"), client.post("/similarity", json={"question1": "a", "question2": "b"})):
+            assert response.status_code == 503 and response.headers["retry-after"] == "5"
+            assert response.json() == {"detail": "not ready: the model and the index are still loading"}
+        release.set()
+        wait_ready(client)
+
+    def failing_build(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Engine, "build", failing_build)
+    with TestClient(create_app(make_settings(tiny_model_dir, tmp_path / "data"))) as client:
+        deadline = time.monotonic() + 10
+        while "start-up failed" not in client.get("/ready").text and time.monotonic() < deadline:
+            time.sleep(0.02)
+        response = client.get("/ready")
+        assert response.status_code == 503 and response.json() == {"detail": "not ready: start-up failed: disk full"}
