@@ -114,6 +114,7 @@ def _index(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from app.engine import Engine, open_model_and_store
+    from app.store import NewQuestion
 
     settings = _settings(
         data_dir=args.data_dir, model_dir=args.model_dir, index_kind=args.index_kind, batch_wait_ms=0.0
@@ -131,7 +132,7 @@ def _index(args: argparse.Namespace) -> int:
         try:
             with tqdm(total=len(items), desc="indexing", unit="question") as bar:
                 for start in range(0, len(items), 1024):
-                    await engine.add(items[start : start + 1024])
+                    await engine.add([NewQuestion.of(qid or "", text) for qid, text in items[start : start + 1024]])
                     bar.update(min(1024, len(items) - start))
             return engine.index_size()
         finally:

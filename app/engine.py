@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import sqlite3
@@ -32,12 +33,13 @@ import numpy as np
 from tqdm import tqdm
 
 from app.batching import Batcher
-from app.index import SnapshotError, VectorIndex
+from app.groups import find_groups
+from app.index import NamespacedIndex, SnapshotError, VectorIndex
 from app.locks import ReadWriteLock
 from app.question_file import describe_skipped, read_question_file
 from app.schemas import Limits
 from app.settings import Settings
-from app.store import QuestionStore
+from app.store import DEFAULT_NAMESPACE, Feedback, NewQuestion, QuestionStore, StoredQuestion, StoreTooNew
 from model.encoder import QuestionEncoder, load_encoder
 
 logger = logging.getLogger(__name__)
@@ -60,6 +62,41 @@ class Match:
     id: str
     question: str
     similarity: float
+    namespace: str
+    metadata: str  # the stored JSON object, as text
+
+
+Conditions = tuple[tuple[str, tuple[str, ...]], ...]  # (metadata key, values as term_value writes them)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where a search looks: one namespace, only the questions whose metadata meets
+    ``conditions`` (None: all of them), never those of ``exclude_ids`` or ``exclude_keys``."""
+
+    namespace: str = DEFAULT_NAMESPACE
+    conditions: Conditions | None = None
+    exclude_ids: tuple[str, ...] = ()
+    exclude_keys: tuple[int, ...] = ()
+
+    @property
+    def plain(self) -> bool:
+        return self.conditions is None and not self.exclude_ids and not self.exclude_keys
+
+
+class UnknownIds(LookupError):
+    """Ids that name no stored question where the request needs one (a 404 that names them and
+    where they were)."""
+
+    def __init__(self, where: list[tuple[tuple[str | int, ...], str]]) -> None:
+        super().__init__(", ".join(qid for _, qid in where))
+        self.where = where
+
+
+@dataclass(frozen=True)
+class Group:
+    representative: str
+    ids: list[str]
 
 
 def open_model_and_store(settings: Settings) -> tuple[QuestionEncoder, QuestionStore]:
@@ -73,6 +110,8 @@ def open_model_and_store(settings: Settings) -> tuple[QuestionEncoder, QuestionS
         raise StartupError(f"cannot load the model in {settings.model_dir}: {err!r}") from err
     try:
         store = QuestionStore(settings.data_dir / STORE_FILE, encoder.dim)
+    except StoreTooNew as err:
+        raise StartupError(str(err)) from err
     except (OSError, sqlite3.Error) as err:
         raise StartupError(f"cannot open the question store in {settings.data_dir}: {err}") from err
     try:
@@ -113,7 +152,7 @@ class Engine:
         settings: Settings,
         encoder: QuestionEncoder,
         store: QuestionStore,
-        index: VectorIndex,
+        index: NamespacedIndex,
         snapshot_generation: int,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
@@ -128,6 +167,7 @@ class Engine:
         self._snapshot_generation = snapshot_generation  # store generation of the snapshot on disk
         self._snapshot_write = threading.Lock()  # one snapshot written at a time
         self._snapshotter: asyncio.Task[None] | None = None
+        self._grouping = threading.Lock()  # one duplicate-groups pass at a time: each takes every core
         wait = settings.batch_wait_ms / 1000.0
         self._batcher: Batcher[str] = Batcher(  # questions -> vectors
             self.encoder.encode, settings.batch_max_size, wait, settings.queue_max, "encoder", on_batch
@@ -137,7 +177,7 @@ class Engine:
         # so it is set in the searcher's own thread. One OpenMP thread was measured too: a lone
         # query 2 to 3 ms faster, but 115 to 121 /duplicates per second at 16 and 64 clients
         # instead of 160 to 185 (flat index of 100,000, bench/service.py).
-        self._searcher: Batcher[tuple[np.ndarray, int]] = Batcher(  # (vector, k) -> matches
+        self._searcher: Batcher[tuple[np.ndarray, int, Scope]] = Batcher(  # (vector, k, scope) -> matches
             self._search,
             settings.batch_max_size,
             wait,
@@ -219,12 +259,12 @@ class Engine:
         parsed, skipped = read_question_file(path, limits)
         if skipped:
             logger.warning(describe_skipped(f"seed file {path}", skipped))
-        items = [(qid or f"seed-{n}", text) for n, (qid, text) in enumerate(parsed, 1)]
+        items = [NewQuestion.of(qid or f"seed-{n}", text) for n, (qid, text) in enumerate(parsed, 1)]
         logger.info("seeding the empty store with %d questions from %s", len(items), path)
         with tqdm(total=len(items), desc="seeding", unit="question", disable=not progress) as bar:
             for start in range(0, len(items), 1024):
                 chunk = items[start : start + 1024]
-                self._write(chunk, self.encoder.encode([t for _, t in chunk]))
+                self._write(chunk, self.encoder.encode([q.text for q in chunk]))
                 bar.update(len(chunk))
 
     # Operations -------------------------------------------------------------------------------
@@ -266,58 +306,149 @@ class Engine:
     def probability(self, similarities: np.ndarray) -> np.ndarray:
         return self.encoder.probability(similarities)
 
-    async def add(self, items: Sequence[tuple[str | None, str]]) -> tuple[list[str], int]:
-        """Upsert questions; an item without id gets a generated one. Durable on return."""
-        ids = [qid or f"q-{uuid.uuid4().hex}" for qid, _ in items]
-        vectors = await self.encode([text for _, text in items])
+    async def add(self, items: Sequence[NewQuestion]) -> tuple[list[str], int]:
+        """Upsert questions; an item with an empty id gets a generated one. Durable on return."""
+        items = [item if item.id else dataclasses.replace(item, id=f"q-{uuid.uuid4().hex}") for item in items]
+        vectors = await self.encode([item.text for item in items])
         # The same id twice in one request: the last one wins, as if sent one after the other.
-        last = {qid: i for i, qid in enumerate(ids)}
+        last = {item.id: i for i, item in enumerate(items)}
         keep = sorted(last.values())
-        await self._run(self._write, [(ids[i], items[i][1]) for i in keep], vectors[keep])
-        return ids, self.index_size()
+        await self._run(self._write, [items[i] for i in keep], vectors[keep])
+        return [item.id for item in items], self.index_size()
 
-    def _write(self, items: list[tuple[str, str]], vectors: np.ndarray) -> None:
+    def _write(self, items: list[NewQuestion], vectors: np.ndarray) -> None:
         with self._lock.write():
             old, new = self.store.upsert(items, vectors, self.encoder.version)
-            self.index.remove(np.array(old, dtype=np.int64))
-            self.index.add(np.array(new, dtype=np.int64), vectors)
+            self.index.remove(old)
+            self.index.add(np.array(new, dtype=np.int64), vectors, [item.namespace for item in items])
 
-    async def get(self, qid: str) -> tuple[str, str] | None:
-        found = await self._run(self.store.get, qid)
-        return (found.id, found.text) if found else None
+    async def get(self, qid: str) -> StoredQuestion | None:
+        return await self._run(self.store.get, qid)
 
     async def delete(self, qid: str) -> bool:
-        return await self._run(self._delete, qid)
+        return await self.delete_ids([qid]) == 1
 
-    def _delete(self, qid: str) -> bool:
+    async def delete_ids(self, ids: Sequence[str]) -> int:
+        """Delete questions by id, in one transaction; unknown ids are ignored. Durable on return."""
+        return await self._run(self._delete_ids, list(dict.fromkeys(ids)))
+
+    def _delete_ids(self, ids: list[str]) -> int:
         with self._lock.write():
-            key = self.store.delete(qid)
-            if key is None:
-                return False
-            self.index.remove(np.array([key], dtype=np.int64))
-            return True
+            removed = self.store.delete_ids(ids)
+            self.index.remove(removed)
+            return len(removed)
 
-    async def duplicates(self, texts: list[str], k: int) -> list[list[Match]]:
+    async def delete_namespace(self, namespace: str) -> int:
+        """Delete every question of a namespace, in one transaction. Durable on return."""
+        return await self._run(self._delete_namespace, namespace)
+
+    def _delete_namespace(self, namespace: str) -> int:
+        with self._lock.write():
+            n = self.store.delete_namespace(namespace)
+            self.index.drop(namespace)
+            return n
+
+    async def duplicates(self, texts: list[str], k: int, scope: Scope | None = None) -> list[list[Match]]:
         vectors = await self.encode(texts)
-        matches: list[list[Match]] = await self._searcher.submit([(v, k) for v in vectors])
+        scope = scope or Scope()
+        matches: list[list[Match]] = await self._searcher.submit([(v, k, scope) for v in vectors])
         return matches
 
-    def _search(self, queries: list[tuple[np.ndarray, int]]) -> list[list[Match]]:
-        """One index search for a batch of (vector, k) queries from concurrent requests: for a
-        flat index one matrix product instead of one pass over all vectors per query."""
-        k_most = max(k for _, k in queries)
+    async def duplicates_of(self, qid: str, k: int) -> tuple[StoredQuestion, list[Match]] | None:
+        """The duplicates of a stored question within its namespace, from its stored vector,
+        itself left out; None if there is no such question."""
+        found = await self._run(self.store.vector_of, qid)
+        if found is None:
+            return None
+        question, vector = found
+        scope = Scope(question.namespace, exclude_keys=(question.key,))
+        (matches,) = await self._searcher.submit([(vector, k, scope)])
+        return question, matches
+
+    def _search(self, queries: list[tuple[np.ndarray, int, Scope]]) -> list[list[Match]]:
+        """One index search per namespace for a batch of plain queries from concurrent requests
+        (for a flat index one matrix product instead of one pass over all vectors per query), one
+        each for a query with a filter or exclusions. The filter's keys are read under the read
+        lock, so that they and the index agree."""
+        raw: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0), np.zeros(0, np.int64))] * len(queries)
+        plain: dict[str, list[int]] = {}
         with self._lock.read():
-            scores, keys = self.index.search(np.stack([v for v, _ in queries]), k_most)
-            found = self.store.by_keys(sorted({int(x) for x in keys.ravel() if x >= 0}))
+            for i, (vector, k, scope) in enumerate(queries):
+                if scope.plain:
+                    plain.setdefault(scope.namespace, []).append(i)
+                    continue
+                allow = None
+                if scope.conditions is not None:
+                    allow = self.store.filter_keys(scope.namespace, scope.conditions)
+                deny = np.concatenate(
+                    [self.store.keys_of(scope.exclude_ids, scope.namespace), np.array(scope.exclude_keys, np.int64)]
+                )
+                scores, keys = self.index.search(scope.namespace, vector[None, :], k, allow, deny)
+                raw[i] = (scores[0], keys[0])
+            for namespace, rows in plain.items():
+                k_most = max(queries[i][1] for i in rows)
+                scores, keys = self.index.search(namespace, np.stack([queries[i][0] for i in rows]), k_most)
+                for j, i in enumerate(rows):
+                    raw[i] = (scores[j], keys[j])
+            wanted = {int(x) for _, keys in raw for x in keys if x >= 0}
+            found = self.store.by_keys(sorted(wanted))
         results = []
-        for (_, k), row_scores, row_keys in zip(queries, scores, keys, strict=True):
+        for (_, k, _), (row_scores, row_keys) in zip(queries, raw, strict=True):
             matches = []
             for score, key in zip(row_scores[:k], row_keys[:k], strict=True):
                 question = found.get(int(key))
                 if question is not None:
-                    matches.append(Match(question.id, question.text, float(min(1.0, max(-1.0, score)))))
+                    similarity = float(min(1.0, max(-1.0, score)))
+                    matches.append(Match(question.id, question.text, similarity, question.namespace, question.metadata))
             results.append(matches)
         return results
+
+    async def page(
+        self, namespace: str | None, after: tuple[str, int] | None, limit: int
+    ) -> list[tuple[StoredQuestion, int]]:
+        return await self._run(self.store.page, namespace, after, limit)
+
+    async def groups(
+        self, namespace: str, threshold: float, min_size: int, conditions: Conditions | None
+    ) -> list[Group]:
+        """Disjoint groups of duplicates among the stored questions of a namespace (those that
+        pass ``conditions``), largest first: see :func:`app.groups.find_groups`."""
+        return await self._run(self._groups, namespace, threshold, min_size, conditions)
+
+    def _groups(self, namespace: str, threshold: float, min_size: int, conditions: Conditions | None) -> list[Group]:
+        # The vectors are read from the store in one transaction: no lock is held while the groups
+        # are found (seconds), and writes go on meanwhile.
+        keys = self.store.filter_keys(namespace, conditions) if conditions is not None else None
+        ids, vectors = self.store.namespace_vectors(namespace, keys)
+        with self._grouping:
+            found = find_groups(vectors, threshold, min_size, threads=self.threads)
+        return [Group(ids[rep], [ids[m] for m in members]) for rep, members in found]
+
+    async def add_feedback(self, pairs: Sequence[Feedback]) -> int:
+        """Store moderators' labelled pairs; pairs that name stored questions get their texts.
+        Raises :class:`UnknownIds` (nothing stored) when an id names no question."""
+        return await self._run(self._add_feedback, pairs)
+
+    def _add_feedback(self, pairs: Sequence[Feedback]) -> int:
+        resolved, unknown = [], []
+        for n, pair in enumerate(pairs):
+            texts = []
+            for field, qid, text in (("1", pair.id1, pair.question1), ("2", pair.id2, pair.question2)):
+                if qid is None:
+                    texts.append(text)
+                    continue
+                found = self.store.get(qid)
+                if found is None:
+                    unknown.append((("pairs", n, f"id{field}"), qid))
+                texts.append(found.text if found else "")
+            resolved.append(dataclasses.replace(pair, question1=texts[0], question2=texts[1]))
+        if unknown:
+            raise UnknownIds(unknown)
+        return self.store.add_feedback(resolved, self.encoder.version)
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """How many tokens the encoder reads of each text (after truncation to max_tokens)."""
+        return [len(ids) for ids in self.encoder.token_ids(texts)]
 
 
 def _reembed(encoder: QuestionEncoder, store: QuestionStore, progress: bool) -> int:
@@ -341,13 +472,13 @@ def _reembed(encoder: QuestionEncoder, store: QuestionStore, progress: bool) -> 
 
 def _load_index(
     settings: Settings, encoder: QuestionEncoder, store: QuestionStore, trust_snapshot: bool
-) -> tuple[VectorIndex, int]:
+) -> tuple[NamespacedIndex, int]:
     """The index, from its snapshot caught up with the store, or rebuilt from the store; and the
     store generation of the snapshot on disk (-1: none usable)."""
     try:
         if not trust_snapshot:  # vectors changed in place: the snapshot cannot tell which
             raise SnapshotError("stored questions were re-embedded")
-        index = VectorIndex.load(_snapshot_path(settings), _tag(encoder), settings.index_kind, encoder.dim)
+        index = NamespacedIndex.load(_snapshot_path(settings), _tag(encoder), settings.index_kind, encoder.dim)
     except SnapshotError as why:
         logger.info("rebuilding the index from the store (%s)", why)
     else:
@@ -366,24 +497,26 @@ def _load_index(
                 time.monotonic() - started,
             )
         return index, generation
-    index = VectorIndex(encoder.dim, settings.index_kind, hnsw_m=settings.hnsw_m, ef_search=settings.hnsw_ef_search)
+    index = NamespacedIndex(encoder.dim, settings.index_kind, hnsw_m=settings.hnsw_m, ef_search=settings.hnsw_ef_search)
     started = time.monotonic()
-    for keys, vectors in store.iter_vectors():
-        index.add(keys, vectors)
+    for keys, vectors, namespaces in store.iter_vectors():
+        index.add(keys, vectors, namespaces)
     logger.info("index rebuilt: %d questions in %.1f s", len(index), time.monotonic() - started)
     return index, -1
 
 
-def _catch_up(index: VectorIndex, store: QuestionStore, max_key: int) -> tuple[int, int]:
+def _catch_up(index: NamespacedIndex, store: QuestionStore, max_key: int) -> tuple[int, int]:
     """Bring a snapshot holding every key up to ``max_key`` level with the store: add the rows
     written since (their keys are larger: keys only grow), remove the keys deleted since."""
     added = 0
-    for keys, vectors in store.iter_vectors(after=max_key):
-        index.add(keys, vectors)
+    for keys, vectors, namespaces in store.iter_vectors(after=max_key):
+        index.add(keys, vectors, namespaces)
         added += len(keys)
-    live = index.live_keys()
-    live = live[live <= max_key]
-    # isin picks a lookup table over the key range when it is small enough: linear time.
-    gone = live[~np.isin(live, store.keys(upto=max_key))]
+    stored = store.keys(upto=max_key)
+    gone: list[tuple[int, str]] = []
+    for namespace, live in index.live():
+        live = live[live <= max_key]
+        # isin picks a lookup table over the key range when it is small enough: linear time.
+        gone += [(int(key), namespace) for key in live[~np.isin(live, stored)]]
     index.remove(gone)
     return added, len(gone)

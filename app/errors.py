@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Match
 
 from app.batching import Overloaded
-from app.engine import NotReady
+from app.engine import NotReady, UnknownIds
 from app.schemas import ErrorBody
 
 logger = logging.getLogger(__name__)
@@ -30,6 +30,11 @@ COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "missing or wrong API key"},
     413: {"model": ErrorBody, "description": "request body over max_body_bytes"},
     503: {"model": ErrorBody, "description": "not ready yet, or overloaded (see Retry-After)"},
+}
+
+# And those of a route that writes.
+WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
+    403: {"model": ErrorBody, "description": "the read-only key cannot write"},
 }
 
 NOT_READY_RETRY_S = 5
@@ -53,6 +58,11 @@ def register_errors(app: FastAPI) -> None:
             # by several routes (GET and DELETE /questions/{id}) allows all of theirs.
             headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
         return error_response(exc.status_code, exc.detail, headers)
+
+    @app.exception_handler(UnknownIds)
+    async def unknown_ids(request: Request, exc: UnknownIds) -> JSONResponse:
+        where = "; ".join(f"{'.'.join(map(str, loc))}: no stored question with id {qid!r}" for loc, qid in exc.where)
+        return error_response(404, where)
 
     @app.exception_handler(NotReady)
     async def not_ready(request: Request, exc: NotReady) -> JSONResponse:

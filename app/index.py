@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 IndexKind = Literal["flat", "hnsw"]
 INDEX_KINDS: tuple[IndexKind, ...] = ("flat", "hnsw")
+
+# A search allowed at most this many keys (or a twentieth of the index) scores them exactly.
+EXACT_SUBSET = 4096
 
 
 class SnapshotError(ValueError):
@@ -110,19 +114,65 @@ class VectorIndex:
             keys = keys[~np.isin(keys, np.fromiter(self._tombstones, dtype=np.int64))]
         return keys
 
-    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """``scores, keys`` of shape (Q, k), best first; missing results have key -1."""
+    def search(
+        self, vectors: np.ndarray, k: int, allow: np.ndarray | None = None, deny: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``scores, keys`` of shape (Q, k), best first; missing results have key -1. ``allow``
+        (keys) restricts the search to those keys, ``deny`` (keys) leaves those out: both inside
+        the search (FAISS ID selectors), so that k results come back when k keys qualify. When few
+        keys are allowed, they are scored exactly instead (a graph search through a sparse subset
+        wanders; a scan of all vectors for a few is waste)."""
         vectors = self._check(vectors)
-        if self._index.ntotal == 0:
+        if allow is not None and deny is not None and len(deny):
+            allow, deny = allow[~np.isin(allow, deny)], None
+        if self._index.ntotal == 0 or (allow is not None and not len(allow)):
             return np.full((len(vectors), k), -np.inf, np.float32), np.full((len(vectors), k), -1, np.int64)
+        if allow is not None and len(allow) <= max(EXACT_SUBSET, self._index.ntotal // 20):
+            return self._search_subset(vectors, k, allow)
+        keep: list[Any] = []  # every selector, alive until the search is done
+        conditions: list[Any] = []
+        if allow is not None:
+            keep.append(faiss.IDSelectorBatch(np.ascontiguousarray(allow, dtype=np.int64)))
+            conditions.append(keep[-1])
+        if deny is not None and len(deny):
+            keep.append(faiss.IDSelectorBatch(np.ascontiguousarray(deny, dtype=np.int64)))
+            conditions.append(faiss.IDSelectorNot(keep[-1]))
         if self.kind == "hnsw":
             params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # SWIG class missing from faiss's stubs
             params.efSearch = max(self.ef_search, k)
             if self._tombstones:
-                params.sel = self._exclude_tombstones()
-            scores, keys = self._index.search(vectors, k, params=params)
+                conditions.append(self._exclude_tombstones())
         else:
-            scores, keys = self._index.search(vectors, k)
+            params = faiss.SearchParameters()  # type: ignore[attr-defined]
+        keep += conditions
+        if conditions:
+            selector = conditions[0]
+            for other in conditions[1:]:
+                selector = faiss.IDSelectorAnd(selector, other)
+                keep.append(selector)
+            params.sel = selector
+        return self._index.search(vectors, k, params=params)  # type: ignore[no-any-return]
+
+    def _search_subset(self, vectors: np.ndarray, k: int, allow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact scores of the allowed keys, the best ``k`` of them. The keys come from the store
+        under the engine's read lock, so the index holds them all; one it lacks is left out."""
+        allow = np.ascontiguousarray(allow, dtype=np.int64)
+        try:
+            candidates = self._index.reconstruct_batch(allow)
+        except RuntimeError:
+            allow = allow[np.isin(allow, faiss.vector_to_array(self._index.id_map))]
+            candidates = self._index.reconstruct_batch(allow)
+        scores = np.full((len(vectors), k), -np.inf, np.float32)
+        keys = np.full((len(vectors), k), -1, np.int64)
+        if not len(allow):
+            return scores, keys
+        sims = vectors @ candidates.T
+        top = min(k, len(allow))
+        best = np.argpartition(-sims, top - 1, axis=1)[:, :top]
+        for row in range(len(vectors)):
+            order = best[row][np.argsort(-sims[row, best[row]], kind="stable")]
+            scores[row, :top] = sims[row, order]
+            keys[row, :top] = allow[order]
         return scores, keys
 
     def _exclude_tombstones(self) -> object:
@@ -183,37 +233,160 @@ class VectorIndex:
         :class:`SnapshotError` saying why it cannot be used. The metadata, ``max_key`` (the
         largest key ever added) and anything a caller gave :meth:`write_snapshot` included, is in
         ``snapshot_meta``."""
-        path = Path(path)
-        meta_path = path.with_suffix(path.suffix + ".json")
-        if not path.is_file() or not meta_path.is_file():
-            raise SnapshotError("no snapshot")
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            raise SnapshotError(f"unreadable snapshot metadata: {err}") from err
-        if meta.get("tag") != tag:
-            raise SnapshotError(f"snapshot is stale: it holds {meta.get('tag')}, not {tag}")
-        if meta.get("kind") != kind or meta.get("dim") != dim:
-            raise SnapshotError(f"snapshot is a {meta.get('kind')} index of dim {meta.get('dim')}")
-        if _sha256(path) != meta.get("sha256"):
-            raise SnapshotError("snapshot fails its checksum")
+        data, meta = read_snapshot(path, tag, kind, dim)
+        index = cls.from_snapshot(data, meta)
+        index.snapshot_meta = meta
+        return index
+
+    @classmethod
+    def from_snapshot(cls, data: np.ndarray, meta: dict[str, Any]) -> VectorIndex:
+        """The index of a :meth:`snapshot`'s data and metadata."""
         hnsw = meta.get("hnsw", {})
-        index = cls(dim, kind, hnsw.get("m", 32), hnsw.get("ef_construction", 80), hnsw.get("ef_search", 128))
+        index = cls(
+            meta["dim"], meta["kind"], hnsw.get("m", 32), hnsw.get("ef_construction", 80), hnsw.get("ef_search", 128)
+        )
         try:
-            loaded = faiss.read_index(str(path))
+            loaded = faiss.deserialize_index(np.ascontiguousarray(data))
         except RuntimeError as err:
             raise SnapshotError(f"snapshot cannot be read: {err}") from err
         if not isinstance(loaded, faiss.IndexIDMap2):
             raise SnapshotError(f"snapshot holds a {type(loaded).__name__}, not an id-mapped index")
         index._index = loaded
         index._tombstones = set(meta.get("tombstones", []))
-        index.snapshot_meta = meta
         return index
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def read_snapshot(path: str | Path, tag: str, kind: str, dim: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """The bytes and metadata of a snapshot file written by :meth:`VectorIndex.write_snapshot`
+    with this ``tag``, kind and dim, checked against its checksum; or :class:`SnapshotError`."""
+    path = Path(path)
+    meta_path = path.with_suffix(path.suffix + ".json")
+    if not path.is_file() or not meta_path.is_file():
+        raise SnapshotError("no snapshot")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise SnapshotError(f"unreadable snapshot metadata: {err}") from err
+    if meta.get("tag") != tag:
+        raise SnapshotError(f"snapshot is stale: it holds {meta.get('tag')}, not {tag}")
+    if meta.get("kind") != kind or meta.get("dim") != dim:
+        raise SnapshotError(f"snapshot is a {meta.get('kind')} index of dim {meta.get('dim')}")
+    data = np.fromfile(path, dtype=np.uint8)
+    if hashlib.sha256(data.data).hexdigest() != meta.get("sha256"):
+        raise SnapshotError("snapshot fails its checksum")
+    return data, meta
+
+
+class NamespacedIndex:
+    """One :class:`VectorIndex` per namespace, made on a namespace's first question and dropped
+    with its last: a search reads only its namespace's vectors, whether there is one namespace of
+    a million questions or thousands of a hundred (docs/benchmarks.md measures both against one
+    shared index with a namespace selector). The same locking rules as :class:`VectorIndex`."""
+
+    def __init__(self, dim: int, kind: IndexKind = "flat", hnsw_m: int = 32, ef_search: int = 128) -> None:
+        if kind not in INDEX_KINDS:
+            raise ValueError(f"unknown index kind {kind!r}; expected one of {', '.join(INDEX_KINDS)}")
+        self.dim = dim
+        self.kind: IndexKind = kind
+        self.hnsw_m = hnsw_m
+        self._ef_search = ef_search
+        self.spaces: dict[str, VectorIndex] = {}
+        self.snapshot_meta: dict[str, Any] = {}
+
+    def __len__(self) -> int:
+        return sum(len(space) for space in self.spaces.values())
+
+    @property
+    def ef_search(self) -> int:
+        return self._ef_search
+
+    @ef_search.setter
+    def ef_search(self, value: int) -> None:
+        self._ef_search = value
+        for space in self.spaces.values():
+            space.ef_search = value
+
+    def size(self, namespace: str) -> int:
+        space = self.spaces.get(namespace)
+        return len(space) if space is not None else 0
+
+    def add(self, keys: np.ndarray, vectors: np.ndarray, namespaces: Sequence[str]) -> None:
+        """Add vectors under new keys, each to its namespace."""
+        keys = np.asarray(keys, dtype=np.int64)
+        for namespace, rows in _by_namespace(namespaces).items():
+            space = self.spaces.get(namespace)
+            if space is None:
+                space = self.spaces[namespace] = VectorIndex(
+                    self.dim, self.kind, self.hnsw_m, ef_search=self._ef_search
+                )
+            space.add(keys[rows], vectors[rows])
+
+    def remove(self, removed: Sequence[tuple[int, str]]) -> None:
+        """Remove ``(key, namespace)`` pairs; unknown ones are ignored."""
+        keys = np.array([key for key, _ in removed], dtype=np.int64)
+        for namespace, rows in _by_namespace([ns for _, ns in removed]).items():
+            space = self.spaces.get(namespace)
+            if space is not None:
+                space.remove(keys[rows])
+                if not len(space):
+                    del self.spaces[namespace]
+
+    def drop(self, namespace: str) -> None:
+        self.spaces.pop(namespace, None)
+
+    def search(
+        self,
+        namespace: str,
+        vectors: np.ndarray,
+        k: int,
+        allow: np.ndarray | None = None,
+        deny: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        space = self.spaces.get(namespace)
+        if space is None:
+            return np.full((len(vectors), k), -np.inf, np.float32), np.full((len(vectors), k), -1, np.int64)
+        return space.search(vectors, k, allow, deny)
+
+    def snapshot(self) -> tuple[np.ndarray, dict[str, Any]]:
+        """Every namespace's index serialized into one buffer, and the metadata that says where
+        each one is (``namespaces``) and the largest key any holds (``max_key``)."""
+        parts, entries, offset, max_key = [], [], 0, -1
+        for name, space in self.spaces.items():
+            data, meta = space.snapshot()
+            entries.append({**meta, "name": name, "offset": offset, "length": len(data)})
+            parts.append(data)
+            offset += len(data)
+            max_key = max(max_key, meta["max_key"])
+        data = np.concatenate(parts) if parts else np.zeros(0, np.uint8)
+        meta = {"kind": self.kind, "dim": self.dim, "max_key": max_key, "namespaces": entries}
+        return data, meta
+
+    @classmethod
+    def load(cls, path: str | Path, tag: str, kind: IndexKind, dim: int) -> NamespacedIndex:
+        """Load a snapshot written from :meth:`snapshot` with :meth:`VectorIndex.write_snapshot`, or
+        raise :class:`SnapshotError`; its metadata is in ``snapshot_meta``."""
+        data, meta = read_snapshot(path, tag, kind, dim)
+        if "namespaces" not in meta:
+            raise SnapshotError("snapshot of dupq 0.2, without namespaces")
+        index = cls(dim, kind)
+        for entry in meta["namespaces"]:
+            space = VectorIndex.from_snapshot(data[entry["offset"] : entry["offset"] + entry["length"]], entry)
+            index.spaces[entry["name"]] = space
+        if index.spaces:
+            first = next(iter(index.spaces.values()))
+            index.hnsw_m, index._ef_search = first.hnsw_m, first.ef_search
+        index.snapshot_meta = meta
+        return index
+
+    def live(self) -> Iterator[tuple[str, np.ndarray]]:
+        """Each namespace with the keys it holds."""
+        for name, space in list(self.spaces.items()):
+            yield name, space.live_keys()
+
+
+def _by_namespace(namespaces: Sequence[str]) -> dict[str, np.ndarray]:
+    """The rows of each namespace in a list of them."""
+    rows: dict[str, list[int]] = {}
+    for row, namespace in enumerate(namespaces):
+        rows.setdefault(namespace, []).append(row)
+    return {namespace: np.array(r, dtype=np.int64) for namespace, r in rows.items()}

@@ -11,17 +11,19 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from app.deps import ServiceState
 from app.engine import Engine, StartupError, open_model_and_store
 from app.errors import register_errors
 from app.metrics import Metrics
-from app.middleware import ApiKey, BodyLimit, Telemetry
-from app.routes import duplicates, embed, ops, questions, similarity
+from app.middleware import OPEN_PATHS, ApiKey, BodyLimit, Telemetry
+from app.routes import clients, corpus, duplicates, embed, ops, questions, similarity
 from app.schemas import Limits
 from app.settings import Settings
 from app.store import QuestionStore
 from model.encoder import QuestionEncoder
+from model.model_dir import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +70,9 @@ def create_app(
 
     app = FastAPI(
         title="dupq",
-        version="1",
+        version="1.1",
         summary="Tells whether two questions mean the same thing and finds the duplicates of a new question.",
-        description="Contract version 1. Errors are JSON objects with a `detail` field.",
+        description="Contract version 1.1. Errors are JSON objects with a `detail` field. The playground is at `/`.",
         lifespan=lifespan,
         # "/health/" is not "/health": a 404 in JSON, not a redirect to a URL the gateway may not serve.
         redirect_slashes=False,
@@ -85,35 +87,66 @@ def create_app(
     # request, what JsonRoute leaves out (app/routing.py). They go ahead of FastAPI's own
     # documentation routes, so that a request to the API is matched first.
     app.router.routes[:0] = [
-        route for module in (similarity, embed, questions, duplicates, ops) for route in module.router.routes
+        route
+        for module in (similarity, embed, questions, duplicates, corpus, clients, ops)
+        for route in module.router.routes
     ]
     register_errors(app)
-    # Added innermost first: a request meets Telemetry, then ApiKey, then BodyLimit.
+    # Added innermost first: a request meets Telemetry, then CORS (whose answers to preflight
+    # requests need no key, and which adds its headers to every answer, a 401 too), then ApiKey,
+    # then BodyLimit.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    if settings.api_key is not None and settings.api_key.get_secret_value():
-        app.add_middleware(ApiKey, key=settings.api_key.get_secret_value())
+    key, read_key = settings.keys()
+    if key is not None:
+        app.add_middleware(ApiKey, key=key, read_key=read_key)
+    if settings.cors_origin_list():
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list(),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
     app.add_middleware(Telemetry, metrics=metrics)
     app.openapi = _openapi_with_limits(app, settings)  # type: ignore[method-assign]
     return app
 
 
 def _openapi_with_limits(app: FastAPI, settings: Settings) -> Callable[[], dict[str, Any]]:
-    """FastAPI's OpenAPI document, with the limits set at run time written into it."""
+    """FastAPI's OpenAPI document, with the limits set at run time written into it, and the
+    Bearer scheme declared (and required by every route but the open ones when a key is set), so
+    that Swagger's "Authorize" button sends the key."""
     original = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
         schema = original()
-        for component in schema.get("components", {}).get("schemas", {}).values():
-            for name, prop in component.get("properties", {}).items():
+        for name, component in schema.get("components", {}).get("schemas", {}).items():
+            for field, prop in component.get("properties", {}).items():
                 if prop.get("description", "").startswith("a question"):
                     prop["maxLength"] = settings.max_question_chars
-                if prop.get("type") == "array" and name in ("pairs", "questions"):
-                    prop["maxItems"] = settings.max_batch
-                    items = prop.get("items", {})
-                    if items.get("description", "").startswith("a question"):
-                        items["maxLength"] = settings.max_question_chars
+                # The batches of a request (not the lists of an answer): 1 to max_batch items.
+                for variant in [prop, *prop.get("anyOf", [])]:
+                    if name.endswith("Request") and variant.get("type") == "array" and field != "exclude_ids":
+                        variant["maxItems"] = settings.max_batch
+                        items = variant.get("items", {})
+                        if items.get("description", "").startswith("a question"):
+                            items["maxLength"] = settings.max_question_chars
+        try:  # the model's dim, the one `dimensions` of /v1/embeddings may ask for
+            dim = int(read_json(settings.model_dir)["dim"])
+            embeddings = schema["components"]["schemas"]["OpenAIEmbeddingsRequest"]["properties"]
+            embeddings["dimensions"]["anyOf"][0]["enum"] = [dim]
+        except (OSError, ValueError, KeyError):
+            pass  # a model that cannot be read: start-up says why
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "DUPQ_API_KEY, or DUPQ_READ_API_KEY to read"}
+        }
+        if settings.keys()[0] is not None:
+            for path, operations in schema["paths"].items():
+                if path not in OPEN_PATHS:
+                    for operation in operations.values():
+                        operation["security"] = [{"bearer": []}]
         app.openapi_schema = schema
         return schema
 

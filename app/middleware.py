@@ -1,6 +1,8 @@
 """Plain ASGI middleware over Starlette's types, in the order a request meets them:
-:class:`Telemetry` (metrics and the access log, for every answer), :class:`ApiKey` (401 without
-the key), :class:`BodyLimit` (413 over ``max_body_bytes``). Their answers are JSON, as every error.
+:class:`Telemetry` (metrics and the access log, for every answer), Starlette's CORS middleware
+(when ``DUPQ_CORS_ORIGINS`` is set, :func:`app.main.create_app`), :class:`ApiKey` (401 without a
+key, 403 for a write with the read-only key), :class:`BodyLimit` (413 over ``max_body_bytes``).
+Their answers are JSON, as every error.
 """
 
 from __future__ import annotations
@@ -19,7 +21,16 @@ from app.metrics import Metrics
 
 access = logging.getLogger("dupq.access")
 
-OPEN_PATHS = frozenset({"/health", "/ready"})  # never behind the API key (probes)
+# Never behind the API key: the probes, and the pages a browser loads before it can send a key
+# (the playground, and Swagger's, whose "Authorize" button then sends it).
+OPEN_PATHS = frozenset({"/health", "/ready", "/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+
+
+def is_write(method: str, path: str) -> bool:
+    """Whether a request changes what is stored: what the read-only key may not do."""
+    if method == "DELETE":
+        return True
+    return method == "POST" and path in ("/questions", "/questions/delete", "/feedback")
 
 
 class Telemetry:
@@ -74,19 +85,30 @@ class Telemetry:
 
 
 class ApiKey:
-    """``Authorization: Bearer <key>`` on every path but the probes'; the scheme is
-    case-insensitive (RFC 9110, 11.1), the key is not, and is compared in constant time."""
+    """``Authorization: Bearer <key>`` on every path but :data:`OPEN_PATHS`: the full key may do
+    everything, the read-only key (if one is set) everything but writes (403). The scheme is
+    case-insensitive (RFC 9110, 11.1), the key is not; the given key is compared with both keys,
+    always, in constant time."""
 
-    def __init__(self, app: ASGIApp, key: str) -> None:
+    def __init__(self, app: ASGIApp, key: str, read_key: str | None = None) -> None:
         self.app = app
         self.key = key.encode()
+        self.read_key = read_key.encode() if read_key else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS and scope["method"] != "OPTIONS":
             scheme, _, given = (Headers(scope=scope).get("authorization") or "").strip().partition(" ")
-            if not (scheme.lower() == "bearer" and hmac.compare_digest(given.lstrip(" ").encode(), self.key)):
+            token = given.lstrip(" ").encode()
+            bearer = scheme.lower() == "bearer"
+            full = hmac.compare_digest(token, self.key)
+            read = self.read_key is not None and hmac.compare_digest(token, self.read_key)
+            if not (bearer and (full or read)):
                 detail = "missing or wrong API key (Authorization: Bearer <key>)"
                 await error_response(401, detail, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+                return
+            if not full and is_write(scope["method"], scope["path"]):
+                detail = "the read-only API key cannot change what is stored; use the full key (DUPQ_API_KEY)"
+                await error_response(403, detail)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.encoder import available_cpus
@@ -27,6 +27,12 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("data"), description="where the question store and index snapshot live")
     api_key: SecretStr | None = Field(
         None, description="if set, every route but /health and /ready needs 'Authorization: Bearer <key>'"
+    )
+    read_api_key: SecretStr | None = Field(
+        None, description="if set (with DUPQ_API_KEY), a second key that may call every route but writes (403)"
+    )
+    cors_origins: str = Field(
+        "", description="comma-separated origins allowed to call the API from a browser (CORS); '*' for any"
     )
     threshold: float | None = Field(None, ge=-1.0, le=1.0, description="overrides the model's stored threshold tau")
     max_question_chars: int = Field(1000, ge=1, description="longest question accepted, in characters after stripping")
@@ -73,5 +79,22 @@ class Settings(BaseSettings):
         # DUPQ_SEED_FILE= (set but empty) means no seed file, as an unset variable does.
         return None if isinstance(value, str) and not value.strip() else value
 
+    @model_validator(mode="after")
+    def _read_key_needs_a_key(self) -> Settings:
+        if _secret(self.read_api_key) and not _secret(self.api_key):
+            raise ValueError("DUPQ_READ_API_KEY needs DUPQ_API_KEY: without a full key nobody could write")
+        return self
+
+    def keys(self) -> tuple[str | None, str | None]:
+        """The full key and the read-only key; None where unset or empty."""
+        return _secret(self.api_key), _secret(self.read_api_key)
+
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
     def cpu_count(self) -> int:
         return self.threads or available_cpus()
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() or None if value is not None else None

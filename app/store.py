@@ -16,16 +16,20 @@ that claims them: it is refused instead, with :class:`StoreInUse`.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
+
+SCHEMA_VERSION = 2  # PRAGMA user_version; 0 is a store of dupq 0.2 or older (contract v1)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS questions (
@@ -34,11 +38,49 @@ CREATE TABLE IF NOT EXISTS questions (
     text TEXT NOT NULL,
     embedding BLOB NOT NULL,
     model_version TEXT NOT NULL,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    namespace TEXT NOT NULL DEFAULT 'default',
+    metadata TEXT NOT NULL DEFAULT '{}',
+    seq INTEGER
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('generation', '0');
 """
+
+# Version 2 on top of the tables above (a version-0 store gets the three columns first).
+SCHEMA_2 = """
+UPDATE questions SET seq = key WHERE seq IS NULL;
+CREATE INDEX IF NOT EXISTS questions_listing ON questions (namespace, seq);
+CREATE TABLE IF NOT EXISTS terms (
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    key INTEGER NOT NULL,
+    PRIMARY KEY (namespace, name, value, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS terms_key ON terms (key);
+CREATE TABLE IF NOT EXISTS feedback (
+    n INTEGER PRIMARY KEY AUTOINCREMENT,
+    question1 TEXT NOT NULL,
+    question2 TEXT NOT NULL,
+    id1 TEXT,
+    id2 TEXT,
+    is_duplicate INTEGER NOT NULL,
+    model_version TEXT NOT NULL,
+    created REAL NOT NULL
+);
+"""
+
+DEFAULT_NAMESPACE = "default"
+
+
+def term_value(value: object) -> str:
+    """A metadata value as the ``terms`` table holds it, so that a filter's value finds it: JSON
+    text, with a whole float written as the integer it equals (``2.0`` finds ``2``), and ``true``
+    never equal to ``1``."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _own(lock_path: Path) -> IO[str]:
@@ -66,6 +108,42 @@ class StoredQuestion:
     key: int
     id: str
     text: str
+    namespace: str = DEFAULT_NAMESPACE
+    metadata: str = "{}"  # a JSON object, as stored
+
+
+@dataclass(frozen=True)
+class NewQuestion:
+    """A question to store: ``metadata`` is its JSON object as text, ``terms`` its scalar values
+    as :func:`term_value` writes them, for filters."""
+
+    id: str
+    text: str
+    namespace: str = DEFAULT_NAMESPACE
+    metadata: str = "{}"
+    terms: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(
+        cls, qid: str, text: str, namespace: str = DEFAULT_NAMESPACE, metadata: dict[str, Any] | None = None
+    ) -> NewQuestion:
+        metadata = metadata or {}
+        return cls(
+            qid,
+            text,
+            namespace,
+            json.dumps(metadata, ensure_ascii=False, separators=(",", ":")),
+            tuple((name, term_value(value)) for name, value in metadata.items()),
+        )
+
+
+@dataclass(frozen=True)
+class Feedback:
+    question1: str
+    question2: str
+    is_duplicate: bool
+    id1: str | None = None
+    id2: str | None = None
 
 
 PAGE_SIZE = 16384  # bytes per SQLite page of a new store
@@ -73,6 +151,13 @@ PAGE_SIZE = 16384  # bytes per SQLite page of a new store
 
 class StoreInUse(OSError):
     """Another process has the store open."""
+
+
+class StoreTooNew(ValueError):
+    """The store was written by a newer dupq, with a schema this one does not know."""
+
+
+Removed = tuple[int, str]  # (key, namespace) of a row a write removed
 
 
 class QuestionStore:
@@ -86,7 +171,7 @@ class QuestionStore:
         try:
             with self._write_lock:
                 self._writer = self._connect()
-                self._writer.executescript(SCHEMA)
+                self._migrate(self._writer)
         except BaseException:
             self._owner.close()
             raise
@@ -99,6 +184,33 @@ class QuestionStore:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Create the tables, or bring a store of an older dupq up to :data:`SCHEMA_VERSION`, in one
+        transaction; a store of a newer schema is refused (:class:`StoreTooNew`)."""
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StoreTooNew(
+                f"{self.path} has schema version {version}; this dupq knows up to {SCHEMA_VERSION}: "
+                "upgrade dupq, or use another data directory"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(questions)")}
+            if columns and "namespace" not in columns:  # a version-0 store: contract v1 only
+                conn.execute("ALTER TABLE questions ADD COLUMN namespace TEXT NOT NULL DEFAULT 'default'")
+                conn.execute("ALTER TABLE questions ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}'")
+                conn.execute("ALTER TABLE questions ADD COLUMN seq INTEGER")
+            for statement in (SCHEMA + SCHEMA_2).split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     @property
     def _reader(self) -> sqlite3.Connection:
@@ -114,82 +226,127 @@ class QuestionStore:
 
     # Writes: each is one transaction ------------------------------------------------------------
 
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Cursor]:
+        """One write transaction, which bumps the generation; rolled back whole on any error."""
+        with self._write_lock:
+            cur = self._writer.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+                cur.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE name = 'generation'")
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+
     def upsert(
-        self, items: Sequence[tuple[str, str]], vectors: np.ndarray, model_version: str
-    ) -> tuple[list[int], list[int]]:
-        """Insert or replace questions ``(id, text)`` with their vectors, atomically.
-        Returns (keys of the replaced rows, keys of the new rows) in the order of ``items``."""
+        self, items: Sequence[NewQuestion], vectors: np.ndarray, model_version: str
+    ) -> tuple[list[Removed], list[int]]:
+        """Insert or replace questions with their vectors, atomically. A replaced question keeps its
+        place in listings (``seq``) but gets a new key. Returns (the replaced rows, the keys of the
+        new rows in the order of ``items``)."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         now = time.time()
-        with self._write_lock:
-            cur = self._writer.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                old: list[int] = []
-                new: list[int] = []
-                for (qid, text), vector in zip(items, vectors, strict=True):
-                    row = cur.execute("DELETE FROM questions WHERE id = ? RETURNING key", (qid,)).fetchone()
-                    if row:
-                        old.append(row[0])
-                    cur.execute(
-                        "INSERT INTO questions (id, text, embedding, model_version, updated) VALUES (?, ?, ?, ?, ?)",
-                        (qid, text, vector.tobytes(), model_version, now),
-                    )
-                    new.append(int(cur.lastrowid or 0))
-                self._bump(cur)
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
+        old: list[Removed] = []
+        new: list[int] = []
+        with self._transaction() as cur:
+            for item, vector in zip(items, vectors, strict=True):
+                row = cur.execute(
+                    "DELETE FROM questions WHERE id = ? RETURNING key, namespace, seq", (item.id,)
+                ).fetchone()
+                if row:
+                    old.append((row[0], row[1]))
+                    cur.execute("DELETE FROM terms WHERE key = ?", (row[0],))
+                cur.execute(
+                    "INSERT INTO questions (id, text, embedding, model_version, updated, namespace, metadata, seq) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        item.id,
+                        item.text,
+                        vector.tobytes(),
+                        model_version,
+                        now,
+                        item.namespace,
+                        item.metadata,
+                        row[2] if row else None,
+                    ),
+                )
+                key = int(cur.lastrowid or 0)
+                if not row:
+                    cur.execute("UPDATE questions SET seq = key WHERE key = ?", (key,))
+                cur.executemany(
+                    "INSERT INTO terms VALUES (?, ?, ?, ?)", [(item.namespace, n, v, key) for n, v in item.terms]
+                )
+                new.append(key)
         return old, new
 
-    def delete(self, qid: str) -> int | None:
-        """Delete a question; returns its key, or None if there was none."""
-        with self._write_lock:
-            cur = self._writer.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                row = cur.execute("DELETE FROM questions WHERE id = ? RETURNING key", (qid,)).fetchone()
+    def delete(self, qid: str) -> Removed | None:
+        """Delete a question; returns its key and namespace, or None if there was none."""
+        removed = self.delete_ids([qid])
+        return removed[0] if removed else None
+
+    def delete_ids(self, ids: Sequence[str]) -> list[Removed]:
+        """Delete the questions with these ids (unknown ids are ignored), in one transaction."""
+        with self._transaction() as cur:
+            removed = []
+            for qid in ids:
+                row = cur.execute("DELETE FROM questions WHERE id = ? RETURNING key, namespace", (qid,)).fetchone()
                 if row:
-                    self._bump(cur)
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-        return int(row[0]) if row else None
+                    removed.append((int(row[0]), str(row[1])))
+                    cur.execute("DELETE FROM terms WHERE key = ?", (row[0],))
+        return removed
+
+    def delete_namespace(self, namespace: str) -> int:
+        """Delete every question of a namespace, in one transaction; returns how many."""
+        with self._transaction() as cur:
+            cur.execute("DELETE FROM terms WHERE namespace = ?", (namespace,))
+            return cur.execute("DELETE FROM questions WHERE namespace = ?", (namespace,)).rowcount
 
     def set_embeddings(self, keys: Sequence[int], vectors: np.ndarray, model_version: str) -> None:
         """Replace the vectors of existing rows (re-embedding with a new model)."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        with self._write_lock:
-            cur = self._writer.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                cur.executemany(
-                    "UPDATE questions SET embedding = ?, model_version = ? WHERE key = ?",
-                    [(v.tobytes(), model_version, int(k)) for k, v in zip(keys, vectors, strict=True)],
-                )
-                self._bump(cur)
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
+        with self._transaction() as cur:
+            cur.executemany(
+                "UPDATE questions SET embedding = ?, model_version = ? WHERE key = ?",
+                [(v.tobytes(), model_version, int(k)) for k, v in zip(keys, vectors, strict=True)],
+            )
 
-    @staticmethod
-    def _bump(cur: sqlite3.Cursor) -> None:
-        cur.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE name = 'generation'")
+    def add_feedback(self, pairs: Sequence[Feedback], model_version: str) -> int:
+        now = time.time()
+        with self._transaction() as cur:
+            cur.executemany(
+                "INSERT INTO feedback (question1, question2, id1, id2, is_duplicate, model_version, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(p.question1, p.question2, p.id1, p.id2, int(p.is_duplicate), model_version, now) for p in pairs],
+            )
+        return len(pairs)
 
     # Reads ----------------------------------------------------------------------------------------
 
     def generation(self) -> int:
         return int(self._reader.execute("SELECT value FROM meta WHERE name = 'generation'").fetchone()[0])
 
-    def count(self) -> int:
-        return int(self._reader.execute("SELECT COUNT(*) FROM questions").fetchone()[0])
+    def count(self, namespace: str | None = None) -> int:
+        if namespace is None:
+            return int(self._reader.execute("SELECT COUNT(*) FROM questions").fetchone()[0])
+        sql = "SELECT COUNT(*) FROM questions WHERE namespace = ?"
+        return int(self._reader.execute(sql, (namespace,)).fetchone()[0])
 
     def get(self, qid: str) -> StoredQuestion | None:
-        row = self._reader.execute("SELECT key, id, text FROM questions WHERE id = ?", (qid,)).fetchone()
+        row = self._reader.execute(
+            "SELECT key, id, text, namespace, metadata FROM questions WHERE id = ?", (qid,)
+        ).fetchone()
         return StoredQuestion(*row) if row else None
+
+    def vector_of(self, qid: str) -> tuple[StoredQuestion, np.ndarray] | None:
+        """A stored question and its stored vector."""
+        row = self._reader.execute(
+            "SELECT key, id, text, namespace, metadata, embedding FROM questions WHERE id = ?", (qid,)
+        ).fetchone()
+        if not row:
+            return None
+        return StoredQuestion(*row[:5]), np.frombuffer(row[5], dtype=np.float32)
 
     def by_keys(self, keys: Sequence[int], chunk: int = 900) -> dict[int, StoredQuestion]:
         """The questions with these keys (absent keys are left out), asked in chunks that stay
@@ -198,28 +355,95 @@ class QuestionStore:
         for start in range(0, len(keys), chunk):
             part = [int(k) for k in keys[start : start + chunk]]
             marks = ",".join("?" * len(part))
-            for row in self._reader.execute(f"SELECT key, id, text FROM questions WHERE key IN ({marks})", part):
+            sql = f"SELECT key, id, text, namespace, metadata FROM questions WHERE key IN ({marks})"
+            for row in self._reader.execute(sql, part):
                 found[row[0]] = StoredQuestion(*row)
         return found
+
+    def keys_of(self, ids: Sequence[str], namespace: str, chunk: int = 900) -> np.ndarray:
+        """The keys of those of ``ids`` stored in ``namespace``."""
+        keys: list[int] = []
+        for start in range(0, len(ids), chunk):
+            part = list(ids[start : start + chunk])
+            marks = ",".join("?" * len(part))
+            sql = f"SELECT key FROM questions WHERE namespace = ? AND id IN ({marks})"
+            keys.extend(r[0] for r in self._reader.execute(sql, [namespace, *part]))
+        return np.array(keys, dtype=np.int64)
+
+    def filter_keys(self, namespace: str, conditions: Sequence[tuple[str, Sequence[str]]]) -> np.ndarray:
+        """The sorted keys of the questions of ``namespace`` whose metadata meets every condition
+        ``(name, values)``: the value under ``name`` is one of ``values`` (as :func:`term_value`
+        writes them). Read from the ``terms`` table's primary key: no row of ``questions`` is read."""
+        result: np.ndarray | None = None
+        for name, values in conditions:
+            keys: list[int] = []
+            for start in range(0, len(values), 900):
+                part = list(values[start : start + 900])
+                marks = ",".join("?" * len(part))
+                sql = f"SELECT key FROM terms WHERE namespace = ? AND name = ? AND value IN ({marks})"
+                keys.extend(r[0] for r in self._reader.execute(sql, [namespace, name, *part]))
+            found = np.unique(np.array(keys, dtype=np.int64))
+            result = found if result is None else np.intersect1d(result, found, assume_unique=True)
+            if not len(result):
+                break
+        return result if result is not None else np.zeros(0, dtype=np.int64)
+
+    def page(
+        self, namespace: str | None, after: tuple[str, int] | None, limit: int
+    ) -> list[tuple[StoredQuestion, int]]:
+        """Up to ``limit`` questions after position ``after`` (namespace, seq), in listing order
+        (namespace, then first insertion), with their ``seq``: a keyset walk, which an insertion or
+        a deletion elsewhere does not shift. ``namespace`` None walks all of them."""
+        cols = "key, id, text, namespace, metadata, seq"
+        if namespace is not None:
+            last = after[1] if after else -1
+            rows = self._reader.execute(
+                f"SELECT {cols} FROM questions WHERE namespace = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (namespace, last, limit),
+            ).fetchall()
+        else:
+            at = after or ("", -1)
+            rows = self._reader.execute(
+                f"SELECT {cols} FROM questions WHERE (namespace, seq) > (?, ?) ORDER BY namespace, seq LIMIT ?",
+                (at[0], at[1], limit),
+            ).fetchall()
+        return [(StoredQuestion(*row[:5]), int(row[5])) for row in rows]
+
+    def namespace_vectors(self, namespace: str, keys: np.ndarray | None = None) -> tuple[list[str], np.ndarray]:
+        """The ids and vectors of a namespace (only ``keys`` of it, if given), read in one
+        transaction: one consistent state, whatever is written meanwhile."""
+        conn = self._reader
+        conn.execute("BEGIN")
+        try:
+            rows = conn.execute(
+                "SELECT key, id, embedding FROM questions WHERE namespace = ? ORDER BY key", (namespace,)
+            ).fetchall()
+        finally:
+            conn.execute("COMMIT")
+        if keys is not None:
+            wanted = set(keys.tolist())
+            rows = [r for r in rows if r[0] in wanted]
+        vectors = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(len(rows), self.dim)
+        return [r[1] for r in rows], vectors
 
     def model_versions(self) -> dict[str, int]:
         rows = self._reader.execute("SELECT model_version, COUNT(*) FROM questions GROUP BY model_version")
         return {version: n for version, n in rows}
 
-    def iter_vectors(self, batch: int = 10000, after: int = -1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(keys, vectors) of the rows whose key is over ``after`` (all by default), in key order,
-        ``batch`` rows at a time. Keys only grow (AUTOINCREMENT; an upsert makes a new row), so
-        the rows over a key are exactly those written after it."""
+    def iter_vectors(self, batch: int = 10000, after: int = -1) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
+        """(keys, vectors, namespaces) of the rows whose key is over ``after`` (all by default), in
+        key order, ``batch`` rows at a time. Keys only grow (AUTOINCREMENT; an upsert makes a new
+        row), so the rows over a key are exactly those written after it."""
         last = after
         while True:
             rows = self._reader.execute(
-                "SELECT key, embedding FROM questions WHERE key > ? ORDER BY key LIMIT ?", (last, batch)
+                "SELECT key, embedding, namespace FROM questions WHERE key > ? ORDER BY key LIMIT ?", (last, batch)
             ).fetchall()
             if not rows:
                 return
             keys = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
             vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), self.dim)
-            yield keys, vectors
+            yield keys, vectors, [r[2] for r in rows]
             last = int(keys[-1])
 
     def keys(self, upto: int) -> np.ndarray:
@@ -242,3 +466,11 @@ class QuestionStore:
                 return
             yield [(int(k), t) for k, t in rows]
             last = int(rows[-1][0])
+
+    def iter_feedback(self) -> Iterator[tuple[int, Feedback, str, float]]:
+        """Every feedback pair with its number, the model version that served it and its time."""
+        rows = self._reader.execute(
+            "SELECT n, question1, question2, is_duplicate, id1, id2, model_version, created FROM feedback ORDER BY n"
+        )
+        for n, q1, q2, dup, id1, id2, version, created in rows:
+            yield n, Feedback(q1, q2, bool(dup), id1, id2), version, created

@@ -73,7 +73,12 @@ def test_questions_add_get_upsert_delete_and_duplicates(client: TestClient) -> N
     assert added.status_code == 201
     ids = added.json()["ids"]
     assert ids[0] == "q-17" and ids[1] and added.json()["index_size"] == 2
-    assert client.get("/questions/q-17").json() == {"id": "q-17", "text": "How do I learn Python?"}
+    assert client.get("/questions/q-17").json() == {
+        "id": "q-17",
+        "text": "How do I learn Python?",
+        "namespace": "default",
+        "metadata": {},
+    }
     found = client.post("/duplicates", json={"question": "How do I learn Python?", "k": 5}).json()
     assert found["matches"][0]["id"] == "q-17"
     assert found["matches"][0]["similarity"] == pytest.approx(1.0, abs=1e-5) and found["matches"][0]["is_duplicate"]
@@ -258,7 +263,7 @@ def test_a_body_not_sent_as_json_is_a_422_that_names_the_content_type(client: Te
 def test_a_wrong_method_is_a_405_that_lists_every_method_of_the_path(client: TestClient) -> None:
     for method, path, allow in (
         ("OPTIONS", "/questions/q1", "GET, DELETE"),  # two routes serve this path
-        ("PUT", "/questions", "POST"),
+        ("PUT", "/questions", "GET, POST"),
         ("POST", "/health", "GET, HEAD"),
         ("GET", "/similarity", "POST"),
     ):

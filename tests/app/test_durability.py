@@ -1,4 +1,5 @@
-"""kill -9 right after 201s loses nothing: a real server process, killed at a random moment."""
+"""kill -9 right after 201s loses nothing, metadata and namespaces included, and an answered delete
+stays done: a real server process, killed at a random moment."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import random
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,25 +29,32 @@ def _text(i: int) -> str:
 @pytest.mark.slow
 def test_every_acknowledged_question_survives_sigkill(tiny_model_dir: Path, tmp_path: Path) -> None:
     server = Server(tiny_model_dir, tmp_path / "data").start()
-    acknowledged: dict[str, str] = {}
+    acknowledged: dict[str, tuple[str, dict[str, Any]]] = {}
+    deleted: set[str] = set()
     stop = threading.Event()
 
-    def add_loop() -> None:
+    def write_loop() -> None:
         i = 0
         while not stop.is_set():
             qid, text = f"d-{i}", _text(i)
+            where = {"namespace": f"site-{i % 3}", "metadata": {"n": i, "status": "open", "seen": i % 2 == 0}}
             try:
-                status, body = server.request(
-                    "POST", "/questions", {"questions": [{"id": qid, "text": text}]}, timeout=5
-                )
+                if i % 5 == 4:  # now and then, a bulk delete of the one before
+                    status, body = server.request("POST", "/questions/delete", {"ids": [f"d-{i - 1}"]}, timeout=5)
+                    if status == 200 and body["deleted"] == 1:
+                        deleted.add(f"d-{i - 1}")
+                        acknowledged.pop(f"d-{i - 1}", None)
+                else:
+                    item = {"id": qid, "text": text, **where}
+                    status, body = server.request("POST", "/questions", {"questions": [item]}, timeout=5)
+                    if status == 201:
+                        assert body["ids"] == [qid]
+                        acknowledged[qid] = (text, where)
             except OSError:
                 return  # the server is gone
-            if status == 201:
-                assert body["ids"] == [qid]
-                acknowledged[qid] = text
             i += 1
 
-    writer = threading.Thread(target=add_loop)
+    writer = threading.Thread(target=write_loop)
     try:
         writer.start()
         time.sleep(random.Random().uniform(0.8, 2.0))
@@ -57,11 +66,20 @@ def test_every_acknowledged_question_survives_sigkill(tiny_model_dir: Path, tmp_
         try:
             status, ready = restarted.request("GET", "/ready")
             assert status == 200 and ready["index_size"] >= len(acknowledged)
-            for qid, text in acknowledged.items():
-                assert restarted.request("GET", f"/questions/{qid}") == (200, {"id": qid, "text": text})
-            for qid, text in random.Random(0).sample(sorted(acknowledged.items()), min(30, len(acknowledged))):
-                _, found = restarted.request("POST", "/duplicates", {"question": text, "k": 1})
-                assert found["matches"][0]["id"] == qid, (qid, found)
+            for qid, (text, where) in acknowledged.items():
+                assert restarted.request("GET", f"/questions/{qid}") == (200, {"id": qid, "text": text, **where})
+            for qid in deleted:
+                assert restarted.request("GET", f"/questions/{qid}")[0] == 404
+            for qid, (text, where) in random.Random(0).sample(sorted(acknowledged.items()), min(30, len(acknowledged))):
+                query = {
+                    "question": text,
+                    "k": 1,
+                    "namespace": where["namespace"],
+                    "filter": {"n": where["metadata"]["n"]},
+                }
+                _, found = restarted.request("POST", "/duplicates", query)
+                assert [m["id"] for m in found["matches"]] == [qid], (qid, found)
+                assert found["matches"][0]["metadata"] == where["metadata"]
         finally:
             restarted.stop()
     finally:

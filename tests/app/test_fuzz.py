@@ -18,15 +18,26 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(tiny_model_d
     try:
         server.request("POST", "/questions", {"questions": [{"id": "seed-1", "text": "How old are you?"}]})
         st = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or "schemathesis"
+        # Every check, but for two requests that the schema cannot tell apart from good ones: a
+        # made-up cursor is any string, but a 422 (an unknown cursor) by the contract; and
+        # /questions/delete is also the path of the question whose id is "delete", so its Allow
+        # header rightly names GET and DELETE too.
+        config = tmp_path / "schemathesis.toml"
+        config.write_text(
+            "[[operations]]\n"
+            'include-name = "GET /questions"\n'
+            "checks.positive_data_acceptance.enabled = false\n"
+            "[[operations]]\n"
+            'include-name = "POST /questions/delete"\n'
+            "checks.allow_header_conformance.enabled = false\n"
+        )
         result = subprocess.run(
             [
                 st,
+                "--config-file",
+                str(config),
                 "run",
                 f"{server.url}/openapi.json",
-                # Every check: no 5xx, answers that keep to the schema, schema-valid requests
-                # accepted and invalid ones refused, Allow headers, deletes that stick.
-                "--checks",
-                "all",
                 "--mode",
                 "all",
                 "--max-examples",

@@ -51,7 +51,10 @@ def test_pairs_embeddings_and_the_duplicate_index(server: Server) -> None:
         "POST", "/questions", {"questions": [{"id": "q-17", "text": Q1}, {"text": Q2}]}, headers=KEY
     )
     assert status == 201 and added["ids"][0] == "q-17" and added["index_size"] == 2
-    assert server.request("GET", "/questions/q-17", headers=KEY) == (200, {"id": "q-17", "text": Q1})
+    assert server.request("GET", "/questions/q-17", headers=KEY) == (
+        200,
+        {"id": "q-17", "text": Q1, "namespace": "default", "metadata": {}},
+    )
     status, found = server.request("POST", "/duplicates", {"question": Q1, "k": 1}, headers=KEY)
     assert status == 200 and [m["id"] for m in found["matches"]] == ["q-17"] and found["matches"][0]["is_duplicate"]
     status, both = server.request("POST", "/duplicates/batch", {"questions": [Q1, Q2], "k": 2}, headers=KEY)
@@ -104,13 +107,16 @@ def test_errors_are_json_with_a_detail(
         assert answer["detail"][0]["loc"] == where, answer
 
 
-def test_the_api_key_guards_everything_but_the_probes(server: Server) -> None:
-    for path in ("/similarity", "/info", "/metrics", "/openapi.json"):
+def test_the_api_key_guards_everything_but_the_probes_and_the_pages(server: Server) -> None:
+    for path in ("/similarity", "/info", "/metrics", "/export"):
         method, body = ("POST", {"question1": Q1, "question2": Q2}) if path == "/similarity" else ("GET", None)
         status, answer = server.request(method, path, body)
         assert status == 401 and answer == {"detail": "missing or wrong API key (Authorization: Bearer <key>)"}
         assert server.request(method, path, body, headers={"authorization": "Bearer wrong"})[0] == 401
     assert server.request("GET", "/ready")[0] == 200
+    # The pages a browser loads before it can send a key: the playground, Swagger and its document.
+    for path in ("/", "/docs", "/openapi.json"):
+        assert server.request("GET", path)[0] == 200, path
 
 
 def test_the_server_runs_where_training_packages_cannot_be_imported() -> None:

@@ -42,25 +42,25 @@ def test_restart_uses_the_snapshot_and_replays_what_changed_since(
             client.post("/duplicates", json={"question": "How old are you?", "k": 1}).json()["matches"][0]["id"] == "a"
         )
     # The store moves on without the snapshot (as after a kill -9): a delete, an update, a new row.
-    from app.store import QuestionStore
+    from app.store import NewQuestion, QuestionStore
 
     store = QuestionStore(tmp_path / "questions.sqlite3", dim=24)
     store.delete("b")
     vector = np.eye(24, dtype=np.float32)[:2]
     version = json.loads((tiny_model_dir / "config.json").read_text())["version"]
-    store.upsert([("c", "Is this an update?"), ("d", "Is this new?")], vector, version)
+    store.upsert([NewQuestion.of("c", "Is this an update?"), NewQuestion.of("d", "Is this new?")], vector, version)
     store.close()
     caplog.clear()
     with serving(settings) as client:
         assert "index snapshot loaded: 3 questions" in caplog.text
         assert "index caught up with the store: 2 added, 2 removed since the snapshot" in caplog.text
         engine = engine_of(client)
-        by_key = engine.store.by_keys(engine.index.live_keys().tolist())
+        by_key = engine.store.by_keys(engine.index.spaces["default"].live_keys().tolist())
         assert sorted(q.id for q in by_key.values()) == ["a", "c", "d"]
         assert engine.store.get("c").text == "Is this an update?"
         assert client.get("/ready").json()["index_size"] == 3
         # The replayed vectors are the stored ones: each row is its own nearest neighbour.
-        _, keys = engine.index.search(vector, 1)
+        _, keys = engine.index.search("default", vector, 1)
         assert [by_key[int(k)].id for k in keys[:, 0]] == ["c", "d"]
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.store import PAGE_SIZE, QuestionStore, StoreInUse
+from app.store import PAGE_SIZE, NewQuestion, QuestionStore, StoreInUse
 
 
 def _vectors(n: int, seed: int = 0) -> np.ndarray:
@@ -19,20 +19,20 @@ def _vectors(n: int, seed: int = 0) -> np.ndarray:
 def test_upsert_gives_new_keys_and_bumps_the_generation(tmp_path: Path) -> None:
     store = QuestionStore(tmp_path / "q.sqlite3", dim=4)
     g0 = store.generation()
-    old, new = store.upsert([("a", "A?"), ("b", "B?")], _vectors(2), "v1")
+    old, new = store.upsert([NewQuestion.of("a", "A?"), NewQuestion.of("b", "B?")], _vectors(2), "v1")
     assert old == [] and len(set(new)) == 2 and store.generation() == g0 + 1
-    old2, new2 = store.upsert([("a", "A again?")], _vectors(1, 1), "v1")
-    assert old2 == [new[0]] and new2[0] > max(new)  # never reuses a key
+    old2, new2 = store.upsert([NewQuestion.of("a", "A again?")], _vectors(1, 1), "v1")
+    assert old2 == [(new[0], "default")] and new2[0] > max(new)  # never reuses a key
     assert store.get("a").text == "A again?" and store.count() == 2  # type: ignore[union-attr]
-    keys, vectors = next(store.iter_vectors())
+    keys, vectors, namespaces = next(store.iter_vectors())
     assert sorted(keys.tolist()) == sorted([new[1], new2[0]]) and vectors.dtype == np.float32
-    assert store.delete("a") == new2[0] and store.delete("a") is None and store.get("a") is None
+    assert store.delete("a") == (new2[0], "default") and store.delete("a") is None and store.get("a") is None
     store.close()
 
 
 def test_writes_survive_reopening(tmp_path: Path) -> None:
     store = QuestionStore(tmp_path / "q.sqlite3", dim=4)
-    store.upsert([("a", "A?")], _vectors(1), "v1")
+    store.upsert([NewQuestion.of("a", "A?")], _vectors(1), "v1")
     store.close()
     again = QuestionStore(tmp_path / "q.sqlite3", dim=4)
     assert again.get("a").text == "A?" and again.model_versions() == {"v1": 1}  # type: ignore[union-attr]
@@ -46,7 +46,9 @@ def test_new_stores_take_wide_pages_and_old_ones_keep_theirs(tmp_path: Path) -> 
         store = QuestionStore(path, dim=dim)
         x = np.random.default_rng(0).standard_normal((n, dim)).astype(np.float32)
         store.upsert(
-            [(f"q{i}", f"Question number {i}?") for i in range(n)], x / np.linalg.norm(x, axis=1)[:, None], "v"
+            [NewQuestion.of(f"q{i}", f"Question number {i}?") for i in range(n)],
+            x / np.linalg.norm(x, axis=1)[:, None],
+            "v",
         )
         store.close()
         conn = sqlite3.connect(path)
@@ -68,15 +70,17 @@ def test_new_stores_take_wide_pages_and_old_ones_keep_theirs(tmp_path: Path) -> 
 
 def test_a_failed_transaction_leaves_nothing_behind(tmp_path: Path) -> None:
     store = QuestionStore(tmp_path / "q.sqlite3", dim=4)
-    store.upsert([("a", "A?")], _vectors(1), "v1")
+    store.upsert([NewQuestion.of("a", "A?")], _vectors(1), "v1")
     with pytest.raises(ValueError):
-        store.upsert([("b", "B?"), ("c", "C?")], _vectors(1), "v1")  # two items, one vector: fails midway
+        store.upsert(
+            [NewQuestion.of("b", "B?"), NewQuestion.of("c", "C?")], _vectors(1), "v1"
+        )  # two items, one vector: fails midway
     assert store.get("b") is None and store.count() == 1
 
 
 def test_by_keys_beyond_sqlites_variable_limit(tmp_path: Path) -> None:
     store = QuestionStore(tmp_path / "q.sqlite3", dim=4)
-    _, keys = store.upsert([(f"q{i}", f"Q{i}?") for i in range(50)], _vectors(50), "v1")
+    _, keys = store.upsert([NewQuestion.of(f"q{i}", f"Q{i}?") for i in range(50)], _vectors(50), "v1")
     asked = keys + list(range(100_000, 140_000))  # 40,050 keys, most absent
     found = store.by_keys(asked)
     assert sorted(found) == sorted(keys) and found[keys[7]].id == "q7"

@@ -1,0 +1,97 @@
+"""Duplicate groups in a stored corpus, from a k-nearest-neighbour pass (``POST /groups``, ``dupq
+groups``).
+
+The rule (contract 1.1): groups are disjoint, and every member's similarity to its group's
+representative is at least the threshold. Built as sentence-transformers' ``community_detection``
+builds its communities, with a FAISS index in place of the all-pairs matrix:
+
+1. each question's neighbours at or above the threshold, from a batched search of all the vectors
+   against an index of them: exact (flat) for up to :data:`EXACT_MAX` questions, an inverted-file
+   index (IVF, exact scores of the candidates it visits) above, so that 100,000 questions take
+   seconds, not minutes; a question whose ``k``-th neighbour still passes is searched again with
+   twice the ``k``, until one does not;
+2. the questions with the most such neighbours first, each becomes the representative of a group
+   of itself and its neighbours not yet in a group, kept if it has ``min_size`` members; a question
+   already in a group is never a representative.
+
+Every member was found at or above the threshold from its representative's own search, so the
+rule holds by construction; an approximate search can only miss a member, never add a wrong one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import faiss
+import numpy as np
+
+EXACT_MAX = 20_000  # up to this many questions, the neighbours come from an exact search
+FIRST_K = 32
+BATCH = 2048
+IVF_PROBES = 16
+
+Progress = Callable[[int], None]  # called with how many questions were just searched
+
+
+def find_groups(
+    vectors: np.ndarray, threshold: float, min_size: int = 2, threads: int = 1, progress: Progress | None = None
+) -> list[tuple[int, list[int]]]:
+    """``(representative, members)`` row numbers of ``vectors`` (unit rows), largest group first;
+    the representative is the first member."""
+    n = len(vectors)
+    if n == 0:
+        return []
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    faiss.omp_set_num_threads(threads)
+    index = _index_of(vectors)
+    neighbours: list[np.ndarray] = [np.zeros(0, np.int64)] * n
+    k = min(n, FIRST_K)
+    pending = np.arange(n)
+    while len(pending):
+        again = []
+        for start in range(0, len(pending), BATCH):
+            rows = pending[start : start + BATCH]
+            scores, found = index.search(vectors[rows], k)
+            for row, row_scores, row_found in zip(rows, scores, found, strict=True):
+                passing = row_found[(row_scores >= threshold) & (row_found >= 0)]
+                if len(passing) == k and k < n:
+                    again.append(row)  # its k-th neighbour passes: there may be more
+                neighbours[row] = passing
+            if progress is not None and k == min(n, FIRST_K):
+                progress(len(rows))
+        pending = np.array(again, dtype=np.int64)
+        k = min(n, 2 * k)
+    return _greedy(neighbours, min_size)
+
+
+def _index_of(vectors: np.ndarray) -> faiss.Index:
+    n, dim = vectors.shape
+    if n <= EXACT_MAX:
+        index = faiss.IndexFlatIP(dim)
+    else:
+        lists = int(4 * math.sqrt(n))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
+        sample = vectors[np.random.default_rng(0).choice(n, size=min(n, 40 * lists), replace=False)]
+        index.train(sample)
+        index.nprobe = IVF_PROBES
+    index.add(vectors)
+    return index
+
+
+def _greedy(neighbours: list[np.ndarray], min_size: int) -> list[tuple[int, list[int]]]:
+    """Representatives by most neighbours first; members not yet taken."""
+    sizes = np.array([len(x) + (0 if i in x else 1) for i, x in enumerate(neighbours)])
+    taken = np.zeros(len(neighbours), dtype=bool)
+    groups: list[tuple[int, list[int]]] = []
+    for rep in np.argsort(-sizes, kind="stable"):
+        if sizes[rep] < min_size:
+            break  # sorted: no later one is large enough either
+        if taken[rep]:
+            continue
+        members = [int(rep)] + [int(m) for m in neighbours[rep] if m != rep and not taken[m]]
+        if len(members) >= min_size:
+            taken[members] = True
+            groups.append((int(rep), members))
+    groups.sort(key=lambda group: -len(group[1]))  # stable: ties keep the order they were found in
+    return groups
