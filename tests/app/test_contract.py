@@ -86,7 +86,7 @@ def test_questions_add_get_upsert_delete_and_duplicates(client: TestClient) -> N
     assert (
         sims == sorted(sims, reverse=True)
         and found["index_size"] == 2
-        and set(found) == {"matches", "threshold", "index_size", "model"}
+        and set(found) == {"matches", "threshold", "index_size", "model", "namespace"}
     )
     # Upsert: same id, new text.
     client.post("/questions", json={"questions": [{"id": "q-17", "text": "Why is the sky blue?"}]})
