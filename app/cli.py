@@ -3,6 +3,9 @@
     dupq serve     run the HTTP service
     dupq index     add questions from a file to a data directory's store and index
     dupq embed     print the embeddings of questions as JSON lines
+    dupq import    post questions from a file to a running service (text, TSV, CSV, JSONL)
+    dupq groups    the duplicate groups of a data directory's questions, as JSON lines
+    dupq feedback  write moderators' labelled pairs as a training file
     dupq train     train a model directory from labelled pairs (train extra)
     dupq evaluate  pair and retrieval metrics of a model on a pair file, with baselines
     dupq sts       correlation with graded similarity (STS Benchmark, SICK)
@@ -160,6 +163,89 @@ def _embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from app.client import Client
+    from app.importer import import_file
+
+    with Client(args.url, api_key=args.api_key) as client, tqdm(desc="importing", unit="question") as bar:
+        report = import_file(client, args.input, args.namespace, args.format, args.batch, progress=bar.update)
+    print(report.summary(), file=sys.stderr)
+    print(json.dumps({"imported": report.imported, "skipped": len(report.skipped), "batches": report.batches}))
+    return 0
+
+
+def _read_only_store(settings: typing.Any) -> tuple[typing.Any, dict[str, typing.Any]]:
+    """The store of ``settings.data_dir``, opened read-only beside whoever owns it, and the model
+    directory's config (its dim, version and threshold)."""
+    from app.engine import STORE_FILE
+    from app.store import QuestionStore
+    from model.model_dir import read_json
+
+    config = read_json(settings.model_dir)
+    return QuestionStore(settings.data_dir / STORE_FILE, int(config["dim"]), read_only=True), config
+
+
+def _groups(args: argparse.Namespace) -> int:
+    import time
+
+    from tqdm import tqdm
+
+    from app.groups import find_groups
+
+    settings = _settings(data_dir=args.data_dir, model_dir=args.model_dir)
+    store, config = _read_only_store(settings)
+    others = {v: n for v, n in store.model_versions().items() if v != config["version"]}
+    if others:
+        raise ValueError(
+            f"{sum(others.values())} stored questions were embedded by model version(s) {', '.join(sorted(others))}, "
+            f"not {config['version']} of {settings.model_dir}: serve this model once to re-embed them, or name "
+            "the model that made them (--model-dir)"
+        )
+    threshold = args.threshold if args.threshold is not None else settings.threshold
+    threshold = float(config["threshold"]) if threshold is None else threshold
+    started = time.monotonic()
+    ids, vectors = store.namespace_vectors(args.namespace)
+    with tqdm(total=len(ids), desc="grouping", unit="question") as bar:
+        found = find_groups(vectors, threshold, args.min_size, threads=settings.cpu_count(), progress=bar.update)
+    with open(args.out, "w", encoding="utf-8") as out:
+        for rep, members in found:
+            out.write(json.dumps({"representative": ids[rep], "ids": [ids[m] for m in members], "size": len(members)}))
+            out.write("\n")
+    grouped = sum(len(members) for _, members in found)
+    summary = {
+        "namespace": args.namespace,
+        "questions": len(ids),
+        "groups": len(found),
+        "grouped": grouped,
+        "threshold": threshold,
+        "seconds": round(time.monotonic() - started, 1),
+        "out": str(args.out),
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+def _feedback(args: argparse.Namespace) -> int:
+    import csv
+
+    settings = _settings(data_dir=args.data_dir, model_dir=args.model_dir)
+    store, _ = _read_only_store(settings)
+    n = 0
+    with open(args.out, "w", encoding="utf-8", newline="") as out:
+        # The Quora layout, which `dupq train` reads: id qid1 qid2 question1 question2 is_duplicate.
+        writer = csv.writer(out, delimiter="\t", lineterminator="\n")
+        writer.writerow(["id", "qid1", "qid2", "question1", "question2", "is_duplicate"])
+        for number, pair, _version, _created in store.iter_feedback():
+            writer.writerow(
+                [number, pair.id1 or "", pair.id2 or "", pair.question1, pair.question2, int(pair.is_duplicate)]
+            )
+            n += 1
+    print(json.dumps({"pairs": n, "out": str(args.out)}))
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from model.config import EncoderConfig
     from model.training.config import TrainConfig
@@ -300,7 +386,7 @@ def _add_config_flags(p: argparse.ArgumentParser, config: type, skip: Sequence[s
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="dupq", description="Duplicate-question detection: serve, index, embed, train, evaluate."
+        prog="dupq", description="Duplicate-question detection: serve, index, import, group, embed, train, evaluate."
     )
     parser.add_argument("--version", action="version", version=f"dupq {_version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks on errors")
@@ -336,6 +422,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, help="model directory" + env % ("DUPQ_MODEL_DIR", "the bundled model"))
     p.add_argument("--threads", type=int, default=0, help="encoder threads (default: 0, every CPU)")
     p.set_defaults(func=_embed)
+
+    p = sub.add_parser(
+        "import",
+        help="post questions from a file to a running service",
+        description="Bulk-import questions into a running service over HTTP, in batches; idempotent by id "
+        "(a row without one gets an id made from its namespace and text), so a re-run after an interruption "
+        "is safe. Skipped rows are reported with their line numbers.",
+    )
+    p.add_argument("input", help="text ('text' or 'id<TAB>text' per line), .csv with a header, or .jsonl")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="the service (default: http://127.0.0.1:8000)")
+    p.add_argument("--namespace", help="namespace of the rows that name none (default: default)")
+    p.add_argument("--api-key", help="the full API key, if the service has one")
+    p.add_argument("--format", choices=["text", "csv", "jsonl"], help="default: from the file name")
+    p.add_argument("--batch", type=int, default=256, help="questions per request, at most max_batch (default 256)")
+    p.set_defaults(func=_import)
+
+    p = sub.add_parser(
+        "groups",
+        help="duplicate groups of a data directory's questions",
+        description="Find the disjoint groups of duplicates among the stored questions of a namespace, as "
+        "POST /groups does, for any size; reads the store beside a running service, never writes it.",
+    )
+    p.add_argument("--data-dir", type=Path, help="data directory" + env % ("DUPQ_DATA_DIR", "data"))
+    p.add_argument("--model-dir", type=Path, help="the model that embedded them" + env % ("DUPQ_MODEL_DIR", "bundled"))
+    p.add_argument("--namespace", default="default", help="namespace to group (default: default)")
+    p.add_argument("--threshold", type=float, help="least similarity to a representative (default: tau)")
+    p.add_argument("--min-size", type=int, default=2, help="smallest group written (default 2)")
+    p.add_argument("--out", required=True, type=Path, help="JSON lines, one group per line, largest first")
+    p.set_defaults(func=_groups)
+
+    p = sub.add_parser(
+        "feedback",
+        help="write moderators' feedback as a training file",
+        description="Write the labelled pairs of POST /feedback in the Quora layout that dupq train reads.",
+    )
+    p.add_argument("--data-dir", type=Path, help="data directory" + env % ("DUPQ_DATA_DIR", "data"))
+    p.add_argument("--model-dir", type=Path, help="model directory" + env % ("DUPQ_MODEL_DIR", "the bundled model"))
+    p.add_argument("--out", required=True, type=Path, help="the pair file to write (tab-separated)")
+    p.set_defaults(func=_feedback)
 
     sub.add_parser(
         "train",

@@ -88,7 +88,7 @@ class UnknownIds(LookupError):
     """Ids that name no stored question where the request needs one (a 404 that names them and
     where they were)."""
 
-    def __init__(self, where: list[tuple[tuple[str | int, ...], str]]) -> None:
+    def __init__(self, where: Sequence[tuple[Sequence[str | int], str]]) -> None:
         super().__init__(", ".join(qid for _, qid in where))
         self.where = where
 

@@ -67,14 +67,15 @@ def find_groups(
 
 def _index_of(vectors: np.ndarray) -> faiss.Index:
     n, dim = vectors.shape
+    index: faiss.Index
     if n <= EXACT_MAX:
         index = faiss.IndexFlatIP(dim)
     else:
         lists = int(4 * math.sqrt(n))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
-        sample = vectors[np.random.default_rng(0).choice(n, size=min(n, 40 * lists), replace=False)]
-        index.train(sample)
-        index.nprobe = IVF_PROBES
+        ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
+        ivf.train(vectors[np.random.default_rng(0).choice(n, size=min(n, 40 * lists), replace=False)])
+        ivf.nprobe = IVF_PROBES
+        index = ivf
     index.add(vectors)
     return index
 

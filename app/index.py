@@ -143,7 +143,7 @@ class VectorIndex:
             if self._tombstones:
                 conditions.append(self._exclude_tombstones())
         else:
-            params = faiss.SearchParameters()  # type: ignore[attr-defined]
+            params = faiss.SearchParameters()
         keep += conditions
         if conditions:
             selector = conditions[0]
@@ -151,7 +151,7 @@ class VectorIndex:
                 selector = faiss.IDSelectorAnd(selector, other)
                 keep.append(selector)
             params.sel = selector
-        return self._index.search(vectors, k, params=params)  # type: ignore[no-any-return]
+        return self._index.search(vectors, k, params=params)
 
     def _search_subset(self, vectors: np.ndarray, k: int, allow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact scores of the allowed keys, the best ``k`` of them. The keys come from the store

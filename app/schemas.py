@@ -107,7 +107,9 @@ SCALAR_SCHEMA: dict[str, Any] = {"type": ["string", "number", "boolean", "null"]
 
 
 def _kind(value: object) -> str:
-    return {dict: "an object", list: "an array"}.get(type(value), type(value).__name__)
+    if isinstance(value, dict):
+        return "an object"
+    return "an array" if isinstance(value, list) else type(value).__name__
 
 
 def _scalar(value: object, what: str) -> object:

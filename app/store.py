@@ -161,13 +161,28 @@ Removed = tuple[int, str]  # (key, namespace) of a row a write removed
 
 
 class QuestionStore:
-    def __init__(self, path: str | Path, dim: int) -> None:
+    """The store of a data directory. ``read_only``: for reading beside the process that owns it
+    (``dupq groups``, ``dupq feedback``): no lock taken, no write possible, and the store must be
+    of this dupq's schema (WAL lets it read a consistent state while the owner writes)."""
+
+    def __init__(self, path: str | Path, dim: int, read_only: bool = False) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._owner = _own(self.path.with_name(self.path.name + ".lock"))
         self.dim = dim
         self._local = threading.local()
         self._write_lock = threading.Lock()
+        self.read_only = read_only
+        if read_only:
+            if not self.path.is_file():
+                raise FileNotFoundError(f"no question store at {self.path}")
+            version = int(self._reader.execute("PRAGMA user_version").fetchone()[0])
+            if version != SCHEMA_VERSION:
+                raise StoreTooNew(
+                    f"{self.path} has schema version {version}, not {SCHEMA_VERSION}: "
+                    + ("upgrade dupq" if version > SCHEMA_VERSION else "serve it once with this dupq to migrate it")
+                )
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._owner = _own(self.path.with_name(self.path.name + ".lock"))
         try:
             with self._write_lock:
                 self._writer = self._connect()
@@ -177,6 +192,9 @@ class QuestionStore:
             raise
 
     def _connect(self) -> sqlite3.Connection:
+        if self.read_only:
+            uri = f"file:{self.path.resolve()}?mode=ro"
+            return sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=30.0)
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
         # Set before the file's first table, after that a no-op: a row (a 512-d vector is 2 KiB)
         # takes most of a 4 KiB page, which then holds one; a 16 KiB page holds seven.
@@ -221,6 +239,8 @@ class QuestionStore:
         return conn
 
     def close(self) -> None:
+        if self.read_only:
+            return
         self._writer.close()
         self._owner.close()  # releases the lock
 
