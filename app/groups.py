@@ -8,8 +8,8 @@ builds its communities, with a FAISS index in place of the all-pairs matrix:
 1. each question's neighbours at or above the threshold, from a batched search of all the vectors
    against an index of them: exact (flat) for up to :data:`EXACT_MAX` questions, an inverted-file
    index (IVF, exact scores of the candidates it visits) above, so that 100,000 questions take
-   seconds, not minutes; a question whose ``k``-th neighbour still passes is searched again with
-   twice the ``k``, until one does not;
+   seconds, not minutes; a question whose ``k``-th neighbour still passes (a large group of
+   duplicates) gets its whole neighbourhood from an exact scan of every vector instead;
 2. the questions with the most such neighbours first, each becomes the representative of a group
    of itself and its neighbours not yet in a group, kept if it has ``min_size`` members; a question
    already in a group is never a representative.
@@ -29,6 +29,7 @@ import numpy as np
 EXACT_MAX = 20_000  # up to this many questions, the neighbours come from an exact search
 FIRST_K = 32
 BATCH = 2048
+EXACT_ROWS = 128  # crowded questions scanned at a time (a 128 x N block of similarities)
 IVF_PROBES = 16
 
 Progress = Callable[[int], None]  # called with how many questions were just searched
@@ -47,21 +48,24 @@ def find_groups(
     index = _index_of(vectors)
     neighbours: list[np.ndarray] = [np.zeros(0, np.int64)] * n
     k = min(n, FIRST_K)
-    pending = np.arange(n)
-    while len(pending):
-        again = []
-        for start in range(0, len(pending), BATCH):
-            rows = pending[start : start + BATCH]
-            scores, found = index.search(vectors[rows], k)
-            for row, row_scores, row_found in zip(rows, scores, found, strict=True):
-                passing = row_found[(row_scores >= threshold) & (row_found >= 0)]
-                if len(passing) == k and k < n:
-                    again.append(row)  # its k-th neighbour passes: there may be more
-                neighbours[row] = passing
-            if progress is not None and k == min(n, FIRST_K):
-                progress(len(rows))
-        pending = np.array(again, dtype=np.int64)
-        k = min(n, 2 * k)
+    crowded = []  # questions whose k-th neighbour passes: there may be more than k
+    for start in range(0, n, BATCH):
+        rows = np.arange(start, min(n, start + BATCH))
+        scores, found = index.search(vectors[rows], k)
+        for row, row_scores, row_found in zip(rows, scores, found, strict=True):
+            neighbours[row] = row_found[(row_scores >= threshold) & (row_found >= 0)]
+            if len(neighbours[row]) == k and k < n:
+                crowded.append(row)
+        if progress is not None:
+            progress(len(rows))
+    # Their whole neighbourhoods, exactly: a scan of every vector for each of them (few, in a
+    # corpus of distinct questions), which an approximate index cannot miss part of.
+    for start in range(0, len(crowded), EXACT_ROWS):
+        rows = np.array(crowded[start : start + EXACT_ROWS])
+        sims = vectors[rows] @ vectors.T
+        for row, row_sims in zip(rows, sims, strict=True):
+            passing = np.flatnonzero(row_sims >= threshold)
+            neighbours[row] = passing[np.argsort(-row_sims[passing], kind="stable")]
     return _greedy(neighbours, min_size)
 
 
