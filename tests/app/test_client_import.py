@@ -73,7 +73,9 @@ def test_import_reads_each_format_skips_bad_rows_and_is_idempotent(
 ) -> None:
     files = {
         "plain.txt": f"{CORPUS[0]}\n\n{CORPUS[1]}\n   \nt1\t{CORPUS[2]}\nbad id\t{CORPUS[3]}\nempty\t\n",
-        "rows.csv": f'id,text,status,namespace\nv1,"{CORPUS[4]}",open,\nv2,"{CORPUS[5]}",,other\n,,open,\nv3,"x",1,2,3\n',
+        "rows.csv": (
+            f'id,text,status,namespace\nv1,"{CORPUS[4]}",open,\nv2,"{CORPUS[5]}",,other\n,,open,\nv3,"x",1,2,3\n'
+        ),
         "rows.jsonl": "\n".join(
             [
                 json.dumps({"id": "j1", "text": CORPUS[6], "metadata": {"n": 1}}),

@@ -84,7 +84,7 @@ def test_search_matches_brute_force_with_namespaces_filters_and_exclusions(tmp_p
         conditions = tuple((name, tuple(values)) for name, values in where.items()) if where else None
         allow = store.filter_keys(namespace, conditions) if conditions else None
         deny = store.keys_of(deny_ids, namespace)
-        scores, found = index.search(namespace, query[None, :], 10, allow, deny)
+        _, found = index.search(namespace, query[None, :], 10, allow, deny)
         got = [int(k) for k in found[0] if k >= 0]
         expected = _reference(rows, namespace, query, 10, where, set(deny.tolist()))
         if kind == "flat" or allow is not None:

@@ -26,6 +26,7 @@ def test_upsert_gives_new_keys_and_bumps_the_generation(tmp_path: Path) -> None:
     assert store.get("a").text == "A again?" and store.count() == 2  # type: ignore[union-attr]
     keys, vectors, namespaces = next(store.iter_vectors())
     assert sorted(keys.tolist()) == sorted([new[1], new2[0]]) and vectors.dtype == np.float32
+    assert namespaces == ["default", "default"]
     assert store.delete("a") == (new2[0], "default") and store.delete("a") is None and store.get("a") is None
     store.close()
 
