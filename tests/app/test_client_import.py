@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from app.cli import main
@@ -141,3 +142,15 @@ def test_groups_and_feedback_commands_read_the_store_of_a_running_service(
     loaded, _ = load_pairs(pairs)
     # The training loader reads white space inside a question as one space.
     assert any(p.question1 == "A, b?" and p.question2 == 'Say "c" now?' and p.label == 1 for p in loaded)
+
+
+def test_the_openai_client_gets_the_embeddings_of_embed(server: Server, client: Client) -> None:
+    import openai
+
+    remote = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY)
+    # The client asks for base64 unless told otherwise, and decodes it itself.
+    for kwargs in ({}, {"encoding_format": "float"}):
+        answer = remote.embeddings.create(input=CORPUS[:3], model="dupq", **kwargs)
+        got = np.array([d.embedding for d in answer.data])
+        np.testing.assert_allclose(got, np.array(client.embed(CORPUS[:3])), atol=1e-6)
+        assert answer.usage.prompt_tokens > 0
