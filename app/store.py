@@ -381,13 +381,15 @@ class QuestionStore:
         return found
 
     def keys_of(self, ids: Sequence[str], namespace: str, chunk: int = 900) -> np.ndarray:
-        """The keys of those of ``ids`` stored in ``namespace``."""
+        """The keys of those of ``ids`` stored in ``namespace``. Looked up by id alone (its unique
+        index), the namespace checked here: with both in the query, SQLite would walk the
+        namespace's rows instead."""
         keys: list[int] = []
         for start in range(0, len(ids), chunk):
             part = list(ids[start : start + chunk])
             marks = ",".join("?" * len(part))
-            sql = f"SELECT key FROM questions WHERE namespace = ? AND id IN ({marks})"
-            keys.extend(r[0] for r in self._reader.execute(sql, [namespace, *part]))
+            sql = f"SELECT key, namespace FROM questions WHERE id IN ({marks})"
+            keys.extend(key for key, of in self._reader.execute(sql, part) if of == namespace)
         return np.array(keys, dtype=np.int64)
 
     def filter_keys(self, namespace: str, conditions: Sequence[tuple[str, Sequence[str]]]) -> np.ndarray:
