@@ -40,9 +40,16 @@ def find_groups(
 ) -> list[tuple[int, list[int]]]:
     """``(representative, members)`` row numbers of ``vectors`` (unit rows), largest group first;
     the representative is the first member."""
-    n = len(vectors)
-    if n == 0:
+    if len(vectors) == 0:
         return []
+    return _greedy(neighbourhoods(vectors, threshold, threads, progress), min_size)
+
+
+def neighbourhoods(
+    vectors: np.ndarray, threshold: float, threads: int = 1, progress: Progress | None = None
+) -> list[np.ndarray]:
+    """For each row, the rows at or above ``threshold`` from it (itself included), best first."""
+    n = len(vectors)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     faiss.omp_set_num_threads(threads)
     index = _index_of(vectors)
@@ -66,7 +73,7 @@ def find_groups(
         for row, row_sims in zip(rows, sims, strict=True):
             passing = np.flatnonzero(row_sims >= threshold)
             neighbours[row] = passing[np.argsort(-row_sims[passing], kind="stable")]
-    return _greedy(neighbours, min_size)
+    return neighbours
 
 
 def _index_of(vectors: np.ndarray) -> faiss.Index:

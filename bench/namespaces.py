@@ -38,6 +38,42 @@ def per_query_ms(search: object, queries: np.ndarray, batch: int, rounds: int) -
     return (time.perf_counter() - started) / rounds * 1000
 
 
+def measure(x: np.ndarray, queries: np.ndarray, count: int, rounds: int) -> dict[str, object]:
+    """Both layouts over ``x`` cut into ``count`` namespaces (row i in namespace i mod count)."""
+    n, dim = x.shape
+    keys = np.arange(n, dtype=np.int64)
+    members = {f"ns{j}": keys[j::count] for j in range(count)}
+    before = rss_mib()
+    split = NamespacedIndex(dim, "flat")
+    split.add(keys, x, [f"ns{i % count}" for i in range(n)])
+    split_mib = rss_mib() - before
+    before = rss_mib()
+    shared = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    shared.add_with_ids(x, keys)
+    shared_mib = rss_mib() - before
+
+    def one_index_per_namespace(r: int, q: np.ndarray) -> None:
+        split.search(f"ns{r % count}", q, 10)
+
+    def one_index_with_a_selector(r: int, q: np.ndarray) -> None:
+        params = faiss.SearchParameters()
+        selector = faiss.IDSelectorBatch(members[f"ns{r % count}"])
+        params.sel = selector
+        shared.search(q, 10, params=params)
+
+    row: dict[str, object] = {}
+    for layout, search, mib in (
+        ("one index per namespace", one_index_per_namespace, split_mib),
+        ("one index, namespace selector", one_index_with_a_selector, shared_mib),
+    ):
+        row[layout] = {
+            "ms_per_query": round(per_query_ms(search, queries, 1, rounds), 3),
+            "ms_per_batch_of_16": round(per_query_ms(search, queries, 16, rounds // 2), 3),
+            "rss_mib": round(mib),
+        }
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vectors", type=int, default=100_000)
@@ -50,41 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     x = rng.standard_normal((args.vectors, args.dim)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     queries = x[rng.choice(args.vectors, 256, replace=False)]
-    keys = np.arange(args.vectors, dtype=np.int64)
     results: dict[str, object] = {"vectors": args.vectors, "dim": args.dim}
     for shape, count in (("one namespace", 1), (f"{args.namespaces} namespaces", args.namespaces)):
-        names = [f"ns{i % count}" for i in range(args.vectors)]
-        members = {f"ns{j}": keys[j::count] for j in range(count)}
-        before = rss_mib()
-        split = NamespacedIndex(args.dim, "flat")
-        split.add(keys, x, names)
-        split_mib = rss_mib() - before
-        before = rss_mib()
-        shared = faiss.IndexIDMap2(faiss.IndexFlatIP(args.dim))
-        shared.add_with_ids(x, keys)
-        shared_mib = rss_mib() - before
-
-        def one_index_per_namespace(r: int, q: np.ndarray) -> None:
-            split.search(f"ns{r % count}", q, 10)
-
-        def one_index_with_a_selector(r: int, q: np.ndarray) -> None:
-            params = faiss.SearchParameters()
-            selector = faiss.IDSelectorBatch(members[f"ns{r % count}"])
-            params.sel = selector
-            shared.search(q, 10, params=params)
-
-        row: dict[str, object] = {}
-        for layout, search, mib in (
-            ("one index per namespace", one_index_per_namespace, split_mib),
-            ("one index, namespace selector", one_index_with_a_selector, shared_mib),
-        ):
-            row[layout] = {
-                "ms_per_query": round(per_query_ms(search, queries, 1, args.rounds), 3),
-                "ms_per_batch_of_16": round(per_query_ms(search, queries, 16, args.rounds // 2), 3),
-                "rss_mib": round(mib),
-            }
-        results[shape] = row
-        del split, shared
+        results[shape] = measure(x, queries, count, args.rounds)
     print(json.dumps(results, indent=2))
     return 0
 

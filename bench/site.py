@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                 "exclude 1000 ids": lambda i: client.duplicates(queries[i % n], k=10, exclude_ids=excluded),
                 "stored question": lambda i: client.question_duplicates(f"s{i * 37 % args.questions}", k=10),
             }
-            for name, call in cases.items():
+            for call in cases.values():
                 call(0)  # warm
             latency = {name: timed(call, n) for name, call in cases.items()}
             base = latency["unfiltered"][0]

@@ -31,8 +31,8 @@ def parse_output(text: str) -> list[tuple[str, list[str]]]:
 
 
 def shorten(line: str) -> str:
-    """The embedding cut to its first four numbers."""
-    return re.sub(r'("embeddings":\[\[)((?:[^,\]]+,){4})[^\]]*\]', r"\1\2...]", line)
+    """An embedding cut to its first four numbers."""
+    return re.sub(r'("embeddings?":\[\[?)((?:[^,\]]+,){4})[^\]]*\]', r"\1\2...]", line)
 
 
 def update(readme: str, examples: list[tuple[str, list[str]]]) -> str:
