@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import typing
 from collections.abc import Callable, Sequence
@@ -433,7 +434,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="text ('text' or 'id<TAB>text' per line), .csv with a header, or .jsonl")
     p.add_argument("--url", default="http://127.0.0.1:8000", help="the service (default: http://127.0.0.1:8000)")
     p.add_argument("--namespace", help="namespace of the rows that name none (default: default)")
-    p.add_argument("--api-key", help="the full API key, if the service has one")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("DUPQ_API_KEY"),
+        help="the full API key, if the service has one (default: $DUPQ_API_KEY)",
+    )
     p.add_argument("--format", choices=["text", "csv", "jsonl"], help="default: from the file name")
     p.add_argument("--batch", type=int, default=256, help="questions per request, at most max_batch (default 256)")
     p.set_defaults(func=_import)

@@ -489,6 +489,7 @@ class Info(BaseModel):
     max_body_bytes: int
     index_kind: str
     index_size: int
+    namespaces: int = Field(description="namespaces that hold at least one question")
     encoder_backend: str = Field(description="always onnx: the network runs in ONNX Runtime")
     threads: int
 

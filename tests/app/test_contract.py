@@ -132,11 +132,14 @@ def test_operations(client: TestClient) -> None:
     ):
         assert key in info
     assert info["max_batch"] == 8 and info["max_question_chars"] == 200 and info["index_kind"] == "flat"
+    assert info["namespaces"] == 0
+    client.post("/questions", json={"questions": [{"text": Q1, "namespace": "a"}, {"text": Q2, "namespace": "b"}]})
+    assert client.get("/info").json()["namespaces"] == 2
     client.post("/similarity", json={"question1": Q1, "question2": Q2})
     text = client.get("/metrics").text
     assert 'dupq_requests_total{method="POST",route="/similarity",status="200"} 1.0' in text
     assert "dupq_request_duration_seconds_bucket" in text and "dupq_encoder_batch_size_count" in text
-    assert "dupq_index_size 0.0" in text and "dupq_encoder_queue_depth" in text
+    assert "dupq_index_size 2.0" in text and "dupq_encoder_queue_depth" in text
     schema = client.get("/openapi.json").json()
     assert schema["components"]["schemas"]["SimilarityRequest"]["properties"]["question1"]["maxLength"] == 200
     assert client.get("/docs").status_code == 200
