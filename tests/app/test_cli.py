@@ -18,7 +18,10 @@ from model.encoder import load_encoder
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as done:
         main(["--version"])
-    assert done.value.code == 0 and capsys.readouterr().out.strip() == "dupq 0.2.0"
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"dupq {project['version']}"
 
 
 @pytest.mark.parametrize("command", ["serve", "index", "embed", "evaluate", "sts", "split", "upgrade", "train"])
