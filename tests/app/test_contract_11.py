@@ -362,3 +362,25 @@ def test_keys_cors_and_the_openapi_bearer_scheme(tiny_model_dir: Path, tmp_path:
 def test_a_read_key_without_a_full_key_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="DUPQ_READ_API_KEY needs DUPQ_API_KEY"):
         make_settings(tiny_model_dir, tmp_path, read_api_key="r")
+
+
+@pytest.mark.parametrize("snapshot", [True, False])
+def test_namespaces_and_metadata_survive_a_restart_and_a_rebuild(
+    tiny_model_dir: Path, tmp_path: Path, snapshot: bool
+) -> None:
+    settings = make_settings(tiny_model_dir, tmp_path / "data", max_batch=8)
+    with serving(settings) as client:
+        _load(client)
+        before = client.post("/duplicates", json={"question": CORPUS[0], "namespace": "site-a", "k": 3}).json()
+    if not snapshot:  # the index is rebuilt from the store alone
+        for path in (tmp_path / "data").glob("index-*"):
+            path.unlink()
+    with serving(settings) as client:
+        assert client.get("/info").json()["namespaces"] == 2
+        after = client.post("/duplicates", json={"question": CORPUS[0], "namespace": "site-a", "k": 3}).json()
+        assert after["matches"] == before["matches"]
+        filtered = client.post(
+            "/duplicates", json={"question": CORPUS[0], "namespace": "site-b", "filter": {"status": "closed"}}
+        ).json()["matches"]
+        assert {m["id"] for m in filtered} == {"site-b-1", "site-b-3", "site-b-5"}
+        assert all(m["metadata"]["status"] == "closed" for m in filtered)
