@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 IndexKind = Literal["flat", "hnsw"]
 INDEX_KINDS: tuple[IndexKind, ...] = ("flat", "hnsw")
 
-# A search allowed at most this many keys (or a twentieth of the index) scores them exactly.
+# A search allowed at most this many keys scores them exactly (HNSW: or a twentieth of the index).
 EXACT_SUBSET = 4096
 
 
@@ -127,7 +127,10 @@ class VectorIndex:
             allow, deny = allow[~np.isin(allow, deny)], None
         if self._index.ntotal == 0 or (allow is not None and not len(allow)):
             return np.full((len(vectors), k), -np.inf, np.float32), np.full((len(vectors), k), -1, np.int64)
-        if allow is not None and len(allow) <= max(EXACT_SUBSET, self._index.ntotal // 20):
+        # A flat index with a selector scores only the allowed keys, but passes over all of them;
+        # a graph search through a sparse subset wanders, so HNSW scores up to a twentieth exactly.
+        exact = EXACT_SUBSET if self.kind == "flat" else max(EXACT_SUBSET, self._index.ntotal // 20)
+        if allow is not None and len(allow) <= exact:
             return self._search_subset(vectors, k, allow)
         keep: list[Any] = []  # every selector, alive until the search is done
         conditions: list[Any] = []
@@ -151,7 +154,14 @@ class VectorIndex:
                 selector = faiss.IDSelectorAnd(selector, other)
                 keep.append(selector)
             params.sel = selector
-        return self._index.search(vectors, k, params=params)
+        scores, keys = self._index.search(vectors, k, params=params)
+        if allow is not None and self.kind == "hnsw":
+            # The graph search may end with fewer than k of the allowed keys: those rows are
+            # scored exactly, so that k come back whenever k are allowed.
+            short = np.flatnonzero((keys >= 0).sum(axis=1) < min(k, len(allow)))
+            if len(short):
+                scores[short], keys[short] = self._search_subset(vectors[short], k, allow)
+        return scores, keys
 
     def _search_subset(self, vectors: np.ndarray, k: int, allow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact scores of the allowed keys, the best ``k`` of them. The keys come from the store

@@ -228,3 +228,13 @@ def test_groups_keep_the_rule_and_find_planted_clusters(monkeypatch: pytest.Monk
     big = _clustered(1, 100, 0.01, 1)
     assert [len(g) for _, g in find_groups(big, 0.9)] == [100]
     assert find_groups(np.zeros((0, DIM), np.float32), 0.5) == []
+
+
+def test_an_hnsw_search_through_a_broad_filter_returns_k_allowed_keys() -> None:
+    n = 3 * EXACT_SUBSET
+    vectors = _unit(n, 4)
+    index = VectorIndex(DIM, "hnsw", hnsw_m=8, ef_search=16)
+    index.add(np.arange(n), vectors)
+    allow = np.sort(np.random.default_rng(5).choice(n, size=EXACT_SUBSET + 100, replace=False))
+    _, keys = index.search(_unit(8, 6), 100, allow=allow)
+    assert ((keys >= 0).sum(axis=1) == 100).all() and np.isin(keys, allow).all()
