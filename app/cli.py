@@ -385,6 +385,15 @@ def _add_config_flags(p: argparse.ArgumentParser, config: type, skip: Sequence[s
             p.add_argument(flag, type=hints[field.name], default=None, help=text)
 
 
+def _store_flags(p: argparse.ArgumentParser) -> None:
+    """The data directory to read, and the model whose vectors it holds."""
+    env = " (default: $%s, else %s)"
+    p.add_argument("--data-dir", type=Path, help="data directory" + env % ("DUPQ_DATA_DIR", "data"))
+    p.add_argument(
+        "--model-dir", type=Path, help="the model that embedded it" + env % ("DUPQ_MODEL_DIR", "the bundled model")
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dupq", description="Duplicate-question detection: serve, index, import, group, embed, train, evaluate."
@@ -449,8 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Find the disjoint groups of duplicates among the stored questions of a namespace, as "
         "POST /groups does, for any size; reads the store beside a running service, never writes it.",
     )
-    p.add_argument("--data-dir", type=Path, help="data directory" + env % ("DUPQ_DATA_DIR", "data"))
-    p.add_argument("--model-dir", type=Path, help="the model that embedded them" + env % ("DUPQ_MODEL_DIR", "bundled"))
+    _store_flags(p)
     p.add_argument("--namespace", default="default", help="namespace to group (default: default)")
     p.add_argument("--threshold", type=float, help="least similarity to a representative (default: tau)")
     p.add_argument("--min-size", type=int, default=2, help="smallest group written (default 2)")
@@ -462,8 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write moderators' feedback as a training file",
         description="Write the labelled pairs of POST /feedback in the Quora layout that dupq train reads.",
     )
-    p.add_argument("--data-dir", type=Path, help="data directory" + env % ("DUPQ_DATA_DIR", "data"))
-    p.add_argument("--model-dir", type=Path, help="model directory" + env % ("DUPQ_MODEL_DIR", "the bundled model"))
+    _store_flags(p)
     p.add_argument("--out", required=True, type=Path, help="the pair file to write (tab-separated)")
     p.set_defaults(func=_feedback)
 

@@ -185,15 +185,7 @@ class Client:
         min_similarity: float | None = None,
         threshold: float | None = None,
     ) -> Duplicates:
-        body = {
-            "question": question,
-            "k": k,
-            "namespace": namespace,
-            "filter": filter,
-            "exclude_ids": list(exclude_ids),
-            "min_similarity": min_similarity,
-            "threshold": threshold,
-        }
+        body = {"question": question, **_search(k, namespace, filter, exclude_ids, min_similarity, threshold)}
         return self._call("POST", "/duplicates", body)
 
     def duplicates_batch(
@@ -206,15 +198,7 @@ class Client:
         min_similarity: float | None = None,
         threshold: float | None = None,
     ) -> dict[str, Any]:
-        body = {
-            "questions": list(questions),
-            "k": k,
-            "namespace": namespace,
-            "filter": filter,
-            "exclude_ids": list(exclude_ids),
-            "min_similarity": min_similarity,
-            "threshold": threshold,
-        }
+        body = {"questions": list(questions), **_search(k, namespace, filter, exclude_ids, min_similarity, threshold)}
         return self._call("POST", "/duplicates/batch", body)
 
     def question_duplicates(
@@ -244,3 +228,22 @@ class Client:
 
     def ready(self) -> dict[str, Any]:
         return self._call("GET", "/ready")
+
+
+def _search(
+    k: int,
+    namespace: str,
+    filter: dict[str, Any] | None,
+    exclude_ids: Sequence[str],
+    min_similarity: float | None,
+    threshold: float | None,
+) -> dict[str, Any]:
+    """The options of /duplicates and /duplicates/batch."""
+    return {
+        "k": k,
+        "namespace": namespace,
+        "filter": filter,
+        "exclude_ids": list(exclude_ids),
+        "min_similarity": min_similarity,
+        "threshold": threshold,
+    }

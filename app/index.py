@@ -35,6 +35,11 @@ INDEX_KINDS: tuple[IndexKind, ...] = ("flat", "hnsw")
 EXACT_SUBSET = 4096
 
 
+def check_kind(kind: str) -> None:
+    if kind not in INDEX_KINDS:
+        raise ValueError(f"unknown index kind {kind!r}; expected one of {', '.join(INDEX_KINDS)}")
+
+
 class SnapshotError(ValueError):
     """A snapshot that is missing, damaged, or for other data; the caller rebuilds instead."""
 
@@ -43,8 +48,7 @@ class VectorIndex:
     def __init__(
         self, dim: int, kind: IndexKind = "flat", hnsw_m: int = 32, ef_construction: int = 80, ef_search: int = 128
     ) -> None:
-        if kind not in INDEX_KINDS:
-            raise ValueError(f"unknown index kind {kind!r}; expected one of {', '.join(INDEX_KINDS)}")
+        check_kind(kind)
         self.dim = dim
         self.kind: IndexKind = kind
         self.hnsw_m = hnsw_m
@@ -294,8 +298,7 @@ class NamespacedIndex:
     shared index with a namespace selector). The same locking rules as :class:`VectorIndex`."""
 
     def __init__(self, dim: int, kind: IndexKind = "flat", hnsw_m: int = 32, ef_search: int = 128) -> None:
-        if kind not in INDEX_KINDS:
-            raise ValueError(f"unknown index kind {kind!r}; expected one of {', '.join(INDEX_KINDS)}")
+        check_kind(kind)
         self.dim = dim
         self.kind: IndexKind = kind
         self.hnsw_m = hnsw_m
