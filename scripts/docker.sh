@@ -8,8 +8,8 @@
 # one with Python 3.11 for the service, one with nginx for the gateway; build both images; check
 # the image (at most 500 MB, no PyTorch, non-root, no compilers, no tests; an empty store unless
 # DUPQ_SEED_FILE asks for the demo corpus); start the stack; check /ready, /similarity, an add and
-# /duplicates, a body over the gateway's cap, the per-client rate limit, and data kept across a
-# restart.
+# /duplicates, a namespace with a filter, /export and the playground, a body over the gateway's
+# cap, the per-client rate limit, and data kept across a restart.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -132,6 +132,14 @@ ok "add: $added"
 found=$(post /duplicates '{"question": "What is the fastest way to learn guitar?", "k": 3}')
 echo "$found" | grep -q '"docker-check-1"' || fail "/duplicates: $found"
 ok "/duplicates finds it: ${found:0:160}..."
+post /questions '{"questions": [{"id": "docker-ns-1", "text": "How do I reset my password?", "namespace": "helpdesk", "metadata": {"status": "open"}}]}' | grep -q docker-ns-1 || fail "add to a namespace"
+found=$(post /duplicates '{"question": "Where can I change my password?", "namespace": "helpdesk", "filter": {"status": "open"}}')
+echo "$found" | grep -q '"metadata":{"status":"open"}' || fail "/duplicates in a namespace, filtered: $found"
+ok "contract 1.1, namespace and filter: ${found:0:160}..."
+lines=$(curl -s "$url/export?namespace=helpdesk" | wc -l)
+[ "$lines" = 1 ] || fail "/export through the gateway: $lines lines"
+curl -s "$url/" | grep -q "dupq playground" || fail "the playground through the gateway"
+ok "/export streams through the gateway; the playground answers at /"
 big_code=$(head -c 2000000 /dev/zero | tr '\0' 'a' | curl -s -o /tmp/dupq-413.json -w '%{http_code}' -X POST -H 'content-type: application/json' --data-binary @- "$url/similarity")
 [ "$big_code" = 413 ] && grep -q gateway /tmp/dupq-413.json || fail "body over the cap: $big_code $(cat /tmp/dupq-413.json)"
 ok "a 2 MB body is refused by the gateway: 413 $(cat /tmp/dupq-413.json)"
