@@ -305,9 +305,10 @@ class NamespacedIndex:
         self._ef_search = ef_search
         self.spaces: dict[str, VectorIndex] = {}
         self.snapshot_meta: dict[str, Any] = {}
+        self._size = 0  # kept up to date, not summed over thousands of namespaces per request
 
     def __len__(self) -> int:
-        return sum(len(space) for space in self.spaces.values())
+        return self._size
 
     @property
     def ef_search(self) -> int:
@@ -332,7 +333,9 @@ class NamespacedIndex:
                 space = self.spaces[namespace] = VectorIndex(
                     self.dim, self.kind, self.hnsw_m, ef_search=self._ef_search
                 )
+            before = len(space)
             space.add(keys[rows], vectors[rows])
+            self._size += len(space) - before
 
     def remove(self, removed: Sequence[tuple[int, str]]) -> None:
         """Remove ``(key, namespace)`` pairs; unknown ones are ignored."""
@@ -340,12 +343,16 @@ class NamespacedIndex:
         for namespace, rows in _by_namespace([ns for _, ns in removed]).items():
             space = self.spaces.get(namespace)
             if space is not None:
+                before = len(space)
                 space.remove(keys[rows])
+                self._size += len(space) - before
                 if not len(space):
                     del self.spaces[namespace]
 
     def drop(self, namespace: str) -> None:
-        self.spaces.pop(namespace, None)
+        space = self.spaces.pop(namespace, None)
+        if space is not None:
+            self._size -= len(space)
 
     def search(
         self,
@@ -385,6 +392,7 @@ class NamespacedIndex:
         for entry in meta["namespaces"]:
             space = VectorIndex.from_snapshot(data[entry["offset"] : entry["offset"] + entry["length"]], entry)
             index.spaces[entry["name"]] = space
+            index._size += len(space)
         if index.spaces:
             first = next(iter(index.spaces.values()))
             index.hnsw_m, index._ef_search = first.hnsw_m, first.ef_search

@@ -125,6 +125,10 @@ def test_a_namespaced_snapshot_round_trips(tmp_path: Path, kind: str) -> None:
         a = index.search(namespace, vectors[:5], 4)
         b = loaded.search(namespace, vectors[:5], 4)
         assert np.array_equal(a[1], b[1])
+    dropped = next(iter(loaded.spaces))
+    gone = loaded.size(dropped)
+    loaded.drop(dropped)
+    assert len(loaded) == 88 - gone == sum(loaded.size(ns) for ns in loaded.spaces)
 
 
 def test_store_namespaces_terms_pages_and_deletes(tmp_path: Path) -> None:
