@@ -248,13 +248,16 @@ class QuestionStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Cursor]:
-        """One write transaction, which bumps the generation; rolled back whole on any error."""
+        """One write transaction, which bumps the generation if it changed a row; rolled back whole
+        on any error."""
         with self._write_lock:
             cur = self._writer.cursor()
             cur.execute("BEGIN IMMEDIATE")
+            changes = self._writer.total_changes
             try:
                 yield cur
-                cur.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE name = 'generation'")
+                if self._writer.total_changes != changes:
+                    cur.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE name = 'generation'")
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")

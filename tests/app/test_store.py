@@ -115,3 +115,13 @@ def test_one_process_owns_a_store_until_it_closes_or_dies(tmp_path: Path) -> Non
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     QuestionStore(path, dim=4).close()
+
+
+def test_a_write_that_changes_nothing_leaves_the_generation(tmp_path: Path) -> None:
+    store = QuestionStore(tmp_path / "q.sqlite3", dim=4)
+    store.upsert([NewQuestion.of("a", "A?")], _vectors(1), "v1")
+    g = store.generation()
+    assert store.delete_ids(["nobody"]) == [] and store.delete_namespace("empty") == 0
+    assert store.generation() == g
+    assert store.delete_ids(["a"]) == [(1, "default")] and store.generation() == g + 1
+    store.close()
