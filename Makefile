@@ -38,13 +38,13 @@ lint: $(VENV)/.stamp-dev
 test: lint
 	$(BIN)/pytest -q
 
-## serving-check: a fresh virtual environment with a plain `pip install .` (no PyTorch) serves every endpoint and error of the contract over real HTTP
+## serving-check: a fresh virtual environment with a plain `pip install .` (no PyTorch) serves every endpoint and error of the contract over real HTTP, 1.1 included (through the client)
 serving-check: $(VENV)/.stamp-dev
 	rm -rf build/serve-venv
 	$(PYTHON) -m venv build/serve-venv
 	build/serve-venv/bin/pip install --quiet .
 	! build/serve-venv/bin/python -c 'import torch' 2>/dev/null
-	DUPQ_TEST_PYTHON=$(CURDIR)/build/serve-venv/bin/python $(BIN)/pytest -q tests/app/test_http.py
+	DUPQ_TEST_PYTHON=$(CURDIR)/build/serve-venv/bin/python $(BIN)/pytest -q tests/app/test_http.py tests/app/test_client_import.py
 
 # The shipped tokenizer is reused when present: `tokenizers` breaks ties between equally frequent
 # merges in no fixed order, and everything else in training is seeded. `make train TOKENIZER=`
