@@ -36,7 +36,7 @@ def _corpus(n: int = 600, seed: int = 0) -> tuple[list[NewQuestion], np.ndarray]
     return items, _unit(n, seed)
 
 
-def _brute(store: QuestionStore, items: list[NewQuestion], vectors: np.ndarray, keys: list[int]) -> dict:  # type: ignore[type-arg]
+def _brute(items: list[NewQuestion], vectors: np.ndarray, keys: list[int]) -> dict:  # type: ignore[type-arg]
     return {key: (item, vector) for key, item, vector in zip(keys, items, vectors, strict=True)}
 
 
@@ -67,7 +67,7 @@ def test_search_matches_brute_force_with_namespaces_filters_and_exclusions(tmp_p
     items, vectors = _corpus()
     store = QuestionStore(tmp_path / "q.sqlite3", DIM)
     _, keys = store.upsert(items, vectors, "v")
-    rows = _brute(store, items, vectors, keys)
+    rows = _brute(items, vectors, keys)
     index = NamespacedIndex(DIM, kind)  # type: ignore[arg-type]
     index.add(np.array(keys), vectors, [item.namespace for item in items])
     assert len(index) == len(items) and sum(index.size(f"ns{i}") for i in range(3)) == len(items)
@@ -159,8 +159,11 @@ def test_store_namespaces_terms_pages_and_deletes(tmp_path: Path) -> None:
     assert [ns for ns, _ in everything] == sorted(ns for ns, _ in everything)
     assert store.delete_namespace("ns0") == sum(1 for ns, _ in everything if ns == "ns0")
     assert store.filter_keys("ns0", (("colour", (term_value("red"),)),)).tolist() == []
-    removed = store.delete_ids(["q1", "q2", "missing"])
-    assert sorted(qid for qid in ("q1", "q2") if store.get(qid) is None) == ["q1", "q2"] and len(removed) <= 2
+    two = [item.id for item in items if item.namespace != "ns0" and item.id != first.id][:2]
+    present = [(q.key, q.namespace) for q in map(store.get, two) if q is not None]
+    assert len(present) == 2
+    assert store.delete_ids([*two, "missing"]) == present
+    assert all(store.get(qid) is None for qid in two)
     store.close()
 
 
