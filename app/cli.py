@@ -422,7 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="file of questions: 'text' or 'id<TAB>text' per line, UTF-8 ('-': standard input)")
     p.add_argument("--data-dir", type=Path, help="data directory" + env % ("DUPQ_DATA_DIR", "data"))
     p.add_argument("--model-dir", type=Path, help="model directory" + env % ("DUPQ_MODEL_DIR", "the bundled model"))
-    p.add_argument("--index-kind", choices=["flat", "hnsw"], help="index to build" + env % ("DUPQ_INDEX_KIND", "flat"))
+    p.add_argument(
+        "--index-kind", choices=["auto", "flat", "hnsw"], help="index to build" + env % ("DUPQ_INDEX_KIND", "auto")
+    )
     p.set_defaults(func=_index)
 
     p = sub.add_parser("embed", help="embeddings of questions as JSON lines", description="Embed questions.")

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from app.batching import Batcher
 from app.groups import find_groups
-from app.index import NamespacedIndex, SnapshotError, VectorIndex
+from app.index import IndexParams, NamespacedIndex, SnapshotError, VectorIndex
 from app.locks import ReadWriteLock
 from app.question_file import describe_skipped, read_question_file
 from app.schemas import Limits
@@ -135,8 +135,19 @@ def _check_store(settings: Settings, encoder: QuestionEncoder, store: QuestionSt
         )
 
 
+SNAPSHOT_FILE = "index.faiss"  # and index.faiss.json beside it
+
+
 def _snapshot_path(settings: Settings) -> Path:
-    return settings.data_dir / f"index-{settings.index_kind}.faiss"
+    return settings.data_dir / SNAPSHOT_FILE
+
+
+def _remove_old_snapshots(data_dir: Path) -> None:
+    """dupq before 0.4 kept one snapshot per index kind (index-flat.faiss, index-hnsw.faiss): the
+    format changed, so they can only take disk space."""
+    for path in sorted(data_dir.glob("index-*.faiss*")):
+        logger.info("removing %s, an index snapshot of an older dupq", path)
+        path.unlink(missing_ok=True)
 
 
 def _tag(encoder: QuestionEncoder) -> str:
@@ -168,6 +179,15 @@ class Engine:
         self._snapshot_write = threading.Lock()  # one snapshot written at a time
         self._snapshotter: asyncio.Task[None] | None = None
         self._grouping = threading.Lock()  # one duplicate-groups pass at a time: each takes every core
+        self._changes = 0  # questions added or deleted since the last snapshot (under the write lock)
+        # Index rebuilds (auto's switch to HNSW, dropping HNSW tombstones) run one at a time in a
+        # thread of their own on one OpenMP thread, so that searches keep the other cores.
+        self._rebuilder = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="rebuild", initializer=functools.partial(faiss.omp_set_num_threads, 1)
+        )
+        self._rebuilds: set[str] = set()  # namespaces queued or being rebuilt
+        self._rebuilds_lock = threading.Lock()
+        self._stopping = threading.Event()
         wait = settings.batch_wait_ms / 1000.0
         self._batcher: Batcher[str] = Batcher(  # questions -> vectors
             self.encoder.encode, settings.batch_max_size, wait, settings.queue_max, "encoder", on_batch
@@ -214,6 +234,9 @@ class Engine:
     async def start(self) -> None:
         self._batcher.start()
         self._searcher.start()
+        with self._lock.read():
+            due = self.index.due()
+        self._schedule_rebuilds(due)
         if self.settings.snapshot_interval_s > 0:
             self._snapshotter = asyncio.get_running_loop().create_task(self._snapshot_loop(), name="snapshots")
 
@@ -222,8 +245,10 @@ class Engine:
             self._snapshotter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._snapshotter
+        self._stopping.set()  # a rebuild in progress gives up at its next chunk; the old index stays
         for batcher in (self._batcher, self._searcher):
             await batcher.stop()
+        await asyncio.get_running_loop().run_in_executor(None, functools.partial(self._rebuilder.shutdown, wait=True))
         self.save_snapshot()
         self._workers.shutdown(wait=True)
         self.store.close()
@@ -234,10 +259,11 @@ class Engine:
         with self._snapshot_write:
             with self._lock.read():
                 generation = self.store.generation()
-                if generation == self._snapshot_generation:
+                if generation == self._snapshot_generation and not self._changes:
                     return
                 data, meta = self.index.snapshot()
                 size = len(self.index)
+                self._changes = 0
             started = time.monotonic()
             meta = {**meta, "tag": _tag(self.encoder), "generation": generation}
             VectorIndex.write_snapshot(self.snapshot_path, data, meta)
@@ -245,14 +271,47 @@ class Engine:
         logger.info("index snapshot written (%d questions, %.1f s)", size, time.monotonic() - started)
 
     async def _snapshot_loop(self) -> None:
-        """Snapshot the index every ``snapshot_interval_s`` while the store changes, so a restart
-        after a crash replays only the changes since the last one."""
+        """Snapshot the index every ``snapshot_interval_s`` while the store changes, or as soon as
+        ``snapshot_changes`` questions have been added or deleted since the last one, so that a
+        restart after a crash replays only the changes since then. The copy goes to disk in a
+        worker thread: requests wait only while the index is copied in memory."""
+        interval, changes = self.settings.snapshot_interval_s, self.settings.snapshot_changes
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(self.settings.snapshot_interval_s)
+            await asyncio.sleep(min(1.0, interval))
+            if time.monotonic() - last < interval and not (changes and self._changes >= changes):
+                continue
+            last = time.monotonic()
             try:
                 await self._run(self.save_snapshot)
             except Exception:
                 logger.exception("index snapshot failed; the next one will try again")
+
+    def _schedule_rebuilds(self, namespaces: Sequence[str]) -> None:
+        """Queue a background :meth:`NamespacedIndex.rebuild` for each namespace that needs one
+        and has none queued or running."""
+        with self._rebuilds_lock:
+            fresh = [ns for ns in namespaces if ns not in self._rebuilds]
+            if self._stopping.is_set():
+                return
+            self._rebuilds.update(fresh)
+            for namespace in fresh:
+                self._rebuilder.submit(self._rebuild, namespace)
+
+    def _rebuild(self, namespace: str) -> None:
+        try:
+            if self.index.rebuild(namespace, self._lock.read, self._lock.write, self._stopping.is_set):
+                with self._lock.write():
+                    self._changes += 1  # the next snapshot saves the new structure
+        except Exception:
+            logger.exception("index rebuild of namespace %r failed; the old index stays", namespace)
+            return
+        finally:
+            with self._rebuilds_lock:
+                self._rebuilds.discard(namespace)
+        with self._lock.read():
+            due = self.index.due([namespace])
+        self._schedule_rebuilds(due)  # writes during the rebuild may have made another one due
 
     def _seed(self, path: Path, progress: bool) -> None:
         limits = Limits(self.settings.max_question_chars, self.settings.max_batch)
@@ -317,10 +376,15 @@ class Engine:
         return [item.id for item in items], self.index_size()
 
     def _write(self, items: list[NewQuestion], vectors: np.ndarray) -> None:
+        namespaces = [item.namespace for item in items]
         with self._lock.write():
             old, new = self.store.upsert(items, vectors, self.encoder.version)
             self.index.remove(old)
-            self.index.add(np.array(new, dtype=np.int64), vectors, [item.namespace for item in items])
+            self.index.add(np.array(new, dtype=np.int64), vectors, namespaces)
+            self._changes += len(old) + len(new)
+            due = self.index.due(list(dict.fromkeys(namespaces)))
+        if due:
+            self._schedule_rebuilds(due)
 
     async def get(self, qid: str) -> StoredQuestion | None:
         return await self._run(self.store.get, qid)
@@ -336,7 +400,11 @@ class Engine:
         with self._lock.write():
             removed = self.store.delete_ids(ids)
             self.index.remove(removed)
-            return len(removed)
+            self._changes += len(removed)
+            due = self.index.due(list(dict.fromkeys(ns for _, ns in removed)))
+        if due:
+            self._schedule_rebuilds(due)
+        return len(removed)
 
     async def delete_namespace(self, namespace: str) -> int:
         """Delete every question of a namespace, in one transaction. Durable on return."""
@@ -346,6 +414,7 @@ class Engine:
         with self._lock.write():
             n = self.store.delete_namespace(namespace)
             self.index.drop(namespace)
+            self._changes += n
             return n
 
     async def duplicates(self, texts: list[str], k: int, scope: Scope | None = None) -> list[list[Match]]:
@@ -470,19 +539,24 @@ def _reembed(encoder: QuestionEncoder, store: QuestionStore, progress: bool) -> 
     return stale
 
 
+def index_params(settings: Settings) -> IndexParams:
+    return IndexParams(settings.index_kind, settings.hnsw_from, settings.hnsw_m, ef_search=settings.hnsw_ef_search)
+
+
 def _load_index(
     settings: Settings, encoder: QuestionEncoder, store: QuestionStore, trust_snapshot: bool
 ) -> tuple[NamespacedIndex, int]:
     """The index, from its snapshot caught up with the store, or rebuilt from the store; and the
     store generation of the snapshot on disk (-1: none usable)."""
+    params = index_params(settings)
+    _remove_old_snapshots(settings.data_dir)
     try:
         if not trust_snapshot:  # vectors changed in place: the snapshot cannot tell which
             raise SnapshotError("stored questions were re-embedded")
-        index = NamespacedIndex.load(_snapshot_path(settings), _tag(encoder), settings.index_kind, encoder.dim)
+        index = NamespacedIndex.load(_snapshot_path(settings), _tag(encoder), params, encoder.dim)
     except SnapshotError as why:
         logger.info("rebuilding the index from the store (%s)", why)
     else:
-        index.ef_search = settings.hnsw_ef_search
         generation = int(index.snapshot_meta.get("generation", -1))
         logger.info("index snapshot loaded: %d questions", len(index))
         if generation != store.generation():
@@ -497,7 +571,8 @@ def _load_index(
                 time.monotonic() - started,
             )
         return index, generation
-    index = NamespacedIndex(encoder.dim, settings.index_kind, hnsw_m=settings.hnsw_m, ef_search=settings.hnsw_ef_search)
+    index = NamespacedIndex(encoder.dim, params)
+    index.expect(store.namespace_sizes())  # each namespace built in the structure its size calls for
     started = time.monotonic()
     for keys, vectors, namespaces in store.iter_vectors():
         index.add(keys, vectors, namespaces)

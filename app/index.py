@@ -1,13 +1,21 @@
 """The vector index: FAISS inner-product search over unit vectors, keyed by int64 keys.
 
-Kinds:
+Each namespace's vectors are in one :class:`VectorIndex`, whose structure is one of:
 
-- ``flat``: exact search (``IndexFlatIP``); deletes remove the vectors at once.
-- ``hnsw``: approximate search (``IndexHNSWFlat``, graph-based), for large collections: no
-  training step, so it can grow from empty one question at a time, and search cost grows with
-  log(N). HNSW cannot remove a node from its graph, so a delete marks the key as a tombstone that
-  every search filters out (a FAISS ID selector); when tombstones pass a quarter of the index it
-  is rebuilt from the live vectors.
+- ``flat``: exact search over float32 vectors (``IndexFlatIP``); deletes remove at once.
+- ``hnsw``: approximate search (an HNSW graph, ``IndexHNSWSQ``) over the vectors in float16, half
+  the memory of float32 with no training step and scores within about 1e-4 of float32's, so that
+  recall is the graph's alone (docs/benchmarks.md measures it against float32 and 8-bit codes).
+  It grows one question at a time and its search cost grows with log(N). HNSW cannot remove a
+  node from its graph, so a delete marks the key as a tombstone that every search filters out (a
+  FAISS ID selector); when tombstones pass a quarter of the index it is rebuilt without them.
+
+The index *kind* (``DUPQ_INDEX_KIND``) says which structure a namespace gets: ``flat`` always,
+``hnsw`` always, or ``auto`` (the default): flat, exact, while the namespace is small, HNSW from
+``hnsw_from`` questions on. Changing structure (and dropping tombstones) is a :meth:`rebuild`:
+the new index is built beside the old one, outside the lock, from copies taken a chunk at a time;
+the writes made meanwhile are kept in a journal and replayed onto the new index, which is then
+swapped in under the write lock. Searches go on against the old one the whole time.
 
 The index is not thread-safe for writes: callers hold a lock around ``add``/``remove`` and let
 searches run concurrently with each other only.
@@ -19,7 +27,10 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,11 +39,20 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-IndexKind = Literal["flat", "hnsw"]
-INDEX_KINDS: tuple[IndexKind, ...] = ("flat", "hnsw")
+IndexKind = Literal["auto", "flat", "hnsw"]
+INDEX_KINDS: tuple[IndexKind, ...] = ("auto", "flat", "hnsw")
+Structure = Literal["flat", "hnsw"]
+SNAPSHOT_FORMAT = 2  # dupq 0.4: a structure per namespace, HNSW over float16
 
 # A search allowed at most this many keys scores them exactly (HNSW: or a twentieth of the index).
 EXACT_SUBSET = 4096
+# A rebuild copies this many vectors per hold of the read lock, and replays the writes made
+# meanwhile outside the lock until at most this many are left for the swap under the write lock.
+REBUILD_CHUNK = 20_000
+SWAP_BACKLOG = 2_000
+CATCH_UP_ROUNDS = 8  # then the rest is replayed under the write lock, however many writes keep coming
+
+Section = Callable[[], AbstractContextManager[Any]]  # a lock's read or write section
 
 
 def check_kind(kind: str) -> None:
@@ -44,31 +64,71 @@ class SnapshotError(ValueError):
     """A snapshot that is missing, damaged, or for other data; the caller rebuilds instead."""
 
 
+@dataclass(frozen=True)
+class IndexParams:
+    """How every namespace's index is made: the kind, auto's switching size, HNSW's settings."""
+
+    kind: IndexKind = "auto"
+    hnsw_from: int = 20_000  # auto: a namespace of this many questions or more is searched by HNSW
+    hnsw_m: int = 32
+    ef_construction: int = 80
+    ef_search: int = 128
+
+    def structure_for(self, size: int) -> Structure:
+        if self.kind == "auto":
+            return "hnsw" if size >= self.hnsw_from else "flat"
+        return self.kind
+
+
 class VectorIndex:
     def __init__(
-        self, dim: int, kind: IndexKind = "flat", hnsw_m: int = 32, ef_construction: int = 80, ef_search: int = 128
+        self,
+        dim: int,
+        kind: IndexKind = "flat",
+        hnsw_m: int = 32,
+        ef_construction: int = 80,
+        ef_search: int = 128,
+        hnsw_from: int = 20_000,
+        structure: Structure | None = None,
     ) -> None:
         check_kind(kind)
         self.dim = dim
-        self.kind: IndexKind = kind
-        self.hnsw_m = hnsw_m
-        self.ef_construction = ef_construction
-        self.ef_search = ef_search
+        self.params = IndexParams(kind, hnsw_from, hnsw_m, ef_construction, ef_search)
+        self.structure: Structure = structure or self.params.structure_for(0)
         self._tombstones: set[int] = set()
         self._selector: tuple[object, object] | None = None  # excludes the tombstones; rebuilt when they change
-        self._index: faiss.IndexIDMap2 = self._empty()
+        # While a rebuild runs: the writes made since it began, in order ("add"/"remove", keys, vectors).
+        self._journal: list[tuple[str, np.ndarray, np.ndarray | None]] | None = None
+        self._index: faiss.IndexIDMap2 = self._empty(self.structure)
         self.snapshot_meta: dict[str, Any] = {}  # what load() read with the snapshot
 
-    def _empty(self) -> faiss.IndexIDMap2:
-        if self.kind == "flat":
+    @property
+    def kind(self) -> IndexKind:
+        return self.params.kind
+
+    @property
+    def ef_search(self) -> int:
+        return self.params.ef_search
+
+    @ef_search.setter
+    def ef_search(self, value: int) -> None:
+        self.params = replace(self.params, ef_search=value)
+
+    def _empty(self, structure: Structure) -> faiss.IndexIDMap2:
+        if structure == "flat":
             return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
-        inner = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        inner.hnsw.efConstruction = self.ef_construction
-        inner.hnsw.efSearch = self.ef_search
+        fp16: Any = faiss.ScalarQuantizer.QT_fp16  # an int; faiss's stubs expect the class
+        inner = faiss.IndexHNSWSQ(self.dim, fp16, self.params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        inner.hnsw.efConstruction = self.params.ef_construction
+        inner.hnsw.efSearch = self.params.ef_search
         return faiss.IndexIDMap2(inner)
 
     def __len__(self) -> int:
         return int(self._index.ntotal) - len(self._tombstones)
+
+    @property
+    def rebuilding(self) -> bool:
+        return self._journal is not None
 
     def _check(self, vectors: np.ndarray) -> np.ndarray:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -84,39 +144,119 @@ class VectorIndex:
             raise ValueError(f"{len(keys)} keys for {len(vectors)} vectors")
         if len(keys):
             self._index.add_with_ids(vectors, keys)
+            if self._journal is not None:
+                self._journal.append(("add", keys, vectors))
 
     def remove(self, keys: np.ndarray) -> None:
-        """Remove keys; unknown keys are ignored."""
+        """Remove keys the index holds (the caller knows them from the store)."""
         keys = np.ascontiguousarray(keys, dtype=np.int64)
         if not len(keys):
             return
-        if self.kind == "flat":
+        if self._journal is not None:
+            self._journal.append(("remove", keys, None))
+        if self.structure == "flat":
             self._index.remove_ids(faiss.IDSelectorBatch(keys))
             return
         self._tombstones.update(int(k) for k in keys)
         self._selector = None
-        if len(self._tombstones) > max(1000, self._index.ntotal // 4):
-            self.compact()
-
-    def compact(self) -> None:
-        """Rebuild without the tombstoned vectors (HNSW only; flat removes at once)."""
-        live = self.live_keys()
-        vectors = (
-            np.stack([self._index.reconstruct(int(k)) for k in live])
-            if len(live)
-            else np.zeros((0, self.dim), np.float32)
-        )
-        logger.info("rebuilding the %s index without %d deleted vectors", self.kind, len(self._tombstones))
-        self._index = self._empty()
-        self._tombstones.clear()
-        self._selector = None
-        self.add(live, vectors)
 
     def live_keys(self) -> np.ndarray:
         keys = faiss.vector_to_array(self._index.id_map).astype(np.int64)
         if self._tombstones:
             keys = keys[~np.isin(keys, np.fromiter(self._tombstones, dtype=np.int64))]
         return keys
+
+    # Rebuilds ---------------------------------------------------------------------------------
+
+    def rebuild_due(self) -> bool:
+        """Whether :meth:`rebuild` has work: a flat index that auto wants as HNSW now, or an HNSW
+        index whose tombstones pass a quarter of it."""
+        if self._journal is not None:
+            return False
+        if self.structure == "flat":
+            return self.params.structure_for(len(self)) == "hnsw"
+        return len(self._tombstones) > max(1000, int(self._index.ntotal) // 4)
+
+    def rebuild(self, read: Section, write: Section, cancelled: Callable[[], bool] = lambda: False) -> bool:
+        """Build an HNSW index of the live vectors beside this one and swap it in; returns whether
+        it did. Call it outside the caller's lock, giving the lock's ``read`` and ``write``
+        sections: the vectors are copied a chunk at a time under ``read`` (HNSW positions never
+        move; a flat index is copied at once, since a delete moves its vectors), the graph is
+        built outside the lock, the writes made meanwhile are replayed from the journal (outside
+        the lock too, until few are left or after a few rounds), and the swap happens under ``write``. Vectors copied
+        from an HNSW index come out of float16 and go back in unchanged. ``cancelled`` is asked
+        between chunks (shutdown): the old index stays."""
+        with read():
+            if not self.rebuild_due():
+                return False
+            self._journal = []
+            total = int(self._index.ntotal)
+            source: Structure = self.structure
+            first = self._copy(0, total) if source == "flat" else None
+        started = time.monotonic()
+        new = self._empty("hnsw")
+        done = 0  # journal entries replayed onto the new index
+        tombstones: set[int] = set()
+        try:
+            for start in range(0, total, REBUILD_CHUNK):
+                if cancelled():
+                    raise _Cancelled
+                end = min(total, start + REBUILD_CHUNK)
+                if first is not None:
+                    keys, vectors = first[0][start:end], first[1][start:end]
+                else:
+                    with read():
+                        keys, vectors = self._copy(start, end)
+                new.add_with_ids(vectors, keys)
+            first = None
+            for _ in range(CATCH_UP_ROUNDS):  # catch up with the writes made meanwhile, outside the lock
+                if cancelled():
+                    raise _Cancelled
+                with read():
+                    pending = self._journal[done:]
+                if sum(len(keys) for _, keys, _ in pending) <= SWAP_BACKLOG:
+                    break
+                _replay(new, pending, tombstones)
+                done += len(pending)
+        except _Cancelled:
+            with write():
+                self._journal = None
+            return False
+        except BaseException:
+            with write():
+                self._journal = None
+            raise
+        with write():
+            _replay(new, self._journal[done:], tombstones)
+            self._journal = None
+            # A key deleted before it was copied is in no index: only held keys stay tombstones.
+            held = np.fromiter(tombstones, dtype=np.int64)
+            held = held[np.isin(held, faiss.vector_to_array(new.id_map))]
+            before = len(self)
+            self._index, self.structure = new, "hnsw"
+            self._tombstones, self._selector = {int(k) for k in held}, None
+            if len(self) != before:  # a bug, not a state to serve: say so loudly
+                logger.error("index rebuild changed the size from %d to %d", before, len(self))
+        logger.info(
+            "index of %d questions rebuilt as %s from %s in %.1f s",
+            len(self),
+            "hnsw",
+            source,
+            time.monotonic() - started,
+        )
+        return True
+
+    def _copy(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+        """The live keys and vectors at positions [start, end)."""
+        ids = faiss.rev_swig_ptr(self._index.id_map.data(), int(self._index.ntotal))
+        keys = np.array(ids[start:end], dtype=np.int64)
+        vectors = self._index.index.reconstruct_n(start, end - start) if end > start else np.zeros((0, self.dim))
+        if self._tombstones:
+            live = ~np.isin(keys, np.fromiter(self._tombstones, dtype=np.int64))
+            keys, vectors = keys[live], vectors[live]
+        return keys, np.ascontiguousarray(vectors, dtype=np.float32)
+
+    # Search -----------------------------------------------------------------------------------
 
     def search(
         self, vectors: np.ndarray, k: int, allow: np.ndarray | None = None, deny: np.ndarray | None = None
@@ -133,7 +273,8 @@ class VectorIndex:
             return np.full((len(vectors), k), -np.inf, np.float32), np.full((len(vectors), k), -1, np.int64)
         # A flat index with a selector scores only the allowed keys, but passes over all of them;
         # a graph search through a sparse subset wanders, so HNSW scores up to a twentieth exactly.
-        exact = EXACT_SUBSET if self.kind == "flat" else max(EXACT_SUBSET, self._index.ntotal // 20)
+        hnsw = self.structure == "hnsw"
+        exact = max(EXACT_SUBSET, self._index.ntotal // 20) if hnsw else EXACT_SUBSET
         if allow is not None and len(allow) <= exact:
             return self._search_subset(vectors, k, allow)
         keep: list[Any] = []  # every selector, alive until the search is done
@@ -144,9 +285,9 @@ class VectorIndex:
         if deny is not None and len(deny):
             keep.append(faiss.IDSelectorBatch(np.ascontiguousarray(deny, dtype=np.int64)))
             conditions.append(faiss.IDSelectorNot(keep[-1]))
-        if self.kind == "hnsw":
+        if hnsw:
             params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # SWIG class missing from faiss's stubs
-            params.efSearch = max(self.ef_search, k)
+            params.efSearch = max(self.params.ef_search, k)
             if self._tombstones:
                 conditions.append(self._exclude_tombstones())
         else:
@@ -159,7 +300,7 @@ class VectorIndex:
                 keep.append(selector)
             params.sel = selector
         scores, keys = self._index.search(vectors, k, params=params)
-        if allow is not None and self.kind == "hnsw":
+        if allow is not None and hnsw:
             # The graph search may end with fewer than k of the allowed keys: those rows are
             # scored exactly, so that k come back whenever k are allowed.
             short = np.flatnonzero((keys >= 0).sum(axis=1) < min(k, len(allow)))
@@ -206,11 +347,13 @@ class VectorIndex:
         data = faiss.serialize_index(self._index)
         keys = faiss.vector_to_array(self._index.id_map)
         meta = {
+            "format": SNAPSHOT_FORMAT,
             "kind": self.kind,
+            "structure": self.structure,
             "dim": self.dim,
             "max_key": int(keys.max()) if len(keys) else -1,
             "tombstones": sorted(self._tombstones),
-            "hnsw": {"m": self.hnsw_m, "ef_construction": self.ef_construction, "ef_search": self.ef_search},
+            "hnsw": {"m": self.params.hnsw_m, "ef_construction": self.params.ef_construction},
         }
         return data, meta
 
@@ -242,32 +385,56 @@ class VectorIndex:
         self.write_snapshot(path, data, {**meta, "tag": tag})
 
     @classmethod
-    def load(cls, path: str | Path, tag: str, kind: IndexKind, dim: int) -> VectorIndex:
+    def load(cls, path: str | Path, tag: str, params: IndexParams, dim: int) -> VectorIndex:
         """Load a snapshot written by :meth:`save` with the same ``tag``, kind and dim, or raise
         :class:`SnapshotError` saying why it cannot be used. The metadata, ``max_key`` (the
         largest key ever added) and anything a caller gave :meth:`write_snapshot` included, is in
         ``snapshot_meta``."""
-        data, meta = read_snapshot(path, tag, kind, dim)
-        index = cls.from_snapshot(data, meta)
+        data, meta = read_snapshot(path, tag, params.kind, dim)
+        index = cls.from_snapshot(data, meta, params)
         index.snapshot_meta = meta
         return index
 
     @classmethod
-    def from_snapshot(cls, data: np.ndarray, meta: dict[str, Any]) -> VectorIndex:
-        """The index of a :meth:`snapshot`'s data and metadata."""
+    def from_snapshot(cls, data: np.ndarray, meta: dict[str, Any], params: IndexParams) -> VectorIndex:
+        """The index of a :meth:`snapshot`'s data and metadata. The graph's degree and build
+        breadth are the snapshot's; the search settings and auto's switching size are ``params``'."""
+        structure = meta.get("structure")
+        if structure not in ("flat", "hnsw"):
+            raise SnapshotError(f"snapshot of an unknown structure {structure!r}")
         hnsw = meta.get("hnsw", {})
-        index = cls(
-            meta["dim"], meta["kind"], hnsw.get("m", 32), hnsw.get("ef_construction", 80), hnsw.get("ef_search", 128)
-        )
+        params = replace(params, hnsw_m=hnsw.get("m", params.hnsw_m))
+        params = replace(params, ef_construction=hnsw.get("ef_construction", params.ef_construction))
+        index = cls(meta["dim"], params.kind, params.hnsw_m, params.ef_construction, params.ef_search)
+        index.params, index.structure = params, structure
         try:
             loaded = faiss.deserialize_index(np.ascontiguousarray(data))
         except RuntimeError as err:
             raise SnapshotError(f"snapshot cannot be read: {err}") from err
         if not isinstance(loaded, faiss.IndexIDMap2):
             raise SnapshotError(f"snapshot holds a {type(loaded).__name__}, not an id-mapped index")
+        inner = faiss.downcast_index(loaded.index)
+        expected = faiss.IndexFlatIP if structure == "flat" else faiss.IndexHNSWSQ
+        if not isinstance(inner, expected):
+            raise SnapshotError(f"snapshot of a {structure} index holds a {type(inner).__name__}")
         index._index = loaded
         index._tombstones = set(meta.get("tombstones", []))
         return index
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def _replay(
+    index: faiss.IndexIDMap2, journal: Sequence[tuple[str, np.ndarray, np.ndarray | None]], tombstones: set[int]
+) -> None:
+    """Apply journalled writes to a new HNSW index: adds go in, removes become tombstones."""
+    for op, keys, vectors in journal:
+        if op == "add" and vectors is not None:
+            index.add_with_ids(vectors, keys)
+        else:
+            tombstones.update(int(k) for k in keys)
 
 
 def read_snapshot(path: str | Path, tag: str, kind: str, dim: int) -> tuple[np.ndarray, dict[str, Any]]:
@@ -281,6 +448,8 @@ def read_snapshot(path: str | Path, tag: str, kind: str, dim: int) -> tuple[np.n
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise SnapshotError(f"unreadable snapshot metadata: {err}") from err
+    if meta.get("format") != SNAPSHOT_FORMAT:
+        raise SnapshotError(f"snapshot of format {meta.get('format', 1)}, not {SNAPSHOT_FORMAT} (an older dupq)")
     if meta.get("tag") != tag:
         raise SnapshotError(f"snapshot is stale: it holds {meta.get('tag')}, not {tag}")
     if meta.get("kind") != kind or meta.get("dim") != dim:
@@ -295,34 +464,47 @@ class NamespacedIndex:
     """One :class:`VectorIndex` per namespace, made on a namespace's first question and dropped
     with its last: a search reads only its namespace's vectors, whether there is one namespace of
     a million questions or thousands of a hundred (docs/benchmarks.md measures both against one
-    shared index with a namespace selector). The same locking rules as :class:`VectorIndex`."""
+    shared index with a namespace selector). Under ``auto`` each namespace is flat or HNSW by its
+    own size. The same locking rules as :class:`VectorIndex`."""
 
-    def __init__(self, dim: int, kind: IndexKind = "flat", hnsw_m: int = 32, ef_search: int = 128) -> None:
-        check_kind(kind)
+    def __init__(self, dim: int, params: IndexParams | None = None) -> None:
+        self.params = params or IndexParams()
+        check_kind(self.params.kind)
         self.dim = dim
-        self.kind: IndexKind = kind
-        self.hnsw_m = hnsw_m
-        self._ef_search = ef_search
         self.spaces: dict[str, VectorIndex] = {}
         self.snapshot_meta: dict[str, Any] = {}
         self._size = 0  # kept up to date, not summed over thousands of namespaces per request
 
+    @property
+    def kind(self) -> IndexKind:
+        return self.params.kind
+
     def __len__(self) -> int:
         return self._size
-
-    @property
-    def ef_search(self) -> int:
-        return self._ef_search
-
-    @ef_search.setter
-    def ef_search(self, value: int) -> None:
-        self._ef_search = value
-        for space in self.spaces.values():
-            space.ef_search = value
 
     def size(self, namespace: str) -> int:
         space = self.spaces.get(namespace)
         return len(space) if space is not None else 0
+
+    def structures(self) -> dict[str, int]:
+        """How many namespaces are searched exactly (flat) and approximately (hnsw) now."""
+        counts = {"flat": 0, "hnsw": 0}
+        for space in list(self.spaces.values()):
+            counts[space.structure] += 1
+        return counts
+
+    def _new_space(self, size: int) -> VectorIndex:
+        p = self.params
+        return VectorIndex(
+            self.dim, p.kind, p.hnsw_m, p.ef_construction, p.ef_search, p.hnsw_from, p.structure_for(size)
+        )
+
+    def expect(self, sizes: dict[str, int]) -> None:
+        """Make the indexes of namespaces about to be loaded with this many questions each, in the
+        structure that size calls for (a start-up rebuild, instead of a flat index then a switch)."""
+        for namespace, size in sizes.items():
+            if namespace not in self.spaces:
+                self.spaces[namespace] = self._new_space(size)
 
     def add(self, keys: np.ndarray, vectors: np.ndarray, namespaces: Sequence[str]) -> None:
         """Add vectors under new keys, each to its namespace."""
@@ -330,15 +512,13 @@ class NamespacedIndex:
         for namespace, rows in _by_namespace(namespaces).items():
             space = self.spaces.get(namespace)
             if space is None:
-                space = self.spaces[namespace] = VectorIndex(
-                    self.dim, self.kind, self.hnsw_m, ef_search=self._ef_search
-                )
+                space = self.spaces[namespace] = self._new_space(0)
             before = len(space)
             space.add(keys[rows], vectors[rows])
             self._size += len(space) - before
 
     def remove(self, removed: Sequence[tuple[int, str]]) -> None:
-        """Remove ``(key, namespace)`` pairs; unknown ones are ignored."""
+        """Remove ``(key, namespace)`` pairs the index holds."""
         keys = np.array([key for key, _ in removed], dtype=np.int64)
         for namespace, rows in _by_namespace([ns for _, ns in removed]).items():
             space = self.spaces.get(namespace)
@@ -346,13 +526,24 @@ class NamespacedIndex:
                 before = len(space)
                 space.remove(keys[rows])
                 self._size += len(space) - before
-                if not len(space):
+                if not len(space):  # a rebuild of it, if one runs, ends on an orphan
                     del self.spaces[namespace]
 
     def drop(self, namespace: str) -> None:
         space = self.spaces.pop(namespace, None)
         if space is not None:
             self._size -= len(space)
+
+    def due(self, namespaces: Sequence[str] | None = None) -> list[str]:
+        """The namespaces (of ``namespaces``, or all) whose index wants a :meth:`rebuild`."""
+        names = self.spaces if namespaces is None else namespaces
+        return [n for n in names if (space := self.spaces.get(n)) is not None and space.rebuild_due()]
+
+    def rebuild(self, namespace: str, read: Section, write: Section, cancelled: Callable[[], bool]) -> bool:
+        """:meth:`VectorIndex.rebuild` of a namespace's index (its size does not change)."""
+        with read():
+            space = self.spaces.get(namespace)
+        return space is not None and space.rebuild(read, write, cancelled)
 
     def search(
         self,
@@ -378,24 +569,25 @@ class NamespacedIndex:
             offset += len(data)
             max_key = max(max_key, meta["max_key"])
         data = np.concatenate(parts) if parts else np.zeros(0, np.uint8)
-        meta = {"kind": self.kind, "dim": self.dim, "max_key": max_key, "namespaces": entries}
+        meta = {
+            "format": SNAPSHOT_FORMAT,
+            "kind": self.kind,
+            "dim": self.dim,
+            "max_key": max_key,
+            "namespaces": entries,
+        }
         return data, meta
 
     @classmethod
-    def load(cls, path: str | Path, tag: str, kind: IndexKind, dim: int) -> NamespacedIndex:
+    def load(cls, path: str | Path, tag: str, params: IndexParams, dim: int) -> NamespacedIndex:
         """Load a snapshot written from :meth:`snapshot` with :meth:`VectorIndex.write_snapshot`, or
         raise :class:`SnapshotError`; its metadata is in ``snapshot_meta``."""
-        data, meta = read_snapshot(path, tag, kind, dim)
-        if "namespaces" not in meta:
-            raise SnapshotError("snapshot of dupq 0.2, without namespaces")
-        index = cls(dim, kind)
+        data, meta = read_snapshot(path, tag, params.kind, dim)
+        index = cls(dim, params)
         for entry in meta["namespaces"]:
-            space = VectorIndex.from_snapshot(data[entry["offset"] : entry["offset"] + entry["length"]], entry)
+            space = VectorIndex.from_snapshot(data[entry["offset"] : entry["offset"] + entry["length"]], entry, params)
             index.spaces[entry["name"]] = space
             index._size += len(space)
-        if index.spaces:
-            first = next(iter(index.spaces.values()))
-            index.hnsw_m, index._ef_search = first.hnsw_m, first.ef_search
         index.snapshot_meta = meta
         return index
 

@@ -487,8 +487,12 @@ class Info(BaseModel):
     max_question_chars: int
     max_batch: int
     max_body_bytes: int
-    index_kind: str
+    index_kind: str = Field(description="auto, flat or hnsw (DUPQ_INDEX_KIND)")
     index_size: int
+    index_structures: dict[str, int] = Field(
+        description="namespaces searched exactly (flat) and approximately (hnsw) now; under auto a "
+        "namespace switches to hnsw in the background when it reaches DUPQ_HNSW_FROM questions"
+    )
     namespaces: int = Field(description="namespaces that hold at least one question")
     encoder_backend: str = Field(description="always onnx: the network runs in ONNX Runtime")
     threads: int

@@ -38,8 +38,15 @@ class Settings(BaseSettings):
     max_question_chars: int = Field(1000, ge=1, description="longest question accepted, in characters after stripping")
     max_batch: int = Field(256, ge=1, description="most items in one batch request")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body accepted")
-    index_kind: Literal["flat", "hnsw"] = Field(
-        "flat", description="flat (exact) or hnsw (approximate, large collections)"
+    index_kind: Literal["auto", "flat", "hnsw"] = Field(
+        "auto",
+        description="auto (exact while a namespace is small, HNSW from hnsw_from questions on), "
+        "flat (always exact) or hnsw (always approximate)",
+    )
+    hnsw_from: int = Field(
+        20_000,
+        ge=1,
+        description="auto: a namespace of this many questions is searched by HNSW (switched in the background)",
     )
     hnsw_m: int = Field(32, ge=4, le=128, description="HNSW graph degree")
     hnsw_ef_search: int = Field(128, ge=8, description="HNSW search breadth: recall against speed")
@@ -57,6 +64,12 @@ class Settings(BaseSettings):
         ge=0.0,
         description="seconds between index snapshots while questions change (0: only at shutdown); "
         "a restart replays from the store only what changed since the last one",
+    )
+    snapshot_changes: int = Field(
+        20_000,
+        ge=0,
+        description="questions added or deleted that trigger an index snapshot before snapshot_interval_s "
+        "is up (0: no such trigger), so that a restart after a crash replays at most about this many",
     )
     threads: int = Field(
         0, ge=0, description="CPU threads for the encoder and FAISS; 0 = the CPUs this process may use"

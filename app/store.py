@@ -451,6 +451,10 @@ class QuestionStore:
         vectors = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(len(rows), self.dim)
         return [r[1] for r in rows], vectors
 
+    def namespace_sizes(self) -> dict[str, int]:
+        rows = self._reader.execute("SELECT namespace, COUNT(*) FROM questions GROUP BY namespace")
+        return {namespace: n for namespace, n in rows}
+
     def model_versions(self) -> dict[str, int]:
         rows = self._reader.execute("SELECT model_version, COUNT(*) FROM questions GROUP BY model_version")
         return {version: n for version, n in rows}

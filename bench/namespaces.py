@@ -21,7 +21,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.index import NamespacedIndex  # noqa: E402
+from app.index import IndexParams, NamespacedIndex  # noqa: E402
 
 
 def rss_mib() -> float:
@@ -44,7 +44,7 @@ def measure(x: np.ndarray, queries: np.ndarray, count: int, rounds: int) -> dict
     keys = np.arange(n, dtype=np.int64)
     members = {f"ns{j}": keys[j::count] for j in range(count)}
     before = rss_mib()
-    split = NamespacedIndex(dim, "flat")
+    split = NamespacedIndex(dim, IndexParams(kind="flat"))
     split.add(keys, x, [f"ns{i % count}" for i in range(n)])
     split_mib = rss_mib() - before
     before = rss_mib()

@@ -51,6 +51,7 @@ async def info(engine: EngineDep, settings: SettingsDep) -> Info:
         max_body_bytes=settings.max_body_bytes,
         index_kind=settings.index_kind,
         index_size=engine.index_size(),
+        index_structures=engine.index.structures(),
         namespaces=len(engine.index.spaces),
         encoder_backend="onnx",
         threads=engine.threads,

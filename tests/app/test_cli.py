@@ -72,10 +72,11 @@ def test_index_takes_its_settings_from_the_environment_as_serve_does(
     assert main(["index", str(questions)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["data_dir"] == str(tmp_path / "from-env") and out["index_size"] == 2
-    assert (tmp_path / "from-env" / "index-hnsw.faiss").is_file()
+    meta = json.loads((tmp_path / "from-env" / "index.faiss.json").read_text())
+    assert meta["kind"] == "hnsw"
     # A flag still wins over the variable.
     assert main(["index", "--index-kind", "flat", "--data-dir", str(tmp_path / "flag"), str(questions)]) == 0
-    assert (tmp_path / "flag" / "index-flat.faiss").is_file()
+    assert json.loads((tmp_path / "flag" / "index.faiss.json").read_text())["kind"] == "flat"
 
 
 @pytest.mark.parametrize("command", ["index", "embed"])
@@ -87,7 +88,7 @@ def test_a_setting_that_cannot_be_taken_is_named_in_one_line(
     assert main([command, str(tmp_path / "questions.txt")]) == 1
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"dupq {command}: error: DUPQ_MAX_BATCH='0': Input should be greater than or equal to 1; "
-        "DUPQ_INDEX_KIND='bogus': Input should be 'flat' or 'hnsw'"
+        "DUPQ_INDEX_KIND='bogus': Input should be 'auto', 'flat' or 'hnsw'"
     )
 
 

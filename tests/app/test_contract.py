@@ -131,8 +131,8 @@ def test_operations(client: TestClient) -> None:
         "index_size",
     ):
         assert key in info
-    assert info["max_batch"] == 8 and info["max_question_chars"] == 200 and info["index_kind"] == "flat"
-    assert info["namespaces"] == 0
+    assert info["max_batch"] == 8 and info["max_question_chars"] == 200 and info["index_kind"] == "auto"
+    assert info["namespaces"] == 0 and info["index_structures"] == {"flat": 0, "hnsw": 0}
     client.post("/questions", json={"questions": [{"text": Q1, "namespace": "a"}, {"text": Q2, "namespace": "b"}]})
     assert client.get("/info").json()["namespaces"] == 2
     client.post("/similarity", json={"question1": Q1, "question2": Q2})

@@ -69,7 +69,7 @@ def test_operations(server: Server) -> None:
     status, ready = server.request("GET", "/ready")
     assert status == 200 and ready["status"] == "ready"
     status, info = server.request("GET", "/info", headers=KEY)
-    assert status == 200 and (info["max_batch"], info["max_question_chars"], info["index_kind"]) == (4, 100, "flat")
+    assert status == 200 and (info["max_batch"], info["max_question_chars"], info["index_kind"]) == (4, 100, "auto")
     assert info["encoder_backend"] == "onnx"
     request = urllib.request.Request(server.url + "/metrics", headers=KEY)
     with urllib.request.urlopen(request, timeout=5) as response:

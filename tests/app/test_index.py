@@ -1,9 +1,12 @@
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from app.index import SnapshotError, VectorIndex
+import app.index
+from app.index import IndexParams, SnapshotError, VectorIndex
+from app.locks import ReadWriteLock
 
 
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -49,14 +52,19 @@ def test_hnsw_recall_and_deleted_keys_never_come_back() -> None:
     assert recall >= 0.95
 
 
-def test_hnsw_compacts_when_tombstones_pile_up() -> None:
+def test_hnsw_is_rebuilt_without_tombstones_once_they_pile_up() -> None:
     rng = np.random.default_rng(2)
     index = VectorIndex(16, "hnsw", hnsw_m=8)
     keys = np.arange(4000, dtype=np.int64)
     vectors = _unit(rng, 4000, 16)
     index.add(keys, vectors)
-    index.remove(keys[:1500])  # more than a quarter: rebuilt without them
-    assert len(index) == 2500 and index._index.ntotal == 2500
+    index.remove(keys[:900])
+    assert not index.rebuild_due()  # a quarter or less: filtered out by searches
+    index.remove(keys[900:1500])
+    assert index.rebuild_due() and len(index) == 2500 and index._index.ntotal == 4000
+    lock = ReadWriteLock()
+    assert index.rebuild(lock.read, lock.write)
+    assert len(index) == 2500 and index._index.ntotal == 2500 and not index.rebuild_due()
     np.testing.assert_array_equal(np.sort(index.live_keys()), keys[1500:])
     _, found = index.search(vectors[2000:2001], 1)
     assert found[0, 0] == 2000
@@ -76,20 +84,23 @@ def test_snapshot_round_trip_and_refusals(tmp_path: Path, kind: str) -> None:
     index.remove(np.array([5, 6], dtype=np.int64))
     path = tmp_path / "index.faiss"
     index.save(path, tag="7:v1")
-    loaded = VectorIndex.load(path, tag="7:v1", kind=kind, dim=16)  # type: ignore[arg-type]
+    params = IndexParams(kind=kind)  # type: ignore[arg-type]
+    loaded = VectorIndex.load(path, tag="7:v1", params=params, dim=16)
     assert len(loaded) == 198
     np.testing.assert_array_equal(loaded.search(vectors[:5], 3)[1], index.search(vectors[:5], 3)[1])
     with pytest.raises(SnapshotError, match="stale"):
-        VectorIndex.load(path, tag="8:v1", kind=kind, dim=16)  # type: ignore[arg-type]
+        VectorIndex.load(path, tag="8:v1", params=params, dim=16)
     with open(path, "r+b") as handle:  # damage one byte
         handle.seek(100)
         byte = handle.read(1)
         handle.seek(100)
         handle.write(bytes([byte[0] ^ 0xFF]))
     with pytest.raises(SnapshotError, match="checksum"):
-        VectorIndex.load(path, tag="7:v1", kind=kind, dim=16)  # type: ignore[arg-type]
+        VectorIndex.load(path, tag="7:v1", params=params, dim=16)
     with pytest.raises(SnapshotError, match="no snapshot"):
-        VectorIndex.load(tmp_path / "absent.faiss", tag="7:v1", kind=kind, dim=16)  # type: ignore[arg-type]
+        VectorIndex.load(tmp_path / "absent.faiss", tag="7:v1", params=params, dim=16)
+    with pytest.raises(SnapshotError, match=r"a (flat|hnsw) index"):
+        VectorIndex.load(path, tag="7:v1", params=IndexParams(kind="auto"), dim=16)
 
 
 def test_hnsw_deletes_after_a_search_are_honoured() -> None:
@@ -102,3 +113,81 @@ def test_hnsw_deletes_after_a_search_are_honoured() -> None:
     index.remove(np.array([1], dtype=np.int64))  # ...and must not be reused now
     _, found = index.search(vectors[:2], 5)
     assert not np.isin(found, [0, 1]).any()
+
+
+def test_auto_switches_to_hnsw_beside_the_old_index_while_writes_and_searches_go_on(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The switch copies in chunks; between chunks (the ``cancelled`` hook runs there, outside the
+    lock) writes land in the journal, and a thread searches the whole time. Afterwards the index is
+    HNSW, of the right size, with every write replayed and no deleted key."""
+    monkeypatch.setattr(app.index, "REBUILD_CHUNK", 100)
+    monkeypatch.setattr(app.index, "SWAP_BACKLOG", 30)
+    rng = np.random.default_rng(5)
+    vectors = _unit(rng, 2000, 16)
+    index = VectorIndex(16, "auto", hnsw_m=8, hnsw_from=1000)
+    assert index.structure == "flat"
+    index.add(np.arange(999, dtype=np.int64), vectors[:999])
+    assert not index.rebuild_due()
+    index.add(np.array([999]), vectors[999:1000])
+    assert index.rebuild_due() and index.structure == "flat"
+    lock = ReadWriteLock()
+    live = set(range(1000))
+    state = {"next": 1000, "calls": 0}
+
+    def write_between_chunks() -> bool:  # 30 adds and 10 deletes per call
+        state["calls"] += 1
+        with lock.write():
+            start = state["next"]
+            new = np.arange(start, start + 30, dtype=np.int64)
+            index.add(new, vectors[start : start + 30])
+            gone = np.array(sorted(live)[::7][:10], dtype=np.int64)
+            index.remove(gone)
+            live.update(int(k) for k in new)
+            live.difference_update(int(k) for k in gone)
+            state["next"] += 30
+        return False
+
+    failures: list[BaseException] = []
+    done = threading.Event()
+
+    def search() -> None:
+        while not done.is_set():
+            try:
+                with lock.read():
+                    _, found = index.search(vectors[:8], 5)
+                    assert (found >= 0).all()
+            except BaseException as err:  # reported below
+                failures.append(err)
+                return
+
+    searcher = threading.Thread(target=search)
+    searcher.start()
+    try:
+        assert index.rebuild(lock.read, lock.write, write_between_chunks)
+    finally:
+        done.set()
+        searcher.join()
+    assert not failures
+    assert state["calls"] > 10  # the journal had work: chunk copies and catch-up rounds
+    assert index.structure == "hnsw" and not index.rebuilding
+    assert len(index) == len(live)
+    assert set(index.live_keys().tolist()) == live
+    _, found = index.search(vectors[: state["next"]], 1)
+    hits = [int(k) for k in found[:, 0]]
+    assert not set(hits) - live
+    assert np.mean([h == q for q, h in enumerate(hits) if q in live]) > 0.95
+    index.save(tmp_path / "i.faiss", "t")  # the next start loads it as HNSW
+    loaded = VectorIndex.load(tmp_path / "i.faiss", "t", IndexParams(kind="auto", hnsw_from=1000), 16)
+    assert loaded.structure == "hnsw" and len(loaded) == len(live)
+
+
+def test_a_cancelled_rebuild_leaves_the_old_index() -> None:
+    rng = np.random.default_rng(6)
+    index = VectorIndex(16, "auto", hnsw_from=100)
+    index.add(np.arange(300, dtype=np.int64), _unit(rng, 300, 16))
+    lock = ReadWriteLock()
+    assert not index.rebuild(lock.read, lock.write, lambda: True)
+    assert index.structure == "flat" and not index.rebuilding and len(index) == 300
+    index.add(np.array([300]), _unit(rng, 1, 16))  # no journal left behind
+    assert index.rebuild(lock.read, lock.write) and index.structure == "hnsw" and len(index) == 301

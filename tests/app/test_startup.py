@@ -70,7 +70,7 @@ def test_a_snapshot_of_another_model_is_rebuilt(
     settings = make_settings(tiny_model_dir, tmp_path)
     with serving(settings) as client:
         client.post("/questions", json={"questions": [{"id": "a", "text": "How old are you?"}]})
-    meta_path = tmp_path / "index-flat.faiss.json"
+    meta_path = tmp_path / "index.faiss.json"
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, "tag": "vectors of model other"}))
     caplog.set_level(logging.INFO)
@@ -79,12 +79,32 @@ def test_a_snapshot_of_another_model_is_rebuilt(
         assert client.get("/ready").json()["index_size"] == 1
 
 
+def test_snapshots_of_an_older_dupq_are_removed_and_many_changes_trigger_one(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    for name in ("index-flat.faiss", "index-flat.faiss.json", "index-hnsw.faiss"):
+        (tmp_path / name).write_bytes(b"format 1")
+    settings = make_settings(tiny_model_dir, tmp_path, snapshot_interval_s=3600, snapshot_changes=3)
+    meta_path = tmp_path / "index.faiss.json"
+    with serving(settings) as client:
+        assert sorted(p.name for p in tmp_path.glob("index*")) == ["index.faiss", "index.faiss.json"]
+        written = json.loads(meta_path.read_text())["generation"]  # the empty index, built at start
+        client.post("/questions", json={"questions": [{"text": "How old are you?"}, {"text": "Why?"}]})
+        time.sleep(1.5)
+        assert json.loads(meta_path.read_text())["generation"] == written  # 2 changes, and the hour is not up
+        client.post("/questions", json={"questions": [{"text": "Where?"}]})
+        deadline = time.monotonic() + 10
+        while json.loads(meta_path.read_text())["generation"] == written:
+            assert time.monotonic() < deadline, "no snapshot after 3 changes"
+            time.sleep(0.05)
+
+
 def test_snapshots_are_written_while_serving(tiny_model_dir: Path, tmp_path: Path) -> None:
     settings = make_settings(tiny_model_dir, tmp_path, snapshot_interval_s=0.1)
     with serving(settings) as client:
         client.post("/questions", json={"questions": [{"id": "a", "text": "How old are you?"}]})
         engine = engine_of(client)
-        meta_path = tmp_path / "index-flat.faiss.json"
+        meta_path = tmp_path / "index.faiss.json"
         deadline = time.monotonic() + 10
         while json.loads(meta_path.read_text()).get("generation") != engine.store.generation():
             assert time.monotonic() < deadline, "no snapshot of the new question within 10 s"
@@ -173,7 +193,9 @@ def test_dupq_serve_refuses_bad_settings_and_start_up_errors_in_one_line(
 ) -> None:
     monkeypatch.setenv("DUPQ_INDEX_KIND", "bogus")
     assert main(["serve", "--model-dir", str(tiny_model_dir), "--data-dir", str(tmp_path)]) == 1
-    assert capsys.readouterr().err == "dupq serve: error: DUPQ_INDEX_KIND='bogus': Input should be 'flat' or 'hnsw'\n"
+    assert capsys.readouterr().err == (
+        "dupq serve: error: DUPQ_INDEX_KIND='bogus': Input should be 'auto', 'flat' or 'hnsw'\n"
+    )
     monkeypatch.delenv("DUPQ_INDEX_KIND")
     monkeypatch.setenv("DUPQ_LOG_JSON", "false")
     root = logging.getLogger()
@@ -199,6 +221,54 @@ def test_hnsw_service(tiny_model_dir: Path, tmp_path: Path) -> None:
         found = client.post("/duplicates", json={"question": "How old are you?", "k": 5}).json()
         assert "q0" not in {m["id"] for m in found["matches"]} and found["index_size"] == 2
         assert client.get("/info").json()["index_kind"] == "hnsw"
+
+
+def test_auto_switches_a_growing_namespace_to_hnsw_in_the_background_and_keeps_it(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Under auto a namespace that reaches hnsw_from questions is rebuilt as HNSW beside the flat
+    index while requests go on; the snapshot keeps the new structure across a restart, and a
+    namespace still small stays flat."""
+    settings = make_settings(tiny_model_dir, tmp_path, hnsw_from=40)
+    words = [
+        "age",
+        "old",
+        "live",
+        "city",
+        "learn",
+        "cook",
+        "code",
+        "swim",
+        "drive",
+        "fly",
+        "sing",
+        "paint",
+        "write",
+        "read",
+        "run",
+        "jump",
+    ]
+    texts = [f"How do I {words[i % 16]} and {words[i // 16 * 3 % 16]} {words[(i * 7) % 16]}?" for i in range(60)]
+    with serving(settings) as client:
+        client.post("/questions", json={"questions": [{"text": "Where?", "namespace": "small"}]})
+        for start in range(0, 60, 6):
+            batch = [{"id": f"q{i}", "text": texts[i]} for i in range(start, start + 6)]
+            assert client.post("/questions", json={"questions": batch}).status_code == 201
+            found = client.post("/duplicates", json={"question": texts[start], "k": 1}).json()
+            assert found["matches"][0]["similarity"] > 0.999  # answered throughout, flat or HNSW
+        assert client.delete("/questions/q0").status_code == 204
+        deadline = time.monotonic() + 20
+        while client.get("/info").json()["index_structures"] != {"flat": 1, "hnsw": 1}:
+            assert time.monotonic() < deadline, client.get("/info").json()
+            time.sleep(0.05)
+        found = client.post("/duplicates", json={"question": texts[5], "k": 60}).json()
+        assert found["index_size"] == 60 and "q0" not in {m["id"] for m in found["matches"]}
+        assert found["matches"][0]["similarity"] > 0.999
+    with serving(settings) as client:  # loaded from the snapshot written at shutdown, as HNSW
+        info = client.get("/info").json()
+        assert info["index_structures"] == {"flat": 1, "hnsw": 1} and info["index_size"] == 60
+        engine = engine_of(client)
+        assert engine.index.spaces["default"].structure == "hnsw"
 
 
 def test_an_empty_seed_file_setting_means_no_seed(
