@@ -51,15 +51,17 @@ serving-check: $(VENV)/.stamp-dev
 # trains a new one.
 TOKENIZER ?= $(wildcard $(MODEL)/tokenizer.json)
 
-## train: reproduce the shipped model from $(DATA), then evaluate it (28:45 and 30:12 in all on the 2-core AVX-512 BF16 machine that trained it)
-# The recipe is dupq train's defaults (model/training/config.py; docs/model.md): two networks
-# (seeds 0 and 1) trained at once and shipped side by side, all-MiniLM-L6-v2 as the teacher, in
-# bfloat16. On a CPU without bfloat16 instructions: make train TRAIN_FLAGS='--teacher-dtype float32'.
+## train: reproduce the shipped model from $(DATA), then evaluate it (see docs/model.md for the times)
+# The recipe is dupq train's defaults (model/training/config.py; docs/model.md): one network, seed 0,
+# all-MiniLM-L6-v2 as the teacher, in bfloat16, on one torch thread: the shipped weights are those
+# of seed 0 in 0.3.0's two-network run, which trained each network on one thread (a second thread
+# changes the order of float sums, so the weights too). On a CPU without bfloat16 instructions:
+# make train TRAIN_FLAGS='--teacher-dtype float32'.
 train: $(VENV)/.stamp-dev
 	mkdir -p build
 	$(BIN)/dupq split --pairs $(DATA)/qqp/dev.tsv.gz --fraction 0.5 --seed 0 --out-rest build/valid.tsv --out-held build/holdout.tsv
 	HF_HUB_OFFLINE=1 $(BIN)/dupq train --train $(DATA)/qqp/train.tsv.gz --valid build/valid.tsv --out $(MODEL) \
-		--teacher-cache build/teacher.npy $(if $(TOKENIZER),--tokenizer $(TOKENIZER)) $(TRAIN_FLAGS)
+		--teacher-cache build/teacher.npy --threads 1 $(if $(TOKENIZER),--tokenizer $(TOKENIZER)) $(TRAIN_FLAGS)
 	$(MAKE) evaluate
 
 ## evaluate: the shipped model on the held-out half of the BiMPM dev split, then on STS-B and SICK, next to TF-IDF and MiniLM

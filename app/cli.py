@@ -118,7 +118,7 @@ def _index(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from app.engine import Engine, open_model_and_store
-    from app.store import NewQuestion
+    from app.store import DEFAULT_NAMESPACE, NewQuestion
 
     settings = _settings(
         data_dir=args.data_dir, model_dir=args.model_dir, index_kind=args.index_kind, batch_wait_ms=0.0
@@ -132,12 +132,17 @@ def _index(args: argparse.Namespace) -> int:
         raise
 
     async def add_all() -> int:
+        # Into an empty store, the index is made in the structure the whole file calls for at once,
+        # instead of growing flat and being rebuilt as HNSW on the way.
+        if items and not engine.index_size():
+            engine.index.expect({DEFAULT_NAMESPACE: len(items)})
         await engine.start()
         try:
             with tqdm(total=len(items), desc="indexing", unit="question") as bar:
                 for start in range(0, len(items), 1024):
                     await engine.add([NewQuestion.of(qid or "", text) for qid, text in items[start : start + 1024]])
                     bar.update(min(1024, len(items) - start))
+            await engine.wait_rebuilds()
             return engine.index_size()
         finally:
             await engine.stop()

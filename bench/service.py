@@ -2,15 +2,22 @@
 /similarity and /duplicates at 1, 16 and 64 concurrent clients, over an index of Quora questions
 (100,000 by default), with wrk (Debian package ``wrk``) as the load generator.
 
-    python bench/service.py [--questions 100000] [--seconds 10] [--clients 1,16,64] [--index-kind flat]
-    python bench/service.py --questions 1000000 --index-kind hnsw --routes /duplicates
+    python bench/service.py [--questions 100000] [--seconds 10] [--clients 1,16,64] [--index-kind auto]
+    python bench/service.py --questions 1000000 --load index --routes /duplicates
 
 The queries are 2,000 real questions kept out of the index. The training file holds about 177,000
 other distinct questions; past that, the index is filled with made-up questions, each two real
 ones joined ("How do I learn Python? Why is the sky blue?"), encoded by the model like any other.
-With ``--index-kind hnsw`` the script also measures recall@10 of ``/duplicates`` over HTTP against
-exact search over the stored vectors. The server and wrk share this machine's cores, as they
-would on a 2-core host with a local proxy. The data directory is built once and kept in build/.
+The questions are loaded as a new user would, over HTTP into the running service (``--load
+http``, 256 per request: under ``auto`` the switch to HNSW happens on the way), or with ``dupq
+index`` before it starts (``--load index``, quicker at a million). The data directory is built
+once and kept in build/.
+
+Besides wrk's figures it prints the server's resident memory (VmRSS) per question, in all and
+above what the same server holds with an empty store (measured first, same settings), and, for an
+index other than flat, recall@10 of ``/duplicates`` over HTTP against exact search over the stored
+vectors (what a ``DUPQ_INDEX_KIND=flat`` server on the same store answers). The server and wrk
+share this machine's cores, as they would on a 2-core host with a local proxy.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -85,6 +93,33 @@ def http_recall(url: str, data_dir: Path, queries: list[str], k: int = 10) -> fl
     return hits / (k * len(queries))
 
 
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def load_over_http(url: str, listing: list[str]) -> None:
+    started = time.perf_counter()
+    for start in range(0, len(listing), 256):
+        batch = [{"id": f"bench-{i}", "text": t} for i, t in enumerate(listing[start : start + 256], start)]
+        post(url + "/questions", {"questions": batch})
+    print(f"loaded {len(listing)} questions over HTTP in {time.perf_counter() - started:.1f} s", flush=True)
+
+
+def settle(url: str, timeout: float = 1800) -> dict:
+    """/info once no namespace of auto's size for HNSW is still flat (the switch is done)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = get(url + "/info")
+        if info["index_kind"] != "auto" or info["index_size"] < 20_000 or not info["index_structures"]["flat"]:
+            return info
+        if time.monotonic() > deadline:
+            raise TimeoutError("the index did not switch to HNSW")
+        time.sleep(0.5)
+
+
 def get(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=5) as response:
         return json.loads(response.read())
@@ -122,9 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--questions", type=int, default=100_000, help="questions in the index")
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--clients", default="1,16,64")
-    parser.add_argument("--index-kind", default="flat", choices=["flat", "hnsw"])
+    parser.add_argument("--index-kind", default="auto", choices=["auto", "flat", "hnsw"])
+    parser.add_argument("--load", default="http", choices=["http", "index"], help="how the questions get in")
     parser.add_argument("--routes", default="/similarity,/duplicates")
-    parser.add_argument("--recall-queries", type=int, default=200, help="queries for recall@10 (hnsw only)")
+    parser.add_argument("--recall-queries", type=int, default=200, help="queries for recall@10 (not flat)")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--data-dir", type=Path, default=ROOT / "build" / "bench-data")
     args = parser.parse_args(argv)
@@ -135,35 +171,51 @@ def main(argv: list[str] | None = None) -> int:
     indexed, queries = fill(real[:-2000], args.questions), real[-2000:]
     data_dir = args.data_dir / f"{args.index_kind}-{args.questions}"
     bin_dir = Path(sys.executable).parent
-    if not (data_dir / "questions.sqlite3").exists():
+    env = {**os.environ, "DUPQ_LOG_LEVEL": "WARNING", "DUPQ_INDEX_KIND": args.index_kind, "DUPQ_MODEL_DIR": args.model}
+    url = f"http://127.0.0.1:{args.port}"
+
+    def serve(directory: Path) -> subprocess.Popen:
+        command = [bin_dir / "dupq", "serve", "--port", str(args.port), "--data-dir", str(directory)]
+        return subprocess.Popen(command, env=env)
+
+    empty_dir = args.data_dir / "empty"
+    shutil.rmtree(empty_dir, ignore_errors=True)
+    server = serve(empty_dir)
+    try:
+        wait_ready(url)
+        post(url + "/similarity", {"question1": queries[0], "question2": queries[1]})
+        post(url + "/duplicates", {"question": queries[0]})
+        empty_rss = rss_bytes(server.pid)
+    finally:
+        server.terminate()
+        server.wait(30)
+    print(f"empty server: {empty_rss / 2**20:.0f} MiB resident", flush=True)
+    load_seconds = None
+    if not (data_dir / "questions.sqlite3").exists() and args.load == "index":
         listing = data_dir.parent / f"questions-{args.questions}.txt"
         data_dir.mkdir(parents=True, exist_ok=True)
         listing.write_text("".join(f"bench-{i}\t{t}\n" for i, t in enumerate(indexed)), encoding="utf-8")
         started = time.perf_counter()
-        subprocess.run(
-            [
-                bin_dir / "dupq",
-                "index",
-                str(listing),
-                "--data-dir",
-                str(data_dir),
-                "--model-dir",
-                args.model,
-                "--index-kind",
-                args.index_kind,
-            ],
-            check=True,
-        )
-        print(f"indexed {len(indexed)} questions in {time.perf_counter() - started:.1f} s", flush=True)
-    env = {**os.environ, "DUPQ_LOG_LEVEL": "WARNING", "DUPQ_INDEX_KIND": args.index_kind, "DUPQ_MODEL_DIR": args.model}
-    server = subprocess.Popen(
-        [bin_dir / "dupq", "serve", "--port", str(args.port), "--data-dir", str(data_dir)], env=env
-    )
-    url = f"http://127.0.0.1:{args.port}"
-    results: dict[str, dict[str, dict[str, float]]] = {}
+        command = [bin_dir / "dupq", "index", str(listing), "--data-dir", str(data_dir), "--model-dir", args.model]
+        subprocess.run([*command, "--index-kind", args.index_kind], check=True)
+        load_seconds = time.perf_counter() - started
+        print(f"indexed {len(indexed)} questions in {load_seconds:.1f} s", flush=True)
+    fresh = not (data_dir / "questions.sqlite3").exists()
+    started = time.perf_counter()
+    server = serve(data_dir)
+    results: dict[str, Any] = {"empty_rss_bytes": empty_rss}
     try:
         ready = wait_ready(url)
-        print(f"server ready: {ready}", flush=True)
+        results["start_s"] = round(time.perf_counter() - started, 2)
+        print(f"server ready in {results['start_s']} s: {ready}", flush=True)
+        if fresh:
+            started = time.perf_counter()
+            load_over_http(url, indexed)
+            load_seconds = time.perf_counter() - started
+        info = settle(url)
+        results["load_s"] = load_seconds
+        results["index_structures"] = info["index_structures"]
+        print(f"index: {info['index_size']} questions, {info['index_structures']}", flush=True)
         rng = random.Random(0)
         bodies = {
             "/similarity": [
@@ -176,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             body_file = data_dir.parent / f"bodies{route.replace('/', '-')}.jsonl"
             body_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
-            results[route] = {}
+            results[route] = per_clients = {}
             for clients in (int(c) for c in args.clients.split(",")):
                 output = subprocess.run(
                     [
@@ -200,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                     check=True,
                 ).stdout
                 figures = parse_wrk(output)
-                results[route][str(clients)] = figures
+                per_clients[str(clients)] = figures
                 print(
                     f"{route:12s} {clients:3d} clients: {figures['requests_per_s']:8.1f} req/s, "
                     f"p50 {figures['p50_ms']:7.2f} ms, p99 {figures['p99_ms']:7.2f} ms, "
@@ -214,10 +266,19 @@ def main(argv: list[str] | None = None) -> int:
         if calls and questions and float(calls.group(1)):
             mean = float(questions.group(1)) / float(calls.group(1))
             print(f"mean encoder batch: {mean:.1f} questions per call, {float(calls.group(1)):.0f} calls", flush=True)
-        if args.index_kind == "hnsw":
+        rss = rss_bytes(server.pid)
+        results["rss_bytes"] = rss
+        results["rss_per_question"] = round(rss / len(indexed))
+        results["marginal_rss_per_question"] = round((rss - empty_rss) / len(indexed))
+        print(
+            f"resident memory: {rss / 2**20:.0f} MiB, {rss / len(indexed):.0f} B per question in all, "
+            f"{(rss - empty_rss) / len(indexed):.0f} B per question above the empty server",
+            flush=True,
+        )
+        if args.index_kind != "flat":
             started = time.perf_counter()
             recall = http_recall(url, data_dir, queries[: args.recall_queries])
-            results["recall@10"] = recall  # type: ignore[assignment]
+            results["recall@10"] = recall
             print(
                 f"/duplicates recall@10 against exact search: {recall:.4f} ({args.recall_queries} queries, "
                 f"{time.perf_counter() - started:.0f} s)",

@@ -72,7 +72,7 @@ class TrainConfig:
     # The run.
     vocab_size: int = field(default=16000, metadata={"help": "word-piece vocabulary size"})
     members: int = field(
-        default=2,
+        default=1,
         metadata={
             "help": "networks to train, each with its own seed (--seed, --seed + 1, ...), at once in processes of "
             "their own that share out --threads and share the tokenizer and the teacher's vectors; the model's "
