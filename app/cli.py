@@ -121,7 +121,11 @@ def _index(args: argparse.Namespace) -> int:
     from app.store import DEFAULT_NAMESPACE, NewQuestion
 
     settings = _settings(
-        data_dir=args.data_dir, model_dir=args.model_dir, index_kind=args.index_kind, batch_wait_ms=0.0
+        data_dir=args.data_dir,
+        model_dir=args.model_dir,
+        index_kind=args.index_kind,
+        batch_wait_ms=0.0,
+        snapshot_interval_s=0,  # one snapshot at the end: a crash on the way replays from the store
     )
     items, skipped = _read_questions(args.input, settings)
     encoder, store = open_model_and_store(settings)  # a StartupError ends it in one line

@@ -83,8 +83,8 @@ def http_recall(url: str, data_dir: Path, queries: list[str], k: int = 10) -> fl
     with sqlite3.connect(data_dir / "questions.sqlite3") as db:
         rows = db.execute("SELECT id, embedding FROM questions").fetchall()
     ids = [row[0] for row in rows]
-    matrix = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32).reshape(len(rows), -1)
     vectors = np.array(post(url + "/embed", {"questions": queries})["embeddings"], dtype=np.float32)
+    matrix = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32).reshape(len(rows), -1)
     exact = np.argsort(-(vectors @ matrix.T), axis=1)[:, :k]
     hits = 0
     for query, best in zip(queries, exact, strict=True):
