@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import app.index
-from app.index import IndexParams, SnapshotError, VectorIndex
+from app.index import IndexParams, SnapshotError, VectorIndex, read_index_at
 from app.locks import ReadWriteLock
 
 
@@ -97,6 +97,8 @@ def test_snapshot_round_trip_and_refusals(tmp_path: Path, kind: str) -> None:
         handle.write(bytes([byte[0] ^ 0xFF]))
     with pytest.raises(SnapshotError, match="checksum"):
         VectorIndex.load(path, tag="7:v1", params=params, dim=16)
+    with pytest.raises(SnapshotError, match="cannot be read"):  # an entry cut short
+        read_index_at(path, 0, path.stat().st_size - 1)
     with pytest.raises(SnapshotError, match="no snapshot"):
         VectorIndex.load(tmp_path / "absent.faiss", tag="7:v1", params=params, dim=16)
     with pytest.raises(SnapshotError, match=r"a (flat|hnsw) index"):
