@@ -69,7 +69,11 @@ class IndexParams:
     """How every namespace's index is made: the kind, auto's switching size, HNSW's settings."""
 
     kind: IndexKind = "auto"
-    hnsw_from: int = 20_000  # auto: a namespace of this many questions or more is searched by HNSW
+    # auto: a namespace of this many questions or more is searched by HNSW. Up to 10,000 256-d
+    # vectors an exact scan costs about what HNSW does (0.32 against 0.20 ms a query, one thread);
+    # past it, the vectors outgrow the CPU's cache and it costs 1.1 ms at 20,000 and 7.2 ms at
+    # 100,000 against 0.26 and 0.39 ms (python bench/crossover.py, docs/benchmarks.md).
+    hnsw_from: int = 10_000
     hnsw_m: int = 32
     ef_construction: int = 80
     ef_search: int = 128
@@ -88,7 +92,7 @@ class VectorIndex:
         hnsw_m: int = 32,
         ef_construction: int = 80,
         ef_search: int = 128,
-        hnsw_from: int = 20_000,
+        hnsw_from: int = 10_000,
         structure: Structure | None = None,
     ) -> None:
         check_kind(kind)

@@ -44,7 +44,7 @@ class Settings(BaseSettings):
         "flat (always exact) or hnsw (always approximate)",
     )
     hnsw_from: int = Field(
-        20_000,
+        10_000,
         ge=1,
         description="auto: a namespace of this many questions is searched by HNSW (switched in the background)",
     )

@@ -113,7 +113,7 @@ def settle(url: str, timeout: float = 1800) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         info = get(url + "/info")
-        if info["index_kind"] != "auto" or info["index_size"] < 20_000 or not info["index_structures"]["flat"]:
+        if info["index_kind"] != "auto" or info["index_size"] < 10_000 or not info["index_structures"]["flat"]:
             return info
         if time.monotonic() > deadline:
             raise TimeoutError("the index did not switch to HNSW")
