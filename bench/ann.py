@@ -42,11 +42,12 @@ def distinct(path: Path) -> list[str]:
     return list(seen.values())
 
 
-def _rss() -> int:
+def _rss(field: str = "VmRSS") -> int:
+    """This process's resident memory now (VmRSS), or at its peak so far (VmHWM), in bytes."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
+    raise RuntimeError(f"no {field}")
 
 
 def percentile_ms(samples: list[float], pct: float) -> float:
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         loaded = VectorIndex.load(path, "bench", IndexParams(kind="hnsw"), encoder.dim)
         snapshot["load_s"] = round(time.perf_counter() - started, 1)
+        snapshot["peak_rss_bytes"] = _rss("VmHWM")  # the index, its serialized copy, then the one loaded
         assert len(loaded) == args.size
         del loaded
         print(
