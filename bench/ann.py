@@ -28,6 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app.engine import release_memory  # noqa: E402
 from app.index import IndexParams, VectorIndex  # noqa: E402
 from model.encoder import load_encoder  # noqa: E402
 from model.training.data import iter_pairs  # noqa: E402
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     exact_ms = (time.perf_counter() - started) / len(queries) * 1000
     print(f"exact search: {exact_ms:.2f} ms per query (NumPy, {args.threads} threads, batched)", flush=True)
 
+    release_memory()  # the exact search's freed buffers, which the index would otherwise reuse unseen
     rss_before = _rss()
     hnsw = VectorIndex(encoder.dim, "hnsw", hnsw_m=args.m, ef_construction=args.ef_construction)
     started = time.perf_counter()

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     args = parser.parse_args(argv)
     run = json.loads(args.results.read_text())
-    routes = {route: figures for route, figures in run["results"].items() if isinstance(figures, dict)}
+    routes = {route: figures for route, figures in run["results"].items() if route.startswith("/")}
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for route, by_clients in routes.items():
         clients = sorted(by_clients, key=int)
