@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from app.batching import Batcher
 from app.groups import find_groups
-from app.index import IndexParams, NamespacedIndex, SnapshotError, VectorIndex
+from app.index import IndexParams, NamespacedIndex, SnapshotError, SnapshotFile
 from app.locks import ReadWriteLock
 from app.question_file import describe_skipped, read_question_file
 from app.schemas import Limits
@@ -255,22 +255,34 @@ class Engine:
         self.store.close()
 
     def save_snapshot(self) -> None:
-        """Write the index snapshot if the store changed since the last one. Writes wait only
-        while the index is copied in memory, not while the copy goes to disk."""
+        """Write the index snapshot if the store changed since the last one. The index is streamed
+        to the file (the page cache) under the read lock, so writes wait meanwhile and searches do
+        not; the file is synced after the lock is released."""
         with self._snapshot_write:
             with self._lock.read():
                 generation = self.store.generation()
                 if generation == self._snapshot_generation and not self._changes:
                     return
-                data, meta = self.index.snapshot()
+                started = time.monotonic()
+                file = SnapshotFile(self.snapshot_path)
+                try:
+                    meta = self.index.write_to(file)
+                except BaseException:
+                    file.abort()
+                    raise
                 size = len(self.index)
                 self._changes = 0
-            started = time.monotonic()
-            meta = {**meta, "tag": _tag(self.encoder), "generation": generation}
-            VectorIndex.write_snapshot(self.snapshot_path, data, meta)
+            held = time.monotonic() - started
+            with file:
+                file.commit({**meta, "tag": _tag(self.encoder), "generation": generation})
             self._snapshot_generation = generation
         release_memory()
-        logger.info("index snapshot written (%d questions, %.1f s)", size, time.monotonic() - started)
+        logger.info(
+            "index snapshot written (%d questions, %.1f s, of which %.1f s with writes held)",
+            size,
+            time.monotonic() - started,
+            held,
+        )
 
     async def _snapshot_loop(self) -> None:
         """Snapshot the index every ``snapshot_interval_s`` while the store changes, or as soon as

@@ -345,12 +345,15 @@ class VectorIndex:
 
     # Snapshots --------------------------------------------------------------------------------
 
-    def snapshot(self) -> tuple[np.ndarray, dict[str, Any]]:
-        """The index serialized in memory, and its metadata: a memory copy, quick enough to take
-        under the lock that keeps writes out, so that writing the file can happen after it."""
-        data = faiss.serialize_index(self._index)
+    def write_to(self, file: SnapshotFile) -> dict[str, Any]:
+        """Stream the index into a snapshot file being written; returns its metadata (where it is in
+        the file, its structure, the largest key it holds, its tombstones). Writes must wait
+        meanwhile (the caller's read lock): FAISS writes the index as it is, with no copy in memory
+        (a million questions: 0.9 to 2.4 s into the page cache, against 4.1 to 5.7 s to serialize
+        them in memory first, which also held the index twice)."""
+        offset, length = file.write_index(self._index)
         keys = faiss.vector_to_array(self._index.id_map)
-        meta = {
+        return {
             "format": SNAPSHOT_FORMAT,
             "kind": self.kind,
             "structure": self.structure,
@@ -358,41 +361,22 @@ class VectorIndex:
             "max_key": int(keys.max()) if len(keys) else -1,
             "tombstones": sorted(self._tombstones),
             "hnsw": {"m": self.params.hnsw_m, "ef_construction": self.params.ef_construction},
+            "offset": offset,
+            "length": length,
         }
-        return data, meta
-
-    @staticmethod
-    def write_snapshot(path: str | Path, data: np.ndarray, meta: dict[str, Any]) -> None:
-        """Write a :meth:`snapshot` to ``path`` and its metadata, with the checksum, to the sidecar
-        ``path.json``; each file is written to a temporary name, synced, then renamed."""
-        path = Path(path)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        buffer = data.data  # the array's bytes, not copied
-        with open(tmp, "wb") as handle:
-            handle.write(buffer)
-            handle.flush()
-            os.fsync(handle.fileno())
-        meta = {**meta, "sha256": hashlib.sha256(buffer).hexdigest()}
-        os.replace(tmp, path)
-        meta_tmp = path.with_suffix(path.suffix + ".json.tmp")
-        with open(meta_tmp, "w", encoding="utf-8") as handle:
-            json.dump(meta, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(meta_tmp, path.with_suffix(path.suffix + ".json"))
 
     def save(self, path: str | Path, tag: str) -> None:
         """Write the index to ``path``; ``tag`` says which vectors it holds (checked by
-        :meth:`load`). A caller that must not hold its lock while the file is written (the
-        engine) takes :meth:`snapshot` and :meth:`write_snapshot` apart, with its own metadata."""
-        data, meta = self.snapshot()
-        self.write_snapshot(path, data, {**meta, "tag": tag})
+        :meth:`load`)."""
+        with SnapshotFile(path) as file:
+            meta = self.write_to(file)
+            file.commit({**meta, "tag": tag})
 
     @classmethod
     def load(cls, path: str | Path, tag: str, params: IndexParams, dim: int) -> VectorIndex:
         """Load a snapshot written by :meth:`save` with the same ``tag``, kind and dim, or raise
         :class:`SnapshotError` saying why it cannot be used. The metadata, ``max_key`` (the
-        largest key ever added) and anything a caller gave :meth:`write_snapshot` included, is in
+        largest key ever added) and anything a caller gave :meth:`SnapshotFile.commit` included, is in
         ``snapshot_meta``."""
         meta = read_snapshot(path, tag, params.kind, dim)
         size = Path(path).stat().st_size
@@ -439,8 +423,58 @@ def _replay(
             tombstones.update(int(k) for k in keys)
 
 
+class SnapshotFile:
+    """A snapshot being written: indexes streamed one after another into ``path.tmp`` with the
+    sha256 of their bytes, then :meth:`commit` syncs it, renames it to ``path`` and writes the
+    metadata, with the checksum, to the sidecar ``path.json`` (written to a temporary name, synced,
+    renamed). Used as a context manager, a file not committed is removed."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        self._handle = open(self._tmp, "wb")  # noqa: SIM115  # closed by commit() or abort()
+        self._hash = hashlib.sha256()
+        self._offset = 0
+
+    def __enter__(self) -> SnapshotFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
+
+    def write_index(self, index: faiss.Index) -> tuple[int, int]:
+        """Append a FAISS index; returns where it is: (offset, length)."""
+        start = self._offset
+
+        def write(chunk: bytes) -> None:
+            self._hash.update(chunk)
+            self._handle.write(chunk)
+            self._offset += len(chunk)
+
+        faiss.write_index(index, faiss.PyCallbackIOWriter(write))  # type: ignore[attr-defined]  # not in the stubs
+        return start, self._offset - start
+
+    def commit(self, meta: dict[str, Any]) -> None:
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
+        os.replace(self._tmp, self.path)
+        meta = {**meta, "sha256": self._hash.hexdigest()}
+        meta_tmp = self.path.with_suffix(self.path.suffix + ".json.tmp")
+        with open(meta_tmp, "w", encoding="utf-8") as handle:
+            json.dump(meta, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(meta_tmp, self.path.with_suffix(self.path.suffix + ".json"))
+
+    def abort(self) -> None:
+        if not self._handle.closed:
+            self._handle.close()
+            self._tmp.unlink(missing_ok=True)
+
+
 def read_snapshot(path: str | Path, tag: str, kind: str, dim: int) -> dict[str, Any]:
-    """The metadata of a snapshot file written by :meth:`VectorIndex.write_snapshot` with this
+    """The metadata of a snapshot file written through a :class:`SnapshotFile` with this
     ``tag``, kind and dim, once the file passes its checksum; or :class:`SnapshotError`. The file
     is hashed as it is read from disk, before FAISS reads any of it (:func:`read_index_at`)."""
     path = Path(path)
@@ -584,30 +618,27 @@ class NamespacedIndex:
             return np.full((len(vectors), k), -np.inf, np.float32), np.full((len(vectors), k), -1, np.int64)
         return space.search(vectors, k, allow, deny)
 
-    def snapshot(self) -> tuple[np.ndarray, dict[str, Any]]:
-        """Every namespace's index serialized into one buffer, and the metadata that says where
-        each one is (``namespaces``) and the largest key any holds (``max_key``)."""
-        parts, entries, offset, max_key = [], [], 0, -1
-        for name, space in self.spaces.items():
-            data, meta = space.snapshot()
-            entries.append({**meta, "name": name, "offset": offset, "length": len(data)})
-            parts.append(data)
-            offset += len(data)
+    def write_to(self, file: SnapshotFile) -> dict[str, Any]:
+        """Stream every namespace's index into a snapshot file (see :meth:`VectorIndex.write_to`);
+        returns the metadata that says where each one is (``namespaces``) and the largest key any
+        holds (``max_key``)."""
+        entries, max_key = [], -1
+        for name, space in list(self.spaces.items()):
+            meta = space.write_to(file)
+            entries.append({**meta, "name": name})
             max_key = max(max_key, meta["max_key"])
-        data = np.concatenate(parts) if parts else np.zeros(0, np.uint8)
-        meta = {
+        return {
             "format": SNAPSHOT_FORMAT,
             "kind": self.kind,
             "dim": self.dim,
             "max_key": max_key,
             "namespaces": entries,
         }
-        return data, meta
 
     @classmethod
     def load(cls, path: str | Path, tag: str, params: IndexParams, dim: int) -> NamespacedIndex:
-        """Load a snapshot written from :meth:`snapshot` with :meth:`VectorIndex.write_snapshot`, or
-        raise :class:`SnapshotError`; its metadata is in ``snapshot_meta``."""
+        """Load a snapshot written by :meth:`write_to` into a :class:`SnapshotFile`, or raise
+        :class:`SnapshotError`; its metadata is in ``snapshot_meta``."""
         meta = read_snapshot(path, tag, params.kind, dim)
         index = cls(dim, params)
         for entry in meta["namespaces"]:

@@ -11,7 +11,7 @@ import pytest
 
 from app import groups as groups_module
 from app.groups import find_groups
-from app.index import EXACT_SUBSET, IndexParams, NamespacedIndex, VectorIndex
+from app.index import EXACT_SUBSET, IndexParams, NamespacedIndex, SnapshotFile, VectorIndex
 from app.store import SCHEMA_VERSION, NewQuestion, QuestionStore, StoreTooNew, term_value
 
 DIM = 16
@@ -124,8 +124,8 @@ def test_a_namespaced_snapshot_round_trips(tmp_path: Path, kind: str) -> None:
     if kind == "auto":
         assert index.structures() == {"flat": 2, "hnsw": 1} and sorted(index.due()) == ["ns1", "ns2"]
     index.remove([(0, items[0].namespace), (1, items[1].namespace)])
-    data, meta = index.snapshot()
-    VectorIndex.write_snapshot(tmp_path / "i.faiss", data, {**meta, "tag": "t"})
+    with SnapshotFile(tmp_path / "i.faiss") as file:
+        file.commit({**index.write_to(file), "tag": "t"})
     loaded = NamespacedIndex.load(tmp_path / "i.faiss", "t", params, DIM)
     assert loaded.structures() == index.structures()
     assert loaded.snapshot_meta["max_key"] == 89 and len(loaded) == 88
