@@ -8,10 +8,12 @@ questions that ``bench/service.py`` loads; pass ``--data-dir ''`` to start empty
 loops over a mix: /similarity (40 %), /duplicates (40 %), an add of 1 to 8 new questions with
 ids of its own (15 %), and a delete of one of its acknowledged adds (5 %). Every answer must be a
 2xx (a 503 with Retry-After counts as an error too: nothing here should shed load). The server's
-resident memory is sampled every 5 s; "flat" compares the mean of the last third of the run with
-the mean of the middle third. At the end, every acknowledged add not deleted since must be found
-by GET with its text, and every acknowledged delete must answer 404; then the server is killed
-with SIGKILL, restarted on the same directory, and checked again.
+resident memory and index size are sampled every 5 s; memory is flat when, after the first third
+of the run (warm-up), it grows by no more than the questions added take (about a kilobyte each:
+docs/benchmarks.md); the mean of the last third against the middle third is printed too. At
+the end, every acknowledged add not deleted since must be found by GET with its text, and every
+acknowledged delete must answer 404; then the server is killed with SIGKILL, restarted on the
+same directory, and checked again.
 """
 
 from __future__ import annotations
@@ -162,13 +164,15 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     for thread in threads:
         thread.start()
-    samples: list[tuple[float, int]] = []
+    samples: list[tuple[float, int, int]] = []  # (seconds, resident bytes, index size)
     end = started + args.minutes * 60
+    probe = Connection(args.port)
     while time.monotonic() < end:
         time.sleep(5)
-        samples.append((time.monotonic() - started, rss_bytes(server.pid)))
+        size = probe.call("GET", "/info")[1]["index_size"]
+        samples.append((time.monotonic() - started, rss_bytes(server.pid), size))
         print(
-            f"{samples[-1][0]:6.0f} s: {samples[-1][1] / 2**20:6.0f} MiB resident, "
+            f"{samples[-1][0]:6.0f} s: {samples[-1][1] / 2**20:6.0f} MiB resident, {size} questions, "
             f"{sum(counts.values())} requests, {len(errors)} errors",
             flush=True,
         )
@@ -177,8 +181,11 @@ def main(argv: list[str] | None = None) -> int:
         thread.join()
     elapsed = time.monotonic() - started
     third = max(1, len(samples) // 3)
-    middle = sum(r for _, r in samples[third : 2 * third]) / max(1, len(samples[third : 2 * third]))
-    last = sum(r for _, r in samples[2 * third :]) / max(1, len(samples[2 * third :]))
+    middle = sum(r for _, r, _ in samples[third : 2 * third]) / max(1, len(samples[third : 2 * third]))
+    last = sum(r for _, r, _ in samples[2 * third :]) / max(1, len(samples[2 * third :]))
+    # The index grows with the adds: memory is flat when it grows by about what they take.
+    grown = samples[-1][2] - samples[third][2]
+    per_added = (samples[-1][1] - samples[third][1]) / grown if grown > 0 else None
     info = Connection(args.port).call("GET", "/info")[1]
     missing, kept = check_writes(args.port, added, deleted)
     server.send_signal(signal.SIGKILL)
@@ -198,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         "rss_mib_middle_third": round(middle / 2**20, 1),
         "rss_mib_last_third": round(last / 2**20, 1),
         "rss_growth_last_vs_middle": round(last / middle - 1, 4),
+        "rss_bytes_per_question_added_after_the_first_third": round(per_added) if per_added is not None else None,
         "index_size": {"start": start_size, "end": info["index_size"], "after_kill": size_after_kill},
         "expected_size": start_size + len(added),
         "acknowledged_adds_kept": len(added),
