@@ -76,12 +76,14 @@ evaluate: $(VENV)/.stamp-dev
 		--reference > $(MODEL)/report/sick.json
 	cat $(MODEL)/report/sts-benchmark.json $(MODEL)/report/sick.json
 
-## bench: encoder and tokenizer throughput (with MiniLM), the teacher in float32 and bfloat16, the HTTP load test, and a site's own questions (import, filters, groups, export; namespace layouts)
+## bench: encoder and tokenizer throughput (with MiniLM), the teacher in float32 and bfloat16, the HTTP load test at 100,000 questions, exact against HNSW by size, a 5-minute soak, and a site's own questions (import, filters, groups, export; namespace layouts). The million- and ten-million-question runs are in docs/benchmarks.md
 bench: $(VENV)/.stamp-dev
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/encoder.py
 	$(BIN)/python bench/tokenizer.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/teacher.py
 	$(BIN)/python bench/service.py
+	$(BIN)/python bench/crossover.py
+	$(BIN)/python bench/soak.py
 	$(BIN)/python bench/site.py
 	$(BIN)/python bench/groups.py
 	$(BIN)/python bench/namespaces.py

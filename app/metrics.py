@@ -31,3 +31,9 @@ class Metrics:
             "dupq_encoder_queue_depth", "questions waiting for the encoder", registry=self.registry
         )
         self.index_size = Gauge("dupq_index_size", "questions in the duplicate index", registry=self.registry)
+        self.index_namespaces = Gauge(
+            "dupq_index_namespaces",
+            "namespaces by how they are searched: flat (exact) or hnsw (approximate)",
+            ["structure"],
+            registry=self.registry,
+        )

@@ -64,8 +64,12 @@ async def info(engine: EngineDep, settings: SettingsDep) -> Info:
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
 )
 async def metrics(request: Request, state: StateDep) -> Response:
-    """Prometheus metrics: requests and latency per route, encoder batch sizes, queue depth, index size."""
+    """Prometheus metrics: requests and latency per route, encoder batch sizes, queue depth, index
+    size, and namespaces searched exactly (flat) or approximately (hnsw)."""
     m = request.app.state.metrics
     m.queue_depth.set(state.engine.queue_depth if state.engine else 0)
     m.index_size.set(state.engine.index_size() if state.engine else 0)
+    structures = state.engine.index.structures() if state.engine else {"flat": 0, "hnsw": 0}
+    for structure, count in structures.items():
+        m.index_namespaces.labels(structure).set(count)
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

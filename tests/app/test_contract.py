@@ -140,6 +140,8 @@ def test_operations(client: TestClient) -> None:
     assert 'dupq_requests_total{method="POST",route="/similarity",status="200"} 1.0' in text
     assert "dupq_request_duration_seconds_bucket" in text and "dupq_encoder_batch_size_count" in text
     assert "dupq_index_size 2.0" in text and "dupq_encoder_queue_depth" in text
+    assert 'dupq_index_namespaces{structure="flat"} 2.0' in text
+    assert 'dupq_index_namespaces{structure="hnsw"} 0.0' in text
     schema = client.get("/openapi.json").json()
     assert schema["components"]["schemas"]["SimilarityRequest"]["properties"]["question1"]["maxLength"] == 200
     assert client.get("/docs").status_code == 200
