@@ -287,8 +287,8 @@ class Engine:
     async def _snapshot_loop(self) -> None:
         """Snapshot the index every ``snapshot_interval_s`` while the store changes, or as soon as
         ``snapshot_changes`` questions have been added or deleted since the last one, so that a
-        restart after a crash replays only the changes since then. The copy goes to disk in a
-        worker thread: requests wait only while the index is copied in memory."""
+        restart after a crash replays only the changes since then. It is written from a worker
+        thread (:meth:`save_snapshot`): searches go on, writes wait while the index is streamed."""
         interval, changes = self.settings.snapshot_interval_s, self.settings.snapshot_changes
         last = time.monotonic()
         while True:

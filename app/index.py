@@ -5,10 +5,10 @@ Each namespace's vectors are in one :class:`VectorIndex`, whose structure is one
 - ``flat``: exact search over float32 vectors (``IndexFlatIP``); deletes remove at once.
 - ``hnsw``: approximate search (an HNSW graph, ``IndexHNSWSQ``) over the vectors in float16, half
   the memory of float32 with no training step and scores within about 1e-4 of float32's, so that
-  recall is the graph's alone (docs/benchmarks.md measures it against float32 and 8-bit codes).
+  recall is the graph's alone (docs/experiments.md weighs it against float32 and 8-bit codes).
   It grows one question at a time and its search cost grows with log(N). HNSW cannot remove a
   node from its graph, so a delete marks the key as a tombstone that every search filters out (a
-  FAISS ID selector); when tombstones pass a quarter of the index it is rebuilt without them.
+  FAISS ID selector); when tombstones pass a quarter of the index it is rebuilt without them (below).
 
 The index *kind* (``DUPQ_INDEX_KIND``) says which structure a namespace gets: ``flat`` always,
 ``hnsw`` always, or ``auto`` (the default): flat, exact, while the namespace is small, HNSW from
