@@ -43,6 +43,32 @@ def distinct(path: Path) -> list[str]:
     return list(seen.values())
 
 
+class Collection:
+    """The benchmark's collection of ``size`` vectors: ``base`` (the real questions' vectors)
+    first, then noisy copies of them, made :data:`BLOCK` at a time from a seed of their own, so
+    that any block can be made again alone (``bench/synthetic_store.py`` stores the same ones)."""
+
+    BLOCK = 100_000
+
+    def __init__(self, base: np.ndarray, size: int, noise: float, seed: int) -> None:
+        self.base, self.size, self.noise, self.seed = base, size, noise, seed
+
+    def block(self, start: int) -> tuple[np.ndarray, np.ndarray]:
+        """Vectors ``start`` to ``start + BLOCK`` (or the end), and the row of ``base`` each one is
+        (a real question) or is a copy of."""
+        stop = min(self.size, start + self.BLOCK)
+        if stop <= len(self.base):
+            return self.base[start:stop], np.arange(start, stop)
+        local = np.random.default_rng([self.seed, start])
+        sources = local.integers(0, len(self.base), stop - start)
+        copies = self.base[sources] + local.normal(0, self.noise, (stop - start, self.base.shape[1])).astype(np.float32)
+        out = copies / np.linalg.norm(copies, axis=1, keepdims=True)
+        real = max(0, len(self.base) - start)
+        out[:real] = self.base[start : start + real]
+        sources[:real] = np.arange(start, start + real)
+        return out, sources
+
+
 def _rss(field: str = "VmRSS") -> int:
     """This process's resident memory now (VmRSS), or at its peak so far (VmHWM), in bytes."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -78,21 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     query_texts = [t for t in distinct(args.data / "dev.tsv.gz") if question_key(t) not in train_keys][: args.queries]
     print(f"encoded {len(base)} real questions in {time.perf_counter() - started:.1f} s", flush=True)
     queries = encoder.encode(query_texts)
-    block = 100_000
+    collection = Collection(base, args.size, args.noise, args.seed)
+    block = Collection.BLOCK
 
     def vectors_of(start: int) -> np.ndarray:
-        """Vectors ``start`` to ``start + block`` of the collection: real ones first, then copies."""
-        stop = min(args.size, start + block)
-        if stop <= len(base):
-            return base[start:stop]
-        local = np.random.default_rng([args.seed, start])
-        copies = base[local.integers(0, len(base), stop - start)] + local.normal(
-            0, args.noise, (stop - start, encoder.dim)
-        ).astype(np.float32)
-        out = copies / np.linalg.norm(copies, axis=1, keepdims=True)
-        real = max(0, len(base) - start)
-        out[:real] = base[start : start + real]
-        return out
+        return collection.block(start)[0]
 
     started = time.perf_counter()
     best_scores = np.full((len(queries), 10), -np.inf, np.float32)

@@ -11,7 +11,8 @@ ones joined ("How do I learn Python? Why is the sky blue?"), encoded by the mode
 The questions are loaded as a new user would, over HTTP into the running service (``--load
 http``, 256 per request: under ``auto`` the switch to HNSW happens on the way), or with ``dupq
 index`` before it starts (``--load index``, quicker at a million). The data directory is built
-once and kept in build/.
+once and kept in build/. ``--prepared DIR`` serves a data directory as it is instead, such as the
+ten million questions of ``bench/synthetic_store.py``, with held-out dev questions as queries.
 
 Besides wrk's figures it prints the server's resident memory (VmRSS) per question, in all and
 above what the same server holds with an empty store (measured first, same settings), and, for an
@@ -28,6 +29,7 @@ import os
 import random
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -75,21 +77,31 @@ def post(url: str, body: dict) -> dict:
 
 
 def http_recall(url: str, data_dir: Path, queries: list[str], k: int = 10) -> float:
-    """recall@k of /duplicates against exact inner-product search over every stored vector."""
+    """recall@k of /duplicates against exact inner-product search over every stored vector,
+    read from the store 200,000 rows at a time (ten million would not fit in memory beside the
+    server's index)."""
     import sqlite3
 
     import numpy as np
 
-    with sqlite3.connect(data_dir / "questions.sqlite3") as db:
-        rows = db.execute("SELECT id, embedding FROM questions").fetchall()
-    ids = [row[0] for row in rows]
     vectors = np.array(post(url + "/embed", {"questions": queries})["embeddings"], dtype=np.float32)
-    matrix = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32).reshape(len(rows), -1)
-    exact = np.argsort(-(vectors @ matrix.T), axis=1)[:, :k]
+    best = np.full((len(queries), k), -np.inf, np.float32)
+    best_ids = np.full((len(queries), k), "", dtype=object)
+    with sqlite3.connect(data_dir / "questions.sqlite3") as db:
+        cursor = db.execute("SELECT id, embedding FROM questions")
+        while rows := cursor.fetchmany(200_000):
+            matrix = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32).reshape(len(rows), -1)
+            scores = vectors @ matrix.T
+            top = np.argsort(-scores, axis=1)[:, :k]
+            ids = np.array([row[0] for row in rows], dtype=object)
+            merged = np.concatenate([best, np.take_along_axis(scores, top, axis=1)], axis=1)
+            merged_ids = np.concatenate([best_ids, ids[top]], axis=1)
+            order = np.argsort(-merged, axis=1)[:, :k]
+            best, best_ids = np.take_along_axis(merged, order, axis=1), np.take_along_axis(merged_ids, order, axis=1)
     hits = 0
-    for query, best in zip(queries, exact, strict=True):
+    for query, exact in zip(queries, best_ids, strict=True):
         found = {m["id"] for m in post(url + "/duplicates", {"question": query, "k": k})["matches"]}
-        hits += len(found & {ids[i] for i in best})
+        hits += len(found & set(exact))
     return hits / (k * len(queries))
 
 
@@ -163,13 +175,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recall-queries", type=int, default=200, help="queries for recall@10 (not flat)")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--data-dir", type=Path, default=ROOT / "build" / "bench-data")
+    parser.add_argument(
+        "--prepared", type=Path, help="serve this data directory as it is (bench/synthetic_store.py makes one)"
+    )
     args = parser.parse_args(argv)
     if not shutil.which("wrk"):
         print("wrk is not installed: apt-get install wrk", file=sys.stderr)
         return 2
-    real = distinct_questions(Path(args.pairs), args.questions + 2000)
-    indexed, queries = fill(real[:-2000], args.questions), real[-2000:]
-    data_dir = args.data_dir / f"{args.index_kind}-{args.questions}"
+    if args.prepared:  # it holds every training question: the queries are the dev file's
+        queries = distinct_questions(Path(args.pairs).with_name("dev.tsv.gz"), 2000)
+        data_dir = args.prepared
+        with sqlite3.connect(data_dir / "questions.sqlite3") as db:
+            indexed = [""] * db.execute("SELECT COUNT(*) FROM questions").fetchone()[0]
+    else:
+        real = distinct_questions(Path(args.pairs), args.questions + 2000)
+        indexed, queries = fill(real[:-2000], args.questions), real[-2000:]
+        data_dir = args.data_dir / f"{args.index_kind}-{args.questions}"
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "DUPQ_LOG_LEVEL": "WARNING", "DUPQ_INDEX_KIND": args.index_kind, "DUPQ_MODEL_DIR": args.model}
     url = f"http://127.0.0.1:{args.port}"
