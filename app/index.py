@@ -187,9 +187,10 @@ class VectorIndex:
         sections: the vectors are copied a chunk at a time under ``read`` (HNSW positions never
         move; a flat index is copied at once, since a delete moves its vectors), the graph is
         built outside the lock, the writes made meanwhile are replayed from the journal (outside
-        the lock too, until few are left or after a few rounds), and the swap happens under ``write``. Vectors copied
-        from an HNSW index come out of float16 and go back in unchanged. ``cancelled`` is asked
-        between chunks (shutdown): the old index stays."""
+        the lock too, until few are left or after a few rounds), and the swap happens under
+        ``write``. Vectors copied from an HNSW index come out of float16 and go back in
+        unchanged. The new index needs as much memory as the old one until the swap.
+        ``cancelled`` is asked between chunks (shutdown): the old index stays."""
         with read():
             if not self.rebuild_due():
                 return False
