@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             "^--",
             label="HNSW index alone (bench/ann.py)",
         )
-    right.set(xlabel="questions", ylabel="bytes per question", title="resident memory", xscale="log", ylim=(0, None))
+    right.set(xlabel="questions", ylabel="bytes per question", title="resident memory", xscale="log", yscale="log")
     for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
