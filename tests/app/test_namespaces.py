@@ -197,6 +197,10 @@ def test_a_store_of_dupq_0_2_is_migrated_in_place(tmp_path: Path) -> None:
     assert store.get("o1") is not None and store.get("o1").namespace == "default"  # type: ignore[union-attr]
     assert store.get("o1").metadata == "{}" and store.generation() == 4  # type: ignore[union-attr]
     assert [q.id for q, _ in store.page("default", None, 10)] == ["o0", "o1", "o2"]
+    plan = store._reader.execute(
+        "EXPLAIN QUERY PLAN SELECT model_version, COUNT(*) FROM questions GROUP BY model_version"
+    ).fetchall()
+    assert "questions_model_version" in str(plan) and store.model_versions() == {"v": 3}  # schema 3's index
     store.close()
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn = sqlite3.connect(path)
