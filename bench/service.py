@@ -121,11 +121,13 @@ def load_over_http(url: str, listing: list[str]) -> None:
 
 
 def settle(url: str, timeout: float = 1800) -> dict:
-    """/info once no namespace of auto's size for HNSW is still flat (the switch is done)."""
+    """/info once no namespace of auto's size for HNSW is still flat (the switch is done); the
+    server is given this process's environment, DUPQ_HNSW_FROM included."""
+    hnsw_from = int(os.environ.get("DUPQ_HNSW_FROM", "10000"))
     deadline = time.monotonic() + timeout
     while True:
         info = get(url + "/info")
-        if info["index_kind"] != "auto" or info["index_size"] < 10_000 or not info["index_structures"]["flat"]:
+        if info["index_kind"] != "auto" or info["index_size"] < hnsw_from or not info["index_structures"]["flat"]:
             return info
         if time.monotonic() > deadline:
             raise TimeoutError("the index did not switch to HNSW")
