@@ -258,23 +258,18 @@ class Engine:
         """Write the index snapshot if the store changed since the last one. The index is streamed
         to the file (the page cache) under the read lock, so writes wait meanwhile and searches do
         not; the file is synced after the lock is released."""
-        with self._snapshot_write:
+        with self._snapshot_write, contextlib.ExitStack() as stack:  # the file is removed unless committed
             with self._lock.read():
                 generation = self.store.generation()
                 if generation == self._snapshot_generation and not self._changes:
                     return
                 started = time.monotonic()
-                file = SnapshotFile(self.snapshot_path)
-                try:
-                    meta = self.index.write_to(file)
-                except BaseException:
-                    file.abort()
-                    raise
+                file = stack.enter_context(SnapshotFile(self.snapshot_path))
+                meta = self.index.write_to(file)
                 size = len(self.index)
                 self._changes = 0
             held = time.monotonic() - started
-            with file:
-                file.commit({**meta, "tag": _tag(self.encoder), "generation": generation})
+            file.commit({**meta, "tag": _tag(self.encoder), "generation": generation})
             self._snapshot_generation = generation
         release_memory()
         logger.info(

@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.engine import release_memory  # noqa: E402
 from app.index import IndexParams, VectorIndex  # noqa: E402
+from bench.service import rss_bytes  # noqa: E402
 from model.encoder import load_encoder  # noqa: E402
 from model.training.data import iter_pairs  # noqa: E402
 from model.training.groups import question_key  # noqa: E402
@@ -68,14 +69,6 @@ class Collection:
         out[:real] = self.base[start : start + real]
         sources[:real] = np.arange(start, start + real)
         return out, sources
-
-
-def _rss(field: str = "VmRSS") -> int:
-    """This process's resident memory now (VmRSS), or at its peak so far (VmHWM), in bytes."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field}")
 
 
 def percentile_ms(samples: list[float], pct: float) -> float:
@@ -128,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"exact search: {exact_ms:.2f} ms per query (NumPy, {args.threads} threads, batched)", flush=True)
 
     release_memory()  # the exact search's freed buffers, which the index would otherwise reuse unseen
-    rss_before = _rss()
+    rss_before = rss_bytes()
     started = time.perf_counter()
     if args.load:  # an index this script built and saved before, with the same --size, --noise, --seed
         hnsw = VectorIndex.load(args.load, "bench", IndexParams(kind="hnsw"), encoder.dim)
@@ -142,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  hnsw: {start + block:,} vectors after {time.perf_counter() - started:.0f} s", flush=True)
         build_s = time.perf_counter() - started
         print(f"HNSW (M={args.m}, efConstruction={args.ef_construction}) built in {build_s:.0f} s", flush=True)
-    index_bytes = _rss() - rss_before
+    index_bytes = rss_bytes() - rss_before
     print(f"resident memory of the index: {index_bytes / 2**20:.0f} MiB, {index_bytes / args.size:.0f} B per vector")
     faiss.omp_set_num_threads(1)  # as the service runs it: one thread per search, searches in parallel
     report = {
@@ -189,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         hnsw.save(args.snapshot, tag="bench")
         snapshot["write_s"] = round(time.perf_counter() - started, 1)
         snapshot["bytes"] = args.snapshot.stat().st_size
-        snapshot["peak_rss_bytes"] = _rss("VmHWM")
+        snapshot["peak_rss_bytes"] = rss_bytes(field="VmHWM")
         print(
             f"snapshot: {snapshot['bytes'] / 2**20:.0f} MiB, written in {snapshot['write_s']} s; peak resident "
             f"memory of the run {snapshot['peak_rss_bytes'] / 2**30:.2f} GiB",

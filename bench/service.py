@@ -105,11 +105,12 @@ def http_recall(url: str, data_dir: Path, queries: list[str], k: int = 10) -> fl
     return hits / (k * len(queries))
 
 
-def rss_bytes(pid: int) -> int:
+def rss_bytes(pid: int | str = "self", field: str = "VmRSS") -> int:
+    """A process's resident memory now (VmRSS), or at its peak so far (VmHWM), in bytes."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
+    raise RuntimeError(f"no {field}")
 
 
 def load_over_http(url: str, listing: list[str]) -> None:

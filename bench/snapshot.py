@@ -18,13 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.index import IndexParams, SnapshotFile, VectorIndex  # noqa: E402
-
-
-def memory(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field}")
+from bench.service import rss_bytes  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,11 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", default="bench")
     args = parser.parse_args(argv)
     meta = json.loads(args.snapshot.with_suffix(args.snapshot.suffix + ".json").read_text())
-    before = memory("VmRSS")
+    before = rss_bytes()
     started = time.perf_counter()
     index = VectorIndex.load(args.snapshot, args.tag, IndexParams(kind=meta["kind"]), meta["dim"])
     load_s = time.perf_counter() - started
-    resident = memory("VmRSS") - before
+    resident = rss_bytes() - before
     copy = args.snapshot.with_name(args.snapshot.name + ".copy")
     started = time.perf_counter()
     with SnapshotFile(copy) as file:
@@ -56,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         "index_resident_bytes_per_question": round(resident / len(index)),
         "write_s": round(write_s, 1),
         "write_s_with_writes_held": round(held_s, 1),
-        "peak_resident_bytes": memory("VmHWM"),
+        "peak_resident_bytes": rss_bytes(field="VmHWM"),
     }
     print(
         f"{len(index):,} questions: loaded in {load_s:.1f} s, {resident / 2**30:.2f} GiB resident "
