@@ -89,7 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
     from app.main import create_app
 
     try:
-        settings = _settings(data_dir=args.data_dir, model_dir=args.model_dir)
+        settings = _settings(data_dir=args.data_dir, model_dir=args.model_dir, store_url=args.store_url)
     except ValueError as err:  # the service sets up its own logging, so main() does not answer this one
         print(f"dupq serve: error: {err}", file=sys.stderr)
         return 1
@@ -123,6 +123,7 @@ def _index(args: argparse.Namespace) -> int:
     settings = _settings(
         data_dir=args.data_dir,
         model_dir=args.model_dir,
+        store_url=args.store_url,
         index_kind=args.index_kind,
         batch_wait_ms=0.0,
         snapshot_interval_s=0,  # one snapshot at the end: a crash on the way replays from the store
@@ -187,14 +188,19 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _read_only_store(settings: typing.Any) -> tuple[typing.Any, dict[str, typing.Any]]:
-    """The store of ``settings.data_dir``, opened read-only beside whoever owns it, and the model
-    directory's config (its dim, version and threshold)."""
+    """The store of ``settings.data_dir`` (or ``settings.store_url``), opened read-only beside
+    whoever owns it, and the model directory's config (its dim, version and threshold)."""
     from app.engine import STORE_FILE
     from app.store import QuestionStore
     from model.model_dir import read_json
 
     config = read_json(settings.model_dir)
-    return QuestionStore(settings.data_dir / STORE_FILE, int(config["dim"]), read_only=True), config
+    if settings.store_url is not None and settings.store_url.startswith("postgres"):
+        from app.pgstore import PostgresStore
+
+        return PostgresStore(settings.store_url, int(config["dim"]), connect_timeout=5.0), config
+    path = settings.sqlite_path() or settings.data_dir / STORE_FILE
+    return QuestionStore(path, int(config["dim"]), read_only=True), config
 
 
 def _groups(args: argparse.Namespace) -> int:
@@ -204,7 +210,7 @@ def _groups(args: argparse.Namespace) -> int:
 
     from app.groups import find_groups
 
-    settings = _settings(data_dir=args.data_dir, model_dir=args.model_dir)
+    settings = _settings(data_dir=args.data_dir, model_dir=args.model_dir, store_url=args.store_url)
     store, config = _read_only_store(settings)
     others = {v: n for v, n in store.model_versions().items() if v != config["version"]}
     if others:
@@ -240,7 +246,7 @@ def _groups(args: argparse.Namespace) -> int:
 def _feedback(args: argparse.Namespace) -> int:
     import csv
 
-    settings = _settings(data_dir=args.data_dir, model_dir=args.model_dir)
+    settings = _settings(data_dir=args.data_dir, model_dir=args.model_dir, store_url=args.store_url)
     store, _ = _read_only_store(settings)
     n = 0
     with open(args.out, "w", encoding="utf-8", newline="") as out:
@@ -399,6 +405,11 @@ def _store_flags(p: argparse.ArgumentParser) -> None:
     env = " (default: $%s, else %s)"
     p.add_argument("--data-dir", type=Path, help="data directory" + env % ("DUPQ_DATA_DIR", "data"))
     p.add_argument(
+        "--store-url",
+        help="sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB"
+        + env % ("DUPQ_STORE_URL", "the data directory's SQLite file"),
+    )
+    p.add_argument(
         "--model-dir", type=Path, help="the model that embedded it" + env % ("DUPQ_MODEL_DIR", "the bundled model")
     )
 
@@ -419,6 +430,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     p.add_argument("--data-dir", type=Path, help="where the store and index live" + env % ("DUPQ_DATA_DIR", "data"))
     p.add_argument(
+        "--store-url",
+        help="sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB"
+        + env % ("DUPQ_STORE_URL", "the data directory's SQLite file"),
+    )
+    p.add_argument(
         "--model-dir", type=Path, help="model directory to serve" + env % ("DUPQ_MODEL_DIR", "the bundled model")
     )
     p.set_defaults(func=_serve)
@@ -430,6 +446,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("input", help="file of questions: 'text' or 'id<TAB>text' per line, UTF-8 ('-': standard input)")
     p.add_argument("--data-dir", type=Path, help="data directory" + env % ("DUPQ_DATA_DIR", "data"))
+    p.add_argument(
+        "--store-url",
+        help="sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB"
+        + env % ("DUPQ_STORE_URL", "the data directory's SQLite file"),
+    )
     p.add_argument("--model-dir", type=Path, help="model directory" + env % ("DUPQ_MODEL_DIR", "the bundled model"))
     p.add_argument(
         "--index-kind", choices=["auto", "flat", "hnsw"], help="index to build" + env % ("DUPQ_INDEX_KIND", "auto")

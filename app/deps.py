@@ -28,6 +28,8 @@ class ServiceState:
         """The engine, or :class:`NotReady` (a 503) while there is none."""
         if self.engine is None:
             raise NotReady(self.load_error or "the model and the index are still loading")
+        if self.engine.problem is not None:
+            raise NotReady(self.engine.problem)
         return self.engine
 
 

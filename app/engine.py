@@ -9,6 +9,11 @@ the seed file, the warm-up), which returns a complete engine.
 Writes go store first (the source of truth, committed before any answer), then index, under the
 write lock; searches take the read lock across the index search and the text lookup, so a search
 never sees half of a write.
+
+The store is a SQLite file in the data directory (the default), or a PostgreSQL database shared
+by several replicas (``DUPQ_STORE_URL``). Then the engine reads from its local copy of it and
+writes to PostgreSQL, and a :class:`app.replica.Follower` applies the store's change feed, its own
+writes included, to the copy and the index under the same write lock.
 """
 
 from __future__ import annotations
@@ -34,10 +39,13 @@ import numpy as np
 from tqdm import tqdm
 
 from app.batching import Batcher
+from app.feed import Applied, FeedBatch, ModelMismatch
 from app.groups import find_groups
 from app.index import IndexParams, NamespacedIndex, SnapshotError, SnapshotFile
 from app.locks import ReadWriteLock
+from app.pgstore import PostgresStore, StoreUnavailable
 from app.question_file import describe_skipped, read_question_file
+from app.replica import COPY_FILE, Follower
 from app.schemas import Limits
 from app.settings import Settings
 from app.store import DEFAULT_NAMESPACE, Feedback, NewQuestion, QuestionStore, StoredQuestion, StoreTooNew
@@ -100,30 +108,64 @@ class Group:
     ids: list[str]
 
 
-def open_model_and_store(settings: Settings) -> tuple[QuestionEncoder, QuestionStore]:
-    """The fast part of start-up: load the model, open the store (taking its lock) and check that
-    they fit together. Raises :class:`StartupError` with the reason."""
+@dataclass
+class Stores:
+    """The stores of a service: ``local``, the SQLite store of its data directory, is the source
+    of truth by itself, or a replica's copy of ``primary``, a PostgreSQL store."""
+
+    local: QuestionStore
+    primary: PostgresStore | None = None
+
+    @property
+    def truth(self) -> QuestionStore | PostgresStore:
+        return self.primary or self.local
+
+    def close(self) -> None:
+        self.local.close()
+        if self.primary is not None:
+            self.primary.close()
+
+
+def open_model_and_store(settings: Settings) -> tuple[QuestionEncoder, Stores]:
+    """The fast part of start-up: load the model, open the store (taking its lock; connecting to
+    PostgreSQL and migrating its schema) and check that they fit together. Raises
+    :class:`StartupError` with the reason."""
     try:
         encoder = load_encoder(settings.model_dir, threads=settings.cpu_count())
     except ValueError as err:
         raise StartupError(str(err)) from err
     except Exception as err:
         raise StartupError(f"cannot load the model in {settings.model_dir}: {err!r}") from err
+    primary = None
+    url = settings.store_url
+    if url is not None and url.startswith("postgres"):
+        try:
+            primary = PostgresStore(url, encoder.dim, settings.store_timeout_s, settings.store_connect_timeout_s)
+        except (StoreTooNew, StoreUnavailable) as err:
+            raise StartupError(str(err)) from err
+        except Exception as err:
+            raise StartupError(f"cannot open the PostgreSQL store: {err}") from err
     try:
-        store = QuestionStore(settings.data_dir / STORE_FILE, encoder.dim)
+        path = settings.data_dir / (COPY_FILE if primary else STORE_FILE)
+        local = QuestionStore(settings.sqlite_path() or path, encoder.dim, synchronous="NORMAL" if primary else "FULL")
     except StoreTooNew as err:
+        if primary:
+            primary.close()
         raise StartupError(str(err)) from err
     except (OSError, sqlite3.Error) as err:
+        if primary:
+            primary.close()
         raise StartupError(f"cannot open the question store in {settings.data_dir}: {err}") from err
+    stores = Stores(local, primary)
     try:
-        _check_store(settings, encoder, store)
-    except StartupError:
-        store.close()  # and its lock: the next attempt may open it
-        raise
-    return encoder, store
+        _check_store(settings, encoder, stores.truth)
+    except (StartupError, StoreUnavailable) as err:
+        stores.close()  # and its lock: the next attempt may open it
+        raise StartupError(str(err)) from err
+    return encoder, stores
 
 
-def _check_store(settings: Settings, encoder: QuestionEncoder, store: QuestionStore) -> None:
+def _check_store(settings: Settings, encoder: QuestionEncoder, store: QuestionStore | PostgresStore) -> None:
     seed = settings.seed_file
     if seed and not seed.is_file() and store.count() == 0:
         raise StartupError(f"the store is empty and the seed file {seed} (DUPQ_SEED_FILE) is not a file")
@@ -151,9 +193,11 @@ def _remove_old_snapshots(data_dir: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _tag(encoder: QuestionEncoder) -> str:
-    """What an index holds: vectors of this model version (a snapshot of another is useless)."""
-    return f"vectors of model {encoder.version}"
+def _tag(encoder: QuestionEncoder, stores: Stores) -> str:
+    """What an index holds: vectors of this model version (a snapshot of another is useless), of
+    which PostgreSQL store for a replica."""
+    of = f" of store {stores.primary.store_id}" if stores.primary else ""
+    return f"vectors of model {encoder.version}{of}"
 
 
 class Engine:
@@ -167,10 +211,15 @@ class Engine:
         index: NamespacedIndex,
         snapshot_generation: int,
         on_batch: Callable[[int], None] | None = None,
+        primary: PostgresStore | None = None,
+        follower: Follower | None = None,
     ) -> None:
         self.settings = settings
         self.encoder = encoder
-        self.store = store
+        self.store = store  # every read; every write too, unless there is a primary
+        self.primary = primary
+        self.follower = follower
+        self.tag = _tag(encoder, Stores(store, primary))
         self.index = index
         self.threads = settings.cpu_count()
         self.snapshot_path = _snapshot_path(settings)
@@ -189,6 +238,9 @@ class Engine:
         self._rebuilds: set[str] = set()  # namespaces queued or being rebuilt
         self._rebuilds_lock = threading.Lock()
         self._stopping = threading.Event()
+        self._following: threading.Thread | None = None
+        if follower is not None:
+            follower.apply = self._apply_feed
         wait = settings.batch_wait_ms / 1000.0
         self._batcher: Batcher[str] = Batcher(  # questions -> vectors
             self.encoder.encode, settings.batch_max_size, wait, settings.queue_max, "encoder", on_batch
@@ -212,18 +264,33 @@ class Engine:
         cls,
         settings: Settings,
         encoder: QuestionEncoder,
-        store: QuestionStore,
+        stores: Stores,
         on_batch: Callable[[int], None] | None = None,
         progress: bool = False,
     ) -> Engine:
-        """The slow part of start-up: re-embed what another model version embedded, load or
-        rebuild the index, seed an empty store, warm the encoder up. ``progress`` shows bars."""
-        reembedded = _reembed(encoder, store, progress)
-        index, generation = _load_index(settings, encoder, store, trust_snapshot=not reembedded)
-        engine = cls(settings, encoder, store, index, generation, on_batch)
+        """The slow part of start-up: re-embed what another model version embedded, bring a
+        replica's copy level with its PostgreSQL store, load or rebuild the index, seed an empty
+        store, warm the encoder up. ``progress`` shows bars."""
+        store, primary, follower = stores.local, stores.primary, None
+        if primary is not None:
+            if any(v != encoder.version for v in primary.model_versions()):
+                primary.claim_model(encoder.version)  # first: replicas of the old model stop writing
+            reembedded = _reembed(encoder, primary, progress)
+            primary.claim_model(encoder.version)
+            follower = Follower(primary, store, encoder.version)
+            try:
+                copied = follower.prepare()
+            except ModelMismatch as err:  # another replica re-embedded meanwhile
+                raise StartupError(f"the store holds vectors of model {err}, not {encoder.version}") from err
+            reembedded += copied
+        else:
+            reembedded = _reembed(encoder, store, progress)
+        tag = _tag(encoder, stores)
+        index, generation = _load_index(settings, tag, encoder.dim, store, trust_snapshot=not reembedded)
+        engine = cls(settings, encoder, store, index, generation, on_batch, primary, follower)
         if generation < 0:  # rebuilt: snapshot it now; a caught-up snapshot waits for the next one
             engine.save_snapshot()
-        if store.count() == 0 and settings.seed_file:
+        if stores.truth.count() == 0 and settings.seed_file:
             engine._seed(settings.seed_file, progress)
         for _ in range(3):
             encoder.encode(["Is the encoder warm yet?"])
@@ -238,6 +305,11 @@ class Engine:
         with self._lock.read():
             due = self.index.due()
         self._schedule_rebuilds(due)
+        if self.follower is not None:
+            self._following = threading.Thread(
+                target=self.follower.run, args=(self._stopping, self.settings.feed_poll_s), name="follower", daemon=True
+            )
+            self._following.start()
         if self.settings.snapshot_interval_s > 0:
             self._snapshotter = asyncio.get_running_loop().create_task(self._snapshot_loop(), name="snapshots")
 
@@ -249,10 +321,13 @@ class Engine:
         self._stopping.set()  # a rebuild in progress gives up at its next chunk; the old index stays
         for batcher in (self._batcher, self._searcher):
             await batcher.stop()
-        await asyncio.get_running_loop().run_in_executor(None, functools.partial(self._rebuilder.shutdown, wait=True))
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, functools.partial(self._rebuilder.shutdown, wait=True))
+        if self._following is not None:
+            await loop.run_in_executor(None, self._following.join)
         self.save_snapshot()
         self._workers.shutdown(wait=True)
-        self.store.close()
+        Stores(self.store, self.primary).close()
 
     def save_snapshot(self) -> None:
         """Write the index snapshot if the store changed since the last one. The index is streamed
@@ -269,7 +344,7 @@ class Engine:
                 size = len(self.index)
                 self._changes = 0
             held = time.monotonic() - started
-            file.commit({**meta, "tag": _tag(self.encoder), "generation": generation})
+            file.commit({**meta, "tag": self.tag, "generation": generation})
             self._snapshot_generation = generation
         release_memory()
         logger.info(
@@ -293,6 +368,10 @@ class Engine:
             last = time.monotonic()
             try:
                 await self._run(self.save_snapshot)
+                if self.primary is not None:
+                    await self._run(self.primary.prune_feed, self.settings.feed_retention_s)
+            except StoreUnavailable as err:
+                logger.warning("the change feed was not pruned: %s", err)
             except Exception:
                 logger.exception("index snapshot failed; the next one will try again")
 
@@ -393,6 +472,10 @@ class Engine:
         return [item.id for item in items], self.index_size()
 
     def _write(self, items: list[NewQuestion], vectors: np.ndarray) -> None:
+        if self.primary is not None:
+            self.primary.upsert(items, vectors, self.encoder.version)
+            self._follow_own_write()
+            return
         namespaces = [item.namespace for item in items]
         with self._lock.write():
             old, new = self.store.upsert(items, vectors, self.encoder.version)
@@ -402,6 +485,42 @@ class Engine:
             due = self.index.due(list(dict.fromkeys(namespaces)))
         if due:
             self._schedule_rebuilds(due)
+
+    def _follow_own_write(self) -> None:
+        """After a write committed in PostgreSQL: apply the feed up to it here, so that this
+        replica's next read sees it. Should the store vanish in between, the write stands (it is
+        committed) and the follower applies it once the store is back."""
+        assert self.follower is not None
+        try:
+            self.follower.follow()
+        except StoreUnavailable as err:
+            logger.warning("a write was committed but is not yet in this replica's index: %s", err)
+
+    def _apply_feed(self, batch: FeedBatch) -> Applied:
+        """Apply a batch of the change feed to the local copy and the index, together."""
+        with self._lock.write():
+            applied = self.store.apply_feed(batch, self.encoder.version)
+            for namespace in applied.dropped:
+                self.index.drop(namespace)
+            self.index.remove(applied.removed)
+            if applied.added:
+                keys = np.array([key for key, _, _ in applied.added], dtype=np.int64)
+                vectors = np.frombuffer(b"".join(v for _, _, v in applied.added), dtype=np.float32)
+                self.index.add(keys, vectors.reshape(len(keys), self.encoder.dim), [ns for _, ns, _ in applied.added])
+            self._changes += applied.count
+            due = self.index.due(list(dict.fromkeys(ns for _, ns, _ in applied.added)))
+        if due:
+            self._schedule_rebuilds(due)
+        return applied
+
+    @property
+    def problem(self) -> str | None:
+        """Why this replica must not serve (it met another model's vectors in the store)."""
+        return self.follower.problem if self.follower is not None else None
+
+    def feed_lag(self) -> float | None:
+        """Seconds since this replica last knew it was level with its store (None: no PostgreSQL)."""
+        return self.follower.lag() if self.follower is not None else None
 
     async def get(self, qid: str) -> StoredQuestion | None:
         return await self._run(self.store.get, qid)
@@ -414,6 +533,10 @@ class Engine:
         return await self._run(self._delete_ids, list(dict.fromkeys(ids)))
 
     def _delete_ids(self, ids: list[str]) -> int:
+        if self.primary is not None:
+            n = len(self.primary.delete_ids(ids))
+            self._follow_own_write()
+            return n
         with self._lock.write():
             removed = self.store.delete_ids(ids)
             self.index.remove(removed)
@@ -428,6 +551,10 @@ class Engine:
         return await self._run(self._delete_namespace, namespace)
 
     def _delete_namespace(self, namespace: str) -> int:
+        if self.primary is not None:
+            n = self.primary.delete_namespace(namespace)
+            self._follow_own_write()
+            return n
         with self._lock.write():
             n = self.store.delete_namespace(namespace)
             self.index.drop(namespace)
@@ -530,7 +657,7 @@ class Engine:
             resolved.append(dataclasses.replace(pair, question1=texts[0], question2=texts[1]))
         if unknown:
             raise UnknownIds(unknown)
-        return self.store.add_feedback(resolved, self.encoder.version)
+        return (self.primary or self.store).add_feedback(resolved, self.encoder.version)
 
     def token_counts(self, texts: list[str]) -> list[int]:
         """How many tokens the encoder reads of each text (after truncation to max_tokens)."""
@@ -558,7 +685,7 @@ def _glibc() -> ctypes.CDLL | None:
 _LIBC = _glibc()
 
 
-def _reembed(encoder: QuestionEncoder, store: QuestionStore, progress: bool) -> int:
+def _reembed(encoder: QuestionEncoder, store: QuestionStore | PostgresStore, progress: bool) -> int:
     """Re-embed the stored questions of other model versions; returns how many."""
     stale = sum(n for v, n in store.model_versions().items() if v != encoder.version)
     if not stale:
@@ -582,7 +709,7 @@ def index_params(settings: Settings) -> IndexParams:
 
 
 def _load_index(
-    settings: Settings, encoder: QuestionEncoder, store: QuestionStore, trust_snapshot: bool
+    settings: Settings, tag: str, dim: int, store: QuestionStore, trust_snapshot: bool
 ) -> tuple[NamespacedIndex, int]:
     """The index, from its snapshot caught up with the store, or rebuilt from the store; and the
     store generation of the snapshot on disk (-1: none usable)."""
@@ -591,7 +718,7 @@ def _load_index(
     try:
         if not trust_snapshot:  # vectors changed in place: the snapshot cannot tell which
             raise SnapshotError("stored questions were re-embedded")
-        index = NamespacedIndex.load(_snapshot_path(settings), _tag(encoder), params, encoder.dim)
+        index = NamespacedIndex.load(_snapshot_path(settings), tag, params, dim)
     except SnapshotError as why:
         logger.info("rebuilding the index from the store (%s)", why)
     else:
@@ -609,7 +736,7 @@ def _load_index(
                 time.monotonic() - started,
             )
         return index, generation
-    index = NamespacedIndex(encoder.dim, params)
+    index = NamespacedIndex(dim, params)
     index.expect(store.namespace_sizes())  # each namespace built in the structure its size calls for
     started = time.monotonic()
     for keys, vectors, namespaces in store.iter_vectors():

@@ -1,8 +1,9 @@
 """Every error as a JSON object with a ``detail`` field: the exception handlers, in one place.
 
-Validation errors (422), HTTP errors (404, 405, ...), "not ready" and "overloaded" (503 with
-``Retry-After``) and anything unexpected (500, logged, no stack trace in the answer) are mapped to
-their status here; the middleware (:mod:`app.middleware`) answers 401 and 413 itself.
+Validation errors (422), HTTP errors (404, 405, ...), "not ready", "overloaded" and "store
+unavailable" (503 with ``Retry-After``) and anything unexpected (500, logged, no stack trace in
+the answer) are mapped to their status here; the middleware (:mod:`app.middleware`) answers 401
+and 413 itself.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from starlette.routing import Match
 
 from app.batching import Overloaded
 from app.engine import NotReady, UnknownIds
+from app.pgstore import ModelChanged, StoreUnavailable
 from app.schemas import ErrorBody
 
 logger = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
 
 NOT_READY_RETRY_S = 5
 OVERLOADED_RETRY_S = 1
+STORE_RETRY_S = 2
 
 
 def error_response(status: int, detail: Any, headers: Mapping[str, str] | None = None) -> JSONResponse:
@@ -71,6 +74,18 @@ def register_errors(app: FastAPI) -> None:
     @app.exception_handler(Overloaded)
     async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
         return error_response(503, f"overloaded: {exc}; retry later", {"Retry-After": str(OVERLOADED_RETRY_S)})
+
+    @app.exception_handler(StoreUnavailable)
+    async def store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        # A write that met it was not acknowledged, and may or may not have been committed: an
+        # upsert by id, retried, is the same either way.
+        return error_response(
+            503, f"the question store is unavailable: {exc}; retry later", {"Retry-After": str(STORE_RETRY_S)}
+        )
+
+    @app.exception_handler(ModelChanged)
+    async def model_changed(request: Request, exc: ModelChanged) -> JSONResponse:
+        return error_response(503, f"not ready: {exc}", {"Retry-After": str(NOT_READY_RETRY_S)})
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

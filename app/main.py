@@ -14,23 +14,20 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from app.deps import ServiceState
-from app.engine import Engine, StartupError, open_model_and_store
+from app.engine import Engine, StartupError, Stores, open_model_and_store
 from app.errors import register_errors
 from app.metrics import Metrics
 from app.middleware import OPEN_PATHS, ApiKey, BodyLimit, Telemetry
 from app.routes import clients, corpus, duplicates, embed, ops, questions, similarity
 from app.schemas import Limits
 from app.settings import Settings
-from app.store import QuestionStore
 from model.encoder import QuestionEncoder
 from model.model_dir import read_json
 
 logger = logging.getLogger(__name__)
 
 
-def create_app(
-    settings: Settings | None = None, opened: tuple[QuestionEncoder, QuestionStore] | None = None
-) -> FastAPI:
+def create_app(settings: Settings | None = None, opened: tuple[QuestionEncoder, Stores] | None = None) -> FastAPI:
     """Build the service. The lifespan opens the model and the store (a bad model directory fails
     start-up with its reason), unless ``opened`` brings them (``dupq serve`` opens them first, to
     fail in one line); then it builds the engine in the background: /health answers at once,
@@ -39,7 +36,7 @@ def create_app(
     metrics = Metrics()
     state = ServiceState(settings, Limits(settings.max_question_chars, settings.max_batch))
 
-    async def build(encoder: QuestionEncoder, store: QuestionStore) -> None:
+    async def build(encoder: QuestionEncoder, store: Stores) -> None:
         try:
             engine = await asyncio.to_thread(Engine.build, settings, encoder, store, metrics.batch_size.observe)
             await engine.start()

@@ -71,6 +71,32 @@ class Settings(BaseSettings):
         description="questions added or deleted that trigger an index snapshot before snapshot_interval_s "
         "is up (0: no such trigger), so that a restart after a crash replays at most about this many",
     )
+    store_url: str | None = Field(
+        None,
+        description="where the questions live: unset, the SQLite file of data_dir; sqlite:///PATH, another "
+        "SQLite file; postgresql://USER:PASSWORD@HOST:PORT/DB, a PostgreSQL database that several replicas share",
+    )
+    store_timeout_s: float = Field(
+        2.0, gt=0.0, description="PostgreSQL: longest wait for a connection before a write answers 503"
+    )
+    store_connect_timeout_s: float = Field(
+        30.0, gt=0.0, description="PostgreSQL: how long start-up waits for the database to accept connections"
+    )
+    feed_poll_s: float = Field(
+        0.5,
+        gt=0.0,
+        description="PostgreSQL: a replica reads the change feed when notified, and at least this often",
+    )
+    max_lag_s: float = Field(
+        5.0,
+        gt=0.0,
+        description="PostgreSQL: /ready answers 503 once the replica has not been level with the feed for this long",
+    )
+    feed_retention_s: float = Field(
+        86_400.0,
+        gt=0.0,
+        description="PostgreSQL: changes kept in the feed; a replica away for longer copies the whole store again",
+    )
     threads: int = Field(
         0, ge=0, description="CPU threads for the encoder and FAISS; 0 = the CPUs this process may use"
     )
@@ -91,6 +117,22 @@ class Settings(BaseSettings):
     def _empty_is_none(cls, value: object) -> object:
         # DUPQ_SEED_FILE= (set but empty) means no seed file, as an unset variable does.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("store_url", mode="before")
+    @classmethod
+    def _known_store(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, str) and not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("must start with sqlite:///, postgresql:// or postgres://")
+        return value
+
+    def sqlite_path(self) -> Path | None:
+        """The SQLite file that store_url names, if it names one (as SQLAlchemy writes it:
+        sqlite:///relative/path, sqlite:////absolute/path)."""
+        if self.store_url is not None and self.store_url.startswith("sqlite:///"):
+            return Path(self.store_url.removeprefix("sqlite:///"))
+        return None
 
     @model_validator(mode="after")
     def _read_key_needs_a_key(self) -> Settings:

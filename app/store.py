@@ -21,13 +21,15 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+
+from app.feed import Applied, FeedBatch, ModelMismatch, Removed, Row
 
 SCHEMA_VERSION = 3  # PRAGMA user_version; 0 is a store of dupq 0.2 or older (contract v1), 2 of 0.3
 
@@ -88,6 +90,11 @@ def term_value(value: object) -> str:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return json.dumps(value, ensure_ascii=False)
+
+
+def metadata_terms(metadata: str) -> tuple[tuple[str, str], ...]:
+    """The filter terms of a stored metadata object, as :meth:`NewQuestion.of` makes them."""
+    return tuple((name, term_value(value)) for name, value in json.loads(metadata).items())
 
 
 def _own(lock_path: Path) -> IO[str]:
@@ -164,17 +171,15 @@ class StoreTooNew(ValueError):
     """The store was written by a newer dupq, with a schema this one does not know."""
 
 
-Removed = tuple[int, str]  # (key, namespace) of a row a write removed
-
-
 class QuestionStore:
     """The store of a data directory. ``read_only``: for reading beside the process that owns it
     (``dupq groups``, ``dupq feedback``): no lock taken, no write possible, and the store must be
     of this dupq's schema (WAL lets it read a consistent state while the owner writes)."""
 
-    def __init__(self, path: str | Path, dim: int, read_only: bool = False) -> None:
+    def __init__(self, path: str | Path, dim: int, read_only: bool = False, synchronous: str = "FULL") -> None:
         self.path = Path(path)
         self.dim = dim
+        self.synchronous = synchronous
         self._local = threading.local()
         self._write_lock = threading.Lock()
         self.read_only = read_only
@@ -207,7 +212,7 @@ class QuestionStore:
         # takes most of a 4 KiB page, which then holds one; a 16 KiB page holds seven.
         conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
         return conn
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
@@ -502,6 +507,86 @@ class QuestionStore:
                 return
             yield [(int(k), t) for k, t in rows]
             last = int(rows[-1][0])
+
+    def meta(self, name: str) -> str | None:
+        row = self._reader.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return str(row[0]) if row else None
+
+    # A replica's copy of a PostgreSQL store (app.replica) ----------------------------------------
+
+    def apply_feed(self, batch: FeedBatch, model_version: str) -> Applied:
+        """Apply a batch of the PostgreSQL store's change feed, in order, and record its position,
+        in one transaction; returns what changed, for the index. An ``add`` of a row stored here
+        already (re-embedded) replaces it; changes whose row is gone (removed later in the feed)
+        and removes of rows not here are skipped."""
+        applied = Applied()
+        with self._transaction() as cur:
+            for change in batch.changes:
+                if change.op == "model":
+                    if change.model_version != model_version:
+                        applied.model_version = change.model_version
+                elif change.op == "drop":
+                    cur.execute("DELETE FROM terms WHERE namespace = ?", (change.namespace,))
+                    cur.execute("DELETE FROM questions WHERE namespace = ?", (change.namespace,))
+                    applied.dropped.append(str(change.namespace))
+                    applied.count += 1
+                elif change.op == "remove" or change.key in batch.rows:
+                    gone = cur.execute("DELETE FROM questions WHERE key = ? RETURNING namespace", (change.key,))
+                    row = gone.fetchone()
+                    if row:
+                        cur.execute("DELETE FROM terms WHERE key = ?", (change.key,))
+                        applied.removed.append((int(change.key or 0), str(row[0])))
+                        applied.count += 1
+                    if change.op == "add":
+                        self._insert_row(cur, batch.rows[int(change.key or 0)], model_version, applied)
+            cur.execute("INSERT OR REPLACE INTO meta VALUES ('feed_position', ?)", (str(batch.position),))
+        return applied
+
+    def _insert_row(self, cur: sqlite3.Cursor, row: Row, model_version: str, applied: Applied) -> None:
+        if row.model_version != model_version:
+            applied.model_version = row.model_version  # never mixed into this index
+            return
+        cur.execute(
+            "INSERT INTO questions (key, id, text, embedding, model_version, updated, namespace, metadata, seq) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                row.key,
+                row.id,
+                row.text,
+                row.embedding,
+                row.model_version,
+                time.time(),
+                row.namespace,
+                row.metadata,
+                row.seq,
+            ),
+        )
+        cur.executemany(
+            "INSERT INTO terms VALUES (?, ?, ?, ?)",
+            [(row.namespace, n, v, row.key) for n, v in metadata_terms(row.metadata)],
+        )
+        applied.added.append((row.key, row.namespace, row.embedding))
+        applied.count += 1
+
+    def reset(self, source: str, fill: Callable[[Callable[[list[Row]], None]], int], model_version: str) -> int:
+        """Replace everything with a full copy of a PostgreSQL store: ``fill`` hands the rows to
+        its argument and returns the feed position they show. One transaction: a copy interrupted
+        leaves the old one. Returns how many rows were copied."""
+        applied = Applied()
+        with self._transaction() as cur:
+            cur.execute("DELETE FROM terms")
+            cur.execute("DELETE FROM questions")
+
+            def sink(rows: list[Row]) -> None:
+                for row in rows:
+                    self._insert_row(cur, row, model_version, applied)
+
+            position = fill(sink)
+            cur.execute("INSERT OR REPLACE INTO meta VALUES ('feed_position', ?)", (str(position),))
+            cur.execute("INSERT OR REPLACE INTO meta VALUES ('source', ?)", (source,))
+        if applied.model_version is not None:
+            raise ModelMismatch(applied.model_version)
+        return applied.count
 
     def iter_feedback(self) -> Iterator[tuple[int, Feedback, str, float]]:
         """Every feedback pair with its number, the model version that served it and its time."""

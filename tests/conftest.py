@@ -5,6 +5,8 @@ Building it takes the training layer (PyTorch); loading and serving it take none
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from model.config import EncoderConfig
 from model.tokenizer import train_tokenizer
 from model.training.export import save_model_dir
 from model.training.network import Network, SiameseEncoder, SideBySide
+from tests.postgres import PostgresServer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -89,3 +92,28 @@ def fixtures() -> Path:
 def model_dir(request: pytest.FixtureRequest, tiny_model_dir: Path, tiny_members_dir: Path) -> Path:
     """Each tiny model directory in turn: one network, then two side by side."""
     return tiny_model_dir if request.param == "one network" else tiny_members_dir
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of its own for the test run (see tests/postgres.py)."""
+    try:
+        server = PostgresServer()
+    except FileNotFoundError as err:
+        if os.environ.get("DUPQ_REQUIRE_POSTGRES") == "1":
+            raise
+        pytest.skip(str(err))
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest) -> str | None:
+    """Each store in turn: None (the data directory's SQLite file), then a fresh PostgreSQL
+    database."""
+    if request.param == "sqlite":
+        return None
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.new_database()

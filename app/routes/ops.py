@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.deps import EngineDep, SettingsDep, StateDep
+from app.engine import NotReady
 from app.schemas import ErrorBody, Info, ReadyStatus, Status
 
 router = APIRouter(tags=["operations"])
@@ -28,8 +29,14 @@ router.add_api_route("/health", health, methods=["HEAD"], include_in_schema=Fals
     responses={503: {"model": ErrorBody, "description": "still loading (see Retry-After), or loading failed"}},
 )
 async def ready(state: StateDep) -> ReadyStatus:
-    """Readiness: 200 once the model and the index are loaded and the model answers."""
-    return ReadyStatus(status="ready", index_size=state.ready_engine().index_size())
+    """Readiness: 200 once the model and the index are loaded and the model answers; for a replica
+    of a PostgreSQL store, while it is level with the store's change feed within max_lag_s."""
+    engine = state.ready_engine()
+    lag = engine.feed_lag()
+    if lag is not None and lag > state.settings.max_lag_s:
+        why = engine.follower.unreachable if engine.follower and engine.follower.unreachable else "still applying"
+        raise NotReady(f"behind the store's change feed for {lag:.1f} s ({why})")
+    return ReadyStatus(status="ready", index_size=engine.index_size())
 
 
 router.add_api_route("/ready", ready, methods=["HEAD"], response_model=ReadyStatus, include_in_schema=False)

@@ -43,6 +43,10 @@ def make_settings(model_dir: Path, data_dir: Path, **overrides: Any) -> Settings
 
 
 @pytest.fixture
-def client(tiny_model_dir: Path, tmp_path: Path) -> Iterator[TestClient]:
-    with serving(make_settings(tiny_model_dir, tmp_path / "data", max_batch=8, max_question_chars=200)) as c:
+def client(tiny_model_dir: Path, tmp_path: Path, store_url: str | None) -> Iterator[TestClient]:
+    """A ready service on each store in turn: SQLite, then PostgreSQL."""
+    settings = make_settings(
+        tiny_model_dir, tmp_path / "data", max_batch=8, max_question_chars=200, store_url=store_url
+    )
+    with serving(settings) as c:
         yield c

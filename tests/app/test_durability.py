@@ -1,5 +1,5 @@
 """kill -9 right after 201s loses nothing, metadata and namespaces included, and an answered delete
-stays done: a real server process, killed at a random moment."""
+stays done: a real server process, killed at a random moment, on each store (SQLite, PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -27,8 +27,11 @@ def _text(i: int) -> str:
 
 
 @pytest.mark.slow
-def test_every_acknowledged_question_survives_sigkill(tiny_model_dir: Path, tmp_path: Path) -> None:
-    server = Server(tiny_model_dir, tmp_path / "data").start()
+def test_every_acknowledged_question_survives_sigkill(
+    tiny_model_dir: Path, tmp_path: Path, store_url: str | None
+) -> None:
+    env = {"DUPQ_STORE_URL": store_url} if store_url else {}
+    server = Server(tiny_model_dir, tmp_path / "data", **env).start()
     acknowledged: dict[str, tuple[str, dict[str, Any]]] = {}
     deleted: set[str] = set()
     stop = threading.Event()
@@ -62,7 +65,7 @@ def test_every_acknowledged_question_survives_sigkill(tiny_model_dir: Path, tmp_
         stop.set()
         writer.join(10)
         assert len(acknowledged) > 5
-        restarted = Server(tiny_model_dir, tmp_path / "data", port=server.port).start()
+        restarted = Server(tiny_model_dir, tmp_path / "data", port=server.port, **env).start()
         try:
             status, ready = restarted.request("GET", "/ready")
             assert status == 200 and ready["index_size"] >= len(acknowledged)

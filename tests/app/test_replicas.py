@@ -1,0 +1,195 @@
+"""Several replicas on one PostgreSQL store: each sees the others' writes within a second, a
+replica killed with SIGKILL loses nothing and catches up, a PostgreSQL restart fails no read and
+loses no acknowledged write, replicas of different models never mix vectors."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.postgres import PostgresServer
+
+from ..conftest import CORPUS, build_tiny_model
+from .conftest import engine_of, make_settings, serving
+from .server import Server
+from .test_durability import _text
+
+
+def _replica(model_dir: Path, data_dir: Path, url: str, **overrides: Any) -> Any:
+    return serving(make_settings(model_dir, data_dir, store_url=url, **overrides))
+
+
+def _within(seconds: float, check: Callable[[], bool]) -> float:
+    """How long ``check`` took to come true; fails if it did not within ``seconds``."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < seconds, f"not within {seconds} s"
+        time.sleep(0.01)
+    return time.monotonic() - started
+
+
+def _finds(client: TestClient, text: str, qid: str, namespace: str = "default") -> bool:
+    body = {"question": text, "k": 1, "namespace": namespace}
+    matches = client.post("/duplicates", json=body).json()["matches"]
+    return bool(matches) and matches[0]["id"] == qid
+
+
+@contextmanager
+def _private_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for one test, which may stop and start it."""
+    try:
+        server = PostgresServer()
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def test_a_write_on_one_replica_is_seen_by_the_others_within_a_second(
+    tiny_model_dir: Path, tmp_path: Path, postgres: PostgresServer
+) -> None:
+    url = postgres.new_database()
+    with ExitStack() as stack:
+        a, b, c = (stack.enter_context(_replica(tiny_model_dir, tmp_path / name, url)) for name in "abc")
+        item = {"id": "x1", "text": CORPUS[0], "namespace": "site", "metadata": {"lang": "en"}}
+        assert a.post("/questions", json={"questions": [item]}).status_code == 201
+        assert a.get("/questions/x1").status_code == 200  # read-your-writes on the same replica, at once
+        for other in (b, c):
+            _within(1.0, lambda o=other: o.get("/questions/x1").status_code == 200)  # type: ignore[misc]
+            assert other.get("/questions/x1").json() == item
+            assert _finds(other, CORPUS[0], "x1", "site")
+        # An upsert on b, seen on a and c; a delete on c, seen on a and b.
+        b.post("/questions", json={"questions": [{**item, "text": CORPUS[4]}]})
+        for other in (a, c):
+            _within(1.0, lambda o=other: o.get("/questions/x1").json()["text"] == CORPUS[4])  # type: ignore[misc]
+            assert _finds(other, CORPUS[4], "x1", "site")
+        assert c.delete("/questions/x1").status_code == 204
+        for other in (a, b):
+            _within(1.0, lambda o=other: o.get("/questions/x1").status_code == 404)  # type: ignore[misc]
+            assert not _finds(other, CORPUS[4], "x1", "site")
+        # Bulk writes and a namespace dropped; every replica ends with the same index.
+        questions = [{"id": f"q{i}", "text": text, "namespace": f"ns{i % 2}"} for i, text in enumerate(CORPUS)]
+        a.post("/questions", json={"questions": questions[:8]})
+        b.post("/questions", json={"questions": questions[8:]})
+        assert c.post("/questions/delete", json={"namespace": "ns1"}).json() == {"deleted": len(CORPUS) // 2}
+        sizes = lambda: {r.get("/ready").json()["index_size"] for r in (a, b, c)}  # noqa: E731
+        _within(1.0, lambda: sizes() == {len(CORPUS) // 2})
+        assert {r.get("/questions", params={"namespace": "ns1"}).json()["questions"] == [] for r in (a, b, c)} == {True}
+
+
+def test_a_replica_away_longer_than_the_feed_keeps_copies_the_store_again(
+    tiny_model_dir: Path, tmp_path: Path, postgres: PostgresServer
+) -> None:
+    url = postgres.new_database()
+    with _replica(tiny_model_dir, tmp_path / "a", url) as a:
+        a.post("/questions", json={"questions": [{"id": "q0", "text": CORPUS[0]}]})
+    with _replica(tiny_model_dir, tmp_path / "b", url) as b:
+        b.post("/questions", json={"questions": [{"id": "q1", "text": CORPUS[1]}]})
+        b.delete("/questions/q0")
+        assert engine_of(b).primary.prune_feed(0.0) > 0  # type: ignore[union-attr]
+    with _replica(tiny_model_dir, tmp_path / "a", url) as a:
+        assert a.get("/questions/q1").status_code == 200 and a.get("/questions/q0").status_code == 404
+        assert a.get("/ready").json()["index_size"] == 1 and _finds(a, CORPUS[1], "q1")
+
+
+def test_a_replica_of_a_new_model_reembeds_and_those_of_the_old_one_stop_serving(
+    tiny_model_dir: Path, tmp_path: Path, postgres: PostgresServer
+) -> None:
+    url = postgres.new_database()
+    other_model = build_tiny_model(tmp_path / "other-model", seed=1, version_prefix="other")
+    with _replica(tiny_model_dir, tmp_path / "a", url) as old:
+        old.post("/questions", json={"questions": [{"id": f"q{i}", "text": t} for i, t in enumerate(CORPUS[:4])]})
+        with _replica(other_model, tmp_path / "b", url, on_model_change="reembed") as new:
+            assert new.get("/ready").json()["index_size"] == 4 and _finds(new, CORPUS[2], "q2")
+            _within(2.0, lambda: old.get("/ready").status_code == 503)
+            assert "model" in old.get("/ready").json()["detail"]
+            refused = old.post("/questions", json={"questions": [{"id": "z", "text": CORPUS[5]}]})
+            assert refused.status_code == 503 and "Retry-After" in refused.headers
+            assert new.post("/questions", json={"questions": [{"id": "n", "text": CORPUS[5]}]}).status_code == 201
+            assert engine_of(new).primary.model_versions() == {engine_of(new).encoder.version: 5}  # type: ignore[union-attr]
+
+
+def test_while_postgresql_is_down_reads_go_on_and_writes_answer_503_then_resume_by_themselves(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    with (
+        _private_postgres() as pg,
+        _replica(
+            tiny_model_dir, tmp_path / "a", pg.new_database(), store_timeout_s=0.5, max_lag_s=0.5, feed_poll_s=0.1
+        ) as a,
+    ):
+        a.post("/questions", json={"questions": [{"id": f"q{i}", "text": t} for i, t in enumerate(CORPUS)]})
+        pg.stop()
+        refused = a.post("/questions", json={"questions": [{"id": "new", "text": "Is it down?"}]})
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "2"
+        assert "the question store is unavailable" in refused.json()["detail"]
+        assert a.get("/questions/q3").status_code == 200 and _finds(a, CORPUS[3], "q3")
+        assert a.post("/similarity", json={"question1": CORPUS[0], "question2": CORPUS[1]}).status_code == 200
+        _within(3.0, lambda: a.get("/ready").status_code == 503)
+        assert "behind the store's change feed" in a.get("/ready").json()["detail"]
+        pg.start()
+        ok = {"questions": [{"id": "new", "text": "Is it back?"}]}
+        _within(10.0, lambda: a.post("/questions", json=ok).status_code == 201)
+        _within(3.0, lambda: a.get("/ready").status_code == 200)
+        assert a.get("/questions/new").json()["text"] == "Is it back?"
+
+
+@pytest.mark.slow
+def test_three_replicas_with_writers_on_each_and_one_killed_lose_nothing(
+    tiny_model_dir: Path, tmp_path: Path, postgres: PostgresServer
+) -> None:
+    url = postgres.new_database()
+    servers = [Server(tiny_model_dir, tmp_path / f"r{i}", DUPQ_STORE_URL=url).start() for i in range(3)]
+    acknowledged: dict[str, str] = {}
+    stop = threading.Event()
+
+    def write_loop(n: int, server: Server) -> None:
+        i = 0
+        while not stop.is_set():
+            qid, text = f"w{n}-{i}", _text(3 * i + n)
+            try:
+                status, _ = server.request("POST", "/questions", {"questions": [{"id": qid, "text": text}]}, timeout=5)
+            except OSError:
+                return  # killed
+            if status == 201:
+                acknowledged[qid] = text
+            i += 1
+
+    writers = [threading.Thread(target=write_loop, args=(n, s)) for n, s in enumerate(servers)]
+    try:
+        for w in writers:
+            w.start()
+        time.sleep(1.5)
+        servers[1].kill()
+        time.sleep(1.5)
+        stop.set()
+        for w in writers:
+            w.join(10)
+        assert len([q for q in acknowledged if q.startswith("w1-")]) > 3 and len(acknowledged) > 20
+        survivors = [servers[0], servers[2]]
+        for server in survivors:
+            _within(2.0, lambda s=server: s.request("GET", "/ready")[1]["index_size"] == len(acknowledged))  # type: ignore[misc]
+            for qid, text in acknowledged.items():
+                assert server.request("GET", f"/questions/{qid}") == (
+                    200,
+                    {"id": qid, "text": text, "namespace": "default", "metadata": {}},
+                )
+        restarted = Server(tiny_model_dir, tmp_path / "r1", port=servers[1].port, DUPQ_STORE_URL=url).start()
+        servers[1] = restarted
+        assert restarted.request("GET", "/ready")[1]["index_size"] == len(acknowledged)
+        for qid, text in list(acknowledged.items())[::7]:
+            _, found = restarted.request("POST", "/duplicates", {"question": text, "k": 1})
+            assert found["matches"][0]["id"] == qid
+    finally:
+        stop.set()
+        for server in servers:
+            server.stop()
