@@ -31,6 +31,16 @@ class Metrics:
             "dupq_encoder_queue_depth", "questions waiting for the encoder", registry=self.registry
         )
         self.index_size = Gauge("dupq_index_size", "questions in the duplicate index", registry=self.registry)
+        self.feed_lag = Gauge(
+            "dupq_feed_lag_seconds",
+            "replicas on PostgreSQL: seconds since this replica was last level with the store's change feed",
+            registry=self.registry,
+        )
+        self.feed_position = Gauge(
+            "dupq_feed_position",
+            "replicas on PostgreSQL: the last change of the store's feed this replica applied",
+            registry=self.registry,
+        )
         self.index_namespaces = Gauge(
             "dupq_index_namespaces",
             "namespaces by how they are searched: flat (exact) or hnsw (approximate)",

@@ -7,9 +7,11 @@
 # running; make local Debian bookworm base images with debootstrap (no image can be pulled here):
 # one with Python 3.11 for the service, one with nginx for the gateway; build both images; check
 # the image (at most 500 MB, no PyTorch, non-root, no compilers, no tests; an empty store unless
-# DUPQ_SEED_FILE asks for the demo corpus); start the stack; check /ready, /similarity, an add and
-# /duplicates, a namespace with a filter, /export and the playground, a body over the gateway's
-# cap, the per-client rate limit, and data kept across a restart.
+# DUPQ_SEED_FILE asks for the demo corpus); start the stack (PostgreSQL and three replicas behind
+# the gateway); check /ready, /similarity, an add and /duplicates, a write on one replica found by
+# GET and a search served by each of the others, a namespace with a filter, /export and the
+# playground, a body over the gateway's cap, the per-client rate limit, and data kept across a
+# restart.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +19,8 @@ PROJECT=${PROJECT:-dupqcheck}
 PORT=${DUPQ_PORT:-18080}
 BASE_IMAGE=dupq-base:bookworm
 GATEWAY_BASE_IMAGE=dupq-gateway-base:bookworm
+POSTGRES_BASE_IMAGE=dupq-postgres-base:bookworm
+REPLICAS=3
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 CA_BUNDLE=${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -59,6 +63,7 @@ make_base() {  # name, packages
 step "base images"
 make_base "$BASE_IMAGE" python3,python3-venv,ca-certificates
 make_base "$GATEWAY_BASE_IMAGE" nginx-light,ca-certificates
+make_base "$POSTGRES_BASE_IMAGE" postgresql-15
 
 step "CA bundle (for pip in the build stage only)"
 mkdir -p build/docker-ca
@@ -68,6 +73,7 @@ ok "build/docker-ca: $(ls build/docker-ca | tr '\n' ' ')"
 step "images"
 docker build -q --build-arg BASE="$BASE_IMAGE" -t dupq:latest . >/dev/null || fail "docker build dupq"
 docker build -q --build-arg BASE="$GATEWAY_BASE_IMAGE" -t dupq-gateway:latest docker/gateway >/dev/null || fail "docker build gateway"
+docker build -q --build-arg BASE="$POSTGRES_BASE_IMAGE" -t dupq-postgres:15 docker/postgres >/dev/null || fail "docker build postgres"
 size=$(docker image inspect dupq:latest --format '{{.Size}}')
 ok "dupq:latest is $((size / 1000000)) MB"
 [ "$size" -le 500000000 ] || fail "image over 500 MB"
@@ -102,7 +108,10 @@ for seed in "unset" "" "/opt/dupq/demo/questions.tsv"; do
     ok "DUPQ_SEED_FILE ${seed:-(empty)}: $ready"
 done
 
-compose() { DUPQ_PORT=$PORT DUPQ_BASE_IMAGE=$BASE_IMAGE GATEWAY_BASE_IMAGE=$GATEWAY_BASE_IMAGE docker-compose -p "$PROJECT" "$@"; }
+compose() {
+    DUPQ_PORT=$PORT DUPQ_BASE_IMAGE=$BASE_IMAGE GATEWAY_BASE_IMAGE=$GATEWAY_BASE_IMAGE DUPQ_POSTGRES_IMAGE=dupq-postgres:15 \
+        DUPQ_REPLICAS=$REPLICAS docker-compose -p "$PROJECT" "$@"
+}
 cleanup() { compose down -v >/dev/null 2>&1 || true; }
 trap 'compose logs --tail=30 || true; cleanup' ERR
 cleanup
@@ -121,6 +130,8 @@ wait_ready || fail "/ready through the gateway"
 ok "/ready through the gateway: $(curl -s "$url/ready")"
 published=$(docker ps --filter "label=com.docker.compose.project=$PROJECT" --format '{{.Names}} {{.Ports}}' | grep -c -- '->' || true)
 [ "$published" = 1 ] && ok "only the gateway publishes a port" || fail "$published containers publish ports"
+running=$(docker ps --filter "label=com.docker.compose.project=$PROJECT" --filter "label=com.docker.compose.service=dupq" -q | wc -l)
+[ "$running" = "$REPLICAS" ] && ok "$running replicas of dupq on one PostgreSQL" || fail "$running replicas running, not $REPLICAS"
 
 post() { curl -s -X POST -H 'content-type: application/json' "$url$1" -d "$2"; }
 sim=$(post /similarity '{"question1": "How old are you?", "question2": "What is your age?"}')
@@ -132,6 +143,25 @@ ok "add: $added"
 found=$(post /duplicates '{"question": "What is the fastest way to learn guitar?", "k": 3}')
 echo "$found" | grep -q '"docker-check-1"' || fail "/duplicates: $found"
 ok "/duplicates finds it: ${found:0:160}..."
+
+# Which replica answers each request: the gateway says (X-Served-By), round-robin over them all.
+served_by() { grep -i '^x-served-by:' | tr -d '\r' | cut -d' ' -f2; }
+writer=$(curl -s -D - -o /dev/null -X POST -H 'content-type: application/json' "$url/questions" \
+    -d '{"questions": [{"id": "docker-replica-1", "text": "Which replica stored this question about sourdough bread?"}]}' | served_by)
+[ -n "$writer" ] || fail "the gateway does not say which replica answered"
+declare -A seen=()
+for _ in $(seq 60); do
+    headers=$(curl -s -D - -o /tmp/dupq-replica.json -X POST -H 'content-type: application/json' "$url/duplicates" \
+        -d '{"question": "Which replica stored the question about sourdough bread?", "k": 1}')
+    by=$(echo "$headers" | served_by)
+    [ "$by" = "$writer" ] && continue
+    grep -q '"docker-replica-1"' /tmp/dupq-replica.json || fail "replica $by did not find what $writer stored: $(cat /tmp/dupq-replica.json)"
+    curl -s -D - -o /dev/null "$url/questions/docker-replica-1" | grep -q '^HTTP/1.1 200' || fail "GET on another replica"
+    seen[$by]=1
+    [ ${#seen[@]} -ge $((REPLICAS - 1)) ] && break
+done
+[ ${#seen[@]} -ge $((REPLICAS - 1)) ] || fail "searches reached ${#seen[@]} other replicas, not $((REPLICAS - 1))"
+ok "stored by replica $writer, found by a search on each of the other $((REPLICAS - 1)): ${!seen[*]}"
 post /questions '{"questions": [{"id": "docker-ns-1", "text": "How do I reset my password?", "namespace": "helpdesk", "metadata": {"status": "open"}}]}' | grep -q docker-ns-1 || fail "add to a namespace"
 found=$(post /duplicates '{"question": "Where can I change my password?", "namespace": "helpdesk", "filter": {"status": "open"}}')
 echo "$found" | grep -q '"metadata":{"status":"open"}' || fail "/duplicates in a namespace, filtered: $found"

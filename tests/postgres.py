@@ -37,7 +37,10 @@ def _free_port() -> int:
 
 
 class PostgresServer:
-    def __init__(self) -> None:
+    """``fsync``: off for the tests (see above), on for benchmarks of write latency."""
+
+    def __init__(self, fsync: bool = False) -> None:
+        self.fsync = fsync
         bindir = _bindir()
         if bindir is None:
             raise FileNotFoundError("PostgreSQL is not installed (no pg_ctl)")
@@ -60,7 +63,8 @@ class PostgresServer:
         subprocess.run(argv, check=True, capture_output=True, cwd=self.dir)
 
     def start(self) -> None:
-        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} -c fsync=off -c max_connections=200"
+        fsync = "on" if self.fsync else "off"
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} -c fsync={fsync} -c max_connections=200"
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "log"), "-o", options, "-w", "start")
 
     def stop(self) -> None:

@@ -72,11 +72,16 @@ async def info(engine: EngineDep, settings: SettingsDep) -> Info:
 )
 async def metrics(request: Request, state: StateDep) -> Response:
     """Prometheus metrics: requests and latency per route, encoder batch sizes, queue depth, index
-    size, and namespaces searched exactly (flat) or approximately (hnsw)."""
+    size, namespaces searched exactly (flat) or approximately (hnsw), and for a replica on
+    PostgreSQL its lag behind the store's change feed and its position in it."""
     m = request.app.state.metrics
     m.queue_depth.set(state.engine.queue_depth if state.engine else 0)
     m.index_size.set(state.engine.index_size() if state.engine else 0)
     structures = state.engine.index.structures() if state.engine else {"flat": 0, "hnsw": 0}
     for structure, count in structures.items():
         m.index_namespaces.labels(structure).set(count)
+    follower = state.engine.follower if state.engine else None
+    if follower is not None:
+        m.feed_lag.set(follower.lag())
+        m.feed_position.set(follower.position)
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

@@ -142,6 +142,12 @@ def test_operations(client: TestClient) -> None:
     assert "dupq_index_size 2.0" in text and "dupq_encoder_queue_depth" in text
     assert 'dupq_index_namespaces{structure="flat"} 2.0' in text
     assert 'dupq_index_namespaces{structure="hnsw"} 0.0' in text
+    follower = engine_of(client).follower  # a replica on PostgreSQL: where it is in the store's feed
+    if follower is None:
+        assert "dupq_feed_position 0.0" in text  # no feed to follow
+    else:
+        assert f"dupq_feed_position {float(follower.position)}" in text and follower.position >= 3
+        assert re.search(r"^dupq_feed_lag_seconds \d", text, re.M)
     schema = client.get("/openapi.json").json()
     assert schema["components"]["schemas"]["SimilarityRequest"]["properties"]["question1"]["maxLength"] == 200
     assert client.get("/docs").status_code == 200
