@@ -197,3 +197,71 @@ def test_three_replicas_with_writers_on_each_and_one_killed_lose_nothing(
         stop.set()
         for server in servers:
             server.stop()
+
+
+@pytest.mark.slow
+def test_a_postgresql_restart_amid_reads_and_writes_fails_no_read_and_loses_no_acknowledged_write(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    with _private_postgres() as pg:
+        url = pg.new_database()
+        env = {"DUPQ_STORE_URL": url, "DUPQ_STORE_TIMEOUT_S": "0.5", "DUPQ_FEED_POLL_S": "0.2"}
+        servers = [Server(tiny_model_dir, tmp_path / f"r{i}", **env).start() for i in range(2)]
+        seed = [{"id": f"q{i}", "text": text} for i, text in enumerate(CORPUS)]
+        assert servers[0].request("POST", "/questions", {"questions": seed})[0] == 201
+        acknowledged: dict[str, str] = {}
+        failures: list[tuple[str, int]] = []
+        refused, resumed = [0], [0]
+        back = threading.Event()
+        stop = threading.Event()
+
+        def read_loop(server: Server) -> None:
+            i = 0
+            while not stop.is_set():
+                for status, what in (
+                    (server.request("GET", f"/questions/q{i % len(CORPUS)}")[0], "GET"),
+                    (server.request("POST", "/duplicates", {"question": CORPUS[i % len(CORPUS)]})[0], "duplicates"),
+                ):
+                    if status != 200:
+                        failures.append((what, status))
+                i += 1
+
+        def write_loop(n: int, server: Server) -> None:
+            i = 0
+            while not stop.is_set():
+                qid, text = f"w{n}-{i}", _text(2 * i + n)
+                status, _ = server.request("POST", "/questions", {"questions": [{"id": qid, "text": text}]})
+                if status == 201:
+                    acknowledged[qid] = text
+                    resumed[0] += back.is_set()
+                elif status == 503:
+                    refused[0] += 1
+                else:
+                    failures.append(("write", status))
+                i += 1
+
+        threads = [threading.Thread(target=read_loop, args=(s,)) for s in servers]
+        threads += [threading.Thread(target=write_loop, args=(n, s)) for n, s in enumerate(servers)]
+        try:
+            for t in threads:
+                t.start()
+            time.sleep(1.0)
+            pg.stop()
+            time.sleep(2.0)
+            pg.start()
+            back.set()
+            _within(15.0, lambda: resumed[0] >= 10)  # writes resume by themselves
+            stop.set()
+            for t in threads:
+                t.join(10)
+            assert failures == [] and refused[0] > 0
+            with psycopg.connect(url) as conn:
+                committed = conn.execute("SELECT count(*) FROM questions").fetchone()[0]  # type: ignore[index]
+            for server in servers:
+                _within(2.0, lambda s=server: s.request("GET", "/ready")[1]["index_size"] == committed)  # type: ignore[misc]
+                for qid, text in acknowledged.items():
+                    assert server.request("GET", f"/questions/{qid}")[1]["text"] == text
+        finally:
+            stop.set()
+            for server in servers:
+                server.stop()
