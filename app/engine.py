@@ -48,7 +48,7 @@ from app.question_file import describe_skipped, read_question_file
 from app.replica import COPY_FILE, Follower
 from app.schemas import Limits
 from app.settings import Settings
-from app.store import DEFAULT_NAMESPACE, Feedback, NewQuestion, QuestionStore, StoredQuestion, StoreTooNew
+from app.store import DEFAULT_NAMESPACE, Feedback, NewQuestion, QuestionStore, Store, StoredQuestion, StoreTooNew
 from model.encoder import QuestionEncoder, load_encoder
 
 logger = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class Stores:
     primary: PostgresStore | None = None
 
     @property
-    def truth(self) -> QuestionStore | PostgresStore:
+    def truth(self) -> Store:
         return self.primary or self.local
 
     def close(self) -> None:
@@ -146,6 +146,7 @@ def open_model_and_store(settings: Settings) -> tuple[QuestionEncoder, Stores]:
         except Exception as err:
             raise StartupError(f"cannot open the PostgreSQL store: {err}") from err
     try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)  # the snapshot's, whichever file the store is
         path = settings.data_dir / (COPY_FILE if primary else STORE_FILE)
         local = QuestionStore(settings.sqlite_path() or path, encoder.dim, synchronous="NORMAL" if primary else "FULL")
     except StoreTooNew as err:
@@ -165,7 +166,7 @@ def open_model_and_store(settings: Settings) -> tuple[QuestionEncoder, Stores]:
     return encoder, stores
 
 
-def _check_store(settings: Settings, encoder: QuestionEncoder, store: QuestionStore | PostgresStore) -> None:
+def _check_store(settings: Settings, encoder: QuestionEncoder, store: Store) -> None:
     seed = settings.seed_file
     if seed and not seed.is_file() and store.count() == 0:
         raise StartupError(f"the store is empty and the seed file {seed} (DUPQ_SEED_FILE) is not a file")
@@ -685,7 +686,7 @@ def _glibc() -> ctypes.CDLL | None:
 _LIBC = _glibc()
 
 
-def _reembed(encoder: QuestionEncoder, store: QuestionStore | PostgresStore, progress: bool) -> int:
+def _reembed(encoder: QuestionEncoder, store: Store, progress: bool) -> int:
     """Re-embed the stored questions of other model versions; returns how many."""
     stale = sum(n for v, n in store.model_versions().items() if v != encoder.version)
     if not stale:

@@ -26,7 +26,13 @@ router.add_api_route("/health", health, methods=["HEAD"], include_in_schema=Fals
 @router.get(
     "/ready",
     response_model=ReadyStatus,
-    responses={503: {"model": ErrorBody, "description": "still loading (see Retry-After), or loading failed"}},
+    responses={
+        503: {
+            "model": ErrorBody,
+            "description": "still loading (see Retry-After), loading failed, or (a replica on PostgreSQL) behind "
+            "the store's change feed for more than max_lag_s",
+        }
+    },
 )
 async def ready(state: StateDep) -> ReadyStatus:
     """Readiness: 200 once the model and the index are loaded and the model answers; for a replica

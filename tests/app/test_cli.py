@@ -113,3 +113,21 @@ def test_a_command_that_needs_the_train_extra_says_so(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert result.returncode == 1
     assert "dupq upgrade: error:" in result.stderr and "pip install 'dupq[train]'" in result.stderr
+
+
+def test_index_groups_and_feedback_work_on_either_store(
+    tiny_model_dir: Path, tmp_path: Path, store_url: str | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    questions = tmp_path / "questions.tsv"
+    questions.write_text("q1\tHow old are you?\nq2\tHow old are you?\nq3\tWhy is the sky blue?\n", encoding="utf-8")
+    url = store_url or f"sqlite:///{tmp_path / 'elsewhere.sqlite3'}"  # SQLite: a file named by URL
+    common = ["--model-dir", str(tiny_model_dir), "--data-dir", str(tmp_path / "d"), "--store-url", url]
+    assert main(["index", *common, str(questions)]) == 0
+    assert json.loads(capsys.readouterr().out)["index_size"] == 3
+    assert (tmp_path / "elsewhere.sqlite3").exists() != bool(store_url)
+    assert main(["groups", *common, "--out", str(tmp_path / "groups.jsonl")]) == 0
+    assert json.loads(capsys.readouterr().out)["grouped"] == 2  # the two identical texts
+    assert main(["feedback", *common, "--out", str(tmp_path / "feedback.tsv")]) == 0
+    assert json.loads(capsys.readouterr().out)["pairs"] == 0
+    if store_url:  # the store is PostgreSQL's: the data directory holds only the replica's copy
+        assert not (tmp_path / "d" / "questions.sqlite3").exists() and (tmp_path / "d" / "replica.sqlite3").exists()

@@ -13,10 +13,8 @@ import psycopg
 import pytest
 
 from app.pgstore import PostgresStore, StoreUnavailable
-from app.store import Feedback, NewQuestion, QuestionStore, StoreTooNew
+from app.store import Feedback, NewQuestion, QuestionStore, Store, StoreTooNew
 from tests.postgres import PostgresServer
-
-Store = QuestionStore | PostgresStore
 
 
 def _vectors(n: int, seed: int = 0) -> np.ndarray:
