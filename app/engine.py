@@ -194,10 +194,10 @@ def _remove_old_snapshots(data_dir: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _tag(encoder: QuestionEncoder, stores: Stores) -> str:
+def _tag(encoder: QuestionEncoder, primary: PostgresStore | None) -> str:
     """What an index holds: vectors of this model version (a snapshot of another is useless), of
     which PostgreSQL store for a replica."""
-    of = f" of store {stores.primary.store_id}" if stores.primary else ""
+    of = f" of store {primary.store_id}" if primary else ""
     return f"vectors of model {encoder.version}{of}"
 
 
@@ -219,8 +219,9 @@ class Engine:
         self.encoder = encoder
         self.store = store  # every read; every write too, unless there is a primary
         self.primary = primary
+        self.stores = Stores(store, primary)
         self.follower = follower
-        self.tag = _tag(encoder, Stores(store, primary))
+        self.tag = _tag(encoder, primary)
         self.index = index
         self.threads = settings.cpu_count()
         self.snapshot_path = _snapshot_path(settings)
@@ -274,10 +275,8 @@ class Engine:
         store, warm the encoder up. ``progress`` shows bars."""
         store, primary, follower = stores.local, stores.primary, None
         if primary is not None:
-            if any(v != encoder.version for v in primary.model_versions()):
-                primary.claim_model(encoder.version)  # first: replicas of the old model stop writing
+            primary.claim_model(encoder.version)  # before re-embedding: replicas of an old model stop writing
             reembedded = _reembed(encoder, primary, progress)
-            primary.claim_model(encoder.version)
             follower = Follower(primary, store, encoder.version)
             try:
                 copied = follower.prepare()
@@ -286,7 +285,7 @@ class Engine:
             reembedded += copied
         else:
             reembedded = _reembed(encoder, store, progress)
-        tag = _tag(encoder, stores)
+        tag = _tag(encoder, primary)
         index, generation = _load_index(settings, tag, encoder.dim, store, trust_snapshot=not reembedded)
         engine = cls(settings, encoder, store, index, generation, on_batch, primary, follower)
         if generation < 0:  # rebuilt: snapshot it now; a caught-up snapshot waits for the next one
@@ -328,7 +327,7 @@ class Engine:
             await loop.run_in_executor(None, self._following.join)
         self.save_snapshot()
         self._workers.shutdown(wait=True)
-        Stores(self.store, self.primary).close()
+        self.stores.close()
 
     def save_snapshot(self) -> None:
         """Write the index snapshot if the store changed since the last one. The index is streamed
@@ -658,7 +657,7 @@ class Engine:
             resolved.append(dataclasses.replace(pair, question1=texts[0], question2=texts[1]))
         if unknown:
             raise UnknownIds(unknown)
-        return (self.primary or self.store).add_feedback(resolved, self.encoder.version)
+        return self.stores.truth.add_feedback(resolved, self.encoder.version)
 
     def token_counts(self, texts: list[str]) -> list[int]:
         """How many tokens the encoder reads of each text (after truncation to max_tokens)."""

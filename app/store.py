@@ -92,9 +92,9 @@ def term_value(value: object) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def metadata_terms(metadata: str) -> tuple[tuple[str, str], ...]:
-    """The filter terms of a stored metadata object, as :meth:`NewQuestion.of` makes them."""
-    return tuple((name, term_value(value)) for name, value in json.loads(metadata).items())
+def metadata_terms(metadata: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The filter terms of a metadata object: (name, :func:`term_value` of its value)."""
+    return tuple((name, term_value(value)) for name, value in metadata.items())
 
 
 def _own(lock_path: Path) -> IO[str]:
@@ -147,7 +147,7 @@ class NewQuestion:
             text,
             namespace,
             json.dumps(metadata, ensure_ascii=False, separators=(",", ":")),
-            tuple((name, term_value(value)) for name, value in metadata.items()),
+            metadata_terms(metadata),
         )
 
 
@@ -585,15 +585,16 @@ class QuestionStore:
         )
         cur.executemany(
             "INSERT INTO terms VALUES (?, ?, ?, ?)",
-            [(row.namespace, n, v, row.key) for n, v in metadata_terms(row.metadata)],
+            [(row.namespace, n, v, row.key) for n, v in metadata_terms(json.loads(row.metadata))],
         )
         applied.added.append((row.key, row.namespace, row.embedding))
         applied.count += 1
 
     def reset(self, source: str, fill: Callable[[Callable[[list[Row]], None]], int], model_version: str) -> int:
         """Replace everything with a full copy of a PostgreSQL store: ``fill`` hands the rows to
-        its argument and returns the feed position they show. One transaction: a copy interrupted
-        leaves the old one. Returns how many rows were copied."""
+        its argument and returns the feed position they show. One transaction: a copy interrupted,
+        or one that meets another model's vectors (:class:`ModelMismatch`), leaves the old one.
+        Returns how many rows were copied."""
         applied = Applied()
         with self._transaction() as cur:
             cur.execute("DELETE FROM terms")
@@ -604,10 +605,10 @@ class QuestionStore:
                     self._insert_row(cur, row, model_version, applied)
 
             position = fill(sink)
+            if applied.model_version is not None:  # rolled back: the old copy stays
+                raise ModelMismatch(applied.model_version)
             cur.execute("INSERT OR REPLACE INTO meta VALUES ('feed_position', ?)", (str(position),))
             cur.execute("INSERT OR REPLACE INTO meta VALUES ('source', ?)", (source,))
-        if applied.model_version is not None:
-            raise ModelMismatch(applied.model_version)
         return applied.count
 
     def iter_feedback(self) -> Iterator[tuple[int, Feedback, str, float]]:

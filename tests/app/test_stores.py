@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +135,29 @@ def test_an_unreachable_postgresql_is_a_clear_error(tmp_path: Path) -> None:
     where = re.escape("cannot reach PostgreSQL at postgresql://nobody@127.0.0.1:1/x within")  # no password
     with pytest.raises(StoreUnavailable, match=where):
         PostgresStore("postgresql://nobody:secret@127.0.0.1:1/x", dim=4, connect_timeout=1.0)
+
+
+def test_a_replica_copy_that_meets_another_model_keeps_the_copy_it_had(tmp_path: Path) -> None:
+    from app.feed import ModelMismatch, Row
+
+    copy = QuestionStore(tmp_path / "replica.sqlite3", dim=4, synchronous="NORMAL")
+    try:
+
+        def rows(versions: list[str]) -> Callable[[Callable[[list[Row]], None]], int]:
+            def fill(sink: Callable[[list[Row]], None]) -> int:
+                sink(
+                    [
+                        Row(k, f"q{k}", f"Q{k}?", _vectors(1, k).tobytes(), v, "default", "{}", k)
+                        for k, v in enumerate(versions, 1)
+                    ]
+                )
+                return 7
+
+            return fill
+
+        assert copy.reset("db-1", rows(["v1", "v1"]), "v1") == 2
+        with pytest.raises(ModelMismatch):
+            copy.reset("db-2", rows(["v1", "v2"]), "v1")
+        assert copy.count() == 2 and copy.meta("source") == "db-1" and copy.meta("feed_position") == "7"
+    finally:
+        copy.close()
