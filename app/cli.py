@@ -264,18 +264,28 @@ def _feedback(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from model.config import EncoderConfig
-    from model.training.config import TrainConfig
+    from model.training.config import FINE_TUNING, TrainConfig
     from model.training.trainer import train
 
     def given(config: type, skip: Sequence[str] = ()) -> dict[str, typing.Any]:
         names = [f.name for f in dataclasses.fields(config) if f.name not in skip]
         return {name: vars(args)[name] for name in names if vars(args)[name] is not None}
 
-    config = TrainConfig(**given(TrainConfig))
+    config = TrainConfig(**{**(FINE_TUNING if args.init_from else {}), **given(TrainConfig)})
     encoder = given(EncoderConfig, skip=_NOT_ENCODER_FLAGS)
     if args.unidirectional:
         encoder["bidirectional"] = False
-    written = train(args.train, args.valid, args.out, config, encoder, tokenizer_file=args.tokenizer)
+    written = train(
+        args.train,
+        args.valid,
+        args.out,
+        config,
+        encoder,
+        tokenizer_file=args.tokenizer,
+        init_from=args.init_from,
+        distill_files=args.distill_text or (),
+        replay_files=args.replay_from,
+    )
     print(
         json.dumps({"out": str(args.out), "version": written["version"], "validation": written["validation"]}, indent=2)
     )
@@ -366,7 +376,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _train_flags(p: argparse.ArgumentParser) -> None:
     from model.config import EncoderConfig
-    from model.training.config import TrainConfig
+    from model.training.config import FINE_TUNING, TrainConfig
 
     p.add_argument(
         "--train", nargs="+", required=True, metavar="FILE", help="labelled pair files (any supported format)"
@@ -377,6 +387,27 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="model directory to write")
     p.add_argument(
         "--tokenizer", metavar="FILE", help="reuse this tokenizer.json instead of training one (repeatable runs)"
+    )
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        metavar="MODEL_DIR",
+        help="fine-tune: continue from this model directory's network and tokenizer (its architecture), "
+        "with the fine-tuning defaults: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in FINE_TUNING.items()),
+    )
+    p.add_argument(
+        "--replay-from",
+        nargs="+",
+        metavar="FILE",
+        help="with --init-from: the pairs to replay (default: the model's own training files, as its config.json "
+        "names them, checked against their sha256)",
+    )
+    p.add_argument(
+        "--distill-text",
+        nargs="+",
+        metavar="FILE[@SPLIT,...]",
+        help="graded sentence files (STS Benchmark, SICK) whose sentences, not their scores, join the "
+        "distillation from the teacher; @train,dev keeps those splits of an STS Benchmark file",
     )
     _add_config_flags(p, TrainConfig, skip=())
     _add_config_flags(p, EncoderConfig, skip=_NOT_ENCODER_FLAGS)

@@ -37,6 +37,13 @@ class TrainConfig:
     margin: float = field(default=0.25, metadata={"help": "alpha of the triplet loss"})
     temperature: float = field(default=0.05, metadata={"help": "of the in-batch softmax loss"})
     pair_weight: float = field(default=1.0, metadata={"help": "weight of the logistic pair loss (0 turns it off)"})
+    swap_negatives: bool = field(
+        default=True,
+        metadata={
+            "help": "each anchor that a rule rewrites into the same words with another meaning (two things "
+            "exchanged, a negation moved; model.training.negatives) brings the rewrite as its closest negative"
+        },
+    )
     # The teacher, all-MiniLM-L6-v2 (train extra): token embeddings from its vectors of each token,
     # pretraining passes towards its vectors of the questions, then distillation of its cosines.
     teacher: Literal["minilm", "none"] = field(
@@ -57,6 +64,10 @@ class TrainConfig:
         default=5.0,
         metadata={"help": "weight of the distillation of the teacher's cosines among each step's questions (0: off)"},
     )
+    distill_batch: int = field(
+        default=128,
+        metadata={"help": "sentences of the --distill-text files added to each step's distillation"},
+    )
     teacher_dtype: Literal["float32", "bfloat16"] = field(
         default="bfloat16",
         metadata={
@@ -68,6 +79,14 @@ class TrainConfig:
     teacher_cache: str = field(
         default="",
         metadata={"help": ".npy file for the teacher's vectors of the training questions (reused if it matches)"},
+    )
+    # Fine-tuning (dupq train --init-from MODEL_DIR).
+    replay: float = field(
+        default=1.0,
+        metadata={
+            "help": "with --init-from: pairs drawn from the model's own training files, as a multiple of the "
+            "pairs given, mixed in so that what it knew is not forgotten (0: none)"
+        },
     )
     # The run.
     vocab_size: int = field(default=16000, metadata={"help": "word-piece vocabulary size"})
@@ -87,3 +106,16 @@ class TrainConfig:
     max_steps: int = field(
         default=0, metadata={"help": "stop after this many steps in all (0: no limit); for smoke tests"}
     )
+
+
+FINE_TUNING = {
+    "epochs": 6,
+    "batch_size": 64,
+    "pair_batch_size": 64,
+    "lr": 5e-4,
+    "topic_size": 0,
+    "teacher": "none",
+    "pretrain_epochs": 0,
+}
+"""What ``dupq train --init-from`` changes in the recipe unless the flag is given: a few short,
+gentle passes over a site's own pairs (about a thousand), without the teacher."""

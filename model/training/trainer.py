@@ -46,6 +46,7 @@ from model.training.export import load_network, save_model_dir
 from model.training.groups import PairGraph, duplicate_batches
 from model.training.losses import StepTensors, recipe_terms, total_loss
 from model.training.metrics import fit_logistic
+from model.training.negatives import choose, rewrites
 from model.training.network import Network, SiameseEncoder, SideBySide, encode, forward_by_length
 from model.training.teacher import MiniLMTeacher, Teacher
 
@@ -89,7 +90,9 @@ def teacher_for(config: TrainConfig) -> Teacher | None:
 
 
 class Trainer:
-    """Trains one network on the pairs of ``graph``; ``teacher`` (or None) as the config says."""
+    """Trains one network on the pairs of ``graph``; ``teacher`` (or None) as the config says.
+    ``init``: a trained network to continue from (fine-tuning) instead of a new one. ``general``:
+    sentences of other text whose teacher's cosines join each step's distillation."""
 
     def __init__(
         self,
@@ -99,15 +102,20 @@ class Trainer:
         encoder_config: dict[str, Any],
         teacher: Teacher | None,
         progress: bool = True,
+        init: SiameseEncoder | None = None,
+        general: Sequence[str] = (),
     ) -> None:
         self.config = config
         self.progress = progress
         self.graph = graph
         self.tokenizer = tokenizer
         _seed_everything(config.seed)
-        self.network = SiameseEncoder(EncoderConfig(vocab_size=tokenizer.get_vocab_size(), **encoder_config))
-        if teacher is not None:
-            logger.info("token embeddings from the teacher for %d tokens", self._init_embedding(teacher))
+        if init is not None:
+            self.network = init
+        else:
+            self.network = SiameseEncoder(EncoderConfig(vocab_size=tokenizer.get_vocab_size(), **encoder_config))
+            if teacher is not None:
+                logger.info("token embeddings from the teacher for %d tokens", self._init_embedding(teacher))
         self.device = _device(config.device)
         self.network.to(self.device)
         self.token_ids = TokenIds(tokenizer, self.network.config.max_tokens)
@@ -128,6 +136,17 @@ class Trainer:
         self.teacher: torch.Tensor | None = None
         if teacher is not None and (config.distill_weight or config.pretrain_epochs):
             self.teacher = torch.from_numpy(teacher.question_vectors(graph.texts)).to(self.device)
+        # Other text for the distillation: its token ids and the teacher's vectors, same order.
+        self.general = self.token_ids(list(general))
+        self.general_teacher: torch.Tensor | None = None
+        if general:
+            if teacher is None or not config.distill_weight:
+                raise ValueError("sentences to distil (--distill-text) need the teacher and a distillation weight")
+            self.general_teacher = torch.from_numpy(teacher.question_vectors(list(general))).to(self.device)
+        self._general_order = np.random.default_rng(config.seed).permutation(len(self.general))
+        self._general_next = 0
+        # Each question's meaning-changing rewrites (model.training.negatives), made once.
+        self.rewrites = [rewrites(text) for text in graph.texts] if config.swap_negatives else None
         logger.info(
             "training on %d questions in %d duplicate groups, %d labelled positives, %d labelled negatives",
             len(graph.texts),
@@ -159,22 +178,62 @@ class Trainer:
         """Vectors of the network as it stands."""
         return encode(self.network, self.token_ids, texts)
 
+    def _swaps(self, anchors: list[int], rng: random.Random) -> tuple[list[int], list[list[int]]]:
+        """For the anchors a rule rewrites: their rows in the batch and the rewrites' token ids."""
+        if self.rewrites is None:
+            return [], []
+        rows, texts = [], []
+        for row, q in enumerate(anchors):
+            text = choose(self.rewrites[q], rng)
+            if text is not None:
+                rows.append(row)
+                texts.append(text)
+        return rows, self.token_ids(texts)
+
+    def _general_rows(self) -> list[int]:
+        """The next ``distill_batch`` sentences of other text, in a fixed shuffled order."""
+        if not self.general:
+            return []
+        n = min(self.config.distill_batch, len(self.general))
+        rows = [int(self._general_order[(self._general_next + k) % len(self.general)]) for k in range(n)]
+        self._general_next += n
+        return rows
+
     def _loss(
-        self, anchors: list[int], others: list[int], extra: list[int], labelled: list[tuple[int, int, int]]
+        self,
+        anchors: list[int],
+        others: list[int],
+        extra: list[int],
+        labelled: list[tuple[int, int, int]],
+        swaps: tuple[list[int], list[list[int]]] = ([], []),
     ) -> torch.Tensor:
         questions = anchors + others + extra + [a for a, _, _ in labelled] + [b for _, b, _ in labelled]
-        vectors = forward_by_length(self.network, [self.sequences[q] for q in questions])  # (M, D)
-        b, h, m = len(anchors), len(extra), len(labelled)
+        swap_rows, swap_ids = swaps
+        general = self._general_rows()
+        every = forward_by_length(
+            self.network,
+            [self.sequences[q] for q in questions] + swap_ids + [self.general[g] for g in general],
+        )  # (M + s + g, D): the step's questions, the anchors' rewrites, sentences of other text
+        b, h, m, n = len(anchors), len(extra), len(labelled), len(questions)
+        vectors, rewritten, other_text = every[:n], every[n : n + len(swap_ids)], every[n + len(swap_ids) :]
         v1, v2, v3 = vectors[:b], vectors[b : 2 * b], vectors[2 * b : 2 * b + h]
         start = 2 * b + h
         pa, pb = vectors[start : start + m], vectors[start + m :]
+        labels = [y for _, _, y in labelled] + [0] * len(swap_rows)
+        teacher = None
+        if self.teacher is not None:
+            teacher = self.teacher[torch.from_numpy(np.asarray(questions))]
+            if general:
+                assert self.general_teacher is not None
+                teacher = torch.cat([teacher, self.general_teacher[torch.tensor(general)]])
         step = StepTensors(
-            sim=v1 @ torch.cat([v2, v3]).T,  # (b, b + h): positives on the diagonal
+            sim=v1 @ torch.cat([v2, v3, rewritten]).T,  # (b, b + h + s): positives on the diagonal
             sim_back=v2 @ v1.T,  # (b, b): the same pairs seen from the other side
-            pair_sims=(pa * pb).sum(1),  # (m,)
-            pair_labels=torch.tensor([y for _, _, y in labelled], device=vectors.device),
-            vectors=vectors,
-            teacher=self.teacher[torch.from_numpy(np.asarray(questions))] if self.teacher is not None else None,
+            # (m + s,): the labelled pairs, then each rewritten anchor with its rewrite
+            pair_sims=torch.cat([(pa * pb).sum(1), (v1[swap_rows] * rewritten).sum(1)]),
+            pair_labels=torch.tensor(labels, device=vectors.device),
+            vectors=torch.cat([vectors, other_text]) if general else vectors,
+            teacher=teacher,
         )
         return total_loss(self.terms, step)
 
@@ -266,6 +325,7 @@ class Trainer:
         if self.teacher is not None and c.pretrain_epochs:
             self.pretrain()
         rng = random.Random(c.seed)
+        swap_rng = random.Random(c.seed + 1)  # its own stream: the batches stay those of a run without
         params = [*self.network.parameters(), self.pair_scale, self.pair_shift]
         optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
         steps_per_epoch = max(1, len(self.graph.group_positives(c.max_group_pairs, random.Random(0))) // c.batch_size)
@@ -290,7 +350,7 @@ class Trainer:
             )
             for i, (anchors, others, extra) in enumerate(bar):
                 chunk = labelled[i * c.pair_batch_size : (i + 1) * c.pair_batch_size] if c.pair_weight else []
-                loss = self._loss(anchors, others, extra, chunk)
+                loss = self._loss(anchors, others, extra, chunk, self._swaps(anchors, swap_rng))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -345,17 +405,27 @@ def train(
     tokenizer_file: str | Path | None = None,
     progress: bool = True,
     teacher: Teacher | None = None,
+    init_from: str | Path | None = None,
+    distill_files: Sequence[str] = (),
+    replay_files: Sequence[str | Path] | None = None,
 ) -> dict[str, Any]:
     """Train on ``train_files``, validate on ``valid_file``, write the model directory ``out``;
     returns its config. With ``tokenizer_file``, reuse that tokenizer instead of training one. The
     teacher is the one the config names unless one is given. With ``members`` above 1, train that
-    many networks at once (:func:`_train_members`) and write them side by side."""
+    many networks at once (:func:`_train_members`) and write them side by side.
+
+    ``init_from``: fine-tune, continuing from that model directory's network and tokenizer (its
+    architecture: ``encoder_config`` must be empty), with ``config.replay`` times as many pairs
+    as given drawn from ``replay_files`` (by default the model's own training files, as its
+    ``config.json`` names them, checked against their sha256). ``distill_files``: graded sentence
+    files (``FILE`` or ``FILE@split,split``) whose sentences, scores unread, join the distillation."""
     _device(config.device)  # a device that is not there is refused before the data is read
     if config.members < 1:
         raise ValueError(f"--members {config.members}: train at least 1 network")
     if config.threads:
         torch.set_num_threads(config.threads)
     started = time.time()
+    start = _starting_point(init_from, config, encoder_config, tokenizer_file) if init_from else None
     train_pairs: list[Pair] = []
     reports = []
     for path in train_files:
@@ -365,7 +435,14 @@ def train(
     valid_pairs, valid_report = load_pairs(valid_file)
     if not train_pairs or not valid_pairs:
         raise ValueError("no usable pairs in the training or the validation files")
+    replayed: dict[str, Any] = {}
+    if start is not None:
+        sample, replayed = _replay(start.config, replay_files, round(config.replay * len(train_pairs)), config.seed)
+        train_pairs += sample
+    general, distilled = _sentences(distill_files)
     given = load_tokenizer(tokenizer_file) if tokenizer_file else None  # read before `out` is overwritten
+    if start is not None:
+        given = start.tokenizer
     graph = PairGraph.build(train_pairs)
     # `tokenizers` breaks ties between equally frequent merges in no fixed order, so a retrained
     # vocabulary can differ in a few rare tokens; reusing a tokenizer file makes a run repeatable.
@@ -394,9 +471,27 @@ def train(
         }
     else:
         teacher = teacher or teacher_for(config)
-        trainer = Trainer(graph, tokenizer, config, encoder_config or {}, teacher, progress=progress)
+        trainer = Trainer(
+            graph,
+            tokenizer,
+            config,
+            encoder_config or {},
+            teacher,
+            progress=progress,
+            init=start.network if start else None,
+            general=general,
+        )
         _, epoch = trainer.fit(evaluator)
         network, about = trainer.network, {"best_epoch": epoch}
+    if start is not None:
+        about["init_from"] = {
+            "path": str(init_from),
+            "version": start.config.get("version"),
+            "weights_sha256": start.config.get("weights_sha256"),
+        }
+        about["replay"] = replayed
+    if distilled:
+        about["distill_files"] = distilled
     # Threshold and calibration from the validation pairs, with the best epoch's weights.
     token_ids = TokenIds(tokenizer, network.config.max_tokens)
     scored = evaluator.score(lambda texts: encode(network, token_ids, texts))
@@ -411,7 +506,7 @@ def train(
             **about,
             "duration_s": round(time.time() - started, 1),
             "torch": torch.__version__,
-            "tokenizer": f"reused {tokenizer_file}" if tokenizer_file else "trained on the training questions",
+            "tokenizer": _tokenizer_origin(tokenizer_file, init_from),
         },
         "validation": {k: round(v, 5) for k, v in metrics.items()},
     }
@@ -422,6 +517,96 @@ def train(
         "wrote %s: validation accuracy %.4f, mrr@10 %.4f, tau %.3f", out, metrics["accuracy"], metrics["mrr@10"], tau
     )
     return written
+
+
+def _tokenizer_origin(tokenizer_file: str | Path | None, init_from: str | Path | None) -> str:
+    if init_from:
+        return f"the tokenizer of {init_from}"
+    return f"reused {tokenizer_file}" if tokenizer_file else "trained on the training questions"
+
+
+@dataclasses.dataclass
+class _Start:
+    """What fine-tuning continues from: a model directory's network, tokenizer and config."""
+
+    network: SiameseEncoder
+    tokenizer: Tokenizer
+    config: dict[str, Any]
+
+
+def _starting_point(
+    model_dir: str | Path, config: TrainConfig, encoder_config: dict[str, Any] | None, tokenizer_file: Any
+) -> _Start:
+    """The model directory ``--init-from`` names, refused with the reason where fine-tuning
+    cannot continue from it."""
+    from model.model_dir import TOKENIZER, read_json
+
+    if encoder_config:
+        raise ValueError(
+            f"--init-from {model_dir}: the architecture is the model's own; drop "
+            + ", ".join("--" + k.replace("_", "-") for k in sorted(encoder_config))
+        )
+    if tokenizer_file:
+        raise ValueError(f"--init-from {model_dir}: the tokenizer is the model's own; drop --tokenizer")
+    if config.members != 1:
+        raise ValueError(f"--init-from {model_dir}: fine-tuning continues one network; drop --members")
+    network = load_network(model_dir)
+    if not isinstance(network, SiameseEncoder):
+        raise ValueError(f"--init-from {model_dir}: a model of {len(network.members)} networks side by side")
+    return _Start(network.train(), load_tokenizer(Path(model_dir) / TOKENIZER), read_json(model_dir))
+
+
+def _replay(
+    model_config: dict[str, Any], files: Sequence[str | Path] | None, count: int, seed: int
+) -> tuple[list[Pair], dict[str, Any]]:
+    """``count`` pairs drawn at random (seeded) from ``files``, by default the training files the
+    model's ``config.json`` names, each checked against its recorded sha256."""
+    if count <= 0:
+        return [], {"pairs": 0}
+    if files is None:
+        recorded = model_config.get("training", {}).get("train_files") or []
+        if not recorded:
+            raise ValueError(
+                "the model's config.json names no training files to replay: pass --replay-from, or --replay 0"
+            )
+        for entry in recorded:
+            path = Path(entry["path"])
+            if not path.is_file():
+                raise ValueError(
+                    f"the model was trained on {path}, which is not there to replay: pass --replay-from FILE "
+                    "(a copy of it) or --replay 0"
+                )
+            if sha256_file(path) != entry["sha256"]:
+                raise ValueError(
+                    f"{path} is not the file the model was trained on (its sha256 differs): pass --replay-from"
+                )
+        files = [entry["path"] for entry in recorded]
+    pool: list[Pair] = []
+    for name in files:
+        pool += load_pairs(name)[0]
+    sample = random.Random(seed).sample(pool, min(count, len(pool)))
+    logger.info("replaying %d of the %d pairs of %s", len(sample), len(pool), ", ".join(map(str, files)))
+    return sample, {"files": [{"path": str(f), "sha256": sha256_file(f)} for f in files], "pairs": len(sample)}
+
+
+def _sentences(specs: Sequence[str]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The distinct sentences of graded files named ``FILE`` or ``FILE@split,split`` (the scores
+    are not read), and a description of each file for ``config.json``."""
+    from model.training.graded import load_graded
+
+    sentences: dict[str, None] = {}
+    described = []
+    for spec in specs:
+        path, _, splits = spec.partition("@")
+        count = len(sentences)
+        for split in splits.split(",") if splits else [None]:
+            for pair in load_graded(path, split=split)[0]:
+                sentences.setdefault(pair.sentence1)
+                sentences.setdefault(pair.sentence2)
+        described.append(
+            {"path": path, "splits": splits or "all", "sha256": sha256_file(path), "sentences": len(sentences) - count}
+        )
+    return list(sentences), described
 
 
 def _train_members(

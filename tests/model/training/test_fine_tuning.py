@@ -1,0 +1,124 @@
+"""Fine-tuning (`dupq train --init-from`): a model directory's network and tokenizer, a site's
+own pairs, a replay sample of what the model was trained on."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.cli import main
+from model.encoder import load_encoder
+
+from .test_trainer import _pair_file, _train_argv
+
+# A new domain: cooking questions, whose words the tiny model's tokenizer never saw whole.
+COOKING = [
+    (1, "How do I bake sourdough bread?", "What is the method for baking sourdough bread?"),
+    (0, "How do I bake sourdough bread?", "How do I freeze sourdough bread?"),
+    (1, "How long should I boil an egg?", "For how many minutes do I boil eggs?"),
+    (0, "How long should I boil an egg?", "How long should I boil pasta?"),
+    (1, "What can I cook with leftover rice?", "Recipes that use leftover rice?"),
+    (0, "What can I cook with leftover rice?", "What can I cook with leftover chicken?"),
+    (1, "Why does my cake sink in the middle?", "What makes a cake collapse in the centre?"),
+    (0, "Why does my cake sink in the middle?", "Why does my bread rise unevenly?"),
+]
+
+
+def _cooking(path: Path) -> Path:
+    path.write_text("".join(f"{y}\t{a}\t{b}\t{i}\n" for i, (y, a, b) in enumerate(COOKING)), encoding="utf-8")
+    return path
+
+
+def _gap(model: Path) -> float:
+    """Mean cosine of the duplicates minus that of the non-duplicates of COOKING."""
+    encoder = load_encoder(model)
+    a = encoder.encode([q for _, q, _ in COOKING])
+    b = encoder.encode([q for _, _, q in COOKING])
+    cosines = (a * b).sum(1)
+    labels = np.array([y for y, _, _ in COOKING])
+    return float(cosines[labels == 1].mean() - cosines[labels == 0].mean())
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("base")
+    pairs = _pair_file(tmp / "pairs.tsv")
+    assert main(_train_argv(pairs, tmp / "model")) == 0
+    return tmp / "model", pairs
+
+
+def _fine_tune(base: Path, train: Path, out: Path, *extra: str) -> int:
+    files = ["--init-from", str(base), "--train", str(train), "--valid", str(train), "--out", str(out)]
+    steps = ["--epochs", "40", "--patience", "40", "--batch-size", "2", "--pair-batch-size", "4", "--lr", "0.01"]
+    return main(["train", *files, *steps, "--threads", "1", *extra])
+
+
+def test_fine_tuning_continues_from_the_model_reloads_and_learns_the_new_pairs(
+    base: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, original = base
+    cooking = _cooking(tmp_path / "cooking.tsv")
+    before = _gap(model)
+    assert _fine_tune(model, cooking, tmp_path / "tuned") == 0
+    after = _gap(tmp_path / "tuned")
+    assert after > before + 0.05, (before, after)
+
+    first, tuned = (json.loads((d / "config.json").read_text()) for d in (model, tmp_path / "tuned"))
+    assert tuned["encoder"] == first["encoder"] and tuned["tokenizer_sha256"] == first["tokenizer_sha256"]
+    assert tuned["version"] != first["version"]
+    training = tuned["training"]
+    assert training["init_from"] == {
+        "path": str(model),
+        "version": first["version"],
+        "weights_sha256": first["weights_sha256"],
+    }
+    # As many pairs replayed as given (--replay 1), from the file the model names, with its sha256.
+    assert training["replay"]["pairs"] == len(COOKING)
+    assert training["replay"]["files"] == [
+        {"path": str(original), "sha256": first["training"]["train_files"][0]["sha256"]}
+    ]
+    assert training["config"]["teacher"] == "none" and training["config"]["pretrain_epochs"] == 0
+    assert training["tokenizer"] == f"the tokenizer of {model}"
+    # Tau and the calibration come from --valid, the new pairs.
+    assert training["valid_file"]["path"] == str(cooking)
+    assert tuned["threshold"] != first["threshold"]
+
+
+def test_the_replay_file_must_be_the_one_the_model_was_trained_on(
+    base: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, _ = base
+    config = json.loads((model / "config.json").read_text())
+    cooking = _cooking(tmp_path / "cooking.tsv")
+    changed = tmp_path / "copy"
+    for name in ("config.json", "model.safetensors", "model.onnx", "tokenizer.json"):
+        (changed / name).parent.mkdir(exist_ok=True)
+        (changed / name).write_bytes((model / name).read_bytes())
+    config["training"]["train_files"][0]["sha256"] = "0" * 64
+    (changed / "config.json").write_text(json.dumps(config))
+    assert _fine_tune(changed, cooking, tmp_path / "out", "--epochs", "1") == 1
+    assert (
+        "is not the file the model was trained on (its sha256 differs): pass --replay-from" in capsys.readouterr().err
+    )
+    # Named by hand, or no replay at all, it goes on.
+    assert _fine_tune(changed, cooking, tmp_path / "named", "--epochs", "1", "--replay-from", str(cooking)) == 0
+    assert _fine_tune(changed, cooking, tmp_path / "none", "--epochs", "1", "--replay", "0") == 0
+    assert json.loads((tmp_path / "none" / "config.json").read_text())["training"]["replay"] == {"pairs": 0}
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--embed-dim", "16"], "the architecture is the model's own; drop --embed-dim"),
+        (["--tokenizer", "tokenizer.json"], "the tokenizer is the model's own; drop --tokenizer"),
+        (["--members", "2"], "fine-tuning continues one network; drop --members"),
+    ],
+)
+def test_what_fine_tuning_cannot_change_is_refused_in_one_line(
+    base: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    model, _ = base
+    assert _fine_tune(model, _cooking(tmp_path / "cooking.tsv"), tmp_path / "out", *flags) == 1
+    assert f"dupq train: error: --init-from {model}: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
