@@ -10,6 +10,7 @@
     dupq evaluate  pair and retrieval metrics of a model on a pair file, with baselines
     dupq sts       correlation with graded similarity (STS Benchmark, SICK)
     dupq split     cut a pair file in two by duplicate groups (no leakage)
+    dupq swaps     the word-order check set: questions and the same words reordered
     dupq upgrade   bring a model directory of an older dupq to this format (train extra)
 
 Each subcommand imports what it needs inside itself, so ``dupq --help`` is instant and ``dupq
@@ -334,6 +335,19 @@ def _split(args: argparse.Namespace) -> int:
     return 0
 
 
+def _swaps(args: argparse.Namespace) -> int:
+    import collections
+
+    from model.training.data import Pair, load_pairs, write_bimpm
+    from model.training.negatives import check_pairs
+
+    pairs, _ = load_pairs(args.pairs)
+    rows = check_pairs([q for pair in pairs for q in (pair.question1, pair.question2)])
+    write_bimpm([Pair(a, b, label) for label, a, b, _ in rows], args.out)
+    print(json.dumps({"pairs": len(rows), "by_rule": dict(collections.Counter(rule for *_, rule in rows))}))
+    return 0
+
+
 def _upgrade(args: argparse.Namespace) -> int:
     from model.training.export import upgrade_model_dir
 
@@ -580,6 +594,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-rest", required=True, help="where the rest goes (BiMPM layout)")
     p.add_argument("--out-held", required=True, help="where the held-out part goes (BiMPM layout)")
     p.set_defaults(func=_split)
+
+    p = sub.add_parser(
+        "swaps",
+        help="the word-order check set: the same words reordered, with and without the meaning kept",
+        description="From the questions of a pair file held out from training, write pairs of a question and "
+        "the same words in another order: duplicates where two named things joined by and/or/vs are exchanged, "
+        "non-duplicates where a rule of the training's hard negatives changes the meaning "
+        "(model/training/negatives.py). Score them with dupq evaluate.",
+    )
+    p.add_argument("--pairs", required=True, help="labelled pair file whose questions to reorder")
+    p.add_argument("--out", required=True, help="where the pairs go (BiMPM layout)")
+    p.set_defaults(func=_swaps)
 
     p = sub.add_parser(
         "upgrade",

@@ -43,7 +43,7 @@ SYMMETRIC = _words(
     "similarity same equal equivalent distance far both either neither each other together"
 )
 # The first words of a question and words that are never a named thing.
-_NOT_NAMES = _words("i i'm i've i'd i'll a an the what why how who when where which is are can do does")
+_NOT_NAMES = _words("i i'm i've i'd i'll a an the what why how who when where which is are can do does lrb rrb lsb rsb")
 _STOP = _words(
     "a an the to from of in on at for by with is are was were be been it its this that these those my your "
     "his her their our i you he she we they me him them us what why how who when where which there here much many"
@@ -95,8 +95,9 @@ def tokens(text: str) -> list[Token]:
 
 
 def _is_name(token: Token, position: int) -> bool:
-    first = token.text[0]
-    return position > 0 and (first.isupper() or first.isdigit()) and token.low not in _NOT_NAMES
+    """A capitalised word (``India``, ``iPhone``, ``GRE``) or a number, not the first word."""
+    text = token.text
+    return position > 0 and (text[0].isdigit() or any(c.isupper() for c in text)) and token.low not in _NOT_NAMES
 
 
 def _named_runs(words: list[Token]) -> list[tuple[int, int]]:
@@ -239,6 +240,39 @@ def rewrites(text: str) -> list[Rewrite]:
             seen.add(new)
             out.append(Rewrite(rule, new))
     return out
+
+
+def kept_meaning(text: str) -> str | None:
+    """``text`` with two named things joined by "and", "or" or "vs" exchanged (``Which is better,
+    iPhone or Android?`` -> ``Which is better, Android or iPhone?``): the same words and, unlike
+    :func:`rewrites`, the same meaning. None where the question has no such pair."""
+    words = tokens(text)
+    for k, word in enumerate(words):
+        if word.low in _JOINS:
+            a, b = _thing_before(words, k), _thing_after(words, k + 1)
+            if a and b and _named(words, a) and _named(words, b):
+                return _exchange(text, words, a, b)
+    return None
+
+
+_JOINS = _words("and or vs vs. versus &")
+
+
+def check_pairs(questions: list[str]) -> list[tuple[int, str, str, str]]:
+    """The word-order check set (``dupq swaps``) from ``questions`` held out from training: each
+    question with two named things joined by "and", "or" or "vs" gives a duplicate, the two
+    exchanged (:func:`kept_meaning`); each question an exchange rule rewrites gives a
+    non-duplicate, its first such rewrite. Rows: (label, question, the same words reordered,
+    rule)."""
+    rows: list[tuple[int, str, str, str]] = []
+    for text in dict.fromkeys(questions):
+        same = kept_meaning(text)
+        if same is not None:
+            rows.append((1, text, same, "kept"))
+        changed = [r for r in rewrites(text) if r.rule != "negation"]
+        if changed:
+            rows.append((0, text, changed[0].text, changed[0].rule))
+    return rows
 
 
 def hard_negative(text: str, rng: random.Random) -> str | None:

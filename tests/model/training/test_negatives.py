@@ -73,3 +73,18 @@ def test_hard_negative_prefers_an_exchange_to_a_negation() -> None:
     assert {hard_negative(question, rng) for _ in range(20)} == {"Why can't Pakistan beat India?"}
     assert hard_negative("How old are you?", rng) is None
     assert hard_negative("Why can't I sleep?", rng) == "Why can I sleep?"
+
+
+def test_the_check_set_pairs_each_question_with_its_words_reordered() -> None:
+    from model.training.negatives import check_pairs, kept_meaning
+
+    assert kept_meaning("Which is better, iPhone or Android?") == "Which is better, Android or iPhone?"
+    assert kept_meaning("Who would win a war between India and Pakistan?") == (
+        "Who would win a war between Pakistan and India?"
+    )
+    assert kept_meaning("How do I learn Java and become a developer?") is None  # "become" is no named thing
+    rows = check_pairs(["Why did India attack Pakistan?", "Is Python or Java faster?", "How old are you?"] * 2)
+    assert rows == [
+        (0, "Why did India attack Pakistan?", "Why did Pakistan attack India?", "names"),
+        (1, "Is Python or Java faster?", "Is Java or Python faster?", "kept"),
+    ]
