@@ -73,8 +73,9 @@ class Teacher(Protocol):
 
 class MiniLMTeacher:
     """all-MiniLM-L6-v2 as the teacher: tokens in float32 (a few seconds), questions in ``dtype``,
-    cached in ``cache`` under a digest of the precision and the texts, so that a rerun on the same
-    data skips the slow part and vectors of one precision never stand in for the other's. The
+    cached beside ``cache`` under a digest of the precision and the texts (:meth:`cached`), so that
+    a rerun on the same data skips the slow part, vectors of one precision never stand in for the
+    other's, and the training questions and other sentences each keep their own file. The
     model is loaded when first asked, each time, as the recipe's runs did."""
 
     def __init__(self, dtype: Dtype = "bfloat16", cache: str | Path | None = None) -> None:
@@ -84,10 +85,17 @@ class MiniLMTeacher:
     def token_vectors(self, texts: list[str]) -> np.ndarray:
         return minilm_encoder()(texts)
 
-    def question_vectors(self, texts: list[str]) -> np.ndarray:
+    def cached(self, texts: list[str]) -> Path | None:
+        """Where the vectors of ``texts`` are kept: beside ``cache``, named with a digest of the
+        precision and the texts (``teacher.<digest>.npy``), one file per set of texts."""
+        if self.cache is None:
+            return None
         digest = hashlib.sha256("\n".join([self.dtype, *texts]).encode()).hexdigest()[:16]
-        cache, stamp = self.cache, self.cache.with_suffix(".sha") if self.cache else None
-        if cache and stamp and cache.is_file() and stamp.is_file() and stamp.read_text() == digest:
+        return self.cache.with_name(f"{self.cache.stem}.{digest}{self.cache.suffix or '.npy'}")
+
+    def question_vectors(self, texts: list[str]) -> np.ndarray:
+        cache = self.cached(texts)
+        if cache and cache.is_file():
             logger.info("teacher vectors from %s", cache)
             return np.load(cache)
         if self.dtype == "bfloat16" and not cpu_has_bfloat16():
@@ -102,8 +110,9 @@ class MiniLMTeacher:
         logger.info("encoding %d training questions with all-MiniLM-L6-v2 (the teacher, %s)", len(texts), self.dtype)
         vectors = minilm_encoder(self.dtype)(texts)
         logger.info("teacher vectors in %.0f s", time.time() - started)
-        if cache and stamp:
+        if cache:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            np.save(cache, vectors)
-            stamp.write_text(digest)
+            partial = cache.with_suffix(".partial.npy")
+            np.save(partial, vectors)
+            partial.replace(cache)  # whole or not there
         return vectors

@@ -455,7 +455,7 @@ def train(
     network: Network
     if config.members > 1:
         network, member_configs = _train_members(
-            train_files, valid_file, graph, config, encoder_config or {}, tokenizer
+            train_files, valid_file, graph, config, encoder_config or {}, tokenizer, distill_files, general
         )
         about = {
             "members": [
@@ -616,6 +616,8 @@ def _train_members(
     config: TrainConfig,
     encoder_config: dict[str, Any],
     tokenizer: Tokenizer,
+    distill_files: Sequence[str],
+    general: list[str],
 ) -> tuple[SideBySide, list[dict[str, Any]]]:
     """``config.members`` networks, each trained as one would be alone but with its own seed
     (``seed``, ``seed + 1``, ...), all at once in processes of their own, the threads shared out
@@ -632,6 +634,8 @@ def _train_members(
         teacher = teacher_for(shared)  # each member makes the same from the config
         if teacher is not None and (config.distill_weight or config.pretrain_epochs):
             teacher.question_vectors(graph.texts)  # into the cache the members read
+            if general:
+                teacher.question_vectors(general)
         logger.info("training %d networks side by side, %d thread(s) each", k, threads)
         member_config = [
             dataclasses.replace(shared, members=1, seed=config.seed + i, threads=threads) for i in range(k)
@@ -649,6 +653,7 @@ def _train_members(
                     encoder_config,
                     str(work / "tokenizer.json"),
                     level,
+                    list(distill_files),
                 )
                 for i in range(k)
             ]
@@ -668,10 +673,18 @@ def _train_member(
     encoder_config: dict[str, Any],
     tokenizer_file: str,
     log_level: int,
+    distill_files: list[str],
 ) -> dict[str, Any]:
     """One member of :func:`_train_members`, in a process of its own: its log lines say which
     member they are from, and only the first shows progress bars."""
     logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s member {index}: %(name)s: %(message)s")
     return train(
-        train_files, valid_file, out, config, encoder_config, tokenizer_file=tokenizer_file, progress=index == 0
+        train_files,
+        valid_file,
+        out,
+        config,
+        encoder_config,
+        tokenizer_file=tokenizer_file,
+        progress=index == 0,
+        distill_files=distill_files,
     )
