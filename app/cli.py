@@ -12,6 +12,7 @@
     dupq split     cut a pair file in two by duplicate groups (no leakage)
     dupq swaps     the word-order check set: questions and the same words reordered
     dupq upgrade   bring a model directory of an older dupq to this format (train extra)
+    dupq convert   make a sentence-transformers model a dupq model directory (train extra)
 
 Each subcommand imports what it needs inside itself, so ``dupq --help`` is instant and ``dupq
 serve`` never loads training code (``train``'s many flags are added only when it is asked for).
@@ -348,6 +349,16 @@ def _swaps(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from model.training.convert import convert
+
+    config = convert(args.st_model_dir, args.valid, args.out, name=args.name)
+    print(
+        json.dumps({"out": str(args.out), "version": config["version"], "validation": config["validation"]}, indent=2)
+    )
+    return 0
+
+
 def _upgrade(args: argparse.Namespace) -> int:
     from model.training.export import upgrade_model_dir
 
@@ -614,6 +625,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model_dir", type=Path, help="model directory to upgrade in place")
     p.set_defaults(func=_upgrade)
+
+    p = sub.add_parser(
+        "convert",
+        help="make a sentence-transformers model a dupq model directory (train extra)",
+        description="Turn a sentence-transformers model directory (a BERT-style transformer with mean pooling, "
+        "like all-MiniLM-L6-v2) into a dupq model directory: an ONNX graph, its tokenizer.json, tau and the "
+        "calibration fitted on --valid. dupq serve runs it without PyTorch.",
+    )
+    p.add_argument("st_model_dir", type=Path, help="sentence-transformers model directory (with modules.json)")
+    p.add_argument("--valid", required=True, help="labelled pairs: tau and the calibration are fitted on them")
+    p.add_argument("--out", required=True, type=Path, help="model directory to write")
+    p.add_argument("--name", help="the model's name (default: the source directory's name)")
+    p.set_defaults(func=_convert)
     return parser
 
 

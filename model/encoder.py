@@ -65,7 +65,8 @@ class QuestionEncoder:
     def __init__(self, config: dict[str, Any], tokenizer: Any, graph: bytes, threads: int = 1) -> None:
         self.config = config
         self.tokenizer = tokenizer
-        self.token_ids = TokenIds(tokenizer, int(config["encoder"]["max_tokens"]))
+        encoder = config["encoder"]
+        self.token_ids = TokenIds(tokenizer, int(encoder["max_tokens"]), special=bool(encoder.get("special_tokens")))
         self.threads = max(1, threads)
         self._sessions = [single_thread_session(graph) for _ in range(self.threads)]
         width = self._sessions[0].get_outputs()[0].shape[-1]

@@ -93,12 +93,16 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     return Tokenizer.from_file(str(path))
 
 
-def token_ids(tokenizer: Tokenizer, texts: list[str], max_tokens: int) -> list[list[int]]:
+def token_ids(tokenizer: Tokenizer, texts: list[str], max_tokens: int, special: bool = False) -> list[list[int]]:
     """Token ids of each text, truncated to ``max_tokens``; a text with no token gets ``[UNK]``.
+    ``special``: with the tokenizer's own special tokens (a converted transformer's [CLS] and
+    [SEP]), truncated by the tokenizer itself so that they stay.
 
     Raises ``ValueError`` for a text that is not valid Unicode (a lone surrogate, which JSON's
     ``"\\ud800"`` escape and ``surrogateescape`` decoding produce)."""
     _refuse_surrogates(texts, range(len(texts)))
+    if special:
+        return [enc.ids for enc in tokenizer.encode_batch(texts, add_special_tokens=True)]
     return _encode(tokenizer, texts, max_tokens)
 
 
@@ -153,11 +157,14 @@ class TokenIds:
     114,976 questions/s (182,096 with the dictionary warm), with the same ids for every one.
     """
 
-    def __init__(self, tokenizer: Tokenizer, max_tokens: int, cache_chunks: int = 100_000) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, max_tokens: int, cache_chunks: int = 100_000, special: bool = False
+    ) -> None:
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
         self.cache_chunks = cache_chunks
-        self._words = _fast_words(tokenizer)
+        self.special = special
+        self._words = None if special else _fast_words(tokenizer)
         self.fast = self._words is not None
         added = [token.content.lower() for token in tokenizer.get_added_tokens_decoder().values()]
         self._added = re.compile("|".join(map(re.escape, added))) if added else None
@@ -165,7 +172,7 @@ class TokenIds:
 
     def __call__(self, texts: list[str]) -> list[list[int]]:
         if not self.fast:
-            return token_ids(self.tokenizer, texts, self.max_tokens)
+            return token_ids(self.tokenizer, texts, self.max_tokens, self.special)
         out: list[list[int]] = []
         slow: list[int] = []
         chunks, chunk_ids, most = self._chunks, self._chunk_ids, self.max_tokens

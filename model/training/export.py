@@ -85,6 +85,11 @@ def load_network(model_dir: str | Path) -> Network:
     config = read_json(model_dir)
     if "encoder" not in config:
         raise ModelDirError(f"{model_dir / CONFIG} lacks the field 'encoder'")
+    if config["encoder"].get("kind") == "transformer":
+        raise ModelDirError(
+            f"{model_dir} holds a converted transformer (dupq convert), not dupq's own network: it has no weights "
+            "to train or upgrade"
+        )
     fields = {f.name for f in dataclasses.fields(EncoderConfig)}
     unknown = set(config["encoder"]) - fields
     if unknown:

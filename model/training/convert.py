@@ -1,0 +1,179 @@
+"""``dupq convert``: a sentence-transformers model directory made into a dupq model directory.
+
+The source is a BERT-style transformer with mean pooling (and optionally a Normalize module), as
+all-MiniLM-L6-v2 is. The written directory is what serving loads for any model
+(:mod:`model.model_dir`): ``model.onnx`` with dupq's inputs (``ids`` (B, T) int64, ``lengths``
+(B,) int32) and output (``embeddings`` (B, D), unit rows), the source's ``tokenizer.json`` (padding
+off, truncation at ``max_tokens``), tau and the calibration fitted on the validation pairs, and a
+``config.json`` whose ``encoder`` says what it is (``"kind": "transformer"``, ``"special_tokens":
+true``: the tokenizer adds [CLS] and [SEP]). Serving then runs it with ONNX Runtime, no PyTorch;
+there are no PyTorch weights to fine-tune from.
+
+The graph is exported with PyTorch's TorchScript exporter (``dynamo=False``; the dynamo exporter
+needs ``onnxscript``, which the train extra does not install): a transformer runs on a padded
+batch with an attention mask, which that exporter handles, unlike the packed LSTM of
+:mod:`model.training.onnx_graph`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.encoder import load_encoder
+from model.model_dir import CONFIG, FORMAT_VERSION, ONNX, TOKENIZER, sha256_file
+from model.training.data import load_pairs
+from model.training.evaluation import PairEvaluator
+from model.training.export import VERSION_PREFIX
+from model.training.metrics import fit_logistic
+from model.training.onnx_graph import OPSET
+
+logger = logging.getLogger(__name__)
+
+
+class MeanPooled(nn.Module):
+    """The transformer with dupq's inputs: the attention mask from ``lengths``, token types 0,
+    the mean of the real tokens' states, L2-normalized."""
+
+    def __init__(self, transformer: nn.Module) -> None:
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        mask = (torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]).to(torch.int64)  # (B, T)
+        states = self.transformer(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids))[0]
+        weights = mask.unsqueeze(-1).to(states.dtype)  # (B, T, 1)
+        mean = (states * weights).sum(1) / weights.sum(1).clamp(min=1e-9)  # (B, H)
+        return F.normalize(mean, dim=-1)
+
+
+def _source(st_dir: Path) -> tuple[Any, nn.Module, int, int]:
+    """The sentence-transformers model of ``st_dir``: the model, its transformer, its width and
+    its longest input; refused with the reason unless it is a transformer with mean pooling."""
+    from sentence_transformers import SentenceTransformer
+
+    try:  # sentence-transformers 6 moved the modules; 3 to 5 have them here only
+        from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    except ImportError:
+        from sentence_transformers.models import Normalize, Pooling, Transformer  # type: ignore[no-redef]
+
+    if not (st_dir / "modules.json").is_file():
+        raise ValueError(f"{st_dir} is not a sentence-transformers model directory (no modules.json)")
+    model = SentenceTransformer(str(st_dir), device="cpu")
+    modules = list(model)
+    if not modules or not isinstance(modules[0], Transformer):
+        raise ValueError(f"{st_dir}: the first module is not a Transformer")
+    rest = [m for m in modules[1:] if not isinstance(m, Normalize)]
+    if len(rest) != 1 or not isinstance(rest[0], Pooling) or _pooling_modes(rest[0]) != ["mean"]:
+        names = ", ".join(type(m).__name__ for m in modules)
+        raise ValueError(f"{st_dir}: dupq converts a Transformer with mean pooling, this model is {names}")
+    dim = rest[0].get_sentence_embedding_dimension()
+    if not dim:
+        raise ValueError(f"{st_dir}: the pooling module does not say its width")
+    longest = model.max_seq_length
+    if not longest:
+        raise ValueError(f"{st_dir}: the model does not say its longest input (max_seq_length)")
+    return model, modules[0].auto_model, int(dim), int(longest)
+
+
+def _pooling_modes(pooling: Any) -> list[str]:
+    """The pooling's modes, as sentence-transformers 6 (``pooling_mode``) or 3 to 5
+    (``pooling_mode_<mode>_tokens`` flags) writes them."""
+    config = pooling.get_config_dict()
+    if "pooling_mode" in config:
+        mode = config["pooling_mode"]
+        return [mode] if isinstance(mode, str) else list(mode)
+    names = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max"}
+    return [names.get(key, key) for key, on in config.items() if key.startswith("pooling_mode") and on]
+
+
+def export_graph(transformer: nn.Module) -> bytes:
+    """The ONNX graph of :class:`MeanPooled` over ``transformer``, batch and length dynamic."""
+    wrapped = MeanPooled(transformer).eval()
+    example = (
+        torch.tensor([[1, 2, 3], [1, 3, 0]]),
+        torch.tensor([3, 2], dtype=torch.int32),
+    )  # any ids in the vocabulary
+    buffer = io.BytesIO()
+    with torch.inference_mode():
+        torch.onnx.export(
+            wrapped,
+            example,
+            buffer,  # type: ignore[arg-type]  # a file object works; the stubs name paths only
+            input_names=["ids", "lengths"],
+            output_names=["embeddings"],
+            dynamic_axes={"ids": {0: "batch", 1: "tokens"}, "lengths": {0: "batch"}, "embeddings": {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    return buffer.getvalue()
+
+
+def convert(st_dir: str | Path, valid_file: str | Path, out: str | Path, name: str | None = None) -> dict[str, Any]:
+    """Write the dupq model directory ``out`` from the sentence-transformers model ``st_dir``,
+    with tau and the calibration fitted on ``valid_file``; returns its config."""
+    started = time.time()
+    st_dir, out = Path(st_dir), Path(out)
+    valid, valid_report = load_pairs(valid_file)
+    model, transformer, dim, max_tokens = _source(st_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ONNX).write_bytes(export_graph(transformer))
+    tokenizer = model.tokenizer.backend_tokenizer  # the `tokenizers` Tokenizer behind the fast tokenizer
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=max_tokens)
+    tokenizer.save(str(out / TOKENIZER))
+    onnx_digest, tokenizer_digest = sha256_file(out / ONNX), sha256_file(out / TOKENIZER)
+    both = hashlib.sha256(f"{onnx_digest} {tokenizer_digest}".encode()).hexdigest()
+    config: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "name": name or st_dir.resolve().name,
+        "version": f"{VERSION_PREFIX}+{both[:10]}",
+        "encoder": {"kind": "transformer", "pooling": "mean", "max_tokens": max_tokens, "special_tokens": True},
+        "dim": dim,
+        "threshold": 0.5,  # fitted below, once the written graph can be run
+        "calibration": {"slope": 1.0, "intercept": 0.0},
+        "onnx_sha256": onnx_digest,
+        "tokenizer_sha256": tokenizer_digest,
+    }
+    _write(out, config)
+    encoder = load_encoder(out)
+    scored = PairEvaluator(valid).score(encoder.encode)
+    metrics = scored.metrics()
+    slope, intercept = fit_logistic(scored.similarities, scored.labels)
+    config["threshold"] = float(metrics["threshold"])
+    config["calibration"] = {"slope": float(slope), "intercept": float(intercept)}
+    config["converted"] = {
+        "from": str(st_dir),
+        "sentence_transformers_modules": [type(m).__name__ for m in model],
+        "valid_file": {"path": str(valid_file), "sha256": sha256_file(valid_file), "pairs": valid_report.kept},
+        "duration_s": round(time.time() - started, 1),
+        "torch": torch.__version__,
+    }
+    config["validation"] = {k: round(float(v), 5) for k, v in metrics.items()}
+    _write(out, config)
+    logger.info("converted %s to %s: %d-d, tau %.3f", st_dir, out, dim, config["threshold"])
+    return config
+
+
+def _write(out: Path, config: dict[str, Any]) -> None:
+    (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+
+def cosine_gap(st_dir: str | Path, model_dir: str | Path, texts: list[str]) -> float:
+    """The largest difference between sentence-transformers' own cosines of ``texts`` and those
+    of the converted model directory: the check that the conversion kept the model."""
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(str(st_dir), device="cpu").encode(texts, normalize_embeddings=True)
+    converted = load_encoder(model_dir).encode(texts)
+    return float(np.abs(reference @ reference.T - converted @ converted.T).max())

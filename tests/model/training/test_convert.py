@@ -1,0 +1,101 @@
+"""`dupq convert`: a sentence-transformers model (a tiny BERT with random weights, built here; no
+download) made into a dupq model directory that serves the same cosines."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.cli import main
+from model.encoder import load_encoder
+from model.model_dir import ModelDirError, read_config
+from model.training.export import load_network
+
+from ...conftest import CORPUS, QUESTIONS
+from .test_trainer import _pair_file
+
+
+def _tiny_bert(path: Path, pooling: str = "mean") -> Path:
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+    from tokenizers.trainers import WordPieceTrainer
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer = Tokenizer(WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.train_from_iterator(CORPUS + QUESTIONS, WordPieceTrainer(vocab_size=150, special_tokens=specials))
+    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=tokenizer.get_vocab_size(),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    raw = path / "raw"
+    BertModel(config).save_pretrained(raw)
+    BertTokenizerFast(
+        tokenizer_object=tokenizer,
+        **dict(zip(["pad_token", "unk_token", "cls_token", "sep_token", "mask_token"], specials, strict=True)),
+    ).save_pretrained(raw)
+    transformer = Transformer(str(raw), max_seq_length=32)
+    modules = [transformer, Pooling(32, pooling_mode=pooling), Normalize()]
+    st_dir = path / "st"
+    SentenceTransformer(modules=modules, device="cpu").save(str(st_dir))
+    return st_dir
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("convert")
+    st_dir = _tiny_bert(tmp)
+    out = tmp / "dupq"
+    assert main(["convert", str(st_dir), "--valid", str(_pair_file(tmp / "pairs.tsv")), "--out", str(out)]) == 0
+    return st_dir, out
+
+
+def test_the_converted_model_serves_the_cosines_of_sentence_transformers(converted: tuple[Path, Path]) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    st_dir, out = converted
+    texts = [*QUESTIONS, "A question far longer than the model reads: " + "word " * 60]
+    reference = SentenceTransformer(str(st_dir), device="cpu").encode(texts, normalize_embeddings=True)
+    vectors = load_encoder(out, threads=2).encode(texts, batch_size=4)
+    np.testing.assert_allclose(vectors @ vectors.T, reference @ reference.T, atol=1e-4)
+    np.testing.assert_allclose(vectors, reference, atol=1e-4)
+
+
+def test_the_converted_directory_says_what_it_is(converted: tuple[Path, Path]) -> None:
+    st_dir, out = converted
+    config = read_config(out)  # every file serving needs, checksums included
+    assert config["encoder"] == {"kind": "transformer", "pooling": "mean", "max_tokens": 32, "special_tokens": True}
+    assert config["dim"] == 32 and config["name"] == "st" and -1 <= config["threshold"] <= 1
+    assert config["converted"]["from"] == str(st_dir) and config["converted"]["valid_file"]["pairs"] == 8
+    assert config["converted"]["sentence_transformers_modules"] == ["Transformer", "Pooling", "Normalize"]
+    assert not (out / "model.safetensors").exists()
+    tokenizer = json.loads((out / "tokenizer.json").read_text())
+    assert tokenizer["padding"] is None and tokenizer["truncation"]["max_length"] == 32
+    with pytest.raises(ModelDirError, match="converted transformer"):
+        load_network(out)
+
+
+def test_a_model_without_mean_pooling_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    st_dir = _tiny_bert(tmp_path, pooling="cls")
+    argv = ["convert", str(st_dir), "--valid", str(_pair_file(tmp_path / "p.tsv")), "--out", str(tmp_path / "o")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "dupq converts a Transformer with mean pooling, this model is Transformer, Pooling, Normalize" in err
+    assert main(["convert", str(tmp_path), "--valid", "x", "--out", str(tmp_path / "o")]) == 1
