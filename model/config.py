@@ -20,12 +20,8 @@ class EncoderConfig:
     hidden_dim: int = field(default=128, metadata={"help": "LSTM hidden size per direction"})
     num_layers: int = field(default=1, metadata={"help": "stacked LSTM layers"})
     bidirectional: bool = field(default=True, metadata={"help": "read the question both ways"})
-    pooling: Literal["mean", "max", "mean_max", "mean_max_last"] = field(
-        default="mean_max",
-        metadata={
-            "help": "how the token states become one vector, over real tokens only; mean_max_last adds the "
-            "LSTM's final state in each direction, which depends on the order of the words"
-        },
+    pooling: Literal["mean", "max", "mean_max"] = field(
+        default="mean_max", metadata={"help": "how the token states become one vector, over real tokens only"}
     )
     out_dim: int = field(
         default=256, metadata={"help": "width of the final embedding (a linear projection); 0 keeps the pooled width"}

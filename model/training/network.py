@@ -38,7 +38,8 @@ class SiameseEncoder(nn.Module):
             batch_first=True,
             dropout=config.dropout if config.num_layers > 1 else 0.0,
         )
-        pooled = pooled_width(config)
+        lstm_out = config.hidden_dim * (2 if config.bidirectional else 1)
+        pooled = lstm_out * (2 if config.pooling == "mean_max" else 1)
         self.proj = nn.Linear(pooled, config.out_dim) if config.out_dim else nn.Identity()
         self.dropout = nn.Dropout(config.dropout)
 
@@ -49,43 +50,34 @@ class SiameseEncoder(nn.Module):
 
     @property
     def dim(self) -> int:
-        return self.config.out_dim or pooled_width(self.config)
+        c = self.config
+        if c.out_dim:
+            return c.out_dim
+        return c.hidden_dim * (2 if c.bidirectional else 1) * (2 if c.pooling == "mean_max" else 1)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """ids (B, T) padded with PAD_ID, lengths (B,) >= 1 -> unit vectors (B, D)."""
         x = self.dropout(self.embed(ids))  # (B, T, E)
         if ids.shape[0] == 1:
             # A single question has no padding; packing would only cost time.
-            out, (last, _) = self.lstm(x[:, : int(lengths[0])])  # (1, T, H*dirs)
+            out, _ = self.lstm(x[:, : int(lengths[0])])  # (1, T, H*dirs)
             mask = torch.ones(out.shape[:2], dtype=torch.bool, device=out.device)
         else:
             packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-            out, (last, _) = self.lstm(packed)  # last: (layers*dirs, B, H), in the batch's own order
+            out, _ = self.lstm(packed)
             out, _ = pad_packed_sequence(out, batch_first=True)  # (B, T', H*dirs), zeros past each length
             mask = torch.arange(out.shape[1], device=out.device)[None, :] < lengths.to(out.device)[:, None]
-        pooled = self._pool(out, mask, last)  # (B, P)
+        pooled = self._pool(out, mask)  # (B, P)
         return F.normalize(self.proj(self.dropout(pooled)), dim=-1)  # (B, D)
 
-    def _pool(self, out: torch.Tensor, mask: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    def _pool(self, out: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         mask3 = mask.unsqueeze(-1)  # (B, T, 1)
-        pooling = self.config.pooling
         parts = []
-        if pooling in ("mean", "mean_max", "mean_max_last"):
+        if self.config.pooling in ("mean", "mean_max"):
             parts.append((out * mask3).sum(1) / mask3.sum(1).clamp(min=1))
-        if pooling in ("max", "mean_max", "mean_max_last"):
+        if self.config.pooling in ("max", "mean_max"):
             parts.append(out.masked_fill(~mask3, float("-inf")).max(1).values)
-        if pooling == "mean_max_last":
-            # The last layer's final state in each direction: the forward one after the last real
-            # token, the backward one after the first.
-            dirs = 2 if self.config.bidirectional else 1
-            parts.append(last[-dirs:].transpose(0, 1).reshape(out.shape[0], -1))  # (B, H*dirs)
         return torch.cat(parts, dim=-1)
-
-
-def pooled_width(config: EncoderConfig) -> int:
-    """Width of the pooled features: the LSTM's output width once per pooling part."""
-    parts = {"mean": 1, "max": 1, "mean_max": 2, "mean_max_last": 3}[config.pooling]
-    return config.hidden_dim * (2 if config.bidirectional else 1) * parts
 
 
 class SideBySide(nn.Module):

@@ -123,7 +123,7 @@ def _network(model: SiameseEncoder) -> tuple[list[onnx.NodeProto], list[onnx.Ten
             helper.make_node(
                 "LSTM",
                 [layer_input, f"W{layer}", f"R{layer}", f"B{layer}", "lengths"],
-                [f"y{layer}", f"h{layer}"],  # h: (dirs, B, H), each direction's final state
+                [f"y{layer}"],
                 hidden_size=hidden,
                 direction="bidirectional" if dirs == 2 else "forward",
             ),  # (T, dirs, B, H)
@@ -153,7 +153,7 @@ def _network(model: SiameseEncoder) -> tuple[list[onnx.NodeProto], list[onnx.Ten
         helper.make_node("Unsqueeze", ["mask2", "axis_last"], ["mask"]),  # (B, T, 1)
     ]
     parts = []
-    if config.pooling in ("mean", "mean_max", "mean_max_last"):
+    if config.pooling in ("mean", "mean_max"):
         nodes += [
             helper.make_node("Cast", ["mask"], ["maskf"], to=TensorProto.FLOAT),
             helper.make_node("Mul", ["out", "maskf"], ["masked"]),
@@ -162,20 +162,13 @@ def _network(model: SiameseEncoder) -> tuple[list[onnx.NodeProto], list[onnx.Ten
             helper.make_node("Div", ["summed", "lengths_f"], ["mean_pool"]),
         ]
         parts.append("mean_pool")
-    if config.pooling in ("max", "mean_max", "mean_max_last"):
+    if config.pooling in ("max", "mean_max"):
         nodes += [
             helper.make_node("Where", ["mask", "out", "neg_inf"], ["filled"]),
             helper.make_node("ReduceMax", ["filled"], ["max_pool"], axes=[1], keepdims=0),  # (B, F)
         ]
         parts.append("max_pool")
-    if config.pooling == "mean_max_last":
-        inits.append(numpy_helper.from_array(np.array([0, -1], dtype=np.int64), "shape_b_"))
-        nodes += [
-            helper.make_node("Transpose", [f"h{config.num_layers - 1}"], ["last_t"], perm=[1, 0, 2]),  # (B, dirs, H)
-            helper.make_node("Reshape", ["last_t", "shape_b_"], ["last_pool"]),  # (B, dirs*H)
-        ]
-        parts.append("last_pool")
-    if len(parts) > 1:
+    if len(parts) == 2:
         nodes.append(helper.make_node("Concat", parts, ["pooled"], axis=-1))
     else:
         nodes.append(helper.make_node("Identity", parts, ["pooled"]))
