@@ -38,7 +38,7 @@ class TrainConfig:
     temperature: float = field(default=0.05, metadata={"help": "of the in-batch softmax loss"})
     pair_weight: float = field(default=1.0, metadata={"help": "weight of the logistic pair loss (0 turns it off)"})
     swap_negatives: bool = field(
-        default=True,
+        default=False,
         metadata={
             "help": "each anchor that a rule rewrites into the same words with another meaning (two things "
             "exchanged, a negation moved; model.training.negatives) brings the rewrite as its closest negative"

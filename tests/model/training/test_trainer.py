@@ -66,9 +66,16 @@ def test_the_recipe_of_the_shipped_model_is_the_default() -> None:
     shipped = json.loads((BUNDLED_MODEL / "config.json").read_text())
     recipe = shipped["training"]["config"]
     # Where the run kept its files and how many threads it had are the run's, not the recipe's.
+    # Fields newer than the shipped model default to what its run did without them: no rewrites
+    # as negatives; the sentences per step and the replay act only with --distill-text and
+    # --init-from, which it did not use.
+    newer = {"swap_negatives": False, "distill_batch": None, "replay": None}
     for field in dataclasses.fields(TrainConfig):
-        if field.name not in ("teacher", "teacher_cache", "threads"):
+        if field.name in newer and field.name not in recipe:
+            assert newer[field.name] in (None, getattr(TrainConfig(), field.name)), field.name
+        elif field.name not in ("teacher", "teacher_cache", "threads"):
             assert getattr(TrainConfig(), field.name) == recipe[field.name], field.name
+    assert "distill_files" not in shipped["training"] and "init_from" not in shipped["training"]
     assert TrainConfig().teacher == "minilm" and recipe["minilm_embed"] and recipe["distill_all"]
     assert recipe["pretrain_head"] == "projection" and recipe["pretrain_questions"] == 0  # the only way now
     assert recipe["memory"] == 0 and recipe["ema"] == 0.0 and not recipe["glove"] and recipe["topic_share"] == 1.0
@@ -272,14 +279,17 @@ def test_pretraining_pulls_the_networks_own_cosines_towards_the_projected_teache
     trainer.teacher = original
     target = torch.nn.functional.normalize(trainer._projected_teacher(), dim=1).numpy()
 
-    def gap() -> float:  # how far the network's cosines lie from the projected teacher's
+    def alignment() -> float:  # the mean cosine of each question's vector with its projected target
         v = trainer.encode(trainer.graph.texts)
-        return float(np.abs(v @ v.T - target @ target.T).mean())
+        return float((v * target).sum(1).mean())
 
-    before = gap()
+    # (The gap between the network's cosines and the teacher's, checked here before, follows from
+    # this only loosely: it shrank or grew with the tiny vocabulary, which `tokenizers` builds with
+    # ties broken in no fixed order.)
+    before = alignment()
     losses = trainer.pretrain(batch_size=4)
     assert len(losses) == 8 and losses[-1] < losses[0] - 0.05
-    assert gap() < before
+    assert alignment() > before + 0.05
 
     wide, _ = _trainer(tmp_path, StandInTeacher(12), pretrain_epochs=1)
     with pytest.raises(ValueError, match=r"network's width \(16\) at most the teacher's \(12\)"):
@@ -397,7 +407,7 @@ def test_an_anchors_rewrite_is_its_closest_negative_and_a_labelled_non_duplicate
 
     monkeypatch.setattr(model.training.losses, "softmax_contrastive_loss", softmax)
     monkeypatch.setattr(model.training.losses, "pair_logistic_loss", pairs)
-    trainer, _ = _trainer(tmp_path, None)
+    trainer, _ = _trainer(tmp_path, None, swap_negatives=True)
     index = {text: i for i, text in enumerate(trainer.graph.texts)}
     anchors = [index["How old are you?"], index["How do I learn Python?"], index["Can't I sleep at night?"]]
     others = [index["What is your age?"], index["How can I learn Python quickly?"], index["Why is the sky blue?"]]
@@ -410,7 +420,7 @@ def test_an_anchors_rewrite_is_its_closest_negative_and_a_labelled_non_duplicate
     assert seen["labels"].tolist() == [1, 0, 0]  # the labelled pair, then each anchor with its rewrite
     assert seen["pair_sims"].shape == (3,)
 
-    off, _ = _trainer(tmp_path, None, swap_negatives=False)
+    off, _ = _trainer(tmp_path, None)  # off by default: the shipped recipe
     assert off.rewrites is None and off._swaps(anchors, random.Random(0)) == ([], [])
 
 
