@@ -99,3 +99,24 @@ def test_a_model_without_mean_pooling_is_refused_in_one_line(
     err = capsys.readouterr().err
     assert "dupq converts a Transformer with mean pooling, this model is Transformer, Pooling, Normalize" in err
     assert main(["convert", str(tmp_path), "--valid", "x", "--out", str(tmp_path / "o")]) == 1
+
+
+def test_the_service_serves_a_converted_model_and_re_embeds_the_store_for_it(
+    converted: tuple[Path, Path], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    from tests.app.conftest import make_settings, serving
+
+    st_dir, out = converted
+    data = tmp_path / "data"
+    with serving(make_settings(tiny_model_dir, data)) as client:
+        assert client.post("/questions", json={"questions": [{"id": "q1", "text": QUESTIONS[0]}]}).status_code == 201
+    with serving(make_settings(out, data, on_model_change="reembed")) as client:
+        pair = {"question1": QUESTIONS[0], "question2": QUESTIONS[1]}
+        answer = client.post("/similarity", json=pair).json()
+        reference = SentenceTransformer(str(st_dir), device="cpu").encode(QUESTIONS[:2], normalize_embeddings=True)
+        assert answer["similarity"] == pytest.approx(float(reference[0] @ reference[1]), abs=1e-4)
+        assert answer["model"] == f"st-{read_config(out)['version']}"
+        match = client.post("/duplicates", json={"question": QUESTIONS[0], "k": 1}).json()["matches"][0]
+        assert match["id"] == "q1" and match["similarity"] == pytest.approx(1.0, abs=1e-5)  # re-embedded
