@@ -11,6 +11,11 @@ pretraining passes pull the network's vectors towards its own. Early stopping wa
 accuracy + MRR@10; the best epoch is kept, and the threshold tau and the calibration are fitted on
 the validation pairs.
 
+With ``--swap-negatives`` each anchor's meaning-changing rewrite (:mod:`model.training.negatives`)
+is one more negative column and a labelled non-duplicate; ``--distill-text`` adds sentences of
+other text to the distillation; ``--init-from`` continues from a model directory (fine-tuning,
+with a replay sample of its own training pairs).
+
 :class:`Trainer` trains one network; it is handed its data, its teacher and, in :meth:`Trainer.fit`,
 its evaluator. :func:`train` reads the files, trains one network or several at once (side by side),
 and writes the model directory.
