@@ -17,9 +17,7 @@ batch with an attention mask, which that exporter handles, unlike the packed LST
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import logging
 import time
 from pathlib import Path
@@ -31,10 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.encoder import load_encoder
-from model.model_dir import CONFIG, FORMAT_VERSION, ONNX, TOKENIZER, sha256_file
+from model.model_dir import FORMAT_VERSION, ONNX, TOKENIZER, sha256_file
 from model.training.data import load_pairs
 from model.training.evaluation import PairEvaluator
-from model.training.export import VERSION_PREFIX
+from model.training.export import model_version, write_config
 from model.training.metrics import fit_logistic
 from model.training.onnx_graph import OPSET
 
@@ -133,11 +131,10 @@ def convert(st_dir: str | Path, valid_file: str | Path, out: str | Path, name: s
     tokenizer.enable_truncation(max_length=max_tokens)
     tokenizer.save(str(out / TOKENIZER))
     onnx_digest, tokenizer_digest = sha256_file(out / ONNX), sha256_file(out / TOKENIZER)
-    both = hashlib.sha256(f"{onnx_digest} {tokenizer_digest}".encode()).hexdigest()
     config: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "name": name or st_dir.resolve().name,
-        "version": f"{VERSION_PREFIX}+{both[:10]}",
+        "version": model_version(onnx_digest, tokenizer_digest),
         "encoder": {"kind": "transformer", "pooling": "mean", "max_tokens": max_tokens, "special_tokens": True},
         "dim": dim,
         "threshold": 0.5,  # fitted below, once the written graph can be run
@@ -145,7 +142,7 @@ def convert(st_dir: str | Path, valid_file: str | Path, out: str | Path, name: s
         "onnx_sha256": onnx_digest,
         "tokenizer_sha256": tokenizer_digest,
     }
-    _write(out, config)
+    write_config(out, config)
     encoder = load_encoder(out)
     scored = PairEvaluator(valid).score(encoder.encode)
     metrics = scored.metrics()
@@ -160,13 +157,9 @@ def convert(st_dir: str | Path, valid_file: str | Path, out: str | Path, name: s
         "torch": torch.__version__,
     }
     config["validation"] = {k: round(float(v), 5) for k, v in metrics.items()}
-    _write(out, config)
+    write_config(out, config)
     logger.info("converted %s to %s: %d-d, tau %.3f", st_dir, out, dim, config["threshold"])
     return config
-
-
-def _write(out: Path, config: dict[str, Any]) -> None:
-    (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
 def cosine_gap(st_dir: str | Path, model_dir: str | Path, texts: list[str]) -> float:

@@ -50,12 +50,11 @@ def save_model_dir(
     _write_onnx(out, network)
     digest = sha256_file(out / WEIGHTS)
     tokenizer_digest = sha256_file(out / TOKENIZER)
-    both = hashlib.sha256(f"{digest} {tokenizer_digest}".encode()).hexdigest()
     members = len(network.members) if isinstance(network, SideBySide) else 1
     config = {
         "format_version": FORMAT_VERSION,
         "name": name,
-        "version": f"{version_prefix}+{both[:10]}",
+        "version": model_version(digest, tokenizer_digest, version_prefix),
         "encoder": dataclasses.asdict(network.config),
         **({"members": members} if members > 1 else {}),
         "dim": network.dim,
@@ -66,15 +65,24 @@ def save_model_dir(
         "onnx_sha256": sha256_file(out / ONNX),
         **(extra or {}),
     }
-    _write_config(out, config)
+    write_config(out, config)
     return config
+
+
+def model_version(arithmetic_sha256: str, tokenizer_sha256: str, prefix: str = VERSION_PREFIX) -> str:
+    """``<prefix>+<digest>``: the digest of the files that fix a question's vector (the weights or
+    the graph, and the tokenizer), so two models that could embed a question differently never
+    share a version."""
+    both = hashlib.sha256(f"{arithmetic_sha256} {tokenizer_sha256}".encode()).hexdigest()
+    return f"{prefix}+{both[:10]}"
 
 
 def _write_onnx(out: Path, network: Network) -> None:
     (out / ONNX).write_bytes(build_onnx(network.eval()).SerializeToString())
 
 
-def _write_config(out: Path, config: dict[str, Any]) -> None:
+def write_config(out: Path, config: dict[str, Any]) -> None:
+    """``config.json`` of the model directory ``out``."""
     (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
@@ -137,6 +145,6 @@ def upgrade_model_dir(model_dir: str | Path) -> dict[str, Any]:
         tokenizer_sha256=config.get("tokenizer_sha256") or sha256_file(model_dir / TOKENIZER),
         dim=network.dim,
     )
-    _write_config(model_dir, config)
+    write_config(model_dir, config)
     logger.info("upgraded %s from format %s to %d: wrote %s", model_dir, before, FORMAT_VERSION, ONNX)
     return config

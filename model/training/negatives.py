@@ -275,15 +275,11 @@ def check_pairs(questions: list[str]) -> list[tuple[int, str, str, str]]:
     return rows
 
 
-def hard_negative(text: str, rng: random.Random) -> str | None:
-    """One rewrite of ``text``, or None: an exchange where one is made (drawn at random among
-    them), else a moved negation. Negations come from four questions in five that have one (a
-    "do I" or a "can't" early on), exchanges from about one in eight, and order is the lesson."""
-    return choose(rewrites(text), rng)
-
-
 def choose(found: list[Rewrite], rng: random.Random) -> str | None:
-    """:func:`hard_negative`'s choice among rewrites already made."""
+    """The hard negative among a question's :func:`rewrites`, or None: an exchange where one is
+    made (drawn at random among them), else the moved negation. Of the 160,072 distinct training
+    texts, 36 % get a rewrite and a quarter of those an exchange: order is the lesson, so an
+    exchange comes first."""
     exchanges = [r for r in found if r.rule != "negation"]
     pick = exchanges or found
     return rng.choice(pick).text if pick else None

@@ -42,7 +42,7 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from model.config import EncoderConfig
-from model.model_dir import sha256_file
+from model.model_dir import TOKENIZER, read_json, sha256_file
 from model.tokenizer import TokenIds, load_tokenizer, train_tokenizer
 from model.training.config import TrainConfig
 from model.training.data import LoadReport, Pair, load_pairs
@@ -544,8 +544,6 @@ def _starting_point(
 ) -> _Start:
     """The model directory ``--init-from`` names, refused with the reason where fine-tuning
     cannot continue from it."""
-    from model.model_dir import TOKENIZER, read_json
-
     if encoder_config:
         raise ValueError(
             f"--init-from {model_dir}: the architecture is the model's own; drop "

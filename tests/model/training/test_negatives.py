@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from model.training.negatives import hard_negative, rewrites
+from model.training.negatives import choose, rewrites
 
 
 def made(text: str) -> dict[str, str]:
@@ -66,13 +66,13 @@ def test_three_named_things_are_not_guessed_at() -> None:
     assert "names" not in made("Did Germany help Austria against Russia?")
 
 
-def test_hard_negative_prefers_an_exchange_to_a_negation() -> None:
+def test_the_hard_negative_is_an_exchange_before_a_negation() -> None:
     question = "Why can't India beat Pakistan?"
     assert set(made(question)) == {"names", "negation"}
     rng = random.Random(0)
-    assert {hard_negative(question, rng) for _ in range(20)} == {"Why can't Pakistan beat India?"}
-    assert hard_negative("How old are you?", rng) is None
-    assert hard_negative("Why can't I sleep?", rng) == "Why can I sleep?"
+    assert {choose(rewrites(question), rng) for _ in range(20)} == {"Why can't Pakistan beat India?"}
+    assert choose(rewrites("How old are you?"), rng) is None
+    assert choose(rewrites("Why can't I sleep?"), rng) == "Why can I sleep?"
 
 
 def test_the_check_set_pairs_each_question_with_its_words_reordered() -> None:
