@@ -2,17 +2,27 @@
 vectors: build time, memory, single-query search latency and recall@10 against exact search, the
 whole /duplicates path (encode + search) in-process, and the snapshot's write.
 
-There are not a million distinct questions in the shared data, so the collection is built from
-the shipped model's embeddings of every distinct training question, each joined by noisy copies
-(vector + Gaussian noise, renormalized) until there are --size vectors: clusters of look-alikes
-around real questions, as a large Q&A site has. The copies are made 100,000 at a time from a seed
-of their own, so that they need not all be held: once for the index, once for the exact search
+There are not a million distinct questions in the shared data, so the collection is made up, in
+one of two ways (``--collection``):
+
+- ``joined`` (the default): every distinct training question, then made-up questions, each two
+  real ones joined ("How do I learn Python? Why is the sky blue?"), as ``bench/service.py`` fills
+  its index, all encoded by the shipped model. The vectors are encoded once, 100,000 at a time,
+  into a float32 file in build/ (``ann-joined-<size>.f32``, 10 GB at ten million) that later runs
+  read again.
+- ``noisy``: the real questions' vectors, each joined by noisy copies (vector + Gaussian noise,
+  renormalized) until there are --size vectors: tight clusters of about 62 look-alikes of nearly
+  equal score around each real question at ten million, a stress test for a graph. The copies are
+  made 100,000 at a time from a seed of their own, so that they need not all be held.
+
+Either way the vectors are read a block at a time: once for the index, once for the exact search
 that is the ground truth (a running top 10 over each block). Queries are held-out questions (the
 BiMPM dev file), never in the collection.
 
     python bench/ann.py [--size 1000000] [--queries 1000] [--m 32] [--ef-construction 80]
     python bench/ann.py --size 10000000 --snapshot build/ann-10m.faiss
     python bench/ann.py --size 10000000 --load build/ann-10m.faiss --efs 128,256,512,1024
+    python bench/ann.py --collection noisy --size 10000000 --snapshot build/ann-10m-noisy.faiss
 """
 
 from __future__ import annotations
@@ -31,8 +41,8 @@ sys.path.insert(0, str(ROOT))
 
 from app.engine import release_memory  # noqa: E402
 from app.index import IndexParams, VectorIndex  # noqa: E402
-from bench.service import rss_bytes  # noqa: E402
-from model.encoder import load_encoder  # noqa: E402
+from bench.service import fill, rss_bytes  # noqa: E402
+from model.encoder import QuestionEncoder, load_encoder  # noqa: E402
 from model.training.data import iter_pairs  # noqa: E402
 from model.training.groups import question_key  # noqa: E402
 
@@ -71,6 +81,41 @@ class Collection:
         return out, sources
 
 
+class Encoded:
+    """The ``joined`` collection: real questions, then made-up ones (two real ones joined, as
+    ``bench/service.py`` makes them), encoded by the model into a float32 file of ``size`` rows,
+    read back a block at a time (read, not mapped: mapped pages would count as the index's
+    resident memory)."""
+
+    BLOCK = Collection.BLOCK
+
+    def __init__(self, path: Path, size: int, dim: int) -> None:
+        self.path, self.size, self.dim = path, size, dim
+        if path.stat().st_size != size * dim * 4:
+            raise SystemExit(f"{path} does not hold {size} vectors of {dim} float32")
+
+    @classmethod
+    def make(cls, path: Path, encoder: QuestionEncoder, real: list[str], size: int, seed: int) -> Encoded:
+        if not path.exists():
+            started = time.perf_counter()
+            texts = fill(real, size, seed)
+            tmp = path.with_suffix(".tmp")
+            with open(tmp, "wb") as out:
+                for start in range(0, size, cls.BLOCK):
+                    out.write(encoder.encode(texts[start : start + cls.BLOCK]).astype(np.float32).tobytes())
+                    done = start + cls.BLOCK
+                    if done % 1_000_000 == 0:
+                        print(f"  encoded {done:,} after {time.perf_counter() - started:.0f} s", flush=True)
+            tmp.rename(path)
+            print(f"encoded {size:,} questions into {path} in {time.perf_counter() - started:.0f} s", flush=True)
+        return cls(path, size, encoder.dim)
+
+    def block(self, start: int) -> tuple[np.ndarray, np.ndarray]:
+        stop = min(self.size, start + self.BLOCK)
+        rows = np.fromfile(self.path, np.float32, (stop - start) * self.dim, offset=start * self.dim * 4)
+        return rows.reshape(stop - start, self.dim), np.arange(start, stop)
+
+
 def percentile_ms(samples: list[float], pct: float) -> float:
     return round(float(np.percentile(samples, pct)) * 1000, 3)
 
@@ -83,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--m", type=int, default=32)
     parser.add_argument("--ef-construction", type=int, default=80)
-    parser.add_argument("--noise", type=float, default=0.04, help="per-dimension noise of the synthetic copies")
+    parser.add_argument("--collection", choices=["joined", "noisy"], default="joined", help="how it is made up")
+    parser.add_argument("--noise", type=float, default=0.04, help="noisy: per-dimension noise of the copies")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--snapshot", type=Path, help="write the index here, timed (bench/snapshot.py loads it)")
@@ -100,7 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     query_texts = [t for t in distinct(args.data / "dev.tsv.gz") if question_key(t) not in train_keys][: args.queries]
     print(f"encoded {len(base)} real questions in {time.perf_counter() - started:.1f} s", flush=True)
     queries = encoder.encode(query_texts)
-    collection = Collection(base, args.size, args.noise, args.seed)
+    collection: Collection | Encoded
+    if args.collection == "noisy":
+        collection = Collection(base, args.size, args.noise, args.seed)
+    else:
+        cache = ROOT / "build" / f"ann-joined-{args.size}.f32"
+        cache.parent.mkdir(exist_ok=True)
+        collection = Encoded.make(cache, encoder, train_texts, args.size, args.seed)
     block = Collection.BLOCK
 
     def vectors_of(start: int) -> np.ndarray:
@@ -123,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     release_memory()  # the exact search's freed buffers, which the index would otherwise reuse unseen
     rss_before = rss_bytes()
     started = time.perf_counter()
-    if args.load:  # an index this script built and saved before, with the same --size, --noise, --seed
+    if args.load:  # an index this script built and saved before, with the same --collection, --size, --noise, --seed
         hnsw = VectorIndex.load(args.load, "bench", IndexParams(kind="hnsw"), encoder.dim)
         build_s = time.perf_counter() - started
         print(f"HNSW loaded from {args.load} in {build_s:.0f} s", flush=True)
@@ -140,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     faiss.omp_set_num_threads(1)  # as the service runs it: one thread per search, searches in parallel
     report = {
         "size": args.size,
+        "collection": args.collection,
         "dim": encoder.dim,
         "build_s" if not args.load else "load_s": round(build_s, 1),
         "index_bytes_per_vector": round(index_bytes / args.size),
