@@ -116,6 +116,18 @@ class Encoded:
         return rows.reshape(stop - start, self.dim), np.arange(start, stop)
 
 
+def make_collection(
+    kind: str, encoder: QuestionEncoder, real: list[str], base: np.ndarray, size: int, noise: float, seed: int
+) -> Collection | Encoded:
+    """The collection of ``size`` vectors, ``joined`` or ``noisy``, of the ``real`` questions
+    (``base``: their vectors)."""
+    if kind == "noisy":
+        return Collection(base, size, noise, seed)
+    cache = ROOT / "build" / f"ann-joined-{size}.f32"
+    cache.parent.mkdir(exist_ok=True)
+    return Encoded.make(cache, encoder, real, size, seed)
+
+
 def percentile_ms(samples: list[float], pct: float) -> float:
     return round(float(np.percentile(samples, pct)) * 1000, 3)
 
@@ -146,13 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     query_texts = [t for t in distinct(args.data / "dev.tsv.gz") if question_key(t) not in train_keys][: args.queries]
     print(f"encoded {len(base)} real questions in {time.perf_counter() - started:.1f} s", flush=True)
     queries = encoder.encode(query_texts)
-    collection: Collection | Encoded
-    if args.collection == "noisy":
-        collection = Collection(base, args.size, args.noise, args.seed)
-    else:
-        cache = ROOT / "build" / f"ann-joined-{args.size}.f32"
-        cache.parent.mkdir(exist_ok=True)
-        collection = Encoded.make(cache, encoder, train_texts, args.size, args.seed)
+    collection = make_collection(args.collection, encoder, train_texts, base, args.size, args.noise, args.seed)
     block = Collection.BLOCK
 
     def vectors_of(start: int) -> np.ndarray:
