@@ -44,13 +44,6 @@ class TrainConfig:
             "exchanged, a negation moved; model.training.negatives) brings the rewrite as its closest negative"
         },
     )
-    swap_in_batch: bool = field(
-        default=True,
-        metadata={
-            "help": "with --swap-negatives: each rewrite is a column of the batch's similarity matrix (triplet and "
-            "softmax losses) as well as a labelled non-duplicate of the pair loss; off: only the latter"
-        },
-    )
     # The teacher, all-MiniLM-L6-v2 (train extra): token embeddings from its vectors of each token,
     # pretraining passes towards its vectors of the questions, then distillation of its cosines.
     teacher: Literal["minilm", "none"] = field(

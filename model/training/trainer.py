@@ -232,8 +232,7 @@ class Trainer:
                 assert self.general_teacher is not None
                 teacher = torch.cat([teacher, self.general_teacher[torch.tensor(general)]])
         step = StepTensors(
-            # (b, b + h [+ s]): positives on the diagonal
-            sim=v1 @ torch.cat([v2, v3, rewritten] if self.config.swap_in_batch else [v2, v3]).T,
+            sim=v1 @ torch.cat([v2, v3, rewritten]).T,  # (b, b + h + s): positives on the diagonal
             sim_back=v2 @ v1.T,  # (b, b): the same pairs seen from the other side
             # (m + s,): the labelled pairs, then each rewritten anchor with its rewrite
             pair_sims=torch.cat([(pa * pb).sum(1), (v1[swap_rows] * rewritten).sum(1)]),
