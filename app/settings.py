@@ -49,7 +49,12 @@ class Settings(BaseSettings):
         description="auto: a namespace of this many questions is searched by HNSW (switched in the background)",
     )
     hnsw_m: int = Field(32, ge=4, le=128, description="HNSW graph degree")
-    hnsw_ef_search: int = Field(128, ge=8, description="HNSW search breadth: recall against speed")
+    hnsw_ef_search: int = Field(
+        128,
+        ge=8,
+        description="HNSW search breadth (recall against speed) up to a million questions in a namespace; "
+        "above, it grows in proportion to the namespace's size, up to 8 times this",
+    )
     seed_file: Path | None = Field(
         None,
         description="questions (one per line, or 'id<TAB>text') loaded when the store is empty; unset or empty: none",

@@ -52,6 +52,42 @@ def test_hnsw_recall_and_deleted_keys_never_come_back() -> None:
     assert recall >= 0.95
 
 
+def test_ef_search_grows_with_the_index_above_a_million() -> None:
+    params = IndexParams()
+    assert [params.ef_for(n) for n in (0, 1_000_000, 1_000_001, 3_000_000, 10_000_000, 50_000_000)] == [
+        128,
+        128,
+        129,
+        384,
+        1024,
+        1024,
+    ]
+    assert IndexParams(ef_grows=False).ef_for(10_000_000) == 128
+
+
+def test_a_grown_ef_search_is_what_the_search_uses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With growth from 200 questions on, a 4,000-question graph searched with efSearch 10 is
+    searched with 80 (the cap), and finds more of the exact top 10 than with 10 held fixed."""
+    monkeypatch.setattr(app.index, "EF_GROWS_FROM", 200)
+    rng = np.random.default_rng(7)
+    vectors, queries = _unit(rng, 4000, 48), _unit(rng, 200, 48)
+    keys = np.arange(4000, dtype=np.int64)
+    index = VectorIndex(48, "hnsw", hnsw_m=4, ef_search=10)
+    index.add(keys, vectors)
+    assert index.params.ef_for(len(index)) == 80
+    _, want = _brute_force(vectors, keys, queries, 10)
+
+    def recall() -> float:
+        _, found = index.search(queries, 10)
+        return float(np.mean([len(set(f) & set(w)) / 10 for f, w in zip(found, want, strict=True)]))
+
+    grown = recall()
+    index.ef_search = 10  # held at 10 whatever the size
+    assert index.params.ef_for(len(index)) == 10
+    fixed = recall()
+    assert grown > fixed + 0.05, (grown, fixed)
+
+
 def test_hnsw_is_rebuilt_without_tombstones_once_they_pile_up() -> None:
     rng = np.random.default_rng(2)
     index = VectorIndex(16, "hnsw", hnsw_m=8)
