@@ -84,7 +84,14 @@ def http_recall(url: str, data_dir: Path, queries: list[str], k: int = 10) -> fl
 
     import numpy as np
 
-    vectors = np.array(post(url + "/embed", {"questions": queries})["embeddings"], dtype=np.float32)
+    vectors = np.array(  # 256 a request: the service's batch limit
+        [
+            v
+            for i in range(0, len(queries), 256)
+            for v in post(url + "/embed", {"questions": queries[i : i + 256]})["embeddings"]
+        ],
+        dtype=np.float32,
+    )
     best = np.full((len(queries), k), -np.inf, np.float32)
     best_ids = np.full((len(queries), k), "", dtype=object)
     with sqlite3.connect(data_dir / "questions.sqlite3") as db:
