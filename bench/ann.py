@@ -128,7 +128,8 @@ def make_collection(
     cache = ROOT / "build" / (f"ann-joined-{size}.f32" if seed == 0 else f"ann-joined-{size}-seed{seed}.f32")
     cache.parent.mkdir(exist_ok=True)
     if seed == 0 and size >= len(real):  # a larger collection's file holds this one
-        sizes = sorted(int(f.stem[11:]) for f in cache.parent.glob("ann-joined-*.f32") if f.stem[11:].isdigit())
+        names = (f.stem.removeprefix("ann-joined-") for f in cache.parent.glob("ann-joined-*.f32"))
+        sizes = sorted(int(name) for name in names if name.isdigit())
         for larger in sizes:
             if larger >= size:
                 return Encoded(cache.parent / f"ann-joined-{larger}.f32", size, encoder.dim)
