@@ -285,7 +285,6 @@ def _train(args: argparse.Namespace) -> int:
         encoder,
         tokenizer_file=args.tokenizer,
         init_from=args.init_from,
-        distill_files=args.distill_text or (),
         replay_files=args.replay_from,
     )
     print(
@@ -426,13 +425,6 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="with --init-from: the pairs to replay (default: the model's own training files, as its config.json "
         "names them, checked against their sha256)",
-    )
-    p.add_argument(
-        "--distill-text",
-        nargs="+",
-        metavar="FILE[@SPLIT,...]",
-        help="graded sentence files (STS Benchmark, SICK) whose sentences, not their scores, join the "
-        "distillation from the teacher; @train,dev keeps those splits of an STS Benchmark file",
     )
     _add_config_flags(p, TrainConfig, skip=())
     _add_config_flags(p, EncoderConfig, skip=_NOT_ENCODER_FLAGS)

@@ -38,10 +38,11 @@ class TrainConfig:
     temperature: float = field(default=0.05, metadata={"help": "of the in-batch softmax loss"})
     pair_weight: float = field(default=1.0, metadata={"help": "weight of the logistic pair loss (0 turns it off)"})
     swap_negatives: bool = field(
-        default=False,
+        default=True,
         metadata={
             "help": "each anchor that a rule rewrites into the same words with another meaning (two things "
-            "exchanged, a negation moved; model.training.negatives) brings the rewrite as its closest negative"
+            "exchanged, a negation moved; model.training.negatives) brings the rewrite as one more negative "
+            "column of its step's similarity matrix"
         },
     )
     # The teacher, all-MiniLM-L6-v2 (train extra): token embeddings from its vectors of each token,
@@ -64,16 +65,12 @@ class TrainConfig:
         default=5.0,
         metadata={"help": "weight of the distillation of the teacher's cosines among each step's questions (0: off)"},
     )
-    distill_batch: int = field(
-        default=128,
-        metadata={"help": "sentences of the --distill-text files added to each step's distillation"},
-    )
     teacher_dtype: Literal["float32", "bfloat16"] = field(
-        default="bfloat16",
+        default="float32",
         metadata={
             "help": "precision the teacher encodes the training questions in: bfloat16 (torch autocast) is about "
             "3 times as fast as float32 on a CPU with bfloat16 instructions (AVX-512 BF16), each vector within a "
-            "cosine of 0.9999 of float32's; elsewhere it is refused (5 times slower), pass float32 there"
+            "cosine of 0.9999 of float32's, so the weights differ a little; elsewhere it is refused (5 times slower)"
         },
     )
     teacher_cache: str = field(

@@ -11,10 +11,10 @@ pretraining passes pull the network's vectors towards its own. Early stopping wa
 accuracy + MRR@10; the best epoch is kept, and the threshold tau and the calibration are fitted on
 the validation pairs.
 
-With ``--swap-negatives`` each anchor's meaning-changing rewrite (:mod:`model.training.negatives`)
-is one more negative column and a labelled non-duplicate; ``--distill-text`` adds sentences of
-other text to the distillation; ``--init-from`` continues from a model directory (fine-tuning,
-with a replay sample of its own training pairs).
+Each anchor's meaning-changing rewrite (:mod:`model.training.negatives`, unless
+``--no-swap-negatives``) is one more negative column of its step's similarity matrix;
+``--init-from`` continues from a model directory (fine-tuning, with a replay sample of its own
+training pairs).
 
 :class:`Trainer` trains one network; it is handed its data, its teacher and, in :meth:`Trainer.fit`,
 its evaluator. :func:`train` reads the files, trains one network or several at once (side by side),
@@ -96,8 +96,7 @@ def teacher_for(config: TrainConfig) -> Teacher | None:
 
 class Trainer:
     """Trains one network on the pairs of ``graph``; ``teacher`` (or None) as the config says.
-    ``init``: a trained network to continue from (fine-tuning) instead of a new one. ``general``:
-    sentences of other text whose teacher's cosines join each step's distillation."""
+    ``init``: a trained network to continue from (fine-tuning) instead of a new one."""
 
     def __init__(
         self,
@@ -108,7 +107,6 @@ class Trainer:
         teacher: Teacher | None,
         progress: bool = True,
         init: SiameseEncoder | None = None,
-        general: Sequence[str] = (),
     ) -> None:
         self.config = config
         self.progress = progress
@@ -141,15 +139,6 @@ class Trainer:
         self.teacher: torch.Tensor | None = None
         if teacher is not None and (config.distill_weight or config.pretrain_epochs):
             self.teacher = torch.from_numpy(teacher.question_vectors(graph.texts)).to(self.device)
-        # Other text for the distillation: its token ids and the teacher's vectors, same order.
-        self.general = self.token_ids(list(general))
-        self.general_teacher: torch.Tensor | None = None
-        if general:
-            if teacher is None or not config.distill_weight:
-                raise ValueError("sentences to distil (--distill-text) need the teacher and a distillation weight")
-            self.general_teacher = torch.from_numpy(teacher.question_vectors(list(general))).to(self.device)
-        self._general_order = np.random.default_rng(config.seed).permutation(len(self.general))
-        self._general_next = 0
         # Each question's meaning-changing rewrites (model.training.negatives), made once.
         self.rewrites = [rewrites(text) for text in graph.texts] if config.swap_negatives else None
         logger.info(
@@ -183,26 +172,12 @@ class Trainer:
         """Vectors of the network as it stands."""
         return encode(self.network, self.token_ids, texts)
 
-    def _swaps(self, anchors: list[int], rng: random.Random) -> tuple[list[int], list[list[int]]]:
-        """For the anchors a rule rewrites: their rows in the batch and the rewrites' token ids."""
+    def _swaps(self, anchors: list[int], rng: random.Random) -> list[list[int]]:
+        """The token ids of a rewrite of each anchor that a rule rewrites (one drawn by ``rng``)."""
         if self.rewrites is None:
-            return [], []
-        rows, texts = [], []
-        for row, q in enumerate(anchors):
-            text = choose(self.rewrites[q], rng)
-            if text is not None:
-                rows.append(row)
-                texts.append(text)
-        return rows, self.token_ids(texts)
-
-    def _general_rows(self) -> list[int]:
-        """The next ``distill_batch`` sentences of other text, in a fixed shuffled order."""
-        if not self.general:
             return []
-        n = min(self.config.distill_batch, len(self.general))
-        rows = [int(self._general_order[(self._general_next + k) % len(self.general)]) for k in range(n)]
-        self._general_next += n
-        return rows
+        chosen = (choose(self.rewrites[q], rng) for q in anchors)
+        return self.token_ids([text for text in chosen if text is not None])
 
     def _loss(
         self,
@@ -210,34 +185,26 @@ class Trainer:
         others: list[int],
         extra: list[int],
         labelled: list[tuple[int, int, int]],
-        swaps: tuple[list[int], list[list[int]]] = ([], []),
+        swaps: Sequence[list[int]] = (),
     ) -> torch.Tensor:
         questions = anchors + others + extra + [a for a, _, _ in labelled] + [b for _, b, _ in labelled]
-        swap_rows, swap_ids = swaps
-        general = self._general_rows()
-        every = forward_by_length(
-            self.network,
-            [self.sequences[q] for q in questions] + swap_ids + [self.general[g] for g in general],
-        )  # (M + s + g, D): the step's questions, the anchors' rewrites, sentences of other text
+        # (M + s, D): the step's questions, then the anchors' rewrites
+        every = forward_by_length(self.network, [self.sequences[q] for q in questions] + list(swaps))
         b, h, m, n = len(anchors), len(extra), len(labelled), len(questions)
-        vectors, rewritten, other_text = every[:n], every[n : n + len(swap_ids)], every[n + len(swap_ids) :]
+        vectors, rewritten = every[:n], every[n:]
         v1, v2, v3 = vectors[:b], vectors[b : 2 * b], vectors[2 * b : 2 * b + h]
         start = 2 * b + h
         pa, pb = vectors[start : start + m], vectors[start + m :]
-        labels = [y for _, _, y in labelled] + [0] * len(swap_rows)
+        labels = [y for _, _, y in labelled]
         teacher = None
         if self.teacher is not None:
             teacher = self.teacher[torch.from_numpy(np.asarray(questions))]
-            if general:
-                assert self.general_teacher is not None
-                teacher = torch.cat([teacher, self.general_teacher[torch.tensor(general)]])
         step = StepTensors(
             sim=v1 @ torch.cat([v2, v3, rewritten]).T,  # (b, b + h + s): positives on the diagonal
             sim_back=v2 @ v1.T,  # (b, b): the same pairs seen from the other side
-            # (m + s,): the labelled pairs, then each rewritten anchor with its rewrite
-            pair_sims=torch.cat([(pa * pb).sum(1), (v1[swap_rows] * rewritten).sum(1)]),
+            pair_sims=(pa * pb).sum(1),  # (m,): the labelled pairs
             pair_labels=torch.tensor(labels, device=vectors.device),
-            vectors=torch.cat([vectors, other_text]) if general else vectors,
+            vectors=vectors,
             teacher=teacher,
         )
         return total_loss(self.terms, step)
@@ -411,7 +378,6 @@ def train(
     progress: bool = True,
     teacher: Teacher | None = None,
     init_from: str | Path | None = None,
-    distill_files: Sequence[str] = (),
     replay_files: Sequence[str | Path] | None = None,
 ) -> dict[str, Any]:
     """Train on ``train_files``, validate on ``valid_file``, write the model directory ``out``;
@@ -422,8 +388,7 @@ def train(
     ``init_from``: fine-tune, continuing from that model directory's network and tokenizer (its
     architecture: ``encoder_config`` must be empty), with ``config.replay`` times as many pairs
     as given drawn from ``replay_files`` (by default the model's own training files, as its
-    ``config.json`` names them, checked against their sha256). ``distill_files``: graded sentence
-    files (``FILE`` or ``FILE@split,split``) whose sentences, scores unread, join the distillation."""
+    ``config.json`` names them, checked against their sha256)."""
     _device(config.device)  # a device that is not there is refused before the data is read
     if config.members < 1:
         raise ValueError(f"--members {config.members}: train at least 1 network")
@@ -444,7 +409,6 @@ def train(
     if start is not None:
         sample, replayed = _replay(start.config, replay_files, round(config.replay * len(train_pairs)), config.seed)
         train_pairs += sample
-    general, distilled = _sentences(distill_files)
     given = load_tokenizer(tokenizer_file) if tokenizer_file else None  # read before `out` is overwritten
     if start is not None:
         given = start.tokenizer
@@ -460,7 +424,7 @@ def train(
     network: Network
     if config.members > 1:
         network, member_configs = _train_members(
-            train_files, valid_file, graph, config, encoder_config or {}, tokenizer, distill_files, general
+            train_files, valid_file, graph, config, encoder_config or {}, tokenizer
         )
         about = {
             "members": [
@@ -484,7 +448,6 @@ def train(
             teacher,
             progress=progress,
             init=start.network if start else None,
-            general=general,
         )
         _, epoch = trainer.fit(evaluator)
         network, about = trainer.network, {"best_epoch": epoch}
@@ -495,8 +458,6 @@ def train(
             "weights_sha256": start.config.get("weights_sha256"),
         }
         about["replay"] = replayed
-    if distilled:
-        about["distill_files"] = distilled
     # Threshold and calibration from the validation pairs, with the best epoch's weights.
     token_ids = TokenIds(tokenizer, network.config.max_tokens)
     scored = evaluator.score(lambda texts: encode(network, token_ids, texts))
@@ -592,26 +553,6 @@ def _replay(
     return sample, {"files": [{"path": str(f), "sha256": sha256_file(f)} for f in files], "pairs": len(sample)}
 
 
-def _sentences(specs: Sequence[str]) -> tuple[list[str], list[dict[str, Any]]]:
-    """The distinct sentences of graded files named ``FILE`` or ``FILE@split,split`` (the scores
-    are not read), and a description of each file for ``config.json``."""
-    from model.training.graded import load_graded
-
-    sentences: dict[str, None] = {}
-    described = []
-    for spec in specs:
-        path, _, splits = spec.partition("@")
-        count = len(sentences)
-        for split in splits.split(",") if splits else [None]:
-            for pair in load_graded(path, split=split)[0]:
-                sentences.setdefault(pair.sentence1)
-                sentences.setdefault(pair.sentence2)
-        described.append(
-            {"path": path, "splits": splits or "all", "sha256": sha256_file(path), "sentences": len(sentences) - count}
-        )
-    return list(sentences), described
-
-
 def _train_members(
     train_files: Sequence[str | Path],
     valid_file: str | Path,
@@ -619,8 +560,6 @@ def _train_members(
     config: TrainConfig,
     encoder_config: dict[str, Any],
     tokenizer: Tokenizer,
-    distill_files: Sequence[str],
-    general: list[str],
 ) -> tuple[SideBySide, list[dict[str, Any]]]:
     """``config.members`` networks, each trained as one would be alone but with its own seed
     (``seed``, ``seed + 1``, ...), all at once in processes of their own, the threads shared out
@@ -637,8 +576,6 @@ def _train_members(
         teacher = teacher_for(shared)  # each member makes the same from the config
         if teacher is not None and (config.distill_weight or config.pretrain_epochs):
             teacher.question_vectors(graph.texts)  # into the cache the members read
-            if general:
-                teacher.question_vectors(general)
         logger.info("training %d networks side by side, %d thread(s) each", k, threads)
         member_config = [
             dataclasses.replace(shared, members=1, seed=config.seed + i, threads=threads) for i in range(k)
@@ -656,7 +593,6 @@ def _train_members(
                     encoder_config,
                     str(work / "tokenizer.json"),
                     level,
-                    list(distill_files),
                 )
                 for i in range(k)
             ]
@@ -676,7 +612,6 @@ def _train_member(
     encoder_config: dict[str, Any],
     tokenizer_file: str,
     log_level: int,
-    distill_files: list[str],
 ) -> dict[str, Any]:
     """One member of :func:`_train_members`, in a process of its own: its log lines say which
     member they are from, and only the first shows progress bars."""
@@ -689,5 +624,4 @@ def _train_member(
         encoder_config,
         tokenizer_file=tokenizer_file,
         progress=index == 0,
-        distill_files=distill_files,
     )

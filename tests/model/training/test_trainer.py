@@ -66,10 +66,9 @@ def test_the_recipe_of_the_shipped_model_is_the_default() -> None:
     shipped = json.loads((BUNDLED_MODEL / "config.json").read_text())
     recipe = shipped["training"]["config"]
     # Where the run kept its files and how many threads it had are the run's, not the recipe's.
-    # Fields newer than the shipped model default to what its run did without them: no rewrites
-    # as negatives; the sentences per step and the replay act only with --distill-text and
-    # --init-from, which it did not use.
-    newer = {"swap_negatives": False, "distill_batch": None, "replay": None}
+    # Fields newer than the shipped model default to what its run did without them: the replay
+    # acts only with --init-from, which it did not use.
+    newer = {"replay": None}
     for field in dataclasses.fields(TrainConfig):
         if field.name in newer and field.name not in recipe:
             assert newer[field.name] in (None, getattr(TrainConfig(), field.name)), field.name
@@ -387,7 +386,7 @@ def test_minilm_refuses_a_precision_it_does_not_run_in() -> None:
         minilm_encoder("float16")  # type: ignore[arg-type]
 
 
-def test_an_anchors_rewrite_is_its_closest_negative_and_a_labelled_non_duplicate(
+def test_an_anchors_rewrite_is_one_more_negative_column_and_not_a_labelled_pair(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import random
@@ -407,53 +406,17 @@ def test_an_anchors_rewrite_is_its_closest_negative_and_a_labelled_non_duplicate
 
     monkeypatch.setattr(model.training.losses, "softmax_contrastive_loss", softmax)
     monkeypatch.setattr(model.training.losses, "pair_logistic_loss", pairs)
-    trainer, _ = _trainer(tmp_path, None, swap_negatives=True)
+    trainer, _ = _trainer(tmp_path, None)  # on by default: the shipped recipe
     index = {text: i for i, text in enumerate(trainer.graph.texts)}
     anchors = [index["How old are you?"], index["How do I learn Python?"], index["Can't I sleep at night?"]]
     others = [index["What is your age?"], index["How can I learn Python quickly?"], index["Why is the sky blue?"]]
-    rows, ids = trainer._swaps(anchors, random.Random(0))
-    assert rows == [1, 2]  # "How old are you?" has no rewrite
+    ids = trainer._swaps(anchors, random.Random(0))  # "How old are you?" has no rewrite
     assert ids == trainer.token_ids(["How do I not learn Python?", "Can I sleep at night?"])
     labelled = [(anchors[0], others[0], 1)]
-    trainer._loss(anchors, others, [], labelled, (rows, ids))
+    trainer._loss(anchors, others, [], labelled, ids)
     assert seen["sim"].shape == (3, 3 + 2)  # the rewrites are two more columns
-    assert seen["labels"].tolist() == [1, 0, 0]  # the labelled pair, then each anchor with its rewrite
-    assert seen["pair_sims"].shape == (3,)
+    assert seen["labels"].tolist() == [1]  # the pair loss sees only the labelled pairs
+    assert seen["pair_sims"].shape == (1,)
 
-    off, _ = _trainer(tmp_path, None)  # off by default: the shipped recipe
-    assert off.rewrites is None and off._swaps(anchors, random.Random(0)) == ([], [])
-
-
-def test_sentences_of_other_text_join_each_steps_distillation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import model.training.losses
-    from model.training.trainer import Trainer
-
-    rows: list[int] = []
-    real = model.training.losses.similarity_distillation_loss
-
-    def recording(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        assert student.shape == (teacher.shape[0], 16)
-        rows.append(student.shape[0])
-        return real(student, teacher)
-
-    monkeypatch.setattr(model.training.losses, "similarity_distillation_loss", recording)
-    trainer, pairs = _trainer(tmp_path, StandInTeacher(24), pretrain_epochs=0, max_steps=1, batch_size=3)
-    trainer.fit(PairEvaluator(pairs))
-    general = ["A man is playing a guitar.", "A woman is slicing an onion.", "Two dogs run on the beach."]
-    teacher = StandInTeacher(24)
-    with_text = Trainer(
-        trainer.graph,
-        trainer.tokenizer,
-        dataclasses.replace(trainer.config, distill_batch=2),
-        {"embed_dim": 8, "hidden_dim": 8, "out_dim": 16},
-        teacher,
-        progress=False,
-        general=general,
-    )
-    assert teacher.questions[-3:] == general  # the teacher's vectors of the sentences, once
-    with_text.fit(PairEvaluator(pairs))
-    assert rows[1] == rows[0] + 2  # two sentences more in the step's distillation
-    assert with_text._general_rows() != with_text._general_rows()  # the next ones, round the list
-
-    with pytest.raises(ValueError, match="need the teacher"):
-        Trainer(trainer.graph, trainer.tokenizer, trainer.config, {}, None, progress=False, general=general)
+    off, _ = _trainer(tmp_path, None, swap_negatives=False)
+    assert off.rewrites is None and off._swaps(anchors, random.Random(0)) == []
