@@ -113,6 +113,10 @@ FINE_TUNING = {
     "topic_size": 0,
     "teacher": "none",
     "pretrain_epochs": 0,
+    "pair_weight": 10.0,
 }
 """What ``dupq train --init-from`` changes in the recipe unless the flag is given: a few short,
-gentle passes over a site's own pairs (about a thousand), without the teacher."""
+gentle passes over a site's own pairs (about a thousand), without the teacher, with a heavy
+logistic pair loss whose boundary is the model's own tau (:class:`model.training.trainer.Trainer`),
+so that the tau fitted again on ``--valid`` stays near it and the original domain keeps its
+accuracy."""

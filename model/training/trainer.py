@@ -96,7 +96,10 @@ def teacher_for(config: TrainConfig) -> Teacher | None:
 
 class Trainer:
     """Trains one network on the pairs of ``graph``; ``teacher`` (or None) as the config says.
-    ``init``: a trained network to continue from (fine-tuning) instead of a new one."""
+    ``init``: a trained network to continue from (fine-tuning) instead of a new one. ``boundary``:
+    (tau, slope) of the model it continues from, where the logistic pair loss then puts its
+    boundary, fixed, instead of learning one: a site's duplicates are taught to score above the
+    tau the model has, and its non-duplicates below it."""
 
     def __init__(
         self,
@@ -107,6 +110,7 @@ class Trainer:
         teacher: Teacher | None,
         progress: bool = True,
         init: SiameseEncoder | None = None,
+        boundary: tuple[float, float] | None = None,
     ) -> None:
         self.config = config
         self.progress = progress
@@ -123,9 +127,11 @@ class Trainer:
         self.network.to(self.device)
         self.token_ids = TokenIds(tokenizer, self.network.config.max_tokens)
         self.sequences = self.token_ids(graph.texts)
-        # The logistic pair loss learns its own scale and shift; they are not part of the model.
-        self.pair_scale = torch.nn.Parameter(torch.tensor(10.0, device=self.device))
-        self.pair_shift = torch.nn.Parameter(torch.tensor(0.7, device=self.device))
+        # The logistic pair loss learns its own scale and shift (they are not part of the model),
+        # or keeps those of the model it fine-tunes.
+        scale, shift = (10.0, 0.7) if boundary is None else (boundary[1], boundary[0])
+        self.pair_scale = torch.nn.Parameter(torch.tensor(scale, device=self.device), requires_grad=boundary is None)
+        self.pair_shift = torch.nn.Parameter(torch.tensor(shift, device=self.device), requires_grad=boundary is None)
         self.terms = recipe_terms(
             config.margin,
             config.temperature,
@@ -298,7 +304,7 @@ class Trainer:
             self.pretrain()
         rng = random.Random(c.seed)
         swap_rng = random.Random(c.seed + 1)  # its own stream: the batches stay those of a run without
-        params = [*self.network.parameters(), self.pair_scale, self.pair_shift]
+        params = [p for p in (*self.network.parameters(), self.pair_scale, self.pair_shift) if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
         steps_per_epoch = max(1, len(self.graph.group_positives(c.max_group_pairs, random.Random(0))) // c.batch_size)
         total = steps_per_epoch * c.epochs if not c.max_steps else min(c.max_steps, steps_per_epoch * c.epochs)
@@ -448,6 +454,7 @@ def train(
             teacher,
             progress=progress,
             init=start.network if start else None,
+            boundary=start.boundary if start else None,
         )
         _, epoch = trainer.fit(evaluator)
         network, about = trainer.network, {"best_epoch": epoch}
@@ -498,6 +505,11 @@ class _Start:
     network: SiameseEncoder
     tokenizer: Tokenizer
     config: dict[str, Any]
+
+    @property
+    def boundary(self) -> tuple[float, float]:
+        """The model's tau and its calibration's slope."""
+        return float(self.config["threshold"]), float(self.config["calibration"]["slope"])
 
 
 def _starting_point(

@@ -420,3 +420,22 @@ def test_an_anchors_rewrite_is_one_more_negative_column_and_not_a_labelled_pair(
 
     off, _ = _trainer(tmp_path, None, swap_negatives=False)
     assert off.rewrites is None and off._swaps(anchors, random.Random(0)) == []
+
+
+def test_fine_tuning_keeps_the_models_boundary_in_the_pair_loss(tmp_path: Path) -> None:
+    from model.training.trainer import Trainer
+
+    learned, pairs = _trainer(tmp_path, None, max_steps=2, batch_size=3)
+    fixed = Trainer(
+        learned.graph,
+        learned.tokenizer,
+        learned.config,
+        {"embed_dim": 8, "hidden_dim": 8, "out_dim": 16},
+        None,
+        progress=False,
+        boundary=(0.81, 12.5),  # the tau and the calibration slope of the model fine-tuned
+    )
+    for trainer in (learned, fixed):
+        trainer.fit(PairEvaluator(pairs))
+    assert (float(fixed.pair_shift), float(fixed.pair_scale)) == pytest.approx((0.81, 12.5))
+    assert float(learned.pair_shift) != pytest.approx(0.7)  # a new model learns its own
