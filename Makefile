@@ -53,10 +53,8 @@ TOKENIZER ?= $(wildcard $(MODEL)/tokenizer.json)
 
 ## train: reproduce the shipped model from $(DATA), then evaluate it (see docs/model.md for the times)
 # The recipe is dupq train's defaults (model/training/config.py; docs/model.md): one network, seed 0,
-# all-MiniLM-L6-v2 as the teacher, in bfloat16, on one torch thread: the shipped weights are those
-# of seed 0 in 0.3.0's two-network run, which trained each network on one thread (a second thread
-# changes the order of float sums, so the weights too). On a CPU without bfloat16 instructions:
-# make train TRAIN_FLAGS='--teacher-dtype float32'.
+# all-MiniLM-L6-v2 as the teacher, in float32, on one torch thread (a second thread changes the
+# order of float sums, so the weights too).
 train: $(VENV)/.stamp-dev
 	mkdir -p build
 	$(BIN)/dupq split --pairs $(DATA)/qqp/dev.tsv.gz --fraction 0.5 --seed 0 --out-rest build/valid.tsv --out-held build/holdout.tsv
