@@ -429,5 +429,5 @@ def test_fine_tuning_keeps_the_models_boundary_in_the_pair_loss(tmp_path: Path) 
     )
     for trainer in (learned, fixed):
         trainer.fit(PairEvaluator(pairs))
-    assert (float(fixed.pair_shift), float(fixed.pair_scale)) == pytest.approx((0.81, 12.5))
-    assert float(learned.pair_shift) != pytest.approx(0.7)  # a new model learns its own
+    assert (fixed.pair_shift.item(), fixed.pair_scale.item()) == pytest.approx((0.81, 12.5))
+    assert learned.pair_shift.item() != pytest.approx(0.7)  # a new model learns its own
