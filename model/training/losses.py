@@ -78,9 +78,10 @@ def _neighbour_cosines(vectors: torch.Tensor) -> torch.Tensor:
 class StepTensors:
     """What the terms of one step's loss are computed from."""
 
-    sim: torch.Tensor  # (b, b + h + s) anchors x (their duplicates, then hard negatives): positives on the diagonal
+    # (b, b + h + s) anchors x (their duplicates, labelled non-duplicates, rewrites): positives on the diagonal
+    sim: torch.Tensor
     sim_back: torch.Tensor  # (b, b) the same pairs seen from the duplicates' side
-    pair_sims: torch.Tensor  # (m,) cosines of the step's labelled pairs (rewritten anchors among them)
+    pair_sims: torch.Tensor  # (m,) cosines of the step's labelled pairs
     pair_labels: torch.Tensor  # (m,) 1 for a duplicate
     vectors: torch.Tensor  # (M, D) every question of the step
     teacher: torch.Tensor | None  # (M, D') the teacher's unit vectors of the same questions
