@@ -36,6 +36,13 @@ def _within(seconds: float, check: Callable[[], bool]) -> float:
     return time.monotonic() - started
 
 
+def _level(server: Any, committed: int) -> bool:
+    """Whether the replica is ready and holds ``committed`` questions: while it catches up after a
+    fault, on a busy machine, /ready may answer 503 (lagging), which is not yet, not a failure."""
+    status, body = server.request("GET", "/ready")
+    return bool(status == 200 and body["index_size"] == committed)
+
+
 def _finds(client: TestClient, text: str, qid: str, namespace: str = "default") -> bool:
     body = {"question": text, "k": 1, "namespace": namespace}
     matches = client.post("/duplicates", json=body).json()["matches"]
@@ -183,7 +190,7 @@ def test_three_replicas_with_writers_on_each_and_one_killed_lose_nothing(
         assert len(acknowledged) <= committed <= len(acknowledged) + 1
         survivors = [servers[0], servers[2]]
         for server in survivors:
-            _within(2.0, lambda s=server: s.request("GET", "/ready")[1]["index_size"] == committed)  # type: ignore[misc]
+            _within(10.0, lambda s=server: _level(s, committed))
             for qid, text in acknowledged.items():
                 expected = {"id": qid, "text": text, "namespace": "default", "metadata": {}}
                 assert server.request("GET", f"/questions/{qid}") == (200, expected)
@@ -258,7 +265,7 @@ def test_a_postgresql_restart_amid_reads_and_writes_fails_no_read_and_loses_no_a
             with psycopg.connect(url) as conn:
                 committed = conn.execute("SELECT count(*) FROM questions").fetchone()[0]  # type: ignore[index]
             for server in servers:
-                _within(2.0, lambda s=server: s.request("GET", "/ready")[1]["index_size"] == committed)  # type: ignore[misc]
+                _within(10.0, lambda s=server: _level(s, committed))
                 for qid, text in acknowledged.items():
                     assert server.request("GET", f"/questions/{qid}")[1]["text"] == text
         finally:
