@@ -85,6 +85,25 @@ def test_fine_tuning_continues_from_the_model_reloads_and_learns_the_new_pairs(
     assert tuned["threshold"] != first["threshold"]
 
 
+def test_fine_tuning_puts_the_pair_loss_boundary_at_the_models_tau(
+    base: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import model.training.trainer
+
+    model_dir, _ = base
+    seen: list[object] = []
+    real = model.training.trainer.Trainer.__init__
+
+    def recording(self: object, *args: object, **kwargs: object) -> None:
+        seen.append(kwargs.get("boundary"))
+        real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(model.training.trainer.Trainer, "__init__", recording)
+    assert _fine_tune(model_dir, _cooking(tmp_path / "cooking.tsv"), tmp_path / "tuned", "--epochs", "1") == 0
+    first = json.loads((model_dir / "config.json").read_text())
+    assert seen == [(first["threshold"], first["calibration"]["slope"])]
+
+
 def test_the_replay_file_must_be_the_one_the_model_was_trained_on(
     base: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
