@@ -316,7 +316,7 @@ def _sts(args: argparse.Namespace) -> int:
 
     pairs, report = load_graded(args.pairs, split=args.split)
     encoder = load_encoder(args.model, threads=args.threads)
-    result = evaluate_graded(encoder, pairs, reference=args.reference)
+    result = evaluate_graded(encoder, pairs, reference=args.reference, duplicate_from=args.duplicate_from)
     head = {"model": encoder.full_name, "file": str(args.pairs), "split": args.split}
     skipped = {"skipped": report.n_skipped} if report.n_skipped else {}
     print(json.dumps(head | skipped | result, indent=2))
@@ -579,12 +579,21 @@ def build_parser() -> argparse.ArgumentParser:
         "sts",
         help="correlation with graded similarity (STS Benchmark, SICK)",
         description="How well a model's cosine similarity ranks sentence pairs that people graded for "
-        "similarity: Spearman and Pearson correlation, next to TF-IDF (and all-MiniLM-L6-v2).",
+        "similarity: Spearman and Pearson correlation, next to TF-IDF (and all-MiniLM-L6-v2); and how the "
+        "model's own threshold answers on them (at_threshold), the pairs graded at least --duplicate-from "
+        "counted as duplicates.",
     )
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--pairs", required=True, help="graded pair file: STS Benchmark or SICK layout, may be .gz")
     p.add_argument("--split", help="only this split of an STS Benchmark file (train, dev or test)")
     p.add_argument("--reference", action="store_true", help="also evaluate all-MiniLM-L6-v2 (train extra)")
+    p.add_argument(
+        "--duplicate-from",
+        type=float,
+        default=4.0,
+        help="pairs graded at least this count as duplicates for at_threshold (default: 4, STS Benchmark's "
+        '"mostly equivalent")',
+    )
     p.add_argument("--threads", type=int, default=0, help="encoder threads (default: 0, every CPU)")
     p.set_defaults(func=_sts)
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from model.encoder import QuestionEncoder
 from model.training.data import Pair
-from model.training.graded import GradedPair, graded_metrics
+from model.training.graded import GradedPair, correlations, graded_metrics, graded_similarities, threshold_figures
 from model.training.groups import question_key
 from model.training.metrics import best_threshold, classification, pair_dots, retrieval, roc_auc
 from model.training.teacher import minilm_encoder
@@ -147,11 +147,17 @@ def evaluate(
     return result
 
 
-def evaluate_graded(encoder: QuestionEncoder, pairs: Sequence[GradedPair], reference: bool = False) -> dict[str, Any]:
+def evaluate_graded(
+    encoder: QuestionEncoder, pairs: Sequence[GradedPair], reference: bool = False, duplicate_from: float = 4.0
+) -> dict[str, Any]:
     """Spearman and Pearson correlation with graded similarity (STS Benchmark, SICK) of ``encoder``
-    and the baselines: TF-IDF fitted on the file's sentences, and all-MiniLM-L6-v2 if ``reference``."""
+    and the baselines: TF-IDF fitted on the file's sentences, and all-MiniLM-L6-v2 if ``reference``.
+    ``at_threshold``: how the model's own tau answers there, the pairs graded at least
+    ``duplicate_from`` counted as duplicates (:func:`~model.training.graded.threshold_figures`)."""
     pairs = list(pairs)
-    result: dict[str, Any] = _rounded(graded_metrics(encoder.encode, pairs))
+    similarities = graded_similarities(encoder.encode, pairs)
+    result: dict[str, Any] = _rounded(correlations(similarities, pairs))
+    result["at_threshold"] = _rounded(threshold_figures(similarities, pairs, encoder.threshold, duplicate_from))
     texts = sorted({s for p in pairs for s in (p.sentence1, p.sentence2)})
     baselines: dict[str, Encode] = {"tfidf": tfidf_encoder(texts)}
     if reference:

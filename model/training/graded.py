@@ -99,9 +99,9 @@ def load_graded(path: str | Path, split: str | None = None) -> tuple[list[Graded
     return pairs, report
 
 
-def graded_metrics(encode: Callable[[list[str]], np.ndarray], pairs: list[GradedPair]) -> dict[str, float]:
-    """Spearman and Pearson correlation of the cosine similarity of each pair with its score.
-    ``encode`` returns unit vectors, one row per text."""
+def graded_similarities(encode: Callable[[list[str]], np.ndarray], pairs: list[GradedPair]) -> np.ndarray:
+    """The cosine similarity of each pair, each distinct sentence encoded once. ``encode`` returns
+    unit vectors, one row per text."""
     index: dict[str, int] = {}
     for pair in pairs:
         index.setdefault(pair.sentence1, len(index))
@@ -109,6 +109,39 @@ def graded_metrics(encode: Callable[[list[str]], np.ndarray], pairs: list[Graded
     vectors = encode(list(index))
     first = np.array([index[p.sentence1] for p in pairs])
     second = np.array([index[p.sentence2] for p in pairs])
-    similarities = pair_dots(vectors, first, second)
+    return pair_dots(vectors, first, second)
+
+
+def correlations(similarities: np.ndarray, pairs: list[GradedPair]) -> dict[str, float]:
+    """Spearman and Pearson correlation of each pair's similarity with its score."""
     scores = np.array([p.score for p in pairs])
     return {"pairs": len(pairs), "spearman": spearman(similarities, scores), "pearson": pearson(similarities, scores)}
+
+
+def graded_metrics(encode: Callable[[list[str]], np.ndarray], pairs: list[GradedPair]) -> dict[str, float]:
+    """Spearman and Pearson correlation of the cosine similarity of each pair with its score.
+    ``encode`` returns unit vectors, one row per text."""
+    return correlations(graded_similarities(encode, pairs), pairs)
+
+
+def threshold_figures(
+    similarities: np.ndarray, pairs: list[GradedPair], threshold: float, duplicate_from: float
+) -> dict[str, float]:
+    """How a model's own duplicate threshold (tau, chosen on its training domain) answers on graded
+    pairs of another kind of text, with the pairs graded at least ``duplicate_from`` counted as
+    duplicates (on STS Benchmark's 0 to 5 scale, 4 is "mostly equivalent": only unimportant details
+    differ): the share of duplicates (the accuracy of calling every pair one), the accuracy at the
+    threshold, the share of pairs called duplicates, the recall of the duplicates and the
+    false-positive rate."""
+    duplicate = np.array([p.score for p in pairs]) >= duplicate_from
+    said = similarities >= threshold
+    positives, negatives = int(duplicate.sum()), int((~duplicate).sum())
+    return {
+        "threshold": float(threshold),
+        "duplicate_from": float(duplicate_from),
+        "duplicates": float(duplicate.mean()),
+        "accuracy": float((said == duplicate).mean()),
+        "said_duplicate": float(said.mean()),
+        "recall": float(said[duplicate].mean()) if positives else math.nan,
+        "false_positive_rate": float(said[~duplicate].mean()) if negatives else math.nan,
+    }

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from app.cli import main
-from model.training.graded import GradedPair, detect_graded_format, graded_metrics, load_graded
+from model.training.graded import GradedPair, detect_graded_format, graded_metrics, load_graded, threshold_figures
 from model.training.metrics import average_ranks, pearson, spearman
 
 
@@ -79,11 +79,48 @@ def test_graded_metrics_scores_each_pair_by_cosine() -> None:
     assert graded_metrics(encode, reversed_grades)["spearman"] == pytest.approx(-1.0)
 
 
+def test_threshold_figures_count_pairs_graded_from_the_cut_as_duplicates() -> None:
+    pairs = [GradedPair(str(i), str(i), score) for i, score in enumerate([5.0, 4.0, 3.9, 1.0, 4.5])]
+    similarities = np.array([0.9, 0.7, 0.85, 0.2, 0.81])  # tau 0.8: yes, no, yes, no, yes
+    figures = threshold_figures(similarities, pairs, threshold=0.8, duplicate_from=4.0)
+    assert figures["duplicates"] == pytest.approx(3 / 5)  # 5.0, 4.0 and 4.5
+    assert figures["said_duplicate"] == pytest.approx(3 / 5)
+    assert figures["accuracy"] == pytest.approx(3 / 5)  # right on 5.0, 1.0, 4.5
+    assert figures["recall"] == pytest.approx(2 / 3) and figures["false_positive_rate"] == pytest.approx(1 / 2)
+    assert figures["threshold"] == 0.8 and figures["duplicate_from"] == 4.0
+    higher_cut = threshold_figures(similarities, pairs, threshold=0.8, duplicate_from=4.6)
+    assert higher_cut["duplicates"] == pytest.approx(1 / 5) and math.isnan(
+        threshold_figures(similarities, pairs, threshold=0.8, duplicate_from=6.0)["recall"]
+    )
+
+
 def test_sts_command(tiny_model_dir: Path, fixtures: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sts", "--model", str(tiny_model_dir), "--pairs", str(fixtures / "stsb.tsv"), "--split", "test"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["pairs"] == 2 and result["skipped"] == 3 and result["split"] == "test"
     assert -1 <= result["spearman"] <= 1 and set(result["tfidf"]) == {"spearman", "pearson"}
+    at_threshold = result["at_threshold"]  # the pairs graded 0.5 and 4.0
+    assert at_threshold["duplicates"] == 0.5 and at_threshold["duplicate_from"] == 4.0
+    assert at_threshold["threshold"] == pytest.approx(
+        json.loads((tiny_model_dir / "config.json").read_text())["threshold"], abs=1e-4
+    )
+    assert (
+        main(
+            [
+                "sts",
+                "--model",
+                str(tiny_model_dir),
+                "--pairs",
+                str(fixtures / "stsb.tsv"),
+                "--split",
+                "test",
+                "--duplicate-from",
+                "4.5",
+            ]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["at_threshold"]["duplicates"] == 0.0
     assert main(["sts", "--model", str(tiny_model_dir), "--pairs", str(fixtures / "sick.txt.gz"), "--split", "x"]) == 1
     assert "has no splits" in capsys.readouterr().err
 
