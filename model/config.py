@@ -17,7 +17,7 @@ class EncoderConfig:
 
     vocab_size: int = field(metadata={"help": "rows of the token embedding (the tokenizer's vocabulary)"})
     embed_dim: int = field(default=128, metadata={"help": "width of the token embedding"})
-    hidden_dim: int = field(default=128, metadata={"help": "LSTM hidden size per direction"})
+    hidden_dim: int = field(default=192, metadata={"help": "LSTM hidden size per direction"})
     num_layers: int = field(default=1, metadata={"help": "stacked LSTM layers"})
     bidirectional: bool = field(default=True, metadata={"help": "read the question both ways"})
     pooling: Literal["mean", "max", "mean_max"] = field(
