@@ -95,31 +95,16 @@ def test_threshold_figures_count_pairs_graded_from_the_cut_as_duplicates() -> No
 
 
 def test_sts_command(tiny_model_dir: Path, fixtures: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["sts", "--model", str(tiny_model_dir), "--pairs", str(fixtures / "stsb.tsv"), "--split", "test"]) == 0
+    args = ["sts", "--model", str(tiny_model_dir), "--pairs", str(fixtures / "stsb.tsv"), "--split", "test"]
+    assert main(args) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["pairs"] == 2 and result["skipped"] == 3 and result["split"] == "test"
     assert -1 <= result["spearman"] <= 1 and set(result["tfidf"]) == {"spearman", "pearson"}
-    at_threshold = result["at_threshold"]  # the pairs graded 0.5 and 4.0
+    at_threshold = result["at_threshold"]  # the pairs graded 0.5 and 4.0, at the model's own tau
+    tau = json.loads((tiny_model_dir / "config.json").read_text())["threshold"]
     assert at_threshold["duplicates"] == 0.5 and at_threshold["duplicate_from"] == 4.0
-    assert at_threshold["threshold"] == pytest.approx(
-        json.loads((tiny_model_dir / "config.json").read_text())["threshold"], abs=1e-4
-    )
-    assert (
-        main(
-            [
-                "sts",
-                "--model",
-                str(tiny_model_dir),
-                "--pairs",
-                str(fixtures / "stsb.tsv"),
-                "--split",
-                "test",
-                "--duplicate-from",
-                "4.5",
-            ]
-        )
-        == 0
-    )
+    assert at_threshold["threshold"] == pytest.approx(tau, abs=1e-4)
+    assert main([*args, "--duplicate-from", "4.5"]) == 0
     assert json.loads(capsys.readouterr().out)["at_threshold"]["duplicates"] == 0.0
     assert main(["sts", "--model", str(tiny_model_dir), "--pairs", str(fixtures / "sick.txt.gz"), "--split", "x"]) == 1
     assert "has no splits" in capsys.readouterr().err
