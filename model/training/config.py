@@ -73,6 +73,14 @@ class TrainConfig:
             "cosine of 0.9999 of float32's, so the weights differ a little; elsewhere it is refused (5 times slower)"
         },
     )
+    teacher_threads: int = field(
+        default=0,
+        metadata={
+            "help": "torch threads for the teacher's pass over the training questions (0: every CPU this process "
+            "may use); apart from --threads, which the pair training keeps: MiniLM's vectors came out bit for bit "
+            "the same on 1 and 2 threads"
+        },
+    )
     teacher_cache: str = field(
         default="",
         metadata={"help": ".npy file for the teacher's vectors of the training questions (reused if it matches)"},

@@ -91,7 +91,9 @@ def _snapshot(network: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def teacher_for(config: TrainConfig) -> Teacher | None:
     """The teacher the config names."""
-    return MiniLMTeacher(config.teacher_dtype, config.teacher_cache) if config.teacher == "minilm" else None
+    if config.teacher != "minilm":
+        return None
+    return MiniLMTeacher(config.teacher_dtype, config.teacher_cache, config.teacher_threads)
 
 
 class Trainer:

