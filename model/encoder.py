@@ -161,8 +161,9 @@ _MIN_SHARE = 8  # rows per thread below which a batch is not worth splitting
 # runs the whole batch to its longest row), plus a fixed cost per call and a cost per step. For
 # the shipped network (LSTM 192 wide) in ONNX Runtime on one thread, a question-step is about
 # 7.6 us, and three fits (``python bench/encoder.py --cost-model``, 2026-12-06, an AVX-512 VM) put
-# a call at 14.5 to 16.5 of them and a step at 0.1 to 0.4. Against the 128-wide network's fit (8 and 0.75) these
-# cuts encode batches of 32 about 3 % faster and batches of 256 within noise (docs/experiments.md).
+# a call at 14.5 to 16.5 of them and a step at 0.1 to 0.4. Against the 128-wide network's fit (8
+# and 0.75) these cuts encode batches of 32 about 3 % faster, and batches of 256 within noise
+# (docs/experiments.md).
 _CALL_COST = 15.0
 _STEP_COST = 0.3
 
