@@ -53,8 +53,9 @@ TOKENIZER ?= $(wildcard $(MODEL)/tokenizer.json)
 
 ## train: reproduce the shipped model from $(DATA), then evaluate it (see docs/model.md for the times)
 # The recipe is dupq train's defaults (model/training/config.py; docs/model.md): one network, seed 0,
-# all-MiniLM-L6-v2 as the teacher, in float32, on one torch thread (a second thread changes the
-# order of float sums, so the weights too).
+# all-MiniLM-L6-v2 as the teacher, in float32. The pair training runs on one torch thread (a second
+# thread changes the order of float sums, so the weights too); the teacher's pass runs on every CPU
+# (its vectors are the same bytes on 1 and 2 threads).
 train: $(VENV)/.stamp-dev
 	mkdir -p build
 	$(BIN)/dupq split --pairs $(DATA)/qqp/dev.tsv.gz --fraction 0.5 --seed 0 --out-rest build/valid.tsv --out-held build/holdout.tsv

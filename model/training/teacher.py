@@ -82,8 +82,9 @@ class MiniLMTeacher:
 
     The questions are encoded on ``threads`` torch threads (0: every CPU this process may use),
     whatever the training uses: the split of MiniLM's matrix products among threads does not
-    change their sums (6,000 training questions on 1 and on 2 threads gave the same bytes on a
-    2-core AVX-512 machine; the cache file's name does not depend on it)."""
+    change their sums (the recipe's 160,034 training questions on 1 and on 2 threads gave the same
+    bytes on a 2-core AVX-512 machine, in 762 and 403 s; the cache file's name does not depend on
+    it)."""
 
     def __init__(self, dtype: Dtype = "bfloat16", cache: str | Path | None = None, threads: int = 0) -> None:
         self.dtype = dtype
