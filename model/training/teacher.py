@@ -120,7 +120,7 @@ class MiniLMTeacher:
         started, before = time.time(), torch.get_num_threads()
         threads = self.threads or available_cpus()
         logger.info(
-            "encoding %d training questions with all-MiniLM-L6-v2 (the teacher, %s, %d threads)",
+            "encoding %d training questions with all-MiniLM-L6-v2 (the teacher, %s, %d thread(s))",
             len(texts),
             self.dtype,
             threads,

