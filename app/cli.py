@@ -581,7 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="How well a model's cosine similarity ranks sentence pairs that people graded for "
         "similarity: Spearman and Pearson correlation, next to TF-IDF (and all-MiniLM-L6-v2); and how the "
         "model's own threshold answers on them (at_threshold), the pairs graded at least --duplicate-from "
-        "counted as duplicates.",
+        "counted as duplicates, next to the threshold those pairs would want (classes weighed equally) and "
+        "the ROC-AUC that no threshold changes.",
     )
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--pairs", required=True, help="graded pair file: STS Benchmark or SICK layout, may be .gz")

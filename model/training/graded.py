@@ -26,7 +26,7 @@ from typing import Literal
 import numpy as np
 
 from model.training.data import LoadReport, open_text
-from model.training.metrics import pair_dots, pearson, spearman
+from model.training.metrics import best_threshold, pair_dots, pearson, roc_auc, spearman
 
 logger = logging.getLogger(__name__)
 
@@ -132,16 +132,33 @@ def threshold_figures(
     duplicates (on STS Benchmark's 0 to 5 scale, 4 is "mostly equivalent": only unimportant details
     differ): the share of duplicates (the accuracy of calling every pair one), the accuracy at the
     threshold, the share of pairs called duplicates, the recall of the duplicates and the
-    false-positive rate."""
+    false-positive rate.
+
+    And whether it is the threshold or the ranking that falls short there: the balanced accuracy
+    at tau (the mean of the duplicates' and the others' accuracy, which does not depend on the
+    share of duplicates), the threshold with the best balanced accuracy on these pairs and that
+    accuracy, and the ROC-AUC of the similarity, which no threshold changes."""
     duplicate = np.array([p.score for p in pairs]) >= duplicate_from
     said = similarities >= threshold
     positives, negatives = int(duplicate.sum()), int((~duplicate).sum())
+    recall = float(said[duplicate].mean()) if positives else math.nan
+    false_positive_rate = float(said[~duplicate].mean()) if negatives else math.nan
+    best = best_threshold(similarities, duplicate, balanced=True) if positives and negatives else math.nan
+    best_said = similarities >= best
     return {
         "threshold": float(threshold),
         "duplicate_from": float(duplicate_from),
         "duplicates": float(duplicate.mean()),
         "accuracy": float((said == duplicate).mean()),
         "said_duplicate": float(said.mean()),
-        "recall": float(said[duplicate].mean()) if positives else math.nan,
-        "false_positive_rate": float(said[~duplicate].mean()) if negatives else math.nan,
+        "recall": recall,
+        "false_positive_rate": false_positive_rate,
+        "balanced_accuracy": (recall + 1.0 - false_positive_rate) / 2.0,
+        "best_balanced_threshold": best,
+        "best_balanced_accuracy": (
+            (float(best_said[duplicate].mean()) + 1.0 - float(best_said[~duplicate].mean())) / 2.0
+            if positives and negatives
+            else math.nan
+        ),
+        "roc_auc": roc_auc(similarities, duplicate),
     }

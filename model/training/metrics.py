@@ -47,19 +47,24 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return pearson(average_ranks(x), average_ranks(y))
 
 
-def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+def best_threshold(scores: np.ndarray, labels: np.ndarray, balanced: bool = False) -> float:
     """The threshold tau with the highest accuracy of ``score >= tau``, set midway between two
-    neighbouring scores so that it does not sit on a training example."""
+    neighbouring scores so that it does not sit on a training example. ``balanced``: the highest
+    balanced accuracy instead (the mean of the duplicates' and the non-duplicates' accuracy), the
+    tau that classes of equal size would want whatever the pairs' own share of duplicates."""
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels).astype(np.int64)
     order = np.argsort(-scores, kind="mergesort")
     s, y = scores[order], labels[order]
+    weight = np.ones(len(y))
+    if balanced and 0 < y.sum() < len(y):
+        weight = np.where(y == 1, 0.5 / y.sum(), 0.5 / (1 - y).sum())
     # Predict duplicate for the first k (highest) scores, k = 0..n.
-    correct = np.concatenate([[0], np.cumsum(2 * y - 1)]) + (1 - y).sum()
+    correct = np.concatenate([[0.0], np.cumsum(weight * (2 * y - 1))]) + (weight * (1 - y)).sum()
     # Only cut between distinct scores.
     valid = np.ones(len(s) + 1, dtype=bool)
     valid[1:-1] = s[:-1] != s[1:]
-    k = int(np.argmax(np.where(valid, correct, -1)))
+    k = int(np.argmax(np.where(valid, correct, -np.inf)))
     if k == 0:
         return float(s[0] + 1e-6)
     if k == len(s):

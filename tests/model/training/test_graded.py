@@ -88,6 +88,12 @@ def test_threshold_figures_count_pairs_graded_from_the_cut_as_duplicates() -> No
     assert figures["accuracy"] == pytest.approx(3 / 5)  # right on 5.0, 1.0, 4.5
     assert figures["recall"] == pytest.approx(2 / 3) and figures["false_positive_rate"] == pytest.approx(1 / 2)
     assert figures["threshold"] == 0.8 and figures["duplicate_from"] == 4.0
+    assert figures["balanced_accuracy"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+    # Cutting between 0.7 and 0.2 passes every duplicate and stops 1.0: the best this ranking allows,
+    # since 3.9 outscores 4.0 (ROC-AUC: 4 of the 6 duplicate-other orders right).
+    assert figures["best_balanced_threshold"] == pytest.approx(0.45)
+    assert figures["best_balanced_accuracy"] == pytest.approx((1 + 1 / 2) / 2)
+    assert figures["roc_auc"] == pytest.approx(4 / 6)
     higher_cut = threshold_figures(similarities, pairs, threshold=0.8, duplicate_from=4.6)
     assert higher_cut["duplicates"] == pytest.approx(1 / 5) and math.isnan(
         threshold_figures(similarities, pairs, threshold=0.8, duplicate_from=6.0)["recall"]
@@ -104,6 +110,7 @@ def test_sts_command(tiny_model_dir: Path, fixtures: Path, capsys: pytest.Captur
     tau = json.loads((tiny_model_dir / "config.json").read_text())["threshold"]
     assert at_threshold["duplicates"] == 0.5 and at_threshold["duplicate_from"] == 4.0
     assert at_threshold["threshold"] == pytest.approx(tau, abs=1e-4)
+    assert at_threshold["best_balanced_accuracy"] >= at_threshold["balanced_accuracy"]
     assert main([*args, "--duplicate-from", "4.5"]) == 0
     assert json.loads(capsys.readouterr().out)["at_threshold"]["duplicates"] == 0.0
     assert main(["sts", "--model", str(tiny_model_dir), "--pairs", str(fixtures / "sick.txt.gz"), "--split", "x"]) == 1

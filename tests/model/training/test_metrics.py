@@ -23,6 +23,18 @@ def test_best_threshold_and_classification_by_hand() -> None:
     assert result.f1 == pytest.approx(2 * 0.8 / 1.8)
 
 
+def test_the_balanced_threshold_weighs_the_rarer_class_up() -> None:
+    scores = np.array([0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3])
+    labels = np.array([1, 0, 0, 1, 0, 0, 0, 0])
+    # Plain accuracy cuts after the first (7 of 8 right); balanced accuracy after the fourth, where
+    # both duplicates pass and 4 of 6 others do not: (2/2 + 4/6) / 2 = 0.83 against (1/2 + 6/6) / 2.
+    assert best_threshold(scores, labels) == pytest.approx(0.875)
+    assert best_threshold(scores, labels, balanced=True) == pytest.approx(0.65)
+    balanced = np.array([1, 1, 0, 1, 0, 0])  # equal classes: the same tau either way
+    assert best_threshold(scores[:6], balanced, balanced=True) == best_threshold(scores[:6], balanced)
+    assert best_threshold(scores, np.zeros(8), balanced=True) == pytest.approx(0.9 + 1e-6)  # one class: accuracy
+
+
 def test_logistic_calibration_is_monotonic_and_fits() -> None:
     rng = np.random.default_rng(0)
     scores = rng.uniform(-1, 1, 4000)
