@@ -417,7 +417,8 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="MODEL_DIR",
         help="fine-tune: continue from this model directory's network and tokenizer (its architecture), "
-        "with the fine-tuning defaults: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in FINE_TUNING.items()),
+        "keeping its tau unless --valid gives evidence against it (one standard error), with the fine-tuning "
+        "defaults: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in FINE_TUNING.items()),
     )
     p.add_argument(
         "--replay-from",

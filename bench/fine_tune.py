@@ -1,12 +1,17 @@
 """Fine-tuning on a site's own pairs (``dupq train --init-from``), measured on a domain the model
-never saw: SICK's captions of pictures, read as "duplicate" where people graded the pair's
-relatedness at least 4 of 5 and "not" at most 3 (the pairs between are left out).
+never saw, graded pairs read as "duplicate" where people graded them at least 4 (SICK's
+relatedness, 1 to 5: captions of pictures; the STS Benchmark's similarity, 0 to 5: news, captions
+and forum posts) and "not" at most 3 (the pairs between are left out).
 
-800 pairs of SICK's train split fine-tune the model, 200 of its trial split are ``--valid``, and
-its test split measures accuracy, at each model's own threshold, before and after; the Quora
-held-out pairs measure what was forgotten. Needs the train extra.
+800 pairs fine-tune the model, 200 more are ``--valid``, and the rest measure accuracy, at each
+model's own threshold, before and after; the Quora held-out pairs measure what was forgotten. SICK's
+splits are drawn at random from one collection, so its train split gives the 800, its trial split
+the 200 and its test split the rest. The STS Benchmark's splits differ in their mix of genres (its
+dev split has a quarter forum posts, its train split none from that forum), unlike a site's own
+pairs, so its three splits are pooled and shuffled first. Needs the train extra.
 
-    python bench/fine_tune.py [--model models/dupq-qqp] [--quora build/holdout.tsv] [--out build/fine-tune]
+    python bench/fine_tune.py [--domain sick|stsb] [--seed 0] [--model models/dupq-qqp]
+                              [--quora build/holdout.tsv] [--out build/fine-tune]
 """
 
 from __future__ import annotations
@@ -26,15 +31,32 @@ from model.training.data import Pair, load_pairs, write_bimpm
 from model.training.evaluation import PairEvaluator
 from model.training.graded import load_graded
 
-SICK = Path("../shared/data/sts")
+GRADED = Path("../shared/data/sts")
+# Each domain's (file, split): SICK's to fine-tune on, to choose tau on and to measure on; the STS
+# Benchmark's, pooled (domain_pairs).
+DOMAINS = {
+    "sick": [("SICK_train.txt.gz", None), ("SICK_trial.txt.gz", None), ("SICK_test_annotated.txt.gz", None)],
+    "stsb": [("stsbenchmark.tsv.gz", "train"), ("stsbenchmark.tsv.gz", "dev"), ("stsbenchmark.tsv.gz", "test")],
+}
 
 
-def sick_pairs(name: str, count: int | None, seed: int = 0) -> list[Pair]:
-    """SICK's pairs graded >= 4 (duplicates) or <= 3 (not), ``count`` of them drawn at random."""
-    graded, _ = load_graded(SICK / name)
+def graded_pairs(name: str, split: str | None, count: int | None, seed: int = 0) -> list[Pair]:
+    """A file's pairs graded >= 4 (duplicates) or <= 3 (not), ``count`` of them drawn at random."""
+    graded, _ = load_graded(GRADED / name, split)
     pairs = [Pair(g.sentence1, g.sentence2, int(g.score >= 4)) for g in graded if g.score >= 4 or g.score <= 3]
     random.Random(seed).shuffle(pairs)
     return pairs[:count] if count else pairs
+
+
+def domain_pairs(domain: str, seed: int) -> tuple[list[Pair], list[Pair], list[Pair]]:
+    """800 pairs to fine-tune on, 200 to validate on and the rest to measure on."""
+    files = DOMAINS[domain]
+    if domain == "sick":
+        (train, valid, test) = files
+        return graded_pairs(*train, 800, seed), graded_pairs(*valid, 200, seed), graded_pairs(*test, None, seed)
+    pool = [pair for file in files for pair in graded_pairs(*file, None)]
+    random.Random(seed).shuffle(pool)
+    return pool[:800], pool[800:1000], pool[1000:]
 
 
 def accuracy(model: Path, pairs: list[Pair]) -> float:
@@ -44,31 +66,31 @@ def accuracy(model: Path, pairs: list[Pair]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--domain", choices=sorted(DOMAINS), default="sick")
     parser.add_argument("--model", type=Path, default=Path("models/dupq-qqp"))
     parser.add_argument("--quora", default="build/holdout.tsv", help="Quora pairs held out from training")
     parser.add_argument("--out", type=Path, default=Path("build/fine-tune"))
+    parser.add_argument("--seed", type=int, default=0, help="draws the pairs and seeds the fine-tuning")
     parser.add_argument("--threads", default="2")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    train, valid, test = (
-        sick_pairs("SICK_train.txt.gz", 800),
-        sick_pairs("SICK_trial.txt.gz", 200),
-        sick_pairs("SICK_test_annotated.txt.gz", None),
-    )
+    train, valid, test = domain_pairs(args.domain, args.seed)
     write_bimpm(train, args.out / "train.tsv")
     write_bimpm(valid, args.out / "valid.tsv")
     quora, _ = load_pairs(args.quora)
-    before = {"sick_test": accuracy(args.model, test), "quora": accuracy(args.model, quora)}
+    before = {"domain_test": accuracy(args.model, test), "quora": accuracy(args.model, quora)}
     started = time.time()
     command = [sys.executable, "-m", "app.cli", "train", "--init-from", str(args.model)]
     command += ["--train", str(args.out / "train.tsv"), "--valid", str(args.out / "valid.tsv")]
-    command += ["--out", str(args.out / "model"), "--threads", args.threads]
+    command += ["--out", str(args.out / "model"), "--threads", args.threads, "--seed", str(args.seed)]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     seconds = time.time() - started
     tuned = args.out / "model"
-    after = {"sick_test": accuracy(tuned, test), "quora": accuracy(tuned, quora)}
+    after = {"domain_test": accuracy(tuned, test), "quora": accuracy(tuned, quora)}
     result = {
         "model": str(args.model),
+        "domain": args.domain,
+        "seed": args.seed,
         "pairs": {
             "train": len(train),
             "valid": len(valid),

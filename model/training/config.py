@@ -126,5 +126,5 @@ FINE_TUNING = {
 """What ``dupq train --init-from`` changes in the recipe unless the flag is given: a few short,
 gentle passes over a site's own pairs (about a thousand), without the teacher, with a heavy
 logistic pair loss whose boundary is the model's own tau (:class:`model.training.trainer.Trainer`),
-so that the tau fitted again on ``--valid`` stays near it and the original domain keeps its
-accuracy."""
+so that the model's tau still serves (kept unless ``--valid`` gives evidence against it,
+:func:`model.training.metrics.threshold_near`) and the original domain keeps its accuracy."""

@@ -6,6 +6,7 @@ All in numpy so they can be checked by hand on small examples.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,22 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return pearson(average_ranks(x), average_ranks(y))
 
 
+def _cuts(scores: np.ndarray, labels: np.ndarray, weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Every useful threshold for ``score >= tau``, highest first (above the top score, midway
+    between each two neighbouring distinct scores, at the lowest), and the (weighted) count of
+    pairs it gets right."""
+    order = np.argsort(-scores, kind="mergesort")
+    s, y = scores[order], labels[order]
+    w = np.ones(len(y)) if weight is None else weight[order]
+    # Predict duplicate for the first k (highest) scores, k = 0..n.
+    correct = np.concatenate([[0.0], np.cumsum(w * (2 * y - 1))]) + (w * (1 - y)).sum()
+    # Only cut between distinct scores.
+    valid = np.ones(len(s) + 1, dtype=bool)
+    valid[1:-1] = s[:-1] != s[1:]
+    cuts = np.concatenate([[s[0] + 1e-6], (s[:-1] + s[1:]) / 2.0, [s[-1]]])
+    return cuts[valid], correct[valid]
+
+
 def best_threshold(scores: np.ndarray, labels: np.ndarray, balanced: bool = False) -> float:
     """The threshold tau with the highest accuracy of ``score >= tau``, set midway between two
     neighbouring scores so that it does not sit on a training example. ``balanced``: the highest
@@ -54,22 +71,26 @@ def best_threshold(scores: np.ndarray, labels: np.ndarray, balanced: bool = Fals
     tau that classes of equal size would want whatever the pairs' own share of duplicates."""
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels).astype(np.int64)
-    order = np.argsort(-scores, kind="mergesort")
-    s, y = scores[order], labels[order]
-    weight = np.ones(len(y))
-    if balanced and 0 < y.sum() < len(y):
-        weight = np.where(y == 1, 0.5 / y.sum(), 0.5 / (1 - y).sum())
-    # Predict duplicate for the first k (highest) scores, k = 0..n.
-    correct = np.concatenate([[0.0], np.cumsum(weight * (2 * y - 1))]) + (weight * (1 - y)).sum()
-    # Only cut between distinct scores.
-    valid = np.ones(len(s) + 1, dtype=bool)
-    valid[1:-1] = s[:-1] != s[1:]
-    k = int(np.argmax(np.where(valid, correct, -np.inf)))
-    if k == 0:
-        return float(s[0] + 1e-6)
-    if k == len(s):
-        return float(s[-1])
-    return float((s[k - 1] + s[k]) / 2.0)
+    weight = None
+    if balanced and 0 < labels.sum() < len(labels):
+        weight = np.where(labels == 1, 0.5 / labels.sum(), 0.5 / (1 - labels).sum())
+    cuts, correct = _cuts(scores, labels, weight)
+    return float(cuts[int(np.argmax(correct))])
+
+
+def threshold_near(scores: np.ndarray, labels: np.ndarray, prior: float) -> float:
+    """The threshold closest to ``prior`` whose accuracy on these pairs is within one standard
+    error of the best one's (the one-standard-error rule): ``prior`` itself where it is, else the
+    nearest of :func:`best_threshold`'s candidates that is. A few hundred pairs move tau only as
+    far as they give evidence for; their own best threshold is a noisy estimate."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(np.int64)
+    cuts, correct = _cuts(scores, labels)
+    cuts = np.concatenate([[prior], cuts])
+    accuracy = np.concatenate([[((scores >= prior) == labels.astype(bool)).sum()], correct]) / len(scores)
+    best = float(accuracy.max())
+    good = cuts[accuracy >= best - math.sqrt(best * (1.0 - best) / len(scores)) - 1e-12]
+    return float(good[np.argmin(np.abs(good - prior))])
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ From the second epoch, each batch is drawn from one k-means topic of the network
 the pair training, the teacher (all-MiniLM-L6-v2) gives the token embeddings their start and
 pretraining passes pull the network's vectors towards its own. Early stopping watches validation
 accuracy + MRR@10; the best epoch is kept, and the threshold tau and the calibration are fitted on
-the validation pairs.
+the validation pairs (when fine-tuning, tau stays the model's unless they give evidence against it).
 
 Each anchor's meaning-changing rewrite (:mod:`model.training.negatives`, unless
 ``--no-swap-negatives``) is one more negative column of its step's similarity matrix;
@@ -50,7 +50,7 @@ from model.training.evaluation import PairEvaluator
 from model.training.export import load_network, save_model_dir
 from model.training.groups import PairGraph, duplicate_batches
 from model.training.losses import StepTensors, recipe_terms, total_loss
-from model.training.metrics import fit_logistic
+from model.training.metrics import fit_logistic, threshold_near
 from model.training.negatives import choose, rewrites
 from model.training.network import Network, SiameseEncoder, SideBySide, encode, forward_by_length
 from model.training.teacher import MiniLMTeacher, Teacher
@@ -428,6 +428,16 @@ def train(
         # Each member runs in a process of its own and makes its teacher from the config.
         raise ValueError("a teacher object cannot be handed to members trained in processes of their own")
     evaluator = PairEvaluator(valid_pairs)
+    started_at: dict[str, float] = {}
+    if start is not None:
+        start_ids = TokenIds(start.tokenizer, start.network.config.max_tokens)
+        started_at = evaluator.score(lambda texts: encode(start.network, start_ids, texts)).metrics(start.boundary[0])
+        logger.info(
+            "%s on the validation pairs: accuracy %.4f at its tau %.3f",
+            init_from,
+            started_at["accuracy"],
+            started_at["threshold"],
+        )
     about: dict[str, Any]
     network: Network
     if config.members > 1:
@@ -465,13 +475,26 @@ def train(
             "path": str(init_from),
             "version": start.config.get("version"),
             "weights_sha256": start.config.get("weights_sha256"),
+            "validation": {k: round(started_at[k], 5) for k in ("accuracy", "threshold", "mrr@10")},
         }
         about["replay"] = replayed
-    # Threshold and calibration from the validation pairs, with the best epoch's weights.
+    # Threshold and calibration from the validation pairs, with the best epoch's weights. A
+    # fine-tuned model keeps the tau it started from unless the pairs give evidence against it
+    # (within one standard error of their best accuracy, the cut nearest to it): the pair loss
+    # taught the site's pairs around that tau, and a few hundred pairs' own best cut is a noisy
+    # estimate that can cost the old domain many points (docs/experiments.md).
     token_ids = TokenIds(tokenizer, network.config.max_tokens)
     scored = evaluator.score(lambda texts: encode(network, token_ids, texts))
-    metrics = scored.metrics()
+    metrics = scored.metrics(threshold_near(scored.similarities, scored.labels, start.boundary[0]) if start else None)
     tau = metrics["threshold"]
+    if start is not None and metrics["accuracy"] <= started_at["accuracy"]:
+        logger.warning(
+            "the fine-tuned model does no better on the validation pairs than %s (accuracy %.4f against %.4f): "
+            "keep that one",
+            init_from,
+            metrics["accuracy"],
+            started_at["accuracy"],
+        )
     slope, intercept = fit_logistic(scored.similarities, scored.labels)
     extra = {
         "training": {

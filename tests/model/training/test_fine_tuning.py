@@ -6,9 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tokenizers.models import WordPiece
 
 from app.cli import main
 from model.encoder import load_encoder
+from model.tokenizer import PAD, UNK, train_tokenizer
+from model.training.data import load_pairs
+from model.training.metrics import threshold_near
 
 from .test_trainer import _pair_file, _train_argv
 
@@ -40,11 +44,33 @@ def _gap(model: Path) -> float:
     return float(cosines[labels == 1].mean() - cosines[labels == 0].mean())
 
 
+def _fixed_tokenizer(pairs: Path, path: Path) -> Path:
+    """A tokenizer of every whole word of ``pairs`` and every single character, its ids in sorted
+    order. A trained one differs from process to process on so little text (``tokenizers`` breaks
+    ties between merges in no fixed order), and so would the tiny model trained with it."""
+    loaded, _ = load_pairs(pairs)
+    texts = sorted({q for p in loaded for q in (p.question1, p.question2)})
+    tokenizer = train_tokenizer(texts, vocab_size=200)  # for its normalizer and pre-tokenizer
+    words = {
+        word
+        for text in texts
+        for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(tokenizer.normalizer.normalize_str(text))
+    }
+    chars = sorted({ch for word in words for ch in word})
+    tokens = [PAD, UNK, *chars, *("##" + ch for ch in chars), *sorted(words - set(chars))]
+    tokenizer.model = WordPiece(
+        {token: i for i, token in enumerate(tokens)}, unk_token=UNK, max_input_chars_per_word=64
+    )
+    tokenizer.save(str(path))
+    return path
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("base")
     pairs = _pair_file(tmp / "pairs.tsv")
-    assert main(_train_argv(pairs, tmp / "model")) == 0
+    tokenizer = _fixed_tokenizer(pairs, tmp / "tokenizer.json")
+    assert main(_train_argv(pairs, tmp / "model", "--tokenizer", str(tokenizer))) == 0
     return tmp / "model", pairs
 
 
@@ -68,11 +94,14 @@ def test_fine_tuning_continues_from_the_model_reloads_and_learns_the_new_pairs(
     assert tuned["encoder"] == first["encoder"] and tuned["tokenizer_sha256"] == first["tokenizer_sha256"]
     assert tuned["version"] != first["version"]
     training = tuned["training"]
+    started = training["init_from"].pop("validation")  # the model it started from, on --valid at its tau
     assert training["init_from"] == {
         "path": str(model),
         "version": first["version"],
         "weights_sha256": first["weights_sha256"],
     }
+    assert started["threshold"] == pytest.approx(first["threshold"], abs=1e-5)
+    assert tuned["validation"]["accuracy"] > started["accuracy"]
     # As many pairs replayed as given (--replay 1), from the file the model names, with its sha256.
     assert training["replay"]["pairs"] == len(COOKING)
     assert training["replay"]["files"] == [
@@ -80,9 +109,13 @@ def test_fine_tuning_continues_from_the_model_reloads_and_learns_the_new_pairs(
     ]
     assert training["config"]["teacher"] == "none" and training["config"]["pretrain_epochs"] == 0
     assert training["tokenizer"] == f"the tokenizer of {model}"
-    # Tau and the calibration come from --valid, the new pairs.
+    # Tau and the calibration come from --valid, the new pairs: tau is the cut nearest the model's
+    # own within one standard error of their best accuracy.
     assert training["valid_file"]["path"] == str(cooking)
-    assert tuned["threshold"] != first["threshold"]
+    encoder = load_encoder(tmp_path / "tuned")
+    cosines = (encoder.encode([q for _, q, _ in COOKING]) * encoder.encode([q for _, _, q in COOKING])).sum(1)
+    labels = np.array([y for y, _, _ in COOKING])
+    assert tuned["threshold"] == pytest.approx(threshold_near(cosines, labels, first["threshold"]), abs=1e-4)
 
 
 def test_fine_tuning_puts_the_pair_loss_boundary_at_the_models_tau(
@@ -141,3 +174,16 @@ def test_what_fine_tuning_cannot_change_is_refused_in_one_line(
     assert _fine_tune(model, _cooking(tmp_path / "cooking.tsv"), tmp_path / "out", *flags) == 1
     assert f"dupq train: error: --init-from {model}: {message}" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_fine_tuning_that_gains_nothing_on_valid_says_to_keep_the_model(
+    base: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model, _ = base
+    # A learning rate of 0 changes no weight, and on eight pairs one standard error is wide enough
+    # that the model's tau stays: the model written is the one it started from.
+    with caplog.at_level("INFO", logger="model.training.trainer"):
+        assert _fine_tune(model, _cooking(tmp_path / "cooking.tsv"), tmp_path / "tuned", "--lr", "0") == 0
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith(f"{model} on the validation pairs: accuracy ") for line in lines)
+    assert any(f"does no better on the validation pairs than {model}" in line for line in lines)
