@@ -30,7 +30,7 @@ from torch import nn
 
 from model.encoder import load_encoder
 from model.model_dir import FORMAT_VERSION, ONNX, TOKENIZER, sha256_file
-from model.training.data import load_pairs
+from model.training.data import load_validation_pairs
 from model.training.evaluation import PairEvaluator
 from model.training.export import model_version, write_config
 from model.training.metrics import fit_logistic
@@ -122,7 +122,7 @@ def convert(st_dir: str | Path, valid_file: str | Path, out: str | Path, name: s
     with tau and the calibration fitted on ``valid_file``; returns its config."""
     started = time.time()
     st_dir, out = Path(st_dir), Path(out)
-    valid, valid_report = load_pairs(valid_file)
+    valid, valid_report = load_validation_pairs(valid_file)
     model, transformer, dim, max_tokens = _source(st_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / ONNX).write_bytes(export_graph(transformer))

@@ -142,6 +142,20 @@ def load_pairs(path: str | Path, fmt: Format | None = None) -> tuple[list[Pair],
     return pairs, report
 
 
+def load_validation_pairs(path: str | Path) -> tuple[list[Pair], LoadReport]:
+    """:func:`load_pairs` for the pairs that choose tau and fit the calibration, which take both
+    duplicates and non-duplicates: a file of one kind is refused, naming the kind it lacks."""
+    pairs, report = load_pairs(path)
+    duplicates = sum(p.label for p in pairs)
+    if pairs and duplicates in (0, len(pairs)):
+        lacking = "non-duplicates (label 0)" if duplicates else "duplicates (label 1)"
+        raise ValueError(
+            f"{path}: all {len(pairs)} validation pairs have the same label; choosing tau and fitting the "
+            f"calibration needs {lacking} too"
+        )
+    return pairs, report
+
+
 def write_bimpm(pairs: list[Pair], path: str | Path) -> None:
     """Write pairs in the BiMPM layout (``label q1 q2 pair_id``), the simplest one to read back."""
     path = Path(path)

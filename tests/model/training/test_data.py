@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from model.training.data import Pair, detect_format, load_pairs, write_bimpm
+from model.training.data import Pair, detect_format, load_pairs, load_validation_pairs, write_bimpm
 
 
 def test_quora_release_with_quotes_and_malformed_rows(fixtures: Path) -> None:
@@ -56,3 +56,15 @@ def test_write_bimpm_round_trip(tmp_path: Path) -> None:
     pairs = [Pair("a b?", "c?", 1), Pair("d?", "e f?", 0)]
     write_bimpm(pairs, tmp_path / "out.tsv")
     assert load_pairs(tmp_path / "out.tsv")[0] == pairs
+
+
+def test_validation_pairs_of_one_label_are_refused_naming_the_label_they_lack(tmp_path: Path) -> None:
+    pairs = [Pair("How old are you?", "What is your age?", 1), Pair("Where are you from?", "Where do you live?", 1)]
+    write_bimpm(pairs, tmp_path / "duplicates.tsv")
+    with pytest.raises(ValueError, match=r"all 2 validation pairs have the same label; .* needs non-duplicates"):
+        load_validation_pairs(tmp_path / "duplicates.tsv")
+    write_bimpm([Pair(p.question1, p.question2, 0) for p in pairs], tmp_path / "others.tsv")
+    with pytest.raises(ValueError, match=r"needs duplicates \(label 1\) too"):
+        load_validation_pairs(tmp_path / "others.tsv")
+    write_bimpm([pairs[0], Pair("Where are you from?", "Where are you going?", 0)], tmp_path / "both.tsv")
+    assert [p.label for p in load_validation_pairs(tmp_path / "both.tsv")[0]] == [1, 0]

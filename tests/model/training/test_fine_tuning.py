@@ -187,3 +187,16 @@ def test_fine_tuning_that_gains_nothing_on_valid_says_to_keep_the_model(
     lines = [r.getMessage() for r in caplog.records]
     assert any(line.startswith(f"{model} on the validation pairs: accuracy ") for line in lines)
     assert any(f"does no better on the validation pairs than {model}" in line for line in lines)
+
+
+def test_a_validation_file_of_one_label_is_refused_before_training(
+    base: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, _ = base
+    cooking = _cooking(tmp_path / "cooking.tsv")
+    duplicates = tmp_path / "duplicates.tsv"
+    duplicates.write_text("".join(line for line in cooking.read_text().splitlines(True) if line.startswith("1\t")))
+    argv = ["train", "--init-from", str(model), "--train", str(cooking), "--valid", str(duplicates)]
+    assert main([*argv, "--out", str(tmp_path / "tuned"), "--threads", "1"]) == 1
+    assert "all 4 validation pairs have the same label" in capsys.readouterr().err
+    assert not (tmp_path / "tuned").exists()
