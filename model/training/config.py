@@ -114,7 +114,8 @@ class TrainConfig:
 
 
 FINE_TUNING = {
-    "epochs": 6,
+    "epochs": 20,
+    "patience": 5,
     "batch_size": 64,
     "pair_batch_size": 64,
     "lr": 5e-4,
