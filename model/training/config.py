@@ -124,8 +124,10 @@ FINE_TUNING = {
     "pretrain_epochs": 0,
     "pair_weight": 10.0,
 }
-"""What ``dupq train --init-from`` changes in the recipe unless the flag is given: a few short,
-gentle passes over a site's own pairs (about a thousand), without the teacher, with a heavy
-logistic pair loss whose boundary is the model's own tau (:class:`model.training.trainer.Trainer`),
-so that the model's tau still serves (kept unless ``--valid`` gives evidence against it,
-:func:`model.training.metrics.threshold_near`) and the original domain keeps its accuracy."""
+"""What ``dupq train --init-from`` changes in the recipe unless the flag is given: short, gentle
+passes over a site's own pairs (about a thousand; up to 20, stopping after 5 without gain on
+``--valid``, whose few hundred pairs make one or two flat epochs noise), without the teacher, with
+a heavy logistic pair loss whose boundary is the model's own tau
+(:class:`model.training.trainer.Trainer`), so that the model's tau still serves (kept unless
+``--valid`` gives evidence against it, :func:`model.training.metrics.threshold_near`) and the
+original domain keeps its accuracy."""
