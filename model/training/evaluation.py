@@ -26,7 +26,7 @@ from model.encoder import QuestionEncoder
 from model.training.data import Pair
 from model.training.graded import GradedPair, correlations, graded_metrics, graded_similarities, threshold_figures
 from model.training.groups import question_key
-from model.training.metrics import best_threshold, classification, pair_dots, retrieval, roc_auc
+from model.training.metrics import best_threshold, classification, pair_dots, retrieval, roc_auc, threshold_near
 from model.training.teacher import minilm_encoder
 
 logger = logging.getLogger(__name__)
@@ -125,11 +125,26 @@ def evaluate(
     tune_pairs: Sequence[Pair] | None = None,
     reference: bool = False,
 ) -> dict[str, Any]:
-    """Metrics of ``encoder`` and the baselines on ``pairs``."""
+    """Metrics of ``encoder`` and the baselines on ``pairs``. ``these_pairs``: the threshold these
+    pairs would want, for ``DUPQ_THRESHOLD`` on text like them: the cut nearest the model's tau
+    whose accuracy is within one standard error of the best (:func:`threshold_near`), and the best
+    cut itself (an oracle), each with its accuracy."""
     started = time.perf_counter()
     result: dict[str, Any] = {"pairs": len(pairs), "duplicates": int(sum(p.label for p in pairs))}
-    result.update(_rounded(PairEvaluator(pairs, threshold=encoder.threshold)(encoder.encode)))
+    scored = PairEvaluator(pairs).score(encoder.encode)
+    result.update(_rounded(scored.metrics(encoder.threshold)))
     result["seconds"] = round(time.perf_counter() - started, 2)
+    if 0 < result["duplicates"] < len(pairs):
+        near = threshold_near(scored.similarities, scored.labels, encoder.threshold)
+        best = best_threshold(scored.similarities, scored.labels)
+        result["these_pairs"] = _rounded(
+            {
+                "suggested_threshold": near,
+                "suggested_accuracy": classification(scored.similarities, scored.labels, near).accuracy,
+                "best_threshold": best,
+                "best_accuracy": classification(scored.similarities, scored.labels, best).accuracy,
+            }
+        )
     texts = sorted({q for p in pairs for q in (p.question1, p.question2)})
     baselines: dict[str, Encode] = {"tfidf": tfidf_encoder(texts)}
     if reference:
@@ -207,7 +222,8 @@ def write_report(
     plt.close(fig)
 
     keys = ["accuracy", "precision", "recall", "f1", "roc_auc", "threshold", "r@1", "r@10", "mrr@10"]
-    systems = {encoder.full_name: result} | {k: v for k, v in result.items() if isinstance(v, dict)}
+    baselines = {k: v for k, v in result.items() if isinstance(v, dict) and "threshold_tuned_on" in v}
+    systems = {encoder.full_name: result} | baselines
     lines = [
         f"# Evaluation of {encoder.full_name}",
         "",
@@ -218,6 +234,14 @@ def write_report(
     ]
     for name, figures in systems.items():
         lines.append(f"| {name} | " + " | ".join(f"{figures[k]:.4f}" for k in keys) + " |")
+    these = result.get("these_pairs")
+    if these:
+        lines += [
+            "",
+            f"The threshold these pairs would want: {these['suggested_threshold']:.4f} (accuracy "
+            f"{these['suggested_accuracy']:.4f}), the cut nearest the model's tau within one standard error of "
+            f"the best; the best cut on them: {these['best_threshold']:.4f} ({these['best_accuracy']:.4f}).",
+        ]
     lines += ["", "![ROC curve](roc.png)", "", "![Similarity histograms](similarity_hist.png)", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")

@@ -148,7 +148,11 @@ def test_evaluate_prints_every_metric_and_writes_a_report(
     for key in ("accuracy", "precision", "recall", "f1", "roc_auc", "threshold", "r@1", "r@10", "mrr@10"):
         assert 0.0 <= result[key] <= 1.0 or key == "threshold"
         assert key in result["tfidf"]
-    assert (tmp_path / "report" / "report.md").is_file() and (tmp_path / "report" / "roc.png").stat().st_size > 1000
+    # The threshold these pairs would want: never worse than the model's tau, never better than the best cut.
+    these = result["these_pairs"]
+    assert these["best_accuracy"] >= these["suggested_accuracy"] >= result["accuracy"]
+    assert (tmp_path / "report" / "roc.png").stat().st_size > 1000
+    assert "The threshold these pairs would want: " in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_training_again_with_the_same_tokenizer_gives_the_same_weights(
