@@ -140,11 +140,19 @@ def threshold_figures(
     accuracy, and the ROC-AUC of the similarity, which no threshold changes."""
     duplicate = np.array([p.score for p in pairs]) >= duplicate_from
     said = similarities >= threshold
-    positives, negatives = int(duplicate.sum()), int((~duplicate).sum())
-    recall = float(said[duplicate].mean()) if positives else math.nan
-    false_positive_rate = float(said[~duplicate].mean()) if negatives else math.nan
-    best = best_threshold(similarities, duplicate, balanced=True) if positives and negatives else math.nan
-    best_said = similarities >= best
+    both = bool(duplicate.any() and not duplicate.all())
+
+    def rates(cut: float) -> tuple[float, float]:
+        """The recall of the duplicates and the false-positive rate of ``similarity >= cut``."""
+        called = similarities >= cut
+        return (
+            float(called[duplicate].mean()) if duplicate.any() else math.nan,
+            float(called[~duplicate].mean()) if not duplicate.all() else math.nan,
+        )
+
+    recall, false_positive_rate = rates(threshold)
+    best = best_threshold(similarities, duplicate, balanced=True) if both else math.nan
+    best_recall, best_false_positive_rate = rates(best)
     return {
         "threshold": float(threshold),
         "duplicate_from": float(duplicate_from),
@@ -155,10 +163,6 @@ def threshold_figures(
         "false_positive_rate": false_positive_rate,
         "balanced_accuracy": (recall + 1.0 - false_positive_rate) / 2.0,
         "best_balanced_threshold": best,
-        "best_balanced_accuracy": (
-            (float(best_said[duplicate].mean()) + 1.0 - float(best_said[~duplicate].mean())) / 2.0
-            if positives and negatives
-            else math.nan
-        ),
+        "best_balanced_accuracy": (best_recall + 1.0 - best_false_positive_rate) / 2.0 if both else math.nan,
         "roc_auc": roc_auc(similarities, duplicate),
     }

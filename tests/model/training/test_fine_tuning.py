@@ -12,7 +12,7 @@ from app.cli import main
 from model.encoder import load_encoder
 from model.tokenizer import PAD, UNK, train_tokenizer
 from model.training.data import load_pairs
-from model.training.metrics import threshold_near
+from model.training.metrics import best_threshold, threshold_near
 
 from .test_trainer import _pair_file, _train_argv
 
@@ -34,14 +34,19 @@ def _cooking(path: Path) -> Path:
     return path
 
 
+COOKING_LABELS = np.array([y for y, _, _ in COOKING])
+
+
+def _cosines(model: Path) -> np.ndarray:
+    """The served model's cosine of each pair of COOKING."""
+    encoder = load_encoder(model)
+    return (encoder.encode([q for _, q, _ in COOKING]) * encoder.encode([q for _, _, q in COOKING])).sum(1)
+
+
 def _gap(model: Path) -> float:
     """Mean cosine of the duplicates minus that of the non-duplicates of COOKING."""
-    encoder = load_encoder(model)
-    a = encoder.encode([q for _, q, _ in COOKING])
-    b = encoder.encode([q for _, _, q in COOKING])
-    cosines = (a * b).sum(1)
-    labels = np.array([y for y, _, _ in COOKING])
-    return float(cosines[labels == 1].mean() - cosines[labels == 0].mean())
+    cosines = _cosines(model)
+    return float(cosines[COOKING_LABELS == 1].mean() - cosines[COOKING_LABELS == 0].mean())
 
 
 def _fixed_tokenizer(pairs: Path, path: Path) -> Path:
@@ -112,10 +117,8 @@ def test_fine_tuning_continues_from_the_model_reloads_and_learns_the_new_pairs(
     # Tau and the calibration come from --valid, the new pairs: tau is the cut nearest the model's
     # own within one standard error of their best accuracy.
     assert training["valid_file"]["path"] == str(cooking)
-    encoder = load_encoder(tmp_path / "tuned")
-    cosines = (encoder.encode([q for _, q, _ in COOKING]) * encoder.encode([q for _, _, q in COOKING])).sum(1)
-    labels = np.array([y for y, _, _ in COOKING])
-    assert tuned["threshold"] == pytest.approx(threshold_near(cosines, labels, first["threshold"]), abs=1e-4)
+    cosines = _cosines(tmp_path / "tuned")
+    assert tuned["threshold"] == pytest.approx(threshold_near(cosines, COOKING_LABELS, first["threshold"]), abs=1e-4)
 
 
 def test_fine_tuning_puts_the_pair_loss_boundary_at_the_models_tau(
@@ -187,6 +190,10 @@ def test_fine_tuning_that_gains_nothing_on_valid_says_to_keep_the_model(
     lines = [r.getMessage() for r in caplog.records]
     assert any(line.startswith(f"{model} on the validation pairs: accuracy ") for line in lines)
     assert any(f"does no better on the validation pairs than {model}" in line for line in lines)
+    first, tuned = (json.loads((d / "config.json").read_text()) for d in (model, tmp_path / "tuned"))
+    assert tuned["threshold"] == first["threshold"]  # the best cut of these pairs would have moved it
+    cosines = _cosines(model)
+    assert best_threshold(cosines, COOKING_LABELS) != pytest.approx(first["threshold"], abs=1e-3)
 
 
 def test_a_validation_file_of_one_label_is_refused_before_training(
