@@ -6,14 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tokenizers.models import WordPiece
 
 from app.cli import main
 from model.encoder import load_encoder
-from model.tokenizer import PAD, UNK, train_tokenizer
 from model.training.data import load_pairs
 from model.training.metrics import best_threshold, threshold_near
 
+from ...conftest import word_tokenizer
 from .test_trainer import _pair_file, _train_argv
 
 # A new domain: cooking questions, whose words the tiny model's tokenizer never saw whole.
@@ -50,23 +49,10 @@ def _gap(model: Path) -> float:
 
 
 def _fixed_tokenizer(pairs: Path, path: Path) -> Path:
-    """A tokenizer of every whole word of ``pairs`` and every single character, its ids in sorted
-    order. A trained one differs from process to process on so little text (``tokenizers`` breaks
-    ties between merges in no fixed order), and so would the tiny model trained with it."""
+    """:func:`tests.conftest.word_tokenizer` of the questions of ``pairs``, saved to ``path``: the
+    tiny model trained with it is the same in every process."""
     loaded, _ = load_pairs(pairs)
-    texts = sorted({q for p in loaded for q in (p.question1, p.question2)})
-    tokenizer = train_tokenizer(texts, vocab_size=200)  # for its normalizer and pre-tokenizer
-    words = {
-        word
-        for text in texts
-        for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(tokenizer.normalizer.normalize_str(text))
-    }
-    chars = sorted({ch for word in words for ch in word})
-    tokens = [PAD, UNK, *chars, *("##" + ch for ch in chars), *sorted(words - set(chars))]
-    tokenizer.model = WordPiece(
-        {token: i for i, token in enumerate(tokens)}, unk_token=UNK, max_input_chars_per_word=64
-    )
-    tokenizer.save(str(path))
+    word_tokenizer(q for p in loaded for q in (p.question1, p.question2)).save(str(path))
     return path
 
 
