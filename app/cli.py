@@ -449,18 +449,20 @@ def _add_config_flags(p: argparse.ArgumentParser, config: type, skip: Sequence[s
             p.add_argument(flag, type=hints[field.name], default=None, help=text)
 
 
-def _store_flags(p: argparse.ArgumentParser) -> None:
-    """The data directory to read, and the model whose vectors it holds."""
+def _store_flags(
+    p: argparse.ArgumentParser, data_dir: str = "data directory", model_dir: str = "the model that embedded it"
+) -> None:
+    """The data directory, its store, and the model whose vectors it holds, each defaulting to its
+    DUPQ_* variable as the service's settings do; ``data_dir`` and ``model_dir`` say what each
+    is to this command."""
     env = " (default: $%s, else %s)"
-    p.add_argument("--data-dir", type=Path, help="data directory" + env % ("DUPQ_DATA_DIR", "data"))
+    p.add_argument("--data-dir", type=Path, help=data_dir + env % ("DUPQ_DATA_DIR", "data"))
     p.add_argument(
         "--store-url",
         help="sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB"
         + env % ("DUPQ_STORE_URL", "the data directory's SQLite file"),
     )
-    p.add_argument(
-        "--model-dir", type=Path, help="the model that embedded it" + env % ("DUPQ_MODEL_DIR", "the bundled model")
-    )
+    p.add_argument("--model-dir", type=Path, help=model_dir + env % ("DUPQ_MODEL_DIR", "the bundled model"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -477,15 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0: all)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
-    p.add_argument("--data-dir", type=Path, help="where the store and index live" + env % ("DUPQ_DATA_DIR", "data"))
-    p.add_argument(
-        "--store-url",
-        help="sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB"
-        + env % ("DUPQ_STORE_URL", "the data directory's SQLite file"),
-    )
-    p.add_argument(
-        "--model-dir", type=Path, help="model directory to serve" + env % ("DUPQ_MODEL_DIR", "the bundled model")
-    )
+    _store_flags(p, "where the store and index live", "model directory to serve")
     p.set_defaults(func=_serve)
 
     p = sub.add_parser(
@@ -494,13 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Bulk-load questions into the store and index of a data directory that no service has open.",
     )
     p.add_argument("input", help="file of questions: 'text' or 'id<TAB>text' per line, UTF-8 ('-': standard input)")
-    p.add_argument("--data-dir", type=Path, help="data directory" + env % ("DUPQ_DATA_DIR", "data"))
-    p.add_argument(
-        "--store-url",
-        help="sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB"
-        + env % ("DUPQ_STORE_URL", "the data directory's SQLite file"),
-    )
-    p.add_argument("--model-dir", type=Path, help="model directory" + env % ("DUPQ_MODEL_DIR", "the bundled model"))
+    _store_flags(p, model_dir="model directory")
     p.add_argument(
         "--index-kind", choices=["auto", "flat", "hnsw"], help="index to build" + env % ("DUPQ_INDEX_KIND", "auto")
     )
