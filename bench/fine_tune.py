@@ -11,7 +11,10 @@ dev split has a quarter forum posts, its train split none from that forum), unli
 pairs, so its three splits are pooled and shuffled first. Needs the train extra.
 
     python bench/fine_tune.py [--domain sick|stsb] [--seed 0] [--model models/dupq-qqp]
-                              [--quora build/holdout.tsv] [--out build/fine-tune]
+                              [--quora build/holdout.tsv] [--out build/fine-tune] [-- TRAIN_FLAGS...]
+
+Flags after ``--`` go to ``dupq train`` after the bench's own (``-- --lr 0.001``), for trying a
+fine-tuning setting on the same pairs.
 """
 
 from __future__ import annotations
@@ -59,9 +62,16 @@ def domain_pairs(domain: str, seed: int) -> tuple[list[Pair], list[Pair], list[P
     return pool[:800], pool[800:1000], pool[1000:]
 
 
-def accuracy(model: Path, pairs: list[Pair]) -> float:
+def scores(model: Path, pairs: list[Pair]) -> tuple[float, float]:
+    """Accuracy at the model's own threshold, and the ROC-AUC that no threshold changes."""
     encoder = load_encoder(model)
-    return PairEvaluator(pairs, threshold=encoder.threshold)(encoder.encode)["accuracy"]
+    metrics = PairEvaluator(pairs, threshold=encoder.threshold)(encoder.encode)
+    return metrics["accuracy"], metrics["roc_auc"]
+
+
+def figures(model: Path, test: list[Pair], quora: list[Pair]) -> dict[str, float]:
+    domain, domain_auc = scores(model, test)
+    return {"domain_test": domain, "domain_test_auc": domain_auc, "quora": scores(model, quora)[0]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,21 +82,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("build/fine-tune"))
     parser.add_argument("--seed", type=int, default=0, help="draws the pairs and seeds the fine-tuning")
     parser.add_argument("--threads", default="2")
+    parser.add_argument("train_flags", nargs="*", metavar="TRAIN_FLAGS", help="more dupq train flags, after --")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     train, valid, test = domain_pairs(args.domain, args.seed)
     write_bimpm(train, args.out / "train.tsv")
     write_bimpm(valid, args.out / "valid.tsv")
     quora, _ = load_pairs(args.quora)
-    before = {"domain_test": accuracy(args.model, test), "quora": accuracy(args.model, quora)}
+    before = figures(args.model, test, quora)
     started = time.time()
     command = [sys.executable, "-m", "app.cli", "train", "--init-from", str(args.model)]
     command += ["--train", str(args.out / "train.tsv"), "--valid", str(args.out / "valid.tsv")]
     command += ["--out", str(args.out / "model"), "--threads", args.threads, "--seed", str(args.seed)]
+    command += args.train_flags
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     seconds = time.time() - started
     tuned = args.out / "model"
-    after = {"domain_test": accuracy(tuned, test), "quora": accuracy(tuned, quora)}
+    after = figures(tuned, test, quora)
     result = {
         "model": str(args.model),
         "domain": args.domain,
