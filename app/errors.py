@@ -27,9 +27,9 @@ from app.schemas import ErrorBody
 
 logger = logging.getLogger(__name__)
 
-# The errors every route may answer, for the OpenAPI document.
+# The errors every route of the API may answer, for the OpenAPI document; the 401 is added there
+# to every path that needs the key (app.main), as the middleware asks for it.
 COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorBody, "description": "missing or wrong API key"},
     413: {"model": ErrorBody, "description": "request body over max_body_bytes"},
     503: {"model": ErrorBody, "description": "not ready yet, or overloaded (see Retry-After)"},
 }

@@ -110,9 +110,9 @@ def create_app(settings: Settings | None = None, opened: tuple[QuestionEncoder, 
 
 
 def _openapi_with_limits(app: FastAPI, settings: Settings) -> Callable[[], dict[str, Any]]:
-    """FastAPI's OpenAPI document, with the limits set at run time written into it, and the
-    Bearer scheme declared (and required by every route but the open ones when a key is set), so
-    that Swagger's "Authorize" button sends the key."""
+    """FastAPI's OpenAPI document, with the limits set at run time written into it, the 401 on
+    every route but the open ones, and the Bearer scheme declared (and required by those routes
+    when a key is set), so that Swagger's "Authorize" button sends the key."""
     original = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -139,10 +139,16 @@ def _openapi_with_limits(app: FastAPI, settings: Settings) -> Callable[[], dict[
         schema.setdefault("components", {})["securitySchemes"] = {
             "bearer": {"type": "http", "scheme": "bearer", "description": "DUPQ_API_KEY, or DUPQ_READ_API_KEY to read"}
         }
-        if settings.keys()[0] is not None:
-            for path, operations in schema["paths"].items():
-                if path not in OPEN_PATHS:
-                    for operation in operations.values():
+        # Every path but the open ones may answer 401, as the middleware does once a key is set.
+        unauthorized = {
+            "description": "missing or wrong API key (when DUPQ_API_KEY is set)",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+        }
+        for path, operations in schema["paths"].items():
+            if path not in OPEN_PATHS:
+                for operation in operations.values():
+                    operation["responses"] = dict(sorted({**operation["responses"], "401": unauthorized}.items()))
+                    if settings.keys()[0] is not None:
                         operation["security"] = [{"bearer": []}]
         app.openapi_schema = schema
         return schema

@@ -7,6 +7,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.deps import EngineDep, SettingsDep, StateDep
 from app.engine import NotReady
+from app.errors import COMMON_ERRORS
 from app.schemas import ErrorBody, Info, ReadyStatus, Status
 
 router = APIRouter(tags=["operations"])
@@ -48,7 +49,7 @@ async def ready(state: StateDep) -> ReadyStatus:
 router.add_api_route("/ready", ready, methods=["HEAD"], response_model=ReadyStatus, include_in_schema=False)
 
 
-@router.get("/info", response_model=Info)
+@router.get("/info", response_model=Info, responses={503: COMMON_ERRORS[503]})
 async def info(engine: EngineDep, settings: SettingsDep) -> Info:
     """The loaded model, its threshold and dimensions, the limits, and the index."""
     encoder = engine.encoder

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from app.middleware import OPEN_PATHS
+
 from ..conftest import CORPUS
 from .conftest import engine_of, make_settings, serving
 
@@ -358,6 +360,11 @@ def test_keys_cors_and_the_openapi_bearer_scheme(tiny_model_dir: Path, tmp_path:
         }
         assert doc["paths"]["/duplicates"]["post"]["security"] == [{"bearer": []}]
         assert "security" not in doc["paths"]["/health"]["get"]
+        # The 401 is documented exactly where the key is asked for.
+        for path, operations in doc["paths"].items():
+            for operation in operations.values():
+                assert ("401" in operation["responses"]) == (path not in OPEN_PATHS), path
+        assert {"/info", "/metrics", "/"} <= set(doc["paths"])
 
 
 def test_a_read_key_without_a_full_key_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
