@@ -40,6 +40,14 @@ def _limits(info: ValidationInfo) -> Limits | None:
 
 
 def _question(text: str, info: ValidationInfo) -> str:
+    # The length as sent, white space included, as the OpenAPI document's maxLength counts it.
+    limits = _limits(info)
+    if limits is not None and len(text) > limits.max_question_chars:
+        raise PydanticCustomError(
+            "string_too_long",
+            "question has {length} characters; at most max_question_chars = {limit}",
+            {"length": len(text), "limit": limits.max_question_chars},
+        )
     text = text.strip()
     if not text:
         raise ValueError("must not be empty or white space")
@@ -49,12 +57,10 @@ def _question(text: str, info: ValidationInfo) -> str:
         raise ValueError(
             f"must be valid Unicode text: lone surrogate U+{ord(text[err.start]):04X} at character {err.start}"
         ) from None
-    limits = _limits(info)
-    if limits is not None and len(text) > limits.max_question_chars:
-        raise PydanticCustomError(
-            "string_too_long",
-            "question has {length} characters; at most max_question_chars = {limit}",
-            {"length": len(text), "limit": limits.max_question_chars},
+    if "\0" in text:  # JSON's "\u0000" escape: a question stored in PostgreSQL cannot hold it
+        raise ValueError(
+            f"must not contain the NUL character U+0000 (at character {text.index(chr(0))}), which PostgreSQL "
+            "cannot store"
         )
     return text
 
@@ -72,6 +78,9 @@ def _batch(items: list[Any], info: ValidationInfo) -> list[Any]:
 
 # The characters str.strip() removes (str.isspace), as ranges: a question must hold one that is not.
 PYTHON_WHITE_SPACE = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+# A question in JSON Schema's words: no NUL anywhere, and one character that is neither NUL nor
+# white space.
+QUESTION_PATTERN = rf"^[^\u0000]*[^{PYTHON_WHITE_SPACE}\u0000][^\u0000]*$"
 
 # A batch field: 1 (Field(min_length=1)) to max_batch items.
 MaxBatch = AfterValidator(_batch)
@@ -80,10 +89,11 @@ Question = Annotated[
     str,
     AfterValidator(_question),
     Field(
-        description="a question; surrounding white space is ignored",
-        # For the OpenAPI document only (_question checks it): at least one character that is not
-        # white space, so that a client generating from the schema does not send what is refused.
-        json_schema_extra={"minLength": 1, "pattern": f"[^{PYTHON_WHITE_SPACE}]"},
+        description="a question; surrounding white space is ignored (but counts towards max_question_chars)",
+        # For the OpenAPI document only (_question checks it): no NUL and at least one character
+        # that is not white space, so that a client generating from the schema does not send what
+        # is refused.
+        json_schema_extra={"minLength": 1, "pattern": QUESTION_PATTERN},
     ),
 ]
 ID_PATTERN = r"^[A-Za-z0-9_.:\-]+$"

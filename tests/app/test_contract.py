@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from app.schemas import PYTHON_WHITE_SPACE
+from app.schemas import QUESTION_PATTERN
 
 from .conftest import engine_of, make_settings, serving
 
@@ -293,10 +293,13 @@ def test_the_openapi_document_states_ranges_and_that_a_question_needs_a_characte
     assert '"ge"' not in json.dumps(document) and '"le"' not in json.dumps(document)
     question1 = schemas["SimilarityRequest"]["properties"]["question1"]
     assert question1["minLength"] == 1
-    blank = re.compile(rf"^[{PYTHON_WHITE_SPACE}]*$")  # the pattern's character class, negated
-    assert question1["pattern"] == f"[^{PYTHON_WHITE_SPACE}]"
-    # The class is exactly what str.strip() removes, so the schema and the server agree on every text.
-    assert all(bool(blank.match(chr(c))) == chr(c).isspace() for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)
+    assert question1["pattern"] == QUESTION_PATTERN
+    # Its class is exactly what str.strip() removes, and NUL, so the schema and the server agree on
+    # every character; and a NUL anywhere fails it.
+    pattern = re.compile(QUESTION_PATTERN)
+    everything = (c for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)
+    assert all(bool(pattern.search(chr(c))) == (not chr(c).isspace() and c != 0) for c in everything)
+    assert pattern.search(" a b ") and not pattern.search("a\0b") and not pattern.search("a \0")
 
 
 def test_probes_answer_head_and_paths_are_not_redirected(client: TestClient) -> None:
@@ -326,6 +329,22 @@ def test_text_that_is_not_unicode_is_a_422_that_says_where(client: TestClient) -
     # A surrogate pair is a valid character (U+1F600).
     ok = client.post("/similarity", content=b'{"question1": "\\ud83d\\ude00?", "question2": "b"}', headers=headers)
     assert ok.status_code == 200
+
+
+def test_a_question_with_a_nul_character_is_a_422_on_either_store(client: TestClient) -> None:
+    # JSON's "\\u0000" is a character, but PostgreSQL's text cannot hold it: every route refuses it in
+    # a question, whichever the store, so that the two stores keep the same questions.
+    for path, body, where in (
+        ("/questions", {"questions": [{"id": "n1", "text": "Fine?"}, {"id": "n2", "text": "a\0b"}]}, ["questions", 1]),
+        ("/similarity", {"question1": "Fine?", "question2": " a\0b "}, ["question2"]),
+        ("/feedback", {"pairs": [{"question1": "a\0b", "question2": "Fine?", "is_duplicate": True}]}, ["pairs", 0]),
+    ):
+        response = client.post(path, json=body)
+        assert response.status_code == 422, (path, response.text)
+        (error,) = response.json()["detail"]
+        assert error["loc"][: len(where) + 1] == ["body", *where], error
+        assert "must not contain the NUL character U+0000 (at character 1)" in error["msg"], error["msg"]
+    assert client.get("/questions/n1").status_code == 404  # nothing of the batch was written
 
 
 def test_nan_and_infinity_are_a_422_that_names_them(client: TestClient) -> None:

@@ -21,12 +21,14 @@ def test_question_lines_the_api_would_refuse_are_skipped_and_named() -> None:
         "q-5\tFine?\n",
         "text\twith a tab\n",  # 6: "text" is an id, "with a tab" its question
         "two words\tand a tab\n",  # 7: "two words" is no id
+        "q-8\ta \0 b\n",  # 8: NUL, which PostgreSQL cannot store
     ]
     items, skipped = parse_question_lines(lines, Limits(max_question_chars=10, max_batch=8))
     assert items == [("q-5", "Fine?"), ("text", "with a tab")]
-    assert [number for number, _ in skipped] == [1, 2, 3, 4, 7]
+    assert [number for number, _ in skipped] == [1, 2, 3, 4, 7, 8]
     reasons = dict(skipped)
     assert reasons[1].startswith("id: String should match pattern")
     assert reasons[2] == "text: Value error, must not be empty or white space"
     assert reasons[3] == "text: question has 11 characters; at most max_question_chars = 10"
     assert "lone surrogate U+D800" in reasons[4]
+    assert "must not contain the NUL character U+0000 (at character 2)" in reasons[8]

@@ -61,6 +61,11 @@ def test_a_request_body_is_validated_once_with_the_run_time_limits(client: TestC
     assert (error["type"], error["loc"]) == ("string_too_long", ["body", "question1"])
     assert error["msg"] == "question has 201 characters; at most max_question_chars = 200"
     assert error["input"] == "x" * 40 + "..."  # a long input is not echoed back whole
+    # The length is that of the text as sent, as the document's maxLength counts it: white space
+    # around it counts, though it is ignored.
+    padded = client.post("/similarity", json={"question1": "x" * 195 + "\n" * 6, "question2": "y"})
+    assert padded.json()["detail"][0]["msg"] == "question has 201 characters; at most max_question_chars = 200"
+    assert client.post("/similarity", json={"question1": "x" * 194 + "\n" * 6, "question2": "y"}).status_code == 200
     too_many = client.post("/embed", json={"questions": ["a?"] * 9})
     (error,) = too_many.json()["detail"]
     assert (error["type"], error["loc"]) == ("too_long", ["body", "questions"])
