@@ -13,10 +13,24 @@ from .server import Server
 
 
 @pytest.mark.slow
-def test_schemathesis_finds_no_server_error_and_no_schema_violation(tiny_model_dir: Path, tmp_path: Path) -> None:
-    server = Server(tiny_model_dir, tmp_path / "data", DUPQ_MAX_BATCH="16").start()
+@pytest.mark.parametrize("keyed", [False, True], ids=["sqlite, open", "postgresql, with a key"])
+def test_schemathesis_finds_no_server_error_and_no_schema_violation(
+    tiny_model_dir: Path, tmp_path: Path, keyed: bool, request: pytest.FixtureRequest
+) -> None:
+    # Once on the data directory's SQLite file with no key; once on PostgreSQL with a key, which
+    # the document then asks for everywhere but the open paths (a NUL in a question, which
+    # PostgreSQL cannot store, was a 500 there and only there).
+    env = {"DUPQ_MAX_BATCH": "16"}
+    auth: list[str] = []
+    if keyed:
+        env["DUPQ_STORE_URL"] = request.getfixturevalue("postgres").new_database()
+        env["DUPQ_API_KEY"] = "fuzz-key"
+        auth = ["--header", "Authorization: Bearer fuzz-key"]
+    server = Server(tiny_model_dir, tmp_path / "data", **env).start()
     try:
-        server.request("POST", "/questions", {"questions": [{"id": "seed-1", "text": "How old are you?"}]})
+        headers = {"Authorization": "Bearer fuzz-key"} if keyed else None
+        seed = {"questions": [{"id": "seed-1", "text": "How old are you?"}]}
+        assert server.request("POST", "/questions", seed, headers=headers)[0] == 201
         st = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or "schemathesis"
         # Every check, but for two requests that the schema cannot tell apart from good ones: a
         # made-up cursor is any string, but a 422 (an unknown cursor) by the contract; and
@@ -47,6 +61,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(tiny_model_d
                 "--request-timeout",
                 "10",
                 "--no-color",
+                *auth,
             ],
             capture_output=True,
             text=True,
