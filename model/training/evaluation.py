@@ -26,7 +26,15 @@ from model.encoder import QuestionEncoder
 from model.training.data import Pair
 from model.training.graded import GradedPair, correlations, graded_metrics, graded_similarities, threshold_figures
 from model.training.groups import question_key
-from model.training.metrics import best_threshold, classification, pair_dots, retrieval, roc_auc, threshold_near
+from model.training.metrics import (
+    best_threshold,
+    classification,
+    duplicate_groups,
+    pair_dots,
+    retrieval,
+    roc_auc,
+    threshold_near,
+)
 from model.training.teacher import minilm_encoder
 
 logger = logging.getLogger(__name__)
@@ -52,6 +60,10 @@ class ScoredPairs:
         dup = self.labels == 1
         return np.concatenate([self.first[dup], self.second[dup]]), np.concatenate([self.second[dup], self.first[dup]])
 
+    def groups(self) -> np.ndarray:
+        """Each question's duplicate group: the questions its duplicate pairs join it to."""
+        return duplicate_groups(len(self.texts), self.first, self.second, self.labels)
+
     def metrics(self, threshold: float | None = None) -> dict[str, float]:
         """Pair metrics at ``threshold`` (or the best one for these pairs) and retrieval metrics."""
         tau = best_threshold(self.similarities, self.labels) if threshold is None else threshold
@@ -64,7 +76,7 @@ class ScoredPairs:
             "f1": cls.f1,
             "roc_auc": roc_auc(self.similarities, self.labels),
             "threshold": tau,
-            **retrieval(self.vectors, queries, targets),
+            **retrieval(self.vectors, queries, targets, self.groups()),
             "pairs": float(len(self.labels)),
             "questions": float(self.vectors.shape[0]),
         }
@@ -221,7 +233,7 @@ def write_report(
     fig.savefig(out / "similarity_hist.png", dpi=100)
     plt.close(fig)
 
-    keys = ["accuracy", "precision", "recall", "f1", "roc_auc", "threshold", "r@1", "r@10", "mrr@10"]
+    keys = ["accuracy", "precision", "recall", "f1", "roc_auc", "threshold", "r@1", "r@10", "mrr@10", "mrr@10_filtered"]
     baselines = {k: v for k, v in result.items() if isinstance(v, dict) and "threshold_tuned_on" in v}
     systems = {encoder.full_name: result} | baselines
     lines = [

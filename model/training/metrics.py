@@ -146,15 +146,22 @@ def retrieval(
     vectors: Any,
     queries: np.ndarray,
     targets: np.ndarray,
+    groups: np.ndarray | None = None,
     chunk: int = 1024,
 ) -> dict[str, float]:
     """R@1, R@10 and MRR@10 of finding ``targets[i]`` when querying with ``queries[i]`` among all
     rows of ``vectors`` (unit vectors, so the dot product is the cosine; a numpy array or a scipy
     sparse matrix), the query excluded.
-    A tie with the target counts in the target's favour."""
+    A tie with the target counts in the target's favour.
+
+    With ``groups`` (a group number per row: :func:`duplicate_groups`), also ``mrr@10_filtered``:
+    the same with the query's other labelled duplicates left out of its ranking, as a filtered
+    ranking does (Bordes et al., 2013), so that finding another duplicate of the query first is no
+    miss."""
     queries = np.asarray(queries)
     targets = np.asarray(targets)
     ranks = np.empty(len(queries), dtype=np.int64)
+    filtered = np.empty(len(queries), dtype=np.int64)
     for start in range(0, len(queries), chunk):
         q = queries[start : start + chunk]
         t = targets[start : start + chunk]
@@ -163,9 +170,36 @@ def retrieval(
             scores = scores.toarray()
         scores[np.arange(len(q)), q] = -np.inf
         target_scores = scores[np.arange(len(q)), t][:, None]
-        ranks[start : start + chunk] = (scores > target_scores).sum(1) + 1
-    return {
+        above = scores > target_scores
+        ranks[start : start + chunk] = above.sum(1) + 1
+        if groups is not None:
+            duplicates_above = (above & (groups[None, :] == groups[q][:, None])).sum(1)
+            filtered[start : start + chunk] = ranks[start : start + chunk] - duplicates_above
+    result = {
         "r@1": float((ranks <= 1).mean()),
         "r@10": float((ranks <= 10).mean()),
-        "mrr@10": float(np.where(ranks <= 10, 1.0 / ranks, 0.0).mean()),
+        "mrr@10": _mrr(ranks),
     }
+    if groups is not None:
+        result["mrr@10_filtered"] = _mrr(filtered)
+    return result
+
+
+def _mrr(ranks: np.ndarray, cutoff: int = 10) -> float:
+    return float(np.where(ranks <= cutoff, 1.0 / ranks, 0.0).mean())
+
+
+def duplicate_groups(rows: int, first: np.ndarray, second: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """A group number for each of ``rows`` rows: rows joined by a duplicate pair (label 1), directly
+    or through others, share one (union-find); a row in no duplicate pair is a group alone."""
+    parent = np.arange(rows)
+
+    def root(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = int(parent[x])
+        return x
+
+    for a, b in zip(np.asarray(first)[labels == 1], np.asarray(second)[labels == 1], strict=True):
+        parent[root(int(a))] = root(int(b))
+    return np.array([root(x) for x in range(rows)])

@@ -2,7 +2,15 @@ import numpy as np
 import pytest
 
 from model.calibration import probability
-from model.training.metrics import best_threshold, classification, fit_logistic, retrieval, roc_auc, threshold_near
+from model.training.metrics import (
+    best_threshold,
+    classification,
+    duplicate_groups,
+    fit_logistic,
+    retrieval,
+    roc_auc,
+    threshold_near,
+)
 
 
 def test_roc_auc_by_hand() -> None:
@@ -63,6 +71,14 @@ def test_retrieval_by_hand() -> None:
     # Query 0 looking for 2: row 1 scores higher, so rank 2. Query 2 looking for 0: rank 1.
     result = retrieval(vectors, np.array([0, 2]), np.array([2, 0]))
     assert result == {"r@1": 0.5, "r@10": 1.0, "mrr@10": pytest.approx(0.75)}
+    # Filtered: row 1 outranks the target only as another duplicate of the query, which is no miss;
+    # a row of another group still is one.
+    one_group = duplicate_groups(4, np.array([0, 0, 1]), np.array([1, 2, 3]), np.array([1, 1, 0]))
+    assert one_group[0] == one_group[1] == one_group[2] != one_group[3]
+    result = retrieval(vectors, np.array([0, 2]), np.array([2, 0]), one_group)
+    assert result["mrr@10"] == pytest.approx(0.75) and result["mrr@10_filtered"] == 1.0
+    apart = duplicate_groups(4, np.array([0, 1]), np.array([2, 3]), np.array([1, 0]))
+    assert retrieval(vectors, np.array([0, 2]), np.array([2, 0]), apart)["mrr@10_filtered"] == pytest.approx(0.75)
 
 
 def test_sparse_rows_give_the_figures_of_dense_ones() -> None:

@@ -149,6 +149,9 @@ def test_evaluate_prints_every_metric_and_writes_a_report(
     for key in ("accuracy", "precision", "recall", "f1", "roc_auc", "threshold", "r@1", "r@10", "mrr@10"):
         assert 0.0 <= result[key] <= 1.0 or key == "threshold"
         assert key in result["tfidf"]
+    # Leaving the query's other duplicates out of its ranking can only lift the target.
+    assert result["mrr@10"] <= result["mrr@10_filtered"] <= 1.0
+    assert "| mrr@10_filtered |" in (tmp_path / "report" / "report.md").read_text()
     # The threshold these pairs would want: never worse than the model's tau, never better than the best cut.
     these = result["these_pairs"]
     assert these["best_accuracy"] >= these["suggested_accuracy"] >= result["accuracy"]
