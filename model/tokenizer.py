@@ -37,18 +37,38 @@ def _normalizer() -> normalizers.Normalizer:
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 16000, min_frequency: int = 2) -> Tokenizer:
-    """Learn a word-piece vocabulary of at most ``vocab_size`` entries from ``texts``."""
-    tokenizer = Tokenizer(WordPiece(unk_token=UNK, max_input_chars_per_word=64))
-    tokenizer.normalizer = _normalizer()
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece()
-    trainer = WordPieceTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[PAD, UNK], show_progress=False
+    """Learn a word-piece vocabulary of at most ``vocab_size`` entries from ``texts``: the same
+    vocabulary, ids included, in every process.
+
+    ``tokenizers`` numbers the pieces that continue a word (``##s``) in the order of a hash map,
+    which changes from one process to the next, and breaks ties between equally frequent merges
+    by those numbers, so its vocabulary changed from run to run (huggingface/tokenizers#1794).
+    Here each continuing piece of one character is handed to the trainer as a special token, so
+    it is numbered first and in sorted order; the tokenizer returned has them as plain tokens."""
+    texts = list(texts)
+    bare = _untrained()
+    words = (
+        word for text in texts for word, _ in bare.pre_tokenizer.pre_tokenize_str(bare.normalizer.normalize_str(text))
     )
-    tokenizer.train_from_iterator(texts, trainer)
+    continuing = sorted({"##" + ch for word in words for ch in word[1:]})
+    trainer = WordPieceTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[PAD, UNK, *continuing], show_progress=False
+    )
+    bare.train_from_iterator(texts, trainer)
+    tokenizer = _untrained(bare.get_vocab())
+    tokenizer.add_special_tokens([PAD, UNK])
     assert tokenizer.token_to_id(PAD) == PAD_ID and tokenizer.token_to_id(UNK) == UNK_ID
     # Every character of the training text is in the vocabulary, so this changes none of its tokens.
     return isolate_unknown(tokenizer)
+
+
+def _untrained(vocab: dict[str, int] | None = None) -> Tokenizer:
+    """A word-piece tokenizer with this module's normalizer, BERT's pre-tokenizer and ``vocab``."""
+    tokenizer = Tokenizer(WordPiece(vocab, unk_token=UNK, max_input_chars_per_word=64))
+    tokenizer.normalizer = _normalizer()
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    return tokenizer
 
 
 def alphabet(tokenizer: Tokenizer) -> set[str]:

@@ -6,16 +6,14 @@ Building it takes the training layer (PyTorch); loading and serving it take none
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer
-from tokenizers.models import WordPiece
 
 from model.config import EncoderConfig
-from model.tokenizer import PAD, UNK, isolate_unknown, train_tokenizer
+from model.tokenizer import train_tokenizer
 from model.training.export import save_model_dir
 from model.training.network import Network, SiameseEncoder, SideBySide
 from tests.postgres import PostgresServer
@@ -48,31 +46,11 @@ QUESTIONS = [
 ]
 
 
-def word_tokenizer(texts: Iterable[str]) -> Tokenizer:
-    """A tokenizer of every whole word of ``texts`` and every single character (alone and as a
-    ``##`` piece), its ids in sorted order: the same in every process. One trained on so little
-    text is not: ``tokenizers`` numbers its word pieces in hash-map order and breaks ties between
-    equally frequent merges by those numbers (huggingface/tokenizers#1794), so its vocabulary, and
-    any tiny model built with it, changed from one test process to the next."""
-    texts = sorted(set(texts))
-    tokenizer = train_tokenizer(texts, vocab_size=200, min_frequency=1)  # its normalizer and pre-tokenizer
-    words = {
-        word
-        for text in texts
-        for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(tokenizer.normalizer.normalize_str(text))
-    }
-    chars = sorted({ch for word in words for ch in word})
-    tokens = [PAD, UNK, *chars, *("##" + ch for ch in chars), *sorted(words - set(chars))]
-    vocab = {token: i for i, token in enumerate(tokens)}
-    tokenizer.model = WordPiece(vocab, unk_token=UNK, max_input_chars_per_word=64)
-    return isolate_unknown(tokenizer)  # the pre-tokenizer of this vocabulary's characters
-
-
 def build_tiny_model(out: Path, seed: int = 0, version_prefix: str = "test", members: int = 1) -> Path:
     """A small, seeded, untrained model directory: fast, deterministic, real in every part; with
     ``members``, that many such networks side by side."""
     torch.manual_seed(seed)
-    tokenizer = word_tokenizer(CORPUS)
+    tokenizer = train_tokenizer(CORPUS * 3, vocab_size=200, min_frequency=1)
     config = EncoderConfig(
         vocab_size=tokenizer.get_vocab_size(),
         embed_dim=16,

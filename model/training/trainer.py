@@ -421,9 +421,8 @@ def train(
     if start is not None:
         given = start.tokenizer
     graph = PairGraph.build(train_pairs)
-    # `tokenizers` breaks ties between equally frequent merges in no fixed order (its issue 1794),
-    # so a retrained vocabulary can differ in a few rare tokens; reusing a tokenizer file makes a
-    # run repeatable.
+    # A tokenizer trained here is the same in every run (model.tokenizer.train_tokenizer); the
+    # shipped model's was trained before it was, so reproducing that model takes its file.
     tokenizer = given or train_tokenizer(graph.texts, vocab_size=config.vocab_size)
     if teacher is not None and config.members > 1:
         # Each member runs in a process of its own and makes its teacher from the config.

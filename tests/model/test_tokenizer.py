@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,20 @@ FAST = TokenIds(SHIPPED, max_tokens=64)
 # A vocabulary without most letters: the fast path must split them off as the tokenizer does.
 TINY = train_tokenizer(["hello world 42"] * 5, vocab_size=100, min_frequency=1)
 TINY_FAST = TokenIds(TINY, max_tokens=16)
+
+
+def test_training_gives_the_same_tokenizer_in_every_process() -> None:
+    # `tokenizers` alone numbered its continuing pieces in hash-map order, seeded anew in each
+    # process: on these questions each of 8 processes drew a vocabulary of its own.
+    questions = ["How old are you?", "What is your age?", "Where are you going?", "How do I learn Python?"]
+    questions += ["Is Rust hard to learn?", "How can I lose weight fast?", "Why is the sky blue?"]
+    probe = f"from model.tokenizer import train_tokenizer; print(train_tokenizer({questions!r} * 3, 200, 1).to_str())"
+    runs = [
+        subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)
+        for _ in range(4)
+    ]
+    assert len({run.stdout for run in runs}) == 1
+    assert json.loads(runs[0].stdout)["model"]["vocab"] == train_tokenizer(questions * 3, 200, 1).get_vocab()
 
 
 def test_raw_and_bimpm_tokenized_text_give_the_same_tokens() -> None:

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tokenizers.models import WordPiece
 
 from app.cli import main
 from model.encoder import load_encoder
+from model.tokenizer import PAD, UNK, train_tokenizer
 from model.training.data import load_pairs
 from model.training.metrics import best_threshold, threshold_near
 
-from ...conftest import word_tokenizer
 from .test_trainer import _pair_file, _train_argv
 
 # A new domain: cooking questions, whose words the tiny model's tokenizer never saw whole.
@@ -49,10 +50,24 @@ def _gap(model: Path) -> float:
 
 
 def _fixed_tokenizer(pairs: Path, path: Path) -> Path:
-    """:func:`tests.conftest.word_tokenizer` of the questions of ``pairs``, saved to ``path``: the
-    tiny model trained with it is the same in every process."""
+    """A tokenizer of every whole word of ``pairs`` and every single character, alone and as a
+    ``##`` piece, its ids in sorted order, so that the new domain's words go through word pieces.
+    With the one `dupq train` learns from these few pairs, fine-tuning did not widen the cooking
+    pairs' cosine gap (-0.0017 before, -0.0020 after)."""
     loaded, _ = load_pairs(pairs)
-    word_tokenizer(q for p in loaded for q in (p.question1, p.question2)).save(str(path))
+    texts = sorted({q for p in loaded for q in (p.question1, p.question2)})
+    tokenizer = train_tokenizer(texts, vocab_size=200)  # for its normalizer and pre-tokenizer
+    words = {
+        word
+        for text in texts
+        for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(tokenizer.normalizer.normalize_str(text))
+    }
+    chars = sorted({ch for word in words for ch in word})
+    tokens = [PAD, UNK, *chars, *("##" + ch for ch in chars), *sorted(words - set(chars))]
+    tokenizer.model = WordPiece(
+        {token: i for i, token in enumerate(tokens)}, unk_token=UNK, max_input_chars_per_word=64
+    )
+    tokenizer.save(str(path))
     return path
 
 

@@ -14,7 +14,7 @@ from app.cli import build_parser, main
 from app.settings import BUNDLED_MODEL
 from model.config import EncoderConfig
 from model.encoder import load_encoder
-from model.tokenizer import TokenIds, load_tokenizer
+from model.tokenizer import TokenIds, load_tokenizer, train_tokenizer
 from model.training.config import TrainConfig
 from model.training.data import load_pairs
 from model.training.evaluation import PairEvaluator
@@ -22,7 +22,7 @@ from model.training.export import load_network
 from model.training.groups import PairGraph
 from model.training.network import encode
 
-from ...conftest import CORPUS, word_tokenizer
+from ...conftest import CORPUS
 
 
 def _pair_file(path: Path) -> Path:
@@ -239,7 +239,7 @@ def _trainer(tmp_path: Path, teacher: StandInTeacher | None, **config: object): 
     torch.set_num_threads(1)
     pairs, _ = load_pairs(_pair_file(tmp_path / "pairs.tsv"))
     graph = PairGraph.build(pairs)
-    tokenizer = word_tokenizer(graph.texts)
+    tokenizer = train_tokenizer(graph.texts, vocab_size=200)
     settings = {"members": 1, "topic_size": 0, "vocab_size": 200, **config}
     network = {"embed_dim": 8, "hidden_dim": 8, "out_dim": 16}
     return Trainer(graph, tokenizer, TrainConfig(**settings), network, teacher, progress=False), pairs  # type: ignore[arg-type]
