@@ -40,13 +40,19 @@ def _limits(info: ValidationInfo) -> Limits | None:
 
 
 def _question(text: str, info: ValidationInfo) -> str:
-    # The length as sent, white space included, as the OpenAPI document's maxLength counts it.
+    # The length and the place of a NUL as sent, white space included, as the OpenAPI document's
+    # maxLength and pattern see them.
     limits = _limits(info)
     if limits is not None and len(text) > limits.max_question_chars:
         raise PydanticCustomError(
             "string_too_long",
             "question has {length} characters; at most max_question_chars = {limit}",
             {"length": len(text), "limit": limits.max_question_chars},
+        )
+    if "\0" in text:  # JSON's "\u0000" escape: a question stored in PostgreSQL cannot hold it
+        raise ValueError(
+            f"must not contain the NUL character U+0000 (at character {text.index(chr(0))}), which PostgreSQL "
+            "cannot store"
         )
     text = text.strip()
     if not text:
@@ -57,11 +63,6 @@ def _question(text: str, info: ValidationInfo) -> str:
         raise ValueError(
             f"must be valid Unicode text: lone surrogate U+{ord(text[err.start]):04X} at character {err.start}"
         ) from None
-    if "\0" in text:  # JSON's "\u0000" escape: a question stored in PostgreSQL cannot hold it
-        raise ValueError(
-            f"must not contain the NUL character U+0000 (at character {text.index(chr(0))}), which PostgreSQL "
-            "cannot store"
-        )
     return text
 
 

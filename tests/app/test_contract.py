@@ -334,16 +334,21 @@ def test_text_that_is_not_unicode_is_a_422_that_says_where(client: TestClient) -
 def test_a_question_with_a_nul_character_is_a_422_on_either_store(client: TestClient) -> None:
     # JSON's "\\u0000" is a character, but PostgreSQL's text cannot hold it: every route refuses it in
     # a question, whichever the store, so that the two stores keep the same questions.
-    for path, body, where in (
-        ("/questions", {"questions": [{"id": "n1", "text": "Fine?"}, {"id": "n2", "text": "a\0b"}]}, ["questions", 1]),
-        ("/similarity", {"question1": "Fine?", "question2": " a\0b "}, ["question2"]),
-        ("/feedback", {"pairs": [{"question1": "a\0b", "question2": "Fine?", "is_duplicate": True}]}, ["pairs", 0]),
+    for path, body, where, at in (
+        (
+            "/questions",
+            {"questions": [{"id": "n1", "text": "Fine?"}, {"id": "n2", "text": "a\0b"}]},
+            ["questions", 1],
+            1,
+        ),
+        ("/similarity", {"question1": "Fine?", "question2": "  a\0b "}, ["question2"], 3),  # as sent
+        ("/feedback", {"pairs": [{"question1": "\0", "question2": "Fine?", "is_duplicate": True}]}, ["pairs", 0], 0),
     ):
         response = client.post(path, json=body)
         assert response.status_code == 422, (path, response.text)
         (error,) = response.json()["detail"]
         assert error["loc"][: len(where) + 1] == ["body", *where], error
-        assert "must not contain the NUL character U+0000 (at character 1)" in error["msg"], error["msg"]
+        assert f"must not contain the NUL character U+0000 (at character {at})" in error["msg"], error["msg"]
     assert client.get("/questions/n1").status_code == 404  # nothing of the batch was written
 
 
