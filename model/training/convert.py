@@ -7,7 +7,8 @@ all-MiniLM-L6-v2 is. The written directory is what serving loads for any model
 off, truncation at ``max_tokens``), tau and the calibration fitted on the validation pairs, and a
 ``config.json`` whose ``encoder`` says what it is (``"kind": "transformer"``, ``"special_tokens":
 true``: the tokenizer adds [CLS] and [SEP]). Serving then runs it with ONNX Runtime, no PyTorch;
-there are no PyTorch weights to fine-tune from.
+there are no PyTorch weights to fine-tune from. The written graph is checked against its source
+on the validation questions (:data:`MAX_COSINE_GAP`); a graph that fails leaves no ``config.json``.
 
 The graph is exported with PyTorch's TorchScript exporter (``dynamo=False``; the dynamo exporter
 needs ``onnxscript``, which the train extra does not install): a transformer runs on a padded
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.encoder import load_encoder
-from model.model_dir import FORMAT_VERSION, ONNX, TOKENIZER, sha256_file
+from model.model_dir import CONFIG, FORMAT_VERSION, ONNX, TOKENIZER, sha256_file
 from model.training.data import load_validation_pairs
 from model.training.evaluation import PairEvaluator
 from model.training.export import model_version, write_config
@@ -37,6 +38,11 @@ from model.training.metrics import fit_logistic
 from model.training.onnx_graph import OPSET
 
 logger = logging.getLogger(__name__)
+
+# The converted graph must give its source's cosines: checked on this many validation questions,
+# each pair's cosine within this of sentence-transformers' own (all-MiniLM-L6-v2: 1.2e-6).
+CHECKED_QUESTIONS = 1000
+MAX_COSINE_GAP = 1e-3
 
 
 class MeanPooled(nn.Module):
@@ -145,6 +151,16 @@ def convert(st_dir: str | Path, valid_file: str | Path, out: str | Path, name: s
     write_config(out, config)
     encoder = load_encoder(out)
     scored = PairEvaluator(valid).score(encoder.encode)
+    checked = spread_by_length(scored.texts, CHECKED_QUESTIONS)
+    reference = model.encode([scored.texts[i] for i in checked], normalize_embeddings=True)
+    gap = cosine_gap(reference, scored.vectors[checked])
+    if gap > MAX_COSINE_GAP:
+        (out / CONFIG).unlink()  # no loadable directory that serves other cosines than its source
+        raise ValueError(
+            f"{st_dir}: the converted graph's cosines differ from sentence-transformers' own by up to {gap:.2g} "
+            f"over {len(checked)} validation questions (at most {MAX_COSINE_GAP:g} allowed); {out} is left "
+            "without its config.json"
+        )
     metrics = scored.metrics()
     slope, intercept = fit_logistic(scored.similarities, scored.labels)
     config["threshold"] = float(metrics["threshold"])
@@ -153,20 +169,26 @@ def convert(st_dir: str | Path, valid_file: str | Path, out: str | Path, name: s
         "from": str(st_dir),
         "sentence_transformers_modules": [type(m).__name__ for m in model],
         "valid_file": {"path": str(valid_file), "sha256": sha256_file(valid_file), "pairs": valid_report.kept},
+        "cosine_check": {"questions": len(checked), "max_gap": gap},
         "duration_s": round(time.time() - started, 1),
         "torch": torch.__version__,
     }
     config["validation"] = {k: round(float(v), 5) for k, v in metrics.items()}
     write_config(out, config)
-    logger.info("converted %s to %s: %d-d, tau %.3f", st_dir, out, dim, config["threshold"])
+    logger.info("converted %s to %s: %d-d, tau %.3f, cosines within %.2g", st_dir, out, dim, config["threshold"], gap)
     return config
 
 
-def cosine_gap(st_dir: str | Path, model_dir: str | Path, texts: list[str]) -> float:
-    """The largest difference between sentence-transformers' own cosines of ``texts`` and those
-    of the converted model directory: the check that the conversion kept the model."""
-    from sentence_transformers import SentenceTransformer
+def spread_by_length(texts: list[str], k: int) -> np.ndarray:
+    """Indices of at most ``k`` of ``texts`` spread evenly over their lengths, the longest
+    included (those the truncation reaches), in length order."""
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    if len(order) <= k:
+        return order
+    return order[np.unique(np.linspace(0, len(order) - 1, k).round().astype(int))]
 
-    reference = SentenceTransformer(str(st_dir), device="cpu").encode(texts, normalize_embeddings=True)
-    converted = load_encoder(model_dir).encode(texts)
+
+def cosine_gap(reference: np.ndarray, converted: np.ndarray) -> float:
+    """The largest difference between two encoders' cosines of the same texts (unit rows, one
+    per text, in the same order): how far the converted model is from its source."""
     return float(np.abs(reference @ reference.T - converted @ converted.T).max())

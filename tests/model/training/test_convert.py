@@ -83,6 +83,8 @@ def test_the_converted_directory_says_what_it_is(converted: tuple[Path, Path]) -
     assert config["dim"] == 32 and config["name"] == "st" and -1 <= config["threshold"] <= 1
     assert config["converted"]["from"] == str(st_dir) and config["converted"]["valid_file"]["pairs"] == 8
     assert config["converted"]["sentence_transformers_modules"] == ["Transformer", "Pooling", "Normalize"]
+    assert config["converted"]["cosine_check"]["questions"] == 12  # every distinct validation question
+    assert config["converted"]["cosine_check"]["max_gap"] < 1e-4
     assert not (out / "model.safetensors").exists()
     tokenizer = json.loads((out / "tokenizer.json").read_text())
     assert tokenizer["padding"] is None and tokenizer["truncation"]["max_length"] == 32
@@ -99,6 +101,30 @@ def test_a_model_without_mean_pooling_is_refused_in_one_line(
     err = capsys.readouterr().err
     assert "dupq converts a Transformer with mean pooling, this model is Transformer, Pooling, Normalize" in err
     assert main(["convert", str(tmp_path), "--valid", "x", "--out", str(tmp_path / "o")]) == 1
+
+
+def test_a_graph_that_strays_from_its_source_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+    from transformers import BertModel
+
+    from model.training import convert as module
+
+    export_graph = module.export_graph
+
+    def another_transformer(transformer: torch.nn.Module) -> bytes:
+        torch.manual_seed(1)
+        return export_graph(BertModel(transformer.config))  # the source's shape, other weights
+
+    monkeypatch.setattr(module, "export_graph", another_transformer)
+    st_dir, out = _tiny_bert(tmp_path), tmp_path / "o"
+    assert main(["convert", str(st_dir), "--valid", str(_pair_file(tmp_path / "p.tsv")), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "the converted graph's cosines differ from sentence-transformers' own by up to" in err
+    assert "over 12 validation questions (at most 0.001 allowed)" in err
+    with pytest.raises(ModelDirError):
+        read_config(out)  # nothing there that serving would load
 
 
 def test_the_service_serves_a_converted_model_and_re_embeds_the_store_for_it(
