@@ -8,7 +8,8 @@ Formats, from the file name (or ``--format``):
   column becomes a metadata key (empty cells are left out);
 - ``text`` (anything else): ``text`` or ``id<TAB>text`` per line, as the seed file.
 
-The file is read a line at a time and never held whole. A row without an id gets one made from its
+The file is UTF-8, with or without the byte order mark that Excel puts before a CSV; it is read a
+line at a time and never held whole. A row without an id gets one made from its
 namespace and text (``imp-`` and 24 hex digits of their SHA-256), so a re-run after an interruption
 replaces what was already sent instead of adding it twice. Each row is checked as ``POST
 /questions`` checks it, with the service's own limits (``/info``); a row that fails is skipped and
@@ -168,7 +169,7 @@ def import_file(
             progress(len(pending))
         pending, pending_bytes = [], 0
 
-    with open(path, encoding="utf-8", newline="") as handle:
+    with open(path, encoding="utf-8-sig", newline="") as handle:  # "-sig": without a byte order mark
         try:
             for line, item, why in checked(read_rows(handle, fmt or detect_format(path)), limits, namespace):
                 if item is None:

@@ -40,9 +40,9 @@ def parse_question_lines(lines: Iterable[str], limits: Limits) -> tuple[list[Ite
 
 
 def read_question_file(path: str | Path, limits: Limits) -> tuple[list[Item], list[Skipped]]:
-    """:func:`parse_question_lines` of a UTF-8 file ('-': standard input); a file that is not
-    UTF-8 is a ``ValueError`` that names it."""
-    handle = sys.stdin if str(path) == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    """:func:`parse_question_lines` of a UTF-8 file ('-': standard input), without the byte order
+    mark that may open it; a file that is not UTF-8 is a ``ValueError`` that names it."""
+    handle = sys.stdin if str(path) == "-" else open(path, encoding="utf-8-sig")  # noqa: SIM115
     with handle:
         try:
             return parse_question_lines(handle, limits)

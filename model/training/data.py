@@ -76,15 +76,16 @@ _LAYOUT: dict[str, tuple[dict[str, object], bool, tuple[int, int, int], int]] = 
 
 
 def open_text(path: Path) -> io.TextIOBase:
-    """A UTF-8 text file, gunzipped on the fly when it ends in ``.gz``; bad bytes become U+FFFD."""
+    """A UTF-8 text file, gunzipped on the fly when it ends in ``.gz``; bad bytes become U+FFFD,
+    and a byte order mark that opens the file (as spreadsheets and Notepad write) is dropped."""
     if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace", newline="")
-    return open(path, encoding="utf-8", errors="replace", newline="")
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", errors="replace", newline="")
+    return open(path, encoding="utf-8-sig", errors="replace", newline="")
 
 
 def detect_format(first_line: str) -> Format:
     """Guess a file's format from its first line."""
-    line = first_line.lstrip("\ufeff").rstrip("\r\n")
+    line = first_line.rstrip("\r\n")
     lowered = line.lower()
     if lowered.startswith("source_repo\t"):
         return "qqp"

@@ -1,6 +1,8 @@
 """The question file of the seed file and `dupq index`: the rules of POST /questions, line by line."""
 
-from app.question_file import parse_question_lines
+from pathlib import Path
+
+from app.question_file import parse_question_lines, read_question_file
 from app.schemas import Limits
 
 
@@ -32,3 +34,13 @@ def test_question_lines_the_api_would_refuse_are_skipped_and_named() -> None:
     assert reasons[3] == "text: question has 11 characters; at most max_question_chars = 10"
     assert "lone surrogate U+D800" in reasons[4]
     assert "must not contain the NUL character U+0000 (at character 2)" in reasons[8]
+
+
+def test_a_byte_order_mark_before_the_first_line_is_not_part_of_it(tmp_path: Path) -> None:
+    path = tmp_path / "questions.txt"
+    path.write_text("q-1\tHow old are you?\nWhat is your age?\n", encoding="utf-8-sig")  # as Notepad saves it
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert read_question_file(path, Limits(max_question_chars=100, max_batch=8)) == (
+        [("q-1", "How old are you?"), (None, "What is your age?")],
+        [],
+    )

@@ -58,6 +58,17 @@ def test_write_bimpm_round_trip(tmp_path: Path) -> None:
     assert load_pairs(tmp_path / "out.tsv")[0] == pairs
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_row(tmp_path: Path) -> None:
+    rows = "1\tHow old are you?\tWhat is your age?\t0\n0\tWhere are you from?\tWhere are you going?\t1\n"
+    (tmp_path / "pairs.tsv").write_text(rows, encoding="utf-8-sig")
+    pairs, report = load_pairs(tmp_path / "pairs.tsv")
+    assert report.format == "bimpm" and report.n_skipped == 0
+    assert pairs == [
+        Pair("How old are you?", "What is your age?", 1),
+        Pair("Where are you from?", "Where are you going?", 0),
+    ]
+
+
 def test_validation_pairs_of_one_label_are_refused_naming_the_label_they_lack(tmp_path: Path) -> None:
     pairs = [Pair("How old are you?", "What is your age?", 1), Pair("Where are you from?", "Where do you live?", 1)]
     write_bimpm(pairs, tmp_path / "duplicates.tsv")
