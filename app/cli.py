@@ -252,7 +252,7 @@ def _feedback(args: argparse.Namespace) -> int:
     store, _ = _read_only_store(settings)
     n = 0
     with open(args.out, "w", encoding="utf-8", newline="") as out:
-        # The Quora layout, which `dupq train` reads: id qid1 qid2 question1 question2 is_duplicate.
+        # Quora's layout, a TSV whose header names the questions and the label, which `dupq train` reads.
         writer = csv.writer(out, delimiter="\t", lineterminator="\n")
         writer.writerow(["id", "qid1", "qid2", "question1", "question2", "is_duplicate"])
         for number, pair, _version, _created in store.iter_feedback():

@@ -2,9 +2,12 @@
 
 Supported formats (auto-detected from the first line, or named explicitly):
 
-- ``quora``: the original Quora release ``quora_duplicate_questions.tsv``, tab-separated,
-  header ``id qid1 qid2 question1 question2 is_duplicate``, fields may be quoted;
-- ``kaggle``: Kaggle's ``train.csv``, the same columns comma-separated and quoted;
+- ``tsv`` and ``csv``: tab- or comma-separated with a header that names the two questions and the
+  label, in any order and among any other columns (:data:`COLUMN_NAMES`: ``question1``,
+  ``question2`` and ``is_duplicate``, or ``sentence1``, ``sentence2`` and ``label``, ...);
+  fields may be quoted. The original Quora release ``quora_duplicate_questions.tsv`` and
+  Kaggle's ``train.csv`` (``id qid1 qid2 question1 question2 is_duplicate``) are such files, and
+  so is what a site exports from a spreadsheet or pandas;
 - ``bimpm``: the BiMPM partition, ``label q1 q2 pair_id`` tab-separated, no header, no quoting;
 - ``qqp``: this project's ``shared/data/qqp/train.tsv.gz``, header ``source_repo source_path id
   qid1 qid2 question1 question2 is_duplicate``, no quoting.
@@ -25,12 +28,19 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 logger = logging.getLogger(__name__)
 
-Format = Literal["quora", "kaggle", "bimpm", "qqp"]
-FORMATS: tuple[Format, ...] = ("quora", "kaggle", "bimpm", "qqp")
+Format = Literal["tsv", "csv", "bimpm", "qqp"]
+FORMATS: tuple[Format, ...] = ("tsv", "csv", "bimpm", "qqp")
+
+# The names a header may give the first question, the second and the label (any case).
+COLUMN_NAMES = (
+    ("question1", "sentence1", "sentence_a", "text1", "text_a", "q1"),
+    ("question2", "sentence2", "sentence_b", "text2", "text_b", "q2"),
+    ("is_duplicate", "duplicate", "label"),
+)
 
 # Quora questions are short, but a broken quote can make csv swallow many lines into one field.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
@@ -65,14 +75,15 @@ class LoadReport:
         )
 
 
-# For each format: the csv dialect, whether a header comes first, and the columns of
-# (question1, question2, label) with the number of fields a row must have.
-_LAYOUT: dict[str, tuple[dict[str, object], bool, tuple[int, int, int], int]] = {
-    "quora": ({"delimiter": "\t"}, True, (3, 4, 5), 6),
-    "kaggle": ({"delimiter": ","}, True, (3, 4, 5), 6),
-    "bimpm": ({"delimiter": "\t", "quoting": csv.QUOTE_NONE}, False, (1, 2, 0), 4),
-    "qqp": ({"delimiter": "\t", "quoting": csv.QUOTE_NONE}, True, (5, 6, 7), 8),
+# For each format: the csv dialect and whether a header names the columns; without one (BiMPM),
+# the columns of (question1, question2, label) and the number of fields a row must have.
+_DIALECT: dict[str, tuple[dict[str, Any], bool]] = {
+    "tsv": ({"delimiter": "\t"}, True),
+    "csv": ({"delimiter": ","}, True),
+    "bimpm": ({"delimiter": "\t", "quoting": csv.QUOTE_NONE}, False),
+    "qqp": ({"delimiter": "\t", "quoting": csv.QUOTE_NONE}, True),
 }
+_BIMPM_COLUMNS, _BIMPM_WIDTH = (1, 2, 0), 4
 
 
 def open_text(path: Path) -> io.TextIOBase:
@@ -83,27 +94,59 @@ def open_text(path: Path) -> io.TextIOBase:
     return open(path, encoding="utf-8-sig", errors="replace", newline="")
 
 
+def header_columns(header: list[str]) -> tuple[int, int, int]:
+    """The columns of (question1, question2, label) that a header names (:data:`COLUMN_NAMES`);
+    a ``ValueError`` says which is missing or named twice."""
+    names = [name.strip().lower() for name in header]
+    columns = []
+    for role, accepted in zip(("the first question", "the second question", "the label"), COLUMN_NAMES, strict=True):
+        found = [i for i, name in enumerate(names) if name in accepted]
+        if len(found) != 1:
+            how = "names no column" if not found else f"names {len(found)} columns"
+            raise ValueError(f"the header {how} for {role} ({', '.join(accepted)}); it has {header}")
+        columns.append(found[0])
+    return columns[0], columns[1], columns[2]
+
+
 def detect_format(first_line: str) -> Format:
     """Guess a file's format from its first line."""
     line = first_line.rstrip("\r\n")
-    lowered = line.lower()
-    if lowered.startswith("source_repo\t"):
+    if line.lower().startswith("source_repo\t"):
         return "qqp"
-    if "question1" in lowered and "is_duplicate" in lowered:
-        return "quora" if "\t" in line else "kaggle"
     fields = line.split("\t")
-    if len(fields) == 4 and fields[0].strip() in {"0", "1"}:
+    if len(fields) == _BIMPM_WIDTH and fields[0].strip() in {"0", "1"}:
         return "bimpm"
-    raise ValueError(f"cannot tell the format of a file starting with {line[:80]!r}")
+    fmt: Format = "tsv" if "\t" in line else "csv"
+    try:
+        header_columns(next(csv.reader([line], **_DIALECT[fmt][0])))
+    except ValueError as err:
+        raise ValueError(
+            f"cannot tell the format of a file starting with {line[:80]!r}: not the BiMPM layout (label, question1, "
+            f"question2, id; tab-separated, no header), and {err}"
+        ) from None
+    return fmt
 
 
-def _rows(path: Path, fmt: Format) -> Iterator[list[str]]:
-    dialect, has_header, _, _ = _LAYOUT[fmt]
+def _rows(path: Path, fmt: Format) -> tuple[tuple[int, int, int], int, Iterator[list[str]]]:
+    """The columns of (question1, question2, label), the number of fields a row must have, and
+    the rows after the header."""
+    dialect, has_header = _DIALECT[fmt]
+
+    def rows() -> Iterator[list[str]]:
+        with open_text(path) as handle:
+            reader = csv.reader(handle, **dialect)
+            if has_header:
+                next(reader, None)
+            yield from reader
+
+    if not has_header:
+        return _BIMPM_COLUMNS, _BIMPM_WIDTH, rows()
     with open_text(path) as handle:
-        reader = csv.reader(handle, **dialect)  # type: ignore[arg-type]
-        if has_header:
-            next(reader, None)
-        yield from reader
+        header = next(csv.reader(handle, **dialect), [])
+    try:
+        return header_columns(header), len(header), rows()
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
 
 
 def iter_pairs(path: str | Path, fmt: Format | None = None, report: LoadReport | None = None) -> Iterator[Pair]:
@@ -112,12 +155,12 @@ def iter_pairs(path: str | Path, fmt: Format | None = None, report: LoadReport |
     if fmt is None:
         with open_text(path) as handle:
             fmt = detect_format(handle.readline())
-    if fmt not in _LAYOUT:
+    if fmt not in _DIALECT:
         raise ValueError(f"unknown pair format {fmt!r}; expected one of {', '.join(FORMATS)}")
     report = report if report is not None else LoadReport(str(path), fmt)
     report.format = fmt
-    _, _, (c1, c2, cl), width = _LAYOUT[fmt]
-    for row in _rows(path, fmt):
+    (c1, c2, cl), width, rows = _rows(path, fmt)
+    for row in rows:
         if not row or (len(row) == 1 and not row[0].strip()):
             continue  # blank line
         if len(row) != width:

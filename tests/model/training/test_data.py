@@ -7,7 +7,7 @@ from model.training.data import Pair, detect_format, load_pairs, load_validation
 
 def test_quora_release_with_quotes_and_malformed_rows(fixtures: Path) -> None:
     pairs, report = load_pairs(fixtures / "quora.tsv")
-    assert report.format == "quora"
+    assert report.format == "tsv"
     assert pairs == [
         Pair("How old are you?", "What is your age?", 1),
         Pair("Where are you from?", 'Where are you "going"?', 0),
@@ -23,7 +23,7 @@ def test_quora_release_with_quotes_and_malformed_rows(fixtures: Path) -> None:
 
 def test_kaggle_csv(fixtures: Path) -> None:
     pairs, report = load_pairs(fixtures / "kaggle.csv")
-    assert report.format == "kaggle"
+    assert report.format == "csv"
     assert pairs == [
         Pair("How old are you?", "What is your age?", 1),
         Pair("Where are you from, friend?", "Where are you going?", 0),
@@ -47,8 +47,40 @@ def test_shared_qqp_gzip_keeps_double_quotes(fixtures: Path) -> None:
     assert "2 skipped" in report.summary()
 
 
+def test_a_sites_own_file_is_read_by_the_names_in_its_header(tmp_path: Path) -> None:
+    (tmp_path / "export.csv").write_text(
+        'Label,Question2,answered,Question1\n1,"What is your age?",yes,How old are you?\n'
+        '0,"Where are you ""going""?",no,"Where are you from, friend?"\n',
+        encoding="utf-8",
+    )
+    pairs, report = load_pairs(tmp_path / "export.csv")
+    assert report.format == "csv" and report.n_skipped == 0
+    assert pairs == [
+        Pair("How old are you?", "What is your age?", 1),
+        Pair("Where are you from, friend?", 'Where are you "going"?', 0),
+    ]
+    (tmp_path / "pairs.tsv").write_text(
+        "sentence1\tsentence2\tlabel\tsource\nHow old are you?\tWhat is your age?\t1\tforum\nWhy?\tWhen?\t2\tforum\n",
+        encoding="utf-8",
+    )
+    pairs, report = load_pairs(tmp_path / "pairs.tsv")
+    assert report.format == "tsv" and pairs == [Pair("How old are you?", "What is your age?", 1)]
+    assert report.skipped == {"rows with a label other than 0 or 1": 1}
+
+
+def test_a_header_without_the_label_or_with_two_is_refused_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "scores.tsv").write_text("sentence1\tsentence2\tscore\nA?\tB?\t4.5\n", encoding="utf-8")
+    with pytest.raises(
+        ValueError, match=r"the header names no column for the label \(is_duplicate, duplicate, label\)"
+    ):
+        load_pairs(tmp_path / "scores.tsv")
+    (tmp_path / "two.csv").write_text("question1,question2,label,is_duplicate\nA?,B?,1,1\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="the header names 2 columns for the label"):
+        load_pairs(tmp_path / "two.csv")
+
+
 def test_detect_format_rejects_unknown_text() -> None:
-    with pytest.raises(ValueError, match="cannot tell the format"):
+    with pytest.raises(ValueError, match="cannot tell the format of a file starting with 'hello world': not the BiMPM"):
         detect_format("hello world")
 
 
