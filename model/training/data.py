@@ -13,7 +13,7 @@ Supported formats (auto-detected from the first line, or named explicitly):
   qid1 qid2 question1 question2 is_duplicate``, no quoting.
 
 Any file may be gzip-compressed (``.gz``). A malformed row (wrong number of fields, an empty
-question, a label that is not 0 or 1) is skipped and counted in the :class:`LoadReport`; it never
+question, a label that is not 0, 1, true or false) is skipped and counted in the :class:`LoadReport`; it never
 stops a load and never shifts columns.
 """
 
@@ -41,6 +41,8 @@ COLUMN_NAMES = (
     ("question2", "sentence2", "sentence_b", "text2", "text_b", "q2"),
     ("is_duplicate", "duplicate", "label"),
 )
+# A label: 1 or 0, or true or false in any case (as pandas writes a column of booleans).
+LABELS = {"1": 1, "0": 0, "true": 1, "false": 0}
 
 # Quora questions are short, but a broken quote can make csv swallow many lines into one field.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
@@ -166,15 +168,15 @@ def iter_pairs(path: str | Path, fmt: Format | None = None, report: LoadReport |
         if len(row) != width:
             report.skipped[f"rows with {len(row)} fields instead of {width}"] += 1
             continue
-        q1, q2, label = row[c1].strip(), row[c2].strip(), row[cl].strip()
+        q1, q2, label = row[c1].strip(), row[c2].strip(), LABELS.get(row[cl].strip().lower())
         if not q1 or not q2:
             report.skipped["rows with an empty question"] += 1
             continue
-        if label not in {"0", "1"}:
-            report.skipped["rows with a label other than 0 or 1"] += 1
+        if label is None:
+            report.skipped["rows with a label other than 0, 1, true or false"] += 1
             continue
         report.kept += 1
-        yield Pair(" ".join(q1.split()), " ".join(q2.split()), int(label))
+        yield Pair(" ".join(q1.split()), " ".join(q2.split()), label)
 
 
 def load_pairs(path: str | Path, fmt: Format | None = None) -> tuple[list[Pair], LoadReport]:

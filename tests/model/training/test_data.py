@@ -16,7 +16,7 @@ def test_quora_release_with_quotes_and_malformed_rows(fixtures: Path) -> None:
     assert report.kept == 3
     assert report.skipped == {
         "rows with an empty question": 1,
-        "rows with a label other than 0 or 1": 1,
+        "rows with a label other than 0, 1, true or false": 1,
         "rows with 5 fields instead of 6": 1,
     }
 
@@ -60,12 +60,17 @@ def test_a_sites_own_file_is_read_by_the_names_in_its_header(tmp_path: Path) -> 
         Pair("Where are you from, friend?", 'Where are you "going"?', 0),
     ]
     (tmp_path / "pairs.tsv").write_text(
-        "sentence1\tsentence2\tlabel\tsource\nHow old are you?\tWhat is your age?\t1\tforum\nWhy?\tWhen?\t2\tforum\n",
+        "sentence1\tsentence2\tlabel\tsource\nHow old are you?\tWhat is your age?\tTrue\tforum\nWhy?\tWhen?\t2\tforum\n"
+        "Where are you from?\tWhere are you going?\tfalse\tforum\n",
         encoding="utf-8",
     )
     pairs, report = load_pairs(tmp_path / "pairs.tsv")
-    assert report.format == "tsv" and pairs == [Pair("How old are you?", "What is your age?", 1)]
-    assert report.skipped == {"rows with a label other than 0 or 1": 1}
+    assert report.format == "tsv"
+    assert pairs == [
+        Pair("How old are you?", "What is your age?", 1),
+        Pair("Where are you from?", "Where are you going?", 0),
+    ]
+    assert report.skipped == {"rows with a label other than 0, 1, true or false": 1}
 
 
 def test_a_header_without_the_label_or_with_two_is_refused_naming_it(tmp_path: Path) -> None:
