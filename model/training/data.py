@@ -13,8 +13,8 @@ Supported formats (auto-detected from the first line, or named explicitly):
   qid1 qid2 question1 question2 is_duplicate``, no quoting.
 
 Any file may be gzip-compressed (``.gz``). A malformed row (wrong number of fields, an empty
-question, a label that is not 0, 1, true or false) is skipped and counted in the :class:`LoadReport`; it never
-stops a load and never shifts columns.
+question, a label that is not 0, 1, true or false) is skipped and counted in the
+:class:`LoadReport`; it never stops a load and never shifts columns.
 """
 
 from __future__ import annotations
