@@ -414,8 +414,9 @@ def train(
     if not train_pairs or not valid_pairs:
         raise ValueError("no usable pairs in the training or the validation files")
     replayed: dict[str, Any] = {}
-    if start is not None:
-        sample, replayed = _replay(start.config, replay_files, round(config.replay * len(train_pairs)), config.seed)
+    if start is not None and init_from is not None:
+        count = round(config.replay * len(train_pairs))
+        sample, replayed = _replay(init_from, start.config, replay_files, count, config.seed)
         train_pairs += sample
     given = load_tokenizer(tokenizer_file) if tokenizer_file else None  # read before `out` is overwritten
     if start is not None:
@@ -558,10 +559,11 @@ def _starting_point(
 
 
 def _replay(
-    model_config: dict[str, Any], files: Sequence[str | Path] | None, count: int, seed: int
+    model_dir: str | Path, model_config: dict[str, Any], files: Sequence[str | Path] | None, count: int, seed: int
 ) -> tuple[list[Pair], dict[str, Any]]:
     """``count`` pairs drawn at random (seeded) from ``files``, by default the training files the
-    model's ``config.json`` names, each checked against its recorded sha256."""
+    config.json of ``model_dir`` names (:func:`_recorded_file`), each checked against its recorded
+    sha256."""
     if count <= 0:
         return [], {"pairs": 0}
     if files is None:
@@ -570,24 +572,37 @@ def _replay(
             raise ValueError(
                 "the model's config.json names no training files to replay: pass --replay-from, or --replay 0"
             )
+        files = []
         for entry in recorded:
-            path = Path(entry["path"])
-            if not path.is_file():
+            path = _recorded_file(Path(entry["path"]), Path(model_dir))
+            if path is None:
                 raise ValueError(
-                    f"the model was trained on {path}, which is not there to replay: pass --replay-from FILE "
-                    "(a copy of it) or --replay 0"
+                    f"the model was trained on {entry['path']}, which is not there to replay (from here, or from "
+                    f"{model_dir} or a directory above it): pass --replay-from FILE (a copy of it) or --replay 0"
                 )
             if sha256_file(path) != entry["sha256"]:
                 raise ValueError(
                     f"{path} is not the file the model was trained on (its sha256 differs): pass --replay-from"
                 )
-        files = [entry["path"] for entry in recorded]
+            files.append(path)
     pool: list[Pair] = []
     for name in files:
         pool += load_pairs(name)[0]
     sample = random.Random(seed).sample(pool, min(count, len(pool)))
     logger.info("replaying %d of the %d pairs of %s", len(sample), len(pool), ", ".join(map(str, files)))
     return sample, {"files": [{"path": str(f), "sha256": sha256_file(f)} for f in files], "pairs": len(sample)}
+
+
+def _recorded_file(path: Path, model_dir: Path) -> Path | None:
+    """A training file as a model's config.json names it, relative to where the training ran (the
+    repository's root for ``make train``): from the working directory, or else from the model
+    directory or the first directory above it where it is; None if nowhere."""
+    if path.is_file() or path.is_absolute():
+        return path if path.is_file() else None
+    for base in (model_dir, *model_dir.resolve().parents):
+        if (base / path).is_file():
+            return base / path
+    return None
 
 
 def _train_members(

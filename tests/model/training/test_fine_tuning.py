@@ -163,6 +163,34 @@ def test_the_replay_file_must_be_the_one_the_model_was_trained_on(
     assert json.loads((tmp_path / "none" / "config.json").read_text())["training"]["replay"] == {"pairs": 0}
 
 
+def test_a_replay_file_named_relative_to_the_repository_is_found_from_anywhere(
+    base: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As `make train` records it: the path from the repository's root, where the training ran.
+    model, original = base
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    (repo / "data" / "pairs.tsv").write_bytes(original.read_bytes())
+    moved = repo / "models" / "m"
+    moved.mkdir(parents=True)
+    for name in ("model.safetensors", "model.onnx", "tokenizer.json"):
+        (moved / name).write_bytes((model / name).read_bytes())
+    config = json.loads((model / "config.json").read_text())
+    config["training"]["train_files"][0]["path"] = "data/pairs.tsv"
+    (moved / "config.json").write_text(json.dumps(config))
+    cooking = _cooking(tmp_path / "cooking.tsv")
+    monkeypatch.chdir(tmp_path)  # neither the repository's root nor the model directory
+    assert _fine_tune(moved, cooking, tmp_path / "out", "--epochs", "1") == 0
+    replay = json.loads((tmp_path / "out" / "config.json").read_text())["training"]["replay"]
+    assert Path(replay["files"][0]["path"]).resolve() == (repo / "data" / "pairs.tsv").resolve()
+    (repo / "data" / "pairs.tsv").unlink()
+    assert _fine_tune(moved, cooking, tmp_path / "gone", "--epochs", "1") == 1
+    assert (
+        f"the model was trained on data/pairs.tsv, which is not there to replay (from here, or from {moved} or a "
+        "directory above it)" in capsys.readouterr().err
+    )
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
