@@ -5,7 +5,8 @@ Formats, from the file name (or ``--format``):
 - ``jsonl`` (``.jsonl``, ``.ndjson``): one object per line, ``text`` and optional ``id``,
   ``namespace``, ``metadata``;
 - ``csv`` (``.csv``): a header naming ``text`` and optionally ``id`` and ``namespace``; every other
-  column becomes a metadata key (empty cells are left out);
+  column becomes a metadata key (empty cells are left out); separated by commas, or by the
+  semicolons (or tabs) of a spreadsheet set to a decimal comma;
 - ``text`` (anything else): ``text`` or ``id<TAB>text`` per line, as the seed file.
 
 The file is UTF-8, with or without the byte order mark that Excel puts before a CSV; it is read a
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -65,7 +67,8 @@ def stable_id(namespace: str, text: str) -> str:
 def read_rows(handle: TextIO, fmt: Format) -> Iterator[Row]:
     """The raw rows of a file, one at a time, with their line numbers."""
     if fmt == "csv":
-        reader = csv.DictReader(handle)
+        header = handle.readline()
+        reader = csv.DictReader(itertools.chain([header], handle), delimiter=_delimiter(header))
         if reader.fieldnames is None or "text" not in reader.fieldnames:
             raise ValueError(f"the CSV header must name a 'text' column; it has {reader.fieldnames}")
         for record in reader:
@@ -100,6 +103,15 @@ def read_rows(handle: TextIO, fmt: Format) -> Iterator[Row]:
         else:
             qid, sep, text = raw.partition("\t")
             yield line, ({"id": qid.strip(), "text": text} if sep else {"text": raw}), ""
+
+
+def _delimiter(header: str) -> str:
+    """The delimiter of a CSV: a comma, or the semicolon or tab that spreadsheets set to the
+    decimal comma use, whichever makes a ``text`` column of the header."""
+    for delimiter in (",", ";", "\t"):
+        if "text" in next(csv.reader([header], delimiter=delimiter), []):
+            return delimiter
+    return ","
 
 
 def checked(rows: Iterator[Row], limits: Limits, namespace: str | None) -> Iterator[Row]:

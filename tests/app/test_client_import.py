@@ -118,21 +118,24 @@ def test_import_reports_a_file_that_is_not_utf8_and_a_csv_without_text(
         assert message in capsys.readouterr().err
 
 
-def test_import_reads_past_a_byte_order_mark(
+def test_import_reads_files_as_spreadsheets_save_them(
     server: Server, client: Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     files = {  # each with the byte order mark Excel writes before a CSV (UTF-8 with BOM)
         "bom.csv": f'id,text,status\nb1,"{CORPUS[9]}",open\n',
         "bom.txt": f"b2\t{CORPUS[10]}\n",
         "bom.jsonl": json.dumps({"id": "b3", "text": CORPUS[11]}) + "\n",
+        # where the decimal mark is a comma, spreadsheets separate CSV fields with semicolons
+        "semicolons.csv": f'status;id;text\nopen;b4;"{CORPUS[0]}, again"\n',
     }
     for name, content in files.items():
         (tmp_path / name).write_text(content, encoding="utf-8-sig")
         assert main(["import", str(tmp_path / name), "--url", server.url, "--api-key", KEY, "--namespace", "bom"]) == 0
         assert json.loads(capsys.readouterr().out) == {"imported": 1, "skipped": 0, "batches": 1}, name
     listed = {q["id"]: q for q in client.iter_questions("bom")}
-    assert {qid: q["text"] for qid, q in listed.items()} == {"b1": CORPUS[9], "b2": CORPUS[10], "b3": CORPUS[11]}
-    assert listed["b1"]["metadata"] == {"status": "open"}
+    texts = {qid: q["text"] for qid, q in listed.items()}
+    assert texts == {"b1": CORPUS[9], "b2": CORPUS[10], "b3": CORPUS[11], "b4": f"{CORPUS[0]}, again"}
+    assert listed["b1"]["metadata"] == listed["b4"]["metadata"] == {"status": "open"}
 
 
 def test_groups_and_feedback_commands_read_the_store_of_a_running_service(
