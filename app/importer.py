@@ -10,11 +10,11 @@ Formats, from the file name (or ``--format``):
 - ``text`` (anything else): ``text`` or ``id<TAB>text`` per line, as the seed file.
 
 The file is UTF-8, with or without the byte order mark that Excel puts before a CSV; it is read a
-line at a time and never held whole. A row without an id gets one made from its
-namespace and text (``imp-`` and 24 hex digits of their SHA-256), so a re-run after an interruption
-replaces what was already sent instead of adding it twice. Each row is checked as ``POST
-/questions`` checks it, with the service's own limits (``/info``); a row that fails is skipped and
-reported with its line number, and never stops the rest.
+line at a time and never held whole. A row without an id gets one made from its namespace and text
+(``imp-`` and 24 hex digits of their SHA-256), so a re-run after an interruption replaces what was
+already sent instead of adding it twice. Each row is checked as ``POST /questions`` checks it, with
+the service's own limits (``/info``); a row that fails is skipped and reported with its line
+number, and never stops the rest.
 """
 
 from __future__ import annotations
