@@ -7,7 +7,8 @@ Formats, from the file name (or ``--format``):
 - ``csv`` (``.csv``): a header naming ``text`` and optionally ``id`` and ``namespace``; every other
   column becomes a metadata key (empty cells are left out); separated by commas, or by the
   semicolons (or tabs) of a spreadsheet set to a decimal comma;
-- ``text`` (anything else): ``text`` or ``id<TAB>text`` per line, as the seed file.
+- ``text`` (anything else): ``text`` or ``id<TAB>text`` per line, as the seed file; or, if its
+  first line names ``id`` and ``text`` among tab-separated columns, a CSV separated by tabs.
 
 The file is UTF-8, with or without the byte order mark that Excel puts before a CSV; it is read a
 line at a time and never held whole. A row without an id gets one made from its namespace and text
@@ -65,10 +66,15 @@ def stable_id(namespace: str, text: str) -> str:
 
 
 def read_rows(handle: TextIO, fmt: Format) -> Iterator[Row]:
-    """The raw rows of a file, one at a time, with their line numbers."""
+    """The raw rows of a file, one at a time, with their line numbers. A text file whose first line
+    names the columns ``id`` and ``text`` among others (a table exported with its header) is read
+    as a CSV separated by tabs."""
+    first = handle.readline()
+    lines = itertools.chain([first], handle)
+    if fmt == "text" and {"id", "text"} <= set(first.rstrip("\r\n").split("\t")):
+        fmt = "csv"
     if fmt == "csv":
-        header = handle.readline()
-        reader = csv.DictReader(itertools.chain([header], handle), delimiter=_delimiter(header))
+        reader = csv.DictReader(lines, delimiter=_delimiter(first))
         if reader.fieldnames is None or "text" not in reader.fieldnames:
             raise ValueError(f"the CSV header must name a 'text' column; it has {reader.fieldnames}")
         for record in reader:
@@ -86,7 +92,7 @@ def read_rows(handle: TextIO, fmt: Format) -> Iterator[Row]:
                 item["metadata"] = metadata
             yield line, item, ""
         return
-    for line, raw in enumerate(handle, 1):
+    for line, raw in enumerate(lines, 1):
         raw = raw.rstrip("\r\n")
         if not raw.strip():
             continue

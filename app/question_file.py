@@ -1,4 +1,5 @@
-"""The question file of the seed file and ``dupq index``: ``text`` or ``id<TAB>text`` per line, UTF-8.
+"""The question file of the seed file and ``dupq index``: ``text`` or ``id<TAB>text`` per line, UTF-8
+(a first line ``id<TAB>text`` is a header).
 
 Each line must meet the rules of ``POST /questions`` (the id format, a text that is not blank, at
 most ``max_question_chars`` characters, valid Unicode) or it is skipped with its line number and
@@ -20,13 +21,13 @@ Skipped = tuple[int, str]  # (line number, reason)
 
 
 def parse_question_lines(lines: Iterable[str], limits: Limits) -> tuple[list[Item], list[Skipped]]:
-    """The questions of ``lines`` and the lines skipped. Blank lines are ignored; a line without a
-    tab, or with nothing before it, has no id."""
+    """The questions of ``lines`` and the lines skipped. Blank lines are ignored, and so is a first
+    line ``id<TAB>text``, a header; a line without a tab, or with nothing before it, has no id."""
     items: list[Item] = []
     skipped: list[Skipped] = []
     for number, line in enumerate(lines, 1):
         line = line.rstrip("\r\n")
-        if not line.strip():
+        if not line.strip() or (number == 1 and line == "id\ttext"):
             continue
         qid, sep, text = line.partition("\t")
         fields = {"id": qid.strip() or None, "text": text} if sep else {"text": line}

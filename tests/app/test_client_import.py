@@ -127,6 +127,8 @@ def test_import_reads_files_as_spreadsheets_save_them(
         "bom.jsonl": json.dumps({"id": "b3", "text": CORPUS[11]}) + "\n",
         # where the decimal mark is a comma, spreadsheets separate CSV fields with semicolons
         "semicolons.csv": f'status;id;text\nopen;b4;"{CORPUS[0]}, again"\n',
+        # a table exported with its header, separated by tabs
+        "table.tsv": f"id\ttext\tstatus\nb5\t{CORPUS[1]}, again\topen\n",
     }
     for name, content in files.items():
         (tmp_path / name).write_text(content, encoding="utf-8-sig")
@@ -134,8 +136,14 @@ def test_import_reads_files_as_spreadsheets_save_them(
         assert json.loads(capsys.readouterr().out) == {"imported": 1, "skipped": 0, "batches": 1}, name
     listed = {q["id"]: q for q in client.iter_questions("bom")}
     texts = {qid: q["text"] for qid, q in listed.items()}
-    assert texts == {"b1": CORPUS[9], "b2": CORPUS[10], "b3": CORPUS[11], "b4": f"{CORPUS[0]}, again"}
-    assert listed["b1"]["metadata"] == listed["b4"]["metadata"] == {"status": "open"}
+    assert texts == {
+        "b1": CORPUS[9],
+        "b2": CORPUS[10],
+        "b3": CORPUS[11],
+        "b4": f"{CORPUS[0]}, again",
+        "b5": f"{CORPUS[1]}, again",
+    }
+    assert listed["b1"]["metadata"] == listed["b4"]["metadata"] == listed["b5"]["metadata"] == {"status": "open"}
 
 
 def test_groups_and_feedback_commands_read_the_store_of_a_running_service(

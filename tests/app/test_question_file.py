@@ -36,6 +36,14 @@ def test_question_lines_the_api_would_refuse_are_skipped_and_named() -> None:
     assert "must not contain the NUL character U+0000 (at character 2)" in reasons[8]
 
 
+def test_a_header_line_is_not_a_question() -> None:
+    lines = ["id\ttext\n", "q-1\tHow old are you?\n"]
+    assert parse_question_lines(lines, Limits(max_question_chars=100, max_batch=8)) == (
+        [("q-1", "How old are you?")],
+        [],
+    )
+
+
 def test_a_byte_order_mark_before_the_first_line_is_not_part_of_it(tmp_path: Path) -> None:
     path = tmp_path / "questions.txt"
     path.write_text("q-1\tHow old are you?\nWhat is your age?\n", encoding="utf-8-sig")  # as Notepad saves it
