@@ -4,9 +4,9 @@ Formats, from the file name (or ``--format``):
 
 - ``jsonl`` (``.jsonl``, ``.ndjson``): one object per line, ``text`` and optional ``id``,
   ``namespace``, ``metadata``;
-- ``csv`` (``.csv``): a header naming ``text`` and optionally ``id`` and ``namespace``; every other
-  column becomes a metadata key (empty cells are left out); separated by commas, or by the
-  semicolons (or tabs) of a spreadsheet set to a decimal comma;
+- ``csv`` (``.csv``): a header naming ``text`` and optionally ``id`` and ``namespace`` (in any
+  case); every other column becomes a metadata key (empty cells are left out); separated by
+  commas, or by the semicolons (or tabs) of a spreadsheet set to a decimal comma;
 - ``text`` (anything else): ``text`` or ``id<TAB>text`` per line, as the seed file; or, if its
   first line names ``id`` and ``text`` among tab-separated columns, a CSV separated by tabs.
 
@@ -71,12 +71,13 @@ def read_rows(handle: TextIO, fmt: Format) -> Iterator[Row]:
     as a CSV separated by tabs."""
     first = handle.readline()
     lines = itertools.chain([first], handle)
-    if fmt == "text" and {"id", "text"} <= set(first.rstrip("\r\n").split("\t")):
+    if fmt == "text" and {"id", "text"} <= {_column(name) for name in first.rstrip("\r\n").split("\t")}:
         fmt = "csv"
     if fmt == "csv":
         reader = csv.DictReader(lines, delimiter=_delimiter(first))
-        if reader.fieldnames is None or "text" not in reader.fieldnames:
+        if reader.fieldnames is None or "text" not in map(_column, reader.fieldnames):
             raise ValueError(f"the CSV header must name a 'text' column; it has {reader.fieldnames}")
+        reader.fieldnames = [_column(name) for name in reader.fieldnames]
         for record in reader:
             line = reader.line_num
             if None in record:  # more fields than the header names
@@ -111,11 +112,18 @@ def read_rows(handle: TextIO, fmt: Format) -> Iterator[Row]:
             yield line, ({"id": qid.strip(), "text": text} if sep else {"text": raw}), ""
 
 
+def _column(name: str) -> str:
+    """A header's name for a column: ``id``, ``text`` and ``namespace`` in any case and with any
+    white space around them, every other name (a metadata key) as it is."""
+    plain = name.strip().lower()
+    return plain if plain in ("id", "text", "namespace") else name
+
+
 def _delimiter(header: str) -> str:
     """The delimiter of a CSV: a comma, or the semicolon or tab that spreadsheets set to the
     decimal comma use, whichever makes a ``text`` column of the header."""
     for delimiter in (",", ";", "\t"):
-        if "text" in next(csv.reader([header], delimiter=delimiter), []):
+        if "text" in map(_column, next(csv.reader([header], delimiter=delimiter), [])):
             return delimiter
     return ","
 

@@ -126,7 +126,7 @@ def test_import_reads_files_as_spreadsheets_save_them(
         "bom.txt": f"b2\t{CORPUS[10]}\n",
         "bom.jsonl": json.dumps({"id": "b3", "text": CORPUS[11]}) + "\n",
         # where the decimal mark is a comma, spreadsheets separate CSV fields with semicolons
-        "semicolons.csv": f'status;id;text\nopen;b4;"{CORPUS[0]}, again"\n',
+        "semicolons.csv": f'status;ID;Text\nopen;b4;"{CORPUS[0]}, again"\n',
         # a table exported with its header, separated by tabs
         "table.tsv": f"id\ttext\tstatus\nb5\t{CORPUS[1]}, again\topen\n",
     }
