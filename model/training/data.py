@@ -2,12 +2,13 @@
 
 Supported formats (auto-detected from the first line, or named explicitly):
 
-- ``tsv`` and ``csv``: tab- or comma-separated with a header that names the two questions and the
-  label, in any order and among any other columns (:data:`COLUMN_NAMES`: ``question1``,
-  ``question2`` and ``is_duplicate``, or ``sentence1``, ``sentence2`` and ``label``, ...);
-  fields may be quoted. The original Quora release ``quora_duplicate_questions.tsv`` and
-  Kaggle's ``train.csv`` (``id qid1 qid2 question1 question2 is_duplicate``) are such files, and
-  so is what a site exports from a spreadsheet or pandas;
+- ``tsv`` and ``csv``: separated by tabs, or by commas (semicolons where a spreadsheet set to a
+  decimal comma saved it), with a header that names the two questions and the label, in any order
+  and among any other columns (:data:`COLUMN_NAMES`: ``question1``, ``question2`` and
+  ``is_duplicate``, or ``sentence1``, ``sentence2`` and ``label``, ...); fields may be quoted. The
+  original Quora release ``quora_duplicate_questions.tsv`` and Kaggle's ``train.csv`` (``id qid1
+  qid2 question1 question2 is_duplicate``) are such files, and so is what a site exports from a
+  spreadsheet or pandas;
 - ``bimpm``: the BiMPM partition, ``label q1 q2 pair_id`` tab-separated, no header, no quoting;
 - ``qqp``: this project's ``shared/data/qqp/train.tsv.gz``, header ``source_repo source_path id
   qid1 qid2 question1 question2 is_duplicate``, no quoting.
@@ -120,7 +121,7 @@ def detect_format(first_line: str) -> Format:
         return "bimpm"
     fmt: Format = "tsv" if "\t" in line else "csv"
     try:
-        header_columns(next(csv.reader([line], **_DIALECT[fmt][0])))
+        header_columns(next(csv.reader([line], **_dialect(fmt, line))))
     except ValueError as err:
         raise ValueError(
             f"cannot tell the format of a file starting with {line[:80]!r}: not the BiMPM layout (label, question1, "
@@ -129,10 +130,26 @@ def detect_format(first_line: str) -> Format:
     return fmt
 
 
+def _dialect(fmt: Format, first_line: str) -> dict[str, Any]:
+    """The csv dialect of a file of ``fmt`` that starts with ``first_line``: a CSV is separated by
+    commas, or by semicolons where those make the header's names (as a spreadsheet set to a
+    decimal comma saves one)."""
+    dialect = _DIALECT[fmt][0]
+    if fmt == "csv":
+        try:
+            header_columns(next(csv.reader([first_line], delimiter=";")))
+        except ValueError:
+            return dialect
+        return {**dialect, "delimiter": ";"}
+    return dialect
+
+
 def _rows(path: Path, fmt: Format) -> tuple[tuple[int, int, int], int, Iterator[list[str]]]:
     """The columns of (question1, question2, label), the number of fields a row must have, and
     the rows after the header."""
-    dialect, has_header = _DIALECT[fmt]
+    with open_text(path) as handle:
+        first = handle.readline()
+    dialect, has_header = _dialect(fmt, first), _DIALECT[fmt][1]
 
     def rows() -> Iterator[list[str]]:
         with open_text(path) as handle:
@@ -143,8 +160,7 @@ def _rows(path: Path, fmt: Format) -> tuple[tuple[int, int, int], int, Iterator[
 
     if not has_header:
         return _BIMPM_COLUMNS, _BIMPM_WIDTH, rows()
-    with open_text(path) as handle:
-        header = next(csv.reader(handle, **dialect), [])
+    header = next(csv.reader([first], **dialect), [])
     try:
         return header_columns(header), len(header), rows()
     except ValueError as err:

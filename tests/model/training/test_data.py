@@ -73,6 +73,16 @@ def test_a_sites_own_file_is_read_by_the_names_in_its_header(tmp_path: Path) -> 
     assert report.skipped == {"rows with a label other than 0, 1, true or false": 1}
 
 
+def test_a_csv_a_spreadsheet_saved_with_semicolons_is_read(tmp_path: Path) -> None:
+    (tmp_path / "export.csv").write_text(
+        'question1;question2;is_duplicate\n"How old are you?";What is your age?;1\n"One, two?";Three?;0\n',
+        encoding="utf-8",
+    )
+    pairs, report = load_pairs(tmp_path / "export.csv")
+    assert report.format == "csv" and report.n_skipped == 0
+    assert pairs == [Pair("How old are you?", "What is your age?", 1), Pair("One, two?", "Three?", 0)]
+
+
 def test_a_header_without_the_label_or_with_two_is_refused_naming_it(tmp_path: Path) -> None:
     (tmp_path / "scores.tsv").write_text("sentence1\tsentence2\tscore\nA?\tB?\t4.5\n", encoding="utf-8")
     with pytest.raises(
