@@ -74,24 +74,7 @@ def read_rows(handle: TextIO, fmt: Format) -> Iterator[Row]:
     if fmt == "text" and {"id", "text"} <= {_column(name) for name in first.rstrip("\r\n").split("\t")}:
         fmt = "csv"
     if fmt == "csv":
-        reader = csv.DictReader(lines, delimiter=_delimiter(first))
-        if reader.fieldnames is None or "text" not in map(_column, reader.fieldnames):
-            raise ValueError(f"the CSV header must name a 'text' column; it has {reader.fieldnames}")
-        reader.fieldnames = [_column(name) for name in reader.fieldnames]
-        for record in reader:
-            line = reader.line_num
-            if None in record:  # more fields than the header names
-                yield line, None, f"more fields than the {len(reader.fieldnames)} the header names"
-                continue
-            item: dict[str, Any] = {"text": record.pop("text") or ""}
-            for name in ("id", "namespace"):
-                if record.get(name):
-                    item[name] = record.pop(name)
-                record.pop(name, None)
-            metadata = {k: v for k, v in record.items() if v not in (None, "")}
-            if metadata:
-                item["metadata"] = metadata
-            yield line, item, ""
+        yield from _csv_rows(lines, first)
         return
     for line, raw in enumerate(lines, 1):
         raw = raw.rstrip("\r\n")
@@ -110,6 +93,36 @@ def read_rows(handle: TextIO, fmt: Format) -> Iterator[Row]:
         else:
             qid, sep, text = raw.partition("\t")
             yield line, ({"id": qid.strip(), "text": text} if sep else {"text": raw}), ""
+
+
+def _csv_rows(lines: Iterator[str], first: str) -> Iterator[Row]:
+    """The rows of a CSV whose header is ``first`` (and the first of ``lines``)."""
+    reader = csv.DictReader(lines, delimiter=_delimiter(first))
+    if reader.fieldnames is None or "text" not in map(_column, reader.fieldnames):
+        raise ValueError(f"the CSV header must name a 'text' column; it has {reader.fieldnames}")
+    reader.fieldnames = [_column(name) for name in reader.fieldnames]
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:  # a field past csv's limit, as a quote left open makes: skip to the next line
+            # DictReader's own line_num moves only with a row it returns; its reader's has moved on.
+            yield reader.reader.line_num, None, f"not readable as CSV: {err}"
+            continue
+        line = reader.line_num
+        if None in record:  # more fields than the header names
+            yield line, None, f"more fields than the {len(reader.fieldnames)} the header names"
+            continue
+        item: dict[str, Any] = {"text": record.pop("text") or ""}
+        for name in ("id", "namespace"):
+            if record.get(name):
+                item[name] = record.pop(name)
+            record.pop(name, None)
+        metadata = {k: v for k, v in record.items() if v not in (None, "")}
+        if metadata:
+            item["metadata"] = metadata
+        yield line, item, ""
 
 
 def _column(name: str) -> str:

@@ -146,6 +146,18 @@ def test_import_reads_files_as_spreadsheets_save_them(
     assert listed["b1"]["metadata"] == listed["b4"]["metadata"] == listed["b5"]["metadata"] == {"status": "open"}
 
 
+def test_import_skips_a_csv_row_past_the_field_limit_and_goes_on(
+    server: Server, client: Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "big.csv"
+    path.write_text(f'id,text\nf1,"{CORPUS[2]}"\nf2,"{"x" * 200_000}"\nf3,"{CORPUS[3]}"\n', encoding="utf-8")
+    assert main(["import", str(path), "--url", server.url, "--api-key", KEY, "--namespace", "big"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"imported": 2, "skipped": 1, "batches": 1}
+    assert "line 3: not readable as CSV: field larger than field limit (131072)" in err
+    assert sorted(q["id"] for q in client.iter_questions("big")) == ["f1", "f3"]
+
+
 def test_groups_and_feedback_commands_read_the_store_of_a_running_service(
     server: Server, client: Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
