@@ -24,7 +24,6 @@ import csv
 import gzip
 import io
 import logging
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -44,9 +43,6 @@ COLUMN_NAMES = (
 )
 # A label: 1 or 0, or true or false in any case (as pandas writes a column of booleans).
 LABELS = {"1": 1, "0": 0, "true": 1, "false": 0}
-
-# Quora questions are short, but a broken quote can make csv swallow many lines into one field.
-csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 
 @dataclass(frozen=True)
@@ -144,19 +140,28 @@ def _dialect(fmt: Format, first_line: str) -> dict[str, Any]:
     return dialect
 
 
-def _rows(path: Path, fmt: Format) -> tuple[tuple[int, int, int], int, Iterator[list[str]]]:
+def _rows(path: Path, fmt: Format) -> tuple[tuple[int, int, int], int, Iterator[list[str] | None]]:
     """The columns of (question1, question2, label), the number of fields a row must have, and
     the rows after the header."""
     with open_text(path) as handle:
         first = handle.readline()
     dialect, has_header = _dialect(fmt, first), _DIALECT[fmt][1]
 
-    def rows() -> Iterator[list[str]]:
+    def rows() -> Iterator[list[str] | None]:
+        """The rows, None for one that csv cannot read: a field past its limit of 131,072
+        characters, as a quote left open makes (it goes on from the next line)."""
         with open_text(path) as handle:
             reader = csv.reader(handle, **dialect)
             if has_header:
                 next(reader, None)
-            yield from reader
+            while True:
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error:
+                    row = None
+                yield row
 
     if not has_header:
         return _BIMPM_COLUMNS, _BIMPM_WIDTH, rows()
@@ -179,6 +184,9 @@ def iter_pairs(path: str | Path, fmt: Format | None = None, report: LoadReport |
     report.format = fmt
     (c1, c2, cl), width, rows = _rows(path, fmt)
     for row in rows:
+        if row is None:
+            report.skipped["rows csv cannot read (a field past its limit: a quote left open?)"] += 1
+            continue
         if not row or (len(row) == 1 and not row[0].strip()):
             continue  # blank line
         if len(row) != width:

@@ -83,6 +83,14 @@ def test_a_csv_a_spreadsheet_saved_with_semicolons_is_read(tmp_path: Path) -> No
     assert pairs == [Pair("How old are you?", "What is your age?", 1), Pair("One, two?", "Three?", 0)]
 
 
+def test_a_row_past_the_csv_field_limit_is_skipped_and_the_rest_read(tmp_path: Path) -> None:
+    rows = f'question1,question2,is_duplicate\nA?,B?,1\n"{"x" * 200_000}",C?,0\nD?,E?,0\n'
+    (tmp_path / "big.csv").write_text(rows, encoding="utf-8")
+    pairs, report = load_pairs(tmp_path / "big.csv")
+    assert pairs == [Pair("A?", "B?", 1), Pair("D?", "E?", 0)]
+    assert report.skipped == {"rows csv cannot read (a field past its limit: a quote left open?)": 1}
+
+
 def test_a_header_without_the_label_or_with_two_is_refused_naming_it(tmp_path: Path) -> None:
     (tmp_path / "scores.tsv").write_text("sentence1\tsentence2\tscore\nA?\tB?\t4.5\n", encoding="utf-8")
     with pytest.raises(
