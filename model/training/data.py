@@ -140,11 +140,9 @@ def _dialect(fmt: Format, first_line: str) -> dict[str, Any]:
     return dialect
 
 
-def _rows(path: Path, fmt: Format) -> tuple[tuple[int, int, int], int, Iterator[list[str] | None]]:
+def _rows(path: Path, fmt: Format, first: str) -> tuple[tuple[int, int, int], int, Iterator[list[str] | None]]:
     """The columns of (question1, question2, label), the number of fields a row must have, and
-    the rows after the header."""
-    with open_text(path) as handle:
-        first = handle.readline()
+    the rows after the header, of the file ``path`` whose first line is ``first``."""
     dialect, has_header = _dialect(fmt, first), _DIALECT[fmt][1]
 
     def rows() -> Iterator[list[str] | None]:
@@ -175,14 +173,14 @@ def _rows(path: Path, fmt: Format) -> tuple[tuple[int, int, int], int, Iterator[
 def iter_pairs(path: str | Path, fmt: Format | None = None, report: LoadReport | None = None) -> Iterator[Pair]:
     """Yield the well-formed pairs of ``path``; skipped rows are counted in ``report``."""
     path = Path(path)
-    if fmt is None:
-        with open_text(path) as handle:
-            fmt = detect_format(handle.readline())
+    with open_text(path) as handle:
+        first = handle.readline()
+    fmt = fmt or detect_format(first)
     if fmt not in _DIALECT:
         raise ValueError(f"unknown pair format {fmt!r}; expected one of {', '.join(FORMATS)}")
     report = report if report is not None else LoadReport(str(path), fmt)
     report.format = fmt
-    (c1, c2, cl), width, rows = _rows(path, fmt)
+    (c1, c2, cl), width, rows = _rows(path, fmt, first)
     for row in rows:
         if row is None:
             report.skipped["rows csv cannot read (a field past its limit: a quote left open?)"] += 1

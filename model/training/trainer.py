@@ -597,8 +597,10 @@ def _recorded_file(path: Path, model_dir: Path) -> Path | None:
     """A training file as a model's config.json names it, relative to where the training ran (the
     repository's root for ``make train``): from the working directory, or else from the model
     directory or the first directory above it where it is; None if nowhere."""
-    if path.is_file() or path.is_absolute():
-        return path if path.is_file() else None
+    if path.is_file():
+        return path
+    if path.is_absolute():
+        return None
     for base in (model_dir, *model_dir.resolve().parents):
         if (base / path).is_file():
             return base / path
