@@ -10,6 +10,9 @@ Formats, from the file name (or ``--format``):
 - ``text`` (anything else): ``text`` or ``id<TAB>text`` per line, as the seed file; or, if its
   first line names ``id`` and ``text`` among tab-separated columns, a CSV separated by tabs.
 
+A CSV's fields may be quoted, or written as they are where a quote in a question shows that they
+are not (:mod:`model.delimited`).
+
 The file is UTF-8, with or without the byte order mark that Excel puts before a CSV; it is read a
 line at a time and never held whole. A row without an id gets one made from its namespace and text
 (``imp-`` and 24 hex digits of their SHA-256), so a re-run after an interruption replaces what was
@@ -34,6 +37,7 @@ from pydantic import ValidationError
 
 from app.client import Client, DupqError
 from app.schemas import Limits, QuestionIn
+from model.delimited import quotes_fields
 
 Format = Literal["jsonl", "csv", "text"]
 Row = tuple[int, dict[str, Any] | None, str]  # (line number, item or None, why it was skipped)
@@ -74,7 +78,8 @@ def read_rows(handle: TextIO, fmt: Format) -> Iterator[Row]:
     if fmt == "text" and {"id", "text"} <= {_column(name) for name in first.rstrip("\r\n").split("\t")}:
         fmt = "csv"
     if fmt == "csv":
-        yield from _csv_rows(lines, first)
+        delimiter = _delimiter(first)
+        yield from _csv_rows(lines, first, delimiter, _quoted(handle, delimiter))
         return
     for line, raw in enumerate(lines, 1):
         raw = raw.rstrip("\r\n")
@@ -95,9 +100,21 @@ def read_rows(handle: TextIO, fmt: Format) -> Iterator[Row]:
             yield line, ({"id": qid.strip(), "text": text} if sep else {"text": raw}), ""
 
 
-def _csv_rows(lines: Iterator[str], first: str) -> Iterator[Row]:
-    """The rows of a CSV whose header is ``first`` (and the first of ``lines``)."""
-    reader = csv.DictReader(lines, delimiter=_delimiter(first))
+def _quoted(handle: TextIO, delimiter: str) -> bool:
+    """Whether the rest of ``handle`` quotes its fields as CSV does (:mod:`model.delimited`); the
+    handle is left where it was."""
+    if not handle.seekable():
+        return True
+    at = handle.tell()
+    quoted = quotes_fields(handle, delimiter)
+    handle.seek(at)
+    return quoted
+
+
+def _csv_rows(lines: Iterator[str], first: str, delimiter: str, quoted: bool) -> Iterator[Row]:
+    """The rows of a CSV whose header is ``first`` (and the first of ``lines``), read with CSV's
+    quoting or, where ``quoted`` is false, none."""
+    reader = csv.DictReader(lines, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE)
     if reader.fieldnames is None or "text" not in map(_column, reader.fieldnames):
         raise ValueError(f"the CSV header must name a 'text' column; it has {reader.fieldnames}")
     reader.fieldnames = [_column(name) for name in reader.fieldnames]

@@ -2,8 +2,8 @@
 
 Serving (this package's modules; NumPy, ``tokenizers`` and ONNX Runtime, no PyTorch): the model
 directory (:mod:`model.model_dir`), the tokenizer (:mod:`model.tokenizer`), the encoder at run
-time (:mod:`model.encoder`), the architecture (:mod:`model.config`) and the calibrated probability
-(:mod:`model.calibration`).
+time (:mod:`model.encoder`), the architecture (:mod:`model.config`), the calibrated probability
+(:mod:`model.calibration`) and whether a delimited file quotes its fields (:mod:`model.delimited`).
 
 Training (:mod:`model.training`; the train extra, with PyTorch): data, duplicate groups, the
 network, losses, the trainer and its recipe, evaluation, the teacher, and writing a model

@@ -5,10 +5,11 @@ Supported formats (auto-detected from the first line, or named explicitly):
 - ``tsv`` and ``csv``: separated by tabs, or by commas (semicolons where a spreadsheet set to a
   decimal comma saved it), with a header that names the two questions and the label, in any order
   and among any other columns (:data:`COLUMN_NAMES`: ``question1``, ``question2`` and
-  ``is_duplicate``, or ``sentence1``, ``sentence2`` and ``label``, ...); fields may be quoted. The
-  original Quora release ``quora_duplicate_questions.tsv`` and Kaggle's ``train.csv`` (``id qid1
-  qid2 question1 question2 is_duplicate``) are such files, and so is what a site exports from a
-  spreadsheet or pandas;
+  ``is_duplicate``, or ``sentence1``, ``sentence2`` and ``label``, ...); fields may be quoted as
+  CSV quotes them, or written as they are (a file with a quote that CSV would have doubled is read
+  with no quoting: :mod:`model.delimited`). The original Quora release
+  ``quora_duplicate_questions.tsv`` and Kaggle's ``train.csv`` (``id qid1 qid2 question1 question2
+  is_duplicate``) are such files, and so is what a site exports from a spreadsheet or pandas;
 - ``bimpm``: the BiMPM partition, ``label q1 q2 pair_id`` tab-separated, no header, no quoting;
 - ``qqp``: this project's ``shared/data/qqp/train.tsv.gz``, header ``source_repo source_path id
   qid1 qid2 question1 question2 is_duplicate``, no quoting.
@@ -29,6 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from model.delimited import quotes_fields
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +147,10 @@ def _rows(path: Path, fmt: Format, first: str) -> tuple[tuple[int, int, int], in
     """The columns of (question1, question2, label), the number of fields a row must have, and
     the rows after the header, of the file ``path`` whose first line is ``first``."""
     dialect, has_header = _dialect(fmt, first), _DIALECT[fmt][1]
+    if fmt in ("tsv", "csv"):
+        with open_text(path) as handle:
+            if not quotes_fields(handle, dialect["delimiter"]):
+                dialect = {**dialect, "quoting": csv.QUOTE_NONE}
 
     def rows() -> Iterator[list[str] | None]:
         """The rows, None for one that csv cannot read: a field past its limit of 131,072

@@ -129,6 +129,8 @@ def test_import_reads_files_as_spreadsheets_save_them(
         "semicolons.csv": f'status;ID;Text\nopen;b4;"{CORPUS[0]}, again"\n',
         # a table exported with its header, separated by tabs
         "table.tsv": f"id\ttext\tstatus\nb5\t{CORPUS[1]}, again\topen\n",
+        # the same, its fields written as they are (PostgreSQL's text mode): not CSV's quotes
+        "unquoted.tsv": f'id\ttext\tstatus\nb6\t"{CORPUS[2]}" and more\topen\n',
     }
     for name, content in files.items():
         (tmp_path / name).write_text(content, encoding="utf-8-sig")
@@ -142,8 +144,9 @@ def test_import_reads_files_as_spreadsheets_save_them(
         "b3": CORPUS[11],
         "b4": f"{CORPUS[0]}, again",
         "b5": f"{CORPUS[1]}, again",
+        "b6": f'"{CORPUS[2]}" and more',
     }
-    assert listed["b1"]["metadata"] == listed["b4"]["metadata"] == listed["b5"]["metadata"] == {"status": "open"}
+    assert all(listed[qid]["metadata"] == {"status": "open"} for qid in ("b1", "b4", "b5", "b6"))
 
 
 def test_import_skips_a_csv_row_past_the_field_limit_and_goes_on(

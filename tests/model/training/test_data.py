@@ -83,6 +83,23 @@ def test_a_csv_a_spreadsheet_saved_with_semicolons_is_read(tmp_path: Path) -> No
     assert pairs == [Pair("How old are you?", "What is your age?", 1), Pair("One, two?", "Three?", 0)]
 
 
+def test_a_tsv_whose_questions_are_written_as_they_are_keeps_their_quotes_and_every_row(tmp_path: Path) -> None:
+    # as PostgreSQL's text mode and hand-made files write them: read as CSV, the first question
+    # lost its quotes and the second swallowed every row after it
+    (tmp_path / "export.tsv").write_text(
+        'question1\tquestion2\tis_duplicate\n"Hamlet" is by whom?\tWho wrote "Hamlet"?\t1\n'
+        '"Why not?\tWhat for?\t0\nHow old are you?\tWhat is your age?\t1\n',
+        encoding="utf-8",
+    )
+    pairs, report = load_pairs(tmp_path / "export.tsv")
+    assert report.n_skipped == 0
+    assert pairs == [
+        Pair('"Hamlet" is by whom?', 'Who wrote "Hamlet"?', 1),
+        Pair('"Why not?', "What for?", 0),
+        Pair("How old are you?", "What is your age?", 1),
+    ]
+
+
 def test_a_row_past_the_csv_field_limit_is_skipped_and_the_rest_read(tmp_path: Path) -> None:
     rows = f'question1,question2,is_duplicate\nA?,B?,1\n"{"x" * 200_000}",C?,0\nD?,E?,0\n'
     (tmp_path / "big.csv").write_text(rows, encoding="utf-8")
