@@ -8,9 +8,11 @@ the reason, never loaded under another meaning (``id<TAB>`` with no text is not 
 
 from __future__ import annotations
 
+import io
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TextIO
 
 from pydantic import ValidationError
 
@@ -41,9 +43,13 @@ def parse_question_lines(lines: Iterable[str], limits: Limits) -> tuple[list[Ite
 
 
 def read_question_file(path: str | Path, limits: Limits) -> tuple[list[Item], list[Skipped]]:
-    """:func:`parse_question_lines` of a UTF-8 file ('-': standard input), without the byte order
-    mark that may open it; a file that is not UTF-8 is a ``ValueError`` that names it."""
-    handle = sys.stdin if str(path) == "-" else open(path, encoding="utf-8-sig")  # noqa: SIM115
+    """:func:`parse_question_lines` of a UTF-8 file ('-': standard input, read as UTF-8 whatever the
+    locale), without the byte order mark that may open it; a file that is not UTF-8 is a
+    ``ValueError`` that names it."""
+    if str(path) == "-":
+        handle: TextIO = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig")
+    else:
+        handle = open(path, encoding="utf-8-sig")  # noqa: SIM115
     with handle:
         try:
             return parse_question_lines(handle, limits)

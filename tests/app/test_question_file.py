@@ -1,6 +1,10 @@
 """The question file of the seed file and `dupq index`: the rules of POST /questions, line by line."""
 
+import io
+import sys
 from pathlib import Path
+
+import pytest
 
 from app.question_file import parse_question_lines, read_question_file
 from app.schemas import Limits
@@ -50,5 +54,15 @@ def test_a_byte_order_mark_before_the_first_line_is_not_part_of_it(tmp_path: Pat
     assert path.read_bytes().startswith(b"\xef\xbb\xbf")
     assert read_question_file(path, Limits(max_question_chars=100, max_batch=8)) == (
         [("q-1", "How old are you?"), (None, "What is your age?")],
+        [],
+    )
+
+
+def test_standard_input_is_read_as_utf8_without_its_byte_order_mark(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `type questions.txt | dupq index -` on Windows, or a file piped in whatever the locale
+    sent = "\ufeffq-1\tHow old are you?\nQuel âge as-tu ?\n".encode()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(sent), encoding="latin-1"))
+    assert read_question_file("-", Limits(max_question_chars=100, max_batch=8)) == (
+        [("q-1", "How old are you?"), (None, "Quel âge as-tu ?")],
         [],
     )
