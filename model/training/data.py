@@ -38,11 +38,13 @@ logger = logging.getLogger(__name__)
 Format = Literal["tsv", "csv", "bimpm", "qqp"]
 FORMATS: tuple[Format, ...] = ("tsv", "csv", "bimpm", "qqp")
 
-# The names a header may give the first question, the second and the label (any case).
+# The names a header may give the first question, the second and the label (any case); the last
+# of each are those of the Microsoft Research Paraphrase Corpus (``Quality #1 ID #2 ID #1 String
+# #2 String``, its strings not quoted).
 COLUMN_NAMES = (
-    ("question1", "sentence1", "sentence_a", "text1", "text_a", "q1"),
-    ("question2", "sentence2", "sentence_b", "text2", "text_b", "q2"),
-    ("is_duplicate", "duplicate", "label"),
+    ("question1", "sentence1", "sentence_a", "text1", "text_a", "q1", "#1 string"),
+    ("question2", "sentence2", "sentence_b", "text2", "text_b", "q2", "#2 string"),
+    ("is_duplicate", "duplicate", "label", "quality"),
 )
 # A label: 1 or 0, or true or false in any case (as pandas writes a column of booleans).
 LABELS = {"1": 1, "0": 0, "true": 1, "false": 0}

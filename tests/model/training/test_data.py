@@ -100,6 +100,22 @@ def test_a_tsv_whose_questions_are_written_as_they_are_keeps_their_quotes_and_ev
     ]
 
 
+def test_the_paraphrase_corpus_layout_is_read_by_its_own_header(tmp_path: Path) -> None:
+    # the Microsoft Research Paraphrase Corpus's layout (made-up rows): a byte order mark, its own
+    # column names, strings written as they are
+    (tmp_path / "paraphrases.txt").write_text(
+        'Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t11\t12\tShe said "yes" at once.\tAt once she said "yes".\n'
+        "0\t13\t14\tThe shop opens at nine.\tThe shop closes at nine.\n",
+        encoding="utf-8-sig",
+    )
+    pairs, report = load_pairs(tmp_path / "paraphrases.txt")
+    assert report.format == "tsv" and report.n_skipped == 0
+    assert pairs == [
+        Pair('She said "yes" at once.', 'At once she said "yes".', 1),
+        Pair("The shop opens at nine.", "The shop closes at nine.", 0),
+    ]
+
+
 def test_a_row_past_the_csv_field_limit_is_skipped_and_the_rest_read(tmp_path: Path) -> None:
     rows = f'question1,question2,is_duplicate\nA?,B?,1\n"{"x" * 200_000}",C?,0\nD?,E?,0\n'
     (tmp_path / "big.csv").write_text(rows, encoding="utf-8")
@@ -111,7 +127,7 @@ def test_a_row_past_the_csv_field_limit_is_skipped_and_the_rest_read(tmp_path: P
 def test_a_header_without_the_label_or_with_two_is_refused_naming_it(tmp_path: Path) -> None:
     (tmp_path / "scores.tsv").write_text("sentence1\tsentence2\tscore\nA?\tB?\t4.5\n", encoding="utf-8")
     with pytest.raises(
-        ValueError, match=r"the header names no column for the label \(is_duplicate, duplicate, label\)"
+        ValueError, match=r"the header names no column for the label \(is_duplicate, duplicate, label, quality\)"
     ):
         load_pairs(tmp_path / "scores.tsv")
     (tmp_path / "two.csv").write_text("question1,question2,label,is_duplicate\nA?,B?,1,1\n", encoding="utf-8")
