@@ -375,6 +375,20 @@ def _describe(report: LoadReport) -> dict[str, Any]:
     }
 
 
+def _check_one_batch(graph: PairGraph, batch_size: int) -> None:
+    """A ``ValueError`` that says what to do where the training pairs cannot fill one batch: a
+    step takes ``batch_size`` duplicate pairs of distinct groups, and with fewer not one step would
+    run (only tau and the calibration would be fitted, on the validation pairs)."""
+    groups = len({graph.group[a] for a, _ in graph.positives})
+    if groups < batch_size:
+        remedy = f", or lower --batch-size to at most {groups}" if groups >= 2 else " (a step takes at least 2)"
+        raise ValueError(
+            f"the training pairs' duplicates (label 1) fall into {groups} group{'' if groups == 1 else 's'} of "
+            f"questions, and a step takes {batch_size} duplicate pairs of distinct groups: not one step would "
+            f"train. Add duplicate pairs{remedy}"
+        )
+
+
 def train(
     train_files: Sequence[str | Path],
     valid_file: str | Path,
@@ -422,6 +436,7 @@ def train(
     if start is not None:
         given = start.tokenizer
     graph = PairGraph.build(train_pairs)
+    _check_one_batch(graph, config.batch_size)
     # A tokenizer trained here is the same in every run (model.tokenizer.train_tokenizer); the
     # shipped model's was trained before it was, so reproducing that model takes its file.
     tokenizer = given or train_tokenizer(graph.texts, vocab_size=config.vocab_size)

@@ -116,6 +116,21 @@ def test_no_members_is_refused_in_one_line(tmp_path: Path, capsys: pytest.Captur
     assert not (tmp_path / "model").exists()
 
 
+def test_pairs_that_cannot_fill_one_batch_are_refused_saying_what_to_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 4 duplicate pairs in 4 groups: a batch of 5 would never fill, and no step would run
+    pairs = _pair_file(tmp_path / "pairs.tsv")
+    assert main(_train_argv(pairs, tmp_path / "model", "--batch-size", "5")) == 1
+    assert (
+        "dupq train: error: the training pairs' duplicates (label 1) fall into 4 groups of questions, and a step "
+        "takes 5 duplicate pairs of distinct groups: not one step would train. Add duplicate pairs, or lower "
+        "--batch-size to at most 4"
+    ) in capsys.readouterr().err
+    assert not (tmp_path / "model").exists()
+    assert main(_train_argv(pairs, tmp_path / "model", "--batch-size", "4")) == 0
+
+
 def test_every_hyperparameter_is_a_documented_train_flag() -> None:
     parser = build_parser()
     train = parser._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr]
