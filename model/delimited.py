@@ -5,8 +5,9 @@ Two kinds of tab- (or comma-) separated files hold questions. pandas, spreadshee
 PostgreSQL's CSV mode quote a field that holds a quote, the delimiter or a line break, and double
 the quotes inside it (``"Who wrote ""Hamlet""?"``). PostgreSQL's text mode, Quora's and GLUE's
 files and most hand-made TSVs write every field as it is (``Who wrote "Hamlet"?``). Read as CSV,
-a field of the second kind that starts with a quote loses its quotes, and one whose quote is never
-closed swallows the rest of the file into one field.
+a field of the second kind that starts with a quote loses its quotes, and one whose quote never
+closes swallows the rest of the file into one field; read as it is, a field of the first kind
+keeps the quotes that wrap it.
 """
 
 from __future__ import annotations
@@ -19,32 +20,42 @@ _QUOTES = re.compile('"+')
 
 
 def quotes_fields(lines: Iterable[str], delimiter: str) -> bool:
-    """Whether the file of ``lines`` reads as CSV quotes fields. It does not where a field holds a
-    quote that CSV's quoting would have doubled (a run of an odd number of quotes that neither
-    opens nor closes it: ``Who wrote "Hamlet"?``), where a quote that closes a field is followed
-    by more of it (``"Hamlet" is by whom?``), or where a quote opens a field that never closes.
-    A quoted file has none of these, even split at a delimiter or a line break inside a quoted
-    field, since the pieces' quotes are doubled but at their ends. A field past csv's size limit
-    is no evidence either way."""
-    undoubled = False
+    """Whether the file of ``lines`` reads as CSV quotes fields, by a vote of its lines that hold
+    a quote. A line votes "as it is" where a field holds a quote that CSV's quoting would have
+    doubled: a run of an odd number of quotes that neither opens nor closes it (``Who wrote
+    "Hamlet"?``, ``"Hamlet" is by whom?``); it votes "quoted" where a field opens or closes with a
+    quote and none is of that kind. A quote that opens a field and never closes adds a vote for "as
+    it is"; a tie goes to CSV's quoting if the whole file parses as strict CSV. A file that CSV's
+    writer wrote never has a vote for "as it is", even split at a delimiter or a line break inside
+    a quoted field, since the pieces' quotes are doubled but at their ends; one mistyped row among
+    quoted ones does not outvote them."""
+    as_it_is = quoted = 0
 
-    def checked() -> Iterator[str]:
-        nonlocal undoubled
+    def voting() -> Iterator[str]:
+        nonlocal as_it_is, quoted
         for line in lines:
-            if '"' in line and any(
-                run.start() > 0 and run.end() < len(piece) and (run.end() - run.start()) % 2
-                for piece in line.rstrip("\r\n").split(delimiter)
-                for run in _QUOTES.finditer(piece)
-            ):
-                undoubled = True
-                return
+            if '"' in line:
+                ends = undoubled = False
+                for piece in line.rstrip("\r\n").split(delimiter):
+                    for run in _QUOTES.finditer(piece):
+                        if (run.end() - run.start()) % 2:
+                            if run.start() > 0 and run.end() < len(piece):
+                                undoubled = True
+                            else:
+                                ends = True
+                as_it_is += undoubled
+                quoted += ends and not undoubled
             yield line
 
-    reader = csv.reader(checked(), delimiter=delimiter, strict=True)
+    strict = True
+    reader = csv.reader(voting(), delimiter=delimiter, strict=True)
     while True:
         try:
             if next(reader, None) is None:
-                return not undoubled
+                break
         except csv.Error as err:
-            if not str(err).startswith("field larger than field limit"):
-                return False
+            if str(err).startswith("field larger than field limit"):
+                continue  # no evidence either way
+            strict = False
+            as_it_is += str(err) == "unexpected end of data"
+    return quoted > as_it_is or (quoted == as_it_is and strict)

@@ -6,8 +6,8 @@ Supported formats (auto-detected from the first line, or named explicitly):
   decimal comma saved it), with a header that names the two questions and the label, in any order
   and among any other columns (:data:`COLUMN_NAMES`: ``question1``, ``question2`` and
   ``is_duplicate``, or ``sentence1``, ``sentence2`` and ``label``, ...); fields may be quoted as
-  CSV quotes them, or written as they are (a file with a quote that CSV would have doubled is read
-  with no quoting: :mod:`model.delimited`). The original Quora release
+  CSV quotes them, or written as they are (a file whose quotes are mostly ones CSV would have
+  doubled is read with no quoting: :mod:`model.delimited`). The original Quora release
   ``quora_duplicate_questions.tsv`` and Kaggle's ``train.csv`` (``id qid1 qid2 question1 question2
   is_duplicate``) are such files, and so is what a site exports from a spreadsheet or pandas;
 - ``bimpm``: the BiMPM partition, ``label q1 q2 pair_id`` tab-separated, no header, no quoting;

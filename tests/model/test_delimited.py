@@ -41,3 +41,13 @@ def test_a_file_of_fields_written_as_they_are_is_told_apart(text: str) -> None:
 def test_a_file_that_reads_the_same_either_way_or_has_an_overlong_field_counts_as_quoted() -> None:
     assert quotes_fields(io.StringIO('id\ttext\n1\tno quotes here\n2\t"Hamlet"\n'), "\t")
     assert quotes_fields(io.StringIO(f'id,text\n1,"{"x" * 200_000}"\n2,"Who wrote ""Hamlet""?"\n'), ",")
+
+
+def test_one_mistyped_or_cut_row_does_not_outvote_the_quoted_ones() -> None:
+    rows = [["id", "text"], *([str(i), f'Who wrote "Hamlet", act {i}?'] for i in range(5))]
+    quoted = written(rows, "\t")
+    assert quotes_fields(io.StringIO(quoted + 'x\t"Hamlet" is by whom?\n'), "\t")  # typed by hand
+    assert quotes_fields(io.StringIO(quoted + 'x\t"Who wrote ""Ham'), "\t")  # a download cut short
+    # and the other way round: one field that CSV would read as quoted among many that are not
+    plain = "".join(f'{i}\tWho wrote "Hamlet", act {i}?\n' for i in range(5))
+    assert not quotes_fields(io.StringIO("id\ttext\n" + plain + '9\t"Hamlet"\n'), "\t")
