@@ -10,8 +10,8 @@ Formats, from the file name (or ``--format``):
 - ``text`` (anything else): ``text`` or ``id<TAB>text`` per line, as the seed file; or, if its
   first line names ``id`` and ``text`` among tab-separated columns, a CSV separated by tabs.
 
-A CSV's fields may be quoted, or written as they are where a quote in a question shows that they
-are not (:mod:`model.delimited`).
+A CSV's fields may be quoted, or written as they are where most of the quotes in its questions
+show that they are not (:mod:`model.delimited`).
 
 The file is UTF-8, with or without the byte order mark that Excel puts before a CSV; it is read a
 line at a time and never held whole. A row without an id gets one made from its namespace and text
