@@ -47,30 +47,47 @@ def test_shared_qqp_gzip_keeps_double_quotes(fixtures: Path) -> None:
     assert "2 skipped" in report.summary()
 
 
-def test_a_sites_own_file_is_read_by_the_names_in_its_header(tmp_path: Path) -> None:
-    (tmp_path / "export.csv").write_text(
-        'Label,Question2,answered,Question1\n1,"What is your age?",yes,How old are you?\n'
-        '0,"Where are you ""going""?",no,"Where are you from, friend?"\n',
-        encoding="utf-8",
-    )
-    pairs, report = load_pairs(tmp_path / "export.csv")
-    assert report.format == "csv" and report.n_skipped == 0
-    assert pairs == [
-        Pair("How old are you?", "What is your age?", 1),
-        Pair("Where are you from, friend?", 'Where are you "going"?', 0),
-    ]
-    (tmp_path / "pairs.tsv").write_text(
-        "sentence1\tsentence2\tlabel\tsource\nHow old are you?\tWhat is your age?\tTrue\tforum\nWhy?\tWhen?\t2\tforum\n"
-        "Where are you from?\tWhere are you going?\tfalse\tforum\n",
-        encoding="utf-8",
-    )
-    pairs, report = load_pairs(tmp_path / "pairs.tsv")
-    assert report.format == "tsv"
-    assert pairs == [
-        Pair("How old are you?", "What is your age?", 1),
-        Pair("Where are you from?", "Where are you going?", 0),
-    ]
-    assert report.skipped == {"rows with a label other than 0, 1, true or false": 1}
+@pytest.mark.parametrize(
+    ("name", "content", "fmt", "expected", "skipped"),
+    [
+        (  # columns in another order, names in any case, among others; quoted as CSV quotes
+            "export.csv",
+            'Label,Question2,answered,Question1\n1,"What is your age?",yes,How old are you?\n'
+            '0,"Where are you ""going""?",no,"Where are you from, friend?"\n',
+            "csv",
+            [
+                Pair("How old are you?", "What is your age?", 1),
+                Pair("Where are you from, friend?", 'Where are you "going"?', 0),
+            ],
+            {},
+        ),
+        (  # sentence1/sentence2/label, labels as pandas writes booleans
+            "pairs.tsv",
+            "sentence1\tsentence2\tlabel\tsource\nHow old are you?\tWhat is your age?\tTrue\tforum\n"
+            "Why?\tWhen?\t2\tforum\nWhere are you from?\tWhere are you going?\tfalse\tforum\n",
+            "tsv",
+            [Pair("How old are you?", "What is your age?", 1), Pair("Where are you from?", "Where are you going?", 0)],
+            {"rows with a label other than 0, 1, true or false": 1},
+        ),
+        (  # the Microsoft Research Paraphrase Corpus's layout (made-up rows), strings written as they are
+            "paraphrases.txt",
+            'Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t11\t12\tShe said "yes" at once.\tAt once she said "yes".\n'
+            "0\t13\t14\tThe shop opens at nine.\tThe shop closes at nine.\n",
+            "tsv",
+            [
+                Pair('She said "yes" at once.', 'At once she said "yes".', 1),
+                Pair("The shop opens at nine.", "The shop closes at nine.", 0),
+            ],
+            {},
+        ),
+    ],
+)
+def test_a_sites_own_file_is_read_by_the_names_in_its_header(
+    tmp_path: Path, name: str, content: str, fmt: str, expected: list[Pair], skipped: dict[str, int]
+) -> None:
+    (tmp_path / name).write_text(content, encoding="utf-8-sig")  # with the byte order mark spreadsheets write
+    pairs, report = load_pairs(tmp_path / name)
+    assert (report.format, pairs, report.skipped) == (fmt, expected, skipped)
 
 
 def test_a_csv_a_spreadsheet_saved_with_semicolons_is_read(tmp_path: Path) -> None:
@@ -97,22 +114,6 @@ def test_a_tsv_whose_questions_are_written_as_they_are_keeps_their_quotes_and_ev
         Pair('"Hamlet" is by whom?', 'Who wrote "Hamlet"?', 1),
         Pair('"Why not?', "What for?", 0),
         Pair("How old are you?", "What is your age?", 1),
-    ]
-
-
-def test_the_paraphrase_corpus_layout_is_read_by_its_own_header(tmp_path: Path) -> None:
-    # the Microsoft Research Paraphrase Corpus's layout (made-up rows): a byte order mark, its own
-    # column names, strings written as they are
-    (tmp_path / "paraphrases.txt").write_text(
-        'Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t11\t12\tShe said "yes" at once.\tAt once she said "yes".\n'
-        "0\t13\t14\tThe shop opens at nine.\tThe shop closes at nine.\n",
-        encoding="utf-8-sig",
-    )
-    pairs, report = load_pairs(tmp_path / "paraphrases.txt")
-    assert report.format == "tsv" and report.n_skipped == 0
-    assert pairs == [
-        Pair('She said "yes" at once.', 'At once she said "yes".', 1),
-        Pair("The shop opens at nine.", "The shop closes at nine.", 0),
     ]
 
 
