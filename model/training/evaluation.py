@@ -25,11 +25,10 @@ import numpy as np
 from model.encoder import QuestionEncoder
 from model.training.data import Pair
 from model.training.graded import GradedPair, correlations, graded_metrics, graded_similarities, threshold_figures
-from model.training.groups import question_key
+from model.training.groups import duplicate_groups, question_key
 from model.training.metrics import (
     best_threshold,
     classification,
-    duplicate_groups,
     pair_dots,
     retrieval,
     roc_auc,

@@ -13,6 +13,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
+
 from model.training.data import Pair
 
 
@@ -41,6 +43,17 @@ class _UnionFind:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
             self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def duplicate_groups(rows: int, first: np.ndarray, second: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """A group number for each of ``rows`` rows: rows joined by a duplicate pair (label 1), directly
+    or through others, share one; a row in no duplicate pair is a group alone."""
+    groups = _UnionFind()
+    for _ in range(rows):
+        groups.add()
+    for a, b in zip(np.asarray(first)[labels == 1], np.asarray(second)[labels == 1], strict=True):
+        groups.union(int(a), int(b))
+    return np.array([groups.find(x) for x in range(rows)])
 
 
 @dataclass

@@ -154,7 +154,7 @@ def retrieval(
     sparse matrix), the query excluded.
     A tie with the target counts in the target's favour.
 
-    With ``groups`` (a group number per row: :func:`duplicate_groups`), also ``mrr@10_filtered``:
+    With ``groups`` (a group number per row: :func:`model.training.groups.duplicate_groups`), also ``mrr@10_filtered``:
     the same with the query's other labelled duplicates left out of its ranking, as a filtered
     ranking does (Bordes et al., 2013), so that finding another duplicate of the query first is no
     miss."""
@@ -187,19 +187,3 @@ def retrieval(
 
 def _mrr(ranks: np.ndarray, cutoff: int = 10) -> float:
     return float(np.where(ranks <= cutoff, 1.0 / ranks, 0.0).mean())
-
-
-def duplicate_groups(rows: int, first: np.ndarray, second: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """A group number for each of ``rows`` rows: rows joined by a duplicate pair (label 1), directly
-    or through others, share one (union-find); a row in no duplicate pair is a group alone."""
-    parent = np.arange(rows)
-
-    def root(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = int(parent[x])
-        return x
-
-    for a, b in zip(np.asarray(first)[labels == 1], np.asarray(second)[labels == 1], strict=True):
-        parent[root(int(a))] = root(int(b))
-    return np.array([root(x) for x in range(rows)])

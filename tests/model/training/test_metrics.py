@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 
 from model.calibration import probability
+from model.training.groups import duplicate_groups
 from model.training.metrics import (
     best_threshold,
     classification,
-    duplicate_groups,
     fit_logistic,
     retrieval,
     roc_auc,
