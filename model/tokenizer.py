@@ -5,13 +5,18 @@ words, so a raw question (``Can't I?``) and its tokenized BiMPM form (``Ca n't I
 same tokens. Unknown words fall back to word pieces. Characters the vocabulary has never seen (an
 emoji, another script) are split off the word they touch, each run of them one ``[UNK]``, so
 ``nyc🍕`` keeps its ``nyc`` (word-piece alone would make the whole word ``[UNK]``).
+
+A model with ``unknown_buckets`` rows past its vocabulary gives each ``[UNK]`` the row its text
+hashes to (:func:`unknown_id`), so two questions in a script the vocabulary lacks are told apart
+by their words instead of being one run of ``[UNK]``: the same word, the same row.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+import zlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,22 +118,62 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     return Tokenizer.from_file(str(path))
 
 
-def token_ids(tokenizer: Tokenizer, texts: list[str], max_tokens: int, special: bool = False) -> list[list[int]]:
+def unknown_id(piece: str, vocab_size: int, buckets: int) -> int:
+    """The id of an ``[UNK]`` piece (normalized text, as the tokenizer's normalizer leaves it) in
+    a model with ``buckets`` rows after its ``vocab_size``: the same in every process and
+    platform (CRC-32 of the UTF-8 bytes)."""
+    return vocab_size + zlib.crc32(piece.encode("utf-8")) % buckets
+
+
+def token_ids(
+    tokenizer: Tokenizer, texts: list[str], max_tokens: int, special: bool = False, unknown_buckets: int = 0
+) -> list[list[int]]:
     """Token ids of each text, truncated to ``max_tokens``; a text with no token gets ``[UNK]``.
     ``special``: with the tokenizer's own special tokens (a converted transformer's [CLS] and
-    [SEP]), truncated by the tokenizer itself so that they stay.
+    [SEP]), truncated by the tokenizer itself so that they stay. ``unknown_buckets``: each
+    ``[UNK]`` piece of a text gets its own row (:func:`unknown_id`) instead of ``[UNK]``'s.
 
     Raises ``ValueError`` for a text that is not valid Unicode (a lone surrogate, which JSON's
     ``"\\ud800"`` escape and ``surrogateescape`` decoding produce)."""
     _refuse_surrogates(texts, range(len(texts)))
     if special:
         return [enc.ids for enc in tokenizer.encode_batch(texts, add_special_tokens=True)]
-    return _encode(tokenizer, texts, max_tokens)
+    return _encode(tokenizer, texts, max_tokens, unknown_buckets)
 
 
-def _encode(tokenizer: Tokenizer, texts: list[str], max_tokens: int) -> list[list[int]]:
+def _encode(tokenizer: Tokenizer, texts: list[str], max_tokens: int, buckets: int = 0) -> list[list[int]]:
     encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
-    return [enc.ids[:max_tokens] or [UNK_ID] for enc in encodings]
+    out = [enc.ids[:max_tokens] or [UNK_ID] for enc in encodings]
+    if buckets:
+        size = tokenizer.get_vocab_size()
+        for ids, text in zip(out, texts, strict=True):
+            if UNK_ID in ids:
+                pieces = _unknown_pieces(tokenizer, text)
+                for i, tid in enumerate(ids):
+                    if tid == UNK_ID and (piece := next(pieces, None)) is not None:
+                        ids[i] = unknown_id(piece, size, buckets)
+    return out
+
+
+def _unknown_pieces(tokenizer: Tokenizer, text: str) -> Iterator[str | None]:
+    """The normalized text of each ``[UNK]`` that ``tokenizer`` makes of ``text``, in order (None
+    for an added token such as a typed ``[UNK]``, which keeps its id). The tokenizer's own steps,
+    one by one, as ``encode`` runs them: added tokens split off first, then each stretch between
+    them normalized, split into words and cut into word pieces. (The offsets of an encoding do not
+    serve: after the normalizer's ``n't`` -> `` n't``, "can't" gives three pieces one offset.)"""
+    added = [token.content for token in tokenizer.get_added_tokens_decoder().values()]
+    stretches = re.split("(" + "|".join(map(re.escape, added)) + ")", text) if added else [text]
+    normalizer, pre_tokenizer, model = tokenizer.normalizer, tokenizer.pre_tokenizer, tokenizer.model
+    for stretch in stretches:
+        if stretch in added:
+            if tokenizer.token_to_id(stretch) == UNK_ID:
+                yield None
+            continue
+        normalized = normalizer.normalize_str(stretch) if normalizer else stretch
+        for word, _ in pre_tokenizer.pre_tokenize_str(normalized) if pre_tokenizer else [(normalized, None)]:
+            for token in model.tokenize(word):
+                if token.id == UNK_ID:
+                    yield word[token.offsets[0] : token.offsets[1]]
 
 
 def _refuse_surrogates(texts: list[str], numbers: Iterable[int]) -> None:
@@ -169,7 +214,8 @@ class TokenIds:
     worked out once, with the tokenizer's own WordPiece model, and kept in a dictionary of at most
     ``cache_chunks`` chunks. Other text, text that contains an added token such as ``[UNK]``, and
     a tokenizer whose normalizer or pre-tokenizer is not the one :func:`train_tokenizer` builds go
-    through ``encode_batch``. Tests check that both paths give the same ids.
+    through ``encode_batch``. Tests check that both paths give the same ids, ``unknown_buckets``
+    (:func:`token_ids`) included.
 
     Why two paths: on the dev questions (``python bench/tokenizer.py``, 2026-12-04) ``encode_batch``
     took 127 us for the two questions of a /similarity request and the fast path 10 us, the
@@ -178,12 +224,19 @@ class TokenIds:
     """
 
     def __init__(
-        self, tokenizer: Tokenizer, max_tokens: int, cache_chunks: int = 100_000, special: bool = False
+        self,
+        tokenizer: Tokenizer,
+        max_tokens: int,
+        cache_chunks: int = 100_000,
+        special: bool = False,
+        unknown_buckets: int = 0,
     ) -> None:
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
         self.cache_chunks = cache_chunks
         self.special = special
+        self.unknown_buckets = 0 if special else unknown_buckets
+        self._size = tokenizer.get_vocab_size()
         self._words = None if special else _fast_words(tokenizer)
         self.fast = self._words is not None
         added = [token.content.lower() for token in tokenizer.get_added_tokens_decoder().values()]
@@ -192,7 +245,7 @@ class TokenIds:
 
     def __call__(self, texts: list[str]) -> list[list[int]]:
         if not self.fast:
-            return token_ids(self.tokenizer, texts, self.max_tokens, self.special)
+            return token_ids(self.tokenizer, texts, self.max_tokens, self.special, self.unknown_buckets)
         out: list[list[int]] = []
         slow: list[int] = []
         chunks, chunk_ids, most = self._chunks, self._chunk_ids, self.max_tokens
@@ -207,7 +260,7 @@ class TokenIds:
         if slow:
             others = [texts[i] for i in slow]
             _refuse_surrogates(others, slow)  # named by their place in ``texts``
-            for i, ids in zip(slow, _encode(self.tokenizer, others, most), strict=True):
+            for i, ids in zip(slow, _encode(self.tokenizer, others, most, self.unknown_buckets), strict=True):
                 out[i] = ids
         return out
 
@@ -215,6 +268,14 @@ class TokenIds:
         assert self._words is not None
         words = self._words.findall(chunk.replace("`", "'").replace("n't", " n't"))
         ids = [token.id for word in words for token in self.tokenizer.model.tokenize(word)]
+        if self.unknown_buckets and UNK_ID in ids:
+            ids = [
+                unknown_id(word[token.offsets[0] : token.offsets[1]], self._size, self.unknown_buckets)
+                if token.id == UNK_ID
+                else token.id
+                for word in words
+                for token in self.tokenizer.model.tokenize(word)
+            ]
         if len(self._chunks) < self.cache_chunks:
             self._chunks[chunk] = ids
         return ids

@@ -8,14 +8,26 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import pre_tokenizers
 
-from model.tokenizer import UNK_ID, TokenIds, isolate_unknown, load_tokenizer, token_ids, train_tokenizer
+from model.tokenizer import (
+    UNK_ID,
+    TokenIds,
+    _unknown_pieces,
+    isolate_unknown,
+    load_tokenizer,
+    token_ids,
+    train_tokenizer,
+    unknown_id,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = load_tokenizer(ROOT / "models" / "dupq-qqp" / "tokenizer.json")
 FAST = TokenIds(SHIPPED, max_tokens=64)
+BUCKETS = 4096
+FAST_ROWS = TokenIds(SHIPPED, max_tokens=64, unknown_buckets=BUCKETS)  # unknown words hashed to rows of their own
 # A vocabulary without most letters: the fast path must split them off as the tokenizer does.
 TINY = train_tokenizer(["hello world 42"] * 5, vocab_size=100, min_frequency=1)
 TINY_FAST = TokenIds(TINY, max_tokens=16)
+TINY_ROWS = TokenIds(TINY, max_tokens=16, unknown_buckets=BUCKETS)
 
 
 def test_training_gives_the_same_tokenizer_in_every_process() -> None:
@@ -86,6 +98,8 @@ TRICKY = [
     "The quick brown fox " * 20,
     "zzqx qqqj xxyzzy",
     "\u2018quoted\u2019 \u00bdhalf \uff21\uff22 \u0130stanbul",
+    "A" * 70 + " and " + "x" * 80 + "n't, a word past word-piece's 64 characters",
+    "ქალაქი სად არის? ՔԱՂԱՔ nyc🍕 Сколько тебе лет?",
 ]
 
 
@@ -101,6 +115,7 @@ def test_the_fast_path_gives_the_ids_of_the_tokenizer_on_real_and_tricky_questio
 @given(st.lists(st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x7F)) | st.text(), max_size=4))
 def test_the_fast_path_agrees_with_the_tokenizer_on_any_text(texts: list[str]) -> None:
     assert FAST(texts) == token_ids(SHIPPED, texts, 64)
+    assert FAST_ROWS(texts + TRICKY) == token_ids(SHIPPED, texts + TRICKY, 64, unknown_buckets=BUCKETS)
 
 
 @settings(max_examples=200, deadline=None)
@@ -108,6 +123,33 @@ def test_the_fast_path_agrees_with_the_tokenizer_on_any_text(texts: list[str]) -
 def test_the_fast_path_agrees_with_a_tokenizer_that_lacks_letters(texts: list[str]) -> None:
     assert TINY_FAST.fast
     assert TINY_FAST(texts + TRICKY) == token_ids(TINY, texts + TRICKY, 16)
+    assert TINY_ROWS(texts + TRICKY) == token_ids(TINY, texts + TRICKY, 16, unknown_buckets=BUCKETS)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E)) | st.text(), max_size=4))
+def test_each_unknown_piece_is_one_unk_of_the_tokenizer_in_its_place(texts: list[str]) -> None:
+    for tokenizer in (SHIPPED, TINY):
+        for text in texts + TRICKY + ["[UNK][PAD] x[UNK]y", "can't won't"]:
+            plain = tokenizer.encode(text, add_special_tokens=False).ids
+            assert len(list(_unknown_pieces(tokenizer, text))) == plain.count(UNK_ID), text
+            rows = token_ids(tokenizer, [text], 10_000, unknown_buckets=BUCKETS)[0]
+            assert [tid if tid < tokenizer.get_vocab_size() else UNK_ID for tid in rows] == (plain or [UNK_ID])
+
+
+def test_unknown_words_get_rows_of_their_own_by_their_text() -> None:
+    # Without the rows, any two questions in a script the vocabulary lacks are one run of [UNK]:
+    # the shipped model scored "ქალაქი სად არის?" / "რა გქვია?" 0.99, a duplicate.
+    city, name, city_upper = FAST_ROWS(["ქალაქი სად არის?", "რა გქვია?", "ՔԱՂԱՔ ՔԱՂԱՔ"])
+    assert FAST(["ქალაქი სად არის?"]) == [[UNK_ID, UNK_ID, UNK_ID, 32]]
+    assert len(set(city[:3])) == 3 and not set(city[:3]) & set(name) and city[3] == 32  # "?" is known
+    assert min(city[:3] + name[:2]) >= SHIPPED.get_vocab_size() > max(city[3:] + name[2:])
+    assert city_upper[0] == city_upper[1] == FAST_ROWS(["քաղաք"])[0][0]  # the normalized word decides
+    # A character the vocabulary lacks, inside a word, costs only itself: "б" of "бит" is its own row.
+    assert FAST_ROWS(["бит"]) == [[unknown_id("б", 16000, BUCKETS), *FAST(["бит"])[0][1:]]]
+    assert FAST_ROWS(["How old are you?", ""]) == FAST(["How old are you?", ""])  # known text as before
+    # The rows are part of every stored vector: the hash may never change (CRC-32 of UTF-8).
+    assert [unknown_id(word, 16000, BUCKETS) for word in ("ქალაქი", "🍕", "б")] == [19941, 17979, 17274]
 
 
 def test_another_pipeline_takes_the_tokenizer_itself() -> None:
