@@ -28,3 +28,11 @@ class EncoderConfig:
     )
     dropout: float = field(default=0.1, metadata={"help": "on embeddings and pooled features, training only"})
     max_tokens: int = field(default=64, metadata={"help": "longer questions are truncated by the tokenizer"})
+    unknown_buckets: int = field(
+        default=4096,
+        metadata={
+            "help": "rows after the vocabulary for the words it lacks (another script, an emoji), each word hashed "
+            "to one so that different unknown words get different vectors; added after training from scratch, "
+            "trained by fine-tuning; 0: every unknown word is [UNK]. A model directory without it has 0"
+        },
+    )

@@ -66,7 +66,12 @@ class QuestionEncoder:
         self.config = config
         self.tokenizer = tokenizer
         encoder = config["encoder"]
-        self.token_ids = TokenIds(tokenizer, int(encoder["max_tokens"]), special=bool(encoder.get("special_tokens")))
+        self.token_ids = TokenIds(
+            tokenizer,
+            int(encoder["max_tokens"]),
+            special=bool(encoder.get("special_tokens")),
+            unknown_buckets=int(encoder.get("unknown_buckets", 0)),
+        )
         self.threads = max(1, threads)
         self._sessions = [single_thread_session(graph) for _ in range(self.threads)]
         width = self._sessions[0].get_outputs()[0].shape[-1]

@@ -9,9 +9,13 @@
 This module reads a directory for serving and refuses one that is incomplete, damaged or of
 another format with a one-line reason; :mod:`model.training.export` writes one.
 
-Formats: 1, one network; 2, ``members`` networks side by side; 3 (this one), ``model.onnx``
-written by training. A directory of format 1 or 2 has no ``model.onnx``; ``dupq upgrade DIR``
-adds it from the weights, which changes no vector and keeps the version.
+Formats: 1, one network; 2, ``members`` networks side by side; 3, ``model.onnx`` written by
+training; 4 (this one), ``encoder.unknown_buckets``: rows of the embedding after the vocabulary
+that unknown words are hashed to (:func:`model.tokenizer.unknown_id`), a dupq that reads only
+format 3 would give those words ``[UNK]``'s row instead. A directory of format 1 or 2 has no
+``model.onnx``; ``dupq upgrade DIR`` adds it from the weights (and brings any older directory to
+this format with no such rows), which changes no vector and keeps the version. Serving loads
+format 3 as it is, as a model with no such rows.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 CONFIG, ONNX, TOKENIZER, WEIGHTS = "config.json", "model.onnx", "tokenizer.json", "model.safetensors"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
+ONNX_SINCE = 3  # the first format with model.onnx
 REQUIRED = ("name", "version", "encoder", "dim", "threshold", "calibration", "onnx_sha256", "tokenizer_sha256")
 
 
@@ -67,7 +72,7 @@ def read_config(model_dir: str | Path) -> dict[str, Any]:
     present and matching the checksums in ``config.json``."""
     model_dir = Path(model_dir)
     config = read_json(model_dir)
-    if config.get("format_version", 1) < FORMAT_VERSION or not (model_dir / ONNX).is_file():
+    if config.get("format_version", 1) < ONNX_SINCE or not (model_dir / ONNX).is_file():
         raise ModelDirError(
             f"model directory {model_dir} has no {ONNX} (format {config.get('format_version', 1)}, written by "
             f"an older dupq): {upgrade_hint(model_dir)}"

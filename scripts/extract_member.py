@@ -17,12 +17,12 @@ import json
 from pathlib import Path
 
 from model.model_dir import read_json
-from model.tokenizer import TokenIds, load_tokenizer
+from model.tokenizer import load_tokenizer
 from model.training.data import load_pairs
 from model.training.evaluation import PairEvaluator
 from model.training.export import load_network, save_model_dir
-from model.training.metrics import fit_logistic
-from model.training.network import SideBySide, encode
+from model.training.network import SideBySide
+from model.training.trainer import fit_threshold
 
 
 def main() -> None:
@@ -39,11 +39,7 @@ def main() -> None:
     member = network.networks[args.member]
     tokenizer = load_tokenizer(args.model_dir / "tokenizer.json")
     pairs, _ = load_pairs(args.valid)
-    scored = PairEvaluator(pairs).score(
-        lambda texts: encode(member, TokenIds(tokenizer, member.config.max_tokens), texts)
-    )
-    metrics = scored.metrics()
-    slope, intercept = fit_logistic(scored.similarities, scored.labels)
+    metrics, (slope, intercept) = fit_threshold(member, tokenizer, PairEvaluator(pairs))
     training = dict(config["training"])
     about = training.pop("members")[args.member]
     training["config"] = {**training["config"], "members": 1, "seed": about["seed"], "threads": about["threads"]}

@@ -105,7 +105,7 @@ def load_network(model_dir: str | Path) -> Network:
     members = config.get("members", 1)
     if not isinstance(members, int) or isinstance(members, bool) or members < 1:
         raise ModelDirError(f"{model_dir / CONFIG}: members must be a whole number of at least 1, not {members!r}")
-    encoder_config = EncoderConfig(**config["encoder"])
+    encoder_config = EncoderConfig(**{"unknown_buckets": 0, **config["encoder"]})  # none before they existed
     network: Network = SideBySide(encoder_config, members) if members > 1 else SiameseEncoder(encoder_config)
     if not (model_dir / WEIGHTS).is_file():
         raise ModelDirError(f"model directory {model_dir} is incomplete: missing {WEIGHTS}")
@@ -128,8 +128,9 @@ def load_network(model_dir: str | Path) -> Network:
 
 def upgrade_model_dir(model_dir: str | Path) -> dict[str, Any]:
     """Bring a model directory of an older format to this one: write ``model.onnx`` from the
-    weights and record it in ``config.json``. No weight, vector or version changes; running it
-    again rewrites the same files. Returns the written config."""
+    weights and record it in ``config.json``, with the rows for unknown words it has (none, for
+    one written before they existed). No weight, vector or version changes; running it again
+    rewrites the same files. Returns the written config."""
     model_dir = Path(model_dir)
     config = read_json(model_dir)
     if not (model_dir / TOKENIZER).is_file():
@@ -139,6 +140,7 @@ def upgrade_model_dir(model_dir: str | Path) -> dict[str, Any]:
         raise ModelDirError(f"{model_dir / WEIGHTS} does not match {CONFIG}: the file was changed or damaged")
     _write_onnx(model_dir, network)
     before = config.get("format_version", 1)
+    config["encoder"] = {**config["encoder"], "unknown_buckets": network.config.unknown_buckets}
     config.update(
         format_version=FORMAT_VERSION,
         onnx_sha256=sha256_file(model_dir / ONNX),

@@ -8,6 +8,7 @@ the network training updates; serving runs the same weights as the ONNX graph th
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import typing
 from collections.abc import Sequence
@@ -29,7 +30,7 @@ class SiameseEncoder(nn.Module):
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
         self.config = config
-        self.embed = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=PAD_ID)
+        self.embed = nn.Embedding(config.vocab_size + config.unknown_buckets, config.embed_dim, padding_idx=PAD_ID)
         self.lstm = nn.LSTM(
             config.embed_dim,
             config.hidden_dim,
@@ -117,6 +118,39 @@ class SideBySide(nn.Module):
 
 Network = SiameseEncoder | SideBySide
 """What a model directory holds: one network, or several side by side."""
+
+
+def with_unknown_rows(network: Network, buckets: int, seed: int) -> Network:
+    """``network`` with ``buckets`` rows for unknown words (:func:`model.tokenizer.unknown_id`) after
+    its vocabulary, in place of any it had (:func:`unknown_rows`), so an unknown word reads as some
+    word the network has never met, and different unknown words as different words. A network
+    trained from scratch gets them after training (its tokenizer was trained on its text, so it
+    met no unknown word to train them on); fine-tuning trains them on a site's own words."""
+    for member in network.networks if isinstance(network, SideBySide) else [network]:
+        known = member.embed.weight.data[: member.config.vocab_size]
+        rows = torch.from_numpy(unknown_rows(known.cpu().numpy(), buckets, seed)).to(known.device)
+        member.embed = nn.Embedding.from_pretrained(torch.cat([known, rows]), freeze=False, padding_idx=PAD_ID)
+        member.config = dataclasses.replace(member.config, unknown_buckets=buckets)
+    return network
+
+
+def unknown_rows(known: np.ndarray, buckets: int, seed: int) -> np.ndarray:
+    """``buckets`` rows drawn at random, each column with the mean and spread of that column of
+    ``known`` (the vocabulary's rows, [PAD] and [UNK] left out): the same bytes on every CPU, as
+    the rest of ``make train`` is. So no step whose result depends on the CPU's vector width
+    (torch's ``randn`` differs between its plain and AVX2 code, reductions sum in another order):
+    the mean and spread are exactly rounded sums (``math.fsum``), and each draw is the sum of 12
+    uniform numbers from numpy's PCG64 less 6 (Irwin-Hall: mean 0, variance 1, near normal)."""
+    columns = known[2:].astype(np.float64).T
+    mean = np.array([math.fsum(column) / len(column) for column in columns])
+    spread = np.array(
+        [math.sqrt(math.fsum((column - m) ** 2) / len(column)) for column, m in zip(columns, mean, strict=True)]
+    )
+    uniform = np.random.default_rng(seed).random((12, buckets, len(columns)))
+    draws = uniform[0].copy()
+    for part in uniform[1:]:
+        draws += part  # one add at a time, in this order: no reduction whose order the CPU picks
+    return ((draws - 6.0) * spread + mean).astype(np.float32)
 
 
 def pad_batch(sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,6 +30,7 @@ import multiprocessing
 import random
 import tempfile
 import time
+import typing
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -52,7 +53,14 @@ from model.training.groups import PairGraph, duplicate_batches
 from model.training.losses import StepTensors, recipe_terms, total_loss
 from model.training.metrics import fit_logistic, threshold_near
 from model.training.negatives import choose, rewrites
-from model.training.network import Network, SiameseEncoder, SideBySide, encode, forward_by_length
+from model.training.network import (
+    Network,
+    SiameseEncoder,
+    SideBySide,
+    encode,
+    forward_by_length,
+    with_unknown_rows,
+)
 from model.training.teacher import MiniLMTeacher, Teacher
 
 logger = logging.getLogger(__name__)
@@ -122,12 +130,16 @@ class Trainer:
         if init is not None:
             self.network = init
         else:
-            self.network = SiameseEncoder(EncoderConfig(vocab_size=tokenizer.get_vocab_size(), **encoder_config))
+            # Its rows for unknown words come after training (network.with_unknown_rows).
+            architecture = {**encoder_config, "unknown_buckets": 0}
+            self.network = SiameseEncoder(EncoderConfig(vocab_size=tokenizer.get_vocab_size(), **architecture))
             if teacher is not None:
                 logger.info("token embeddings from the teacher for %d tokens", self._init_embedding(teacher))
         self.device = _device(config.device)
         self.network.to(self.device)
-        self.token_ids = TokenIds(tokenizer, self.network.config.max_tokens)
+        self.token_ids = TokenIds(
+            tokenizer, self.network.config.max_tokens, unknown_buckets=self.network.config.unknown_buckets
+        )
         self.sequences = self.token_ids(graph.texts)
         # The logistic pair loss learns its own scale and shift (they are not part of the model),
         # or keeps those of the model it fine-tunes.
@@ -446,7 +458,9 @@ def train(
     evaluator = PairEvaluator(valid_pairs)
     started_at: dict[str, float] = {}
     if start is not None:
-        start_ids = TokenIds(start.tokenizer, start.network.config.max_tokens)
+        start_ids = TokenIds(
+            start.tokenizer, start.network.config.max_tokens, unknown_buckets=start.network.config.unknown_buckets
+        )
         started_at = evaluator.score(lambda texts: encode(start.network, start_ids, texts)).metrics(start.boundary[0])
         logger.info(
             "%s on the validation pairs: accuracy %.4f at its tau %.3f",
@@ -456,6 +470,7 @@ def train(
         )
     about: dict[str, Any]
     network: Network
+    buckets = EncoderConfig(vocab_size=tokenizer.get_vocab_size(), **(encoder_config or {})).unknown_buckets
     if config.members > 1:
         network, member_configs = _train_members(
             train_files, valid_file, graph, config, encoder_config or {}, tokenizer
@@ -481,11 +496,11 @@ def train(
             encoder_config or {},
             teacher,
             progress=progress,
-            init=start.network if start else None,
+            init=_with_rows(start.network, buckets, config.seed) if start else None,
             boundary=start.boundary if start else None,
         )
         _, epoch = trainer.fit(evaluator)
-        network, about = trainer.network, {"best_epoch": epoch}
+        network, about = _with_rows(trainer.network, buckets, config.seed), {"best_epoch": epoch}
     if start is not None:
         about["init_from"] = {
             "path": str(init_from),
@@ -499,9 +514,7 @@ def train(
     # (within one standard error of their best accuracy, the cut nearest to it): the pair loss
     # taught the site's pairs around that tau, and a few hundred pairs' own best cut is a noisy
     # estimate that can cost the old domain many points (docs/experiments.md).
-    token_ids = TokenIds(tokenizer, network.config.max_tokens)
-    scored = evaluator.score(lambda texts: encode(network, token_ids, texts))
-    metrics = scored.metrics(threshold_near(scored.similarities, scored.labels, start.boundary[0]) if start else None)
+    metrics, (slope, intercept) = fit_threshold(network, tokenizer, evaluator, start.boundary[0] if start else None)
     tau = metrics["threshold"]
     if start is not None and metrics["accuracy"] <= started_at["accuracy"]:
         logger.warning(
@@ -511,7 +524,6 @@ def train(
             metrics["accuracy"],
             started_at["accuracy"],
         )
-    slope, intercept = fit_logistic(scored.similarities, scored.labels)
     extra = {
         "training": {
             "config": dataclasses.asdict(config),
@@ -531,6 +543,29 @@ def train(
         "wrote %s: validation accuracy %.4f, mrr@10 %.4f, tau %.3f", out, metrics["accuracy"], metrics["mrr@10"], tau
     )
     return written
+
+
+def fit_threshold(
+    network: Network, tokenizer: Tokenizer, evaluator: PairEvaluator, near: float | None = None
+) -> tuple[dict[str, float], tuple[float, float]]:
+    """The validation figures of ``network`` at its tau, and its calibration (slope, intercept):
+    tau is the best cut of the validation pairs, or with ``near`` (fine-tuning: the tau it started
+    from) the cut nearest it within one standard error of the best (:func:`threshold_near`)."""
+    config = network.config
+    token_ids = TokenIds(tokenizer, config.max_tokens, unknown_buckets=config.unknown_buckets)
+    scored = evaluator.score(lambda texts: encode(network, token_ids, texts))
+    metrics = scored.metrics(None if near is None else threshold_near(scored.similarities, scored.labels, near))
+    return metrics, fit_logistic(scored.similarities, scored.labels)
+
+
+def _with_rows(network: SiameseEncoder, buckets: int, seed: int) -> SiameseEncoder:
+    """``network`` as it is if it has rows for unknown words (a model fine-tuned again), else with
+    ``buckets`` of them (:func:`with_unknown_rows`): after training from scratch, or before
+    fine-tuning a model written without them."""
+    if network.config.unknown_buckets or not buckets:
+        return network
+    logger.info("adding %d rows for unknown words to the token embedding", buckets)
+    return typing.cast(SiameseEncoder, with_unknown_rows(network, buckets, seed))
 
 
 def _tokenizer_origin(tokenizer_file: str | Path | None, init_from: str | Path | None) -> str:

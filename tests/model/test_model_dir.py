@@ -4,10 +4,12 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from model.encoder import load_encoder
 from model.model_dir import FORMAT_VERSION, ModelDirError, read_config
+from model.tokenizer import UNK_ID
 
 
 def _copy(source: Path, tmp_path: Path, name: str) -> Path:
@@ -24,7 +26,7 @@ def _edit_config(model_dir: Path, **changes: object) -> None:
 
 def test_a_complete_directory_of_this_format_loads(tiny_model_dir: Path) -> None:
     config = read_config(tiny_model_dir)
-    assert config["format_version"] == FORMAT_VERSION == 3
+    assert config["format_version"] == FORMAT_VERSION == 4
     assert {p.name for p in tiny_model_dir.iterdir()} >= {"config.json", "model.onnx", "tokenizer.json"}
     assert not any(p.suffix in {".pt", ".pkl", ".bin"} for p in tiny_model_dir.iterdir())
 
@@ -44,7 +46,7 @@ def test_serving_needs_no_weights(tiny_model_dir: Path, tmp_path: Path) -> None:
         (lambda d: (d / "model.onnx").write_bytes(b"not a graph"), r"model\.onnx does not match config\.json"),
         (lambda d: (d / "tokenizer.json").write_text("{}"), r"tokenizer\.json does not match config\.json"),
         (lambda d: _edit_config(d, threshold=None), r"lacks the field\(s\) 'threshold'"),
-        (lambda d: _edit_config(d, format_version=4), r"has format 4; this dupq reads up to 3"),
+        (lambda d: _edit_config(d, format_version=5), r"has format 5; this dupq reads up to 4"),
         (lambda d: _edit_config(d, encoder={"hidden_dim": 16}), r"'encoder' must hold the architecture"),
     ],
 )
@@ -66,3 +68,24 @@ def test_an_older_directory_names_the_command_that_upgrades_it(tiny_model_dir: P
         f"model directory {older} has no model.onnx (format 2, written by an older dupq): "
         f"run `dupq upgrade {older}` to add it (needs the train extra: pip install 'dupq[train]')"
     )
+
+
+def test_unknown_words_are_told_apart_and_a_format_3_directory_serves_them_as_before(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # Two questions in a script the vocabulary lacks: each word now has a row of its own. Format 3
+    # had no such rows (no `unknown_buckets`): every word was [UNK] and any two such questions one
+    # vector, cosine 1, a duplicate.
+    older = _copy(tiny_model_dir, tmp_path, "format-3")
+    config = json.loads((older / "config.json").read_text())
+    encoder = {k: v for k, v in config["encoder"].items() if k != "unknown_buckets"}
+    _edit_config(older, format_version=3, encoder=encoder)
+    questions = ["ქალაქი სად არის?", "რა გქვია?", "How old are you?"]
+    now, before = load_encoder(tiny_model_dir), load_encoder(older)
+    [mark] = now.token_ids(["?"])
+    assert before.token_ids(questions[:2]) == [[UNK_ID] * 3 + mark, [UNK_ID] * 2 + mark]
+    a, b, c = now.encode(questions)
+    assert float(a @ b) < 0.95 and float(a @ a) == pytest.approx(1.0, abs=1e-5)
+    old_a, old_b, old_c = before.encode(questions)
+    assert float(old_a @ old_b) > 0.99
+    np.testing.assert_array_equal(old_c, c)  # known words as they were

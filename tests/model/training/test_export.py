@@ -78,7 +78,7 @@ def test_upgrade_adds_the_graph_and_changes_no_vector(
     assert main(["upgrade", str(older)]) == 0
     printed = json.loads(capsys.readouterr().out)
     before, after = (json.loads((d / "config.json").read_text()) for d in (source, older))
-    assert printed == {"model_dir": str(older), "version": before["version"], "format": 3}
+    assert printed == {"model_dir": str(older), "version": before["version"], "format": 4}
     assert after == before  # the same config, the same version, the same graph
     np.testing.assert_array_equal(load_encoder(older).encode(CORPUS), load_encoder(source).encode(CORPUS))
     assert main(["upgrade", str(older)]) == 0  # again: nothing changes

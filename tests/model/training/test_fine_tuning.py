@@ -2,6 +2,7 @@
 own pairs, a replay sample of what the model was trained on."""
 
 import json
+import string
 from pathlib import Path
 
 import numpy as np
@@ -37,20 +38,22 @@ def _cooking(path: Path) -> Path:
 COOKING_LABELS = np.array([y for y, _, _ in COOKING])
 
 
-def _cosines(model: Path) -> np.ndarray:
-    """The served model's cosine of each pair of COOKING."""
+def _cosines(model: Path, table: dict[int, str] | None = None) -> np.ndarray:
+    """The served model's cosine of each pair of COOKING (lower-cased and translated by ``table``)."""
     encoder = load_encoder(model)
-    return (encoder.encode([q for _, q, _ in COOKING]) * encoder.encode([q for _, _, q in COOKING])).sum(1)
+    first = [q.lower().translate(table) if table else q for _, q, _ in COOKING]
+    second = [q.lower().translate(table) if table else q for _, _, q in COOKING]
+    return (encoder.encode(first) * encoder.encode(second)).sum(1)
 
 
-def _gap(model: Path) -> float:
+def _gap(model: Path, table: dict[int, str] | None = None) -> float:
     """Mean cosine of the duplicates minus that of the non-duplicates of COOKING."""
-    cosines = _cosines(model)
+    cosines = _cosines(model, table)
     return float(cosines[COOKING_LABELS == 1].mean() - cosines[COOKING_LABELS == 0].mean())
 
 
 def _fixed_tokenizer(pairs: Path, path: Path) -> Path:
-    """A tokenizer of every whole word of ``pairs`` and every single character, alone and as a
+    """A tokenizer of every whole word of ``pairs`` and every single letter, alone and as a
     ``##`` piece, its ids in sorted order, so that the new domain's words go through word pieces.
     With the one `dupq train` learns from these few pairs, fine-tuning did not widen the cooking
     pairs' cosine gap (-0.0017 before, -0.0020 after)."""
@@ -62,7 +65,7 @@ def _fixed_tokenizer(pairs: Path, path: Path) -> Path:
         for text in texts
         for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(tokenizer.normalizer.normalize_str(text))
     }
-    chars = sorted({ch for word in words for ch in word})
+    chars = sorted({ch for word in words for ch in word} | set(string.ascii_lowercase))  # "v", "z" of COOKING
     tokens = [PAD, UNK, *chars, *("##" + ch for ch in chars), *sorted(words - set(chars))]
     tokenizer.model = WordPiece(
         {token: i for i, token in enumerate(tokens)}, unk_token=UNK, max_input_chars_per_word=64
@@ -120,6 +123,35 @@ def test_fine_tuning_continues_from_the_model_reloads_and_learns_the_new_pairs(
     assert training["valid_file"]["path"] == str(cooking)
     cosines = _cosines(tmp_path / "tuned")
     assert tuned["threshold"] == pytest.approx(threshold_near(cosines, COOKING_LABELS, first["threshold"]), abs=1e-4)
+
+
+# Letters one to one onto Armenian ones: the words keep their identity, in a script no tokenizer
+# here has seen.
+ARMENIAN = str.maketrans({chr(97 + i): chr(0x0561 + i) for i in range(26)})
+
+
+def test_fine_tuning_learns_the_words_of_a_script_the_model_has_never_seen(
+    base: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # A model written without rows for unknown words gets them, and trains them: every word of
+    # these pairs is [UNK] to its tokenizer, so each question was "[UNK] ... ?" and no fine-tuning
+    # could tell one from another (a gap of 0 before and after).
+    model, pairs = base
+    assert (
+        main(
+            _train_argv(
+                pairs, tmp_path / "plain", "--unknown-buckets", "0", "--tokenizer", str(model / "tokenizer.json")
+            )
+        )
+        == 0
+    )
+    armenian = tmp_path / "armenian.tsv"
+    armenian.write_text(_cooking(tmp_path / "cooking.tsv").read_text().lower().translate(ARMENIAN), encoding="utf-8")
+    before = _gap(tmp_path / "plain", ARMENIAN)
+    assert _fine_tune(tmp_path / "plain", armenian, tmp_path / "tuned") == 0
+    tuned = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert tuned["encoder"]["unknown_buckets"] == 4096
+    assert _gap(tmp_path / "tuned", ARMENIAN) > before + 0.05
 
 
 def test_fine_tuning_puts_the_pair_loss_boundary_at_the_models_tau(

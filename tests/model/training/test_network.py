@@ -17,12 +17,14 @@ from ...conftest import QUESTIONS
 
 def _torch_vectors(model_dir: Path, texts: list[str]) -> np.ndarray:
     network = load_network(model_dir)
-    return encode(network, TokenIds(load_tokenizer(model_dir / "tokenizer.json"), network.config.max_tokens), texts)
+    tokenizer, config = load_tokenizer(model_dir / "tokenizer.json"), network.config
+    return encode(network, TokenIds(tokenizer, config.max_tokens, unknown_buckets=config.unknown_buckets), texts)
 
 
 def test_onnx_graph_equals_the_torch_network(model_dir: Path) -> None:
     # Questions of many lengths, encoded in one ONNX call each side of several length buckets.
     questions = [f"{q} {' '.join(['and more'] * (i % 13))} number {i}?" for i, q in enumerate(QUESTIONS * 8)]
+    questions += ["ქალაქი სად არის?", "nyc🍕 pizza?"]  # words the vocabulary lacks, in rows of their own
     onnx_vectors = load_encoder(model_dir, threads=2).encode(questions, batch_size=16)
     np.testing.assert_allclose(onnx_vectors, _torch_vectors(model_dir, questions), atol=1e-5)
 
@@ -30,7 +32,9 @@ def test_onnx_graph_equals_the_torch_network(model_dir: Path) -> None:
 def test_side_by_side_cosine_is_the_mean_of_the_members_cosines(tiny_members_dir: Path) -> None:
     network = load_network(tiny_members_dir)
     assert isinstance(network, SideBySide) and network.dim == 2 * 24
-    token_ids = TokenIds(load_tokenizer(tiny_members_dir / "tokenizer.json"), 64)
+    token_ids = TokenIds(
+        load_tokenizer(tiny_members_dir / "tokenizer.json"), 64, unknown_buckets=network.config.unknown_buckets
+    )
     ids, lengths = pad_batch(token_ids(QUESTIONS))
     with torch.inference_mode():
         alone = [member(ids, lengths).numpy() for member in network.networks]

@@ -80,15 +80,38 @@ def test_two_step_training_writes_a_directory_that_reloads_identically(trained: 
     assert config["training"]["valid_file"]["sha256"] and config["training"]["train_files"][0]["pairs"] == 8
     assert -1 <= config["threshold"] <= 1 and "slope" in config["calibration"]
     assert {"accuracy", "mrr@10", "roc_auc"} <= set(config["validation"])
-    assert config["format_version"] == 3 and (out / "model.onnx").is_file()
+    assert config["format_version"] == 4 and (out / "model.onnx").is_file()
     assert config["training"]["tokenizer"] == "trained on the training questions"
     first = load_encoder(out).encode(CORPUS)
     again = load_encoder(out).encode(CORPUS)
     np.testing.assert_array_equal(first, again)
     # The served graph and the trained network agree.
     network = load_network(out)
-    tokens = TokenIds(load_tokenizer(out / "tokenizer.json"), network.config.max_tokens)
+    tokens = TokenIds(
+        load_tokenizer(out / "tokenizer.json"),
+        network.config.max_tokens,
+        unknown_buckets=network.config.unknown_buckets,
+    )
     np.testing.assert_allclose(first, encode(network, tokens, CORPUS), atol=1e-5)
+
+
+def test_rows_for_unknown_words_come_after_training_and_change_nothing_it_learnt(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # So `make train` still reproduces the shipped model's trained weights bit for bit.
+    out, pairs = trained
+    assert main(_train_argv(pairs, tmp_path / "none", "--unknown-buckets", "0")) == 0
+    with_rows, without = load_network(out), load_network(tmp_path / "none")
+    assert (with_rows.config.unknown_buckets, without.config.unknown_buckets) == (4096, 0)
+    vocab, rows, plain = without.config.vocab_size, with_rows.state_dict(), without.state_dict()
+    assert rows.keys() == plain.keys()
+    for name, tensor in plain.items():
+        torch.testing.assert_close(rows[name][:vocab] if name == "embed.weight" else rows[name], tensor, rtol=0, atol=0)
+    extra, known = rows["embed.weight"][vocab:], plain["embed.weight"][2:vocab]
+    assert extra.shape == (4096, 8) and len(extra.unique(dim=0)) == 4096
+    torch.testing.assert_close(extra.std(0), known.std(0), rtol=0.1, atol=0)  # at the known rows' scale
+    configs = [json.loads((d / "config.json").read_text()) for d in (out, tmp_path / "none")]
+    assert configs[0]["threshold"] == configs[1]["threshold"]  # the pairs have no unknown word
 
 
 def test_members_train_at_once_each_as_it_would_alone(trained: tuple[Path, Path], tmp_path: Path) -> None:
@@ -96,7 +119,7 @@ def test_members_train_at_once_each_as_it_would_alone(trained: tuple[Path, Path]
     tokenizer = str(out / "tokenizer.json")
     assert main(_train_argv(pairs, tmp_path / "both", "--members", "2", "--tokenizer", tokenizer)) == 0
     config = json.loads((tmp_path / "both" / "config.json").read_text())
-    assert (config["format_version"], config["members"], config["dim"]) == (3, 2, 32)
+    assert (config["format_version"], config["members"], config["dim"]) == (4, 2, 32)
     assert [(m["seed"], m["threads"]) for m in config["training"]["members"]] == [(0, 1), (1, 1)]
     assert config["training"]["config"]["members"] == 2 and -1 <= config["threshold"] <= 1
     alone = []
