@@ -21,9 +21,9 @@ from model.model_dir import read_json
 from model.tokenizer import load_tokenizer
 from model.training.data import load_validation_pairs
 from model.training.evaluation import PairEvaluator
-from model.training.export import load_network, save_model_dir
+from model.training.export import load_network
 from model.training.network import SiameseEncoder, with_unknown_rows
-from model.training.trainer import fit_threshold
+from model.training.trainer import save_refitted
 
 
 def main() -> None:
@@ -41,17 +41,8 @@ def main() -> None:
     with_unknown_rows(network, buckets, seed)
     tokenizer = load_tokenizer(args.model_dir / "tokenizer.json")
     pairs, _ = load_validation_pairs(args.valid)
-    metrics, (slope, intercept) = fit_threshold(network, tokenizer, PairEvaluator(pairs))
     training = {**config["training"], "unknown_rows": {"from": config["version"], "buckets": buckets, "seed": seed}}
-    written = save_model_dir(
-        args.out,
-        network,
-        tokenizer,
-        name=config["name"],
-        threshold=metrics["threshold"],
-        calibration=(slope, intercept),
-        extra={"training": training, "validation": {k: round(v, 5) for k, v in metrics.items()}},
-    )
+    written = save_refitted(args.out, network, tokenizer, PairEvaluator(pairs), name=config["name"], training=training)
     print(json.dumps({"version": written["version"], "threshold": written["threshold"], **written["validation"]}))
 
 

@@ -20,9 +20,9 @@ from model.model_dir import read_json
 from model.tokenizer import load_tokenizer
 from model.training.data import load_pairs
 from model.training.evaluation import PairEvaluator
-from model.training.export import load_network, save_model_dir
+from model.training.export import load_network
 from model.training.network import SideBySide
-from model.training.trainer import fit_threshold
+from model.training.trainer import save_refitted
 
 
 def main() -> None:
@@ -39,21 +39,12 @@ def main() -> None:
     member = network.networks[args.member]
     tokenizer = load_tokenizer(args.model_dir / "tokenizer.json")
     pairs, _ = load_pairs(args.valid)
-    metrics, (slope, intercept) = fit_threshold(member, tokenizer, PairEvaluator(pairs))
     training = dict(config["training"])
     about = training.pop("members")[args.member]
     training["config"] = {**training["config"], "members": 1, "seed": about["seed"], "threads": about["threads"]}
     training.update(best_epoch=about["best_epoch"], duration_s=about["duration_s"])
     training["extracted"] = {"from": config["version"], "member": args.member}
-    written = save_model_dir(
-        args.out,
-        member,
-        tokenizer,
-        name=config["name"],
-        threshold=metrics["threshold"],
-        calibration=(slope, intercept),
-        extra={"training": training, "validation": {k: round(v, 5) for k, v in metrics.items()}},
-    )
+    written = save_refitted(args.out, member, tokenizer, PairEvaluator(pairs), name=config["name"], training=training)
     print(json.dumps({"version": written["version"], "dim": written["dim"], **written["validation"]}))
     assert dataclasses.asdict(member.config) == written["encoder"]
 

@@ -558,6 +558,30 @@ def fit_threshold(
     return metrics, fit_logistic(scored.similarities, scored.labels)
 
 
+def save_refitted(
+    out: str | Path,
+    network: Network,
+    tokenizer: Tokenizer,
+    evaluator: PairEvaluator,
+    *,
+    name: str,
+    training: dict[str, Any],
+) -> dict[str, Any]:
+    """Write ``network`` (trained elsewhere: a member taken out of a side-by-side model, a network
+    given rows for unknown words) as a model directory, with tau and the calibration fitted on the
+    validation pairs as training fits them (:func:`fit_threshold`); returns its config."""
+    metrics, calibration = fit_threshold(network, tokenizer, evaluator)
+    return save_model_dir(
+        out,
+        network,
+        tokenizer,
+        name=name,
+        threshold=metrics["threshold"],
+        calibration=calibration,
+        extra={"training": training, "validation": {k: round(v, 5) for k, v in metrics.items()}},
+    )
+
+
 def _with_rows(network: SiameseEncoder, buckets: int, seed: int) -> SiameseEncoder:
     """``network`` as it is if it has rows for unknown words (a model fine-tuned again), else with
     ``buckets`` of them (:func:`with_unknown_rows`): after training from scratch, or before
