@@ -136,11 +136,12 @@ def with_unknown_rows(network: Network, buckets: int, seed: int) -> Network:
 
 def unknown_rows(known: np.ndarray, buckets: int, seed: int) -> np.ndarray:
     """``buckets`` rows drawn at random, each column with the mean and spread of that column of
-    ``known`` (the vocabulary's rows, [PAD] and [UNK] left out): the same bytes on every CPU, as
-    the rest of ``make train`` is. So no step whose result depends on the CPU's vector width
-    (torch's ``randn`` differs between its plain and AVX2 code, reductions sum in another order):
-    the mean and spread are exactly rounded sums (``math.fsum``), and each draw is the sum of 12
-    uniform numbers from numpy's PCG64 less 6 (Irwin-Hall: mean 0, variance 1, near normal)."""
+    ``known`` (the vocabulary's rows, [PAD] and [UNK] left out), the same bytes on every CPU: from
+    the same trained rows, ``make train`` adds the same rows wherever it runs. So no step whose
+    result depends on the CPU's vector width (torch's ``randn`` differs between its plain and AVX2
+    code, reductions sum in another order): the mean and spread are exactly rounded sums
+    (``math.fsum``), and each draw is the sum of 12 uniform numbers from numpy's PCG64 less 6
+    (Irwin-Hall: mean 0, variance 1, near normal)."""
     columns = known[2:].astype(np.float64).T
     mean = np.array([math.fsum(column) / len(column) for column in columns])
     spread = np.array(

@@ -130,7 +130,7 @@ class Trainer:
         if init is not None:
             self.network = init
         else:
-            # Its rows for unknown words come after training (network.with_unknown_rows).
+            # Its rows for unknown words come after training (_with_rows in train).
             architecture = {**encoder_config, "unknown_buckets": 0}
             self.network = SiameseEncoder(EncoderConfig(vocab_size=tokenizer.get_vocab_size(), **architecture))
             if teacher is not None:
