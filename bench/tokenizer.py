@@ -1,7 +1,9 @@
 """Tokenizer speed: the shipped tokenizer through ``tokenizers`` itself (``encode_batch``) against
 ``TokenIds``'s fast path for printable ASCII (model/tokenizer.py), on the dev questions, in one
 run: questions per second over all of them (the fast path cold and warm), microseconds per call
-of two questions (a /similarity request), and whether both give the same ids.
+of two questions (a /similarity request), and whether both give the same ids. Then the same
+questions in Armenian letters (``fine_tune.SCRIPTS``, every word unknown to the tokenizer), per
+call of two: each unknown word one ``[UNK]``, against each its row (``--unknown-buckets``).
 
     python bench/tokenizer.py [--model DIR] [--pairs FILE] [--questions 20000]
 """
@@ -16,6 +18,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from fine_tune import SCRIPTS  # noqa: E402
 
 from model.tokenizer import TokenIds, load_tokenizer, token_ids  # noqa: E402
 from model.training.data import iter_pairs  # noqa: E402
@@ -51,6 +55,15 @@ def main(argv: list[str] | None = None) -> int:
         fast(pair)
     per_pair_fast = (time.perf_counter() - started) / len(pairs) * 1e6
 
+    armenian = [[q.translate(SCRIPTS["armenian"]) for q in pair] for pair in pairs]
+    per_pair_script = {}
+    for buckets in (0, 4096):
+        ids_of = TokenIds(tokenizer, 64, unknown_buckets=buckets)
+        started = time.perf_counter()
+        for pair in armenian:
+            ids_of(pair)
+        per_pair_script[buckets] = (time.perf_counter() - started) / len(armenian) * 1e6
+
     figures = {
         "questions": len(texts),
         "same_ids": ids == reference,
@@ -59,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         "fast_path_warm_questions_per_s": round(warm),
         "encode_batch_us_per_pair": round(per_pair_library, 1),
         "fast_path_us_per_pair": round(per_pair_fast, 1),
+        "armenian_letters_us_per_pair_one_unk": round(per_pair_script[0], 1),
+        "armenian_letters_us_per_pair_rows": round(per_pair_script[4096], 1),
     }
     print(json.dumps(figures))
     return 0 if figures["same_ids"] else 1
