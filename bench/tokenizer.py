@@ -1,7 +1,9 @@
 """Tokenizer speed: the shipped tokenizer through ``tokenizers`` itself (``encode_batch``) against
 ``TokenIds``'s fast path for printable ASCII (model/tokenizer.py), on the dev questions, in one
 run: questions per second over all of them (the fast path cold and warm), microseconds per call
-of two questions (a /similarity request), and whether both give the same ids. Then the same
+of two questions (a /similarity request; also through the tokenizer's steps one by one, which
+``token_ids`` takes for a few texts that are not printable ASCII), and whether both give the same
+ids. Then the same
 questions in Armenian letters (``fine_tune.SCRIPTS``, every word unknown to the tokenizer), per
 call of two: each unknown word one ``[UNK]``, against each its row (``--unknown-buckets``).
 
@@ -48,8 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     pairs = [texts[i : i + 2] for i in range(0, min(len(texts), 4000), 2)]
     started = time.perf_counter()
     for pair in pairs:
-        token_ids(tokenizer, pair, 64)
+        tokenizer.encode_batch(pair, add_special_tokens=False)
     per_pair_library = (time.perf_counter() - started) / len(pairs) * 1e6
+    started = time.perf_counter()
+    for pair in pairs:
+        token_ids(tokenizer, pair, 64)  # a few texts: the tokenizer's steps one by one (model/tokenizer.py)
+    per_pair_steps = (time.perf_counter() - started) / len(pairs) * 1e6
     started = time.perf_counter()
     for pair in pairs:
         fast(pair)
@@ -71,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         "fast_path_cold_questions_per_s": round(cold),
         "fast_path_warm_questions_per_s": round(warm),
         "encode_batch_us_per_pair": round(per_pair_library, 1),
+        "steps_us_per_pair": round(per_pair_steps, 1),
         "fast_path_us_per_pair": round(per_pair_fast, 1),
         "armenian_letters_us_per_pair_one_unk": round(per_pair_script[0], 1),
         "armenian_letters_us_per_pair_rows": round(per_pair_script[4096], 1),

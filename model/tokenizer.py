@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -141,39 +141,47 @@ def token_ids(
     return _encode(tokenizer, texts, max_tokens, unknown_buckets)
 
 
+# Up to this many texts, the tokenizer's steps run one by one (_step_ids) beat ``encode_batch``,
+# whose threads pay off only on more: texts with an accent, 26,972 against 22,577 texts/s four at
+# a time, 27,072 against 30,693 eight at a time (a scratch loop over the dev questions, 2026-12-07).
+_STEPS_MOST = 4
+
+
 def _encode(tokenizer: Tokenizer, texts: list[str], max_tokens: int, buckets: int = 0) -> list[list[int]]:
-    encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
-    out = [enc.ids[:max_tokens] or [UNK_ID] for enc in encodings]
-    if buckets:
-        size = tokenizer.get_vocab_size()
-        for ids, text in zip(out, texts, strict=True):
+    if len(texts) <= _STEPS_MOST:
+        return [_step_ids(tokenizer, text, buckets)[:max_tokens] or [UNK_ID] for text in texts]
+    out = [enc.ids[:max_tokens] or [UNK_ID] for enc in tokenizer.encode_batch(texts, add_special_tokens=False)]
+    if buckets:  # only encode's own [UNK] tells which texts need their words' rows
+        for i, ids in enumerate(out):
             if UNK_ID in ids:
-                pieces = _unknown_pieces(tokenizer, text)
-                for i, tid in enumerate(ids):
-                    if tid == UNK_ID and (piece := next(pieces, None)) is not None:
-                        ids[i] = unknown_id(piece, size, buckets)
+                out[i] = _step_ids(tokenizer, texts[i], buckets)[:max_tokens] or [UNK_ID]
     return out
 
 
-def _unknown_pieces(tokenizer: Tokenizer, text: str) -> Iterator[str | None]:
-    """The normalized text of each ``[UNK]`` that ``tokenizer`` makes of ``text``, in order (None
-    for an added token such as a typed ``[UNK]``, which keeps its id). The tokenizer's own steps,
-    one by one, as ``encode`` runs them: added tokens split off first, then each stretch between
-    them normalized, split into words and cut into word pieces. (The offsets of an encoding do not
-    serve: after the normalizer's ``n't`` -> `` n't``, "can't" gives three pieces one offset.)"""
-    added = [token.content for token in tokenizer.get_added_tokens_decoder().values()]
+def _step_ids(tokenizer: Tokenizer, text: str, buckets: int = 0) -> list[int]:
+    """The ids ``encode`` gives ``text`` (no special tokens, no truncation), with ``buckets`` each
+    ``[UNK]`` word piece in its row (:func:`unknown_id`, on its normalized text). The tokenizer's
+    own steps, one by one, as ``encode`` runs them: added tokens split off first (a typed
+    ``[UNK]`` keeps its id), then each stretch between them normalized, split into words and cut
+    into word pieces. (An encoding's offsets cannot give the text of a piece: after the
+    normalizer's ``n't`` -> `` n't``, "can't" gives three pieces one offset.)"""
+    added = {token.content: tid for tid, token in tokenizer.get_added_tokens_decoder().items()}
     stretches = re.split("(" + "|".join(map(re.escape, added)) + ")", text) if added else [text]
     normalizer, pre_tokenizer, model = tokenizer.normalizer, tokenizer.pre_tokenizer, tokenizer.model
+    size = tokenizer.get_vocab_size()
+    ids: list[int] = []
     for stretch in stretches:
         if stretch in added:
-            if tokenizer.token_to_id(stretch) == UNK_ID:
-                yield None
+            ids.append(added[stretch])
             continue
         normalized = normalizer.normalize_str(stretch) if normalizer else stretch
         for word, _ in pre_tokenizer.pre_tokenize_str(normalized) if pre_tokenizer else [(normalized, None)]:
             for token in model.tokenize(word):
-                if token.id == UNK_ID:
-                    yield word[token.offsets[0] : token.offsets[1]]
+                if token.id == UNK_ID and buckets:
+                    ids.append(unknown_id(word[token.offsets[0] : token.offsets[1]], size, buckets))
+                else:
+                    ids.append(token.id)
+    return ids
 
 
 def _refuse_surrogates(texts: list[str], numbers: Iterable[int]) -> None:
@@ -214,8 +222,9 @@ class TokenIds:
     worked out once, with the tokenizer's own WordPiece model, and kept in a dictionary of at most
     ``cache_chunks`` chunks. Other text, text that contains an added token such as ``[UNK]``, and
     a tokenizer whose normalizer or pre-tokenizer is not the one :func:`train_tokenizer` builds go
-    through ``encode_batch``. Tests check that both paths give the same ids, ``unknown_buckets``
-    (:func:`token_ids`) included.
+    through the tokenizer itself (:func:`token_ids`: its steps one by one for a few texts,
+    ``encode_batch`` for more). Tests check that every path gives the same ids, ``unknown_buckets``
+    included.
 
     Why two paths: on the dev questions (``python bench/tokenizer.py``, 2026-12-04) ``encode_batch``
     took 127 us for the two questions of a /similarity request and the fast path 10 us, the

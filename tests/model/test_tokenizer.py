@@ -11,7 +11,7 @@ from tokenizers import pre_tokenizers
 from model.tokenizer import (
     UNK_ID,
     TokenIds,
-    _unknown_pieces,
+    _step_ids,
     isolate_unknown,
     load_tokenizer,
     token_ids,
@@ -128,13 +128,19 @@ def test_the_fast_path_agrees_with_a_tokenizer_that_lacks_letters(texts: list[st
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E)) | st.text(), max_size=4))
-def test_each_unknown_piece_is_one_unk_of_the_tokenizer_in_its_place(texts: list[str]) -> None:
+def test_the_tokenizers_steps_one_by_one_give_the_ids_of_encode(texts: list[str]) -> None:
+    # A few texts take the steps one by one (_step_ids), more take encode_batch: the same ids, each
+    # [UNK] of encode in its row with the rows.
+    every = texts + TRICKY + ["[UNK][PAD] x[UNK]y", "can't won't"]
     for tokenizer in (SHIPPED, TINY):
-        for text in texts + TRICKY + ["[UNK][PAD] x[UNK]y", "can't won't"]:
+        for text in every:
             plain = tokenizer.encode(text, add_special_tokens=False).ids
-            assert len(list(_unknown_pieces(tokenizer, text))) == plain.count(UNK_ID), text
-            rows = token_ids(tokenizer, [text], 10_000, unknown_buckets=BUCKETS)[0]
-            assert [tid if tid < tokenizer.get_vocab_size() else UNK_ID for tid in rows] == (plain or [UNK_ID])
+            assert _step_ids(tokenizer, text) == plain, text
+            rows = _step_ids(tokenizer, text, BUCKETS)
+            assert [tid if tid < tokenizer.get_vocab_size() else UNK_ID for tid in rows] == plain
+        for buckets in (0, BUCKETS):
+            one_by_one = [token_ids(tokenizer, [text], 64, unknown_buckets=buckets)[0] for text in every]
+            assert token_ids(tokenizer, every, 64, unknown_buckets=buckets) == one_by_one
 
 
 def test_unknown_words_get_rows_of_their_own_by_their_text() -> None:
