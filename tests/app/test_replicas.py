@@ -216,6 +216,8 @@ def test_a_postgresql_restart_amid_reads_and_writes_fails_no_read_and_loses_no_a
         servers = [Server(tiny_model_dir, tmp_path / f"r{i}", **env).start() for i in range(2)]
         seed = [{"id": f"q{i}", "text": text} for i, text in enumerate(CORPUS)]
         assert servers[0].request("POST", "/questions", {"questions": seed})[0] == 201
+        for server in servers:  # the other replica follows within a poll: a read before that is lag, not a failure
+            _within(10.0, lambda s=server: _level(s, len(CORPUS)))  # type: ignore[misc]
         acknowledged: dict[str, str] = {}
         failures: list[tuple[str, int]] = []
         refused, resumed = [0], [0]
