@@ -60,8 +60,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 16000, min_frequency
         vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[PAD, UNK, *continuing], show_progress=False
     )
     bare.train_from_iterator(texts, trainer)
-    tokenizer = _untrained(bare.get_vocab())
-    tokenizer.add_special_tokens([PAD, UNK])
+    tokenizer = _untrained(bare.get_vocab())  # [PAD] and [UNK] in its vocabulary, not added tokens
     assert tokenizer.token_to_id(PAD) == PAD_ID and tokenizer.token_to_id(UNK) == UNK_ID
     # Every character of the training text is in the vocabulary, so this changes none of its tokens.
     return isolate_unknown(tokenizer)
@@ -76,9 +75,20 @@ def _untrained(vocab: dict[str, int] | None = None) -> Tokenizer:
     return tokenizer
 
 
+def without_added_tokens(tokenizer: Tokenizer) -> Tokenizer:
+    """``tokenizer`` with no added tokens: a question that spells ``[PAD]`` or ``[UNK]`` is read as
+    the words it is, as ``[pad]`` is, not as padding inside the question or an unknown word.
+    :func:`train_tokenizer` of dupq 0.5.0 and earlier added both, and ``encode`` matched them in
+    the text. A model trained with them keeps them, so that its vectors stay what its version
+    names; training drops them from the tokenizer it starts from."""
+    spec = json.loads(tokenizer.to_str())
+    spec["added_tokens"] = []
+    return Tokenizer.from_str(json.dumps(spec))
+
+
 def alphabet(tokenizer: Tokenizer) -> set[str]:
     """The characters of the vocabulary's own tokens (special tokens left out)."""
-    special = {token.content for token in tokenizer.get_added_tokens_decoder().values()}
+    special = {PAD, UNK} | {token.content for token in tokenizer.get_added_tokens_decoder().values()}
     return {ch for token in tokenizer.get_vocab() if token not in special for ch in token.removeprefix("##")}
 
 
@@ -161,10 +171,11 @@ def _encode(tokenizer: Tokenizer, texts: list[str], max_tokens: int, buckets: in
 def _step_ids(tokenizer: Tokenizer, text: str, buckets: int = 0) -> list[int]:
     """The ids ``encode`` gives ``text`` (no special tokens, no truncation), with ``buckets`` each
     ``[UNK]`` word piece in its row (:func:`unknown_id`, on its normalized text). The tokenizer's
-    own steps, one by one, as ``encode`` runs them: added tokens split off first (a typed
-    ``[UNK]`` keeps its id), then each stretch between them normalized, split into words and cut
-    into word pieces. (An encoding's offsets cannot give the text of a piece: after the
-    normalizer's ``n't`` -> `` n't``, "can't" gives three pieces one offset.)"""
+    own steps, one by one, as ``encode`` runs them: added tokens split off first (a tokenizer of
+    dupq 0.5.0 or earlier gives a typed ``[UNK]`` its id), then each stretch between them
+    normalized, split into words and cut into word pieces. (An encoding's offsets cannot give the
+    text of a piece: after the normalizer's ``n't`` -> `` n't``, "can't" gives three pieces one
+    offset.)"""
     added = {token.content: tid for tid, token in tokenizer.get_added_tokens_decoder().items()}
     stretches = re.split("(" + "|".join(map(re.escape, added)) + ")", text) if added else [text]
     normalizer, pre_tokenizer, model = tokenizer.normalizer, tokenizer.pre_tokenizer, tokenizer.model
@@ -220,9 +231,10 @@ class TokenIds:
     letter or digit the vocabulary lacks, which only a tiny vocabulary does). None of these
     steps crosses a space, so the ids of each space-separated chunk (``you?``, ``can't``) are
     worked out once, with the tokenizer's own WordPiece model, and kept in a dictionary of at most
-    ``cache_chunks`` chunks. Other text, text that contains an added token such as ``[UNK]``, and
-    a tokenizer whose normalizer or pre-tokenizer is not the one :func:`train_tokenizer` builds go
-    through the tokenizer itself (:func:`token_ids`: its steps one by one for a few texts,
+    ``cache_chunks`` chunks. Other text, text that contains an added token (``[UNK]`` of a
+    tokenizer from dupq 0.5.0 or earlier: :func:`without_added_tokens`), and a tokenizer whose
+    normalizer or pre-tokenizer is not the one :func:`train_tokenizer` builds go through the
+    tokenizer itself (:func:`token_ids`: its steps one by one for a few texts,
     ``encode_batch`` for more). Tests check that every path gives the same ids, ``unknown_buckets``
     included.
 

@@ -1,8 +1,9 @@
 """Give a model directory written before rows for unknown words existed (format 3) the rows that
 ``dupq train`` now adds after training from scratch: the trained weights unchanged, 4,096 rows
 drawn as ``model.training.network.unknown_rows`` draws them, seeded with the model's training
-seed, then tau and the calibration fitted again on the validation pairs, as ``dupq train`` fits
-them once the rows are there. The result is what ``make train`` writes on the machine that
+seed, the tokenizer without its added tokens (``model.tokenizer.without_added_tokens``), then
+tau and the calibration fitted again on the validation pairs, as ``dupq train`` fits them once the
+rows are there. The result is what ``make train`` writes on the machine that
 trained the model, without the training run. The shipped model got its rows this way:
 
     python scripts/add_unknown_rows.py models/dupq-qqp --valid build/valid.tsv --out /tmp/rows
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from model.config import EncoderConfig
 from model.model_dir import read_json
-from model.tokenizer import load_tokenizer
+from model.tokenizer import load_tokenizer, without_added_tokens
 from model.training.data import load_validation_pairs
 from model.training.evaluation import PairEvaluator
 from model.training.export import load_network
@@ -39,7 +40,7 @@ def main() -> None:
     buckets = EncoderConfig(vocab_size=network.config.vocab_size).unknown_buckets
     seed = config["training"]["config"]["seed"]
     with_unknown_rows(network, buckets, seed)
-    tokenizer = load_tokenizer(args.model_dir / "tokenizer.json")
+    tokenizer = without_added_tokens(load_tokenizer(args.model_dir / "tokenizer.json"))
     pairs, _ = load_validation_pairs(args.valid)
     training = {**config["training"], "unknown_rows": {"from": config["version"], "buckets": buckets, "seed": seed}}
     written = save_refitted(args.out, network, tokenizer, PairEvaluator(pairs), name=config["name"], training=training)

@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from model.config import EncoderConfig
 from model.model_dir import TOKENIZER, read_json, sha256_file
-from model.tokenizer import TokenIds, load_tokenizer, train_tokenizer
+from model.tokenizer import TokenIds, load_tokenizer, train_tokenizer, without_added_tokens
 from model.training.config import TrainConfig
 from model.training.data import LoadReport, Pair, load_pairs, load_validation_pairs
 from model.training.evaluation import PairEvaluator
@@ -450,8 +450,10 @@ def train(
     graph = PairGraph.build(train_pairs)
     _check_one_batch(graph, config.batch_size)
     # A tokenizer trained here is the same in every run (model.tokenizer.train_tokenizer); the
-    # shipped model's was trained before it was, so reproducing that model takes its file.
-    tokenizer = given or train_tokenizer(graph.texts, vocab_size=config.vocab_size)
+    # shipped model's was trained before it was, so reproducing that model takes its file. One
+    # given or started from reads a typed "[PAD]" as text, as a trained one does: the network
+    # trained here gets a version of its own anyway.
+    tokenizer = without_added_tokens(given) if given else train_tokenizer(graph.texts, vocab_size=config.vocab_size)
     if teacher is not None and config.members > 1:
         # Each member runs in a process of its own and makes its teacher from the config.
         raise ValueError("a teacher object cannot be handed to members trained in processes of their own")

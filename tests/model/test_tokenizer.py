@@ -6,9 +6,12 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tokenizers import pre_tokenizers
+from tokenizers import Tokenizer, pre_tokenizers
 
 from model.tokenizer import (
+    PAD,
+    PAD_ID,
+    UNK,
     UNK_ID,
     TokenIds,
     _step_ids,
@@ -17,6 +20,7 @@ from model.tokenizer import (
     token_ids,
     train_tokenizer,
     unknown_id,
+    without_added_tokens,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,6 +32,20 @@ FAST_ROWS = TokenIds(SHIPPED, max_tokens=64, unknown_buckets=BUCKETS)  # unknown
 TINY = train_tokenizer(["hello world 42"] * 5, vocab_size=100, min_frequency=1)
 TINY_FAST = TokenIds(TINY, max_tokens=16)
 TINY_ROWS = TokenIds(TINY, max_tokens=16, unknown_buckets=BUCKETS)
+
+
+def _with_added_tokens(tokenizer: Tokenizer) -> Tokenizer:
+    """``tokenizer`` as train_tokenizer of dupq 0.5.0 built it: [PAD] and [UNK] added tokens, which
+    encode matches in the text itself."""
+    old = Tokenizer.from_str(tokenizer.to_str())
+    old.add_special_tokens([PAD, UNK])
+    return old
+
+
+# A model trained by dupq 0.5.0 is served with such a tokenizer, and must keep its vectors.
+OLD = _with_added_tokens(SHIPPED)
+OLD_FAST = TokenIds(OLD, max_tokens=64)
+OLD_ROWS = TokenIds(OLD, max_tokens=64, unknown_buckets=BUCKETS)
 
 
 def test_training_gives_the_same_tokenizer_in_every_process() -> None:
@@ -116,6 +134,8 @@ def test_the_fast_path_gives_the_ids_of_the_tokenizer_on_real_and_tricky_questio
 def test_the_fast_path_agrees_with_the_tokenizer_on_any_text(texts: list[str]) -> None:
     assert FAST(texts) == token_ids(SHIPPED, texts, 64)
     assert FAST_ROWS(texts + TRICKY) == token_ids(SHIPPED, texts + TRICKY, 64, unknown_buckets=BUCKETS)
+    assert OLD_FAST(texts + TRICKY) == token_ids(OLD, texts + TRICKY, 64)
+    assert OLD_ROWS(texts + TRICKY) == token_ids(OLD, texts + TRICKY, 64, unknown_buckets=BUCKETS)
 
 
 @settings(max_examples=200, deadline=None)
@@ -132,7 +152,7 @@ def test_the_tokenizers_steps_one_by_one_give_the_ids_of_encode(texts: list[str]
     # A few texts take the steps one by one (_step_ids), more take encode_batch: the same ids, each
     # [UNK] of encode in its row with the rows.
     every = texts + TRICKY + ["[UNK][PAD] x[UNK]y", "can't won't"]
-    for tokenizer in (SHIPPED, TINY):
+    for tokenizer in (SHIPPED, TINY, OLD):
         for text in every:
             plain = tokenizer.encode(text, add_special_tokens=False).ids
             assert _step_ids(tokenizer, text) == plain, text
@@ -156,6 +176,27 @@ def test_unknown_words_get_rows_of_their_own_by_their_text() -> None:
     assert FAST_ROWS(["How old are you?", ""]) == FAST(["How old are you?", ""])  # known text as before
     # The rows are part of every stored vector: the hash may never change (CRC-32 of UTF-8).
     assert [unknown_id(word, 16000, BUCKETS) for word in ("ქალაქი", "🍕", "б")] == [19941, 17979, 17274]
+
+
+def test_a_question_that_spells_a_special_token_is_read_as_its_words() -> None:
+    # Typed in a question, "[PAD]" was the padding id, a zero vector inside the question, and
+    # "[UNK]" the id of an unknown word: "What does [PAD] mean in BERT?" scored 0.744 against
+    # "What does [UNK] mean in BERT?" with the shipped model, a duplicate, and 0.968 against
+    # "What does mean in BERT?".
+    typed, lower = "What does [PAD] mean? Or [UNK]?", "what does [pad] mean? or [unk]?"
+    for tokenizer in (SHIPPED, TINY):
+        assert not tokenizer.get_added_tokens_decoder()
+        for buckets in (0, BUCKETS):
+            for ids in (
+                token_ids(tokenizer, [typed], 64, unknown_buckets=buckets),  # the steps one by one
+                token_ids(tokenizer, [typed] * 8, 64, unknown_buckets=buckets)[:1],  # encode_batch
+                TokenIds(tokenizer, 64, unknown_buckets=buckets)([typed]),  # the fast path
+            ):
+                assert ids == token_ids(tokenizer, [lower], 64, unknown_buckets=buckets) and PAD_ID not in ids[0]
+    # A model trained before keeps its vectors (its version names them): its tokenizer still
+    # matches them, on every path, and training drops them from it.
+    assert token_ids(OLD, [typed], 64)[0][2] == PAD_ID == OLD_FAST([typed])[0][2] == _step_ids(OLD, typed)[2]
+    assert without_added_tokens(OLD).to_str() == SHIPPED.to_str()
 
 
 def test_another_pipeline_takes_the_tokenizer_itself() -> None:

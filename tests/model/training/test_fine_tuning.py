@@ -11,7 +11,8 @@ from tokenizers.models import WordPiece
 
 from app.cli import main
 from model.encoder import load_encoder
-from model.tokenizer import PAD, UNK, train_tokenizer
+from model.model_dir import sha256_file
+from model.tokenizer import PAD, UNK, load_tokenizer, train_tokenizer
 from model.training.data import load_pairs
 from model.training.metrics import best_threshold, threshold_near
 
@@ -171,6 +172,28 @@ def test_fine_tuning_puts_the_pair_loss_boundary_at_the_models_tau(
     assert _fine_tune(model_dir, _cooking(tmp_path / "cooking.tsv"), tmp_path / "tuned", "--epochs", "1") == 0
     first = json.loads((model_dir / "config.json").read_text())
     assert seen == [(first["threshold"], first["calibration"]["slope"])]
+
+
+def test_what_training_starts_from_loses_its_added_tokens(base: tuple[Path, Path], tmp_path: Path) -> None:
+    # Up to dupq 0.5.0 [PAD] and [UNK] were added tokens, which encode matched in a question's own
+    # text: "What does [PAD] mean?" got the padding id. A model written then keeps them (its version
+    # names its vectors); whatever training starts from, the model it writes reads them as text.
+    model, pairs = base
+    old = tmp_path / "old"
+    for name in ("config.json", "model.safetensors", "model.onnx", "tokenizer.json"):
+        (old / name).parent.mkdir(exist_ok=True)
+        (old / name).write_bytes((model / name).read_bytes())
+    tokenizer = load_tokenizer(old / "tokenizer.json")
+    tokenizer.add_special_tokens([PAD, UNK])
+    tokenizer.save(str(old / "tokenizer.json"))
+    config = json.loads((old / "config.json").read_text())
+    (old / "config.json").write_text(json.dumps({**config, "tokenizer_sha256": sha256_file(old / "tokenizer.json")}))
+    assert load_encoder(old).token_ids(["[PAD] bread"])[0][0] == 0  # as a model of 0.5.0 serves it
+    assert _fine_tune(old, _cooking(tmp_path / "cooking.tsv"), tmp_path / "tuned", "--epochs", "1") == 0
+    assert main(_train_argv(pairs, tmp_path / "scratch", "--tokenizer", str(old / "tokenizer.json"))) == 0
+    for written in (tmp_path / "tuned", tmp_path / "scratch"):
+        assert (written / "tokenizer.json").read_bytes() == (model / "tokenizer.json").read_bytes()
+        assert load_encoder(written).token_ids(["[PAD] bread"]) == load_encoder(written).token_ids(["[pad] bread"])
 
 
 def test_the_replay_file_must_be_the_one_the_model_was_trained_on(
