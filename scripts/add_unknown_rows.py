@@ -3,8 +3,8 @@
 drawn as ``model.training.network.unknown_rows`` draws them, seeded with the model's training
 seed, the tokenizer without its added tokens (``model.tokenizer.without_added_tokens``), then
 tau and the calibration fitted again on the validation pairs, as ``dupq train`` fits them once the
-rows are there. The result is what ``make train`` writes on the machine that
-trained the model, without the training run. The shipped model got its rows this way:
+rows are there. The result is what ``make train`` writes on the machine that trained the model,
+without the training run. The shipped model got its rows this way:
 
     python scripts/add_unknown_rows.py models/dupq-qqp --valid build/valid.tsv --out /tmp/rows
 

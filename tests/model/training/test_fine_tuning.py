@@ -2,6 +2,7 @@
 own pairs, a replay sample of what the model was trained on."""
 
 import json
+import shutil
 import string
 from pathlib import Path
 
@@ -179,10 +180,7 @@ def test_what_training_starts_from_loses_its_added_tokens(base: tuple[Path, Path
     # text: "What does [PAD] mean?" got the padding id. A model written then keeps them (its version
     # names its vectors); whatever training starts from, the model it writes reads them as text.
     model, pairs = base
-    old = tmp_path / "old"
-    for name in ("config.json", "model.safetensors", "model.onnx", "tokenizer.json"):
-        (old / name).parent.mkdir(exist_ok=True)
-        (old / name).write_bytes((model / name).read_bytes())
+    old = shutil.copytree(model, tmp_path / "old")
     tokenizer = load_tokenizer(old / "tokenizer.json")
     tokenizer.add_special_tokens([PAD, UNK])
     tokenizer.save(str(old / "tokenizer.json"))
@@ -202,10 +200,7 @@ def test_the_replay_file_must_be_the_one_the_model_was_trained_on(
     model, _ = base
     config = json.loads((model / "config.json").read_text())
     cooking = _cooking(tmp_path / "cooking.tsv")
-    changed = tmp_path / "copy"
-    for name in ("config.json", "model.safetensors", "model.onnx", "tokenizer.json"):
-        (changed / name).parent.mkdir(exist_ok=True)
-        (changed / name).write_bytes((model / name).read_bytes())
+    changed = shutil.copytree(model, tmp_path / "copy")
     config["training"]["train_files"][0]["sha256"] = "0" * 64
     (changed / "config.json").write_text(json.dumps(config))
     assert _fine_tune(changed, cooking, tmp_path / "out", "--epochs", "1") == 1
