@@ -21,6 +21,7 @@ serve`` never loads training code (``train``'s many flags are added only when it
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import logging
@@ -32,6 +33,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
+T = typing.TypeVar("T")
 
 # The encoder's vocabulary size is the tokenizer's (``--vocab-size`` sizes the tokenizer), and
 # ``--unidirectional`` reads better than ``--no-bidirectional``.
@@ -69,15 +71,18 @@ def _limits(settings: typing.Any) -> typing.Any:
     return Limits(settings.max_question_chars, settings.max_batch)
 
 
-def _read_questions(path: str, settings: typing.Any) -> tuple[list[tuple[str | None, str]], int]:
-    """Lines of ``text`` or ``id<TAB>text`` ('-': standard input), and how many were skipped
-    (each is logged) because ``POST /questions`` would refuse them."""
-    from app.question_file import describe_skipped, read_question_file
+def _read_questions(
+    path: str, settings: typing.Any, make: Callable[[typing.Any], T], fmt: str | None, namespace: str | None = None
+) -> tuple[list[T], int]:
+    """``make`` of each question of a file ('-': standard input; ``fmt`` by default from its
+    name), and how many rows were skipped (each is logged) because ``POST /questions`` would
+    refuse them."""
+    from app.question_file import describe_skipped, read_questions
 
-    items, skipped = read_question_file(path, _limits(settings))
+    made, skipped = read_questions(path, _limits(settings), make, typing.cast(typing.Any, fmt), namespace)
     if skipped:
         logger.warning(describe_skipped(path, skipped))
-    return items, len(skipped)
+    return made, len(skipped)
 
 
 # Subcommands ----------------------------------------------------------------------------------
@@ -120,7 +125,8 @@ def _index(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from app.engine import Engine, open_model_and_store
-    from app.store import DEFAULT_NAMESPACE, NewQuestion
+    from app.question_file import stable_id
+    from app.store import NewQuestion
 
     settings = _settings(
         data_dir=args.data_dir,
@@ -130,7 +136,13 @@ def _index(args: argparse.Namespace) -> int:
         batch_wait_ms=0.0,
         snapshot_interval_s=0,  # one snapshot at the end: a crash on the way replays from the store
     )
-    items, skipped = _read_questions(args.input, settings)
+    items, skipped = _read_questions(
+        args.input,
+        settings,
+        lambda q: NewQuestion.of(q.id or stable_id(q.namespace, q.text), q.text, q.namespace, q.metadata),
+        args.format,
+        args.namespace,
+    )
     encoder, store = open_model_and_store(settings)  # a StartupError ends it in one line
     try:
         engine = Engine.build(settings, encoder, store, progress=True)
@@ -142,12 +154,12 @@ def _index(args: argparse.Namespace) -> int:
         # Into an empty store, the index is made in the structure the whole file calls for at once,
         # instead of growing flat and being rebuilt as HNSW on the way.
         if items and not engine.index_size():
-            engine.index.expect({DEFAULT_NAMESPACE: len(items)})
+            engine.index.expect(collections.Counter(item.namespace for item in items))
         await engine.start()
         try:
             with tqdm(total=len(items), desc="indexing", unit="question") as bar:
                 for start in range(0, len(items), 1024):
-                    await engine.add([NewQuestion.of(qid or "", text) for qid, text in items[start : start + 1024]])
+                    await engine.add(items[start : start + 1024])
                     bar.update(min(1024, len(items) - start))
             await engine.wait_rebuilds()
             return engine.index_size()
@@ -166,7 +178,7 @@ def _embed(args: argparse.Namespace) -> int:
 
     settings = _settings(model_dir=args.model)
     encoder = load_encoder(settings.model_dir, threads=args.threads)
-    texts = [text for _, text in _read_questions(args.input, settings)[0]]
+    texts = _read_questions(args.input, settings, lambda q: str(q.text), args.format)[0]
     with tqdm(total=len(texts), desc="embedding", unit="question") as bar:
         for start in range(0, len(texts), 1024):
             chunk = texts[start : start + 1024]
@@ -449,6 +461,19 @@ def _add_config_flags(p: argparse.ArgumentParser, config: type, skip: Sequence[s
             p.add_argument(flag, type=hints[field.name], default=None, help=text)
 
 
+# The formats of app/question_file.py, not imported from it: `dupq --help` imports no pydantic.
+_FORMATS = ("text", "csv", "jsonl")
+_QUESTION_FILE = (
+    "file of questions, UTF-8: 'text' or 'id<TAB>text' per line, a .csv (or tab-separated file) with a header "
+    "naming 'text' and optionally 'id' and 'namespace' (other columns become metadata), or .jsonl"
+)
+
+
+def _question_file_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--namespace", help="namespace of the rows that name none (default: default)")
+    p.add_argument("--format", choices=_FORMATS, help="default: from the file name")
+
+
 def _store_flags(
     p: argparse.ArgumentParser, data_dir: str = "data directory", model_dir: str = "the model that embedded it"
 ) -> None:
@@ -485,9 +510,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "index",
         help="add questions to a data directory",
-        description="Bulk-load questions into the store and index of a data directory that no service has open.",
+        description="Bulk-load questions into the store and index of a data directory that no service has open. "
+        "A row without an id gets one made from its namespace and text, so loading a file again replaces "
+        "its questions instead of adding them twice.",
     )
-    p.add_argument("input", help="file of questions: 'text' or 'id<TAB>text' per line, UTF-8 ('-': standard input)")
+    p.add_argument("input", help=f"{_QUESTION_FILE}; '-': standard input")
+    _question_file_flags(p)
     _store_flags(p, model_dir="model directory")
     p.add_argument(
         "--index-kind", choices=["auto", "flat", "hnsw"], help="index to build" + env % ("DUPQ_INDEX_KIND", "auto")
@@ -495,9 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_index)
 
     p = sub.add_parser("embed", help="embeddings of questions as JSON lines", description="Embed questions.")
-    p.add_argument(
-        "input", nargs="?", default="-", help="file of questions, one per line ('-', the default: standard input)"
-    )
+    p.add_argument("input", nargs="?", default="-", help=f"{_QUESTION_FILE}; '-', the default: standard input")
+    p.add_argument("--format", choices=_FORMATS, help="default: from the file name")
     p.add_argument("--model", type=Path, help="model directory" + env % ("DUPQ_MODEL_DIR", "the bundled model"))
     p.add_argument("--threads", type=int, default=0, help="encoder threads (default: 0, every CPU)")
     p.set_defaults(func=_embed)
@@ -509,15 +536,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(a row without one gets an id made from its namespace and text), so a re-run after an interruption "
         "is safe. Skipped rows are reported with their line numbers.",
     )
-    p.add_argument("input", help="text ('text' or 'id<TAB>text' per line), .csv with a header, or .jsonl")
+    p.add_argument("input", help=f"{_QUESTION_FILE}; '-': standard input")
     p.add_argument("--url", default="http://127.0.0.1:8000", help="the service (default: http://127.0.0.1:8000)")
-    p.add_argument("--namespace", help="namespace of the rows that name none (default: default)")
     p.add_argument(
         "--api-key",
         default=os.environ.get("DUPQ_API_KEY"),
         help="the full API key, if the service has one (default: $DUPQ_API_KEY)",
     )
-    p.add_argument("--format", choices=["text", "csv", "jsonl"], help="default: from the file name")
+    _question_file_flags(p)
     p.add_argument("--batch", type=int, default=256, help="questions per request, at most max_batch (default 256)")
     p.set_defaults(func=_import)
 

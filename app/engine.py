@@ -44,7 +44,7 @@ from app.groups import find_groups
 from app.index import IndexParams, NamespacedIndex, SnapshotError, SnapshotFile
 from app.locks import ReadWriteLock
 from app.pgstore import PostgresStore, StoreUnavailable
-from app.question_file import describe_skipped, read_question_file
+from app.question_file import describe_skipped, read_questions
 from app.replica import COPY_FILE, Follower
 from app.schemas import Limits
 from app.settings import Settings
@@ -411,10 +411,10 @@ class Engine:
 
     def _seed(self, path: Path, progress: bool) -> None:
         limits = Limits(self.settings.max_question_chars, self.settings.max_batch)
-        parsed, skipped = read_question_file(path, limits)
+        parsed, skipped = read_questions(path, limits, lambda question: question)
         if skipped:
             logger.warning(describe_skipped(f"seed file {path}", skipped))
-        items = [NewQuestion.of(qid or f"seed-{n}", text) for n, (qid, text) in enumerate(parsed, 1)]
+        items = [NewQuestion.of(q.id or f"seed-{n}", q.text, q.namespace, q.metadata) for n, q in enumerate(parsed, 1)]
         logger.info("seeding the empty store with %d questions from %s", len(items), path)
         with tqdm(total=len(items), desc="seeding", unit="question", disable=not progress) as bar:
             for start in range(0, len(items), 1024):

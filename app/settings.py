@@ -57,7 +57,8 @@ class Settings(BaseSettings):
     )
     seed_file: Path | None = Field(
         None,
-        description="questions (one per line, or 'id<TAB>text') loaded when the store is empty; unset or empty: none",
+        description="questions loaded when the store is empty, in any format of `dupq import` (text or "
+        "'id<TAB>text' lines, CSV or TSV with a header, JSONL; by the file's name); unset or empty: none",
     )
     on_model_change: Literal["reembed", "refuse"] = Field(
         "reembed",

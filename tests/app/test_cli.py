@@ -79,6 +79,41 @@ def test_index_takes_its_settings_from_the_environment_as_serve_does(
     assert json.loads((tmp_path / "flag" / "index.faiss.json").read_text())["kind"] == "flat"
 
 
+def test_index_reads_the_files_that_import_reads_and_loads_them_again_in_place(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = {
+        "rows.csv": 'id,text,status,namespace\nc1,"How old are you?",open,forum\n,"Who wrote ""Hamlet""?",,\n',
+        "rows.jsonl": json.dumps({"text": "Why is the sky blue?", "metadata": {"n": 1}}) + "\n{not json\n",
+        "rows.txt": "t1\tWhat is your age?\n\tWhere is the cafe?\n",
+    }
+    index = ["index", "--model-dir", str(tiny_model_dir), "--data-dir", str(tmp_path / "d"), "--namespace", "site"]
+    for run in range(2):  # the second run replaces every question in place: rows without an id too
+        for name, content in files.items():
+            (tmp_path / name).write_text(content, encoding="utf-8")
+            assert main([*index, str(tmp_path / name)]) == 0
+            out = json.loads(capsys.readouterr().out)
+            assert (out["added"], out["skipped"]) == {"rows.csv": (2, 0), "rows.jsonl": (1, 1)}.get(name, (2, 0))
+        assert out["index_size"] == 5, run
+    store = QuestionStore(tmp_path / "d" / "questions.sqlite3", dim=24)
+    try:
+        stored = {q.id: (q.namespace, q.text, json.loads(q.metadata)) for q, _ in store.page(None, None, 100)}
+    finally:
+        store.close()
+    generated = {qid: row for qid, row in stored.items() if qid not in ("c1", "t1")}
+    assert stored["c1"] == ("forum", "How old are you?", {"status": "open"})
+    assert stored["t1"] == ("site", "What is your age?", {})
+    assert sorted(generated.values()) == [
+        ("site", "Where is the cafe?", {}),
+        ("site", 'Who wrote "Hamlet"?', {}),
+        ("site", "Why is the sky blue?", {"n": 1}),
+    ]
+    # --format reads a file whatever its name.
+    (tmp_path / "rows.data").write_text(files["rows.csv"], encoding="utf-8")
+    assert main([*index, "--format", "csv", str(tmp_path / "rows.data")]) == 0
+    assert json.loads(capsys.readouterr().out)["index_size"] == 5
+
+
 @pytest.mark.parametrize("command", ["index", "embed"])
 def test_a_setting_that_cannot_be_taken_is_named_in_one_line(
     command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
@@ -103,6 +138,11 @@ def test_embed_prints_the_encoders_vectors_and_shows_progress(
     expected = load_encoder(tiny_model_dir).encode(["How old are you?", "What is your age?"])
     np.testing.assert_allclose([r["embedding"] for r in rows], expected, atol=1e-6)
     assert "embedding: 100%" in err and "2/2" in err
+    # A table's questions are its text column, not its lines.
+    table = tmp_path / "questions.csv"
+    table.write_text('id,text\n1,"How old are you?"\n2,"What is your age?"\n', encoding="utf-8")
+    assert main(["embed", "--model", str(tiny_model_dir), str(table)]) == 0
+    assert [json.loads(line) for line in capfd.readouterr().out.splitlines()] == rows
 
 
 def test_a_command_that_needs_the_train_extra_says_so(tmp_path: Path) -> None:

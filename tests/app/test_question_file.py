@@ -1,58 +1,114 @@
-"""The question file of the seed file and `dupq index`: the rules of POST /questions, line by line."""
+"""Files of questions, one reader for `dupq import`, `dupq index`, `dupq embed` and the seed file:
+each format, and the rules of POST /questions, row by row."""
 
 import io
+import json
 import sys
 from pathlib import Path
 
 import pytest
 
-from app.question_file import parse_question_lines, read_question_file
-from app.schemas import Limits
+from app.question_file import read_questions
+from app.schemas import Limits, QuestionIn
+
+LIMITS = Limits(max_question_chars=100, max_batch=8)
 
 
-def test_question_lines_with_and_without_ids() -> None:
-    lines = ["q-1\tHow old are you?\n", "\n", "  Why is the sky blue?  \n", "q-2\t  Where? \r\n", "\tWhen?"]
-    assert parse_question_lines(lines, Limits(max_question_chars=100, max_batch=8)) == (
+def _read(path: str | Path, limits: Limits = LIMITS, **options: str) -> tuple[list[tuple], list[tuple[int, str]]]:
+    def fields(q: QuestionIn) -> tuple:
+        return (
+            (q.id, q.text) if q.namespace == "default" and not q.metadata else (q.id, q.text, q.namespace, q.metadata)
+        )
+
+    return read_questions(path, limits, fields, **options)  # type: ignore[arg-type]
+
+
+def test_question_lines_with_and_without_ids(tmp_path: Path) -> None:
+    path = tmp_path / "questions.txt"
+    path.write_text("q-1\tHow old are you?\n\n  Why is the sky blue?  \nq-2\t  Where? \r\n\tWhen?", encoding="utf-8")
+    assert _read(path) == (
         [("q-1", "How old are you?"), (None, "Why is the sky blue?"), ("q-2", "Where?"), (None, "When?")],
         [],
     )
 
 
-def test_question_lines_the_api_would_refuse_are_skipped_and_named() -> None:
+def test_question_lines_the_api_would_refuse_are_skipped_and_named(tmp_path: Path) -> None:
     lines = [
         "a/b\tAn id with a slash?\n",  # 1: bad id
         "q-3\t   \n",  # 2: an id and no text, not the question "q-3"
         "x" * 11 + "\n",  # 3: too long
-        "q-4\tok \ud800\n",  # 4: a lone surrogate
+        "q-4\t\u2003\u00a0\n",  # 4: only white space (an em space, a no-break space)
         "q-5\tFine?\n",
         "text\twith a tab\n",  # 6: "text" is an id, "with a tab" its question
         "two words\tand a tab\n",  # 7: "two words" is no id
         "q-8\ta \0 b\n",  # 8: NUL, which PostgreSQL cannot store
     ]
-    items, skipped = parse_question_lines(lines, Limits(max_question_chars=10, max_batch=8))
+    path = tmp_path / "questions.txt"
+    path.write_text("".join(lines), encoding="utf-8")
+    items, skipped = _read(path, Limits(max_question_chars=10, max_batch=8))
     assert items == [("q-5", "Fine?"), ("text", "with a tab")]
     assert [number for number, _ in skipped] == [1, 2, 3, 4, 7, 8]
     reasons = dict(skipped)
     assert reasons[1].startswith("id: String should match pattern")
-    assert reasons[2] == "text: Value error, must not be empty or white space"
+    assert reasons[2] == reasons[4] == "text: Value error, must not be empty or white space"
     assert reasons[3] == "text: question has 11 characters; at most max_question_chars = 10"
-    assert "lone surrogate U+D800" in reasons[4]
     assert "must not contain the NUL character U+0000 (at character 2)" in reasons[8]
 
 
-def test_a_header_line_is_not_a_question() -> None:
-    lines = ["id\ttext\n", "q-1\tHow old are you?\n"]
-    assert parse_question_lines(lines, Limits(max_question_chars=100, max_batch=8)) == (
-        [("q-1", "How old are you?")],
+def test_jsonl_rows_are_checked_as_post_questions_checks_items(tmp_path: Path) -> None:
+    path = tmp_path / "questions.jsonl"
+    rows = [
+        '{"id": "j1", "text": "ok \\ud800"}',  # 1: a lone surrogate, which only JSON's escapes can write
+        "{not json",  # 2
+        '["a list"]',  # 3
+        '{"id": "j4", "text": "Deep?", "metadata": {"deep": {"x": 1}}}',  # 4
+        '{"id": "j5", "text": "Fine?", "namespace": "forum", "metadata": {"n": 1}}',
+        '{"text": "No id?", "extra": 1}',  # 6: a field POST /questions does not know
+        '{"text": "No id at all?"}',
+    ]
+    path.write_text("\n".join(rows), encoding="utf-8")
+    items, skipped = _read(path)
+    assert items == [("j5", "Fine?", "forum", {"n": 1}), (None, "No id at all?")]
+    reasons = dict(skipped)
+    assert list(reasons) == [1, 2, 3, 4, 6]
+    assert "lone surrogate U+D800" in reasons[1]
+    assert reasons[2].startswith("not JSON:") and reasons[3] == "a JSON object per line, not list"
+    assert reasons[4].startswith("metadata.deep:") and reasons[6].startswith("extra:")
+
+
+def test_a_csv_is_read_as_a_table_never_as_lines_of_text(tmp_path: Path) -> None:
+    # `dupq index` and the seed file once read a CSV's lines as questions: "id,text" among them.
+    path = tmp_path / "questions.csv"
+    path.write_text(
+        'id,Text,status,namespace\n1,"A question\nover two lines?",open,\n2,"Who wrote ""Hamlet""?",,books\n',
+        encoding="utf-8",
+    )
+    assert _read(path) == (
+        [
+            ("1", "A question\nover two lines?", "default", {"status": "open"}),
+            ("2", 'Who wrote "Hamlet"?', "books", None),
+        ],
         [],
     )
+    # --namespace is the namespace of the rows that name none; --format overrides the file's name.
+    assert _read(path, namespace="site")[0][0][2] == "site"
+    jsonl = tmp_path / "rows.txt"
+    jsonl.write_text(json.dumps({"id": "j", "text": "As JSON?"}), encoding="utf-8")
+    assert _read(jsonl, fmt="jsonl") == ([("j", "As JSON?")], [])
+    assert _read(jsonl) == ([(None, '{"id": "j", "text": "As JSON?"}')], [])
+
+
+def test_a_header_line_is_not_a_question(tmp_path: Path) -> None:
+    path = tmp_path / "questions.tsv"
+    path.write_text("id\ttext\nq-1\tHow old are you?\n", encoding="utf-8")
+    assert _read(path) == ([("q-1", "How old are you?")], [])
 
 
 def test_a_byte_order_mark_before_the_first_line_is_not_part_of_it(tmp_path: Path) -> None:
     path = tmp_path / "questions.txt"
     path.write_text("q-1\tHow old are you?\nWhat is your age?\n", encoding="utf-8-sig")  # as Notepad saves it
     assert path.read_bytes().startswith(b"\xef\xbb\xbf")
-    assert read_question_file(path, Limits(max_question_chars=100, max_batch=8)) == (
+    assert _read(path) == (
         [("q-1", "How old are you?"), (None, "What is your age?")],
         [],
     )
@@ -62,7 +118,7 @@ def test_standard_input_is_read_as_utf8_without_its_byte_order_mark(monkeypatch:
     # `type questions.txt | dupq index -` on Windows, or a file piped in whatever the locale
     sent = "\ufeffq-1\tHow old are you?\nQuel âge as-tu ?\n".encode()
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(sent), encoding="latin-1"))
-    assert read_question_file("-", Limits(max_question_chars=100, max_batch=8)) == (
+    assert _read("-") == (
         [("q-1", "How old are you?"), (None, "Quel âge as-tu ?")],
         [],
     )

@@ -160,6 +160,20 @@ def test_seed_file_fills_an_empty_store_once(
         assert client.get("/ready").json()["index_size"] == 1  # not seeded again
 
 
+def test_a_seed_file_may_be_a_table_with_namespaces_and_metadata(tiny_model_dir: Path, tmp_path: Path) -> None:
+    seed = tmp_path / "seed.csv"
+    seed.write_text('id,text,namespace,status\ns1,"How old are you?",forum,open\n,"Why, is the sky blue?",,\n')
+    with serving(make_settings(tiny_model_dir, tmp_path / "data", seed_file=seed)) as client:
+        assert client.get("/ready").json()["index_size"] == 2
+        assert client.get("/questions/s1").json() == {
+            "id": "s1",
+            "text": "How old are you?",
+            "namespace": "forum",
+            "metadata": {"status": "open"},
+        }
+        assert client.get("/questions/seed-2").json()["text"] == "Why, is the sky blue?"
+
+
 def test_a_bad_model_directory_fails_start_up_with_its_reason(tmp_path: Path) -> None:
     with (
         pytest.raises(StartupError, match="does not exist"),
