@@ -667,6 +667,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not args.verbose:  # FAISS logs each build it tries and cannot load, as if it were an error
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         return int(args.func(args))
     except ModuleNotFoundError as err:  # an extra that is not installed

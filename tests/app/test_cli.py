@@ -145,6 +145,19 @@ def test_embed_prints_the_encoders_vectors_and_shows_progress(
     assert [json.loads(line) for line in capfd.readouterr().out.splitlines()] == rows
 
 
+def test_the_command_line_logs_what_it_does_not_which_faiss_builds_it_could_not_load(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    questions = tmp_path / "questions.txt"
+    questions.write_text("How old are you?\n", encoding="utf-8")
+    command = ["index", "--model-dir", str(tiny_model_dir), "--data-dir", str(tmp_path / "d"), str(questions)]
+    probe = f"import sys; from app.cli import main; sys.exit(main({command!r}))"  # a fresh process imports FAISS
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "INFO app.engine: ready: model" in result.stderr
+    assert "faiss.loader" not in result.stderr  # "Could not load library with AVX512 support due to: ..."
+
+
 def test_a_command_that_needs_the_train_extra_says_so(tmp_path: Path) -> None:
     probe = (
         "import sys; sys.modules['torch'] = None; from app.cli import main; "
