@@ -310,7 +310,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from model.training.data import load_pairs
     from model.training.evaluation import evaluate, write_report
 
-    encoder = load_encoder(args.model, threads=args.threads)
+    encoder = load_encoder(_settings(model_dir=args.model).model_dir, threads=args.threads)
     pairs, _ = load_pairs(args.pairs)
     tune = load_pairs(args.tune)[0] if args.tune else None
     result = evaluate(encoder, pairs, tune_pairs=tune, reference=args.reference)
@@ -327,7 +327,7 @@ def _sts(args: argparse.Namespace) -> int:
     from model.training.graded import load_graded
 
     pairs, report = load_graded(args.pairs, split=args.split)
-    encoder = load_encoder(args.model, threads=args.threads)
+    encoder = load_encoder(_settings(model_dir=args.model).model_dir, threads=args.threads)
     result = evaluate_graded(encoder, pairs, reference=args.reference, duplicate_from=args.duplicate_from)
     head = {"model": encoder.full_name, "file": str(args.pairs), "split": args.split}
     skipped = {"skipped": report.n_skipped} if report.n_skipped else {}
@@ -580,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "evaluate", help="metrics of a model on labelled pairs", description="Evaluate a model directory."
     )
-    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--model", type=Path, help="model directory" + env % ("DUPQ_MODEL_DIR", "the bundled model"))
     p.add_argument("--pairs", required=True, help="labelled pair file")
     p.add_argument(
         "--tune", help="pairs to choose the baselines' thresholds on (default: the evaluated pairs, an oracle)"
@@ -599,7 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
         "counted as duplicates, next to the threshold those pairs would want (classes weighed equally) and "
         "the ROC-AUC that no threshold changes.",
     )
-    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--model", type=Path, help="model directory" + env % ("DUPQ_MODEL_DIR", "the bundled model"))
     p.add_argument("--pairs", required=True, help="graded pair file: STS Benchmark or SICK layout, may be .gz")
     p.add_argument("--split", help="only this split of an STS Benchmark file (train, dev or test)")
     p.add_argument("--reference", action="store_true", help="also evaluate all-MiniLM-L6-v2 (train extra)")

@@ -114,6 +114,22 @@ def test_index_reads_the_files_that_import_reads_and_loads_them_again_in_place(
     assert json.loads(capsys.readouterr().out)["index_size"] == 5
 
 
+@pytest.mark.parametrize(
+    ("command", "pairs"), [("evaluate", "bimpm.tsv"), ("sts", "stsb.tsv")], ids=["evaluate", "sts"]
+)
+def test_evaluate_and_sts_take_the_model_as_embed_does(
+    command: str,
+    pairs: str,
+    tiny_model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("DUPQ_MODEL_DIR", str(tiny_model_dir))
+    fixtures = Path(__file__).parents[1] / "fixtures"
+    assert main([command, "--pairs", str(fixtures / pairs)]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == load_encoder(tiny_model_dir).full_name
+
+
 @pytest.mark.parametrize("command", ["index", "embed"])
 def test_a_setting_that_cannot_be_taken_is_named_in_one_line(
     command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
