@@ -307,12 +307,16 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from model.encoder import load_encoder
-    from model.training.data import load_pairs
+    from model.training.data import load_pairs, require_pairs
     from model.training.evaluation import evaluate, write_report
 
     encoder = load_encoder(_settings(model_dir=args.model).model_dir, threads=args.threads)
-    pairs, _ = load_pairs(args.pairs)
-    tune = load_pairs(args.tune)[0] if args.tune else None
+    pairs, report = load_pairs(args.pairs)
+    require_pairs(pairs, [report], "evaluate")
+    tune = None
+    if args.tune:
+        tune, tune_report = load_pairs(args.tune)
+        require_pairs(tune, [tune_report], "choose the baselines' thresholds on")
     result = evaluate(encoder, pairs, tune_pairs=tune, reference=args.reference)
     result = {"model": encoder.full_name, "file": str(args.pairs), **result}
     if args.report:

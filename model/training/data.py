@@ -26,7 +26,7 @@ import gzip
 import io
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -219,12 +219,22 @@ def load_pairs(path: str | Path, fmt: Format | None = None) -> tuple[list[Pair],
     return pairs, report
 
 
+def require_pairs(pairs: list[Pair], reports: Sequence[LoadReport], purpose: str) -> list[Pair]:
+    """``pairs``, or a ``ValueError`` that says what the files held where there are none (a header
+    alone, or every row skipped, with the reasons)."""
+    if not pairs:
+        raise ValueError(f"no pairs to {purpose}: " + "; ".join(report.summary() for report in reports))
+    return pairs
+
+
 def load_validation_pairs(path: str | Path) -> tuple[list[Pair], LoadReport]:
     """:func:`load_pairs` for the pairs that choose tau and fit the calibration, which take both
-    duplicates and non-duplicates: a file of one kind is refused, naming the kind it lacks."""
+    duplicates and non-duplicates: a file with none, or of one kind, is refused, naming what it
+    lacks."""
     pairs, report = load_pairs(path)
+    require_pairs(pairs, [report], "choose the threshold on")
     duplicates = sum(p.label for p in pairs)
-    if pairs and duplicates in (0, len(pairs)):
+    if duplicates in (0, len(pairs)):
         lacking = "non-duplicates (label 0)" if duplicates else "duplicates (label 1)"
         raise ValueError(
             f"{path}: all {len(pairs)} validation pairs have the same label; choosing tau and fitting the "

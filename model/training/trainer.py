@@ -46,7 +46,7 @@ from model.config import EncoderConfig
 from model.model_dir import TOKENIZER, read_json, sha256_file
 from model.tokenizer import TokenIds, load_tokenizer, train_tokenizer, without_added_tokens
 from model.training.config import TrainConfig
-from model.training.data import LoadReport, Pair, load_pairs, load_validation_pairs
+from model.training.data import LoadReport, Pair, load_pairs, load_validation_pairs, require_pairs
 from model.training.evaluation import PairEvaluator
 from model.training.export import load_network, save_model_dir
 from model.training.groups import PairGraph, duplicate_batches
@@ -436,9 +436,8 @@ def train(
         pairs, report = load_pairs(path)
         train_pairs += pairs
         reports.append(report)
+    require_pairs(train_pairs, reports, "train on")
     valid_pairs, valid_report = load_validation_pairs(valid_file)
-    if not train_pairs or not valid_pairs:
-        raise ValueError("no usable pairs in the training or the validation files")
     replayed: dict[str, Any] = {}
     if start is not None and init_from is not None:
         count = round(config.replay * len(train_pairs))

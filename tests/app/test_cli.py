@@ -130,6 +130,30 @@ def test_evaluate_and_sts_take_the_model_as_embed_does(
     assert json.loads(capsys.readouterr().out)["model"] == load_encoder(tiny_model_dir).full_name
 
 
+def test_a_pair_file_with_no_pair_to_use_is_one_line_that_says_why(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "header.tsv").write_text("question1\tquestion2\tis_duplicate\n", encoding="utf-8")
+    (tmp_path / "yes.tsv").write_text("question1\tquestion2\tis_duplicate\nHow old?\tYour age?\tyes\n")
+    (tmp_path / "good.tsv").write_text("question1\tquestion2\tis_duplicate\nHow old?\tYour age?\t1\nWho?\tWhy?\t0\n")
+    evaluate = ["evaluate", "--model", str(tiny_model_dir), "--pairs"]
+    for argv, message in (
+        ([*evaluate, str(tmp_path / "yes.tsv")], "no pairs to evaluate: {}yes.tsv (tsv): 0 pairs, 1 skipped (1 rows"),
+        ([*evaluate, str(tmp_path / "header.tsv")], "no pairs to evaluate: {}header.tsv (tsv): 0 pairs, 0 skipped"),
+        (
+            [*evaluate, str(tmp_path / "good.tsv"), "--tune", str(tmp_path / "header.tsv")],
+            "no pairs to choose the baselines' thresholds on: {}header.tsv",
+        ),
+    ):
+        assert main(argv) == 1  # not an IndexError's traceback, nor scikit-learn's words
+        assert f"dupq evaluate: error: {message.format(f'{tmp_path}/')}" in capsys.readouterr().err
+    train = ["train", "--train", str(tmp_path / "header.tsv"), str(tmp_path / "yes.tsv"), "--out", str(tmp_path / "m")]
+    assert main([*train, "--valid", str(tmp_path / "good.tsv")]) == 1
+    err = capsys.readouterr().err  # each file, and why it gave none
+    assert f"dupq train: error: no pairs to train on: {tmp_path}/header.tsv (tsv): 0 pairs, 0 skipped; " in err
+    assert f"{tmp_path}/yes.tsv (tsv): 0 pairs, 1 skipped (1 rows with a label other than 0, 1" in err
+
+
 @pytest.mark.parametrize("command", ["index", "embed"])
 def test_a_setting_that_cannot_be_taken_is_named_in_one_line(
     command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

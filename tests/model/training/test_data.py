@@ -168,3 +168,6 @@ def test_validation_pairs_of_one_label_are_refused_naming_the_label_they_lack(tm
         load_validation_pairs(tmp_path / "others.tsv")
     write_bimpm([pairs[0], Pair("Where are you from?", "Where are you going?", 0)], tmp_path / "both.tsv")
     assert [p.label for p in load_validation_pairs(tmp_path / "both.tsv")[0]] == [1, 0]
+    (tmp_path / "header.tsv").write_text("question1\tquestion2\tis_duplicate\n")
+    with pytest.raises(ValueError, match=r"^no pairs to choose the threshold on: .*header\.tsv \(tsv\): 0 pairs"):
+        load_validation_pairs(tmp_path / "header.tsv")
