@@ -25,6 +25,7 @@ import collections
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 import typing
@@ -465,6 +466,36 @@ def _add_config_flags(p: argparse.ArgumentParser, config: type, skip: Sequence[s
             p.add_argument(flag, type=hints[field.name], default=None, help=text)
 
 
+def _ranged(kind: Callable[[str], typing.Any], low: float, high: float = math.inf) -> Callable[[str], typing.Any]:
+    """An argparse type: ``kind`` of the text, from ``low`` to ``high``; anything else is refused
+    before the command starts, as the service refuses it in a request."""
+
+    def parse(text: str) -> typing.Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not low <= value <= high:  # NaN too
+            raise argparse.ArgumentTypeError(
+                f"{text} is not in [{low:g}, {high:g}]" if high < math.inf else f"{text} is below {low:g}"
+            )
+        return value
+
+    return parse
+
+
+def _namespace(text: str) -> str:
+    """An argparse type: a namespace, by the rule of the API's (:data:`app.schemas.Namespace`)."""
+    import pydantic
+
+    from app.schemas import Namespace
+
+    try:
+        return str(pydantic.TypeAdapter(Namespace).validate_python(text))
+    except pydantic.ValidationError as err:
+        raise argparse.ArgumentTypeError(f"{text!r}: {err.errors()[0]['msg']}") from None
+
+
 # The formats of app/question_file.py, not imported from it: `dupq --help` imports no pydantic.
 _FORMATS = ("text", "csv", "jsonl")
 _QUESTION_FILE = (
@@ -474,7 +505,7 @@ _QUESTION_FILE = (
 
 
 def _question_file_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--namespace", help="namespace of the rows that name none (default: default)")
+    p.add_argument("--namespace", type=_namespace, help="namespace of the rows that name none (default: default)")
     p.add_argument("--format", choices=_FORMATS, help="default: from the file name")
 
 
@@ -530,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", nargs="?", default="-", help=f"{_QUESTION_FILE}; '-', the default: standard input")
     p.add_argument("--format", choices=_FORMATS, help="default: from the file name")
     p.add_argument("--model", type=Path, help="model directory" + env % ("DUPQ_MODEL_DIR", "the bundled model"))
-    p.add_argument("--threads", type=int, default=0, help="encoder threads (default: 0, every CPU)")
+    p.add_argument("--threads", type=_ranged(int, 0), default=0, help="encoder threads (default: 0, every CPU)")
     p.set_defaults(func=_embed)
 
     p = sub.add_parser(
@@ -548,7 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the full API key, if the service has one (default: $DUPQ_API_KEY)",
     )
     _question_file_flags(p)
-    p.add_argument("--batch", type=int, default=256, help="questions per request, at most max_batch (default 256)")
+    p.add_argument(
+        "--batch", type=_ranged(int, 1), default=256, help="questions per request, at most max_batch (default 256)"
+    )
     p.set_defaults(func=_import)
 
     p = sub.add_parser(
@@ -558,9 +591,11 @@ def build_parser() -> argparse.ArgumentParser:
         "POST /groups does, for any size; reads the store beside a running service, never writes it.",
     )
     _store_flags(p)
-    p.add_argument("--namespace", default="default", help="namespace to group (default: default)")
-    p.add_argument("--threshold", type=float, help="least similarity to a representative (default: tau)")
-    p.add_argument("--min-size", type=int, default=2, help="smallest group written (default 2)")
+    p.add_argument("--namespace", type=_namespace, default="default", help="namespace to group (default: default)")
+    p.add_argument(
+        "--threshold", type=_ranged(float, -1, 1), help="least similarity to a representative (default: tau)"
+    )
+    p.add_argument("--min-size", type=_ranged(int, 1), default=2, help="smallest group written (default 2)")
     p.add_argument("--out", required=True, type=Path, help="JSON lines, one group per line, largest first")
     p.set_defaults(func=_groups)
 
@@ -591,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--reference", action="store_true", help="also evaluate all-MiniLM-L6-v2 (train extra)")
     p.add_argument("--report", type=Path, metavar="DIR", help="write report.md with ROC and histogram plots")
-    p.add_argument("--threads", type=int, default=0, help="encoder threads (default: 0, every CPU)")
+    p.add_argument("--threads", type=_ranged(int, 0), default=0, help="encoder threads (default: 0, every CPU)")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser(
@@ -614,14 +649,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="pairs graded at least this count as duplicates for at_threshold (default: 4, STS Benchmark's "
         '"mostly equivalent")',
     )
-    p.add_argument("--threads", type=int, default=0, help="encoder threads (default: 0, every CPU)")
+    p.add_argument("--threads", type=_ranged(int, 0), default=0, help="encoder threads (default: 0, every CPU)")
     p.set_defaults(func=_sts)
 
     p = sub.add_parser(
         "split", help="split a pair file by duplicate groups", description="Cut pairs in two without leakage."
     )
     p.add_argument("--pairs", required=True, help="labelled pair file")
-    p.add_argument("--fraction", type=float, default=0.5, help="share of questions held out (default 0.5)")
+    p.add_argument(
+        "--fraction", type=_ranged(float, 0, 1), default=0.5, help="share of questions held out (default 0.5)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seeds the cut (default 0)")
     p.add_argument("--out-rest", required=True, help="where the rest goes (BiMPM layout)")
     p.add_argument("--out-held", required=True, help="where the held-out part goes (BiMPM layout)")

@@ -154,6 +154,30 @@ def test_a_pair_file_with_no_pair_to_use_is_one_line_that_says_why(
     assert f"{tmp_path}/yes.tsv (tsv): 0 pairs, 1 skipped (1 rows with a label other than 0, 1" in err
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["import", "q.txt", "--batch", "0"], "argument --batch: 0 is below 1"),
+        (["index", "q.txt", "--namespace", "a b"], "argument --namespace: 'a b': String should match pattern"),
+        (["groups", "--out", "g", "--threshold", "2"], "argument --threshold: 2 is not in [-1, 1]"),
+        (["groups", "--out", "g", "--threshold", "nan"], "argument --threshold: nan is not in [-1, 1]"),
+        (["groups", "--out", "g", "--min-size", "0"], "argument --min-size: 0 is below 1"),
+        (["embed", "--threads", "two"], "argument --threads: 'two' is not an integer"),
+        (
+            ["split", "--pairs", "p", "--out-rest", "a", "--out-held", "b", "--fraction", "1.5"],
+            "argument --fraction: 1.5 is not in [0, 1]",
+        ),
+    ],
+    ids=["batch", "namespace", "threshold", "nan", "min-size", "threads", "fraction"],
+)
+def test_a_flag_out_of_its_range_is_refused_before_the_command_starts(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 2 and f"dupq {argv[0]}: error: {message}" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", ["index", "embed"])
 def test_a_setting_that_cannot_be_taken_is_named_in_one_line(
     command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
