@@ -121,10 +121,10 @@ def _openapi_with_limits(app: FastAPI, settings: Settings) -> Callable[[], dict[
         schema = original()
         for name, component in schema.get("components", {}).get("schemas", {}).items():
             for field, prop in component.get("properties", {}).items():
-                if prop.get("description", "").startswith("a question"):
-                    prop["maxLength"] = settings.max_question_chars
                 # The batches of a request (not the lists of an answer): 1 to max_batch items.
                 for variant in [prop, *prop.get("anyOf", [])]:
+                    if variant.get("description", "").startswith("a question"):
+                        variant["maxLength"] = settings.max_question_chars
                     if name.endswith("Request") and variant.get("type") == "array" and field != "exclude_ids":
                         variant["maxItems"] = settings.max_batch
                         items = variant.get("items", {})

@@ -21,7 +21,10 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    TypeAdapter,
+    ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -448,14 +451,33 @@ class FeedbackResponse(BaseModel):
     stored: int
 
 
+def _text_or_texts(value: Any, info: ValidationInfo) -> Any:
+    """``input`` of /v1/embeddings as a list: one text is checked as a question, its errors at
+    ``input`` itself (a union of the two would report each error twice, under pydantic's names
+    for its branches); a list's errors are at their index."""
+    if isinstance(value, str):
+        try:
+            return [TypeAdapter(Question).validate_python(value, context=info.context)]
+        except ValidationError as err:
+            error = err.errors()[0]
+            raise PydanticCustomError(error["type"], error["msg"], error.get("ctx")) from None
+    if not isinstance(value, list):
+        raise PydanticCustomError("text_or_texts", "a text or a list of texts (token arrays are not taken: send text)")
+    return value
+
+
 class OpenAIEmbeddingsRequest(BaseModel):
     """OpenAI's embeddings request; fields it has that dupq has no use for (``user``) are ignored."""
 
     model_config = ConfigDict(extra="ignore")
 
-    input: Question | Annotated[list[Question], MaxBatch, Field(min_length=1)] = Field(
-        description="a text or a list of texts (token arrays are not taken: send text)"
-    )
+    input: Annotated[
+        list[Question],
+        MaxBatch,
+        Field(min_length=1),
+        BeforeValidator(_text_or_texts),
+        WithJsonSchema(TypeAdapter(Question | Annotated[list[Question], Field(min_length=1)]).json_schema()),
+    ] = Field(description="a text or a list of texts (token arrays are not taken: send text)")
     model: str | None = Field(None, description="ignored: the loaded model answers")
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Annotated[int, JsonNumber] | None = Field(None, description="must be the model's dim when given")

@@ -24,7 +24,7 @@ async def openai_embeddings(body: OpenAIEmbeddingsRequest, engine: EngineDep) ->
     """OpenAI-compatible embeddings (for LangChain's ``OpenAIEmbeddings`` with
     ``check_embedding_ctx_length=False``, LlamaIndex's ``OpenAIEmbedding``, the ``openai``
     client): the same unit vectors as ``/embed``, floats or base64 of float32."""
-    texts = [body.input] if isinstance(body.input, str) else body.input
+    texts = body.input
     if body.dimensions is not None and body.dimensions != engine.encoder.dim:
         raise RequestValidationError(
             [

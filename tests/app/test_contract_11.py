@@ -200,15 +200,23 @@ def test_openai_embeddings_are_the_embed_vectors(client: TestClient) -> None:
     assert client.post("/v1/embeddings", json={"input": "x", "dimensions": dim}).status_code == 200
     for body, where in (
         ({"input": "x", "dimensions": dim + 1}, ["body", "dimensions"]),
-        ({"input": [[1, 2, 3]]}, None),  # token arrays: send text
-        ({"input": ""}, None),
-        ({"input": []}, None),
+        ({"input": [[1, 2, 3]]}, ["body", "input", 0]),  # token arrays: send text
+        ({"input": [1, 2, 3]}, ["body", "input", 0]),
+        ({"input": 7}, ["body", "input"]),
+        ({"input": ""}, ["body", "input"]),
+        ({"input": ["How old are you?", " "]}, ["body", "input", 1]),
+        ({"input": []}, ["body", "input"]),
         ({"input": "x", "encoding_format": "int8"}, ["body", "encoding_format"]),
     ):
         refused = client.post("/v1/embeddings", json=body)
         assert refused.status_code == 422, body
-        if where:
-            assert refused.json()["detail"][0]["loc"] == where
+        # Each error once, where it is: not once per branch of "a text or a list of texts", under
+        # pydantic's names for them ("function-after[_question(), str]", with a memory address).
+        assert refused.json()["detail"][0]["loc"] == where, refused.json()
+        assert all(
+            not isinstance(part, str) or part.isidentifier() for e in refused.json()["detail"] for part in e["loc"]
+        )
+    assert client.post("/v1/embeddings", json={"input": 7}).json()["detail"][0]["msg"].startswith("a text or a list")
 
 
 def test_feedback_is_kept_with_texts_for_stored_ids(client: TestClient) -> None:
