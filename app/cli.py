@@ -73,14 +73,14 @@ def _limits(settings: typing.Any) -> typing.Any:
 
 
 def _read_questions(
-    path: str, settings: typing.Any, make: Callable[[typing.Any], T], fmt: str | None, namespace: str | None = None
+    path: str, settings: typing.Any, make: Callable[[typing.Any], T], fmt: typing.Any, namespace: str | None = None
 ) -> tuple[list[T], int]:
     """``make`` of each question of a file ('-': standard input; ``fmt`` by default from its
     name), and how many rows were skipped (each is logged) because ``POST /questions`` would
     refuse them."""
     from app.question_file import describe_skipped, read_questions
 
-    made, skipped = read_questions(path, _limits(settings), make, typing.cast(typing.Any, fmt), namespace)
+    made, skipped = read_questions(path, _limits(settings), make, fmt, namespace)
     if skipped:
         logger.warning(describe_skipped(path, skipped))
     return made, len(skipped)
