@@ -10,14 +10,19 @@ Each method is named after its route and takes the route's fields as keyword arg
             print(match["id"], match["similarity"])
 
 An error answer raises :class:`DupqError` with the status and the ``detail``. An overloaded or
-not-ready service (503 or 429 with ``Retry-After``) and a dropped connection are retried, up to
-``retries`` times, after the time the service asks for: every route is safe to repeat (adds are
-upserts by id).
+not-ready service (503 or 429 with ``Retry-After``) and a failed connection are retried, up to
+``retries`` times, after the time the service asks for. A request may also be sent again after a
+failure that leaves unknown whether the service acted on it (a timeout or a connection dropped
+after sending, a 503 of an unavailable store), where that is safe: reads; adds, which are upserts
+by id (an item without an id gets one here, as the service would make it, so that a repeat cannot
+store it twice); deletes (a repeat that finds the question gone counts as done). Feedback has no
+id, so its pairs are sent again only where the service surely did not act on them.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypedDict
@@ -64,6 +69,20 @@ class Group(TypedDict):
     size: int
 
 
+# How the detail of the service's 503 begins where its store could not be reached
+# (app/errors.py): a write that met it may have been committed.
+STORE_UNAVAILABLE = "the question store is unavailable"
+
+
+def _detail(response: httpx.Response) -> Any:
+    """The ``detail`` of an error answer (its text where it is not the service's JSON)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text
+    return body.get("detail") if isinstance(body, dict) else body
+
+
 class DupqError(Exception):
     """An error answer: its HTTP status and the service's ``detail``."""
 
@@ -95,27 +114,48 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def _call(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None) -> Any:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: dict[str, Any] | None = None,
+        repeatable: bool = True,
+        gone_if_repeated: bool = False,
+    ) -> Any:
+        """The route's answer. ``repeatable``: the request may be sent again after a failure that
+        leaves unknown whether the service acted on it. ``gone_if_repeated``: a 404 to such a repeat
+        means the first one did its work (a delete)."""
         content = orjson.dumps(body) if body is not None else None
         headers = {"Content-Type": "application/json"} if body is not None else {}
         query = {k: v for k, v in (params or {}).items() if v is not None}
+        repeated = False
         for attempt in range(self.retries + 1):
+            last = attempt == self.retries
             try:
                 response = self._http.request(method, path, content=content, headers=headers, params=query)
-            except httpx.TransportError:
-                if attempt == self.retries:
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):  # never sent
+                if last:
                     raise
                 time.sleep(min(10.0, 0.2 * 2**attempt))
                 continue
-            if response.status_code in (429, 503) and attempt < self.retries:
-                time.sleep(float(response.headers.get("Retry-After", 1)))
+            except httpx.TransportError:  # sent, and perhaps acted on
+                if last or not repeatable:
+                    raise
+                repeated = True
+                time.sleep(min(10.0, 0.2 * 2**attempt))
                 continue
+            if response.status_code in (429, 503) and not last:
+                detail = _detail(response)
+                acted = isinstance(detail, str) and detail.startswith(STORE_UNAVAILABLE)
+                if repeatable or not acted:
+                    repeated = repeated or acted
+                    time.sleep(float(response.headers.get("Retry-After", 1)))
+                    continue
+            if response.status_code == 404 and gone_if_repeated and repeated:
+                return None
             if response.status_code >= 400:
-                try:
-                    detail = response.json().get("detail")
-                except ValueError:
-                    detail = response.text
-                raise DupqError(response.status_code, detail)
+                raise DupqError(response.status_code, _detail(response))
             return response.json() if response.content else None
         raise AssertionError("unreachable")
 
@@ -135,14 +175,16 @@ class Client:
     # Stored questions -------------------------------------------------------------------------------
 
     def add_questions(self, questions: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        """Upsert ``{"id"?, "text", "namespace"?, "metadata"?}`` items: ``{"ids", "index_size"}``."""
-        return self._call("POST", "/questions", {"questions": list(questions)})
+        """Upsert ``{"id"?, "text", "namespace"?, "metadata"?}`` items: ``{"ids", "index_size"}``.
+        An item without an id gets one here, in the service's form, so that a repeat is an upsert."""
+        items = [item if item.get("id") else {**item, "id": f"q-{uuid.uuid4().hex}"} for item in questions]
+        return self._call("POST", "/questions", {"questions": items})
 
     def get_question(self, question_id: str) -> Question:
         return self._call("GET", f"/questions/{question_id}")
 
     def delete_question(self, question_id: str) -> None:
-        self._call("DELETE", f"/questions/{question_id}")
+        self._call("DELETE", f"/questions/{question_id}", gone_if_repeated=True)
 
     def delete_questions(self, ids: Sequence[str] | None = None, namespace: str | None = None) -> int:
         body = {"ids": list(ids)} if ids is not None else {"namespace": namespace}
@@ -219,7 +261,7 @@ class Client:
 
     def feedback(self, pairs: Sequence[dict[str, Any]]) -> int:
         """Labelled pairs ``{"question1"|"id1", "question2"|"id2", "is_duplicate"}``: how many were stored."""
-        return int(self._call("POST", "/feedback", {"pairs": list(pairs)})["stored"])
+        return int(self._call("POST", "/feedback", {"pairs": list(pairs)}, repeatable=False)["stored"])
 
     # Operations ------------------------------------------------------------------------------------
 
