@@ -190,13 +190,19 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
+    import httpx
     from tqdm import tqdm
 
-    from app.client import Client
+    from app.client import Client, DupqError
     from app.importer import import_file
 
-    with Client(args.url, api_key=args.api_key) as client, tqdm(desc="importing", unit="question") as bar:
-        report = import_file(client, args.input, args.namespace, args.format, args.batch, progress=bar.update)
+    try:
+        with Client(args.url, api_key=args.api_key) as client, tqdm(desc="importing", unit="question") as bar:
+            report = import_file(client, args.input, args.namespace, args.format, args.batch, progress=bar.update)
+    except DupqError as err:  # the service refused: a wrong key, a read-only one, ...
+        raise ValueError(f"the service at {args.url} answered {err}") from None
+    except httpx.TransportError as err:
+        raise ValueError(f"cannot reach the service at {args.url}: {err}") from None
     print(report.summary(), file=sys.stderr)
     print(json.dumps({"imported": report.imported, "skipped": len(report.skipped), "batches": report.batches}))
     return 0

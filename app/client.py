@@ -21,6 +21,7 @@ id, so its pairs are sent again only where the service surely did not act on the
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -68,6 +69,8 @@ class Group(TypedDict):
     ids: list[str]
     size: int
 
+
+logger = logging.getLogger(__name__)
 
 # How the detail of the service's 503 begins where its store could not be reached
 # (app/errors.py): a write that met it may have been committed.
@@ -134,23 +137,24 @@ class Client:
             last = attempt == self.retries
             try:
                 response = self._http.request(method, path, content=content, headers=headers, params=query)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):  # never sent
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as err:  # never sent
                 if last:
                     raise
-                time.sleep(min(10.0, 0.2 * 2**attempt))
+                self._wait(method, path, f"no connection ({err})", min(10.0, 0.2 * 2**attempt), attempt)
                 continue
-            except httpx.TransportError:  # sent, and perhaps acted on
+            except httpx.TransportError as err:  # sent, and perhaps acted on
                 if last or not repeatable:
                     raise
                 repeated = True
-                time.sleep(min(10.0, 0.2 * 2**attempt))
+                self._wait(method, path, f"no answer ({err!r})", min(10.0, 0.2 * 2**attempt), attempt)
                 continue
             if response.status_code in (429, 503) and not last:
                 detail = _detail(response)
                 acted = isinstance(detail, str) and detail.startswith(STORE_UNAVAILABLE)
                 if repeatable or not acted:
                     repeated = repeated or acted
-                    time.sleep(float(response.headers.get("Retry-After", 1)))
+                    wait = float(response.headers.get("Retry-After", 1))
+                    self._wait(method, path, f"{response.status_code} ({detail})", wait, attempt)
                     continue
             if response.status_code == 404 and gone_if_repeated and repeated:
                 return None
@@ -158,6 +162,10 @@ class Client:
                 raise DupqError(response.status_code, _detail(response))
             return response.json() if response.content else None
         raise AssertionError("unreachable")
+
+    def _wait(self, method: str, path: str, why: str, seconds: float, attempt: int) -> None:
+        logger.info("%s %s: %s; retry %d of %d in %.1f s", method, path, why, attempt + 1, self.retries, seconds)
+        time.sleep(seconds)
 
     # Pairs and embeddings -------------------------------------------------------------------------
 

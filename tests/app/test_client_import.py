@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import json
+import logging
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import app.client
 from app.cli import main
 from app.client import Client, DupqError
 from app.importer import stable_id
@@ -116,6 +119,27 @@ def test_import_reports_a_file_that_is_not_utf8_and_a_csv_without_text(
     for name, message in (("latin.txt", "is not UTF-8"), ("no-text.csv", "must name a 'text' column")):
         assert main(["import", str(tmp_path / name), "--url", server.url, "--api-key", KEY]) == 1
         assert message in capsys.readouterr().err
+
+
+def test_import_reports_a_refusing_or_an_unreachable_service_in_one_line(
+    server: Server,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    (tmp_path / "q.txt").write_text(f"{CORPUS[0]}\n")
+    assert main(["import", str(tmp_path / "q.txt"), "--url", server.url, "--api-key", "wrong"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert f"dupq import: error: the service at {server.url} answered 401: missing or wrong API key" in err
+    monkeypatch.setattr(app.client.time, "sleep", lambda seconds: None)  # the client's 8 retries, at once
+    caplog.set_level(logging.INFO, logger="app.client")
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        nobody = f"http://127.0.0.1:{free.getsockname()[1]}"  # bound, not listening: refused
+        assert main(["import", str(tmp_path / "q.txt"), "--url", nobody]) == 1
+    assert f"dupq import: error: cannot reach the service at {nobody}: " in capsys.readouterr().err
+    assert "GET /info: no connection" in caplog.text and "retry 8 of 8" in caplog.text  # said while it waits
 
 
 def test_import_reads_files_as_spreadsheets_save_them(
