@@ -218,7 +218,7 @@ class Client:
         with self._http.stream("GET", "/export", params=params) as response:
             if response.status_code >= 400:
                 response.read()
-                raise DupqError(response.status_code, response.json().get("detail"))
+                raise DupqError(response.status_code, _detail(response))
             for line in response.iter_lines():
                 if line:
                     yield orjson.loads(line)

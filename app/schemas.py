@@ -451,13 +451,16 @@ class FeedbackResponse(BaseModel):
     stored: int
 
 
+_ONE_QUESTION: TypeAdapter[str] = TypeAdapter(Question)
+
+
 def _text_or_texts(value: Any, info: ValidationInfo) -> Any:
     """``input`` of /v1/embeddings as a list: one text is checked as a question, its errors at
     ``input`` itself (a union of the two would report each error twice, under pydantic's names
     for its branches); a list's errors are at their index."""
     if isinstance(value, str):
         try:
-            return [TypeAdapter(Question).validate_python(value, context=info.context)]
+            return [_ONE_QUESTION.validate_python(value, context=info.context)]
         except ValidationError as err:
             error = err.errors()[0]
             raise PydanticCustomError(error["type"], error["msg"], error.get("ctx")) from None
