@@ -506,13 +506,14 @@ def _namespace(text: str) -> str:
 _FORMATS = ("text", "csv", "jsonl")
 _QUESTION_FILE = (
     "file of questions, UTF-8: 'text' or 'id<TAB>text' per line, a .csv (or tab-separated file) with a header "
-    "naming 'text' and optionally 'id' and 'namespace' (other columns become metadata), or .jsonl"
+    "naming 'text' and optionally 'id' and 'namespace' (other columns become metadata), or .jsonl; "
+    "gzipped if its name ends in .gz"
 )
 
 
 def _question_file_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--namespace", type=_namespace, help="namespace of the rows that name none (default: default)")
-    p.add_argument("--format", choices=_FORMATS, help="default: from the file name")
+    p.add_argument("--format", choices=_FORMATS, help="default: from the file name (.gz aside)")
 
 
 def _store_flags(
@@ -565,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("embed", help="embeddings of questions as JSON lines", description="Embed questions.")
     p.add_argument("input", nargs="?", default="-", help=f"{_QUESTION_FILE}; '-', the default: standard input")
-    p.add_argument("--format", choices=_FORMATS, help="default: from the file name")
+    p.add_argument("--format", choices=_FORMATS, help="default: from the file name (.gz aside)")
     p.add_argument("--model", type=Path, help="model directory" + env % ("DUPQ_MODEL_DIR", "the bundled model"))
     p.add_argument("--threads", type=_ranged(int, 0), default=0, help="encoder threads (default: 0, every CPU)")
     p.set_defaults(func=_embed)

@@ -1,7 +1,8 @@
 """Files of questions, one reader for all that take them: ``dupq import``, ``dupq index``, ``dupq
 embed`` and the seed file.
 
-Formats, from the file name (or ``--format``):
+Formats, from the file name (or ``--format``), which may end in ``.gz`` for a gzip-compressed
+file (``questions.csv.gz``):
 
 - ``jsonl`` (``.jsonl``, ``.ndjson``): one object per line, ``text`` and optional ``id``,
   ``namespace``, ``metadata``;
@@ -38,7 +39,7 @@ from typing import Any, Literal, TextIO, TypeVar
 from pydantic import ValidationError
 
 from app.schemas import Limits, QuestionIn
-from model.delimited import quotes_fields
+from model.delimited import named_errors, open_text, quotes_fields
 
 Format = Literal["jsonl", "csv", "text"]
 FORMATS: tuple[Format, ...] = ("text", "csv", "jsonl")
@@ -49,7 +50,9 @@ T = TypeVar("T")
 
 
 def detect_format(path: str | Path) -> Format:
-    suffix = Path(path).suffix.lower()
+    """The format a file's name says, ``.gz`` aside (``questions.csv.gz`` is a CSV)."""
+    name = Path(path)
+    suffix = (name.with_suffix("") if name.suffix.lower() == ".gz" else name).suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
         return "jsonl"
     return "csv" if suffix == ".csv" else "text"
@@ -70,8 +73,8 @@ def question_rows(
     if str(path) == "-":
         handle: TextIO = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", newline="")
     else:
-        handle = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115
-    with handle:
+        handle = open_text(path)
+    with handle, named_errors(path):
         try:
             yield from _checked(read_rows(handle, fmt or detect_format(path)), limits, namespace)
         except UnicodeDecodeError as err:

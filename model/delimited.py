@@ -8,15 +8,47 @@ files and most hand-made TSVs write every field as it is (``Who wrote "Hamlet"?`
 a field of the second kind that starts with a quote loses its quotes, and one whose quote never
 closes swallows the rest of the file into one field; read as it is, a field of the first kind
 keeps the quotes that wrap it.
+
+Any of them may be gzip-compressed, told by the name (``.gz``): :func:`open_text` reads both, and
+:func:`named_errors` turns a damaged or cut gzip stream into a ``ValueError`` that names the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import gzip
+import io
 import re
+import zlib
 from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TextIO
 
 _QUOTES = re.compile('"+')
+
+
+def open_text(path: str | Path, errors: str = "strict") -> TextIO:
+    """A UTF-8 text file, gunzipped on the fly when its name ends in ``.gz`` (in any case); a byte
+    order mark that opens it (as spreadsheets and Notepad write) is dropped. ``errors`` as for
+    :func:`open`: ``"strict"`` raises ``UnicodeDecodeError`` at the first bad byte, ``"replace"``
+    reads it as U+FFFD. Read inside :func:`named_errors`."""
+    if Path(path).suffix.lower() == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", errors=errors, newline="")
+    return open(path, encoding="utf-8-sig", errors=errors, newline="")
+
+
+@contextlib.contextmanager
+def named_errors(path: str | Path) -> Iterator[None]:
+    """Reading a file of :func:`open_text`: a file named ``.gz`` that is not gzip, or whose
+    stream is damaged or cut short, is a ``ValueError`` that names it (gzip's own errors name no
+    file, and a cut stream is an ``EOFError`` that no caller expects)."""
+    try:
+        yield
+    except gzip.BadGzipFile as err:
+        raise ValueError(f"{path} is not gzip-compressed, though its name ends in .gz ({err})") from None
+    except (EOFError, zlib.error) as err:
+        raise ValueError(f"{path}: its gzip stream is damaged or cut short ({err})") from None
 
 
 def quotes_fields(lines: Iterable[str], delimiter: str) -> bool:

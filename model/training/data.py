@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from model.delimited import quotes_fields
+from model.delimited import named_errors, open_text, quotes_fields
 
 logger = logging.getLogger(__name__)
 
@@ -90,14 +89,6 @@ _DIALECT: dict[str, tuple[dict[str, Any], bool]] = {
 _BIMPM_COLUMNS, _BIMPM_WIDTH = (1, 2, 0), 4
 
 
-def open_text(path: Path) -> io.TextIOBase:
-    """A UTF-8 text file, gunzipped on the fly when it ends in ``.gz``; bad bytes become U+FFFD,
-    and a byte order mark that opens the file (as spreadsheets and Notepad write) is dropped."""
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", errors="replace", newline="")
-    return open(path, encoding="utf-8-sig", errors="replace", newline="")
-
-
 def header_columns(header: list[str]) -> tuple[int, int, int]:
     """The columns of (question1, question2, label) that a header names (:data:`COLUMN_NAMES`);
     a ``ValueError`` says which is missing or named twice."""
@@ -150,14 +141,14 @@ def _rows(path: Path, fmt: Format, first: str) -> tuple[tuple[int, int, int], in
     the rows after the header, of the file ``path`` whose first line is ``first``."""
     dialect, has_header = _dialect(fmt, first), _DIALECT[fmt][1]
     if fmt in ("tsv", "csv"):
-        with open_text(path) as handle:
+        with open_text(path, errors="replace") as handle:
             if not quotes_fields(handle, dialect["delimiter"]):
                 dialect = {**dialect, "quoting": csv.QUOTE_NONE}
 
     def rows() -> Iterator[list[str] | None]:
         """The rows, None for one that csv cannot read: a field past its limit of 131,072
         characters, as a quote left open makes (it goes on from the next line)."""
-        with open_text(path) as handle:
+        with open_text(path, errors="replace") as handle:
             reader = csv.reader(handle, **dialect)
             if has_header:
                 next(reader, None)
@@ -182,32 +173,33 @@ def _rows(path: Path, fmt: Format, first: str) -> tuple[tuple[int, int, int], in
 def iter_pairs(path: str | Path, fmt: Format | None = None, report: LoadReport | None = None) -> Iterator[Pair]:
     """Yield the well-formed pairs of ``path``; skipped rows are counted in ``report``."""
     path = Path(path)
-    with open_text(path) as handle:
-        first = handle.readline()
-    fmt = fmt or detect_format(first)
-    if fmt not in _DIALECT:
-        raise ValueError(f"unknown pair format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    report = report if report is not None else LoadReport(str(path), fmt)
-    report.format = fmt
-    (c1, c2, cl), width, rows = _rows(path, fmt, first)
-    for row in rows:
-        if row is None:
-            report.skipped["rows csv cannot read (a field past its limit: a quote left open?)"] += 1
-            continue
-        if not row or (len(row) == 1 and not row[0].strip()):
-            continue  # blank line
-        if len(row) != width:
-            report.skipped[f"rows with {len(row)} fields instead of {width}"] += 1
-            continue
-        q1, q2, label = row[c1].strip(), row[c2].strip(), LABELS.get(row[cl].strip().lower())
-        if not q1 or not q2:
-            report.skipped["rows with an empty question"] += 1
-            continue
-        if label is None:
-            report.skipped["rows with a label other than 0, 1, true or false"] += 1
-            continue
-        report.kept += 1
-        yield Pair(" ".join(q1.split()), " ".join(q2.split()), label)
+    with named_errors(path):
+        with open_text(path, errors="replace") as handle:
+            first = handle.readline()
+        fmt = fmt or detect_format(first)
+        if fmt not in _DIALECT:
+            raise ValueError(f"unknown pair format {fmt!r}; expected one of {', '.join(FORMATS)}")
+        report = report if report is not None else LoadReport(str(path), fmt)
+        report.format = fmt
+        (c1, c2, cl), width, rows = _rows(path, fmt, first)
+        for row in rows:
+            if row is None:
+                report.skipped["rows csv cannot read (a field past its limit: a quote left open?)"] += 1
+                continue
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue  # blank line
+            if len(row) != width:
+                report.skipped[f"rows with {len(row)} fields instead of {width}"] += 1
+                continue
+            q1, q2, label = row[c1].strip(), row[c2].strip(), LABELS.get(row[cl].strip().lower())
+            if not q1 or not q2:
+                report.skipped["rows with an empty question"] += 1
+                continue
+            if label is None:
+                report.skipped["rows with a label other than 0, 1, true or false"] += 1
+                continue
+            report.kept += 1
+            yield Pair(" ".join(q1.split()), " ".join(q2.split()), label)
 
 
 def load_pairs(path: str | Path, fmt: Format | None = None) -> tuple[list[Pair], LoadReport]:

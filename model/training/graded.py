@@ -25,7 +25,8 @@ from typing import Literal
 
 import numpy as np
 
-from model.training.data import LoadReport, open_text
+from model.delimited import named_errors, open_text
+from model.training.data import LoadReport
 from model.training.metrics import best_threshold, pair_dots, pearson, roc_auc, spearman
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def load_graded(path: str | Path, split: str | None = None) -> tuple[list[Graded
     """The well-formed graded pairs of ``path`` (of one ``split`` of an STS Benchmark file, if
     given), with a report of the rows skipped."""
     path = Path(path)
-    with open_text(path) as handle:
+    with named_errors(path), open_text(path, errors="replace") as handle:
         fmt = detect_graded_format(handle.readline())
         _, width, (c1, c2, cs, csplit) = _LAYOUT[fmt]
         if split is not None and csplit is None:

@@ -1,6 +1,7 @@
 """Files of questions, one reader for `dupq import`, `dupq index`, `dupq embed` and the seed file:
 each format, and the rules of POST /questions, row by row."""
 
+import gzip
 import io
 import json
 import sys
@@ -96,6 +97,32 @@ def test_a_csv_is_read_as_a_table_never_as_lines_of_text(tmp_path: Path) -> None
     jsonl.write_text(json.dumps({"id": "j", "text": "As JSON?"}), encoding="utf-8")
     assert _read(jsonl, fmt="jsonl") == ([("j", "As JSON?")], [])
     assert _read(jsonl) == ([(None, '{"id": "j", "text": "As JSON?"}')], [])
+
+
+def test_a_gzip_compressed_file_is_read_as_the_name_under_gz_says(tmp_path: Path) -> None:
+    # A site's export of its backlog, compressed: read as a CSV, not refused as bytes that are not UTF-8.
+    path = tmp_path / "questions.csv.GZ"
+    path.write_bytes(gzip.compress(b'id,text,status\n1,"Who wrote ""Hamlet""?",open\n'))
+    assert _read(path) == ([("1", 'Who wrote "Hamlet"?', "default", {"status": "open"})], [])
+    lines = tmp_path / "questions.gz"
+    lines.write_bytes(gzip.compress(b"q-1\tHow old are you?\n"))
+    assert _read(lines) == ([("q-1", "How old are you?")], [])
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (gzip.compress(b"q-1\tHow old are you?\n" * 1000)[:60], "its gzip stream is damaged or cut short"),
+        (b"q-1\tHow old are you?\n", "is not gzip-compressed, though its name ends in .gz"),
+    ],
+    ids=["cut", "not-gzip"],
+)
+def test_a_cut_or_false_gzip_file_is_refused_by_its_name(tmp_path: Path, content: bytes, says: str) -> None:
+    # Before: an EOFError or gzip's own "Not a gzipped file", neither naming the file.
+    path = tmp_path / "questions.txt.gz"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=f"^{path}.*{says}"):
+        _read(path)
 
 
 def test_a_header_line_is_not_a_question(tmp_path: Path) -> None:

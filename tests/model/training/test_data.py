@@ -1,3 +1,4 @@
+import gzip
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,15 @@ def test_shared_qqp_gzip_keeps_double_quotes(fixtures: Path) -> None:
     assert pairs[1] == Pair('Say "hi" to me?', "Say hello to me?", 1)
     assert report.kept == 2 and report.n_skipped == 2
     assert "2 skipped" in report.summary()
+
+
+def test_a_cut_gzip_pair_file_is_refused_naming_it(fixtures: Path, tmp_path: Path) -> None:
+    # A download cut short: dupq evaluate and train ended in an EOFError's traceback.
+    whole = gzip.compress((fixtures / "bimpm.tsv").read_bytes() * 200)
+    cut = tmp_path / "pairs.tsv.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ValueError, match=f"^{cut}: its gzip stream is damaged or cut short"):
+        load_pairs(cut)
 
 
 @pytest.mark.parametrize(
