@@ -44,6 +44,14 @@ def test_sick_gzip(fixtures: Path) -> None:
         load_graded(fixtures / "sick.txt.gz", split="test")
 
 
+def test_a_cut_gzip_file_is_refused_naming_it(fixtures: Path, tmp_path: Path) -> None:
+    whole = (fixtures / "sick.txt.gz").read_bytes()
+    cut = tmp_path / "SICK_cut.txt.gz"
+    cut.write_bytes(whole[: len(whole) - 12])  # the last block and the trailer lost
+    with pytest.raises(ValueError, match=f"^{cut}: its gzip stream is damaged or cut short"):
+        load_graded(cut)
+
+
 def test_detect_graded_format() -> None:
     assert detect_graded_format("\ufeffpair_ID\tsentence_A\tsentence_B") == "sick"
     with pytest.raises(ValueError, match="cannot tell the format"):
