@@ -267,19 +267,21 @@ def _groups(args: argparse.Namespace) -> int:
 def _feedback(args: argparse.Namespace) -> int:
     import csv
 
+    from app.store import latest_feedback
+
     settings = _settings(data_dir=args.data_dir, model_dir=args.model_dir, store_url=args.store_url)
     store, _ = _read_only_store(settings)
-    n = 0
+    pairs, superseded, itself = latest_feedback((number, pair) for number, pair, _, _ in store.iter_feedback())
     with open(args.out, "w", encoding="utf-8", newline="") as out:
         # Quora's layout, a TSV whose header names the questions and the label, which `dupq train` reads.
         writer = csv.writer(out, delimiter="\t", lineterminator="\n")
         writer.writerow(["id", "qid1", "qid2", "question1", "question2", "is_duplicate"])
-        for number, pair, _version, _created in store.iter_feedback():
+        for number, pair in pairs:
             writer.writerow(
                 [number, pair.id1 or "", pair.id2 or "", pair.question1, pair.question2, int(pair.is_duplicate)]
             )
-            n += 1
-    print(json.dumps({"pairs": n, "out": str(args.out)}))
+    summary = {"pairs": len(pairs), "superseded": superseded, "same_question": itself, "out": str(args.out)}
+    print(json.dumps(summary))
     return 0
 
 
@@ -609,7 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "feedback",
         help="write moderators' feedback as a training file",
-        description="Write the labelled pairs of POST /feedback in the Quora layout that dupq train reads.",
+        description="Write the labelled pairs of POST /feedback in the Quora layout that dupq train reads: "
+        "the last decision on each pair of questions (a reversed one replaces the first), none that pairs a "
+        "question with itself.",
     )
     _store_flags(p)
     p.add_argument("--out", required=True, type=Path, help="the pair file to write (tab-separated)")

@@ -21,7 +21,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +158,25 @@ class Feedback:
     is_duplicate: bool
     id1: str | None = None
     id2: str | None = None
+
+
+def latest_feedback(rows: Iterable[tuple[int, Feedback]]) -> tuple[list[tuple[int, Feedback]], int, int]:
+    """The feedback pairs to learn from, of ``rows`` in the order of their numbers: the last
+    decision on each pair of texts (in either order, white space collapsed as training reads it),
+    so a decision a moderator reversed, or two moderators' that disagree, never puts the same pair
+    in a training file under both labels; and no pair of a question with itself, which teaches
+    nothing as a duplicate and what no encoder can learn as a non-duplicate. Also how many
+    decisions a later one replaced, and how many paired a question with itself."""
+    latest: dict[frozenset[str], tuple[int, Feedback]] = {}
+    superseded = itself = 0
+    for number, pair in rows:
+        key = frozenset((" ".join(pair.question1.split()), " ".join(pair.question2.split())))
+        if len(key) == 1:
+            itself += 1
+            continue
+        superseded += key in latest
+        latest[key] = (number, pair)
+    return sorted(latest.values(), key=lambda row: row[0]), superseded, itself
 
 
 PAGE_SIZE = 16384  # bytes per SQLite page of a new store

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from app.cli import build_parser, main
-from app.store import QuestionStore
+from app.store import Feedback, QuestionStore
 from model.encoder import load_encoder
 
 
@@ -230,6 +230,32 @@ def test_a_command_that_needs_the_train_extra_says_so(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert result.returncode == 1
     assert "dupq upgrade: error:" in result.stderr and "pip install 'dupq[train]'" in result.stderr
+
+
+def test_feedback_writes_the_last_decision_on_each_pair_for_training(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A moderator reverses a decision: the training file had the pair twice, labelled both ways.
+    common = ["--model-dir", str(tiny_model_dir), "--data-dir", str(tmp_path / "d")]
+    (tmp_path / "q.txt").write_text("a\tHow old are you?\n", encoding="utf-8")
+    assert main(["index", *common, str(tmp_path / "q.txt")]) == 0
+    store = QuestionStore(tmp_path / "d" / "questions.sqlite3", dim=24)
+    try:
+        store.add_feedback([Feedback("How old are you?", "What is your age?", True, "a")], "v1")
+        store.add_feedback([Feedback("Why?", "Why not?", False), Feedback("Who?", "Who?", True)], "v1")
+        store.add_feedback([Feedback("What is your age?", "How old are you?", False, None, "a")], "v2")
+    finally:
+        store.close()
+    capsys.readouterr()
+    assert main(["feedback", *common, "--out", str(tmp_path / "pairs.tsv")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["pairs"], summary["superseded"], summary["same_question"]) == (2, 1, 1)
+    from model.training.data import Pair, load_pairs
+
+    assert load_pairs(tmp_path / "pairs.tsv")[0] == [
+        Pair("Why?", "Why not?", 0),
+        Pair("What is your age?", "How old are you?", 0),
+    ]
 
 
 def test_index_groups_and_feedback_work_on_either_store(

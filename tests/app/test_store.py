@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.store import PAGE_SIZE, NewQuestion, QuestionStore, StoreInUse
+from app.store import PAGE_SIZE, Feedback, NewQuestion, QuestionStore, StoreInUse, latest_feedback
 
 
 def _vectors(n: int, seed: int = 0) -> np.ndarray:
@@ -29,6 +29,21 @@ def test_upsert_gives_new_keys_and_bumps_the_generation(tmp_path: Path) -> None:
     assert namespaces == ["default", "default"]
     assert store.delete("a") == (new2[0], "default") and store.delete("a") is None and store.get("a") is None
     store.close()
+
+
+def test_feedback_to_learn_from_is_the_last_decision_on_each_pair() -> None:
+    rows = [
+        (1, Feedback("How old are you?", "What is your age?", True, "a", "b")),
+        (2, Feedback("Why?", "Why not?", False)),
+        (3, Feedback("What is your age?", " How  old are you?", False)),  # reversed, in the other order
+        (4, Feedback("Where?", "where?", True)),  # two spellings: a pair, not a question with itself
+        (5, Feedback("Who?", " Who? ", False, "c", "d")),  # a question with itself, as training reads it
+        (6, Feedback("Why?", "Why not?", False)),  # the same decision again
+    ]
+    kept, superseded, itself = latest_feedback(rows)
+    assert [number for number, _ in kept] == [3, 4, 6]
+    assert kept[0][1].is_duplicate is False and (superseded, itself) == (2, 1)
+    assert latest_feedback([]) == ([], 0, 0)
 
 
 def test_writes_survive_reopening(tmp_path: Path) -> None:
