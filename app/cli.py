@@ -349,11 +349,11 @@ def _sts(args: argparse.Namespace) -> int:
 
 
 def _split(args: argparse.Namespace) -> int:
-    from model.training.data import load_pairs, write_bimpm
+    from model.training.data import load_pairs, require_pairs, write_bimpm
     from model.training.groups import split_by_groups
 
-    pairs, _ = load_pairs(args.pairs)
-    rest, held = split_by_groups(pairs, args.fraction, args.seed)
+    pairs, report = load_pairs(args.pairs)
+    rest, held = split_by_groups(require_pairs(pairs, [report], "split"), args.fraction, args.seed)
     write_bimpm(rest, args.out_rest)
     write_bimpm(held, args.out_held)
     print(json.dumps({"rest": len(rest), "held_out": len(held)}))

@@ -134,7 +134,9 @@ def split_by_groups(pairs: list[Pair], fraction: float, seed: int = 0) -> tuple[
     """Cut ``pairs`` in two so that no question, and none of its known duplicates, is on both
     sides. Questions linked by any labelled pair (duplicate groups joined by their non-duplicate
     pairs) go whole to one side, so no pair straddles the cut and none is lost.
-    Returns (rest, held_out); ``fraction`` is the share of questions held out, roughly."""
+    Returns (rest, held_out); ``fraction`` is the share of questions held out, roughly, and each
+    side has at least one set of linked questions. Pairs that link all their questions into one
+    set cannot be cut: a ``ValueError``."""
     graph = PairGraph.build(pairs)
     components = _UnionFind()
     for _ in graph.members:
@@ -149,8 +151,8 @@ def split_by_groups(pairs: list[Pair], fraction: float, seed: int = 0) -> tuple[
     random.Random(seed).shuffle(roots)
     held_roots: set[int] = set()
     n_held, target = 0, fraction * len(graph.texts)
-    for root in roots:
-        if n_held >= target:
+    for root in roots[:-1]:  # at least one set on each side
+        if held_roots and n_held >= target:
             break
         held_roots.add(root)
         n_held += size[root]
@@ -160,6 +162,11 @@ def split_by_groups(pairs: list[Pair], fraction: float, seed: int = 0) -> tuple[
     for pair in pairs:
         q = index[question_key(pair.question1)]
         (held if components.find(graph.group[q]) in held_roots else rest).append(pair)
+    if len(roots) == 1:
+        raise ValueError(
+            f"cannot split these {len(pairs)} pairs: questions linked by a pair go to one side together, and the "
+            f"pairs link all {len(graph.texts)} of their questions into one set"
+        )
     return rest, held
 
 

@@ -152,6 +152,10 @@ def test_a_pair_file_with_no_pair_to_use_is_one_line_that_says_why(
     err = capsys.readouterr().err  # each file, and why it gave none
     assert f"dupq train: error: no pairs to train on: {tmp_path}/header.tsv (tsv): 0 pairs, 0 skipped; " in err
     assert f"{tmp_path}/yes.tsv (tsv): 0 pairs, 1 skipped (1 rows with a label other than 0, 1" in err
+    split = ["split", "--out-rest", str(tmp_path / "a.tsv"), "--out-held", str(tmp_path / "b.tsv"), "--pairs"]
+    assert main([*split, str(tmp_path / "header.tsv")]) == 1  # it wrote two empty files
+    assert f"dupq split: error: no pairs to split: {tmp_path}/header.tsv (tsv): 0 pairs" in capsys.readouterr().err
+    assert not (tmp_path / "a.tsv").exists()
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,8 @@
 import random
 from itertools import combinations
 
+import pytest
+
 from model.training.data import Pair
 from model.training.groups import PairGraph, duplicate_batches, question_key, split_by_groups
 
@@ -55,6 +57,22 @@ def test_split_has_no_leakage_and_loses_nothing() -> None:
     rest_groups = {graph.group[idx[q]] for q in rest_questions}
     held_groups = {graph.group[idx[q]] for q in held_questions}
     assert not rest_groups & held_groups
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.5, 0.99, 1.0])
+def test_a_split_leaves_no_side_empty(fraction: float) -> None:
+    # Three unlinked pairs at --fraction 0.9 once went whole to the held-out side, and 0 held none out.
+    pairs = [Pair("A?", "B?", 1), Pair("C?", "D?", 0), Pair("E?", "F?", 1)]
+    for seed in range(5):
+        rest, held = split_by_groups(pairs, fraction, seed)
+        assert rest and held and sorted(rest + held, key=str) == sorted(pairs, key=str)
+
+
+def test_pairs_that_link_every_question_into_one_set_cannot_be_split() -> None:
+    # Moderators' decisions often link new questions to one canonical one, "not" decisions too.
+    pairs = [Pair("Canonical?", f"New {i}?", i % 2) for i in range(10)]
+    with pytest.raises(ValueError, match="the pairs link all 11 of their questions into one set"):
+        split_by_groups(pairs, 0.2)
 
 
 def test_batches_never_repeat_a_group() -> None:
