@@ -162,7 +162,8 @@ class Feedback:
 
 def latest_feedback(rows: Iterable[tuple[int, Feedback]]) -> tuple[list[tuple[int, Feedback]], int, int]:
     """The feedback pairs to learn from, of ``rows`` in the order of their numbers: the last
-    decision on each pair of texts (in either order, white space collapsed as training reads it),
+    decision on each pair of questions (in either order; a question's identity is the one training
+    gives it, ``model.training.groups.question_key``: lower-cased, white space collapsed),
     so a decision a moderator reversed, or two moderators' that disagree, never puts the same pair
     in a training file under both labels; and no pair of a question with itself, which teaches
     nothing as a duplicate and what no encoder can learn as a non-duplicate. Also how many
@@ -170,7 +171,7 @@ def latest_feedback(rows: Iterable[tuple[int, Feedback]]) -> tuple[list[tuple[in
     latest: dict[frozenset[str], tuple[int, Feedback]] = {}
     superseded = itself = 0
     for number, pair in rows:
-        key = frozenset((" ".join(pair.question1.split()), " ".join(pair.question2.split())))
+        key = frozenset(" ".join(text.lower().split()) for text in (pair.question1, pair.question2))
         if len(key) == 1:
             itself += 1
             continue

@@ -147,6 +147,11 @@ def split_by_groups(pairs: list[Pair], fraction: float, seed: int = 0) -> tuple[
     for g, qs in enumerate(graph.members):
         root = components.find(g)
         size[root] = size.get(root, 0) + len(qs)
+    if len(size) == 1:
+        raise ValueError(
+            f"cannot split these {len(pairs)} pairs: questions linked by a pair go to one side together, and the "
+            f"pairs link all {len(graph.texts)} of their questions into one set"
+        )
     roots = sorted(size)
     random.Random(seed).shuffle(roots)
     held_roots: set[int] = set()
@@ -162,11 +167,6 @@ def split_by_groups(pairs: list[Pair], fraction: float, seed: int = 0) -> tuple[
     for pair in pairs:
         q = index[question_key(pair.question1)]
         (held if components.find(graph.group[q]) in held_roots else rest).append(pair)
-    if len(roots) == 1:
-        raise ValueError(
-            f"cannot split these {len(pairs)} pairs: questions linked by a pair go to one side together, and the "
-            f"pairs link all {len(graph.texts)} of their questions into one set"
-        )
     return rest, held
 
 

@@ -36,8 +36,8 @@ def test_feedback_to_learn_from_is_the_last_decision_on_each_pair() -> None:
         (1, Feedback("How old are you?", "What is your age?", True, "a", "b")),
         (2, Feedback("Why?", "Why not?", False)),
         (3, Feedback("What is your age?", " How  old are you?", False)),  # reversed, in the other order
-        (4, Feedback("Where?", "where?", True)),  # two spellings: a pair, not a question with itself
-        (5, Feedback("Who?", " Who? ", False, "c", "d")),  # a question with itself, as training reads it
+        (4, Feedback("Where?", "Where is it?", True)),
+        (5, Feedback("Who?", " who? ", False, "c", "d")),  # a question with itself, as training groups it
         (6, Feedback("Why?", "Why not?", False)),  # the same decision again
     ]
     kept, superseded, itself = latest_feedback(rows)
