@@ -39,7 +39,7 @@ from typing import Any, Literal, TextIO, TypeVar
 from pydantic import ValidationError
 
 from app.schemas import Limits, QuestionIn
-from model.delimited import named_errors, open_text, quotes_fields
+from model.delimited import gzipped, named_errors, open_text, quotes_fields
 
 Format = Literal["jsonl", "csv", "text"]
 FORMATS: tuple[Format, ...] = ("text", "csv", "jsonl")
@@ -51,8 +51,7 @@ T = TypeVar("T")
 
 def detect_format(path: str | Path) -> Format:
     """The format a file's name says, ``.gz`` aside (``questions.csv.gz`` is a CSV)."""
-    name = Path(path)
-    suffix = (name.with_suffix("") if name.suffix.lower() == ".gz" else name).suffix.lower()
+    suffix = (Path(path).with_suffix("") if gzipped(path) else Path(path)).suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
         return "jsonl"
     return "csv" if suffix == ".csv" else "text"

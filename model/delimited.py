@@ -9,8 +9,9 @@ a field of the second kind that starts with a quote loses its quotes, and one wh
 closes swallows the rest of the file into one field; read as it is, a field of the first kind
 keeps the quotes that wrap it.
 
-Any of them may be gzip-compressed, told by the name (``.gz``): :func:`open_text` reads both, and
-:func:`named_errors` turns a damaged or cut gzip stream into a ``ValueError`` that names the file.
+Any of them may be gzip-compressed, told by the name (:func:`gzipped`): :func:`open_text` reads
+both, and :func:`named_errors` turns a damaged or cut gzip stream into a ``ValueError`` that names
+the file.
 """
 
 from __future__ import annotations
@@ -28,12 +29,17 @@ from typing import TextIO
 _QUOTES = re.compile('"+')
 
 
+def gzipped(path: str | Path) -> bool:
+    """Whether a file is read and written gzip-compressed: its name ends in ``.gz``, in any case."""
+    return Path(path).suffix.lower() == ".gz"
+
+
 def open_text(path: str | Path, errors: str = "strict") -> TextIO:
     """A UTF-8 text file, gunzipped on the fly when its name ends in ``.gz`` (in any case); a byte
     order mark that opens it (as spreadsheets and Notepad write) is dropped. ``errors`` as for
     :func:`open`: ``"strict"`` raises ``UnicodeDecodeError`` at the first bad byte, ``"replace"``
     reads it as U+FFFD. Read inside :func:`named_errors`."""
-    if Path(path).suffix.lower() == ".gz":
+    if gzipped(path):
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", errors=errors, newline="")
     return open(path, encoding="utf-8-sig", errors=errors, newline="")
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from model.delimited import named_errors, open_text, quotes_fields
+from model.delimited import gzipped, named_errors, open_text, quotes_fields
 
 logger = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ def load_validation_pairs(path: str | Path) -> tuple[list[Pair], LoadReport]:
 def write_bimpm(pairs: list[Pair], path: str | Path) -> None:
     """Write pairs in the BiMPM layout (``label q1 q2 pair_id``), the simplest one to read back."""
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
+    opener = gzip.open if gzipped(path) else open
     with opener(path, "wt", encoding="utf-8", newline="") as handle:
         for i, pair in enumerate(pairs):
             handle.write(f"{pair.label}\t{pair.question1}\t{pair.question2}\t{i}\n")

@@ -151,10 +151,12 @@ def test_detect_format_rejects_unknown_text() -> None:
         detect_format("hello world")
 
 
-def test_write_bimpm_round_trip(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["out.tsv", "out.tsv.gz", "out.tsv.GZ"])
+def test_write_bimpm_round_trip(tmp_path: Path, name: str) -> None:
+    # A name the reader takes as gzip is written as gzip: out.tsv.GZ was written as plain text.
     pairs = [Pair("a b?", "c?", 1), Pair("d?", "e f?", 0)]
-    write_bimpm(pairs, tmp_path / "out.tsv")
-    assert load_pairs(tmp_path / "out.tsv")[0] == pairs
+    write_bimpm(pairs, tmp_path / name)
+    assert load_pairs(tmp_path / name)[0] == pairs
 
 
 def test_a_byte_order_mark_is_not_part_of_the_first_row(tmp_path: Path) -> None:
