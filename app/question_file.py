@@ -49,6 +49,10 @@ Skipped = tuple[int, str]  # (line number, reason)
 T = TypeVar("T")
 
 
+class BadHeader(ValueError):
+    """A CSV file of questions without the header it needs; :func:`question_rows` names the file."""
+
+
 def detect_format(path: str | Path) -> Format:
     """The format a file's name says, ``.gz`` aside (``questions.csv.gz`` is a CSV)."""
     suffix = (Path(path).with_suffix("") if gzipped(path) else Path(path)).suffix.lower()
@@ -78,6 +82,8 @@ def question_rows(
             yield from _checked(read_rows(handle, fmt or detect_format(path)), limits, namespace)
         except UnicodeDecodeError as err:
             raise ValueError(f"{path} is not UTF-8 text: byte 0x{err.object[err.start]:02x}, {err.reason}") from None
+        except BadHeader as err:
+            raise ValueError(f"{'standard input' if str(path) == '-' else path}: {err}") from None
 
 
 def read_questions(
@@ -154,8 +160,10 @@ def _csv_rows(lines: Iterator[str], first: str, delimiter: str, quoted: bool) ->
     """The rows of a CSV whose header is ``first`` (and the first of ``lines``), read with CSV's
     quoting or, where ``quoted`` is false, none."""
     reader = csv.DictReader(lines, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE)
+    if not first:
+        raise BadHeader("the file is empty, where a CSV starts with a header that names a 'text' column")
     if reader.fieldnames is None or "text" not in map(_column, reader.fieldnames):
-        raise ValueError(f"the CSV header must name a 'text' column; it has {reader.fieldnames}")
+        raise BadHeader(f"the CSV header must name a 'text' column; it has {reader.fieldnames}")
     reader.fieldnames = [_column(name) for name in reader.fieldnames]
     while True:
         try:

@@ -176,7 +176,12 @@ def iter_pairs(path: str | Path, fmt: Format | None = None, report: LoadReport |
     with named_errors(path):
         with open_text(path, errors="replace") as handle:
             first = handle.readline()
-        fmt = fmt or detect_format(first)
+        if not first:
+            raise ValueError(f"{path} is empty: no header, no pair")
+        try:
+            fmt = fmt or detect_format(first)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
         if fmt not in _DIALECT:
             raise ValueError(f"unknown pair format {fmt!r}; expected one of {', '.join(FORMATS)}")
         report = report if report is not None else LoadReport(str(path), fmt)

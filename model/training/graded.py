@@ -51,12 +51,13 @@ class GradedPair:
 
 
 def detect_graded_format(header: str) -> GradedFormat:
-    first = header.lstrip("\ufeff").split("\t", 1)[0].strip().lower()
+    line = header.rstrip("\r\n")
+    first = line.lstrip("\ufeff").split("\t", 1)[0].strip().lower()
     for fmt, (name, _, _) in _LAYOUT.items():
         if first == name:
             return fmt  # type: ignore[return-value]
     raise ValueError(
-        f"cannot tell the format of a file starting with {header[:80]!r}; expected an STS Benchmark "
+        f"cannot tell the format of a file starting with {line[:80]!r}; expected an STS Benchmark "
         "header (split genre dataset year sid score sentence1 sentence2) or a SICK one (pair_ID sentence_A ...)"
     )
 
@@ -66,7 +67,13 @@ def load_graded(path: str | Path, split: str | None = None) -> tuple[list[Graded
     given), with a report of the rows skipped."""
     path = Path(path)
     with named_errors(path), open_text(path, errors="replace") as handle:
-        fmt = detect_graded_format(handle.readline())
+        header = handle.readline()
+        if not header:
+            raise ValueError(f"{path} is empty: no header, no pair")
+        try:
+            fmt = detect_graded_format(header)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
         _, width, (c1, c2, cs, csplit) = _LAYOUT[fmt]
         if split is not None and csplit is None:
             raise ValueError(f"{path} ({fmt}) has no splits; --split applies to STS Benchmark files")

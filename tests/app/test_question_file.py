@@ -125,6 +125,28 @@ def test_a_cut_or_false_gzip_file_is_refused_by_its_name(tmp_path: Path, content
         _read(path)
 
 
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ("", "the file is empty, where a CSV starts with a header that names a 'text' column"),
+        ("id,question\n1,How old are you?\n", r"the CSV header must name a 'text' column; it has \['id', 'question'\]"),
+    ],
+    ids=["empty", "no-text-column"],
+)
+def test_a_csv_without_its_header_is_refused_by_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: str, says: str
+) -> None:
+    # Before: the reason alone, naming no file (the seed file's among the service's start-up
+    # lines), and an empty file was said to have the header [].
+    path = tmp_path / "questions.csv"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(ValueError, match=f"^{path}: {says}$"):
+        _read(path)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(content.encode())))
+    with pytest.raises(ValueError, match=f"^standard input: {says}$"):
+        _read("-", fmt="csv")
+
+
 def test_a_header_line_is_not_a_question(tmp_path: Path) -> None:
     path = tmp_path / "questions.tsv"
     path.write_text("id\ttext\nq-1\tHow old are you?\n", encoding="utf-8")

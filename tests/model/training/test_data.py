@@ -1,4 +1,5 @@
 import gzip
+import re
 from pathlib import Path
 
 import pytest
@@ -144,6 +145,23 @@ def test_a_header_without_the_label_or_with_two_is_refused_naming_it(tmp_path: P
     (tmp_path / "two.csv").write_text("question1,question2,label,is_duplicate\nA?,B?,1,1\n", encoding="utf-8")
     with pytest.raises(ValueError, match="the header names 2 columns for the label"):
         load_pairs(tmp_path / "two.csv")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "says"),
+    [
+        ("empty.tsv", b"", " is empty: no header, no pair"),
+        ("empty.tsv.gz", gzip.compress(b""), " is empty: no header, no pair"),
+        ("notes.csv", b"hello world\nA?,B?\n", ": cannot tell the format of a file starting with 'hello world'"),
+    ],
+    ids=["empty", "empty-gzip", "unknown"],
+)
+def test_a_file_of_no_known_layout_is_refused_naming_it(tmp_path: Path, name: str, content: bytes, says: str) -> None:
+    # Before: "cannot tell the format of a file starting with ''", naming no file among `dupq train
+    # --train`'s several.
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(tmp_path / name))}{says}"):
+        load_pairs(tmp_path / name)
 
 
 def test_detect_format_rejects_unknown_text() -> None:

@@ -1,5 +1,6 @@
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,17 @@ def test_a_cut_gzip_file_is_refused_naming_it(fixtures: Path, tmp_path: Path) ->
     cut.write_bytes(whole[: len(whole) - 12])  # the last block and the trailer lost
     with pytest.raises(ValueError, match=f"^{cut}: its gzip stream is damaged or cut short"):
         load_graded(cut)
+
+
+def test_an_empty_or_unknown_file_is_refused_naming_it(tmp_path: Path) -> None:
+    empty, other = tmp_path / "empty.txt", tmp_path / "pairs.tsv"
+    empty.write_text("")
+    other.write_text("question1\tquestion2\tis_duplicate\nA?\tB?\t1\n")
+    with pytest.raises(ValueError, match="^" + re.escape(f"{empty} is empty: no header, no pair") + "$"):
+        load_graded(empty)
+    says = f"{other}: cannot tell the format of a file starting with 'question1\\tquestion2\\tis_duplicate';"
+    with pytest.raises(ValueError, match="^" + re.escape(says)):
+        load_graded(other)
 
 
 def test_detect_graded_format() -> None:
