@@ -44,9 +44,9 @@ from app.groups import find_groups
 from app.index import IndexParams, NamespacedIndex, SnapshotError, SnapshotFile
 from app.locks import ReadWriteLock
 from app.pgstore import PostgresStore, StoreUnavailable
-from app.question_file import describe_skipped, read_questions
+from app.question_file import Skipped, describe_skipped, read_questions
 from app.replica import COPY_FILE, Follower
-from app.schemas import Limits
+from app.schemas import Limits, QuestionIn
 from app.settings import Settings
 from app.store import DEFAULT_NAMESPACE, Feedback, NewQuestion, QuestionStore, Store, StoredQuestion, StoreTooNew
 from model.encoder import QuestionEncoder, load_encoder
@@ -166,10 +166,21 @@ def open_model_and_store(settings: Settings) -> tuple[QuestionEncoder, Stores]:
     return encoder, stores
 
 
+def _read_seed(settings: Settings, path: Path) -> tuple[list[QuestionIn], list[Skipped]]:
+    """The questions of a seed file and the lines skipped, or a :class:`StartupError` that says why
+    the file cannot be read (not UTF-8, a CSV without a text column, a damaged gzip stream)."""
+    try:
+        return read_questions(path, Limits(settings.max_question_chars, settings.max_batch), lambda q: q)
+    except ValueError as err:
+        raise StartupError(f"the seed file (DUPQ_SEED_FILE) cannot be read: {err}") from err
+
+
 def _check_store(settings: Settings, encoder: QuestionEncoder, store: Store) -> None:
     seed = settings.seed_file
-    if seed and not seed.is_file() and store.count() == 0:
-        raise StartupError(f"the store is empty and the seed file {seed} (DUPQ_SEED_FILE) is not a file")
+    if seed and store.count() == 0:
+        if not seed.is_file():
+            raise StartupError(f"the store is empty and the seed file {seed} (DUPQ_SEED_FILE) is not a file")
+        _read_seed(settings, seed)  # a file that cannot be read fails now, in one line, not at /ready
     others = {v: n for v, n in store.model_versions().items() if v != encoder.version}
     if others and settings.on_model_change == "refuse":
         raise StartupError(
@@ -410,8 +421,7 @@ class Engine:
         self._schedule_rebuilds(due)  # writes during the rebuild may have made another one due
 
     def _seed(self, path: Path, progress: bool) -> None:
-        limits = Limits(self.settings.max_question_chars, self.settings.max_batch)
-        parsed, skipped = read_questions(path, limits, lambda question: question)
+        parsed, skipped = _read_seed(self.settings, path)
         if skipped:
             logger.warning(describe_skipped(f"seed file {path}", skipped))
         items = [NewQuestion.of(q.id or f"seed-{n}", q.text, q.namespace, q.metadata) for n, q in enumerate(parsed, 1)]

@@ -42,7 +42,10 @@ def create_app(settings: Settings | None = None, opened: tuple[QuestionEncoder, 
             await engine.start()
         except Exception as err:
             state.load_error = f"start-up failed: {err}"
-            logger.exception("start-up failed")
+            if isinstance(err, StartupError):  # a reason, in one line
+                logger.error("start-up failed: %s", err)
+            else:
+                logger.exception("start-up failed")
             store.close()
             return
         # Everything loaded so far lives as long as the process: keep it out of the garbage

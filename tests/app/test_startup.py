@@ -182,7 +182,9 @@ def test_a_bad_model_directory_fails_start_up_with_its_reason(tmp_path: Path) ->
         pass
 
 
-def test_a_store_that_cannot_open_or_a_missing_seed_file_fails_start_up(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_a_store_that_cannot_open_or_a_missing_or_unreadable_seed_file_fails_start_up(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
     with (
@@ -196,6 +198,17 @@ def test_a_store_that_cannot_open_or_a_missing_seed_file_fails_start_up(tiny_mod
         TestClient(create_app(missing)),
     ):
         pass
+    # A seed file that cannot be read fails start-up too, naming it, rather than at /ready later.
+    for name, content in (
+        ("latin.txt", "Qu'est-ce que c'est \xe9t\xe9 ?\n".encode("latin-1")),
+        ("no-text.csv", b"id\n1\n"),
+    ):
+        (tmp_path / name).write_bytes(content)
+        with (
+            pytest.raises(StartupError, match=f"^the seed file \\(DUPQ_SEED_FILE\\) cannot be read: {tmp_path / name}"),
+            TestClient(create_app(make_settings(tiny_model_dir, tmp_path / "data", seed_file=tmp_path / name))),
+        ):
+            pass
     with serving(make_settings(tiny_model_dir, tmp_path / "data")) as client:
         client.post("/questions", json={"questions": [{"text": "How old are you?"}]})
     with serving(missing) as client:  # a store with questions needs no seed file
@@ -296,7 +309,7 @@ def test_an_empty_seed_file_setting_means_no_seed(
 
 
 def test_while_loading_and_after_a_failed_start_every_route_but_health_is_a_503_with_retry_after(
-    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     import threading
 
@@ -318,13 +331,21 @@ def test_while_loading_and_after_a_failed_start_every_route_but_health_is_a_503_
         release.set()
         wait_ready(client)
 
-    def failing_build(*args, **kwargs):  # type: ignore[no-untyped-def]
-        raise OSError("disk full")
+    # A failure with a known reason (a StartupError) is logged in one line; any other with its
+    # traceback.
+    for error, traceback in ((OSError("disk full"), True), (StartupError("disk full"), False)):
 
-    monkeypatch.setattr(Engine, "build", failing_build)
-    with TestClient(create_app(make_settings(tiny_model_dir, tmp_path / "data"))) as client:
-        deadline = time.monotonic() + 10
-        while "start-up failed" not in client.get("/ready").text and time.monotonic() < deadline:
-            time.sleep(0.02)
-        response = client.get("/ready")
-        assert response.status_code == 503 and response.json() == {"detail": "not ready: start-up failed: disk full"}
+        def failing_build(*args, error: Exception = error, **kwargs):  # type: ignore[no-untyped-def]
+            raise error
+
+        monkeypatch.setattr(Engine, "build", failing_build)
+        caplog.clear()
+        with TestClient(create_app(make_settings(tiny_model_dir, tmp_path / "data"))) as client:
+            deadline = time.monotonic() + 10
+            while "start-up failed" not in client.get("/ready").text and time.monotonic() < deadline:
+                time.sleep(0.02)
+            response = client.get("/ready")
+            assert response.status_code == 503
+            assert response.json() == {"detail": "not ready: start-up failed: disk full"}
+        failed = [r for r in caplog.records if r.getMessage().startswith("start-up failed")]
+        assert len(failed) == 1 and (failed[0].exc_info is not None) == traceback, error
