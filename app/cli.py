@@ -363,11 +363,17 @@ def _split(args: argparse.Namespace) -> int:
 def _swaps(args: argparse.Namespace) -> int:
     import collections
 
-    from model.training.data import Pair, load_pairs, write_bimpm
+    from model.training.data import Pair, load_pairs, require_pairs, write_bimpm
     from model.training.negatives import check_pairs
 
-    pairs, _ = load_pairs(args.pairs)
-    rows = check_pairs([q for pair in pairs for q in (pair.question1, pair.question2)])
+    pairs, report = load_pairs(args.pairs)
+    questions = [q for pair in require_pairs(pairs, [report], "reorder") for q in (pair.question1, pair.question2)]
+    rows = check_pairs(questions)
+    if not rows:
+        raise ValueError(
+            f"{args.pairs}: no rule of model/training/negatives.py reorders any of its {len(set(questions))} "
+            "questions, so there is no check set to write"
+        )
     write_bimpm([Pair(a, b, label) for label, a, b, _ in rows], args.out)
     print(json.dumps({"pairs": len(rows), "by_rule": dict(collections.Counter(rule for *_, rule in rows))}))
     return 0

@@ -13,6 +13,7 @@ import pytest
 from app.cli import build_parser, main
 from app.store import Feedback, QuestionStore
 from model.encoder import load_encoder
+from model.training.data import Pair, load_pairs
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -156,6 +157,20 @@ def test_a_pair_file_with_no_pair_to_use_is_one_line_that_says_why(
     assert main([*split, str(tmp_path / "header.tsv")]) == 1  # it wrote two empty files
     assert f"dupq split: error: no pairs to split: {tmp_path}/header.tsv (tsv): 0 pairs" in capsys.readouterr().err
     assert not (tmp_path / "a.tsv").exists()
+    # `dupq swaps` wrote an empty check set, for a file of no pair or of no question a rule reorders.
+    swaps = ["swaps", "--out", str(tmp_path / "checks.tsv"), "--pairs"]
+    assert main([*swaps, str(tmp_path / "header.tsv")]) == 1
+    assert f"dupq swaps: error: no pairs to reorder: {tmp_path}/header.tsv (tsv): 0 pairs" in capsys.readouterr().err
+    assert main([*swaps, str(tmp_path / "good.tsv")]) == 1
+    assert capsys.readouterr().err == (
+        f"dupq swaps: error: {tmp_path}/good.tsv: no rule of model/training/negatives.py reorders any of its 4 "
+        "questions, so there is no check set to write\n"
+    )
+    assert not (tmp_path / "checks.tsv").exists()
+    (tmp_path / "good.tsv").write_text("question1\tquestion2\tis_duplicate\nIs Python or Java faster?\tWho?\t1\n")
+    assert main([*swaps, str(tmp_path / "good.tsv")]) == 0
+    assert json.loads(capsys.readouterr().out) == {"pairs": 1, "by_rule": {"kept": 1}}
+    assert load_pairs(tmp_path / "checks.tsv")[0] == [Pair("Is Python or Java faster?", "Is Java or Python faster?", 1)]
 
 
 @pytest.mark.parametrize(
