@@ -58,7 +58,8 @@ class Settings(BaseSettings):
     seed_file: Path | None = Field(
         None,
         description="questions loaded when the store is empty, in any format of `dupq import` (text or "
-        "'id<TAB>text' lines, CSV or TSV with a header, JSONL; by the file's name); unset or empty: none",
+        "'id<TAB>text' lines, CSV or TSV with a header, JSONL; by the file's name), read through before the "
+        "service listens, so that one that cannot be read stops start-up; unset or empty: none",
     )
     on_model_change: Literal["reembed", "refuse"] = Field(
         "reembed",
