@@ -163,7 +163,7 @@ class Feedback:
 def latest_feedback(rows: Iterable[tuple[int, Feedback]]) -> tuple[list[tuple[int, Feedback]], int, int]:
     """The feedback pairs to learn from, of ``rows`` in the order of their numbers: the last
     decision on each pair of questions (in either order; a question's identity is the one training
-    gives it, ``model.training.groups.question_key``: lower-cased, white space collapsed),
+    gives it, ``model.training.data.question_key``: lower-cased, white space collapsed),
     so a decision a moderator reversed, or two moderators' that disagree, never puts the same pair
     in a training file under both labels; and no pair of a question with itself, which teaches
     nothing as a duplicate and what no encoder can learn as a non-duplicate. Also how many

@@ -40,8 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from model.training.data import iter_pairs  # noqa: E402
-from model.training.groups import question_key  # noqa: E402
+from model.training.data import iter_pairs, question_key  # noqa: E402
 
 
 def distinct_questions(path: Path, n: int) -> list[str]:

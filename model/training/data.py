@@ -25,7 +25,7 @@ import csv
 import gzip
 import logging
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -58,14 +58,35 @@ class Pair:
     label: int
 
 
+def question_key(text: str) -> str:
+    """The identity of a question: lower-cased, white space collapsed."""
+    return " ".join(text.lower().split())
+
+
+def conflicting(pairs: Iterable[Pair]) -> list[Pair]:
+    """The first row of each pair of questions that ``pairs`` label both ways: the same two
+    questions (:func:`question_key`, in either order) as duplicates in one row and not in another,
+    as a decision reversed or two moderators who disagree leave in a site's export."""
+    first: dict[tuple[str, str], Pair] = {}
+    both: dict[tuple[str, str], Pair] = {}
+    for pair in pairs:
+        one, two = question_key(pair.question1), question_key(pair.question2)
+        key = (one, two) if one <= two else (two, one)
+        if first.setdefault(key, pair).label != pair.label:
+            both.setdefault(key, first[key])
+    return list(both.values())
+
+
 @dataclass
 class LoadReport:
-    """What a load read: rows kept and rows skipped, with the reason for each skip."""
+    """What a load read: rows kept and rows skipped, with the reason for each skip, and the pairs
+    of questions it holds under both labels (:func:`conflicting`; kept, not skipped)."""
 
     path: str
     format: str
     kept: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
+    conflicting: list[Pair] = field(default_factory=list)
 
     @property
     def n_skipped(self) -> int:
@@ -73,8 +94,17 @@ class LoadReport:
 
     def summary(self) -> str:
         reasons = ", ".join(f"{n} {why}" for why, n in self.skipped.most_common())
-        return f"{self.path} ({self.format}): {self.kept} pairs, {self.n_skipped} skipped" + (
-            f" ({reasons})" if reasons else ""
+        both = ""
+        if self.conflicting:
+            pair = self.conflicting[0]
+            both = (
+                f"; {len(self.conflicting)} pairs of questions labelled both ways, kept as they are "
+                f"(the first: {pair.question1!r} / {pair.question2!r})"
+            )
+        return (
+            f"{self.path} ({self.format}): {self.kept} pairs, {self.n_skipped} skipped"
+            + (f" ({reasons})" if reasons else "")
+            + both
         )
 
 
@@ -211,7 +241,8 @@ def load_pairs(path: str | Path, fmt: Format | None = None) -> tuple[list[Pair],
     """Read every well-formed pair of a file, with a report of what was skipped."""
     report = LoadReport(str(path), fmt or "auto")
     pairs = list(iter_pairs(path, fmt, report))
-    log = logger.warning if report.n_skipped else logger.info
+    report.conflicting = conflicting(pairs)
+    log = logger.warning if report.n_skipped or report.conflicting else logger.info
     log("loaded %s", report.summary())
     return pairs, report
 

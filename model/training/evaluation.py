@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from model.encoder import QuestionEncoder
-from model.training.data import Pair
+from model.training.data import Pair, question_key
 from model.training.graded import GradedPair, correlations, graded_metrics, graded_similarities, threshold_figures
-from model.training.groups import duplicate_groups, question_key
+from model.training.groups import duplicate_groups
 from model.training.metrics import (
     best_threshold,
     classification,

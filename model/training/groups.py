@@ -15,12 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.training.data import Pair
-
-
-def question_key(text: str) -> str:
-    """The identity of a question: lower-cased, white space collapsed."""
-    return " ".join(text.lower().split())
+from model.training.data import Pair, question_key
 
 
 class _UnionFind:

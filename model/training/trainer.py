@@ -384,6 +384,7 @@ def _describe(report: LoadReport) -> dict[str, Any]:
         "format": report.format,
         "pairs": report.kept,
         "skipped": report.n_skipped,
+        **({"labelled_both_ways": len(report.conflicting)} if report.conflicting else {}),
     }
 
 

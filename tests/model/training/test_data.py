@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from model.training.data import Pair, detect_format, load_pairs, load_validation_pairs, write_bimpm
+from model.training.data import Pair, conflicting, detect_format, load_pairs, load_validation_pairs, write_bimpm
 
 
 def test_quora_release_with_quotes_and_malformed_rows(fixtures: Path) -> None:
@@ -126,6 +126,24 @@ def test_a_tsv_whose_questions_are_written_as_they_are_keeps_their_quotes_and_ev
         Pair('"Why not?', "What for?", 0),
         Pair("How old are you?", "What is your age?", 1),
     ]
+
+
+def test_a_pair_labelled_both_ways_is_kept_and_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A site's export where a moderator reversed a decision: the same two questions, in either
+    # order and case, as duplicates and not. Before, nothing said so.
+    rows = "question1,question2,is_duplicate\nHow old are you?,What is your age?,1\nWho?,Why?,0\n"
+    rows += "what is your  age?,How old are you?,0\nWho?,Why?,0\nHow old are you?,What is your age?,1\n"
+    (tmp_path / "site.csv").write_text(rows, encoding="utf-8")
+    with caplog.at_level("INFO", logger="model.training.data"):
+        pairs, report = load_pairs(tmp_path / "site.csv")
+    assert len(pairs) == 5  # kept as they are: which decision stands is the site's to say
+    assert report.conflicting == [Pair("How old are you?", "What is your age?", 1)]
+    assert report.summary().endswith(
+        "5 pairs, 0 skipped; 1 pairs of questions labelled both ways, kept as they are "
+        "(the first: 'How old are you?' / 'What is your age?')"
+    )
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert conflicting([Pair("a?", "b?", 1), Pair("b?", "c?", 0), Pair("A?", "B?", 1)]) == []
 
 
 def test_a_row_past_the_csv_field_limit_is_skipped_and_the_rest_read(tmp_path: Path) -> None:

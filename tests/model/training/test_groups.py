@@ -3,8 +3,8 @@ from itertools import combinations
 
 import pytest
 
-from model.training.data import Pair
-from model.training.groups import PairGraph, duplicate_batches, question_key, split_by_groups
+from model.training.data import Pair, question_key
+from model.training.groups import PairGraph, duplicate_batches, split_by_groups
 
 
 def _pairs() -> list[Pair]:

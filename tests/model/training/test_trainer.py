@@ -74,6 +74,16 @@ def test_the_recipe_of_the_shipped_model_is_the_default() -> None:
     assert dataclasses.asdict(architecture) == shipped["encoder"]
 
 
+def test_config_json_counts_a_training_file_s_pairs_labelled_both_ways(tmp_path: Path) -> None:
+    from model.training.trainer import _describe
+
+    (tmp_path / "site.tsv").write_text("question1\tquestion2\tis_duplicate\nWho?\tWhy?\t1\nwhy?\tWho?\t0\n")
+    (tmp_path / "clean.tsv").write_text("question1\tquestion2\tis_duplicate\nWho?\tWhy?\t1\n")
+    site, clean = _describe(load_pairs(tmp_path / "site.tsv")[1]), _describe(load_pairs(tmp_path / "clean.tsv")[1])
+    assert site["pairs"] == 2 and site["labelled_both_ways"] == 1
+    assert "labelled_both_ways" not in clean  # the shipped model's files have none: its config.json as it was
+
+
 def test_two_step_training_writes_a_directory_that_reloads_identically(trained: tuple[Path, Path]) -> None:
     out, _ = trained
     config = json.loads((out / "config.json").read_text())
