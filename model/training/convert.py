@@ -81,7 +81,9 @@ def _source(st_dir: Path) -> tuple[Any, nn.Module, int, int]:
     if len(rest) != 1 or not isinstance(rest[0], Pooling) or _pooling_modes(rest[0]) != ["mean"]:
         names = ", ".join(type(m).__name__ for m in modules)
         raise ValueError(f"{st_dir}: dupq converts a Transformer with mean pooling, this model is {names}")
-    dim = rest[0].get_sentence_embedding_dimension()
+    # sentence-transformers 6 renamed the method (the old name warns that it will go).
+    width = getattr(rest[0], "get_embedding_dimension", None) or rest[0].get_sentence_embedding_dimension
+    dim = width()
     if not dim:
         raise ValueError(f"{st_dir}: the pooling module does not say its width")
     longest = model.max_seq_length
