@@ -130,6 +130,8 @@ def convert(st_dir: str | Path, valid_file: str | Path, out: str | Path, name: s
     with tau and the calibration fitted on ``valid_file``; returns its config."""
     started = time.time()
     st_dir, out = Path(st_dir), Path(out)
+    if out.resolve() == st_dir.resolve():
+        raise ValueError(f"--out {out} is the sentence-transformers model itself: its config.json would be overwritten")
     valid, valid_report = load_validation_pairs(valid_file)
     model, transformer, dim, max_tokens = _source(st_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -425,6 +425,11 @@ def train(
     as given drawn from ``replay_files`` (by default the model's own training files, as its
     ``config.json`` names them, checked against their sha256)."""
     _device(config.device)  # a device that is not there is refused before the data is read
+    if init_from is not None and Path(out).resolve() == Path(init_from).resolve():
+        raise ValueError(
+            f"--out {out} is the model directory that --init-from starts from: write the fine-tuned model to "
+            "another one, so that the model you have stays, to compare with and to go back to"
+        )
     if config.members < 1:
         raise ValueError(f"--members {config.members}: train at least 1 network")
     if config.threads:

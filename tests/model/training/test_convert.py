@@ -101,6 +101,11 @@ def test_a_model_without_mean_pooling_is_refused_in_one_line(
     err = capsys.readouterr().err
     assert "dupq converts a Transformer with mean pooling, this model is Transformer, Pooling, Normalize" in err
     assert main(["convert", str(tmp_path), "--valid", "x", "--out", str(tmp_path / "o")]) == 1
+    capsys.readouterr()
+    config = (st_dir / "config.json").read_bytes()
+    assert main([*argv[:4], "--out", str(st_dir)]) == 1  # it wrote its own config.json over the source's
+    assert "is the sentence-transformers model itself: its config.json would be overwritten" in capsys.readouterr().err
+    assert (st_dir / "config.json").read_bytes() == config
 
 
 def test_a_graph_that_strays_from_its_source_is_refused(

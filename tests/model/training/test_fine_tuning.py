@@ -258,6 +258,19 @@ def test_what_fine_tuning_cannot_change_is_refused_in_one_line(
     assert not (tmp_path / "out").exists()
 
 
+def test_fine_tuning_into_the_model_it_starts_from_is_refused(
+    base: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It overwrote the model, which its own log then said to keep when the new one did no better.
+    model, _ = base
+    before = {f.name: f.read_bytes() for f in model.iterdir()}
+    assert _fine_tune(model, _cooking(tmp_path / "cooking.tsv"), model / ".." / model.name) == 1
+    assert "is the model directory that --init-from starts from: write the fine-tuned model to another" in (
+        capsys.readouterr().err
+    )
+    assert {f.name: f.read_bytes() for f in model.iterdir()} == before
+
+
 def test_fine_tuning_that_gains_nothing_on_valid_says_to_keep_the_model(
     base: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
