@@ -61,6 +61,13 @@ def read_json(model_dir: str | Path) -> dict[str, Any]:
         raise ModelDirError(f"{model_dir / CONFIG} is not valid JSON: {err}") from err
     if not isinstance(config, dict):
         raise ModelDirError(f"{model_dir / CONFIG} holds no JSON object")
+    if (model_dir / "modules.json").is_file():
+        raise ModelDirError(
+            f"{model_dir} is a sentence-transformers model directory, not a dupq one: `dupq convert {model_dir} "
+            "--valid FILE --out DIR` turns it into one (needs the train extra: pip install 'dupq[train]')"
+        )
+    if "version" not in config and "encoder" not in config:
+        raise ModelDirError(f"{model_dir} is not a dupq model directory: its {CONFIG} has no 'version' nor 'encoder'")
     version = config.get("format_version", 1)
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ModelDirError(f"{model_dir} has format {version!r}; this dupq reads up to {FORMAT_VERSION}")

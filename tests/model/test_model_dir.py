@@ -48,6 +48,16 @@ def test_serving_needs_no_weights(tiny_model_dir: Path, tmp_path: Path) -> None:
         (lambda d: _edit_config(d, threshold=None), r"lacks the field\(s\) 'threshold'"),
         (lambda d: _edit_config(d, format_version=5), r"has format 5; this dupq reads up to 4"),
         (lambda d: _edit_config(d, encoder={"hidden_dim": 16}), r"'encoder' must hold the architecture"),
+        # Both were "has no model.onnx (format 1, written by an older dupq): run `dupq upgrade`", which
+        # then refused them as lacking 'encoder'.
+        (
+            lambda d: (d / "modules.json").write_text("[]"),
+            r"is a sentence-transformers model directory, not a dupq one: `dupq convert .*broken --valid FILE",
+        ),
+        (
+            lambda d: (d / "config.json").write_text('{"model_type": "bert", "architectures": ["BertModel"]}'),
+            r"broken is not a dupq model directory: its config\.json has no 'version' nor 'encoder'$",
+        ),
     ],
 )
 def test_a_broken_directory_is_refused_in_one_line(tiny_model_dir: Path, tmp_path: Path, damage, message) -> None:  # type: ignore[no-untyped-def]
