@@ -67,7 +67,9 @@ def read_json(model_dir: str | Path) -> dict[str, Any]:
             "--valid FILE --out DIR` turns it into one (needs the train extra: pip install 'dupq[train]')"
         )
     if "version" not in config and "encoder" not in config:
-        raise ModelDirError(f"{model_dir} is not a dupq model directory: its {CONFIG} has no 'version' nor 'encoder'")
+        raise ModelDirError(
+            f"{model_dir} is not a dupq model directory: its {CONFIG} has neither 'version' nor 'encoder'"
+        )
     version = config.get("format_version", 1)
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ModelDirError(f"{model_dir} has format {version!r}; this dupq reads up to {FORMAT_VERSION}")

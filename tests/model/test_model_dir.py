@@ -56,7 +56,7 @@ def test_serving_needs_no_weights(tiny_model_dir: Path, tmp_path: Path) -> None:
         ),
         (
             lambda d: (d / "config.json").write_text('{"model_type": "bert", "architectures": ["BertModel"]}'),
-            r"broken is not a dupq model directory: its config\.json has no 'version' nor 'encoder'$",
+            r"broken is not a dupq model directory: its config\.json has neither 'version' nor 'encoder'$",
         ),
     ],
 )
