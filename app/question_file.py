@@ -159,9 +159,9 @@ def _quoted(handle: TextIO, delimiter: str) -> bool:
 def _csv_rows(lines: Iterator[str], first: str, delimiter: str, quoted: bool) -> Iterator[RawRow]:
     """The rows of a CSV whose header is ``first`` (and the first of ``lines``), read with CSV's
     quoting or, where ``quoted`` is false, none."""
-    reader = csv.DictReader(lines, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE)
     if not first:
         raise BadHeader("the file is empty, where a CSV starts with a header that names a 'text' column")
+    reader = csv.DictReader(lines, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE)
     if reader.fieldnames is None or "text" not in map(_column, reader.fieldnames):
         raise BadHeader(f"the CSV header must name a 'text' column; it has {reader.fieldnames}")
     reader.fieldnames = [_column(name) for name in reader.fieldnames]

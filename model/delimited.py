@@ -11,7 +11,7 @@ keeps the quotes that wrap it.
 
 Any of them may be gzip-compressed, told by the name (:func:`gzipped`): :func:`open_text` reads
 both, and :func:`named_errors` turns a damaged or cut gzip stream into a ``ValueError`` that names
-the file.
+the file, as :func:`detect_named` does for a first line of no known layout.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ import gzip
 import io
 import re
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 _QUOTES = re.compile('"+')
+T = TypeVar("T")
 
 
 def gzipped(path: str | Path) -> bool:
@@ -55,6 +56,17 @@ def named_errors(path: str | Path) -> Iterator[None]:
         raise ValueError(f"{path} is not gzip-compressed, though its name ends in .gz ({err})") from None
     except (EOFError, zlib.error) as err:
         raise ValueError(f"{path}: its gzip stream is damaged or cut short ({err})") from None
+
+
+def detect_named(path: str | Path, first: str, detect: Callable[[str], T]) -> T:
+    """``detect`` of the first line of the file ``path`` (its format, from its header), with the
+    file's name on the ``ValueError`` of a line it cannot place; an empty file is one too."""
+    if not first:
+        raise ValueError(f"{path} is empty: no header, no pair")
+    try:
+        return detect(first)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
 
 
 def quotes_fields(lines: Iterable[str], delimiter: str) -> bool:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from model.delimited import gzipped, named_errors, open_text, quotes_fields
+from model.delimited import detect_named, gzipped, named_errors, open_text, quotes_fields
 
 logger = logging.getLogger(__name__)
 
@@ -206,12 +206,7 @@ def iter_pairs(path: str | Path, fmt: Format | None = None, report: LoadReport |
     with named_errors(path):
         with open_text(path, errors="replace") as handle:
             first = handle.readline()
-        if not first:
-            raise ValueError(f"{path} is empty: no header, no pair")
-        try:
-            fmt = fmt or detect_format(first)
-        except ValueError as err:
-            raise ValueError(f"{path}: {err}") from None
+        fmt = fmt or detect_named(path, first, detect_format)
         if fmt not in _DIALECT:
             raise ValueError(f"unknown pair format {fmt!r}; expected one of {', '.join(FORMATS)}")
         report = report if report is not None else LoadReport(str(path), fmt)

@@ -25,7 +25,7 @@ from typing import Literal
 
 import numpy as np
 
-from model.delimited import named_errors, open_text
+from model.delimited import detect_named, named_errors, open_text
 from model.training.data import LoadReport
 from model.training.metrics import best_threshold, pair_dots, pearson, roc_auc, spearman
 
@@ -67,13 +67,7 @@ def load_graded(path: str | Path, split: str | None = None) -> tuple[list[Graded
     given), with a report of the rows skipped."""
     path = Path(path)
     with named_errors(path), open_text(path, errors="replace") as handle:
-        header = handle.readline()
-        if not header:
-            raise ValueError(f"{path} is empty: no header, no pair")
-        try:
-            fmt = detect_graded_format(header)
-        except ValueError as err:
-            raise ValueError(f"{path}: {err}") from None
+        fmt = detect_named(path, handle.readline(), detect_graded_format)
         _, width, (c1, c2, cs, csplit) = _LAYOUT[fmt]
         if split is not None and csplit is None:
             raise ValueError(f"{path} ({fmt}) has no splits; --split applies to STS Benchmark files")
