@@ -8,7 +8,8 @@ off, truncation at ``max_tokens``), tau and the calibration fitted on the valida
 ``config.json`` whose ``encoder`` says what it is (``"kind": "transformer"``, ``"special_tokens":
 true``: the tokenizer adds [CLS] and [SEP]). Serving then runs it with ONNX Runtime, no PyTorch;
 there are no PyTorch weights to fine-tune from. The written graph is checked against its source
-on the validation questions (:data:`MAX_COSINE_GAP`); a graph that fails leaves no ``config.json``.
+on the validation questions (:data:`MAX_COSINE_GAP`); a graph that fails writes nothing, and the
+output directory keeps what it held.
 
 The graph is exported with PyTorch's TorchScript exporter (``dynamo=False``; the dynamo exporter
 needs ``onnxscript``, which the train extra does not install): a transformer runs on a padded
@@ -30,10 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.encoder import load_encoder
-from model.model_dir import CONFIG, FORMAT_VERSION, ONNX, TOKENIZER, sha256_file
+from model.model_dir import FORMAT_VERSION, ONNX, TOKENIZER, sha256_file
 from model.training.data import load_validation_pairs
 from model.training.evaluation import PairEvaluator
-from model.training.export import model_version, write_config
+from model.training.export import model_version, write_config, writing
 from model.training.metrics import fit_logistic
 from model.training.onnx_graph import OPSET
 
@@ -134,51 +135,50 @@ def convert(st_dir: str | Path, valid_file: str | Path, out: str | Path, name: s
         raise ValueError(f"--out {out} is the sentence-transformers model itself: its config.json would be overwritten")
     valid, valid_report = load_validation_pairs(valid_file)
     model, transformer, dim, max_tokens = _source(st_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / ONNX).write_bytes(export_graph(transformer))
-    tokenizer = model.tokenizer.backend_tokenizer  # the `tokenizers` Tokenizer behind the fast tokenizer
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=max_tokens)
-    tokenizer.save(str(out / TOKENIZER))
-    onnx_digest, tokenizer_digest = sha256_file(out / ONNX), sha256_file(out / TOKENIZER)
-    config: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
-        "name": name or st_dir.resolve().name,
-        "version": model_version(onnx_digest, tokenizer_digest),
-        "encoder": {"kind": "transformer", "pooling": "mean", "max_tokens": max_tokens, "special_tokens": True},
-        "dim": dim,
-        "threshold": 0.5,  # fitted below, once the written graph can be run
-        "calibration": {"slope": 1.0, "intercept": 0.0},
-        "onnx_sha256": onnx_digest,
-        "tokenizer_sha256": tokenizer_digest,
-    }
-    write_config(out, config)
-    encoder = load_encoder(out)
-    scored = PairEvaluator(valid).score(encoder.encode)
-    checked = spread_by_length(scored.texts, CHECKED_QUESTIONS)
-    reference = model.encode([scored.texts[i] for i in checked], normalize_embeddings=True)
-    gap = cosine_gap(reference, scored.vectors[checked])
-    if gap > MAX_COSINE_GAP:
-        (out / CONFIG).unlink()  # no loadable directory that serves other cosines than its source
-        raise ValueError(
-            f"{st_dir}: the converted graph's cosines differ from sentence-transformers' own by up to {gap:.2g} "
-            f"over {len(checked)} validation questions (at most {MAX_COSINE_GAP:g} allowed); {out} is left "
-            "without its config.json"
-        )
-    metrics = scored.metrics()
-    slope, intercept = fit_logistic(scored.similarities, scored.labels)
-    config["threshold"] = float(metrics["threshold"])
-    config["calibration"] = {"slope": float(slope), "intercept": float(intercept)}
-    config["converted"] = {
-        "from": str(st_dir),
-        "sentence_transformers_modules": [type(m).__name__ for m in model],
-        "valid_file": {"path": str(valid_file), "sha256": sha256_file(valid_file), "pairs": valid_report.kept},
-        "cosine_check": {"questions": len(checked), "max_gap": gap},
-        "duration_s": round(time.time() - started, 1),
-        "torch": torch.__version__,
-    }
-    config["validation"] = {k: round(float(v), 5) for k, v in metrics.items()}
-    write_config(out, config)
+    with writing(out) as stage:  # on any error below, `out` keeps what it held
+        (stage / ONNX).write_bytes(export_graph(transformer))
+        tokenizer = model.tokenizer.backend_tokenizer  # the `tokenizers` Tokenizer behind the fast tokenizer
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_length=max_tokens)
+        tokenizer.save(str(stage / TOKENIZER))
+        onnx_digest, tokenizer_digest = sha256_file(stage / ONNX), sha256_file(stage / TOKENIZER)
+        config: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "name": name or st_dir.resolve().name,
+            "version": model_version(onnx_digest, tokenizer_digest),
+            "encoder": {"kind": "transformer", "pooling": "mean", "max_tokens": max_tokens, "special_tokens": True},
+            "dim": dim,
+            "threshold": 0.5,  # fitted below, once the written graph can be run
+            "calibration": {"slope": 1.0, "intercept": 0.0},
+            "onnx_sha256": onnx_digest,
+            "tokenizer_sha256": tokenizer_digest,
+        }
+        write_config(stage, config)
+        encoder = load_encoder(stage)
+        scored = PairEvaluator(valid).score(encoder.encode)
+        checked = spread_by_length(scored.texts, CHECKED_QUESTIONS)
+        reference = model.encode([scored.texts[i] for i in checked], normalize_embeddings=True)
+        gap = cosine_gap(reference, scored.vectors[checked])
+        if gap > MAX_COSINE_GAP:
+            raise ValueError(
+                f"{st_dir}: the converted graph's cosines differ from sentence-transformers' own by up to {gap:.2g} "
+                f"over {len(checked)} validation questions (at most {MAX_COSINE_GAP:g} allowed); nothing was "
+                f"written to {out}"
+            )
+        metrics = scored.metrics()
+        slope, intercept = fit_logistic(scored.similarities, scored.labels)
+        config["threshold"] = float(metrics["threshold"])
+        config["calibration"] = {"slope": float(slope), "intercept": float(intercept)}
+        config["converted"] = {
+            "from": str(st_dir),
+            "sentence_transformers_modules": [type(m).__name__ for m in model],
+            "valid_file": {"path": str(valid_file), "sha256": sha256_file(valid_file), "pairs": valid_report.kept},
+            "cosine_check": {"questions": len(checked), "max_gap": gap},
+            "duration_s": round(time.time() - started, 1),
+            "torch": torch.__version__,
+        }
+        config["validation"] = {k: round(float(v), 5) for k, v in metrics.items()}
+        write_config(stage, config)
     logger.info("converted %s to %s: %d-d, tau %.3f, cosines within %.2g", st_dir, out, dim, config["threshold"], gap)
     return config
 

@@ -1,23 +1,27 @@
 """Writing a model directory (:mod:`model.model_dir` describes its files) and reading its weights back.
 
 Training calls :func:`save_model_dir` once, at the end: the weights, the ONNX graph built from
-them, the tokenizer and ``config.json``. :func:`load_network` rebuilds the PyTorch network from a
+them, the tokenizer and ``config.json``. Every write goes through :func:`writing`, so a directory
+holds its old model or the new one whatever stops the write. :func:`load_network` rebuilds the PyTorch network from a
 directory's ``config.json`` and weights alone (for the parity test, fine-tuning and upgrades),
 and :func:`upgrade_model_dir` brings a directory written by an older dupq to this format.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file, save_file
 
 from model.config import EncoderConfig
+from model.files import replacing_files
 from model.model_dir import CONFIG, FORMAT_VERSION, ONNX, TOKENIZER, WEIGHTS, ModelDirError, read_json, sha256_file
 from model.training.network import Network, SiameseEncoder, SideBySide
 from model.training.onnx_graph import build_onnx
@@ -41,32 +45,43 @@ def save_model_dir(
     """Write a complete model directory; returns the written config. The version ends with a
     digest of the weights and the tokenizer, so two models that could give a question different
     vectors never share a version."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
-    save_file(weights, str(out / WEIGHTS), metadata={"format": "pt"})
-    (out / WEIGHTS).chmod(0o644)  # safetensors creates it 0600: a service user must be able to read it
-    tokenizer.save(str(out / TOKENIZER))
-    _write_onnx(out, network)
-    digest = sha256_file(out / WEIGHTS)
-    tokenizer_digest = sha256_file(out / TOKENIZER)
-    members = len(network.members) if isinstance(network, SideBySide) else 1
-    config = {
-        "format_version": FORMAT_VERSION,
-        "name": name,
-        "version": model_version(digest, tokenizer_digest, version_prefix),
-        "encoder": dataclasses.asdict(network.config),
-        **({"members": members} if members > 1 else {}),
-        "dim": network.dim,
-        "threshold": float(threshold),
-        "calibration": {"slope": float(calibration[0]), "intercept": float(calibration[1])},
-        "weights_sha256": digest,
-        "tokenizer_sha256": tokenizer_digest,
-        "onnx_sha256": sha256_file(out / ONNX),
-        **(extra or {}),
-    }
-    write_config(out, config)
+    with writing(out) as stage:
+        weights = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+        save_file(weights, str(stage / WEIGHTS), metadata={"format": "pt"})
+        (stage / WEIGHTS).chmod(0o644)  # safetensors creates it 0600: a service user must be able to read it
+        tokenizer.save(str(stage / TOKENIZER))
+        _write_onnx(stage, network)
+        digest = sha256_file(stage / WEIGHTS)
+        tokenizer_digest = sha256_file(stage / TOKENIZER)
+        members = len(network.members) if isinstance(network, SideBySide) else 1
+        config = {
+            "format_version": FORMAT_VERSION,
+            "name": name,
+            "version": model_version(digest, tokenizer_digest, version_prefix),
+            "encoder": dataclasses.asdict(network.config),
+            **({"members": members} if members > 1 else {}),
+            "dim": network.dim,
+            "threshold": float(threshold),
+            "calibration": {"slope": float(calibration[0]), "intercept": float(calibration[1])},
+            "weights_sha256": digest,
+            "tokenizer_sha256": tokenizer_digest,
+            "onnx_sha256": sha256_file(stage / ONNX),
+            **(extra or {}),
+        }
+        write_config(stage, config)
     return config
+
+
+@contextlib.contextmanager
+def writing(out: str | Path, *, whole: bool = True) -> Iterator[Path]:
+    """A directory to write model directory ``out``'s files into, which replace those in ``out``
+    once the block ends without an error, ``config.json`` last (:func:`model.files.replacing_files`):
+    on an error or a kill, ``out`` keeps the model it had, or stays absent. ``whole``: what is
+    written is the whole model, so a model file it lacks (the weights, when a converted model
+    replaces a trained one) is removed; without it (an upgrade) the others stay. Files that are
+    not a model's (a ``report/`` folder) stay either way."""
+    with replacing_files(out, last=CONFIG, drop=(WEIGHTS, ONNX, TOKENIZER) if whole else ()) as stage:
+        yield stage
 
 
 def model_version(arithmetic_sha256: str, tokenizer_sha256: str, prefix: str = VERSION_PREFIX) -> str:
@@ -138,15 +153,16 @@ def upgrade_model_dir(model_dir: str | Path) -> dict[str, Any]:
     network = load_network(model_dir)
     if config.get("weights_sha256") not in (None, sha256_file(model_dir / WEIGHTS)):
         raise ModelDirError(f"{model_dir / WEIGHTS} does not match {CONFIG}: the file was changed or damaged")
-    _write_onnx(model_dir, network)
     before = config.get("format_version", 1)
     config["encoder"] = {**config["encoder"], "unknown_buckets": network.config.unknown_buckets}
-    config.update(
-        format_version=FORMAT_VERSION,
-        onnx_sha256=sha256_file(model_dir / ONNX),
-        tokenizer_sha256=config.get("tokenizer_sha256") or sha256_file(model_dir / TOKENIZER),
-        dim=network.dim,
-    )
-    write_config(model_dir, config)
+    with writing(model_dir, whole=False) as stage:
+        _write_onnx(stage, network)
+        config.update(
+            format_version=FORMAT_VERSION,
+            onnx_sha256=sha256_file(stage / ONNX),
+            tokenizer_sha256=config.get("tokenizer_sha256") or sha256_file(model_dir / TOKENIZER),
+            dim=network.dim,
+        )
+        write_config(stage, config)
     logger.info("upgraded %s from format %s to %d: wrote %s", model_dir, before, FORMAT_VERSION, ONNX)
     return config

@@ -2,6 +2,7 @@
 download) made into a dupq model directory that serves the same cosines."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -127,9 +128,33 @@ def test_a_graph_that_strays_from_its_source_is_refused(
     assert main(["convert", str(st_dir), "--valid", str(_pair_file(tmp_path / "p.tsv")), "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert "the converted graph's cosines differ from sentence-transformers' own by up to" in err
-    assert "over 12 validation questions (at most 0.001 allowed)" in err
-    with pytest.raises(ModelDirError):
-        read_config(out)  # nothing there that serving would load
+    assert f"over 12 validation questions (at most 0.001 allowed); nothing was written to {out}" in err
+    assert not out.exists()
+
+
+def test_a_conversion_that_is_stopped_leaves_the_model_that_was_there(
+    converted: tuple[Path, Path], tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from model.training.evaluation import PairEvaluator
+
+    st_dir, _ = converted
+    out = tmp_path / "served"
+    shutil.copytree(tiny_model_dir, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    score = PairEvaluator.score
+
+    def stopped(*args: object) -> None:
+        raise KeyboardInterrupt  # Ctrl-C while the validation pairs are scored, tau not yet fitted
+
+    monkeypatch.setattr(PairEvaluator, "score", stopped)
+    argv = ["convert", str(st_dir), "--valid", str(_pair_file(tmp_path / "p.tsv")), "--out", str(out)]
+    with pytest.raises(KeyboardInterrupt):
+        main(argv)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # not a servable model with tau 0.5
+    monkeypatch.setattr(PairEvaluator, "score", score)
+    assert main(argv) == 0
+    assert read_config(out)["encoder"]["kind"] == "transformer"
+    assert not (out / "model.safetensors").exists()  # the trained model's weights went with it
 
 
 def test_the_service_serves_a_converted_model_and_re_embeds_the_store_for_it(

@@ -31,6 +31,35 @@ def test_the_version_changes_with_the_tokenizer(tiny_model_dir: Path, tmp_path: 
     assert other["version"].split("+")[1] != config["version"].split("+")[1]
 
 
+def test_a_write_that_is_stopped_leaves_the_model_that_was_there(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from model.training import export
+
+    out = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, out)
+    (out / "report").mkdir()
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    tokenizer = load_tokenizer(tiny_model_dir / "tokenizer.json")
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()  # another tokenizer.json
+
+    def stopped(out: Path, network: object) -> None:
+        raise KeyboardInterrupt  # Ctrl-C with the weights and the tokenizer written
+
+    write_onnx = export._write_onnx
+    monkeypatch.setattr(export, "_write_onnx", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        save_model_dir(out, load_network(tiny_model_dir), tokenizer, name="n", threshold=0.5, calibration=(1.0, 0.0))
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["report"]  # no stage left behind
+    monkeypatch.setattr(export, "_write_onnx", write_onnx)
+    written = save_model_dir(
+        out, load_network(tiny_model_dir), tokenizer, name="n", threshold=0.5, calibration=(1.0, 0.0)
+    )
+    assert load_encoder(out).version == written["version"] != json.loads(before["config.json"])["version"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*before, "report"])
+
+
 def test_weights_are_readable_by_others_and_damage_is_reported(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert (tiny_model_dir / "model.safetensors").stat().st_mode & 0o044 == 0o044  # a service user can read them
     damaged = tmp_path / "damaged"
