@@ -230,6 +230,7 @@ def _groups(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from app.groups import find_groups
+    from model.files import replacing_file
 
     settings = _settings(data_dir=args.data_dir, model_dir=args.model_dir, store_url=args.store_url)
     store, config = _read_only_store(settings)
@@ -246,7 +247,7 @@ def _groups(args: argparse.Namespace) -> int:
     ids, vectors = store.namespace_vectors(args.namespace)
     with tqdm(total=len(ids), desc="grouping", unit="question") as bar:
         found = find_groups(vectors, threshold, args.min_size, threads=settings.cpu_count(), progress=bar.update)
-    with open(args.out, "w", encoding="utf-8") as out:
+    with replacing_file(args.out) as partial, open(partial, "w", encoding="utf-8") as out:
         for rep, members in found:
             out.write(json.dumps({"representative": ids[rep], "ids": [ids[m] for m in members], "size": len(members)}))
             out.write("\n")
@@ -268,11 +269,12 @@ def _feedback(args: argparse.Namespace) -> int:
     import csv
 
     from app.store import latest_feedback
+    from model.files import replacing_file
 
     settings = _settings(data_dir=args.data_dir, model_dir=args.model_dir, store_url=args.store_url)
     store, _ = _read_only_store(settings)
     pairs, superseded, itself = latest_feedback((number, pair) for number, pair, _, _ in store.iter_feedback())
-    with open(args.out, "w", encoding="utf-8", newline="") as out:
+    with replacing_file(args.out) as partial, open(partial, "w", encoding="utf-8", newline="") as out:
         # Quora's layout, a TSV whose header names the questions and the label, which `dupq train` reads.
         writer = csv.writer(out, delimiter="\t", lineterminator="\n")
         writer.writerow(["id", "qid1", "qid2", "question1", "question2", "is_duplicate"])

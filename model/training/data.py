@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from model.delimited import detect_named, gzipped, named_errors, open_text, quotes_fields
+from model.files import replacing_file
 
 logger = logging.getLogger(__name__)
 
@@ -267,9 +268,9 @@ def load_validation_pairs(path: str | Path) -> tuple[list[Pair], LoadReport]:
 
 
 def write_bimpm(pairs: list[Pair], path: str | Path) -> None:
-    """Write pairs in the BiMPM layout (``label q1 q2 pair_id``), the simplest one to read back."""
-    path = Path(path)
+    """Write pairs in the BiMPM layout (``label q1 q2 pair_id``), the simplest one to read back;
+    whole or not at all (:func:`model.files.replacing_file`)."""
     opener = gzip.open if gzipped(path) else open
-    with opener(path, "wt", encoding="utf-8", newline="") as handle:
+    with replacing_file(path) as partial, opener(partial, "wt", encoding="utf-8", newline="") as handle:
         for i, pair in enumerate(pairs):
             handle.write(f"{pair.label}\t{pair.question1}\t{pair.question2}\t{i}\n")

@@ -1,5 +1,6 @@
 import gzip
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -193,6 +194,21 @@ def test_write_bimpm_round_trip(tmp_path: Path, name: str) -> None:
     pairs = [Pair("a b?", "c?", 1), Pair("d?", "e f?", 0)]
     write_bimpm(pairs, tmp_path / name)
     assert load_pairs(tmp_path / name)[0] == pairs
+
+
+def test_a_pair_file_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
+    path = tmp_path / "pairs.tsv.gz"
+    before = [Pair("How old are you?", "What is your age?", 1)]
+    write_bimpm(before, path)
+
+    def stopped() -> Iterator[Pair]:
+        yield Pair("a b?", "c?", 1)
+        raise KeyboardInterrupt  # Ctrl-C halfway: the old file stays, not one pair of the new
+
+    with pytest.raises(KeyboardInterrupt):
+        write_bimpm(stopped(), path)  # type: ignore[arg-type]
+    assert load_pairs(path)[0] == before
+    assert [p.name for p in tmp_path.iterdir()] == ["pairs.tsv.gz"]
 
 
 def test_a_byte_order_mark_is_not_part_of_the_first_row(tmp_path: Path) -> None:
