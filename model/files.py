@@ -41,6 +41,10 @@ def replacing_file(path: str | Path) -> Iterator[Path]:
     target = Path(os.path.realpath(path))
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
     try:
+        partial.touch()
+    except OSError as err:  # a missing folder, one not writable: named as the caller named the file
+        raise type(err)(err.errno, err.strerror, str(path)) from None
+    try:
         yield partial
         _fsync(partial)
         os.replace(partial, target)

@@ -2,6 +2,7 @@
 
 import fcntl
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,14 @@ def test_a_file_is_replaced_only_once_written(tmp_path: Path) -> None:
         assert path.read_text() == "old\n"  # not yet
     assert path.read_text() == "new\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.tsv"]
+
+
+def test_a_file_that_cannot_be_written_is_named_as_given(tmp_path: Path) -> None:
+    path = tmp_path / "missing" / "pairs.tsv"
+    message = re.escape(f"No such file or directory: '{path}'")
+    with pytest.raises(FileNotFoundError, match=message), replacing_file(path):
+        pass
+    assert not path.parent.exists()
 
 
 def test_a_link_keeps_pointing_at_the_file_it_names(tmp_path: Path) -> None:
