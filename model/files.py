@@ -90,6 +90,19 @@ def replacing_files(directory: str | Path, last: str, *, drop: tuple[str, ...] =
         os.close(lock)
 
 
+def check_writable(directory: str | Path, flag: str = "--out") -> None:
+    """Refuse, naming ``flag``, a directory that a write could not go into: it is a file, or it,
+    or the folder it would be made in, is not writable. For commands that work for minutes before
+    they write, so that they fail before the work, not after it."""
+    given = Path(directory)
+    existing = next(p for p in (given.absolute(), *given.absolute().parents) if p.exists())
+    where = "" if existing == given.absolute() else f": {existing}"
+    if not existing.is_dir():
+        raise ValueError(f"{flag} {given}{where} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {given}{where} cannot be written to")
+
+
 def _remove_abandoned(directory: Path) -> None:
     for stage in directory.glob(STAGE_PREFIX + "*"):
         if not stage.is_dir():

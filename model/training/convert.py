@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.encoder import load_encoder
+from model.files import check_writable
 from model.model_dir import FORMAT_VERSION, ONNX, TOKENIZER, sha256_file
 from model.training.data import load_validation_pairs
 from model.training.evaluation import PairEvaluator
@@ -133,6 +134,7 @@ def convert(st_dir: str | Path, valid_file: str | Path, out: str | Path, name: s
     st_dir, out = Path(st_dir), Path(out)
     if out.resolve() == st_dir.resolve():
         raise ValueError(f"--out {out} is the sentence-transformers model itself: its config.json would be overwritten")
+    check_writable(out)
     valid, valid_report = load_validation_pairs(valid_file)
     model, transformer, dim, max_tokens = _source(st_dir)
     with writing(out) as stage:  # on any error below, `out` keeps what it held

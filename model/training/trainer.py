@@ -43,6 +43,7 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from model.config import EncoderConfig
+from model.files import check_writable
 from model.model_dir import TOKENIZER, read_json, sha256_file
 from model.tokenizer import TokenIds, load_tokenizer, train_tokenizer, without_added_tokens
 from model.training.config import TrainConfig
@@ -430,6 +431,7 @@ def train(
             f"--out {out} is the model directory that --init-from starts from: write the fine-tuned model to "
             "another one, so that the model you have stays, to compare with and to go back to"
         )
+    check_writable(out)
     if config.members < 1:
         raise ValueError(f"--members {config.members}: train at least 1 network")
     if config.threads:

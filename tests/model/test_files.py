@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from model import files
-from model.files import replacing_file, replacing_files
+from model.files import check_writable, replacing_file, replacing_files
 
 
 def test_a_file_is_replaced_only_once_written(tmp_path: Path) -> None:
@@ -108,3 +108,13 @@ def test_a_stage_left_by_a_killed_write_is_removed_and_a_running_one_kept(
         os.close(held)
     assert sorted(p.name for p in directory.iterdir()) == [".partial-running", "config.json"]
     assert "removing .partial-killed, left by a write into" in caplog.text
+
+
+def test_a_folder_that_cannot_be_written_is_refused_before_the_work(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    check_writable(tmp_path / "new" / "model")  # made when written
+    with pytest.raises(ValueError, match=re.escape(f"--out {tmp_path / 'notes.txt'} is a file, not a folder")):
+        check_writable(tmp_path / "notes.txt")
+    inside = tmp_path / "notes.txt" / "model"
+    with pytest.raises(ValueError, match=re.escape(f"--out {inside}: {tmp_path / 'notes.txt'} is a file")):
+        check_writable(inside)

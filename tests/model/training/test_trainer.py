@@ -149,6 +149,17 @@ def test_no_members_is_refused_in_one_line(tmp_path: Path, capsys: pytest.Captur
     assert not (tmp_path / "model").exists()
 
 
+def test_an_out_that_cannot_be_written_is_refused_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "notes.txt"
+    out.write_text("mine")
+    # It failed once trained, when the model was written; the pair file need not even exist.
+    assert main(_train_argv(tmp_path / "missing.tsv", out)) == 1
+    assert f"dupq train: error: --out {out} is a file, not a folder" in capsys.readouterr().err
+    assert out.read_text() == "mine"
+
+
 def test_pairs_that_cannot_fill_one_batch_are_refused_saying_what_to_do(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
