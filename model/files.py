@@ -68,7 +68,10 @@ def replacing_files(directory: str | Path, last: str, *, drop: tuple[str, ...] =
     made = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     _remove_abandoned(directory)
-    stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=directory))
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=directory))
+    except OSError as err:  # a folder not writable: named, not the stage it would have held
+        raise type(err)(err.errno, err.strerror, str(directory)) from None
     lock = os.open(stage, os.O_RDONLY)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -118,3 +118,15 @@ def test_a_folder_that_cannot_be_written_is_refused_before_the_work(tmp_path: Pa
     inside = tmp_path / "notes.txt" / "model"
     with pytest.raises(ValueError, match=re.escape(f"--out {inside}: {tmp_path / 'notes.txt'} is a file")):
         check_writable(inside)
+
+
+def test_a_directory_that_cannot_be_written_is_named_not_its_stage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def denied(prefix: str, dir: Path) -> str:  # tempfile's own name
+        raise PermissionError(13, "Permission denied", str(dir / (prefix + "x1y2")))  # as a read-only folder does
+
+    monkeypatch.setattr(files.tempfile, "mkdtemp", denied)
+    message = re.escape(f"Permission denied: '{tmp_path}'")
+    with pytest.raises(PermissionError, match=message), replacing_files(tmp_path, last="config.json"):
+        pass
