@@ -17,16 +17,22 @@ from ...conftest import CORPUS, QUESTIONS
 from .test_trainer import _pair_file
 
 
-def _tiny_bert(path: Path, pooling: str = "mean") -> Path:
+def _tiny_transformer(path: Path, pooling: str = "mean", kind: str = "bert") -> Path:
+    """A sentence-transformers model of a tiny randomly initialised ``kind`` (bert, distilbert,
+    mpnet, roberta), its word pieces trained on the test questions."""
     import torch
+    import transformers
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordPiece
     from tokenizers.trainers import WordPieceTrainer
-    from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    bert = kind in ("bert", "distilbert")  # the others pad with id 1, count positions from it, take no token types
+    roles = ["cls_token", "pad_token", "sep_token", "unk_token", "mask_token"]  # in the order of RoBERTa's ids
+    specials = ["[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]"]
+    if bert:
+        specials.insert(0, specials.pop(1))  # [PAD] is 0
     tokenizer = Tokenizer(WordPiece(unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -36,20 +42,18 @@ def _tiny_bert(path: Path, pooling: str = "mean") -> Path:
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
     )
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.get_vocab_size(),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
+    sizes = {"vocab_size": tokenizer.get_vocab_size(), "max_position_embeddings": 66}
+    if kind == "distilbert":
+        config = transformers.DistilBertConfig(**sizes, dim=32, n_layers=2, n_heads=2, hidden_dim=64)
+    else:
+        layers = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+        configs = {"bert": transformers.BertConfig, "mpnet": transformers.MPNetConfig}
+        config = configs.get(kind, transformers.RobertaConfig)(**sizes, **layers, pad_token_id=specials.index("[PAD]"))
     raw = path / "raw"
-    BertModel(config).save_pretrained(raw)
-    BertTokenizerFast(
-        tokenizer_object=tokenizer,
-        **dict(zip(["pad_token", "unk_token", "cls_token", "sep_token", "mask_token"], specials, strict=True)),
-    ).save_pretrained(raw)
+    transformers.AutoModel.from_config(config).save_pretrained(raw)
+    inputs = {} if bert else {"model_input_names": ["input_ids", "attention_mask"]}
+    names = dict(zip(roles, ["[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]"], strict=True))
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, **names, **inputs).save_pretrained(raw)
     transformer = Transformer(str(raw), max_seq_length=32)
     modules = [transformer, Pooling(32, pooling_mode=pooling), Normalize()]
     st_dir = path / "st"
@@ -60,7 +64,7 @@ def _tiny_bert(path: Path, pooling: str = "mean") -> Path:
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("convert")
-    st_dir = _tiny_bert(tmp)
+    st_dir = _tiny_transformer(tmp)
     out = tmp / "dupq"
     assert main(["convert", str(st_dir), "--valid", str(_pair_file(tmp / "pairs.tsv")), "--out", str(out)]) == 0
     return st_dir, out
@@ -75,6 +79,19 @@ def test_the_converted_model_serves_the_cosines_of_sentence_transformers(convert
     vectors = load_encoder(out, threads=2).encode(texts, batch_size=4)
     np.testing.assert_allclose(vectors @ vectors.T, reference @ reference.T, atol=1e-4)
     np.testing.assert_allclose(vectors, reference, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["distilbert", "mpnet", "roberta"])
+def test_other_transformers_convert_to_the_same_cosines(tmp_path: Path, kind: str) -> None:
+    # all-mpnet-base-v2, the DistilBERT and RoBERTa models: no token types, and for the last two
+    # positions counted from their padding id (1), where dupq pads with 0.
+    from sentence_transformers import SentenceTransformer
+
+    st_dir, out = _tiny_transformer(tmp_path, kind=kind), tmp_path / "dupq"
+    assert main(["convert", str(st_dir), "--valid", str(_pair_file(tmp_path / "pairs.tsv")), "--out", str(out)]) == 0
+    texts = [*QUESTIONS, "A question far longer than the model reads: " + "word " * 60]
+    reference = SentenceTransformer(str(st_dir), device="cpu").encode(texts, normalize_embeddings=True)
+    np.testing.assert_allclose(load_encoder(out).encode(texts, batch_size=4), reference, atol=1e-4)
 
 
 def test_the_converted_directory_says_what_it_is(converted: tuple[Path, Path]) -> None:
@@ -96,7 +113,7 @@ def test_the_converted_directory_says_what_it_is(converted: tuple[Path, Path]) -
 def test_a_model_without_mean_pooling_is_refused_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    st_dir = _tiny_bert(tmp_path, pooling="cls")
+    st_dir = _tiny_transformer(tmp_path, pooling="cls")
     argv = ["convert", str(st_dir), "--valid", str(_pair_file(tmp_path / "p.tsv")), "--out", str(tmp_path / "o")]
     assert main(argv) == 1
     err = capsys.readouterr().err
@@ -124,7 +141,7 @@ def test_a_graph_that_strays_from_its_source_is_refused(
         return export_graph(BertModel(transformer.config))  # the source's shape, other weights
 
     monkeypatch.setattr(module, "export_graph", another_transformer)
-    st_dir, out = _tiny_bert(tmp_path), tmp_path / "o"
+    st_dir, out = _tiny_transformer(tmp_path), tmp_path / "o"
     assert main(["convert", str(st_dir), "--valid", str(_pair_file(tmp_path / "p.tsv")), "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert "the converted graph's cosines differ from sentence-transformers' own by up to" in err
