@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import itertools
 import json
 import sys
@@ -39,7 +38,7 @@ from typing import Any, Literal, TextIO, TypeVar
 from pydantic import ValidationError
 
 from app.schemas import Limits, QuestionIn
-from model.delimited import gzipped, named_errors, open_text, quotes_fields
+from model.delimited import decoded, gzipped, named_errors, open_text, quotes_fields
 
 Format = Literal["jsonl", "csv", "text"]
 FORMATS: tuple[Format, ...] = ("text", "csv", "jsonl")
@@ -72,16 +71,11 @@ def question_rows(
 ) -> Iterator[Row]:
     """The rows of a file (``fmt`` by default from its name), one at a time, each checked as
     ``POST /questions`` checks an item (``namespace`` for a row that names none). A file that is
-    not UTF-8 is a ``ValueError`` that names it, raised when the reader reaches the bad byte."""
-    if str(path) == "-":
-        handle: TextIO = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", newline="")
-    else:
-        handle = open_text(path)
-    with handle, named_errors(path):
+    not UTF-8 (nor UTF-16 with its byte order mark) is a ``ValueError`` that names it and the line,
+    raised when the reader reaches the bad byte."""
+    with named_errors(path), decoded(sys.stdin.buffer) if str(path) == "-" else open_text(path) as handle:
         try:
             yield from _checked(read_rows(handle, fmt or detect_format(path)), limits, namespace)
-        except UnicodeDecodeError as err:
-            raise ValueError(f"{path} is not UTF-8 text: byte 0x{err.object[err.start]:02x}, {err.reason}") from None
         except BadHeader as err:
             raise ValueError(f"{'standard input' if str(path) == '-' else path}: {err}") from None
 

@@ -16,15 +16,17 @@ the file, as :func:`detect_named` does for a first line of no known layout.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import gzip
 import io
 import re
+import typing
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TextIO, TypeVar
+from typing import BinaryIO, TextIO, TypeVar
 
 _QUOTES = re.compile('"+')
 T = TypeVar("T")
@@ -35,27 +37,62 @@ def gzipped(path: str | Path) -> bool:
     return Path(path).suffix.lower() == ".gz"
 
 
-def open_text(path: str | Path, errors: str = "strict") -> TextIO:
-    """A UTF-8 text file, gunzipped on the fly when its name ends in ``.gz`` (in any case); a byte
-    order mark that opens it (as spreadsheets and Notepad write) is dropped. ``errors`` as for
-    :func:`open`: ``"strict"`` raises ``UnicodeDecodeError`` at the first bad byte, ``"replace"``
-    reads it as U+FFFD. Read inside :func:`named_errors`."""
-    if gzipped(path):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", errors=errors, newline="")
-    return open(path, encoding="utf-8-sig", errors=errors, newline="")
+def open_text(path: str | Path) -> TextIO:
+    """A text file, gunzipped on the fly when its name ends in ``.gz`` (in any case), decoded by
+    :func:`decoded`. Open and read it inside :func:`named_errors`."""
+    raw = gzip.open(path, "rb") if gzipped(path) else open(path, "rb")  # noqa: SIM115  # the text stream closes it
+    try:
+        return decoded(typing.cast(BinaryIO, raw))
+    except BaseException:
+        raw.close()
+        raise
+
+
+def decoded(raw: BinaryIO) -> TextIO:
+    """The text of a byte stream: UTF-16 where it opens with UTF-16's byte order mark (as Windows
+    PowerShell's ``>`` and Excel's "Unicode Text" write), else UTF-8 with the byte order mark that
+    spreadsheets and Notepad write dropped. A byte the encoding does not allow raises
+    ``UnicodeDecodeError`` where it is read, which :func:`named_errors` names."""
+    if not hasattr(raw, "peek"):  # a stream with no buffer of its own
+        raw = typing.cast(BinaryIO, io.BufferedReader(typing.cast(typing.Any, raw)))
+    utf16 = raw.peek(2)[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)  # type: ignore[attr-defined]
+    return io.TextIOWrapper(raw, encoding="utf-16" if utf16 else "utf-8-sig", newline="")
 
 
 @contextlib.contextmanager
 def named_errors(path: str | Path) -> Iterator[None]:
     """Reading a file of :func:`open_text`: a file named ``.gz`` that is not gzip, or whose
-    stream is damaged or cut short, is a ``ValueError`` that names it (gzip's own errors name no
-    file, and a cut stream is an ``EOFError`` that no caller expects)."""
+    stream is damaged or cut short, or one that is not UTF-8 text, is a ``ValueError`` that names
+    it (gzip's own errors name no file, a cut stream is an ``EOFError`` that no caller expects,
+    and a byte that is not UTF-8 is told with its line). ``-`` is standard input."""
     try:
         yield
     except gzip.BadGzipFile as err:
         raise ValueError(f"{path} is not gzip-compressed, though its name ends in .gz ({err})") from None
     except (EOFError, zlib.error) as err:
         raise ValueError(f"{path}: its gzip stream is damaged or cut short ({err})") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(_undecodable(path, err)) from None
+
+
+def _undecodable(path: str | Path, err: UnicodeDecodeError) -> str:
+    """What is wrong with a file that ``err`` stopped reading, and how to mend it."""
+    name = "standard input" if str(path) == "-" else str(path)
+    if err.encoding.replace("_", "-").lower() not in ("utf-8", "utf-8-sig"):
+        return f"{name} is not {err.encoding.upper()} text, though it opens with its byte order mark ({err.reason})"
+    where = f"byte 0x{err.object[err.start]:02x}, {err.reason}"
+    if name != "standard input":
+        with gzip.open(path, "rb") if gzipped(path) else open(path, "rb") as raw:
+            for number, line in enumerate(raw, 1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as at:
+                    where = f"line {number}: byte 0x{line[at.start]:02x}, {at.reason}"
+                    break
+    return (
+        f"{name} is not UTF-8 text ({where}); save it as UTF-8, or convert it: `iconv -f cp1252 -t utf-8` for a "
+        "file that Excel saved in Windows-1252"
+    )
 
 
 def detect_named(path: str | Path, first: str, detect: Callable[[str], T]) -> T:

@@ -172,14 +172,14 @@ def _rows(path: Path, fmt: Format, first: str) -> tuple[tuple[int, int, int], in
     the rows after the header, of the file ``path`` whose first line is ``first``."""
     dialect, has_header = _dialect(fmt, first), _DIALECT[fmt][1]
     if fmt in ("tsv", "csv"):
-        with open_text(path, errors="replace") as handle:
+        with open_text(path) as handle:
             if not quotes_fields(handle, dialect["delimiter"]):
                 dialect = {**dialect, "quoting": csv.QUOTE_NONE}
 
     def rows() -> Iterator[list[str] | None]:
         """The rows, None for one that csv cannot read: a field past its limit of 131,072
         characters, as a quote left open makes (it goes on from the next line)."""
-        with open_text(path, errors="replace") as handle:
+        with open_text(path) as handle:
             reader = csv.reader(handle, **dialect)
             if has_header:
                 next(reader, None)
@@ -205,7 +205,7 @@ def iter_pairs(path: str | Path, fmt: Format | None = None, report: LoadReport |
     """Yield the well-formed pairs of ``path``; skipped rows are counted in ``report``."""
     path = Path(path)
     with named_errors(path):
-        with open_text(path, errors="replace") as handle:
+        with open_text(path) as handle:
             first = handle.readline()
         fmt = fmt or detect_named(path, first, detect_format)
         if fmt not in _DIALECT:

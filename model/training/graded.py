@@ -66,7 +66,7 @@ def load_graded(path: str | Path, split: str | None = None) -> tuple[list[Graded
     """The well-formed graded pairs of ``path`` (of one ``split`` of an STS Benchmark file, if
     given), with a report of the rows skipped."""
     path = Path(path)
-    with named_errors(path), open_text(path, errors="replace") as handle:
+    with named_errors(path), open_text(path) as handle:
         fmt = detect_named(path, handle.readline(), detect_graded_format)
         _, width, (c1, c2, cs, csplit) = _LAYOUT[fmt]
         if split is not None and csplit is None:

@@ -42,7 +42,10 @@ def test_the_command_line_reports_bad_input_in_one_line(
     assert (
         capsys.readouterr()
         .err.strip()
-        .endswith(f"dupq embed: error: {latin1} is not UTF-8 text: byte 0xe9, invalid continuation byte")
+        .endswith(
+            f"dupq embed: error: {latin1} is not UTF-8 text (line 2: byte 0xe9, invalid continuation byte); save "
+            "it as UTF-8, or convert it: `iconv -f cp1252 -t utf-8` for a file that Excel saved in Windows-1252"
+        )
     )
     assert main(["embed", "--model", str(tmp_path / "nothing"), str(latin1)]) == 1
     assert "dupq embed: error: model directory" in capsys.readouterr().err

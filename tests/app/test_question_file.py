@@ -163,6 +163,21 @@ def test_a_byte_order_mark_before_the_first_line_is_not_part_of_it(tmp_path: Pat
     )
 
 
+@pytest.mark.parametrize("name", ["questions.csv", "-"])
+def test_utf_16_is_read_where_it_opens_with_its_byte_order_mark(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    # Excel's "Unicode Text" and Windows PowerShell's `>` write UTF-16: it was refused as not UTF-8.
+    sent = "id,text\nq-1,Quel âge as-tu ?\n".encode("utf-16")
+    path = tmp_path / name
+    if name == "-":
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BufferedReader(io.BytesIO(sent))))
+        path = Path("-")
+    else:
+        path.write_bytes(sent)
+    assert _read(path, fmt="csv") == ([("q-1", "Quel âge as-tu ?")], [])
+
+
 def test_standard_input_is_read_as_utf8_without_its_byte_order_mark(monkeypatch: pytest.MonkeyPatch) -> None:
     # `type questions.txt | dupq index -` on Windows, or a file piped in whatever the locale
     sent = "\ufeffq-1\tHow old are you?\nQuel âge as-tu ?\n".encode()

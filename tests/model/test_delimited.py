@@ -1,11 +1,14 @@
+import codecs
 import csv
+import gzip
 import io
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.delimited import quotes_fields
+from model.delimited import named_errors, open_text, quotes_fields
 
 
 def written(rows: list[list[str]], delimiter: str) -> str:
@@ -51,3 +54,30 @@ def test_one_mistyped_or_cut_row_does_not_outvote_the_quoted_ones() -> None:
     # and the other way round: one field that CSV would read as quoted among many that are not
     plain = "".join(f'{i}\tWho wrote "Hamlet", act {i}?\n' for i in range(5))
     assert not quotes_fields(io.StringIO("id\ttext\n" + plain + '9\t"Hamlet"\n'), "\t")
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-8-sig", "utf-8"])
+@pytest.mark.parametrize("name", ["pairs.tsv", "pairs.tsv.gz"])
+def test_utf_16_with_its_byte_order_mark_reads_as_utf_8_does(tmp_path: Path, encoding: str, name: str) -> None:
+    # What Windows PowerShell's `>` and Excel's "Unicode Text" write: UTF-16, the mark first.
+    text = "question1\tquestion2\tis_duplicate\nWhen does the café open?\tCafé hours?\t1\n"
+    data = ("\ufeff" if encoding == "utf-16-be" else "") + text
+    raw = data.encode(encoding)
+    (tmp_path / name).write_bytes(gzip.compress(raw) if name.endswith(".gz") else raw)
+    with named_errors(tmp_path / name), open_text(tmp_path / name) as handle:
+        assert handle.read() == text
+
+
+def test_a_file_that_is_not_utf_8_is_named_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "excel.csv"
+    path.write_bytes("id,text\n1,How old are you?\n2,When does the café open?\n".encode("cp1252"))
+    with pytest.raises(ValueError) as caught, named_errors(path), open_text(path) as handle:
+        handle.read()
+    assert str(caught.value) == (
+        f"{path} is not UTF-8 text (line 3: byte 0xe9, invalid continuation byte); save it as UTF-8, or convert "
+        "it: `iconv -f cp1252 -t utf-8` for a file that Excel saved in Windows-1252"
+    )
+    path.write_bytes(codecs.BOM_UTF16_LE + "How old are you?".encode("utf-16-le")[:-1])  # cut in a character
+    cut = "is not UTF-16-LE text, though it opens with its byte order mark"
+    with pytest.raises(ValueError, match=cut), named_errors(path), open_text(path) as handle:
+        handle.read()

@@ -211,6 +211,17 @@ def test_a_pair_file_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["pairs.tsv.gz"]
 
 
+def test_a_pair_file_that_is_not_utf_8_is_refused_naming_the_line(tmp_path: Path) -> None:
+    # Read with its bad bytes as U+FFFD, a file that Excel saved in Windows-1252 trained on "Caf�".
+    rows = "question1\tquestion2\tis_duplicate\nHow old are you?\tWhat is your age?\t1\n"
+    rows += "Café hours?\tWhen does it open?\t1\n"
+    (tmp_path / "excel.tsv").write_bytes(rows.encode("cp1252"))
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'excel.tsv'} is not UTF-8 text (line 3: byte 0xe9")):
+        load_pairs(tmp_path / "excel.tsv")
+    (tmp_path / "unicode.tsv").write_bytes(rows.encode("utf-16"))  # Excel's "Unicode Text"
+    assert load_pairs(tmp_path / "unicode.tsv")[0][1] == Pair("Café hours?", "When does it open?", 1)
+
+
 def test_a_byte_order_mark_is_not_part_of_the_first_row(tmp_path: Path) -> None:
     rows = "1\tHow old are you?\tWhat is your age?\t0\n0\tWhere are you from?\tWhere are you going?\t1\n"
     (tmp_path / "pairs.tsv").write_text(rows, encoding="utf-8-sig")

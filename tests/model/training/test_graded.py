@@ -26,6 +26,14 @@ def test_sts_benchmark_file_with_malformed_rows(fixtures: Path) -> None:
     }
 
 
+def test_a_graded_file_that_is_not_utf_8_is_refused_naming_the_line(fixtures: Path, tmp_path: Path) -> None:
+    text = (fixtures / "stsb.tsv").read_text(encoding="utf-8").replace("Stocks rose", "Stocks rosé")
+    (tmp_path / "stsb.tsv").write_bytes(text.encode("cp1252"))
+    line = next(i for i, row in enumerate(text.splitlines(), 1) if "rosé" in row)
+    with pytest.raises(ValueError, match=re.escape(f"is not UTF-8 text (line {line}: byte 0xe9")):
+        load_graded(tmp_path / "stsb.tsv")
+
+
 def test_sts_benchmark_split(fixtures: Path) -> None:
     pairs, report = load_graded(fixtures / "stsb.tsv", split="test")
     assert [p.score for p in pairs] == [0.5, 4.0]
