@@ -82,7 +82,8 @@ def _undecodable(path: str | Path, err: UnicodeDecodeError) -> str:
         return f"{name} is not {err.encoding.upper()} text, though it opens with its byte order mark ({err.reason})"
     where = f"byte 0x{err.object[err.start]:02x}, {err.reason}"
     if name != "standard input":
-        with gzip.open(path, "rb") if gzipped(path) else open(path, "rb") as raw:
+        helps = contextlib.suppress(OSError, EOFError, zlib.error)  # the line helps; it is not needed
+        with helps, gzip.open(path, "rb") if gzipped(path) else open(path, "rb") as raw:
             for number, line in enumerate(raw, 1):
                 try:
                     line.decode("utf-8")

@@ -2,8 +2,9 @@
 
 A command stopped while it writes (Ctrl-C, ``kill -9``, a full disk, a power cut) must leave what
 was there before or the new output, never a cut pair file that reads back as fewer pairs, nor a
-model directory whose old model is gone. Both helpers write beside the target, flush the data to
-disk, then rename over it: a rename within one directory is atomic on POSIX.
+model directory whose old model is gone. Both helpers write the new content under another name in
+the target's own folder, flush it to disk, then rename it over the target: a rename within one
+directory is atomic on POSIX.
 
 :func:`replacing_file` does it for one file; :func:`replacing_files` for the files of a directory
 (a model directory: :func:`model.training.export.writing`). There each file is renamed over its

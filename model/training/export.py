@@ -2,9 +2,10 @@
 
 Training calls :func:`save_model_dir` once, at the end: the weights, the ONNX graph built from
 them, the tokenizer and ``config.json``. Every write goes through :func:`writing`, so a directory
-holds its old model or the new one whatever stops the write. :func:`load_network` rebuilds the PyTorch network from a
-directory's ``config.json`` and weights alone (for the parity test, fine-tuning and upgrades),
-and :func:`upgrade_model_dir` brings a directory written by an older dupq to this format.
+holds its old model or the new one whatever stops the write. :func:`load_network` rebuilds the
+PyTorch network from a directory's ``config.json`` and weights alone (for the parity test,
+fine-tuning and upgrades), and :func:`upgrade_model_dir` brings a directory written by an older
+dupq to this format.
 """
 
 from __future__ import annotations
