@@ -28,7 +28,9 @@ def _tiny_transformer(path: Path, pooling: str = "mean", kind: str = "bert") -> 
     from tokenizers.models import WordPiece
     from tokenizers.trainers import WordPieceTrainer
 
-    bert = kind in ("bert", "distilbert")  # the others pad with id 1, count positions from it, take no token types
+    # BERT's tokenizer gives token types, the others' do not; MPNet and RoBERTa pad with id 1 and count
+    # positions from it, the BERTs pad with 0.
+    bert = kind in ("bert", "distilbert")
     roles = ["cls_token", "pad_token", "sep_token", "unk_token", "mask_token"]  # in the order of RoBERTa's ids
     specials = ["[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]"]
     if bert:
@@ -51,7 +53,7 @@ def _tiny_transformer(path: Path, pooling: str = "mean", kind: str = "bert") -> 
         config = configs.get(kind, transformers.RobertaConfig)(**sizes, **layers, pad_token_id=specials.index("[PAD]"))
     raw = path / "raw"
     transformers.AutoModel.from_config(config).save_pretrained(raw)
-    inputs = {} if bert else {"model_input_names": ["input_ids", "attention_mask"]}
+    inputs = {} if kind == "bert" else {"model_input_names": ["input_ids", "attention_mask"]}
     names = dict(zip(roles, ["[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]"], strict=True))
     transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, **names, **inputs).save_pretrained(raw)
     transformer = Transformer(str(raw), max_seq_length=32)
