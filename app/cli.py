@@ -230,8 +230,9 @@ def _groups(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from app.groups import find_groups
-    from model.files import replacing_file
+    from model.files import check_writable, replacing_file
 
+    check_writable(args.out, file=True)  # before the grouping, which can take minutes
     settings = _settings(data_dir=args.data_dir, model_dir=args.model_dir, store_url=args.store_url)
     store, config = _read_only_store(settings)
     others = {v: n for v, n in store.model_versions().items() if v != config["version"]}
@@ -269,8 +270,9 @@ def _feedback(args: argparse.Namespace) -> int:
     import csv
 
     from app.store import latest_feedback
-    from model.files import replacing_file
+    from model.files import check_writable, replacing_file
 
+    check_writable(args.out, file=True)
     settings = _settings(data_dir=args.data_dir, model_dir=args.model_dir, store_url=args.store_url)
     store, _ = _read_only_store(settings)
     pairs, superseded, itself = latest_feedback((number, pair) for number, pair, _, _ in store.iter_feedback())
@@ -318,9 +320,12 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from model.encoder import load_encoder
+    from model.files import check_writable
     from model.training.data import load_pairs, require_pairs
     from model.training.evaluation import evaluate, write_report
 
+    if args.report:
+        check_writable(args.report, "--report")  # before the evaluation, which can take minutes
     encoder = load_encoder(_settings(model_dir=args.model).model_dir, threads=args.threads)
     pairs, report = load_pairs(args.pairs)
     require_pairs(pairs, [report], "evaluate")
@@ -351,9 +356,12 @@ def _sts(args: argparse.Namespace) -> int:
 
 
 def _split(args: argparse.Namespace) -> int:
+    from model.files import check_writable
     from model.training.data import load_pairs, require_pairs, write_bimpm
     from model.training.groups import split_by_groups
 
+    check_writable(args.out_rest, "--out-rest", file=True)
+    check_writable(args.out_held, "--out-held", file=True)  # not one file written where the other cannot be
     pairs, report = load_pairs(args.pairs)
     rest, held = split_by_groups(require_pairs(pairs, [report], "split"), args.fraction, args.seed)
     write_bimpm(rest, args.out_rest)
@@ -365,9 +373,11 @@ def _split(args: argparse.Namespace) -> int:
 def _swaps(args: argparse.Namespace) -> int:
     import collections
 
+    from model.files import check_writable
     from model.training.data import Pair, load_pairs, require_pairs, write_bimpm
     from model.training.negatives import check_pairs
 
+    check_writable(args.out, file=True)
     pairs, report = load_pairs(args.pairs)
     questions = [q for pair in require_pairs(pairs, [report], "reorder") for q in (pair.question1, pair.question2)]
     rows = check_pairs(questions)

@@ -94,13 +94,25 @@ def replacing_files(directory: str | Path, last: str, *, drop: tuple[str, ...] =
         os.close(lock)
 
 
-def check_writable(directory: str | Path, flag: str = "--out") -> None:
-    """Refuse, naming ``flag``, a directory that a write could not go into: it is a file, or it,
-    or the folder it would be made in, is not writable. For commands that work for minutes before
-    they write, so that they fail before the work, not after it."""
-    given = Path(directory)
-    existing = next(p for p in (given.absolute(), *given.absolute().parents) if p.exists())
-    where = "" if existing == given.absolute() else f": {existing}"
+def check_writable(path: str | Path, flag: str = "--out", *, file: bool = False) -> None:
+    """Refuse, naming ``flag``, a path that a write could not go to: a folder (made with its
+    parents where missing) that is a file, or that cannot be made or written in; with ``file``, a
+    file that is a folder, or whose folder is missing, a file, or not writable (a device or a pipe
+    is written to as it is: it passes). For commands that work for minutes before they write, so
+    that they fail before the work, not after it."""
+    given = Path(path)
+    absolute = given.absolute()
+    if file:
+        if absolute.is_dir():
+            raise ValueError(f"{flag} {given} is a folder, not a file")
+        if absolute.exists() and not absolute.is_file():
+            return
+        if not absolute.parent.exists():
+            raise ValueError(f"{flag} {given}: there is no folder {absolute.parent}")
+        existing = absolute.parent
+    else:
+        existing = next(p for p in (absolute, *absolute.parents) if p.exists())
+    where = "" if existing == absolute else f": {existing}"
     if not existing.is_dir():
         raise ValueError(f"{flag} {given}{where} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):

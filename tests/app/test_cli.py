@@ -298,3 +298,25 @@ def test_index_groups_and_feedback_work_on_either_store(
     assert json.loads(capsys.readouterr().out)["pairs"] == 0
     if store_url:  # the store is PostgreSQL's: the data directory holds only the replica's copy
         assert not (tmp_path / "d" / "questions.sqlite3").exists() and (tmp_path / "d" / "replica.sqlite3").exists()
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Each wrote only at the end: `groups` after grouping, `evaluate --report` after MiniLM's pass,
+    # `split` its first file, then failed on the second.
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("1\tHow old are you?\tWhat is your age?\t0\n", encoding="utf-8")
+    nowhere = tmp_path / "nowhere" / "out.tsv"
+    for argv, flag in (
+        (["groups", "--data-dir", str(tmp_path / "none"), "--out", str(nowhere)], "--out"),
+        (["evaluate", "--pairs", str(pairs), "--report", str(pairs)], "--report"),
+        (
+            ["split", "--pairs", str(pairs), "--out-rest", str(tmp_path / "rest.tsv"), "--out-held", str(nowhere)],
+            "--out-held",
+        ),
+    ):
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith(f"dupq {argv[0]}: error: {flag} "), err
+    assert not (tmp_path / "rest.tsv").exists()

@@ -130,3 +130,13 @@ def test_a_directory_that_cannot_be_written_is_named_not_its_stage(
     message = re.escape(f"Permission denied: '{tmp_path}'")
     with pytest.raises(PermissionError, match=message), replacing_files(tmp_path, last="config.json"):
         pass
+
+
+def test_a_file_that_cannot_be_written_is_refused_before_the_work(tmp_path: Path) -> None:
+    check_writable(tmp_path / "groups.jsonl", file=True)
+    check_writable(os.devnull, file=True)  # written to as it is
+    with pytest.raises(ValueError, match=re.escape(f"--out {tmp_path} is a folder, not a file")):
+        check_writable(tmp_path, file=True)
+    missing = tmp_path / "missing" / "groups.jsonl"
+    with pytest.raises(ValueError, match=re.escape(f"--out {missing}: there is no folder {missing.parent}")):
+        check_writable(missing, file=True)
