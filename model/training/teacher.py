@@ -19,6 +19,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from model.encoder import available_cpus
+from model.files import replacing_file
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,6 @@ class MiniLMTeacher:
         logger.info("teacher vectors in %.0f s", time.time() - started)
         if cache:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            partial = cache.with_suffix(".partial.npy")
-            np.save(partial, vectors)
-            partial.replace(cache)  # whole or not there
+            with replacing_file(cache) as partial, open(partial, "wb") as handle:  # whole or not there
+                np.save(handle, vectors)
         return vectors
