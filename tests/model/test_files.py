@@ -3,6 +3,7 @@
 import fcntl
 import os
 import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -44,11 +45,18 @@ def test_a_link_keeps_pointing_at_the_file_it_names(tmp_path: Path) -> None:
     assert link.is_symlink() and target.read_text() == "new\n"
 
 
-def test_a_device_is_written_to_as_it_is(tmp_path: Path) -> None:
-    with replacing_file(os.devnull) as path:
-        assert path == Path(os.devnull)
-        path.write_text("nothing\n")
-    assert Path(os.devnull).is_char_device()
+def test_a_pipe_is_written_to_as_it_is(tmp_path: Path) -> None:
+    # As `--out /dev/stdout` is: renaming a file over it would replace the pipe, not feed it.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    received: list[str] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()), daemon=True)
+    reader.start()
+    with replacing_file(fifo) as path:
+        assert path == fifo
+        path.write_text("through the pipe\n")
+    reader.join(timeout=10)
+    assert received == ["through the pipe\n"] and fifo.is_fifo()
 
 
 def test_files_replace_their_namesakes_the_last_one_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
