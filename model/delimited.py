@@ -75,6 +75,14 @@ def named_errors(path: str | Path) -> Iterator[None]:
         raise ValueError(_undecodable(path, err)) from None
 
 
+# Files that are not text at all, by how they open: what they are, and what to do instead.
+_NOT_TEXT = (
+    (b"PK\x03\x04", "a zip archive, not text (an Excel workbook is one): save the sheet as CSV UTF-8"),
+    (b"\xd0\xcf\x11\xe0", "an Excel 97-2003 workbook, not text: save the sheet as CSV UTF-8"),
+    (b"\x1f\x8b", "gzip-compressed, though its name does not end in .gz: name it so, or gunzip it"),
+)
+
+
 def _undecodable(path: str | Path, err: UnicodeDecodeError) -> str:
     """What is wrong with a file that ``err`` stopped reading, and how to mend it."""
     name = "standard input" if str(path) == "-" else str(path)
@@ -84,6 +92,10 @@ def _undecodable(path: str | Path, err: UnicodeDecodeError) -> str:
     if name != "standard input":
         helps = contextlib.suppress(OSError, EOFError, zlib.error)  # the line helps; it is not needed
         with helps, gzip.open(path, "rb") if gzipped(path) else open(path, "rb") as raw:
+            opening = raw.peek(4)[:4]
+            for magic, what in _NOT_TEXT:
+                if opening.startswith(magic):
+                    return f"{name} is {what}"
             for number, line in enumerate(raw, 1):
                 try:
                     line.decode("utf-8")

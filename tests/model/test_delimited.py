@@ -2,6 +2,7 @@ import codecs
 import csv
 import gzip
 import io
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,26 @@ def test_a_file_that_is_not_utf_8_is_named_with_its_line(tmp_path: Path) -> None
     cut = "is not UTF-16-LE text, though it opens with its byte order mark"
     with pytest.raises(ValueError, match=cut), named_errors(path), open_text(path) as handle:
         handle.read()
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("questions.xlsx", "is a zip archive, not text (an Excel workbook is one): save the sheet as CSV UTF-8"),
+        ("questions.xls", "is an Excel 97-2003 workbook, not text: save the sheet as CSV UTF-8"),
+        ("questions.csv", "is gzip-compressed, though its name does not end in .gz: name it so, or gunzip it"),
+    ],
+)
+def test_a_file_that_is_not_text_says_what_it_is(tmp_path: Path, name: str, says: str) -> None:
+    # Told to `iconv -f cp1252` it, which would not have helped.
+    path = tmp_path / name
+    if name.endswith(".xlsx"):
+        with zipfile.ZipFile(path, "w") as workbook:
+            workbook.writestr("xl/sharedStrings.xml", "<sst><si><t>How old are you?</t></si></sst>" * 50)
+    elif name.endswith(".xls"):
+        path.write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(range(256)))
+    else:
+        path.write_bytes(gzip.compress(b"id,text\n1,How old are you?\n"))
+    with pytest.raises(ValueError) as caught, named_errors(path), open_text(path) as handle:
+        handle.read()
+    assert str(caught.value) == f"{path} {says}"
