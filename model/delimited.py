@@ -89,7 +89,7 @@ def _undecodable(path: str | Path, err: UnicodeDecodeError) -> str:
     if err.encoding.replace("_", "-").lower() not in ("utf-8", "utf-8-sig"):
         return f"{name} is not {err.encoding.upper()} text, though it opens with its byte order mark ({err.reason})"
     where = f"byte 0x{err.object[err.start]:02x}, {err.reason}"
-    if name != "standard input":
+    if Path(path).is_file():  # not standard input, nor a pipe, which cannot be read again from its start
         helps = contextlib.suppress(OSError, EOFError, zlib.error)  # the line helps; it is not needed
         with helps, gzip.open(path, "rb") if gzipped(path) else open(path, "rb") as raw:
             opening = raw.peek(4)[:4]

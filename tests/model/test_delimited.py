@@ -105,3 +105,12 @@ def test_a_file_that_is_not_text_says_what_it_is(tmp_path: Path, name: str, says
     with pytest.raises(ValueError) as caught, named_errors(path), open_text(path) as handle:
         handle.read()
     assert str(caught.value) == f"{path} {says}"
+
+
+def test_a_pipe_or_device_that_is_not_utf_8_is_not_read_again_for_the_line() -> None:
+    # `dupq index <(cat excel.csv)`: read again, a pipe gives what comes after (or waits for a
+    # writer), so the line told was another's; a device of random bytes stands in for it here.
+    with pytest.raises(ValueError) as caught, named_errors("/dev/urandom"), open_text("/dev/urandom") as handle:
+        handle.read(1 << 16)
+    said = str(caught.value)  # UTF-16 where the bytes happen to open with its mark: 2 in 65,536
+    assert said.startswith("/dev/urandom is not UTF-") and "(line " not in said
