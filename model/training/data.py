@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 from model.delimited import detect_named, gzipped, named_errors, open_text, quotes_fields
 from model.files import replacing_file
@@ -167,30 +168,33 @@ def _dialect(fmt: Format, first_line: str) -> dict[str, Any]:
     return dialect
 
 
-def _rows(path: Path, fmt: Format, first: str) -> tuple[tuple[int, int, int], int, Iterator[list[str] | None]]:
+def _rows(
+    path: Path, handle: TextIO, fmt: Format, first: str
+) -> tuple[tuple[int, int, int], int, Iterator[list[str] | None]]:
     """The columns of (question1, question2, label), the number of fields a row must have, and
-    the rows after the header, of the file ``path`` whose first line is ``first``."""
+    the rows after the header, of the file ``path`` open as ``handle`` (seekable), whose first
+    line is ``first``."""
     dialect, has_header = _dialect(fmt, first), _DIALECT[fmt][1]
     if fmt in ("tsv", "csv"):
-        with open_text(path) as handle:
-            if not quotes_fields(handle, dialect["delimiter"]):
-                dialect = {**dialect, "quoting": csv.QUOTE_NONE}
+        handle.seek(0)
+        if not quotes_fields(handle, dialect["delimiter"]):
+            dialect = {**dialect, "quoting": csv.QUOTE_NONE}
 
     def rows() -> Iterator[list[str] | None]:
         """The rows, None for one that csv cannot read: a field past its limit of 131,072
         characters, as a quote left open makes (it goes on from the next line)."""
-        with open_text(path) as handle:
-            reader = csv.reader(handle, **dialect)
-            if has_header:
-                next(reader, None)
-            while True:
-                try:
-                    row = next(reader)
-                except StopIteration:
-                    return
-                except csv.Error:
-                    row = None
-                yield row
+        handle.seek(0)
+        reader = csv.reader(handle, **dialect)
+        if has_header:
+            next(reader, None)
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error:
+                row = None
+            yield row
 
     if not has_header:
         return _BIMPM_COLUMNS, _BIMPM_WIDTH, rows()
@@ -202,17 +206,19 @@ def _rows(path: Path, fmt: Format, first: str) -> tuple[tuple[int, int, int], in
 
 
 def iter_pairs(path: str | Path, fmt: Format | None = None, report: LoadReport | None = None) -> Iterator[Pair]:
-    """Yield the well-formed pairs of ``path``; skipped rows are counted in ``report``."""
+    """Yield the well-formed pairs of ``path``; skipped rows are counted in ``report``. The file
+    is read more than once (its layout, its quoting, its rows): one that cannot seek (a pipe, as
+    ``<(zcat ...)`` gives) is read into memory first."""
     path = Path(path)
-    with named_errors(path):
-        with open_text(path) as handle:
-            first = handle.readline()
+    with named_errors(path), open_text(path) as opened:
+        handle = opened if opened.seekable() else io.StringIO(opened.read(), newline="")
+        first = handle.readline()
         fmt = fmt or detect_named(path, first, detect_format)
         if fmt not in _DIALECT:
             raise ValueError(f"unknown pair format {fmt!r}; expected one of {', '.join(FORMATS)}")
         report = report if report is not None else LoadReport(str(path), fmt)
         report.format = fmt
-        (c1, c2, cl), width, rows = _rows(path, fmt, first)
+        (c1, c2, cl), width, rows = _rows(path, handle, fmt, first)
         for row in rows:
             if row is None:
                 report.skipped["rows csv cannot read (a field past its limit: a quote left open?)"] += 1

@@ -1,5 +1,7 @@
 import gzip
+import os
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -220,6 +222,22 @@ def test_a_pair_file_that_is_not_utf_8_is_refused_naming_the_line(tmp_path: Path
         load_pairs(tmp_path / "excel.tsv")
     (tmp_path / "unicode.tsv").write_bytes(rows.encode("utf-16"))  # Excel's "Unicode Text"
     assert load_pairs(tmp_path / "unicode.tsv")[0][1] == Pair("Café hours?", "When does it open?", 1)
+
+
+def test_a_pair_file_through_a_pipe_is_read_whole() -> None:
+    # `dupq train --train <(zcat ...)`: each of the three readings opened the pipe again and went on
+    # where the one before stopped, so the first 8 KiB of pairs were lost without a word.
+    rows = "".join(f"1\tHow old is person {i}?\tWhat is the age of person {i}?\t{i}\n" for i in range(3000))
+    read, write = os.pipe()
+    writer = threading.Thread(target=lambda: (os.write(write, rows.encode()), os.close(write)))
+    writer.start()
+    try:
+        pairs, report = load_pairs(f"/dev/fd/{read}")
+    finally:
+        os.close(read)  # a writer still blocked on a full pipe gets EPIPE and ends
+        writer.join()
+    assert len(pairs) == 3000 and not report.skipped
+    assert pairs[0] == Pair("How old is person 0?", "What is the age of person 0?", 1)
 
 
 def test_a_byte_order_mark_is_not_part_of_the_first_row(tmp_path: Path) -> None:
