@@ -174,7 +174,7 @@ def convert(st_dir: str | Path, valid_file: str | Path, out: str | Path, name: s
         config["converted"] = {
             "from": str(st_dir),
             "sentence_transformers_modules": [type(m).__name__ for m in model],
-            "valid_file": {"path": str(valid_file), "sha256": sha256_file(valid_file), "pairs": valid_report.kept},
+            "valid_file": {"path": str(valid_file), "sha256": valid_report.sha256(), "pairs": valid_report.kept},
             "cosine_check": {"questions": len(checked), "max_gap": gap},
             "duration_s": round(time.time() - started, 1),
             "torch": torch.__version__,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import logging
 from collections import Counter
@@ -33,6 +34,7 @@ from typing import Any, Literal, TextIO
 
 from model.delimited import detect_named, gzipped, named_errors, open_text, quotes_fields
 from model.files import replacing_file
+from model.model_dir import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -89,10 +91,15 @@ class LoadReport:
     kept: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     conflicting: list[Pair] = field(default_factory=list)
+    read_sha256: str | None = None  # of the bytes read, for a file that cannot be read again (a pipe)
 
     @property
     def n_skipped(self) -> int:
         return sum(self.skipped.values())
+
+    def sha256(self) -> str:
+        """The sha256 of the file the pairs came from, as read."""
+        return self.read_sha256 or sha256_file(self.path)
 
     def summary(self) -> str:
         reasons = ", ".join(f"{n} {why}" for why, n in self.skipped.most_common())
@@ -211,13 +218,18 @@ def iter_pairs(path: str | Path, fmt: Format | None = None, report: LoadReport |
     ``<(zcat ...)`` gives) is read into memory first."""
     path = Path(path)
     with named_errors(path), open_text(path) as opened:
-        handle = opened if opened.seekable() else io.StringIO(opened.read(), newline="")
+        handle: TextIO = opened
+        read_sha256 = None
+        if not opened.seekable():
+            data = opened.buffer.read()
+            read_sha256 = hashlib.sha256(data).hexdigest()
+            handle = io.StringIO(data.decode(opened.encoding), newline="")
         first = handle.readline()
         fmt = fmt or detect_named(path, first, detect_format)
         if fmt not in _DIALECT:
             raise ValueError(f"unknown pair format {fmt!r}; expected one of {', '.join(FORMATS)}")
         report = report if report is not None else LoadReport(str(path), fmt)
-        report.format = fmt
+        report.format, report.read_sha256 = fmt, read_sha256
         (c1, c2, cl), width, rows = _rows(path, handle, fmt, first)
         for row in rows:
             if row is None:

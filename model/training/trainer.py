@@ -381,7 +381,7 @@ class Trainer:
 def _describe(report: LoadReport) -> dict[str, Any]:
     return {
         "path": report.path,
-        "sha256": sha256_file(report.path),
+        "sha256": report.sha256(),
         "format": report.format,
         "pairs": report.kept,
         "skipped": report.n_skipped,
@@ -669,11 +669,14 @@ def _replay(
                 )
             files.append(path)
     pool: list[Pair] = []
+    described = []
     for name in files:
-        pool += load_pairs(name)[0]
+        pairs, report = load_pairs(name)
+        pool += pairs
+        described.append({"path": str(name), "sha256": report.sha256()})
     sample = random.Random(seed).sample(pool, min(count, len(pool)))
     logger.info("replaying %d of the %d pairs of %s", len(sample), len(pool), ", ".join(map(str, files)))
-    return sample, {"files": [{"path": str(f), "sha256": sha256_file(f)} for f in files], "pairs": len(sample)}
+    return sample, {"files": described, "pairs": len(sample)}
 
 
 def _recorded_file(path: Path, model_dir: Path) -> Path | None:

@@ -1,4 +1,5 @@
 import gzip
+import hashlib
 import os
 import re
 import threading
@@ -233,6 +234,8 @@ def test_a_pair_file_through_a_pipe_is_read_whole() -> None:
     writer.start()
     try:
         pairs, report = load_pairs(f"/dev/fd/{read}")
+        # What config.json records of a training file: read again, the pipe gave b"" and its sha256.
+        assert report.sha256() == hashlib.sha256(rows.encode()).hexdigest()
     finally:
         os.close(read)  # a writer still blocked on a full pipe gets EPIPE and ends
         writer.join()
