@@ -394,7 +394,7 @@ def _swaps(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from model.training.convert import convert
 
-    config = convert(args.st_model_dir, args.valid, args.out, name=args.name)
+    config = convert(args.st_model_dir, args.valid, args.out, name=args.name, prompt_name=args.prompt)
     print(
         json.dumps({"out": str(args.out), "version": config["version"], "validation": config["validation"]}, indent=2)
     )
@@ -724,6 +724,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--valid", required=True, help="labelled pairs: tau and the calibration are fitted on them")
     p.add_argument("--out", required=True, type=Path, help="model directory to write")
     p.add_argument("--name", help="the model's name (default: the source directory's name)")
+    p.add_argument(
+        "--prompt",
+        metavar="NAME",
+        help="the source's prompt to put before every question, as sentence-transformers' encode(prompt_name=NAME) "
+        "does (default: the model's default prompt, if it has one; '' for none)",
+    )
     p.set_defaults(func=_convert)
     return parser
 

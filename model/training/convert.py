@@ -1,7 +1,10 @@
 """``dupq convert``: a sentence-transformers model directory made into a dupq model directory.
 
 The source is a BERT-style transformer with mean pooling (and optionally a Normalize module), as
-all-MiniLM-L6-v2 is. The written directory is what serving loads for any model
+all-MiniLM-L6-v2 is. A prompt that sentence-transformers puts before each text (the model's default
+prompt, or the one ``--prompt`` names, as ``encode(prompt_name=...)`` would) is written into the
+tokenizer, ahead of its normalizer, so that serving reads ``"query: " + question`` as the source
+does. The written directory is what serving loads for any model
 (:mod:`model.model_dir`): ``model.onnx`` with dupq's inputs (``ids`` (B, T) int64, ``lengths``
 (B,) int32) and output (``embeddings`` (B, D), unit rows), the source's ``tokenizer.json`` (padding
 off, truncation at ``max_tokens``), tau and the calibration fitted on the validation pairs, and a
@@ -28,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tokenizers import Tokenizer, normalizers
 from torch import nn
 
 from model.encoder import load_encoder
@@ -63,9 +67,10 @@ class MeanPooled(nn.Module):
         return F.normalize(mean, dim=-1)
 
 
-def _source(st_dir: Path) -> tuple[Any, nn.Module, int, int]:
-    """The sentence-transformers model of ``st_dir``: the model, its transformer, its width and
-    its longest input; refused with the reason unless it is a transformer with mean pooling."""
+def _source(st_dir: Path) -> tuple[Any, nn.Module, int, int, Any]:
+    """The sentence-transformers model of ``st_dir``: the model, its transformer, its width, its
+    longest input and its pooling; refused with the reason unless it is a transformer with mean
+    pooling."""
     from sentence_transformers import SentenceTransformer
 
     try:  # sentence-transformers 6 moved the modules; 3 to 5 have them here only
@@ -91,7 +96,43 @@ def _source(st_dir: Path) -> tuple[Any, nn.Module, int, int]:
     longest = model.max_seq_length
     if not longest:
         raise ValueError(f"{st_dir}: the model does not say its longest input (max_seq_length)")
-    return model, modules[0].auto_model, int(dim), int(longest)
+    return model, modules[0].auto_model, int(dim), int(longest), rest[0]
+
+
+def _prompt(model: Any, pooling: Any, st_dir: Path, name: str | None) -> tuple[str | None, str]:
+    """The name and text of the prompt that sentence-transformers' ``encode`` puts before each
+    text: the one named (``""``: none), else the model's default one, else none. Refused where
+    the pooling leaves the prompt's tokens out, which dupq's graph does not do."""
+    prompts: dict[str, str] = dict(getattr(model, "prompts", None) or {})
+    if name is None:
+        name = getattr(model, "default_prompt_name", None)
+    if not name:
+        return None, ""
+    if name not in prompts:
+        known = ", ".join(sorted(prompts)) or "none"
+        raise ValueError(
+            f"{st_dir}: the model has no prompt named {name!r} (its prompts: {known}; --prompt '' for none)"
+        )
+    text = prompts[name] or ""
+    if text and not getattr(pooling, "include_prompt", True):
+        raise ValueError(
+            f"{st_dir}: its pooling leaves the tokens of the prompt {name!r} out of the mean (include_prompt false), "
+            "which dupq's graph does not do; --prompt '' converts it without the prompt"
+        )
+    return name, text
+
+
+def _serving_tokenizer(model: Any, max_tokens: int, prompt: str) -> Tokenizer:
+    """A copy of the `tokenizers` Tokenizer behind the model's fast tokenizer as serving runs it:
+    no padding, truncation at ``max_tokens``, and ``prompt`` put before each text ahead of the
+    normalizer (the source lowercases its prompt with the text, as this does)."""
+    tokenizer = Tokenizer.from_str(model.tokenizer.backend_tokenizer.to_str())  # the source's stays as it was
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=max_tokens)
+    if prompt:
+        steps = [normalizers.Prepend(prompt)] + ([tokenizer.normalizer] if tokenizer.normalizer else [])
+        tokenizer.normalizer = normalizers.Sequence(steps)
+    return tokenizer
 
 
 def _pooling_modes(pooling: Any) -> list[str]:
@@ -127,22 +168,28 @@ def export_graph(transformer: nn.Module) -> bytes:
     return buffer.getvalue()
 
 
-def convert(st_dir: str | Path, valid_file: str | Path, out: str | Path, name: str | None = None) -> dict[str, Any]:
+def convert(
+    st_dir: str | Path,
+    valid_file: str | Path,
+    out: str | Path,
+    name: str | None = None,
+    prompt_name: str | None = None,
+) -> dict[str, Any]:
     """Write the dupq model directory ``out`` from the sentence-transformers model ``st_dir``,
-    with tau and the calibration fitted on ``valid_file``; returns its config."""
+    with tau and the calibration fitted on ``valid_file``; returns its config. ``prompt_name``
+    chooses the source's prompt put before each question (default: the model's default prompt;
+    ``""``: none)."""
     started = time.time()
     st_dir, out = Path(st_dir), Path(out)
     if out.resolve() == st_dir.resolve():
         raise ValueError(f"--out {out} is the sentence-transformers model itself: its config.json would be overwritten")
     check_writable(out)
     valid, valid_report = load_validation_pairs(valid_file)
-    model, transformer, dim, max_tokens = _source(st_dir)
+    model, transformer, dim, max_tokens, pooling = _source(st_dir)
+    prompt_name, prompt = _prompt(model, pooling, st_dir, prompt_name)
     with writing(out) as stage:  # on any error below, `out` keeps what it held
         (stage / ONNX).write_bytes(export_graph(transformer))
-        tokenizer = model.tokenizer.backend_tokenizer  # the `tokenizers` Tokenizer behind the fast tokenizer
-        tokenizer.no_padding()
-        tokenizer.enable_truncation(max_length=max_tokens)
-        tokenizer.save(str(stage / TOKENIZER))
+        _serving_tokenizer(model, max_tokens, prompt).save(str(stage / TOKENIZER))
         onnx_digest, tokenizer_digest = sha256_file(stage / ONNX), sha256_file(stage / TOKENIZER)
         config: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
@@ -159,7 +206,7 @@ def convert(st_dir: str | Path, valid_file: str | Path, out: str | Path, name: s
         encoder = load_encoder(stage)
         scored = PairEvaluator(valid).score(encoder.encode)
         checked = spread_by_length(scored.texts, CHECKED_QUESTIONS)
-        reference = model.encode([scored.texts[i] for i in checked], normalize_embeddings=True)
+        reference = model.encode([scored.texts[i] for i in checked], prompt=prompt, normalize_embeddings=True)
         gap = cosine_gap(reference, scored.vectors[checked])
         if gap > MAX_COSINE_GAP:
             raise ValueError(
@@ -174,6 +221,7 @@ def convert(st_dir: str | Path, valid_file: str | Path, out: str | Path, name: s
         config["converted"] = {
             "from": str(st_dir),
             "sentence_transformers_modules": [type(m).__name__ for m in model],
+            "prompt": {"name": prompt_name, "text": prompt} if prompt_name else None,
             "valid_file": {"path": str(valid_file), "sha256": valid_report.sha256(), "pairs": valid_report.kept},
             "cosine_check": {"questions": len(checked), "max_gap": gap},
             "duration_s": round(time.time() - started, 1),

@@ -96,6 +96,58 @@ def test_other_transformers_convert_to_the_same_cosines(tmp_path: Path, kind: st
     np.testing.assert_allclose(load_encoder(out).encode(texts, batch_size=4), reference, atol=1e-4)
 
 
+def _with_prompts(st_dir: Path, out: Path, include_prompt: bool = True) -> Path:
+    """``st_dir`` saved again with a default prompt "query: " (and an empty "document" one), as
+    the E5 models' configurations name theirs."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(
+        str(st_dir), device="cpu", prompts={"query": "Query: ", "document": ""}, default_prompt_name="query"
+    )
+    model[1].include_prompt = include_prompt
+    model.save(str(out))
+    return out
+
+
+def test_the_source_s_prompt_is_put_before_every_question(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # sentence-transformers' encode puts the default prompt before each text: the converted model
+    # must too (it was refused, its cosines far from the source's), or the one --prompt names.
+    from sentence_transformers import SentenceTransformer
+
+    st_dir = _with_prompts(_tiny_transformer(tmp_path), tmp_path / "prompted")
+    valid = str(_pair_file(tmp_path / "pairs.tsv"))
+    source = SentenceTransformer(str(st_dir), device="cpu")
+    texts = [*QUESTIONS, "A question far longer than the model reads: " + "word " * 60]
+    runs = [
+        ([], "Query: ", {"name": "query", "text": "Query: "}),
+        (["--prompt", ""], "", None),
+        (["--prompt", "document"], "", {"name": "document", "text": ""}),
+    ]
+    for i, (flag, prompt, said) in enumerate(runs):
+        out = tmp_path / f"dupq-{i}"
+        assert main(["convert", str(st_dir), "--valid", valid, "--out", str(out), *flag]) == 0
+        reference = source.encode(texts, prompt=prompt, normalize_embeddings=True)
+        np.testing.assert_allclose(load_encoder(out).encode(texts, batch_size=4), reference, atol=1e-4)
+        assert read_config(out)["converted"]["prompt"] == said
+    prompted = source.encode(texts[:2], normalize_embeddings=True)
+    assert np.abs(prompted - source.encode(texts[:2], prompt="", normalize_embeddings=True)).max() > 1e-2
+    capsys.readouterr()
+
+    assert main(["convert", str(st_dir), "--valid", valid, "--out", str(tmp_path / "o"), "--prompt", "passage"]) == 1
+    err = capsys.readouterr().err
+    assert "the model has no prompt named 'passage' (its prompts: document, query; --prompt '' for none)" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_pooling_that_leaves_the_prompt_out_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    st_dir = _with_prompts(_tiny_transformer(tmp_path), tmp_path / "instructor", include_prompt=False)
+    argv = ["convert", str(st_dir), "--valid", str(_pair_file(tmp_path / "p.tsv")), "--out", str(tmp_path / "o")]
+    assert main(argv) == 1
+    assert "leaves the tokens of the prompt 'query' out of the mean (include_prompt false)" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    assert main([*argv, "--prompt", ""]) == 0  # without the prompt, the mean is over every token
+
+
 def test_the_converted_directory_says_what_it_is(converted: tuple[Path, Path]) -> None:
     st_dir, out = converted
     config = read_config(out)  # every file serving needs, checksums included
