@@ -1,18 +1,18 @@
 """``dupq convert``: a sentence-transformers model directory made into a dupq model directory.
 
-The source is a BERT-style transformer with mean pooling (and optionally a Normalize module), as
-all-MiniLM-L6-v2 is. A prompt that sentence-transformers puts before each text (the model's default
-prompt, or the one ``--prompt`` names, as ``encode(prompt_name=...)`` would) is written into the
-tokenizer, ahead of its normalizer, so that serving reads ``"query: " + question`` as the source
-does. The written directory is what serving loads for any model
-(:mod:`model.model_dir`): ``model.onnx`` with dupq's inputs (``ids`` (B, T) int64, ``lengths``
-(B,) int32) and output (``embeddings`` (B, D), unit rows), the source's ``tokenizer.json`` (padding
-off, truncation at ``max_tokens``), tau and the calibration fitted on the validation pairs, and a
-``config.json`` whose ``encoder`` says what it is (``"kind": "transformer"``, ``"special_tokens":
-true``: the tokenizer adds [CLS] and [SEP]). Serving then runs it with ONNX Runtime, no PyTorch;
-there are no PyTorch weights to fine-tune from. The written graph is checked against its source
-on the validation questions (:data:`MAX_COSINE_GAP`); a graph that fails writes nothing, and the
-output directory keeps what it held.
+The source is a BERT-style transformer with mean pooling, as all-MiniLM-L6-v2 is, and after it any
+Dense layers (distiluse-base-multilingual's 768 to 512 with tanh, say) and Normalize modules. A
+prompt that sentence-transformers puts before each text (the model's default prompt, or the one
+``--prompt`` names, as ``encode(prompt_name=...)`` would) is written into the tokenizer, ahead of
+its normalizer, so that serving reads ``"query: " + question`` as the source does. The written
+directory is what serving loads for any model (:mod:`model.model_dir`): ``model.onnx`` with dupq's
+inputs (``ids`` (B, T) int64, ``lengths`` (B,) int32) and output (``embeddings`` (B, D), unit rows),
+the source's ``tokenizer.json`` (padding off, truncation at ``max_tokens``), tau and the calibration
+fitted on the validation pairs, and a ``config.json`` whose ``encoder`` says what it is (``"kind":
+"transformer"``, ``"special_tokens": true``: the tokenizer adds [CLS] and [SEP]). Serving then runs
+it with ONNX Runtime, no PyTorch; there are no PyTorch weights to fine-tune from. The written graph
+is checked against its source on the validation questions (:data:`MAX_COSINE_GAP`); a graph that
+fails writes nothing, and the output directory keeps what it held.
 
 The graph is exported with PyTorch's TorchScript exporter (``dynamo=False``; the dynamo exporter
 needs ``onnxscript``, which the train extra does not install): a transformer runs on a padded
@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,30 +54,36 @@ MAX_COSINE_GAP = 1e-3
 
 class MeanPooled(nn.Module):
     """The transformer with dupq's inputs: the attention mask from ``lengths``, token types 0,
-    the mean of the real tokens' states, L2-normalized."""
+    the mean of the real tokens' states, the source's modules after its pooling (``head``: Dense
+    and Normalize, run as sentence-transformers runs them, on ``sentence_embedding``),
+    L2-normalized."""
 
-    def __init__(self, transformer: nn.Module) -> None:
+    def __init__(self, transformer: nn.Module, head: Sequence[nn.Module] = ()) -> None:
         super().__init__()
         self.transformer = transformer
+        self.head = nn.ModuleList(head)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         mask = (torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]).to(torch.int64)  # (B, T)
         states = self.transformer(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids))[0]
         weights = mask.unsqueeze(-1).to(states.dtype)  # (B, T, 1)
         mean = (states * weights).sum(1) / weights.sum(1).clamp(min=1e-9)  # (B, H)
-        return F.normalize(mean, dim=-1)
+        features = {"sentence_embedding": mean}
+        for module in self.head:
+            features = module(features)
+        return F.normalize(features["sentence_embedding"], dim=-1)  # (B, D)
 
 
-def _source(st_dir: Path) -> tuple[Any, nn.Module, int, int, Any]:
-    """The sentence-transformers model of ``st_dir``: the model, its transformer, its width, its
-    longest input and its pooling; refused with the reason unless it is a transformer with mean
-    pooling."""
+def _source(st_dir: Path) -> tuple[Any, nn.Module, list[nn.Module], int, int, Any]:
+    """The sentence-transformers model of ``st_dir``: the model, its transformer, the modules
+    after its pooling, its width, its longest input and its pooling; refused with the reason unless
+    it is a transformer with mean pooling and then only Dense and Normalize modules."""
     from sentence_transformers import SentenceTransformer
 
     try:  # sentence-transformers 6 moved the modules; 3 to 5 have them here only
-        from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+        from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
     except ImportError:
-        from sentence_transformers.models import Normalize, Pooling, Transformer  # type: ignore[no-redef]
+        from sentence_transformers.models import Dense, Normalize, Pooling, Transformer  # type: ignore[no-redef]
 
     if not (st_dir / "modules.json").is_file():
         raise ValueError(f"{st_dir} is not a sentence-transformers model directory (no modules.json)")
@@ -84,19 +91,40 @@ def _source(st_dir: Path) -> tuple[Any, nn.Module, int, int, Any]:
     modules = list(model)
     if not modules or not isinstance(modules[0], Transformer):
         raise ValueError(f"{st_dir}: the first module is not a Transformer")
-    rest = [m for m in modules[1:] if not isinstance(m, Normalize)]
-    if len(rest) != 1 or not isinstance(rest[0], Pooling) or _pooling_modes(rest[0]) != ["mean"]:
+    pooling, head = (modules[1], modules[2:]) if len(modules) > 1 else (None, [])
+    if (
+        not isinstance(pooling, Pooling)
+        or _pooling_modes(pooling) != ["mean"]
+        or not all(isinstance(m, Normalize) or (isinstance(m, Dense) and _on_the_sentence(m)) for m in head)
+    ):
         names = ", ".join(type(m).__name__ for m in modules)
-        raise ValueError(f"{st_dir}: dupq converts a Transformer with mean pooling, this model is {names}")
-    # sentence-transformers 6 renamed the method (the old name warns that it will go).
-    width = getattr(rest[0], "get_embedding_dimension", None) or rest[0].get_sentence_embedding_dimension
-    dim = width()
+        raise ValueError(
+            f"{st_dir}: dupq converts a Transformer with mean pooling, then Dense or Normalize modules; "
+            f"this model is {names}"
+        )
+    dim = [_width(m) for m in (pooling, *head) if not isinstance(m, Normalize)][-1]
     if not dim:
-        raise ValueError(f"{st_dir}: the pooling module does not say its width")
+        raise ValueError(f"{st_dir}: the model does not say the width of its vectors")
     longest = model.max_seq_length
     if not longest:
         raise ValueError(f"{st_dir}: the model does not say its longest input (max_seq_length)")
-    return model, modules[0].auto_model, int(dim), int(longest), rest[0]
+    while head and isinstance(head[-1], Normalize):  # the graph's own normalization ends it
+        head = head[:-1]
+    return model, modules[0].auto_model, head, int(dim), int(longest), pooling
+
+
+def _on_the_sentence(dense: Any) -> bool:
+    """Whether a Dense module reads and writes the sentence's vector (sentence-transformers 6 lets
+    it read or write another feature, which dupq's graph does not carry)."""
+    names = (getattr(dense, "module_input_name", None), getattr(dense, "module_output_name", None))
+    return all(name in (None, "sentence_embedding") for name in names)
+
+
+def _width(module: Any) -> int | None:
+    """The width of the vector a Pooling or Dense module gives (sentence-transformers 6 renamed the
+    method; the old name warns that it will go)."""
+    width = getattr(module, "get_embedding_dimension", None) or module.get_sentence_embedding_dimension
+    return width()
 
 
 def _prompt(model: Any, pooling: Any, st_dir: Path, name: str | None) -> tuple[str | None, str]:
@@ -146,9 +174,10 @@ def _pooling_modes(pooling: Any) -> list[str]:
     return [names.get(key, key) for key, on in config.items() if key.startswith("pooling_mode") and on]
 
 
-def export_graph(transformer: nn.Module) -> bytes:
-    """The ONNX graph of :class:`MeanPooled` over ``transformer``, batch and length dynamic."""
-    wrapped = MeanPooled(transformer).eval()
+def export_graph(transformer: nn.Module, head: Sequence[nn.Module] = ()) -> bytes:
+    """The ONNX graph of :class:`MeanPooled` over ``transformer`` and ``head``, batch and length
+    dynamic."""
+    wrapped = MeanPooled(transformer, head).eval()
     example = (
         torch.tensor([[1, 2, 3], [1, 3, 0]]),
         torch.tensor([3, 2], dtype=torch.int32),
@@ -185,10 +214,10 @@ def convert(
         raise ValueError(f"--out {out} is the sentence-transformers model itself: its config.json would be overwritten")
     check_writable(out)
     valid, valid_report = load_validation_pairs(valid_file)
-    model, transformer, dim, max_tokens, pooling = _source(st_dir)
+    model, transformer, head, dim, max_tokens, pooling = _source(st_dir)
     prompt_name, prompt = _prompt(model, pooling, st_dir, prompt_name)
     with writing(out) as stage:  # on any error below, `out` keeps what it held
-        (stage / ONNX).write_bytes(export_graph(transformer))
+        (stage / ONNX).write_bytes(export_graph(transformer, head))
         _serving_tokenizer(model, max_tokens, prompt).save(str(stage / TOKENIZER))
         onnx_digest, tokenizer_digest = sha256_file(stage / ONNX), sha256_file(stage / TOKENIZER)
         config: dict[str, Any] = {

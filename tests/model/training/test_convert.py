@@ -17,9 +17,10 @@ from ...conftest import CORPUS, QUESTIONS
 from .test_trainer import _pair_file
 
 
-def _tiny_transformer(path: Path, pooling: str = "mean", kind: str = "bert") -> Path:
+def _tiny_transformer(path: Path, pooling: str = "mean", kind: str = "bert", head: list | None = None) -> Path:
     """A sentence-transformers model of a tiny randomly initialised ``kind`` (bert, distilbert,
-    mpnet, roberta), its word pieces trained on the test questions."""
+    mpnet, roberta), its word pieces trained on the test questions, its 32 columns pooled, then
+    ``head`` (by default a Normalize module)."""
     import torch
     import transformers
     from sentence_transformers import SentenceTransformer
@@ -57,7 +58,7 @@ def _tiny_transformer(path: Path, pooling: str = "mean", kind: str = "bert") -> 
     names = dict(zip(roles, ["[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]"], strict=True))
     transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, **names, **inputs).save_pretrained(raw)
     transformer = Transformer(str(raw), max_seq_length=32)
-    modules = [transformer, Pooling(32, pooling_mode=pooling), Normalize()]
+    modules = [transformer, Pooling(32, pooling_mode=pooling), *(head if head is not None else [Normalize()])]
     st_dir = path / "st"
     SentenceTransformer(modules=modules, device="cpu").save(str(st_dir))
     return st_dir
@@ -94,6 +95,39 @@ def test_other_transformers_convert_to_the_same_cosines(tmp_path: Path, kind: st
     texts = [*QUESTIONS, "A question far longer than the model reads: " + "word " * 60]
     reference = SentenceTransformer(str(st_dir), device="cpu").encode(texts, normalize_embeddings=True)
     np.testing.assert_allclose(load_encoder(out).encode(texts, batch_size=4), reference, atol=1e-4)
+
+
+def test_dense_layers_after_the_pooling_convert_to_the_same_cosines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # distiluse-base-multilingual-cased is a DistilBERT, mean pooling, then a Dense layer 768 to
+    # 512 with tanh: it was refused. Here 32 to 16 with tanh, then 16 to 16 with a residual.
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense, LayerNorm, Normalize
+
+    torch.manual_seed(2)
+    head = [Dense(32, 16), Dense(16, 16, activation_function=torch.nn.GELU(), use_residual=True), Normalize()]
+    st_dir, out = _tiny_transformer(tmp_path, kind="distilbert", head=head), tmp_path / "dupq"
+    assert main(["convert", str(st_dir), "--valid", str(_pair_file(tmp_path / "pairs.tsv")), "--out", str(out)]) == 0
+    texts = [*QUESTIONS, "A question far longer than the model reads: " + "word " * 60]
+    reference = SentenceTransformer(str(st_dir), device="cpu").encode(texts, normalize_embeddings=True)
+    np.testing.assert_allclose(load_encoder(out).encode(texts, batch_size=4), reference, atol=1e-4)
+    config = read_config(out)
+    assert config["dim"] == 16
+    assert config["converted"]["sentence_transformers_modules"] == [
+        "Transformer",
+        "Pooling",
+        "Dense",
+        "Dense",
+        "Normalize",
+    ]
+
+    st_dir = _tiny_transformer(tmp_path / "other", head=[LayerNorm(32)])
+    argv = ["convert", str(st_dir), "--valid", str(_pair_file(tmp_path / "p.tsv")), "--out", str(tmp_path / "o")]
+    capsys.readouterr()
+    assert main(argv) == 1
+    assert "then Dense or Normalize modules; this model is Transformer, Pooling, LayerNorm" in capsys.readouterr().err
 
 
 def _with_prompts(st_dir: Path, out: Path, include_prompt: bool = True) -> Path:
@@ -171,7 +205,8 @@ def test_a_model_without_mean_pooling_is_refused_in_one_line(
     argv = ["convert", str(st_dir), "--valid", str(_pair_file(tmp_path / "p.tsv")), "--out", str(tmp_path / "o")]
     assert main(argv) == 1
     err = capsys.readouterr().err
-    assert "dupq converts a Transformer with mean pooling, this model is Transformer, Pooling, Normalize" in err
+    said = "dupq converts a Transformer with mean pooling, then Dense or Normalize modules; this model is Transformer, "
+    assert said + "Pooling, Normalize" in err
     assert main(["convert", str(tmp_path), "--valid", "x", "--out", str(tmp_path / "o")]) == 1
     capsys.readouterr()
     config = (st_dir / "config.json").read_bytes()
@@ -190,9 +225,9 @@ def test_a_graph_that_strays_from_its_source_is_refused(
 
     export_graph = module.export_graph
 
-    def another_transformer(transformer: torch.nn.Module) -> bytes:
+    def another_transformer(transformer: torch.nn.Module, head: list[torch.nn.Module]) -> bytes:
         torch.manual_seed(1)
-        return export_graph(BertModel(transformer.config))  # the source's shape, other weights
+        return export_graph(BertModel(transformer.config), head)  # the source's shape, other weights
 
     monkeypatch.setattr(module, "export_graph", another_transformer)
     st_dir, out = _tiny_transformer(tmp_path), tmp_path / "o"
