@@ -16,24 +16,28 @@ file (``questions.csv.gz``):
 A CSV's fields may be quoted, or written as they are where most of the quotes in its questions
 show that they are not (:mod:`model.delimited`).
 
-The file is UTF-8, with or without the byte order mark that Excel or Notepad puts before it
-('-': standard input, read as UTF-8 whatever the locale); it is read a line at a time and never
-held whole. Each row must meet the rules of ``POST /questions`` (the id format, a text that is not
-blank, at most ``max_question_chars`` characters, valid Unicode, the metadata rules) or it is
-skipped with its line number and the reason, never loaded under another meaning (``id<TAB>`` with
-no text is not the question "id", and a CSV's lines are not questions).
+The file is UTF-8, with or without the byte order mark that Excel or Notepad puts before it, or
+UTF-16 with its byte order mark ('-': standard input, read so whatever the locale); it is read a
+line at a time and never held whole (a CSV from a pipe, which cannot be read twice, is copied to a
+temporary file first: in memory up to 64 MiB). Each row must meet the rules of ``POST /questions``
+(the id format, a text that is not blank, at most ``max_question_chars`` characters, valid Unicode,
+the metadata rules) or it is skipped with its line number and the reason, never loaded under another
+meaning (``id<TAB>`` with no text is not the question "id", and a CSV's lines are not questions).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import itertools
 import json
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal, TextIO, TypeVar
+from typing import Any, Literal, TextIO, TypeVar, cast
 
 from pydantic import ValidationError
 
@@ -46,6 +50,8 @@ RawRow = tuple[int, dict[str, Any] | None, str]  # (line number, fields or None,
 Row = tuple[int, QuestionIn | None, str]  # (line number, question or None, why it was skipped)
 Skipped = tuple[int, str]  # (line number, reason)
 T = TypeVar("T")
+# A CSV from a pipe is copied aside to be read twice: in memory up to this, on disk beyond.
+SPOOL_BYTES = 64 << 20
 
 
 class BadHeader(ValueError):
@@ -110,13 +116,14 @@ def read_rows(handle: TextIO, fmt: Format) -> Iterator[RawRow]:
     names the columns ``id`` and ``text`` among others (a table exported with its header) is read
     as a CSV separated by tabs."""
     first = handle.readline()
-    lines = itertools.chain([first], handle)
     if fmt == "text" and {"id", "text"} <= {_column(name) for name in first.rstrip("\r\n").split("\t")}:
         fmt = "csv"
     if fmt == "csv":
         delimiter = _delimiter(first)
-        yield from _csv_rows(lines, first, delimiter, _quoted(handle, delimiter))
+        with _rereadable(handle) as rest:
+            yield from _csv_rows(itertools.chain([first], rest), first, delimiter, _quoted(rest, delimiter))
         return
+    lines = itertools.chain([first], handle)
     for line, raw in enumerate(lines, 1):
         raw = raw.rstrip("\r\n")
         if not raw.strip():
@@ -139,11 +146,23 @@ def read_rows(handle: TextIO, fmt: Format) -> Iterator[RawRow]:
                 yield line, ({"id": qid.strip(), "text": text} if qid.strip() else {"text": text}), ""
 
 
+@contextlib.contextmanager
+def _rereadable(handle: TextIO) -> Iterator[TextIO]:
+    """``handle``, or where it cannot seek (a pipe, standard input), the rest of it copied to a
+    temporary file (in memory up to :data:`SPOOL_BYTES`, on disk beyond): a CSV is read twice,
+    once to tell whether it quotes its fields."""
+    if handle.seekable():
+        yield handle
+        return
+    with tempfile.SpooledTemporaryFile(SPOOL_BYTES, mode="w+", encoding="utf-8", newline="") as spool:
+        shutil.copyfileobj(handle, spool)
+        spool.seek(0)
+        yield cast(TextIO, spool)
+
+
 def _quoted(handle: TextIO, delimiter: str) -> bool:
-    """Whether the rest of ``handle`` quotes its fields as CSV does (:mod:`model.delimited`); the
-    handle is left where it was."""
-    if not handle.seekable():
-        return True
+    """Whether the rest of ``handle`` (seekable) quotes its fields as CSV does
+    (:mod:`model.delimited`); the handle is left where it was."""
     at = handle.tell()
     quoted = quotes_fields(handle, delimiter)
     handle.seek(at)

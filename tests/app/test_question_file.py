@@ -4,11 +4,14 @@ each format, and the rules of POST /questions, row by row."""
 import gzip
 import io
 import json
+import os
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
+from app import question_file
 from app.question_file import read_questions
 from app.schemas import Limits, QuestionIn
 
@@ -186,3 +189,39 @@ def test_standard_input_is_read_as_utf8_without_its_byte_order_mark(monkeypatch:
         [("q-1", "How old are you?"), (None, "Quel âge as-tu ?")],
         [],
     )
+
+
+@pytest.mark.parametrize("source", ["fifo", "stdin", "stdin spooled to disk"])
+def test_a_csv_through_a_pipe_is_read_as_the_same_file_on_disk_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    # Questions written as they are, quotes and all: from a pipe (`dupq index --format csv -`, or
+    # `<(zcat ...)`), which cannot be read twice to tell, the file was read with CSV's quoting:
+    # line 3 lost its first two quotes, and line 4's open quote took line 5 into its question.
+    content = 'id,text\n1,What is a 5" screen?\n2,How big is a 7" tablet?\n3,"Dune" or "Hamlet"?\n4,"Quoted?\n5,Why?\n'
+    on_disk = tmp_path / "questions.csv"
+    on_disk.write_text(content, encoding="utf-8")
+    texts = ['What is a 5" screen?', 'How big is a 7" tablet?', '"Dune" or "Hamlet"?', '"Quoted?', "Why?"]
+    expected = ([(str(i), text) for i, text in enumerate(texts, 1)], [])
+    assert _read(on_disk) == expected
+    if source.startswith("stdin"):
+        if source.endswith("disk"):
+            monkeypatch.setattr(question_file, "SPOOL_BYTES", 16)
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(_Unseekable(content.encode())))
+        assert _read("-", fmt="csv") == expected
+        return
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_text, args=(content,), kwargs={"encoding": "utf-8"})
+    writer.start()
+    try:
+        assert _read(fifo, fmt="csv") == expected
+    finally:
+        writer.join()
+
+
+class _Unseekable(io.BytesIO):
+    """Bytes that cannot seek, as standard input from a pipe."""
+
+    def seekable(self) -> bool:
+        return False
