@@ -1,14 +1,15 @@
 """``dupq convert``: a sentence-transformers model directory made into a dupq model directory.
 
-The source is a BERT-style transformer with mean pooling, as all-MiniLM-L6-v2 is, and after it any
-Dense layers (distiluse-base-multilingual's 768 to 512 with tanh, say) and Normalize modules. A
-prompt that sentence-transformers puts before each text (the model's default prompt, or the one
-``--prompt`` names, as ``encode(prompt_name=...)`` would) is written into the tokenizer, ahead of
-its normalizer, so that serving reads ``"query: " + question`` as the source does. The written
-directory is what serving loads for any model (:mod:`model.model_dir`): ``model.onnx`` with dupq's
-inputs (``ids`` (B, T) int64, ``lengths`` (B,) int32) and output (``embeddings`` (B, D), unit rows),
-the source's ``tokenizer.json`` (padding off, truncation at ``max_tokens``), tau and the calibration
-fitted on the validation pairs, and a ``config.json`` whose ``encoder`` says what it is (``"kind":
+The source is a BERT-style transformer and its Pooling module (any of its modes: the mean, as
+all-MiniLM-L6-v2's, the [CLS] token, ...), and after it any Dense layers
+(distiluse-base-multilingual's 768 to 512 with tanh, say) and Normalize modules. A prompt that
+sentence-transformers puts before each text (the model's default prompt, or the one ``--prompt``
+names, as ``encode(prompt_name=...)`` would) is written into the tokenizer, ahead of its normalizer,
+so that serving reads ``"query: " + question`` as the source does. The written directory is what
+serving loads for any model (:mod:`model.model_dir`): ``model.onnx`` with dupq's inputs (``ids`` (B,
+T) int64, ``lengths`` (B,) int32) and output (``embeddings`` (B, D), unit rows), the source's
+``tokenizer.json`` (padding off, truncation at ``max_tokens``), tau and the calibration fitted on
+the validation pairs, and a ``config.json`` whose ``encoder`` says what it is (``"kind":
 "transformer"``, ``"special_tokens": true``: the tokenizer adds [CLS] and [SEP]). Serving then runs
 it with ONNX Runtime, no PyTorch; there are no PyTorch weights to fine-tune from. The written graph
 is checked against its source on the validation questions (:data:`MAX_COSINE_GAP`); a graph that
@@ -52,32 +53,32 @@ CHECKED_QUESTIONS = 1000
 MAX_COSINE_GAP = 1e-3
 
 
-class MeanPooled(nn.Module):
-    """The transformer with dupq's inputs: the attention mask from ``lengths``, token types 0,
-    the mean of the real tokens' states, the source's modules after its pooling (``head``: Dense
-    and Normalize, run as sentence-transformers runs them, on ``sentence_embedding``),
-    L2-normalized."""
+class Pooled(nn.Module):
+    """The transformer with dupq's inputs (the attention mask from ``lengths``, token types 0),
+    then the source's own Pooling module and the modules after it (``head``: Dense and
+    Normalize), run as sentence-transformers runs them on its features, L2-normalized: ``dim``
+    columns, a width the graph states (the gather of [CLS] pooling would leave it symbolic)."""
 
-    def __init__(self, transformer: nn.Module, head: Sequence[nn.Module] = ()) -> None:
+    def __init__(self, transformer: nn.Module, pooling: nn.Module, head: Sequence[nn.Module], dim: int) -> None:
         super().__init__()
         self.transformer = transformer
+        self.pooling = pooling
         self.head = nn.ModuleList(head)
+        self.dim = dim
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         mask = (torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]).to(torch.int64)  # (B, T)
         states = self.transformer(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids))[0]
-        weights = mask.unsqueeze(-1).to(states.dtype)  # (B, T, 1)
-        mean = (states * weights).sum(1) / weights.sum(1).clamp(min=1e-9)  # (B, H)
-        features = {"sentence_embedding": mean}
+        features = self.pooling({"token_embeddings": states, "attention_mask": mask})
         for module in self.head:
             features = module(features)
-        return F.normalize(features["sentence_embedding"], dim=-1)  # (B, D)
+        return F.normalize(features["sentence_embedding"], dim=-1).reshape(-1, self.dim)  # (B, D)
 
 
-def _source(st_dir: Path) -> tuple[Any, nn.Module, list[nn.Module], int, int, Any]:
-    """The sentence-transformers model of ``st_dir``: the model, its transformer, the modules
-    after its pooling, its width, its longest input and its pooling; refused with the reason unless
-    it is a transformer with mean pooling and then only Dense and Normalize modules."""
+def _source(st_dir: Path) -> tuple[Any, nn.Module, Any, list[nn.Module], int, int]:
+    """The sentence-transformers model of ``st_dir``: the model, its transformer, its pooling, the
+    modules after that, its width and its longest input; refused with the reason unless it is a
+    transformer, a Pooling module (any of its modes) and then only Dense and Normalize modules."""
     from sentence_transformers import SentenceTransformer
 
     try:  # sentence-transformers 6 moved the modules; 3 to 5 have them here only
@@ -92,14 +93,12 @@ def _source(st_dir: Path) -> tuple[Any, nn.Module, list[nn.Module], int, int, An
     if not modules or not isinstance(modules[0], Transformer):
         raise ValueError(f"{st_dir}: the first module is not a Transformer")
     pooling, head = (modules[1], modules[2:]) if len(modules) > 1 else (None, [])
-    if (
-        not isinstance(pooling, Pooling)
-        or _pooling_modes(pooling) != ["mean"]
-        or not all(isinstance(m, Normalize) or (isinstance(m, Dense) and _on_the_sentence(m)) for m in head)
+    if not isinstance(pooling, Pooling) or not all(
+        isinstance(m, Normalize) or (isinstance(m, Dense) and _on_the_sentence(m)) for m in head
     ):
         names = ", ".join(type(m).__name__ for m in modules)
         raise ValueError(
-            f"{st_dir}: dupq converts a Transformer with mean pooling, then Dense or Normalize modules; "
+            f"{st_dir}: dupq converts a Transformer, its Pooling, then Dense or Normalize modules; "
             f"this model is {names}"
         )
     dim = [_width(m) for m in (pooling, *head) if not isinstance(m, Normalize)][-1]
@@ -110,7 +109,7 @@ def _source(st_dir: Path) -> tuple[Any, nn.Module, list[nn.Module], int, int, An
         raise ValueError(f"{st_dir}: the model does not say its longest input (max_seq_length)")
     while head and isinstance(head[-1], Normalize):  # the graph's own normalization ends it
         head = head[:-1]
-    return model, modules[0].auto_model, head, int(dim), int(longest), pooling
+    return model, modules[0].auto_model, pooling, head, int(dim), int(longest)
 
 
 def _on_the_sentence(dense: Any) -> bool:
@@ -174,10 +173,10 @@ def _pooling_modes(pooling: Any) -> list[str]:
     return [names.get(key, key) for key, on in config.items() if key.startswith("pooling_mode") and on]
 
 
-def export_graph(transformer: nn.Module, head: Sequence[nn.Module] = ()) -> bytes:
-    """The ONNX graph of :class:`MeanPooled` over ``transformer`` and ``head``, batch and length
-    dynamic."""
-    wrapped = MeanPooled(transformer, head).eval()
+def export_graph(transformer: nn.Module, pooling: nn.Module, head: Sequence[nn.Module], dim: int) -> bytes:
+    """The ONNX graph of :class:`Pooled` over ``transformer``, ``pooling`` and ``head`` (``dim``
+    columns out), batch and length dynamic."""
+    wrapped = Pooled(transformer, pooling, head, dim).eval()
     example = (
         torch.tensor([[1, 2, 3], [1, 3, 0]]),
         torch.tensor([3, 2], dtype=torch.int32),
@@ -214,17 +213,22 @@ def convert(
         raise ValueError(f"--out {out} is the sentence-transformers model itself: its config.json would be overwritten")
     check_writable(out)
     valid, valid_report = load_validation_pairs(valid_file)
-    model, transformer, head, dim, max_tokens, pooling = _source(st_dir)
+    model, transformer, pooling, head, dim, max_tokens = _source(st_dir)
     prompt_name, prompt = _prompt(model, pooling, st_dir, prompt_name)
     with writing(out) as stage:  # on any error below, `out` keeps what it held
-        (stage / ONNX).write_bytes(export_graph(transformer, head))
+        (stage / ONNX).write_bytes(export_graph(transformer, pooling, head, dim))
         _serving_tokenizer(model, max_tokens, prompt).save(str(stage / TOKENIZER))
         onnx_digest, tokenizer_digest = sha256_file(stage / ONNX), sha256_file(stage / TOKENIZER)
         config: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "name": name or st_dir.resolve().name,
             "version": model_version(onnx_digest, tokenizer_digest),
-            "encoder": {"kind": "transformer", "pooling": "mean", "max_tokens": max_tokens, "special_tokens": True},
+            "encoder": {
+                "kind": "transformer",
+                "pooling": "+".join(_pooling_modes(pooling)),
+                "max_tokens": max_tokens,
+                "special_tokens": True,
+            },
             "dim": dim,
             "threshold": 0.5,  # fitted below, once the written graph can be run
             "calibration": {"slope": 1.0, "intercept": 0.0},
