@@ -53,7 +53,12 @@ def _tiny_transformer(
     else:
         layers = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
         configs = {"bert": transformers.BertConfig, "mpnet": transformers.MPNetConfig}
-        config = configs.get(kind, transformers.RobertaConfig)(**sizes, **layers, pad_token_id=specials.index("[PAD]"))
+        ids = {"pad_token_id": specials.index("[PAD]")}
+        if kind == "modernbert":  # attention over a window of 16 tokens in every other layer
+            configs["modernbert"] = transformers.ModernBertConfig
+            specials_ids = {"bos_token_id": cls, "cls_token_id": cls, "eos_token_id": sep, "sep_token_id": sep}
+            ids |= {**specials_ids, "global_attn_every_n_layers": 2, "local_attention": 16}
+        config = configs.get(kind, transformers.RobertaConfig)(**sizes, **layers, **ids)
     raw = path / "raw"
     transformers.AutoModel.from_config(config).save_pretrained(raw)
     inputs = {} if kind == "bert" else {"model_input_names": ["input_ids", "attention_mask"]}
@@ -86,7 +91,7 @@ def test_the_converted_model_serves_the_cosines_of_sentence_transformers(convert
     np.testing.assert_allclose(vectors, reference, atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["distilbert", "mpnet", "roberta"])
+@pytest.mark.parametrize("kind", ["distilbert", "mpnet", "roberta", "modernbert"])
 def test_other_transformers_convert_to_the_same_cosines(tmp_path: Path, kind: str) -> None:
     # all-mpnet-base-v2, the DistilBERT and RoBERTa models: no token types, and for the last two
     # positions counted from their padding id (1), where dupq pads with 0.
