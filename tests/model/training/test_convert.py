@@ -21,7 +21,7 @@ def _tiny_transformer(
     path: Path, pooling: str | tuple[str, ...] = "mean", kind: str = "bert", head: list | None = None
 ) -> Path:
     """A sentence-transformers model of a tiny randomly initialised ``kind`` (bert, distilbert,
-    mpnet, roberta), its word pieces trained on the test questions, its 32 columns pooled, then
+    mpnet, roberta, modernbert), its word pieces trained on the test questions, its 32 columns pooled, then
     ``head`` (by default a Normalize module)."""
     import torch
     import transformers
@@ -123,7 +123,7 @@ def test_every_pooling_mode_converts_to_the_same_cosines(tmp_path: Path, pooling
 
 def test_dense_layers_after_the_pooling_convert_to_the_same_cosines(tmp_path: Path) -> None:
     # distiluse-base-multilingual-cased is a DistilBERT, mean pooling, then a Dense layer 768 to
-    # 512 with tanh: it was refused. Here 32 to 16 with tanh, then 16 to 16 with a residual.
+    # 512 with tanh: it was refused. Here 32 to 16 with tanh, then 16 to 16 with GELU and a residual.
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Dense, Normalize
@@ -147,8 +147,8 @@ def test_dense_layers_after_the_pooling_convert_to_the_same_cosines(tmp_path: Pa
 
 
 def _with_prompts(st_dir: Path, out: Path, include_prompt: bool = True) -> Path:
-    """``st_dir`` saved again with a default prompt "query: " (and an empty "document" one), as
-    the E5 models' configurations name theirs."""
+    """``st_dir`` saved again with a default prompt "Query: " (capitalised: the tokenizer lowercases
+    it with the text) and an empty "document" one, in its configuration."""
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(
