@@ -169,7 +169,14 @@ def _pooling_modes(pooling: Any) -> list[str]:
     if "pooling_mode" in config:
         mode = config["pooling_mode"]
         return [mode] if isinstance(mode, str) else list(mode)
-    names = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max"}
+    names = {  # sentence-transformers 6's names of the old flags
+        "pooling_mode_cls_token": "cls",
+        "pooling_mode_max_tokens": "max",
+        "pooling_mode_mean_tokens": "mean",
+        "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+        "pooling_mode_weightedmean_tokens": "weightedmean",
+        "pooling_mode_lasttoken": "lasttoken",
+    }
     return [names.get(key, key) for key, on in config.items() if key.startswith("pooling_mode") and on]
 
 
