@@ -143,8 +143,8 @@ def _prompt(model: Any, pooling: Any, st_dir: Path, name: str | None) -> tuple[s
     text = prompts[name] or ""
     if text and not getattr(pooling, "include_prompt", True):
         raise ValueError(
-            f"{st_dir}: its pooling leaves the tokens of the prompt {name!r} out of the mean (include_prompt false), "
-            "which dupq's graph does not do; --prompt '' converts it without the prompt"
+            f"{st_dir}: its pooling leaves the tokens of the prompt {name!r} out (include_prompt false), which "
+            "dupq's graph does not do; --prompt '' converts it without the prompt"
         )
     return name, text
 

@@ -193,9 +193,9 @@ def test_a_pooling_that_leaves_the_prompt_out_is_refused(tmp_path: Path, capsys:
     st_dir = _with_prompts(_tiny_transformer(tmp_path), tmp_path / "instructor", include_prompt=False)
     argv = ["convert", str(st_dir), "--valid", str(_pair_file(tmp_path / "p.tsv")), "--out", str(tmp_path / "o")]
     assert main(argv) == 1
-    assert "leaves the tokens of the prompt 'query' out of the mean (include_prompt false)" in capsys.readouterr().err
+    assert "leaves the tokens of the prompt 'query' out (include_prompt false)" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
-    assert main([*argv, "--prompt", ""]) == 0  # without the prompt, the mean is over every token
+    assert main([*argv, "--prompt", ""]) == 0  # without the prompt, every token is pooled
 
 
 def test_the_converted_directory_says_what_it_is(converted: tuple[Path, Path]) -> None:
