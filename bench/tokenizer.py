@@ -3,8 +3,10 @@
 run: questions per second over all of them (the fast path cold and warm), microseconds per call
 of two questions (a /similarity request; also through the tokenizer's steps one by one, which
 ``token_ids`` takes for a few texts that are not printable ASCII), and whether both give the same
-ids. Then the same
-questions in Armenian letters (``fine_tune.SCRIPTS``, every word unknown to the tokenizer), per
+ids. Then text that is not printable ASCII, per call of two through the tokenizer's steps and
+through the fast path (which normalizes it first): the dev questions with each apostrophe typed
+as phones type it (U+2019), and those of the dev questions that are not printable ASCII. Then the
+same questions in Armenian letters (``fine_tune.SCRIPTS``, every word unknown to the tokenizer), per
 call of two: each unknown word one ``[UNK]``, against each its row (``--unknown-buckets``).
 
     python bench/tokenizer.py [--model DIR] [--pairs FILE] [--questions 20000]
@@ -48,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     warm = len(texts) / (time.perf_counter() - started)
 
     pairs = [texts[i : i + 2] for i in range(0, min(len(texts), 4000), 2)]
+    others_figures: dict[str, dict[str, object]] = {}
     started = time.perf_counter()
     for pair in pairs:
         tokenizer.encode_batch(pair, add_special_tokens=False)
@@ -60,6 +63,30 @@ def main(argv: list[str] | None = None) -> int:
     for pair in pairs:
         fast(pair)
     per_pair_fast = (time.perf_counter() - started) / len(pairs) * 1e6
+
+    # Text that is not printable ASCII: the dev questions with each apostrophe typed as a phone
+    # types it (U+2019), and the dev questions that are not printable ASCII as they are (accents,
+    # other scripts, symbols). The fast path normalizes them first; the tokenizer takes the rest.
+    others = {
+        "curly_apostrophes": [q.replace("'", "\u2019") for q in texts if "'" in q][:4000],
+        "not_ascii_in_dev": [q for q in texts if not (q.isascii() and q.isprintable())],
+    }
+    for name, group in others.items():
+        fast_ids = TokenIds(tokenizer, 64)
+        same = fast_ids(group) == token_ids(tokenizer, group, 64)  # and the chunk dictionary warm, as above
+        group_pairs = [group[i : i + 2] for i in range(0, len(group) - 1, 2)]
+        timings = {}
+        for label, call in (("steps", lambda pair: token_ids(tokenizer, pair, 64)), ("fast_path", fast_ids)):
+            started = time.perf_counter()
+            for pair in group_pairs:
+                call(pair)
+            timings[label] = (time.perf_counter() - started) / len(group_pairs) * 1e6
+        others_figures[name] = {
+            "questions": len(group),
+            "same_ids": same,
+            "steps_us_per_pair": round(timings["steps"], 1),
+            "fast_path_us_per_pair": round(timings["fast_path"], 1),
+        }
 
     armenian = [[q.translate(SCRIPTS["armenian"]) for q in pair] for pair in pairs]
     per_pair_script = {}
@@ -81,9 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         "fast_path_us_per_pair": round(per_pair_fast, 1),
         "armenian_letters_us_per_pair_one_unk": round(per_pair_script[0], 1),
         "armenian_letters_us_per_pair_rows": round(per_pair_script[4096], 1),
+        **others_figures,
     }
     print(json.dumps(figures))
-    return 0 if figures["same_ids"] else 1
+    return 0 if figures["same_ids"] and all(group["same_ids"] for group in others_figures.values()) else 1
 
 
 if __name__ == "__main__":
