@@ -57,7 +57,7 @@ def cost_model(model: str) -> dict[str, float]:
     design, timings = [], []
     for steps in (1, 2, 4, 8, 12, 16, 24, 32):
         for rows in (1, 2, 4, 8, 16, 32, 64):
-            ids = rng.integers(5, encoder.config["encoder"]["vocab_size"], size=(rows, steps)).astype(np.int64)
+            ids = rng.integers(5, encoder.tokenizer.get_vocab_size(), size=(rows, steps)).astype(np.int64)
             lengths = np.full(rows, steps, dtype=np.int64)
             for _ in range(3):
                 encoder.forward(ids, lengths)

@@ -168,7 +168,9 @@ _MIN_SHARE = 8  # rows per thread below which a batch is not worth splitting
 # 7.6 us, and three fits (``python bench/encoder.py --cost-model``, 2026-12-06, an AVX-512 VM) put
 # a call at 14.5 to 16.5 of them and a step at 0.1 to 0.4. Against the 128-wide network's fit (8
 # and 0.75) these cuts encode batches of 32 about 3 % faster, and batches of 256 within noise
-# (docs/experiments.md).
+# (docs/experiments.md). Every model is cut by these: a converted all-MiniLM-L6-v2 fits at a call
+# of 12.7 and a step of -0.7 (2026-12-07), and cut by a call of 12.7 and no step cost it encoded
+# within noise of these (docs/experiments.md).
 _CALL_COST = 15.0
 _STEP_COST = 0.3
 

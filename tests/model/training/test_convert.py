@@ -299,3 +299,21 @@ def test_the_service_serves_a_converted_model_and_re_embeds_the_store_for_it(
         assert answer["model"] == f"st-{read_config(out)['version']}"
         match = client.post("/duplicates", json={"question": QUESTIONS[0], "k": 1}).json()["matches"][0]
         assert match["id"] == "q1" and match["similarity"] == pytest.approx(1.0, abs=1e-5)  # re-embedded
+
+
+def test_the_cost_of_a_converted_model_s_call_can_be_fitted(converted: tuple[Path, Path]) -> None:
+    # bench/encoder.py --cost-model drew its token ids up to config.json's vocab_size, which only
+    # the LSTM's config names: on a converted model it stopped with a KeyError.
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[3]
+    run = subprocess.run(
+        [sys.executable, str(root / "bench" / "encoder.py"), "--model", str(converted[1]), "--cost-model"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    fit = json.loads(run.stdout)
+    assert set(fit) == {"call_us", "step_us", "row_step_us", "row_us", "call_cost", "step_cost"}
+    assert all(np.isfinite(value) for value in fit.values())
