@@ -394,7 +394,7 @@ def _swaps(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from model.training.convert import convert
 
-    config = convert(args.st_model_dir, args.valid, args.out, name=args.name, prompt_name=args.prompt)
+    config = convert(args.st_model_dir, args.valid, args.out, name=args.name, prompt_name=args.prompt, dim=args.dim)
     print(
         json.dumps({"out": str(args.out), "version": config["version"], "validation": config["validation"]}, indent=2)
     )
@@ -729,6 +729,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="the source's prompt to put before every question, as sentence-transformers' encode(prompt_name=NAME) "
         "does (default: the model's default prompt, if it has one; '' for none)",
+    )
+    p.add_argument(
+        "--dim",
+        type=int,
+        metavar="N",
+        help="cut the vectors to their first N columns, as sentence-transformers' truncate_dim does (for a "
+        "Matryoshka model; default: the model's saved truncate_dim, if it has one, else every column)",
     )
     p.set_defaults(func=_convert)
     return parser

@@ -5,7 +5,9 @@ all-MiniLM-L6-v2's, the [CLS] token, ...), and after it any Dense layers
 (distiluse-base-multilingual's 768 to 512 with tanh, say) and Normalize modules. A prompt that
 sentence-transformers puts before each text (the model's default prompt, or the one ``--prompt``
 names, as ``encode(prompt_name=...)`` would) is written into the tokenizer, ahead of its normalizer,
-so that serving reads ``"query: " + question`` as the source does. The written directory is what
+so that serving reads ``"query: " + question`` as the source does. A Matryoshka model's vectors
+can be cut to their first ``--dim`` columns, as sentence-transformers' ``truncate_dim`` cuts them
+(a ``truncate_dim`` saved with the model is its default). The written directory is what
 serving loads for any model (:mod:`model.model_dir`): ``model.onnx`` with dupq's inputs (``ids`` (B,
 T) int64, ``lengths`` (B,) int32) and output (``embeddings`` (B, D), unit rows), the source's
 ``tokenizer.json`` (padding off, truncation at ``max_tokens``), tau and the calibration fitted on
@@ -56,15 +58,19 @@ MAX_COSINE_GAP = 1e-3
 class Pooled(nn.Module):
     """The transformer with dupq's inputs (the attention mask from ``lengths``, token types 0),
     then the source's own Pooling module and the modules after it (``head``: Dense and
-    Normalize), run as sentence-transformers runs them on its features, L2-normalized: ``dim``
-    columns, a width the graph states (the gather of [CLS] pooling would leave it symbolic)."""
+    Normalize), run as sentence-transformers runs them on its features, cut to the first ``dim``
+    columns (all of them but for a Matryoshka cut) and L2-normalized: a width the graph states
+    (the gather of [CLS] pooling would leave it symbolic)."""
 
-    def __init__(self, transformer: nn.Module, pooling: nn.Module, head: Sequence[nn.Module], dim: int) -> None:
+    def __init__(
+        self, transformer: nn.Module, pooling: nn.Module, head: Sequence[nn.Module], dim: int, cut: bool = False
+    ) -> None:
         super().__init__()
         self.transformer = transformer
         self.pooling = pooling
         self.head = nn.ModuleList(head)
         self.dim = dim
+        self.cut = cut
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         mask = (torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]).to(torch.int64)  # (B, T)
@@ -72,7 +78,10 @@ class Pooled(nn.Module):
         features = self.pooling({"token_embeddings": states, "attention_mask": mask})
         for module in self.head:
             features = module(features)
-        return F.normalize(features["sentence_embedding"], dim=-1).reshape(-1, self.dim)  # (B, D)
+        vectors = features["sentence_embedding"]
+        if self.cut:  # a Matryoshka cut: the first columns, normalized again if they were
+            vectors = vectors[:, : self.dim]
+        return F.normalize(vectors, dim=-1).reshape(-1, self.dim)  # (B, D)
 
 
 def _source(st_dir: Path) -> tuple[Any, nn.Module, Any, list[nn.Module], int, int]:
@@ -180,10 +189,12 @@ def _pooling_modes(pooling: Any) -> list[str]:
     return [names.get(key, key) for key, on in config.items() if key.startswith("pooling_mode") and on]
 
 
-def export_graph(transformer: nn.Module, pooling: nn.Module, head: Sequence[nn.Module], dim: int) -> bytes:
+def export_graph(
+    transformer: nn.Module, pooling: nn.Module, head: Sequence[nn.Module], dim: int, cut: bool = False
+) -> bytes:
     """The ONNX graph of :class:`Pooled` over ``transformer``, ``pooling`` and ``head`` (``dim``
-    columns out), batch and length dynamic."""
-    wrapped = Pooled(transformer, pooling, head, dim).eval()
+    columns out, the first ``dim`` of them where ``cut``), batch and length dynamic."""
+    wrapped = Pooled(transformer, pooling, head, dim, cut).eval()
     example = (
         torch.tensor([[1, 2, 3], [1, 3, 0]]),
         torch.tensor([3, 2], dtype=torch.int32),
@@ -209,21 +220,27 @@ def convert(
     out: str | Path,
     name: str | None = None,
     prompt_name: str | None = None,
+    dim: int | None = None,
 ) -> dict[str, Any]:
     """Write the dupq model directory ``out`` from the sentence-transformers model ``st_dir``,
     with tau and the calibration fitted on ``valid_file``; returns its config. ``prompt_name``
     chooses the source's prompt put before each question (default: the model's default prompt;
-    ``""``: none)."""
+    ``""``: none). ``dim``: the vectors cut to their first ``dim`` columns, as
+    sentence-transformers' ``truncate_dim`` cuts them (default: the model's saved
+    ``truncate_dim``, if any, else every column)."""
     started = time.time()
     st_dir, out = Path(st_dir), Path(out)
     if out.resolve() == st_dir.resolve():
         raise ValueError(f"--out {out} is the sentence-transformers model itself: its config.json would be overwritten")
     check_writable(out)
     valid, valid_report = load_validation_pairs(valid_file)
-    model, transformer, pooling, head, dim, max_tokens = _source(st_dir)
+    model, transformer, pooling, head, width, max_tokens = _source(st_dir)
     prompt_name, prompt = _prompt(model, pooling, st_dir, prompt_name)
+    dim = _truncated(model, st_dir, width, dim)
+    model.truncate_dim = dim if dim < width else None  # the reference below cuts its vectors as the graph does
+    similarity = _similarity(model, st_dir, dim < width)
     with writing(out) as stage:  # on any error below, `out` keeps what it held
-        (stage / ONNX).write_bytes(export_graph(transformer, pooling, head, dim))
+        (stage / ONNX).write_bytes(export_graph(transformer, pooling, head, dim, dim < width))
         _serving_tokenizer(model, max_tokens, prompt).save(str(stage / TOKENIZER))
         onnx_digest, tokenizer_digest = sha256_file(stage / ONNX), sha256_file(stage / TOKENIZER)
         config: dict[str, Any] = {
@@ -262,6 +279,8 @@ def convert(
             "from": str(st_dir),
             "sentence_transformers_modules": [type(m).__name__ for m in model],
             "prompt": {"name": prompt_name, "text": prompt} if prompt_name else None,
+            "truncate_dim": dim if dim < width else None,
+            "similarity_fn_name": similarity,
             "valid_file": {"path": str(valid_file), "sha256": valid_report.sha256(), "pairs": valid_report.kept},
             "cosine_check": {"questions": len(checked), "max_gap": gap},
             "duration_s": round(time.time() - started, 1),
@@ -271,6 +290,35 @@ def convert(
         write_config(stage, config)
     logger.info("converted %s to %s: %d-d, tau %.3f, cosines within %.2g", st_dir, out, dim, config["threshold"], gap)
     return config
+
+
+def _truncated(model: Any, st_dir: Path, width: int, dim: int | None) -> int:
+    """The width of the converted vectors: ``dim`` (``--dim``), else the ``truncate_dim`` saved
+    with the model (sentence-transformers 6 saves it and cuts every vector to it), else
+    ``width``; refused, naming both, unless it is 1 to ``width``."""
+    if dim is None:
+        dim = getattr(model, "truncate_dim", None) or width
+        where = "its saved truncate_dim"
+    else:
+        where = "--dim"
+    if not 1 <= dim <= width:
+        raise ValueError(f"{st_dir}: {where} is {dim}, but the model's vectors have {width} columns")
+    return dim
+
+
+def _similarity(model: Any, st_dir: Path, cut: bool) -> str:
+    """The similarity the source scores by (``similarity_fn_name``), with a warning where it is not
+    the cosine that dupq scores by: a dot product of vectors that are not unit vectors (no
+    Normalize module last, or cut by ``truncate_dim``), a distance."""
+    similarity = str(getattr(model, "similarity_fn_name", None) or "cosine")
+    unit = type(model[-1]).__name__ == "Normalize" and not cut
+    if similarity != "cosine" and not (similarity == "dot" and unit):
+        logger.warning(
+            "%s scores by %s; dupq scores by the cosine of its vectors, on which tau and the calibration are fitted",
+            st_dir,
+            similarity,
+        )
+    return similarity
 
 
 def spread_by_length(texts: list[str], k: int) -> np.ndarray:

@@ -198,6 +198,55 @@ def test_a_pooling_that_leaves_the_prompt_out_is_refused(tmp_path: Path, capsys:
     assert main([*argv, "--prompt", ""]) == 0  # without the prompt, every token is pooled
 
 
+def test_a_matryoshka_cut_converts_to_the_source_s_cut_cosines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # sentence-transformers 6 saves a model's truncate_dim and cuts every vector to it: such a model
+    # was refused, its cut cosines up to 0.095 from the graph's whole ones. --dim cuts as
+    # truncate_dim does, and overrides the saved one.
+    from sentence_transformers import SentenceTransformer
+
+    st_dir = _tiny_transformer(tmp_path)
+    SentenceTransformer(str(st_dir), device="cpu", truncate_dim=8).save(str(tmp_path / "cut"))
+    valid = str(_pair_file(tmp_path / "pairs.tsv"))
+    texts = [*QUESTIONS, "A question far longer than the model reads: " + "word " * 60]
+    for flag, dim in (([], 8), (["--dim", "16"], 16), (["--dim", "32"], 32)):
+        out = tmp_path / f"dupq-{dim}"
+        assert main(["convert", str(tmp_path / "cut"), "--valid", valid, "--out", str(out), *flag]) == 0
+        reference = SentenceTransformer(str(st_dir), device="cpu", truncate_dim=dim).encode(
+            texts, normalize_embeddings=True
+        )
+        assert reference.shape == (len(texts), dim)
+        np.testing.assert_allclose(load_encoder(out).encode(texts, batch_size=4), reference, atol=1e-4)
+        assert read_config(out)["dim"] == dim
+        assert read_config(out)["converted"]["truncate_dim"] == (dim if dim < 32 else None)
+    capsys.readouterr()
+    for dim in ("0", "33"):
+        assert main(["convert", str(st_dir), "--valid", valid, "--out", str(tmp_path / "o"), "--dim", dim]) == 1
+        assert f"--dim is {dim}, but the model's vectors have 32 columns" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("normalized", [True, False])
+def test_a_source_that_scores_by_another_similarity_is_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, normalized: bool
+) -> None:
+    # dupq scores by the cosine: a model that scores by the dot product of vectors of any length
+    # converts to the cosines of them, which the log says; its unit vectors' dot product is a cosine.
+    from sentence_transformers import SentenceTransformer
+
+    st_dir = _tiny_transformer(tmp_path, head=None if normalized else [])
+    SentenceTransformer(str(st_dir), device="cpu", similarity_fn_name="dot").save(str(tmp_path / "dot"))
+    out = tmp_path / "dupq"
+    with caplog.at_level("WARNING", logger="model.training.convert"):
+        argv = ["convert", str(tmp_path / "dot"), "--valid", str(_pair_file(tmp_path / "p.tsv")), "--out", str(out)]
+        assert main(argv) == 0
+    warned = [r.getMessage() for r in caplog.records if r.name == "model.training.convert"]
+    said = "scores by dot; dupq scores by the cosine of its vectors, on which tau and the calibration are fitted"
+    assert [said in message for message in warned] == ([] if normalized else [True])
+    assert read_config(out)["converted"]["similarity_fn_name"] == "dot"
+
+
 def test_the_converted_directory_says_what_it_is(converted: tuple[Path, Path]) -> None:
     st_dir, out = converted
     config = read_config(out)  # every file serving needs, checksums included
