@@ -9,6 +9,7 @@ serving-check``).
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -80,7 +81,10 @@ class Server:
         self, method: str, path: str, body: Any = None, timeout: float = 10.0, headers: dict[str, str] | None = None
     ) -> tuple[int, Any]:
         """Status and JSON answer (None when empty) of one request; ``body`` is sent as JSON, or as
-        it is when it is bytes."""
+        it is when it is bytes. An answer the server's death cuts off raises ``ConnectionError``,
+        as a refused or reset connection does (an ``OSError``). ``http.client`` raises
+        ``IncompleteRead`` when the body stops short: the kill test's writer did not catch it, and
+        so counted a delete the kill had answered in part (done, its answer cut) as not done."""
         data = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(
             self.url + path, data=data, method=method, headers={"content-type": "application/json", **(headers or {})}
@@ -92,8 +96,13 @@ class Server:
                     raw
                 ) if raw and response.headers.get_content_subtype() == "json" else raw or None
         except urllib.error.HTTPError as err:
-            raw = err.read()
+            try:
+                raw = err.read()
+            except http.client.HTTPException as cut:
+                raise ConnectionError(f"the answer to {method} {path} was cut off: {cut!r}") from cut
             return err.code, json.loads(raw) if raw else None
+        except http.client.HTTPException as cut:  # IncompleteRead, BadStatusLine: the server died mid-answer
+            raise ConnectionError(f"the answer to {method} {path} was cut off: {cut!r}") from cut
 
     def kill(self) -> None:
         assert self.process is not None

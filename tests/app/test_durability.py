@@ -4,6 +4,7 @@ stays done: a real server process, killed at a random moment, on each store (SQL
 from __future__ import annotations
 
 import random
+import socket
 import threading
 import time
 from pathlib import Path
@@ -24,6 +25,32 @@ def _text(i: int) -> str:
         i, r = divmod(i, len(WORDS))
         digits.append(WORDS[r])
     return " ".join(digits) + "?"
+
+
+def test_an_answer_cut_off_by_a_kill_is_a_lost_connection() -> None:
+    # A kill after the status line, before the body: http.client raised IncompleteRead, which the
+    # writer below did not catch, so a delete that was done (its answer cut) counted as not done,
+    # and the restarted server held one question fewer than "acknowledged" (534 against 535).
+    listener = socket.create_server(("127.0.0.1", 0))
+    heads = [b"HTTP/1.1 200 OK\r\n", b"HTTP/1.1 404 Not Found\r\n"]
+
+    def answer_in_part() -> None:
+        for head in heads:
+            conn, _ = listener.accept()
+            with conn, conn.makefile("rb") as request:  # read whole, or closing would reset the connection
+                length = 0
+                while (line := request.readline()) not in (b"\r\n", b""):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                request.read(length)
+                conn.sendall(head + b"Content-Type: application/json\r\nContent-Length: 13\r\n\r\n{")
+
+    threading.Thread(target=answer_in_part, daemon=True).start()
+    server = Server(Path("unused"), Path("unused"), port=listener.getsockname()[1])
+    with listener:
+        for _ in heads:
+            with pytest.raises(ConnectionError, match="the answer to POST /questions/delete was cut off"):
+                server.request("POST", "/questions/delete", {"ids": ["d-3"]}, timeout=5)
 
 
 @pytest.mark.slow
