@@ -5,7 +5,8 @@ of two questions (a /similarity request; also through the tokenizer's steps one 
 ``token_ids`` takes for a few texts that are not printable ASCII), and whether both give the same
 ids. Then text that is not printable ASCII, per call of two through the tokenizer's steps and
 through the fast path (which normalizes it first): the dev questions with each apostrophe typed
-as phones type it (U+2019), and those of the dev questions that are not printable ASCII. Then the
+as phones type it (U+2019), those with quotes typed so (U+201C and U+201D), and those of the dev
+questions that are not printable ASCII. Then the
 same questions in Armenian letters (``fine_tune.SCRIPTS``, every word unknown to the tokenizer), per
 call of two: each unknown word one ``[UNK]``, against each its row (``--unknown-buckets``).
 
@@ -27,6 +28,12 @@ from fine_tune import SCRIPTS  # noqa: E402
 
 from model.tokenizer import TokenIds, load_tokenizer, token_ids  # noqa: E402
 from model.training.data import iter_pairs  # noqa: E402
+
+
+def _curly_quotes(question: str) -> str:
+    """A question of the BiMPM dev file (its quotes tokenized as ``` `` ``` and ``''``) with its
+    quotes and apostrophes as a phone types them."""
+    return question.replace("``", "\u201c").replace("''", "\u201d").replace("'", "\u2019")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,10 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     per_pair_fast = (time.perf_counter() - started) / len(pairs) * 1e6
 
     # Text that is not printable ASCII: the dev questions with each apostrophe typed as a phone
-    # types it (U+2019), and the dev questions that are not printable ASCII as they are (accents,
-    # other scripts, symbols). The fast path normalizes them first; the tokenizer takes the rest.
+    # types it (U+2019), those with quotes typed so (U+201C, U+201D), and the dev questions that
+    # are not printable ASCII as they are (accents, other scripts, symbols). The fast path
+    # normalizes them first; the tokenizer takes the rest.
     others = {
         "curly_apostrophes": [q.replace("'", "\u2019") for q in texts if "'" in q][:4000],
+        "curly_quotes": [_curly_quotes(q) for q in texts if "``" in q or "''" in q][:4000],
         "not_ascii_in_dev": [q for q in texts if not (q.isascii() and q.isprintable())],
     }
     for name, group in others.items():

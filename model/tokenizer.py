@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -212,6 +213,18 @@ def _refuse_surrogates(texts: list[str], numbers: Iterable[int]) -> None:
 _ALNUM = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 
+_OUTSIDE_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
+def _may_leave(char: str) -> bool:
+    """Whether the normalizer may make ``char`` (outside ASCII) something the fast path takes:
+    a character that decomposes (``é``, ``ﬁ``, full-width ``Ａ``), punctuation, a space, a control
+    or format character, a mark. Text whose first such character is another (Cyrillic, CJK, an
+    emoji, ``€``) goes to the tokenizer without being normalized twice; a wrong guess costs time,
+    never other ids."""
+    return bool(unicodedata.decomposition(char)) or unicodedata.category(char)[0] in "PZCM"
+
+
 def _ascii_words(unknown: str) -> re.Pattern[str]:
     """The words of a lower-cased printable ASCII chunk, ``unknown`` letters and digits (those
     the pre-tokenizer splits off) in runs of their own."""
@@ -234,8 +247,9 @@ class TokenIds:
     worked out once, with the tokenizer's own WordPiece model, and kept in a dictionary of at most
     ``cache_chunks`` chunks. Other text is put through the tokenizer's own normalizer first, and
     takes the fast path when that gives printable ASCII (``What’s`` -> ``what's``, ``café`` ->
-    ``cafe``, a tab -> a space). Text still outside printable ASCII (another script, an emoji),
-    text that contains an added token (``[UNK]`` of a tokenizer from dupq 0.5.0 or earlier:
+    ``cafe``, a tab -> a space), punctuation outside ASCII that the pre-tokenizer splits off alone
+    allowed (``“``, ``—``). Text still outside it (another script, an emoji, ``€``), text that
+    contains an added token (``[UNK]`` of a tokenizer from dupq 0.5.0 or earlier:
     :func:`without_added_tokens`), and a tokenizer whose normalizer or pre-tokenizer is not the
     one :func:`train_tokenizer` builds go through the tokenizer itself (:func:`token_ids`: its
     steps one by one for a few texts, ``encode_batch`` for more). Tests check that every path
@@ -245,9 +259,9 @@ class TokenIds:
     took 127 us for the two questions of a /similarity request and the fast path 10 us, the
     encoder's share of such a request being about 0.7 ms; over 20,000 questions, 31,802 against
     114,976 questions/s (182,096 with the dictionary warm), with the same ids for every one. With
-    each apostrophe typed as a phone types it (U+2019), two questions take 52 us through the
-    normalizer and the fast path, against 112 to 135 us through the tokenizer before
-    (2026-12-07); the normalizer is 36 of the 52.
+    apostrophes and quotes typed as phones type them (U+2019, U+201C, U+201D), two questions
+    take 54 to 68 us through the normalizer and the fast path, against 128 to 155 us through the
+    tokenizer before (2026-12-07); the normalizer is about 36 of them.
     """
 
     def __init__(
@@ -266,8 +280,10 @@ class TokenIds:
         self._size = tokenizer.get_vocab_size()
         self._words = None if special else _fast_words(tokenizer)
         self.fast = self._words is not None
-        # The fast path's tokenizers all have train_tokenizer's normalizer (_fast_words).
+        # The fast path's tokenizers all have train_tokenizer's normalizer and pre-tokenizer (_fast_words).
         self._normalize = tokenizer.normalizer.normalize_str if self.fast and tokenizer.normalizer else str
+        self._pre_tokenize = tokenizer.pre_tokenizer.pre_tokenize_str if self.fast and tokenizer.pre_tokenizer else None
+        self._alone: dict[str, bool] = {}  # non-ASCII characters: whether the pre-tokenizer splits each off alone
         added = [token.content.lower() for token in tokenizer.get_added_tokens_decoder().values()]
         self._added = re.compile("|".join(map(re.escape, added))) if added else None
         self._chunks: dict[str, list[int]] = {}
@@ -296,14 +312,17 @@ class TokenIds:
     def _fast_text(self, text: str) -> str | None:
         """``text`` lower-cased for the fast path, normalized first where it is not printable
         ASCII (``What’s`` -> ``what's``, ``café`` -> ``cafe``, a tab -> a space), or None when the
-        tokenizer must take it: text that is not printable ASCII even once normalized (another
-        script, an emoji), text that is not valid Unicode (refused there, by its place), text that
-        contains an added token before or after normalizing."""
+        tokenizer must take it: text that is still not printable ASCII once normalized (another
+        script, an emoji), unless each character outside ASCII is punctuation that the
+        pre-tokenizer splits off alone (``“``, ``—``: :meth:`_splits_off`); text that is not valid
+        Unicode (refused there, by its place); text that contains an added token before or after
+        normalizing."""
         added = self._added
         if text.isascii() and text.isprintable():
             low = text.lower()
             return None if added and added.search(low) else low
-        if added and added.search(text.lower()):
+        first = _OUTSIDE_ASCII.search(text)  # text in another script says so at its first letter
+        if (first and not _may_leave(first.group())) or (added and added.search(text.lower())):
             return None
         try:
             normalized = self._normalize(text)
@@ -312,9 +331,25 @@ class TokenIds:
         # The normalizer's own output again through the fast path's lower-casing, "`" -> "'" and
         # "n't" -> " n't" gives the same words: each is a no-op on it, or splits an "n't" that the
         # pre-tokenizer splits anyway.
-        if normalized.isascii() and normalized.isprintable() and not (added and added.search(normalized)):
+        if not normalized.isprintable() or (added and added.search(normalized)):
+            return None
+        if normalized.isascii() or all(map(self._splits_off, _OUTSIDE_ASCII.findall(normalized))):
             return normalized
         return None
+
+    def _splits_off(self, char: str) -> bool:
+        """Whether the pre-tokenizer makes ``char`` (normalized text, outside ASCII) a word of its
+        own wherever it stands, as the fast path's words do any character but a letter or digit:
+        BERT's split isolates punctuation (``“``, ``—``, ``¿``), and a symbol (``€``), a letter or a
+        run of characters the vocabulary lacks is not isolated alone. Asked of the pre-tokenizer
+        itself, once a character: ``a““a`` must give ``a``, ``“``, ``“``, ``a``."""
+        alone = self._alone.get(char)
+        if alone is None:
+            assert self._pre_tokenize is not None
+            alone = [word for word, _ in self._pre_tokenize(f"a{char}{char}a")] == ["a", char, char, "a"]
+            if len(self._alone) < 10_000:
+                self._alone[char] = alone
+        return alone
 
     def _chunk_ids(self, chunk: str) -> list[int]:
         assert self._words is not None

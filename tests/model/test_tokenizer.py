@@ -124,6 +124,8 @@ TRICKY = [
     "no\u00a0break\u2028line\u200bzero\x7fdel\x00nul\r\n\u00ad",
     "\uff3bUNK\uff3d \uff3bpad\uff3d and [\u00fcNK]",
     "STRASSE stra\u00dfe \u00bd \u00e6on",
+    "\u201cDune\u201d \u2014 or \u00bfHamlet? \u2013 \u2022 \u00abx\u00bb\u201c\u201c",
+    "10\u20ac 5\u00b0 \u3001\u3002 caf\u00e9\u2014no \u201c\u043c\u0438\u0440\u201d",
 ]
 
 
@@ -136,9 +138,10 @@ def test_the_fast_path_gives_the_ids_of_the_tokenizer_on_real_and_tricky_questio
 
 
 def test_text_that_normalizes_to_printable_ascii_takes_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A curly apostrophe (as phones type it), an accent, a tab: such text went through the
-    # tokenizer itself, 132 against 6 us for the two questions of a /similarity request.
+    # A curly apostrophe or quotes (as phones type them), a dash, an accent, a tab: such text went
+    # through the tokenizer itself, 132 against 6 us for the two questions of a /similarity request.
     texts = ["What\u2019s your age?", "Where is the caf\u00e9?", "How old\tare you?", "\uff28\uff49 \ufb01ne"]
+    texts += ["Is \u201cDune\u201d \u2014 or \u00bfHamlet? \u2013 \u2022 \u00abbetter\u00bb?", "\u201cx\u201d\u201dy"]
     expected = token_ids(SHIPPED, texts, 64)
     assert expected[0] == token_ids(SHIPPED, ["What's your age?"], 64)[0]
     tokenizer_itself = [
@@ -151,10 +154,17 @@ def test_text_that_normalizes_to_printable_ascii_takes_the_fast_path(monkeypatch
     monkeypatch.setattr("model.tokenizer._encode", refused)
     for ids in tokenizer_itself:
         assert ids(texts) == expected
-    with pytest.raises(AssertionError, match="asked"):  # text that stays outside ASCII does not
-        FAST(["\u00bd cup?"])
+    for other in ("\u00bd cup?", "10\u20ac?", "5\u00b0c?", "\u0431\u0438\u0442?"):  # a symbol, a letter: not alone
+        with pytest.raises(AssertionError, match="asked"):
+            FAST([other])
     with pytest.raises(AssertionError, match="asked"):  # nor does an added token spelled in full width
         OLD_FAST(["\uff3bUNK\uff3d?"])
+    monkeypatch.undo()
+    # Text in another script goes to the tokenizer without being normalized twice (its first
+    # letter says so): normalizing it first cost Armenian questions about 30 us a pair.
+    ids, cyrillic = TokenIds(SHIPPED, 64), "\u0421\u043a\u043e\u043b\u044c\u043a\u043e \u201c\u043b\u0435\u0442\u201d?"
+    ids._normalize = refused
+    assert ids([cyrillic]) == token_ids(SHIPPED, [cyrillic], 64)
 
 
 @settings(max_examples=300, deadline=None)
