@@ -293,16 +293,14 @@ def convert(
 
 
 def _truncated(model: Any, st_dir: Path, width: int, dim: int | None) -> int:
-    """The width of the converted vectors: ``dim`` (``--dim``), else the ``truncate_dim`` saved
-    with the model (sentence-transformers 6 saves it and cuts every vector to it), else
-    ``width``; refused, naming both, unless it is 1 to ``width``."""
+    """The width of the converted vectors: ``dim`` (``--dim``; refused, naming both, unless it is 1
+    to ``width``), else the ``truncate_dim`` saved with the model (sentence-transformers 6 saves
+    it and cuts every vector to it; one past ``width`` cuts nothing, there as here), else
+    ``width``."""
     if dim is None:
-        dim = getattr(model, "truncate_dim", None) or width
-        where = "its saved truncate_dim"
-    else:
-        where = "--dim"
+        return min(int(getattr(model, "truncate_dim", None) or width), width)
     if not 1 <= dim <= width:
-        raise ValueError(f"{st_dir}: {where} is {dim}, but the model's vectors have {width} columns")
+        raise ValueError(f"{st_dir}: --dim is {dim}, but the model's vectors have {width} columns")
     return dim
 
 

@@ -208,6 +208,7 @@ def test_a_matryoshka_cut_converts_to_the_source_s_cut_cosines(
 
     st_dir = _tiny_transformer(tmp_path)
     SentenceTransformer(str(st_dir), device="cpu", truncate_dim=8).save(str(tmp_path / "cut"))
+    SentenceTransformer(str(st_dir), device="cpu", truncate_dim=64).save(str(tmp_path / "wide"))  # cuts nothing
     valid = str(_pair_file(tmp_path / "pairs.tsv"))
     texts = [*QUESTIONS, "A question far longer than the model reads: " + "word " * 60]
     for flag, dim in (([], 8), (["--dim", "16"], 16), (["--dim", "32"], 32)):
@@ -220,6 +221,9 @@ def test_a_matryoshka_cut_converts_to_the_source_s_cut_cosines(
         np.testing.assert_allclose(load_encoder(out).encode(texts, batch_size=4), reference, atol=1e-4)
         assert read_config(out)["dim"] == dim
         assert read_config(out)["converted"]["truncate_dim"] == (dim if dim < 32 else None)
+    assert main(["convert", str(tmp_path / "wide"), "--valid", valid, "--out", str(tmp_path / "dupq-64")]) == 0
+    assert read_config(tmp_path / "dupq-64")["dim"] == 32
+    assert read_config(tmp_path / "dupq-64")["converted"]["truncate_dim"] is None
     capsys.readouterr()
     for dim in ("0", "33"):
         assert main(["convert", str(st_dir), "--valid", valid, "--out", str(tmp_path / "o"), "--dim", dim]) == 1
