@@ -28,6 +28,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -193,14 +194,22 @@ def export_graph(
     transformer: nn.Module, pooling: nn.Module, head: Sequence[nn.Module], dim: int, cut: bool = False
 ) -> bytes:
     """The ONNX graph of :class:`Pooled` over ``transformer``, ``pooling`` and ``head`` (``dim``
-    columns out, the first ``dim`` of them where ``cut``), batch and length dynamic."""
+    columns out, the first ``dim`` of them where ``cut``), batch and length dynamic.
+
+    The tracer warns wherever the code branches on a tensor's shape ("might cause the trace to
+    be incorrect"), four times for all-MiniLM-L6-v2, and the exporter of indexing that negative
+    indices would break (the pooling's are never negative): whether the trace holds for other
+    batches and lengths is what :func:`convert`'s check of the written graph settles, on
+    questions of every length, so those warnings are not shown."""
     wrapped = Pooled(transformer, pooling, head, dim, cut).eval()
     example = (
         torch.tensor([[1, 2, 3], [1, 3, 0]]),
         torch.tensor([3, 2], dtype=torch.int32),
     )  # any ids in the vocabulary
     buffer = io.BytesIO()
-    with torch.inference_mode():
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Exporting aten::index operator of advanced indexing")
         torch.onnx.export(
             wrapped,
             example,
@@ -263,7 +272,9 @@ def convert(
         encoder = load_encoder(stage)
         scored = PairEvaluator(valid).score(encoder.encode)
         checked = spread_by_length(scored.texts, CHECKED_QUESTIONS)
-        reference = model.encode([scored.texts[i] for i in checked], prompt=prompt, normalize_embeddings=True)
+        reference = model.encode(
+            [scored.texts[i] for i in checked], prompt=prompt, normalize_embeddings=True, show_progress_bar=False
+        )
         gap = cosine_gap(reference, scored.vectors[checked])
         if gap > MAX_COSINE_GAP:
             raise ValueError(

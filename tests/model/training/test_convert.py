@@ -251,6 +251,23 @@ def test_a_source_that_scores_by_another_similarity_is_named(
     assert read_config(out)["converted"]["similarity_fn_name"] == "dot"
 
 
+def test_a_conversion_shows_no_tracer_warnings_and_no_progress_bar(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The tracer's "might cause the trace to be incorrect" (four of them for all-MiniLM-L6-v2) and
+    # the reference's progress bar went to the operator's terminal; the check of the written graph
+    # is what says whether the trace holds.
+    import warnings
+
+    st_dir, out = _tiny_transformer(tmp_path), tmp_path / "dupq"
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["convert", str(st_dir), "--valid", str(_pair_file(tmp_path / "p.tsv")), "--out", str(out)]) == 0
+    assert not [w for w in caught if "trace" in str(w.message) or "aten::index" in str(w.message)]
+    assert "Batches" not in capsys.readouterr().err
+
+
 def test_the_converted_directory_says_what_it_is(converted: tuple[Path, Path]) -> None:
     st_dir, out = converted
     config = read_config(out)  # every file serving needs, checksums included
