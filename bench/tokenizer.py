@@ -6,9 +6,9 @@ of two questions (a /similarity request; also through the tokenizer's steps one 
 ids. Then text that is not printable ASCII, per call of two through the tokenizer's steps and
 through the fast path (which normalizes it first): the dev questions with each apostrophe typed
 as phones type it (U+2019), those with quotes typed so (U+201C and U+201D), and those of the dev
-questions that are not printable ASCII. Then the
-same questions in Armenian letters (``fine_tune.SCRIPTS``, every word unknown to the tokenizer), per
-call of two: each unknown word one ``[UNK]``, against each its row (``--unknown-buckets``).
+questions that are not printable ASCII. Then the same questions in Armenian letters
+(``fine_tune.SCRIPTS``, every word unknown to the tokenizer), per call of two: each unknown word
+one ``[UNK]``, against each its row (``--unknown-buckets``).
 
     python bench/tokenizer.py [--model DIR] [--pairs FILE] [--questions 20000]
 """
