@@ -210,16 +210,25 @@ def export_graph(
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="Exporting aten::index operator of advanced indexing")
-        torch.onnx.export(
-            wrapped,
-            example,
-            buffer,  # type: ignore[arg-type]  # a file object works; the stubs name paths only
-            input_names=["ids", "lengths"],
-            output_names=["embeddings"],
-            dynamic_axes={"ids": {0: "batch", 1: "tokens"}, "lengths": {0: "batch"}, "embeddings": {0: "batch"}},
-            opset_version=OPSET,
-            dynamo=False,
-        )
+        try:
+            torch.onnx.export(
+                wrapped,
+                example,
+                buffer,  # type: ignore[arg-type]  # a file object works; the stubs name paths only
+                input_names=["ids", "lengths"],
+                output_names=["embeddings"],
+                dynamic_axes={"ids": {0: "batch", 1: "tokens"}, "lengths": {0: "batch"}, "embeddings": {0: "batch"}},
+                opset_version=OPSET,
+                dynamo=False,
+            )
+        except RuntimeError as err:
+            if "2GiB" not in str(err):
+                raise
+            size = sum(p.numel() * p.element_size() for p in wrapped.parameters())
+            raise ValueError(
+                f"its weights take {size / 2**30:.2f} GiB, and dupq's model.onnx is one file of at most 2 GiB "
+                "(ONNX's protobuf limit): models of up to about 500 million float32 parameters convert"
+            ) from None
     return buffer.getvalue()
 
 
@@ -249,7 +258,11 @@ def convert(
     model.truncate_dim = dim if dim < width else None  # the reference below cuts its vectors as the graph does
     similarity = _similarity(model, st_dir, dim < width)
     with writing(out) as stage:  # on any error below, `out` keeps what it held
-        (stage / ONNX).write_bytes(export_graph(transformer, pooling, head, dim, dim < width))
+        try:
+            graph = export_graph(transformer, pooling, head, dim, dim < width)
+        except ValueError as err:
+            raise ValueError(f"{st_dir}: {err}; nothing was written to {out}") from None
+        (stage / ONNX).write_bytes(graph)
         _serving_tokenizer(model, max_tokens, prompt).save(str(stage / TOKENIZER))
         onnx_digest, tokenizer_digest = sha256_file(stage / ONNX), sha256_file(stage / TOKENIZER)
         config: dict[str, Any] = {

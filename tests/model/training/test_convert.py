@@ -325,6 +325,29 @@ def test_a_graph_that_strays_from_its_source_is_refused(
     assert not out.exists()
 
 
+def test_a_model_past_onnx_s_two_gigabytes_is_refused_by_its_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # bge-m3 or multilingual-e5-large (560 million parameters, 2.2 GB) ended in a traceback of
+    # PyTorch's exporter; a random BERT of 2.32 GiB gave the same. Here the exporter's own error,
+    # raised for a tiny model.
+    import torch
+
+    def past_the_limit(*args: object, **kwargs: object) -> None:
+        raise RuntimeError(
+            "The serialized model is larger than the 2GiB limit imposed by the protobuf library. Therefore the "
+            "output file must be a file path, so that the ONNX external data can be written to the same directory."
+        )
+
+    monkeypatch.setattr(torch.onnx, "export", past_the_limit)
+    st_dir, out = _tiny_transformer(tmp_path), tmp_path / "o"
+    assert main(["convert", str(st_dir), "--valid", str(_pair_file(tmp_path / "p.tsv")), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    said = "its weights take 0.00 GiB, and dupq's model.onnx is one file of at most 2 GiB (ONNX's protobuf limit)"
+    assert f"dupq convert: error: {st_dir}: {said}" in err and f"nothing was written to {out}" in err
+    assert not out.exists()
+
+
 def test_a_conversion_that_is_stopped_leaves_the_model_that_was_there(
     converted: tuple[Path, Path], tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
