@@ -227,7 +227,7 @@ def export_graph(
             size = sum(p.numel() * p.element_size() for p in wrapped.parameters())
             raise ValueError(
                 f"its weights take {size / 2**30:.2f} GiB, and dupq's model.onnx is one file of at most 2 GiB "
-                "(ONNX's protobuf limit): models of up to about 500 million float32 parameters convert"
+                "(ONNX's protobuf limit): models of up to about 536 million float32 parameters convert"
             ) from None
     return buffer.getvalue()
 
