@@ -716,8 +716,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "convert",
         help="make a sentence-transformers model a dupq model directory (train extra)",
-        description="Turn a sentence-transformers model directory (a BERT-style transformer, its pooling and any "
-        "Dense layers, like all-MiniLM-L6-v2) into a dupq model directory: an ONNX graph, its "
+        description="Turn a sentence-transformers model directory (a transformer, BERT-style or a decoder, its "
+        "pooling and any Dense layers, like all-MiniLM-L6-v2) into a dupq model directory: an ONNX graph, its "
         "tokenizer.json, tau and the calibration fitted on --valid. dupq serve runs it without PyTorch.",
     )
     p.add_argument("st_model_dir", type=Path, help="sentence-transformers model directory (with modules.json)")

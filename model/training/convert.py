@@ -1,21 +1,22 @@
 """``dupq convert``: a sentence-transformers model directory made into a dupq model directory.
 
-The source is a BERT-style transformer and its Pooling module (any of its modes: the mean, as
-all-MiniLM-L6-v2's, the [CLS] token, ...), and after it any Dense layers
-(distiluse-base-multilingual's 768 to 512 with tanh, say) and Normalize modules. A prompt that
-sentence-transformers puts before each text (the model's default prompt, or the one ``--prompt``
-names, as ``encode(prompt_name=...)`` would) is written into the tokenizer, ahead of its normalizer,
-so that serving reads ``"query: " + question`` as the source does. A Matryoshka model's vectors
-can be cut to their first ``--dim`` columns, as sentence-transformers' ``truncate_dim`` cuts them
-(a ``truncate_dim`` saved with the model is its default). The written directory is what
-serving loads for any model (:mod:`model.model_dir`): ``model.onnx`` with dupq's inputs (``ids`` (B,
-T) int64, ``lengths`` (B,) int32) and output (``embeddings`` (B, D), unit rows), the source's
-``tokenizer.json`` (padding off, truncation at ``max_tokens``), tau and the calibration fitted on
-the validation pairs, and a ``config.json`` whose ``encoder`` says what it is (``"kind":
-"transformer"``, ``"special_tokens": true``: the tokenizer adds [CLS] and [SEP]). Serving then runs
-it with ONNX Runtime, no PyTorch; there are no PyTorch weights to fine-tune from. The written graph
-is checked against its source on the validation questions (:data:`MAX_COSINE_GAP`); a graph that
-fails writes nothing, and the output directory keeps what it held.
+The source is a transformer (BERT-style, or a decoder pooled at its last token) and its Pooling
+module (any of its modes: the mean, as all-MiniLM-L6-v2's, the [CLS] token, ...), and after it any
+Dense layers (distiluse-base-multilingual's 768 to 512 with tanh, say) and Normalize modules. A
+prompt that sentence-transformers puts before each text (the model's default prompt, or the one
+``--prompt`` names, as ``encode(prompt_name=...)`` would) is written into the tokenizer, ahead of
+its normalizer, so that serving reads ``"query: " + question`` as the source does. A Matryoshka
+model's vectors can be cut to their first ``--dim`` columns, as sentence-transformers'
+``truncate_dim`` cuts them (a ``truncate_dim`` saved with the model is its default). The written
+directory is what serving loads for any model (:mod:`model.model_dir`): ``model.onnx`` with dupq's
+inputs (``ids`` (B, T) int64, ``lengths`` (B,) int32) and output (``embeddings`` (B, D), unit rows),
+the source's ``tokenizer.json`` (padding off, truncation at ``max_tokens``), tau and the calibration
+fitted on the validation pairs, and a ``config.json`` whose ``encoder`` says what it is (``"kind":
+"transformer"``, ``"special_tokens": true``: the tokenizer adds the model's own, BERT's [CLS] and
+[SEP]). Serving then runs it with ONNX Runtime, no PyTorch; there are no PyTorch weights to
+fine-tune from, and weights past ONNX's 2 GiB are refused. The written graph is checked against its
+source on the validation questions (:data:`MAX_COSINE_GAP`); a graph that fails writes nothing, and
+the output directory keeps what it held.
 
 The graph is exported with PyTorch's TorchScript exporter (``dynamo=False``; the dynamo exporter
 needs ``onnxscript``, which the train extra does not install): a transformer runs on a padded

@@ -21,7 +21,8 @@ def _tiny_transformer(
     path: Path, pooling: str | tuple[str, ...] = "mean", kind: str = "bert", head: list | None = None
 ) -> Path:
     """A sentence-transformers model of a tiny randomly initialised ``kind`` (bert, distilbert,
-    mpnet, roberta, modernbert), its word pieces trained on the test questions, its 32 columns pooled, then
+    mpnet, roberta, modernbert; qwen2, a decoder whose tokenizer ends each text with [SEP] as its
+    end-of-text token), its word pieces trained on the test questions, its 32 columns pooled, then
     ``head`` (by default a Normalize module)."""
     import torch
     import transformers
@@ -43,13 +44,21 @@ def _tiny_transformer(
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.train_from_iterator(CORPUS + QUESTIONS, WordPieceTrainer(vocab_size=150, special_tokens=specials))
     cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    tokenizer.post_processor = (
+        processors.TemplateProcessing(single="$A [SEP]", special_tokens=[("[SEP]", sep)])
+        if kind == "qwen2"
+        else processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+        )
     )
     torch.manual_seed(0)
     sizes = {"vocab_size": tokenizer.get_vocab_size(), "max_position_embeddings": 66}
     if kind == "distilbert":
         config = transformers.DistilBertConfig(**sizes, dim=32, n_layers=2, n_heads=2, hidden_dim=64)
+    elif kind == "qwen2":  # causal attention, grouped keys and values, rotary positions
+        layers = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+        ids = {"pad_token_id": specials.index("[PAD]"), "eos_token_id": sep}
+        config = transformers.Qwen2Config(**sizes, **layers, **ids, num_key_value_heads=1)
     else:
         layers = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
         configs = {"bert": transformers.BertConfig, "mpnet": transformers.MPNetConfig}
@@ -91,13 +100,15 @@ def test_the_converted_model_serves_the_cosines_of_sentence_transformers(convert
     np.testing.assert_allclose(vectors, reference, atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["distilbert", "mpnet", "roberta", "modernbert"])
+@pytest.mark.parametrize("kind", ["distilbert", "mpnet", "roberta", "modernbert", "qwen2"])
 def test_other_transformers_convert_to_the_same_cosines(tmp_path: Path, kind: str) -> None:
     # all-mpnet-base-v2, the DistilBERT and RoBERTa models: no token types, and for the last two
-    # positions counted from their padding id (1), where dupq pads with 0.
+    # positions counted from their padding id (1), where dupq pads with 0. A decoder (Qwen2, as the
+    # Qwen3 embedders are) pools its last token's state, the only one that has read the whole text.
     from sentence_transformers import SentenceTransformer
 
-    st_dir, out = _tiny_transformer(tmp_path, kind=kind), tmp_path / "dupq"
+    pooling = "lasttoken" if kind == "qwen2" else "mean"
+    st_dir, out = _tiny_transformer(tmp_path, pooling=pooling, kind=kind), tmp_path / "dupq"
     assert main(["convert", str(st_dir), "--valid", str(_pair_file(tmp_path / "pairs.tsv")), "--out", str(out)]) == 0
     texts = [*QUESTIONS, "A question far longer than the model reads: " + "word " * 60]
     reference = SentenceTransformer(str(st_dir), device="cpu").encode(texts, normalize_embeddings=True)
