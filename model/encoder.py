@@ -33,13 +33,16 @@ def embedding_matrix(vectors: np.ndarray) -> np.ndarray:
 
 
 def pad_ids(sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Token id lists -> (ids (B, T) int64 padded with PAD_ID, lengths (B,) int64), in one
-    vectorized fill: a row-by-row copy costs as much as the network on short questions."""
-    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
-    ids = np.full((len(sequences), int(lengths.max())), PAD_ID, dtype=np.int64)
-    real = np.arange(ids.shape[1])[None, :] < lengths[:, None]  # (B, T), row-major like the chain below
-    ids[real] = np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64, count=int(lengths.sum()))
-    return ids, lengths
+    """Token id lists -> (ids (B, T) int64 padded with PAD_ID, lengths (B,) int64), the padded rows
+    read by NumPy in one pass: a row-by-row copy costs as much as the network on short questions,
+    and each NumPy call costs some 10 us when the network has just run (a boolean-mask fill took
+    49 against 26 us for one question, and about as long for 256)."""
+    lengths = [len(s) for s in sequences]
+    longest = max(lengths)
+    padding = [PAD_ID] * longest
+    rows = itertools.chain.from_iterable(s + padding[: longest - n] for s, n in zip(sequences, lengths, strict=True))
+    ids = np.fromiter(rows, dtype=np.int64, count=len(sequences) * longest).reshape(len(sequences), longest)
+    return ids, np.array(lengths, dtype=np.int64)
 
 
 def available_cpus() -> int:
