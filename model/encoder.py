@@ -121,6 +121,8 @@ class QuestionEncoder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         sequences = self.token_ids(texts)
+        if len(sequences) == 1:  # nothing to sort or cut: 0.04 of the 0.45 ms one question took
+            return self.forward(*pad_ids(sequences))
         lengths = [len(s) for s in sequences]
         order = sorted(range(len(sequences)), key=lengths.__getitem__)
         out = np.empty((len(sequences), self.dim), dtype=np.float32)
