@@ -40,7 +40,7 @@ def pad_ids(sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     lengths = [len(s) for s in sequences]
     longest = max(lengths)
     padding = [PAD_ID] * longest
-    rows = itertools.chain.from_iterable(s + padding[: longest - n] for s, n in zip(sequences, lengths, strict=True))
+    rows = itertools.chain.from_iterable([*s, *padding[: longest - n]] for s, n in zip(sequences, lengths, strict=True))
     ids = np.fromiter(rows, dtype=np.int64, count=len(sequences) * longest).reshape(len(sequences), longest)
     return ids, np.array(lengths, dtype=np.int64)
 

@@ -94,3 +94,6 @@ def test_pad_ids_matches_a_plain_loop() -> None:
     np.testing.assert_array_equal(ids, expected)
     np.testing.assert_array_equal(lengths, [3, 1, 5, 2])
     assert ids.dtype == np.int64 and lengths.dtype == np.int64
+    # Rows of any sequence type: a NumPy row plus a list of padding would be added, not joined.
+    rows = [np.array(s) for s in sequences[:2]] + [tuple(s) for s in sequences[2:]]
+    np.testing.assert_array_equal(pad_ids(rows)[0], expected)
