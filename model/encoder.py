@@ -121,28 +121,24 @@ class QuestionEncoder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         sequences = self.token_ids(texts)
-        if len(sequences) == 1:  # nothing to sort or cut: 0.04 of the 0.45 ms one question took
+        if len(sequences) == 1:  # one call, nothing to sort or cut (0.02 ms of 0.43 for one question)
             return self.forward(*pad_ids(sequences))
         lengths = [len(s) for s in sequences]
         order = sorted(range(len(sequences)), key=lengths.__getitem__)
+        pool = self._pool if len(texts) >= _MIN_SHARE * len(self._sessions) else None
+        shares = len(self._sessions) if pool else 1
+        runs = [_length_buckets(order[k::shares], lengths, batch_size) for k in range(shares)]
+        if pool is None and len(runs[0]) == 1:  # one call (most pairs): in the order given, nothing to copy back
+            return self.forward(*pad_ids(sequences))
         out = np.empty((len(sequences), self.dim), dtype=np.float32)
-        shares = len(self._sessions)
-        if self._pool is None or len(texts) < _MIN_SHARE * shares:
-            self._run_share(0, order, sequences, lengths, batch_size, out)
-            return out
-        futures = [
-            self._pool.submit(self._run_share, k, order[k::shares], sequences, lengths, batch_size, out)
-            for k in range(1, shares)
-        ]
-        self._run_share(0, order[0::shares], sequences, lengths, batch_size, out)
+        futures = [pool.submit(self._run_share, k, runs[k], sequences, out) for k in range(1, shares)] if pool else []
+        self._run_share(0, runs[0], sequences, out)
         for future in futures:
             future.result()
         return out
 
-    def _run_share(
-        self, share: int, rows: list[int], sequences: list[list[int]], lengths: list[int], most: int, out: np.ndarray
-    ) -> None:
-        for run in _length_buckets(rows, lengths, most):
+    def _run_share(self, share: int, runs: list[list[int]], sequences: list[list[int]], out: np.ndarray) -> None:
+        for run in runs:
             ids, run_lengths = pad_ids([sequences[i] for i in run])
             out[run] = self.forward(ids, run_lengths, share)
 

@@ -38,6 +38,16 @@ def test_padding_and_batch_companions_never_change_a_vector(encoder: QuestionEnc
     np.testing.assert_allclose(encoder.forward(ids, lengths), alone, atol=1e-6)
 
 
+def test_a_batch_run_in_one_call_keeps_the_order_given(encoder: QuestionEncoder) -> None:
+    # A pair of a /similarity request is mostly one call, run in the order given, not sorted.
+    pair = ["How do I learn to play the guitar?", "How old are you?"]
+    lengths = [len(ids) for ids in encoder.token_ids(pair)]
+    assert lengths[0] > lengths[1] and len(_length_buckets([1, 0], lengths, 256)) == 1
+    alone = np.stack([encoder.encode([q])[0] for q in pair])
+    np.testing.assert_allclose(encoder.encode(pair), alone, atol=1e-6)
+    np.testing.assert_allclose(encoder.encode(pair[::-1]), alone[::-1], atol=1e-6)
+
+
 def test_a_batch_shared_between_threads_gives_the_vectors_of_one_thread(model_dir: Path) -> None:
     # 120 questions of many lengths: dealt out to two sessions, several length buckets each.
     questions = [f"{q} {' '.join(['and more'] * (i % 13))} number {i}?" for i, q in enumerate(QUESTIONS * 24)]
