@@ -280,9 +280,11 @@ class TokenIds:
         self._size = tokenizer.get_vocab_size()
         self._words = None if special else _fast_words(tokenizer)
         self.fast = self._words is not None
-        # The fast path's tokenizers all have train_tokenizer's normalizer and pre-tokenizer (_fast_words).
-        self._normalize = tokenizer.normalizer.normalize_str if self.fast and tokenizer.normalizer else str
-        self._pre_tokenize = tokenizer.pre_tokenizer.pre_tokenize_str if self.fast and tokenizer.pre_tokenizer else None
+        # Used by the fast path only, whose tokenizers all have train_tokenizer's normalizer and
+        # pre-tokenizer (_fast_words).
+        normalizer, pre_tokenizer = tokenizer.normalizer, tokenizer.pre_tokenizer
+        self._normalize = normalizer.normalize_str if normalizer else None
+        self._pre_tokenize = pre_tokenizer.pre_tokenize_str if pre_tokenizer else None
         self._alone: dict[str, bool] = {}  # non-ASCII characters: whether the pre-tokenizer splits each off alone
         added = [token.content.lower() for token in tokenizer.get_added_tokens_decoder().values()]
         self._added = re.compile("|".join(map(re.escape, added))) if added else None
@@ -324,6 +326,7 @@ class TokenIds:
         first = _OUTSIDE_ASCII.search(text)  # text in another script says so at its first letter
         if (first and not _may_leave(first.group())) or (added and added.search(text.lower())):
             return None
+        assert self._normalize is not None
         try:
             normalized = self._normalize(text)
         except UnicodeEncodeError:  # a lone surrogate

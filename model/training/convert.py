@@ -256,11 +256,12 @@ def convert(
     model, transformer, pooling, head, width, max_tokens = _source(st_dir)
     prompt_name, prompt = _prompt(model, pooling, st_dir, prompt_name)
     dim = _truncated(model, st_dir, width, dim)
-    model.truncate_dim = dim if dim < width else None  # the reference below cuts its vectors as the graph does
-    similarity = _similarity(model, st_dir, dim < width)
+    cut = dim < width
+    model.truncate_dim = dim if cut else None  # the reference below cuts its vectors as the graph does
+    similarity = _similarity(model, st_dir, cut)
     with writing(out) as stage:  # on any error below, `out` keeps what it held
         try:
-            graph = export_graph(transformer, pooling, head, dim, dim < width)
+            graph = export_graph(transformer, pooling, head, dim, cut)
         except ValueError as err:
             raise ValueError(f"{st_dir}: {err}; nothing was written to {out}") from None
         (stage / ONNX).write_bytes(graph)
@@ -304,7 +305,7 @@ def convert(
             "from": str(st_dir),
             "sentence_transformers_modules": [type(m).__name__ for m in model],
             "prompt": {"name": prompt_name, "text": prompt} if prompt_name else None,
-            "truncate_dim": dim if dim < width else None,
+            "truncate_dim": dim if cut else None,
             "similarity_fn_name": similarity,
             "valid_file": {"path": str(valid_file), "sha256": valid_report.sha256(), "pairs": valid_report.kept},
             "cosine_check": {"questions": len(checked), "max_gap": gap},
