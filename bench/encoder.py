@@ -5,6 +5,7 @@ vectors out: tokenization and padding are counted, as the service pays them.
 
     python bench/encoder.py [--model DIR] [--threads 2] [--questions FILE] [--seconds 5]
     python bench/encoder.py --cost-model    # refit the cost of one network call (model/encoder.py)
+    python bench/encoder.py --memory        # memory of a loaded model on 1, 2, 4 and 8 threads
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import multiprocessing
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -75,6 +78,30 @@ def cost_model(model: str) -> dict[str, float]:
     return {k: round(float(v), 3) for k, v in fit.items()}
 
 
+def _loaded_mib(model: str, threads: int) -> float:
+    """The proportional set size (MiB) that loading ``model`` on ``threads`` threads and encoding
+    a batch on them adds to a fresh process."""
+
+    def pss() -> float:
+        return int(re.findall(r"^Pss:\s+(\d+)", Path("/proc/self/smaps_rollup").read_text(), re.M)[0]) / 1024
+
+    before = pss()
+    encoder = load_encoder(model, threads=threads)
+    encoder.encode(questions(ROOT / "demo" / "questions.tsv", 256))
+    return pss() - before
+
+
+def memory(model: str) -> dict[str, float]:
+    """Memory of the loaded model on 1, 2, 4 and 8 threads, each in a process of its own, beside
+    the size of its ``model.onnx``."""
+    context = multiprocessing.get_context("spawn")
+    figures = {"model_onnx_mib": round((Path(model) / "model.onnx").stat().st_size / 2**20, 1)}
+    for threads in (1, 2, 4, 8):
+        with context.Pool(1) as pool:
+            figures[f"threads_{threads}_mib"] = round(pool.apply(_loaded_mib, (model, threads)), 1)
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(ROOT / "models" / "dupq-qqp"))
@@ -85,7 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cost-model", action="store_true", help="fit the cost of one network call instead (one thread)"
     )
+    parser.add_argument(
+        "--memory", action="store_true", help="measure the loaded model's memory on 1 to 8 threads instead"
+    )
     args = parser.parse_args(argv)
+    if args.memory:
+        print(json.dumps(memory(args.model)))
+        return 0
     if args.cost_model:
         print(json.dumps(cost_model(args.model)))
         return 0

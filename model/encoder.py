@@ -60,9 +60,12 @@ def available_cpus() -> int:
 class QuestionEncoder:
     """A loaded model: questions in, unit vectors out, plus the threshold and the calibration.
 
-    One single-threaded ONNX Runtime session per thread, each running its own share of a batch:
-    the LSTM's time steps are too small to split well between threads (two threads on one session
-    ran about 1.4 times as fast as one), whole sub-batches are not.
+    One single-threaded ONNX Runtime session, on which each thread runs its own share of a batch
+    at once (ONNX Runtime runs concurrent calls of one session in parallel): the LSTM's time steps
+    are too small to split well between threads (two threads inside one session ran about 1.4
+    times as fast as one), whole sub-batches are not. The threads share the session's one copy of
+    the weights; a session each ran as fast with a copy each (all-MiniLM-L6-v2 converted: some
+    100 MiB a thread).
     """
 
     def __init__(self, config: dict[str, Any], tokenizer: Any, graph: bytes, threads: int = 1) -> None:
@@ -76,8 +79,8 @@ class QuestionEncoder:
             unknown_buckets=int(encoder.get("unknown_buckets", 0)),
         )
         self.threads = max(1, threads)
-        self._sessions = [single_thread_session(graph) for _ in range(self.threads)]
-        width = self._sessions[0].get_outputs()[0].shape[-1]
+        self._session = single_thread_session(graph)
+        width = self._session.get_outputs()[0].shape[-1]
         if width != config["dim"]:
             raise ModelDirError(f"model.onnx gives {width}-d vectors where config.json says {config['dim']}")
         self._pool = (
@@ -125,32 +128,33 @@ class QuestionEncoder:
             return self.forward(*pad_ids(sequences))
         lengths = [len(s) for s in sequences]
         order = sorted(range(len(sequences)), key=lengths.__getitem__)
-        pool = self._pool if len(texts) >= _MIN_SHARE * len(self._sessions) else None
-        shares = len(self._sessions) if pool else 1
+        pool = self._pool if len(texts) >= _MIN_SHARE * self.threads else None
+        shares = self.threads if pool else 1
         runs = [_length_buckets(order[k::shares], lengths, batch_size) for k in range(shares)]
         if pool is None and len(runs[0]) == 1:  # one call (most pairs): in the order given, nothing to copy back
             return self.forward(*pad_ids(sequences))
         out = np.empty((len(sequences), self.dim), dtype=np.float32)
-        futures = [pool.submit(self._run_share, k, runs[k], sequences, out) for k in range(1, shares)] if pool else []
-        self._run_share(0, runs[0], sequences, out)
+        futures = [pool.submit(self._run_share, runs[k], sequences, out) for k in range(1, shares)] if pool else []
+        self._run_share(runs[0], sequences, out)
         for future in futures:
             future.result()
         return out
 
-    def _run_share(self, share: int, runs: list[list[int]], sequences: list[list[int]], out: np.ndarray) -> None:
+    def _run_share(self, runs: list[list[int]], sequences: list[list[int]], out: np.ndarray) -> None:
         for run in runs:
             ids, run_lengths = pad_ids([sequences[i] for i in run])
-            out[run] = self.forward(ids, run_lengths, share)
+            out[run] = self.forward(ids, run_lengths)
 
-    def forward(self, ids: np.ndarray, lengths: np.ndarray, share: int = 0) -> np.ndarray:
+    def forward(self, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """The network on padded token ids (B, T) and their lengths (B,): unit vectors (B, D)."""
         feed = {"ids": ids, "lengths": lengths.astype(np.int32)}
-        return embedding_matrix(self._sessions[share].run(None, feed)[0])
+        return embedding_matrix(self._session.run(None, feed)[0])
 
 
 def single_thread_session(graph: bytes) -> Any:
-    """An ONNX Runtime session (CPU) that runs on the calling thread alone. With one thread it has
-    no pool, so nothing spins between calls and takes the CPU from a server's event loop."""
+    """An ONNX Runtime session (CPU) that runs each call on the calling thread alone; calls from
+    several threads run at once. With one thread it has no pool, so nothing spins between calls
+    and takes the CPU from a server's event loop."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()

@@ -1,11 +1,21 @@
 """The encoder at run time (ONNX Runtime): the embedding contract, batching, threads."""
 
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from model.encoder import _CALL_COST, _STEP_COST, QuestionEncoder, _length_buckets, load_encoder, pad_ids
+from model.encoder import (
+    _CALL_COST,
+    _STEP_COST,
+    QuestionEncoder,
+    _length_buckets,
+    load_encoder,
+    pad_ids,
+    single_thread_session,
+)
 
 from ..conftest import QUESTIONS
 
@@ -48,13 +58,37 @@ def test_a_batch_run_in_one_call_keeps_the_order_given(encoder: QuestionEncoder)
     np.testing.assert_allclose(encoder.encode(pair[::-1]), alone[::-1], atol=1e-6)
 
 
-def test_a_batch_shared_between_threads_gives_the_vectors_of_one_thread(model_dir: Path) -> None:
-    # 120 questions of many lengths: dealt out to two sessions, several length buckets each.
+class _Watched:
+    """An ONNX Runtime session that notes the threads calling it."""
+
+    def __init__(self, session: Any) -> None:
+        self.session, self.callers = session, set()
+
+    def get_outputs(self) -> Any:
+        return self.session.get_outputs()
+
+    def run(self, *args: Any) -> Any:
+        self.callers.add(threading.get_ident())
+        return self.session.run(*args)
+
+
+def test_a_batch_shared_between_threads_gives_the_vectors_of_one_thread(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 120 questions of many lengths: dealt out to two threads, several length buckets each, run on
+    # one session (one copy of the weights, however many threads).
+    sessions: list[_Watched] = []
+
+    def watched(graph: bytes) -> _Watched:
+        sessions.append(_Watched(single_thread_session(graph)))
+        return sessions[-1]
+
+    monkeypatch.setattr("model.encoder.single_thread_session", watched)
     questions = [f"{q} {' '.join(['and more'] * (i % 13))} number {i}?" for i, q in enumerate(QUESTIONS * 24)]
     shared = load_encoder(model_dir, threads=2)
-    assert len(shared._sessions) == 2
     reference = np.stack([load_encoder(model_dir, threads=1).encode([q])[0] for q in questions])
     np.testing.assert_allclose(shared.encode(questions, batch_size=16), reference, atol=1e-6)
+    assert len(sessions[0].callers) == 2  # the first encoder's one session, called from both threads
     np.testing.assert_allclose(shared.encode(questions[:3]), reference[:3], atol=1e-6)  # too few to split
 
 
