@@ -93,9 +93,10 @@ def _loaded_mib(model: str, threads: int) -> float:
 
 def memory(model: str) -> dict[str, float]:
     """Memory of the loaded model on 1, 2, 4 and 8 threads, each in a process of its own, beside
-    the size of its ``model.onnx``."""
+    the size of its graph (``model.onnx``, and ``model.onnx.data`` if it keeps its weights there)."""
     context = multiprocessing.get_context("spawn")
-    figures = {"model_onnx_mib": round((Path(model) / "model.onnx").stat().st_size / 2**20, 1)}
+    files = [Path(model) / name for name in ("model.onnx", "model.onnx.data")]
+    figures = {"graph_mib": round(sum(f.stat().st_size for f in files if f.exists()) / 2**20, 1)}
     for threads in (1, 2, 4, 8):
         with context.Pool(1) as pool:
             figures[f"threads_{threads}_mib"] = round(pool.apply(_loaded_mib, (model, threads)), 1)

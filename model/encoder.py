@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import mmap
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from model.calibration import probability
-from model.model_dir import ONNX, TOKENIZER, ModelDirError, read_config
+from model.model_dir import ONNX, ONNX_DATA, TOKENIZER, ModelDirError, read_config
 from model.tokenizer import PAD_ID, TokenIds, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -68,7 +69,9 @@ class QuestionEncoder:
     100 MiB a thread).
     """
 
-    def __init__(self, config: dict[str, Any], tokenizer: Any, graph: bytes, threads: int = 1) -> None:
+    def __init__(
+        self, config: dict[str, Any], tokenizer: Any, graph: bytes, threads: int = 1, weights: Path | None = None
+    ) -> None:
         self.config = config
         self.tokenizer = tokenizer
         encoder = config["encoder"]
@@ -79,7 +82,7 @@ class QuestionEncoder:
             unknown_buckets=int(encoder.get("unknown_buckets", 0)),
         )
         self.threads = max(1, threads)
-        self._session = single_thread_session(graph)
+        self._session = single_thread_session(graph, weights)
         width = self._session.get_outputs()[0].shape[-1]
         if width != config["dim"]:
             raise ModelDirError(f"model.onnx gives {width}-d vectors where config.json says {config['dim']}")
@@ -151,17 +154,26 @@ class QuestionEncoder:
         return embedding_matrix(self._session.run(None, feed)[0])
 
 
-def single_thread_session(graph: bytes) -> Any:
+def single_thread_session(graph: bytes, weights: Path | None = None) -> Any:
     """An ONNX Runtime session (CPU) that runs each call on the calling thread alone; calls from
     several threads run at once. With one thread it has no pool, so nothing spins between calls
-    and takes the CPU from a server's event loop."""
+    and takes the CPU from a server's event loop.
+
+    ``weights``: the file that holds the graph's weights (``model.onnx.data``), if it does not
+    hold them itself. ONNX Runtime copies them out of it while the session is made: a graph loaded
+    from its path would keep them mapped from the file, so that a model file written over in place
+    (not replaced, as dupq replaces them) would change a running service's vectors."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+    if weights is None:
+        return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+    with open(weights, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        options.add_external_initializers_from_files_in_memory([weights.name], [data], [len(data)])
+        return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
 
 _MIN_SHARE = 8  # rows per thread below which a batch is not worth splitting
@@ -222,7 +234,10 @@ def load_encoder(model_dir: str | Path, threads: int = 1) -> QuestionEncoder:
     except Exception as err:  # tokenizers raises its own Exception type
         raise ModelDirError(f"{model_dir / TOKENIZER} cannot be read: {err}") from err
     try:
-        encoder = QuestionEncoder(config, tokenizer, (model_dir / ONNX).read_bytes(), threads or available_cpus())
+        weights = model_dir / ONNX_DATA if "onnx_data_sha256" in config else None
+        encoder = QuestionEncoder(
+            config, tokenizer, (model_dir / ONNX).read_bytes(), threads or available_cpus(), weights
+        )
     except ModelDirError:
         raise
     except Exception as err:  # onnxruntime's own errors for a graph it cannot run

@@ -2,6 +2,7 @@
 
     config.json        architecture, threshold, calibration, version, checksums, training data and figures
     model.onnx         the network as an ONNX graph: what serving runs (ONNX Runtime, no PyTorch)
+    model.onnx.data    the graph's weights, where it keeps them beside it (``dupq convert``)
     tokenizer.json     the word-piece tokenizer
     model.safetensors  the PyTorch weights (no pickles): what training, fine-tuning and
                        ``dupq upgrade`` start from; serving does not read them
@@ -10,12 +11,15 @@ This module reads a directory for serving and refuses one that is incomplete, da
 another format with a one-line reason; :mod:`model.training.export` writes one.
 
 Formats: 1, one network; 2, ``members`` networks side by side; 3, ``model.onnx`` written by
-training; 4 (this one), ``encoder.unknown_buckets``: rows of the embedding after the vocabulary
-that unknown words are hashed to (:func:`model.tokenizer.unknown_id`), a dupq that reads only
-format 3 would give those words ``[UNK]``'s row instead. A directory of format 1 or 2 has no
-``model.onnx``; ``dupq upgrade DIR`` adds it from the weights (and brings any older directory to
-this format with no such rows), which changes no vector and keeps the version. Serving loads
-format 3 as it is, as a model with no such rows.
+training; 4, ``encoder.unknown_buckets``: rows of the embedding after the vocabulary that unknown
+words are hashed to (:func:`model.tokenizer.unknown_id`), a dupq that reads only format 3 would
+give those words ``[UNK]``'s row instead; 5 (this one), the graph's weights in ``model.onnx.data``
+beside it (``onnx_data_sha256``), which a dupq that reads only format 4 would not find. A writer
+states the lowest format that reads what it wrote: ``dupq convert`` writes 5, training and ``dupq
+upgrade`` write 4 (:data:`ONE_FILE_FORMAT`: the graph holds its weights). A directory of format 1
+or 2 has no ``model.onnx``; ``dupq upgrade DIR`` adds it from the weights (and brings any older
+directory to format 4 with no such rows), which changes no vector and keeps the version. Serving
+loads format 3 as it is, as a model with no such rows.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from pathlib import Path
 from typing import Any
 
 CONFIG, ONNX, TOKENIZER, WEIGHTS = "config.json", "model.onnx", "tokenizer.json", "model.safetensors"
-FORMAT_VERSION = 4
+ONNX_DATA = "model.onnx.data"  # where the graph keeps its weights, if not in itself
+FORMAT_VERSION = 5  # the newest format, which this dupq reads
+ONE_FILE_FORMAT = 4  # what a directory whose graph holds its weights states (training, dupq upgrade)
 ONNX_SINCE = 3  # the first format with model.onnx
 REQUIRED = ("name", "version", "encoder", "dim", "threshold", "calibration", "onnx_sha256", "tokenizer_sha256")
 
@@ -93,7 +99,9 @@ def read_config(model_dir: str | Path) -> dict[str, Any]:
         raise ModelDirError(f"{model_dir / CONFIG}: 'encoder' must hold the architecture, 'max_tokens' included")
     if not (model_dir / TOKENIZER).is_file():
         raise ModelDirError(f"model directory {model_dir} is incomplete: missing {TOKENIZER}")
-    for name, key in ((ONNX, "onnx_sha256"), (TOKENIZER, "tokenizer_sha256")):
-        if sha256_file(model_dir / name) != config[key]:
+    if "onnx_data_sha256" in config and not (model_dir / ONNX_DATA).is_file():
+        raise ModelDirError(f"model directory {model_dir} is incomplete: missing {ONNX_DATA}")
+    for name, key in ((ONNX, "onnx_sha256"), (ONNX_DATA, "onnx_data_sha256"), (TOKENIZER, "tokenizer_sha256")):
+        if key in config and sha256_file(model_dir / name) != config[key]:
             raise ModelDirError(f"{model_dir / name} does not match {CONFIG} ({key}): the file was changed or damaged")
     return config

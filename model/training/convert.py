@@ -10,13 +10,13 @@ model's vectors can be cut to their first ``--dim`` columns, as sentence-transfo
 ``truncate_dim`` cuts them (a ``truncate_dim`` saved with the model is its default). The written
 directory is what serving loads for any model (:mod:`model.model_dir`): ``model.onnx`` with dupq's
 inputs (``ids`` (B, T) int64, ``lengths`` (B,) int32) and output (``embeddings`` (B, D), unit rows),
-the source's ``tokenizer.json`` (padding off, truncation at ``max_tokens``), tau and the calibration
-fitted on the validation pairs, and a ``config.json`` whose ``encoder`` says what it is (``"kind":
-"transformer"``, ``"special_tokens": true``: the tokenizer adds the model's own, BERT's [CLS] and
-[SEP]). Serving then runs it with ONNX Runtime, no PyTorch; there are no PyTorch weights to
-fine-tune from, and weights past ONNX's 2 GiB are refused. The written graph is checked against its
-source on the validation questions (:data:`MAX_COSINE_GAP`); a graph that fails writes nothing, and
-the output directory keeps what it held.
+its weights in ``model.onnx.data`` beside it (format 5), the source's ``tokenizer.json`` (padding
+off, truncation at ``max_tokens``), tau and the calibration fitted on the validation pairs, and a
+``config.json`` whose ``encoder`` says what it is (``"kind": "transformer"``, ``"special_tokens":
+true``: the tokenizer adds the model's own, BERT's [CLS] and [SEP]). Serving then runs it with
+ONNX Runtime, no PyTorch; there are no PyTorch weights to fine-tune from. The written graph is
+checked against its source on the validation questions (:data:`MAX_COSINE_GAP`); a graph that
+fails writes nothing, and the output directory keeps what it held.
 
 The graph is exported with PyTorch's TorchScript exporter (``dynamo=False``; the dynamo exporter
 needs ``onnxscript``, which the train extra does not install): a transformer runs on a padded
@@ -26,8 +26,8 @@ batch with an attention mask, which that exporter handles, unlike the packed LST
 
 from __future__ import annotations
 
-import io
 import logging
+import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -42,7 +42,7 @@ from torch import nn
 
 from model.encoder import load_encoder
 from model.files import check_writable
-from model.model_dir import FORMAT_VERSION, ONNX, TOKENIZER, sha256_file
+from model.model_dir import FORMAT_VERSION, ONNX, ONNX_DATA, TOKENIZER, sha256_file
 from model.training.data import load_validation_pairs
 from model.training.evaluation import PairEvaluator
 from model.training.export import model_version, write_config, writing
@@ -55,6 +55,9 @@ logger = logging.getLogger(__name__)
 # each pair's cosine within this of sentence-transformers' own (all-MiniLM-L6-v2: 1.2e-6).
 CHECKED_QUESTIONS = 1000
 MAX_COSINE_GAP = 1e-3
+# ONNX Runtime takes the weights that dupq reads for it (model/encoder.py) into the graph, where
+# one weight may hold at most this many bytes: 7B embedders' token vectors are past it.
+LARGEST_WEIGHT = 2**31
 
 
 class Pooled(nn.Module):
@@ -192,45 +195,57 @@ def _pooling_modes(pooling: Any) -> list[str]:
 
 
 def export_graph(
-    transformer: nn.Module, pooling: nn.Module, head: Sequence[nn.Module], dim: int, cut: bool = False
-) -> bytes:
-    """The ONNX graph of :class:`Pooled` over ``transformer``, ``pooling`` and ``head`` (``dim``
-    columns out, the first ``dim`` of them where ``cut``), batch and length dynamic.
+    transformer: nn.Module, pooling: nn.Module, head: Sequence[nn.Module], dim: int, out: Path, cut: bool = False
+) -> None:
+    """Write the ONNX graph of :class:`Pooled` over ``transformer``, ``pooling`` and ``head``
+    (``dim`` columns out, the first ``dim`` of them where ``cut``), batch and length dynamic, to
+    ``out/model.onnx``, its weights to ``out/model.onnx.data`` beside it: ONNX's protobuf holds at
+    most 2 GiB (bge-m3 and multilingual-e5-large are past it), and serving loads the weights apart
+    from the graph with less memory (a converted all-MiniLM-L6-v2, one thread: 147 against 236
+    MiB). PyTorch's exporter writes a graph past 2 GiB as one file a weight, so the graph it
+    writes is read back and saved with every weight in one file.
 
     The tracer warns wherever the code branches on a tensor's shape ("might cause the trace to
     be incorrect"), four times for all-MiniLM-L6-v2, and the exporter of indexing that negative
     indices would break (the pooling's are never negative): whether the trace holds for other
     batches and lengths is what :func:`convert`'s check of the written graph settles, on
     questions of every length, so those warnings are not shown."""
+    import onnx
+
     wrapped = Pooled(transformer, pooling, head, dim, cut).eval()
     example = (
         torch.tensor([[1, 2, 3], [1, 3, 0]]),
         torch.tensor([3, 2], dtype=torch.int32),
     )  # any ids in the vocabulary
-    buffer = io.BytesIO()
-    with torch.inference_mode(), warnings.catch_warnings():
+    with tempfile.TemporaryDirectory(dir=out) as exported, torch.inference_mode(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="Exporting aten::index operator of advanced indexing")
-        try:
-            torch.onnx.export(
-                wrapped,
-                example,
-                buffer,  # type: ignore[arg-type]  # a file object works; the stubs name paths only
-                input_names=["ids", "lengths"],
-                output_names=["embeddings"],
-                dynamic_axes={"ids": {0: "batch", 1: "tokens"}, "lengths": {0: "batch"}, "embeddings": {0: "batch"}},
-                opset_version=OPSET,
-                dynamo=False,
-            )
-        except RuntimeError as err:
-            if "2GiB" not in str(err):
-                raise
-            size = sum(p.numel() * p.element_size() for p in wrapped.parameters())
-            raise ValueError(
-                f"its weights take {size / 2**30:.2f} GiB, and dupq's model.onnx is one file of at most 2 GiB "
-                "(ONNX's protobuf limit): models of up to about 536 million float32 parameters convert"
-            ) from None
-    return buffer.getvalue()
+        torch.onnx.export(
+            wrapped,
+            example,
+            str(Path(exported) / ONNX),
+            input_names=["ids", "lengths"],
+            output_names=["embeddings"],
+            dynamic_axes={"ids": {0: "batch", 1: "tokens"}, "lengths": {0: "batch"}, "embeddings": {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+        graph = onnx.load(str(Path(exported) / ONNX))  # with its weights, wherever the exporter put them
+    largest = max(graph.graph.initializer, key=lambda weight: len(weight.raw_data))
+    if len(largest.raw_data) > LARGEST_WEIGHT:
+        raise ValueError(
+            f"its weight {largest.name} takes {len(largest.raw_data) / 2**30:.2f} GiB, and ONNX Runtime takes "
+            f"a weight of at most {LARGEST_WEIGHT / 2**30:g} GiB from the memory that dupq reads them into"
+        )
+    onnx.save_model(
+        graph,
+        str(out / ONNX),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=ONNX_DATA,
+        size_threshold=0,  # every weight, however small: the graph holds none
+    )
+    (out / ONNX_DATA).chmod(0o644)  # onnx creates it 0600: a service user must be able to read it
 
 
 def convert(
@@ -261,16 +276,15 @@ def convert(
     similarity = _similarity(model, st_dir, cut)
     with writing(out) as stage:  # on any error below, `out` keeps what it held
         try:
-            graph = export_graph(transformer, pooling, head, dim, cut)
+            export_graph(transformer, pooling, head, dim, stage, cut)
         except ValueError as err:
             raise ValueError(f"{st_dir}: {err}; nothing was written to {out}") from None
-        (stage / ONNX).write_bytes(graph)
         _serving_tokenizer(model, max_tokens, prompt).save(str(stage / TOKENIZER))
-        onnx_digest, tokenizer_digest = sha256_file(stage / ONNX), sha256_file(stage / TOKENIZER)
+        digests = [sha256_file(stage / name) for name in (ONNX, ONNX_DATA, TOKENIZER)]
         config: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "name": name or st_dir.resolve().name,
-            "version": model_version(onnx_digest, tokenizer_digest),
+            "version": model_version(*digests),
             "encoder": {
                 "kind": "transformer",
                 "pooling": "+".join(_pooling_modes(pooling)),
@@ -280,8 +294,9 @@ def convert(
             "dim": dim,
             "threshold": 0.5,  # fitted below, once the written graph can be run
             "calibration": {"slope": 1.0, "intercept": 0.0},
-            "onnx_sha256": onnx_digest,
-            "tokenizer_sha256": tokenizer_digest,
+            "onnx_sha256": digests[0],
+            "onnx_data_sha256": digests[1],
+            "tokenizer_sha256": digests[2],
         }
         write_config(stage, config)
         encoder = load_encoder(stage)

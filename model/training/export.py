@@ -23,7 +23,17 @@ from safetensors.torch import load_file, save_file
 
 from model.config import EncoderConfig
 from model.files import replacing_files
-from model.model_dir import CONFIG, FORMAT_VERSION, ONNX, TOKENIZER, WEIGHTS, ModelDirError, read_json, sha256_file
+from model.model_dir import (
+    CONFIG,
+    ONE_FILE_FORMAT,
+    ONNX,
+    ONNX_DATA,
+    TOKENIZER,
+    WEIGHTS,
+    ModelDirError,
+    read_json,
+    sha256_file,
+)
 from model.training.network import Network, SiameseEncoder, SideBySide
 from model.training.onnx_graph import build_onnx
 
@@ -56,9 +66,9 @@ def save_model_dir(
         tokenizer_digest = sha256_file(stage / TOKENIZER)
         members = len(network.members) if isinstance(network, SideBySide) else 1
         config = {
-            "format_version": FORMAT_VERSION,
+            "format_version": ONE_FILE_FORMAT,
             "name": name,
-            "version": model_version(digest, tokenizer_digest, version_prefix),
+            "version": model_version(digest, tokenizer_digest, prefix=version_prefix),
             "encoder": dataclasses.asdict(network.config),
             **({"members": members} if members > 1 else {}),
             "dim": network.dim,
@@ -78,19 +88,19 @@ def writing(out: str | Path, *, whole: bool = True) -> Iterator[Path]:
     """A directory to write model directory ``out``'s files into, which replace those in ``out``
     once the block ends without an error, ``config.json`` last (:func:`model.files.replacing_files`):
     on an error or a kill, ``out`` keeps the model it had, or stays absent. ``whole``: what is
-    written is the whole model, so a model file it lacks (the weights, when a converted model
-    replaces a trained one) is removed; without it (an upgrade) the others stay. Files that are
-    not a model's (a ``report/`` folder) stay either way."""
-    with replacing_files(out, last=CONFIG, drop=(WEIGHTS, ONNX, TOKENIZER) if whole else ()) as stage:
+    written is the whole model, so a model file it lacks (the weights when a converted model
+    replaces a trained one, ``model.onnx.data`` the other way round) is removed; without it (an
+    upgrade) the others stay. Files that are not a model's (a ``report/`` folder) stay either way."""
+    with replacing_files(out, last=CONFIG, drop=(WEIGHTS, ONNX, ONNX_DATA, TOKENIZER) if whole else ()) as stage:
         yield stage
 
 
-def model_version(arithmetic_sha256: str, tokenizer_sha256: str, prefix: str = VERSION_PREFIX) -> str:
-    """``<prefix>+<digest>``: the digest of the files that fix a question's vector (the weights or
-    the graph, and the tokenizer), so two models that could embed a question differently never
-    share a version."""
-    both = hashlib.sha256(f"{arithmetic_sha256} {tokenizer_sha256}".encode()).hexdigest()
-    return f"{prefix}+{both[:10]}"
+def model_version(*sha256: str, prefix: str = VERSION_PREFIX) -> str:
+    """``<prefix>+<digest>``: the digest of the files that fix a question's vector (the weights,
+    or the graph and the weights it keeps beside it, and the tokenizer, last), so two models that
+    could embed a question differently never share a version."""
+    together = hashlib.sha256(" ".join(sha256).encode()).hexdigest()
+    return f"{prefix}+{together[:10]}"
 
 
 def _write_onnx(out: Path, network: Network) -> None:
@@ -143,7 +153,8 @@ def load_network(model_dir: str | Path) -> Network:
 
 
 def upgrade_model_dir(model_dir: str | Path) -> dict[str, Any]:
-    """Bring a model directory of an older format to this one: write ``model.onnx`` from the
+    """Bring a model directory of an older format to format 4, the newest for dupq's own network
+    (:data:`ONE_FILE_FORMAT`): write ``model.onnx`` from the
     weights and record it in ``config.json``, with the rows for unknown words it has (none, for
     one written before they existed). No weight, vector or version changes; running it again
     rewrites the same files. Returns the written config."""
@@ -159,11 +170,11 @@ def upgrade_model_dir(model_dir: str | Path) -> dict[str, Any]:
     with writing(model_dir, whole=False) as stage:
         _write_onnx(stage, network)
         config.update(
-            format_version=FORMAT_VERSION,
+            format_version=ONE_FILE_FORMAT,
             onnx_sha256=sha256_file(stage / ONNX),
             tokenizer_sha256=config.get("tokenizer_sha256") or sha256_file(model_dir / TOKENIZER),
             dim=network.dim,
         )
         write_config(stage, config)
-    logger.info("upgraded %s from format %s to %d: wrote %s", model_dir, before, FORMAT_VERSION, ONNX)
+    logger.info("upgraded %s from format %s to %d: wrote %s", model_dir, before, ONE_FILE_FORMAT, ONNX)
     return config

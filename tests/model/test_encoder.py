@@ -79,8 +79,8 @@ def test_a_batch_shared_between_threads_gives_the_vectors_of_one_thread(
     # one session (one copy of the weights, however many threads).
     sessions: list[_Watched] = []
 
-    def watched(graph: bytes) -> _Watched:
-        sessions.append(_Watched(single_thread_session(graph)))
+    def watched(graph: bytes, weights: Path | None) -> _Watched:
+        sessions.append(_Watched(single_thread_session(graph, weights)))
         return sessions[-1]
 
     monkeypatch.setattr("model.encoder.single_thread_session", watched)

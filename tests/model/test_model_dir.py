@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from model.encoder import load_encoder
-from model.model_dir import FORMAT_VERSION, ModelDirError, read_config
+from model.model_dir import FORMAT_VERSION, ONE_FILE_FORMAT, ModelDirError, read_config
 from model.tokenizer import UNK_ID
 
 
@@ -26,7 +26,8 @@ def _edit_config(model_dir: Path, **changes: object) -> None:
 
 def test_a_complete_directory_of_this_format_loads(tiny_model_dir: Path) -> None:
     config = read_config(tiny_model_dir)
-    assert config["format_version"] == FORMAT_VERSION == 4
+    assert config["format_version"] == ONE_FILE_FORMAT == 4  # trained: the graph holds its weights
+    assert FORMAT_VERSION == 5
     assert {p.name for p in tiny_model_dir.iterdir()} >= {"config.json", "model.onnx", "tokenizer.json"}
     assert not any(p.suffix in {".pt", ".pkl", ".bin"} for p in tiny_model_dir.iterdir())
 
@@ -46,7 +47,7 @@ def test_serving_needs_no_weights(tiny_model_dir: Path, tmp_path: Path) -> None:
         (lambda d: (d / "model.onnx").write_bytes(b"not a graph"), r"model\.onnx does not match config\.json"),
         (lambda d: (d / "tokenizer.json").write_text("{}"), r"tokenizer\.json does not match config\.json"),
         (lambda d: _edit_config(d, threshold=None), r"lacks the field\(s\) 'threshold'"),
-        (lambda d: _edit_config(d, format_version=5), r"has format 5; this dupq reads up to 4"),
+        (lambda d: _edit_config(d, format_version=6), r"has format 6; this dupq reads up to 5"),
         (lambda d: _edit_config(d, encoder={"hidden_dim": 16}), r"'encoder' must hold the architecture"),
         # Both were "has no model.onnx (format 1, written by an older dupq): run `dupq upgrade`", which
         # then refused them as lacking 'encoder'.

@@ -10,7 +10,7 @@ import pytest
 
 from app.cli import main
 from model.encoder import load_encoder
-from model.model_dir import ModelDirError, read_config
+from model.model_dir import ModelDirError, read_config, sha256_file
 from model.training.export import load_network
 
 from ...conftest import CORPUS, QUESTIONS
@@ -323,9 +323,9 @@ def test_a_graph_that_strays_from_its_source_is_refused(
 
     export_graph = module.export_graph
 
-    def another_transformer(transformer: torch.nn.Module, *after: object) -> bytes:
+    def another_transformer(transformer: torch.nn.Module, *after: object) -> None:
         torch.manual_seed(1)
-        return export_graph(BertModel(transformer.config), *after)  # the source's shape, other weights
+        export_graph(BertModel(transformer.config), *after)  # the source's shape, other weights
 
     monkeypatch.setattr(module, "export_graph", another_transformer)
     st_dir, out = _tiny_transformer(tmp_path), tmp_path / "o"
@@ -336,27 +336,68 @@ def test_a_graph_that_strays_from_its_source_is_refused(
     assert not out.exists()
 
 
-def test_a_model_past_onnx_s_two_gigabytes_is_refused_by_its_size(
+def test_the_graph_keeps_its_weights_beside_it_which_serving_checks_and_copies(
+    converted: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # ONNX's protobuf holds at most 2 GiB: bge-m3 and multilingual-e5-large (560 million
+    # parameters) ended in a traceback of PyTorch's exporter, then were refused by their size.
+    import onnx
+
+    _, out = converted
+    config = read_config(out)
+    assert config["format_version"] == 5 and config["onnx_data_sha256"] == sha256_file(out / "model.onnx.data")
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    assert graph.graph.initializer and all(
+        t.data_location == onnx.TensorProto.EXTERNAL and t.external_data[0].value == "model.onnx.data"
+        for t in graph.graph.initializer
+    )
+    assert (out / "model.onnx").stat().st_size < (out / "model.onnx.data").stat().st_size
+    assert (out / "model.onnx.data").stat().st_mode & 0o044 == 0o044  # onnx makes it 0600: a service user reads it
+    served = tmp_path / "served"
+    shutil.copytree(out, served)
+    encoder = load_encoder(served)
+    before = encoder.encode(QUESTIONS)
+    weights = served / "model.onnx.data"
+    with open(weights, "r+b") as handle:  # written over in place, as dupq never writes a model
+        handle.write(bytes(weights.stat().st_size))
+    np.testing.assert_array_equal(encoder.encode(QUESTIONS), before)  # a copy, not mapped from the file
+    with pytest.raises(ModelDirError, match=r"model\.onnx\.data does not match config\.json"):
+        load_encoder(served)
+    weights.unlink()
+    with pytest.raises(ModelDirError, match=r"is incomplete: missing model\.onnx\.data$"):
+        load_encoder(served)
+
+
+def test_a_weight_past_what_onnx_runtime_takes_from_memory_is_refused_by_its_size(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # bge-m3 or multilingual-e5-large (560 million parameters, 2.2 GB) ended in a traceback of
-    # PyTorch's exporter; a random BERT of 2.32 GiB gave the same. Here the exporter's own error,
-    # raised for a tiny model.
-    import torch
+    # A weight past 2 GiB (a 7B embedder's token vectors, 151,646 x 3,584 float32: 2.02 GiB) ended in
+    # ONNX Runtime's "exceeds the 2147483648 byte limit for embedded initializer data" (a random BERT
+    # whose token vectors take 2.29 GiB). Here the limit is lowered below a tiny model's weights.
+    from model.training import convert as module
 
-    def past_the_limit(*args: object, **kwargs: object) -> None:
-        raise RuntimeError(
-            "The serialized model is larger than the 2GiB limit imposed by the protobuf library. Therefore the "
-            "output file must be a file path, so that the ONNX external data can be written to the same directory."
-        )
-
-    monkeypatch.setattr(torch.onnx, "export", past_the_limit)
+    monkeypatch.setattr(module, "LARGEST_WEIGHT", 1024)
     st_dir, out = _tiny_transformer(tmp_path), tmp_path / "o"
     assert main(["convert", str(st_dir), "--valid", str(_pair_file(tmp_path / "p.tsv")), "--out", str(out)]) == 1
     err = capsys.readouterr().err
-    said = "its weights take 0.00 GiB, and dupq's model.onnx is one file of at most 2 GiB (ONNX's protobuf limit)"
-    assert f"dupq convert: error: {st_dir}: {said}" in err and f"nothing was written to {out}" in err
-    assert not out.exists()
+    assert f"dupq convert: error: {st_dir}: its weight transformer.embeddings.word_embeddings.weight takes" in err
+    assert "GiB, and ONNX Runtime takes a weight of at most 9.53674e-07 GiB from the memory that dupq" in err
+    assert f"reads them into; nothing was written to {out}" in err and not out.exists()
+
+
+def test_a_trained_model_written_over_a_converted_one_leaves_no_weights_of_it(
+    converted: tuple[Path, Path], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from model.training.export import writing
+
+    _, out = converted
+    served = tmp_path / "served"
+    shutil.copytree(out, served)
+    with writing(served) as stage:
+        for name in ("config.json", "model.onnx", "tokenizer.json", "model.safetensors"):
+            shutil.copy(tiny_model_dir / name, stage / name)
+    assert not (served / "model.onnx.data").exists()
+    assert read_config(served)["format_version"] == 4
 
 
 def test_a_conversion_that_is_stopped_leaves_the_model_that_was_there(
