@@ -171,6 +171,8 @@ def single_thread_session(graph: bytes, weights: Path | None = None) -> Any:
     options.log_severity_level = 3
     if weights is None:
         return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+    if weights.stat().st_size == 0:  # a graph with no weight worth keeping apart (mmap refuses an empty file)
+        return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
     with open(weights, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
         options.add_external_initializers_from_files_in_memory([weights.name], [data], [len(data)])
         return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])

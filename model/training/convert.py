@@ -243,8 +243,9 @@ def export_graph(
         save_as_external_data=True,
         all_tensors_to_one_file=True,
         location=ONNX_DATA,
-        size_threshold=0,  # every weight, however small: the graph holds none
+        size_threshold=1024,  # smaller ones stay in the graph: ONNX Runtime reads shapes out of some at load
     )
+    (out / ONNX_DATA).touch()  # there even for a graph with no weight that large
     (out / ONNX_DATA).chmod(0o644)  # onnx creates it 0600: a service user must be able to read it
 
 

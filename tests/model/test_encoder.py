@@ -92,6 +92,14 @@ def test_a_batch_shared_between_threads_gives_the_vectors_of_one_thread(
     np.testing.assert_allclose(shared.encode(questions[:3]), reference[:3], atol=1e-6)  # too few to split
 
 
+def test_a_graph_that_keeps_no_weight_beside_it_loads_with_an_empty_file(model_dir: Path, tmp_path: Path) -> None:
+    # dupq convert writes model.onnx.data even when the graph keeps every weight (all under 1 KiB).
+    empty = tmp_path / "model.onnx.data"
+    empty.touch()
+    session = single_thread_session((model_dir / "model.onnx").read_bytes(), empty)
+    assert session.get_outputs()[0].name == "embeddings"
+
+
 def test_threshold_and_a_monotonic_calibrated_probability(encoder: QuestionEncoder) -> None:
     assert encoder.threshold == 0.8 and encoder.max_tokens == 64
     similarities = np.linspace(-1, 1, 21)
