@@ -169,13 +169,11 @@ def single_thread_session(graph: bytes, weights: Path | None = None) -> Any:
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    if weights is None:
-        return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-    if weights.stat().st_size == 0:  # a graph with no weight worth keeping apart (mmap refuses an empty file)
-        return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-    with open(weights, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        options.add_external_initializers_from_files_in_memory([weights.name], [data], [len(data)])
-        return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+    if weights is not None and weights.stat().st_size:  # empty: no weight kept apart (mmap refuses it)
+        with open(weights, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            options.add_external_initializers_from_files_in_memory([weights.name], [data], [len(data)])
+            return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
 
 _MIN_SHARE = 8  # rows per thread below which a batch is not worth splitting

@@ -231,8 +231,8 @@ def export_graph(
             dynamo=False,
         )
         graph = onnx.load(str(Path(exported) / ONNX))  # with its weights, wherever the exporter put them
-    largest = max(graph.graph.initializer, key=lambda weight: len(weight.raw_data))
-    if len(largest.raw_data) > LARGEST_WEIGHT:
+    largest = max(graph.graph.initializer, key=lambda weight: len(weight.raw_data), default=None)
+    if largest is not None and len(largest.raw_data) > LARGEST_WEIGHT:
         raise ValueError(
             f"its weight {largest.name} takes {len(largest.raw_data) / 2**30:.2f} GiB, and ONNX Runtime takes "
             f"a weight of at most {LARGEST_WEIGHT / 2**30:g} GiB from the memory that dupq reads them into"
