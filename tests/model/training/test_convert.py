@@ -16,21 +16,23 @@ from model.training.export import load_network
 from ...conftest import CORPUS, QUESTIONS
 from .test_trainer import _pair_file
 
+OTHER_SCRIPTS = ["Сколько тебе лет?", "你今年多大了？", "Quel âge as-tu ?", "Wie alt bist du? 🙂"]
+
 
 def _tiny_transformer(
     path: Path, pooling: str | tuple[str, ...] = "mean", kind: str = "bert", head: list | None = None
 ) -> Path:
     """A sentence-transformers model of a tiny randomly initialised ``kind`` (bert, distilbert,
-    mpnet, roberta, modernbert; qwen2, a decoder whose tokenizer ends each text with [SEP] as its
-    end-of-text token), its word pieces trained on the test questions, its 32 columns pooled, then
-    ``head`` (by default a Normalize module)."""
+    mpnet, roberta, modernbert, xlm-roberta with a unigram tokenizer; qwen2, a decoder whose
+    tokenizer ends each text with [SEP] as its end-of-text token), its word pieces trained on the
+    test questions, its 32 columns pooled, then ``head`` (by default a Normalize module)."""
     import torch
     import transformers
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
-    from tokenizers.models import WordPiece
-    from tokenizers.trainers import WordPieceTrainer
+    from tokenizers.models import Unigram, WordPiece
+    from tokenizers.trainers import UnigramTrainer, WordPieceTrainer
 
     # BERT's tokenizer gives token types, the others' do not; MPNet and RoBERTa pad with id 1 and count
     # positions from it, the BERTs pad with 0.
@@ -39,10 +41,17 @@ def _tiny_transformer(
     specials = ["[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]"]
     if bert:
         specials.insert(0, specials.pop(1))  # [PAD] is 0
-    tokenizer = Tokenizer(WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.train_from_iterator(CORPUS + QUESTIONS, WordPieceTrainer(vocab_size=150, special_tokens=specials))
+    if kind == "xlm-roberta":  # SentencePiece's unigram model, as bge-m3 and multilingual-e5 tokenize
+        tokenizer = Tokenizer(Unigram())
+        tokenizer.normalizer = normalizers.NFKC()
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+        trainer = UnigramTrainer(vocab_size=200, special_tokens=specials, unk_token="[UNK]")
+        tokenizer.train_from_iterator(CORPUS + QUESTIONS + OTHER_SCRIPTS, trainer)
+    else:
+        tokenizer = Tokenizer(WordPiece(unk_token="[UNK]"))
+        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tokenizer.train_from_iterator(CORPUS + QUESTIONS, WordPieceTrainer(vocab_size=150, special_tokens=specials))
     cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = (
         processors.TemplateProcessing(single="$A [SEP]", special_tokens=[("[SEP]", sep)])
@@ -67,6 +76,7 @@ def _tiny_transformer(
             configs["modernbert"] = transformers.ModernBertConfig
             specials_ids = {"bos_token_id": cls, "cls_token_id": cls, "eos_token_id": sep, "sep_token_id": sep}
             ids |= {**specials_ids, "global_attn_every_n_layers": 2, "local_attention": 16}
+        configs["xlm-roberta"] = transformers.XLMRobertaConfig
         config = configs.get(kind, transformers.RobertaConfig)(**sizes, **layers, **ids)
     raw = path / "raw"
     transformers.AutoModel.from_config(config).save_pretrained(raw)
@@ -100,17 +110,19 @@ def test_the_converted_model_serves_the_cosines_of_sentence_transformers(convert
     np.testing.assert_allclose(vectors, reference, atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["distilbert", "mpnet", "roberta", "modernbert", "qwen2"])
+@pytest.mark.parametrize("kind", ["distilbert", "mpnet", "roberta", "xlm-roberta", "modernbert", "qwen2"])
 def test_other_transformers_convert_to_the_same_cosines(tmp_path: Path, kind: str) -> None:
     # all-mpnet-base-v2, the DistilBERT and RoBERTa models: no token types, and for the last two
-    # positions counted from their padding id (1), where dupq pads with 0. A decoder (Qwen2, as the
-    # Qwen3 embedders are) pools its last token's state, the only one that has read the whole text.
+    # positions counted from their padding id (1), where dupq pads with 0. XLM-RoBERTa (bge-m3,
+    # multilingual-e5) splits text into SentencePiece's pieces, other scripts included. A decoder
+    # (Qwen2, as the Qwen3 embedders are) pools its last token's state, the only one that has read
+    # the whole text.
     from sentence_transformers import SentenceTransformer
 
     pooling = "lasttoken" if kind == "qwen2" else "mean"
     st_dir, out = _tiny_transformer(tmp_path, pooling=pooling, kind=kind), tmp_path / "dupq"
     assert main(["convert", str(st_dir), "--valid", str(_pair_file(tmp_path / "pairs.tsv")), "--out", str(out)]) == 0
-    texts = [*QUESTIONS, "A question far longer than the model reads: " + "word " * 60]
+    texts = [*QUESTIONS, *OTHER_SCRIPTS, "A question far longer than the model reads: " + "word " * 60]
     reference = SentenceTransformer(str(st_dir), device="cpu").encode(texts, normalize_embeddings=True)
     np.testing.assert_allclose(load_encoder(out).encode(texts, batch_size=4), reference, atol=1e-4)
 
@@ -124,7 +136,7 @@ def test_every_pooling_mode_converts_to_the_same_cosines(tmp_path: Path, pooling
 
     st_dir, out = _tiny_transformer(tmp_path, pooling=pooling), tmp_path / "dupq"
     assert main(["convert", str(st_dir), "--valid", str(_pair_file(tmp_path / "pairs.tsv")), "--out", str(out)]) == 0
-    texts = [*QUESTIONS, "A question far longer than the model reads: " + "word " * 60]
+    texts = [*QUESTIONS, *OTHER_SCRIPTS, "A question far longer than the model reads: " + "word " * 60]
     reference = SentenceTransformer(str(st_dir), device="cpu").encode(texts, normalize_embeddings=True)
     np.testing.assert_allclose(load_encoder(out).encode(texts, batch_size=4), reference, atol=1e-4)
     modes = [pooling] if isinstance(pooling, str) else list(pooling)
@@ -143,7 +155,7 @@ def test_dense_layers_after_the_pooling_convert_to_the_same_cosines(tmp_path: Pa
     head = [Dense(32, 16), Dense(16, 16, activation_function=torch.nn.GELU(), use_residual=True), Normalize()]
     st_dir, out = _tiny_transformer(tmp_path, kind="distilbert", head=head), tmp_path / "dupq"
     assert main(["convert", str(st_dir), "--valid", str(_pair_file(tmp_path / "pairs.tsv")), "--out", str(out)]) == 0
-    texts = [*QUESTIONS, "A question far longer than the model reads: " + "word " * 60]
+    texts = [*QUESTIONS, *OTHER_SCRIPTS, "A question far longer than the model reads: " + "word " * 60]
     reference = SentenceTransformer(str(st_dir), device="cpu").encode(texts, normalize_embeddings=True)
     np.testing.assert_allclose(load_encoder(out).encode(texts, batch_size=4), reference, atol=1e-4)
     config = read_config(out)
