@@ -30,7 +30,7 @@ import logging
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,8 @@ MAX_COSINE_GAP = 1e-3
 # ONNX Runtime takes the weights that dupq reads for it (model/encoder.py) into the graph, where
 # one weight may hold at most this many bytes: 7B embedders' token vectors are past it.
 LARGEST_WEIGHT = 2**31
+# Encoding the validation questions, the log says how far it got every so many seconds.
+PROGRESS_EVERY_S, PROGRESS_SLICE = 30.0, 1024
 
 
 class Pooled(nn.Module):
@@ -300,8 +302,8 @@ def convert(
             "tokenizer_sha256": digests[2],
         }
         write_config(stage, config)
-        encoder = load_encoder(stage)
-        scored = PairEvaluator(valid).score(encoder.encode)
+        encoder = load_encoder(stage, threads=0)  # every CPU: the threads share one copy of the weights
+        scored = PairEvaluator(valid).score(_with_progress(encoder.encode))
         checked = spread_by_length(scored.texts, CHECKED_QUESTIONS)
         reference = model.encode(
             [scored.texts[i] for i in checked], prompt=prompt, normalize_embeddings=True, show_progress_bar=False
@@ -332,6 +334,27 @@ def convert(
         write_config(stage, config)
     logger.info("converted %s to %s: %d-d, tau %.3f, cosines within %.2g", st_dir, out, dim, config["threshold"], gap)
     return config
+
+
+def _with_progress(encode: Callable[[list[str]], np.ndarray]) -> Callable[[list[str]], np.ndarray]:
+    """``encode`` a slice of questions at a time, saying in the log how far it got every
+    :data:`PROGRESS_EVERY_S` seconds: a model of half a billion parameters takes minutes over the
+    validation questions (the vectors are the same in slices: a question's does not depend on its
+    batch)."""
+
+    def encode_saying_how_far(texts: list[str]) -> np.ndarray:
+        started = said = time.monotonic()
+        parts: list[np.ndarray] = []
+        for done in range(PROGRESS_SLICE, len(texts) + PROGRESS_SLICE, PROGRESS_SLICE):
+            parts.append(encode(texts[done - PROGRESS_SLICE : done]))
+            now = time.monotonic()
+            if now - said >= PROGRESS_EVERY_S and done < len(texts):
+                rate = done / (now - started)
+                logger.info("encoded %d of %d validation questions (%.0f a second)", done, len(texts), rate)
+                said = now
+        return np.concatenate(parts) if parts else encode(texts)
+
+    return encode_saying_how_far
 
 
 def _truncated(model: Any, st_dir: Path, width: int, dim: int | None) -> int:

@@ -307,6 +307,22 @@ def test_the_converted_directory_says_what_it_is(converted: tuple[Path, Path]) -
         load_network(out)
 
 
+def test_a_long_conversion_says_how_far_it_got(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A model of half a billion parameters took minutes over 400 validation pairs, saying nothing.
+    from model.training import convert as module
+
+    monkeypatch.setattr(module, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(module, "PROGRESS_SLICE", 5)
+    st_dir, out = _tiny_transformer(tmp_path), tmp_path / "o"
+    with caplog.at_level("INFO"):
+        assert main(["convert", str(st_dir), "--valid", str(_pair_file(tmp_path / "p.tsv")), "--out", str(out)]) == 0
+    said = [r.getMessage().split(" (")[0] for r in caplog.records if r.getMessage().startswith("encoded ")]
+    assert said == ["encoded 5 of 12 validation questions", "encoded 10 of 12 validation questions"]
+    assert read_config(out)["converted"]["cosine_check"]["max_gap"] < 1e-4  # the slices, whole
+
+
 def test_a_model_of_other_modules_is_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from sentence_transformers.sentence_transformer.modules import LayerNorm
 
