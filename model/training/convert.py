@@ -128,6 +128,19 @@ def _source(st_dir: Path) -> tuple[Any, nn.Module, Any, list[nn.Module], int, in
     return model, modules[0].auto_model, pooling, head, int(dim), int(longest)
 
 
+def _widened(model: Any, st_dir: Path) -> str:
+    """The type the source keeps its weights in, which are made float32 if they are not (float16
+    and bfloat16, as the hub ships many models: ONNX Runtime's kernels for them on a CPU are few
+    and slow, a graph mixing them with float32 did not load, and PyTorch's exporter failed on
+    bfloat16). The same values, widened; the check compares the graph with the source widened so,
+    as sentence-transformers runs it with ``model_kwargs={"dtype": torch.float32}``."""
+    stored = ", ".join(sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()}))
+    if stored != "float32":
+        logger.info("%s keeps its weights as %s: converted as float32, the same values widened", st_dir, stored)
+        model.float()
+    return stored
+
+
 def _on_the_sentence(dense: Any) -> bool:
     """Whether a Dense module reads and writes the sentence's vector (sentence-transformers 6 lets
     it read or write another feature, which dupq's graph does not carry)."""
@@ -272,6 +285,7 @@ def convert(
     check_writable(out)
     valid, valid_report = load_validation_pairs(valid_file)
     model, transformer, pooling, head, width, max_tokens = _source(st_dir)
+    stored = _widened(model, st_dir)
     prompt_name, prompt = _prompt(model, pooling, st_dir, prompt_name)
     dim = _truncated(model, st_dir, width, dim)
     cut = dim < width
@@ -325,6 +339,7 @@ def convert(
             "prompt": {"name": prompt_name, "text": prompt} if prompt_name else None,
             "truncate_dim": dim if cut else None,
             "similarity_fn_name": similarity,
+            "weights_stored_as": stored,
             "valid_file": {"path": str(valid_file), "sha256": valid_report.sha256(), "pairs": valid_report.kept},
             "cosine_check": {"questions": len(checked), "max_gap": gap},
             "duration_s": round(time.time() - started, 1),

@@ -127,6 +127,27 @@ def test_other_transformers_convert_to_the_same_cosines(tmp_path: Path, kind: st
     np.testing.assert_allclose(load_encoder(out).encode(texts, batch_size=4), reference, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_weights_kept_in_half_precision_convert_widened(tmp_path: Path, dtype: str) -> None:
+    # Models the hub ships in float16 or bfloat16 (the Qwen3 embedders) ended in ONNX Runtime's
+    # "Type parameter (T) of Optype (LayerNormalization) bound to different types", or in PyTorch's
+    # exporter: "ScalarType ComplexDouble is an unexpected tensor scalar type".
+    import torch
+    import transformers
+    from sentence_transformers import SentenceTransformer
+
+    st_dir, out = _tiny_transformer(tmp_path), tmp_path / "dupq"
+    half = transformers.AutoModel.from_pretrained(str(tmp_path / "raw")).to(getattr(torch, dtype))
+    half.save_pretrained(str(st_dir))  # the transformer's weights, as the hub ships them
+    assert main(["convert", str(st_dir), "--valid", str(_pair_file(tmp_path / "pairs.tsv")), "--out", str(out)]) == 0
+    assert read_config(out)["converted"]["weights_stored_as"] == dtype
+    source = SentenceTransformer(str(st_dir), device="cpu")
+    assert next(source.parameters()).dtype == getattr(torch, dtype)
+    texts = [*QUESTIONS, *OTHER_SCRIPTS]
+    reference = source.float().encode(texts, normalize_embeddings=True)  # the same weights, widened
+    np.testing.assert_allclose(load_encoder(out).encode(texts), reference, atol=1e-4)
+
+
 @pytest.mark.parametrize(
     "pooling", ["cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken", ("cls", "mean", "max")]
 )
