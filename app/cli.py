@@ -394,7 +394,15 @@ def _swaps(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from model.training.convert import convert
 
-    config = convert(args.st_model_dir, args.valid, args.out, name=args.name, prompt_name=args.prompt, dim=args.dim)
+    config = convert(
+        args.st_model_dir,
+        args.valid,
+        args.out,
+        name=args.name,
+        prompt_name=args.prompt,
+        dim=args.dim,
+        trust_remote_code=args.trust_remote_code,
+    )
     print(
         json.dumps({"out": str(args.out), "version": config["version"], "validation": config["validation"]}, indent=2)
     )
@@ -736,6 +744,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="cut the vectors to their first N columns, as sentence-transformers' truncate_dim does (for a "
         "Matryoshka model; default: the model's saved truncate_dim, if it has one, else every column)",
+    )
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the Python code that the model brings in its directory (auto_map in its config.json: nomic-embed, "
+        "jina-embeddings, gte-*-v1.5), as sentence-transformers does when asked; only for code you have read or trust",
     )
     p.set_defaults(func=_convert)
     return parser

@@ -91,7 +91,7 @@ class Pooled(nn.Module):
         return F.normalize(vectors, dim=-1).reshape(-1, self.dim)  # (B, D)
 
 
-def _source(st_dir: Path) -> tuple[Any, nn.Module, Any, list[nn.Module], int, int]:
+def _source(st_dir: Path, trust_remote_code: bool = False) -> tuple[Any, nn.Module, Any, list[nn.Module], int, int]:
     """The sentence-transformers model of ``st_dir``: the model, its transformer, its pooling, the
     modules after that, its width and its longest input; refused with the reason unless it is a
     transformer, a Pooling module (any of its modes) and then only Dense and Normalize modules."""
@@ -104,7 +104,15 @@ def _source(st_dir: Path) -> tuple[Any, nn.Module, Any, list[nn.Module], int, in
 
     if not (st_dir / "modules.json").is_file():
         raise ValueError(f"{st_dir} is not a sentence-transformers model directory (no modules.json)")
-    model = SentenceTransformer(str(st_dir), device="cpu")
+    try:
+        model = SentenceTransformer(str(st_dir), device="cpu", trust_remote_code=trust_remote_code)
+    except ValueError as err:  # transformers' own, several lines naming an argument of its own
+        if trust_remote_code or "trust_remote_code" not in str(err):
+            raise
+        raise ValueError(
+            f"{st_dir}: its model runs Python code that it brings in its directory (auto_map in its config.json); "
+            "--trust-remote-code runs that code, for a model whose code you have read or trust"
+        ) from None
     modules = list(model)
     if not modules or not isinstance(modules[0], Transformer):
         raise ValueError(f"{st_dir}: the first module is not a Transformer")
@@ -271,20 +279,23 @@ def convert(
     name: str | None = None,
     prompt_name: str | None = None,
     dim: int | None = None,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Write the dupq model directory ``out`` from the sentence-transformers model ``st_dir``,
     with tau and the calibration fitted on ``valid_file``; returns its config. ``prompt_name``
     chooses the source's prompt put before each question (default: the model's default prompt;
     ``""``: none). ``dim``: the vectors cut to their first ``dim`` columns, as
     sentence-transformers' ``truncate_dim`` cuts them (default: the model's saved
-    ``truncate_dim``, if any, else every column)."""
+    ``truncate_dim``, if any, else every column). ``trust_remote_code``: run the Python code
+    that a model brings in its directory (``auto_map`` in its ``config.json``), as
+    sentence-transformers does when asked so; refused, named, without it."""
     started = time.time()
     st_dir, out = Path(st_dir), Path(out)
     if out.resolve() == st_dir.resolve():
         raise ValueError(f"--out {out} is the sentence-transformers model itself: its config.json would be overwritten")
     check_writable(out)
     valid, valid_report = load_validation_pairs(valid_file)
-    model, transformer, pooling, head, width, max_tokens = _source(st_dir)
+    model, transformer, pooling, head, width, max_tokens = _source(st_dir, trust_remote_code)
     stored = _widened(model, st_dir)
     prompt_name, prompt = _prompt(model, pooling, st_dir, prompt_name)
     dim = _truncated(model, st_dir, width, dim)
@@ -340,6 +351,7 @@ def convert(
             "truncate_dim": dim if cut else None,
             "similarity_fn_name": similarity,
             "weights_stored_as": stored,
+            "trust_remote_code": trust_remote_code,
             "valid_file": {"path": str(valid_file), "sha256": valid_report.sha256(), "pairs": valid_report.kept},
             "cosine_check": {"questions": len(checked), "max_gap": gap},
             "duration_s": round(time.time() - started, 1),

@@ -344,6 +344,37 @@ def test_a_long_conversion_says_how_far_it_got(
     assert read_config(out)["converted"]["cosine_check"]["max_gap"] < 1e-4  # the slices, whole
 
 
+def test_a_model_that_brings_its_own_code_converts_only_when_trusted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # nomic-embed, jina-embeddings and gte-*-v1.5 bring their modeling code (auto_map); convert ended
+    # in transformers' own lines, naming an argument dupq does not have (trust_remote_code=True).
+    from sentence_transformers import SentenceTransformer
+
+    st_dir, out = _tiny_transformer(tmp_path), tmp_path / "dupq"
+    config = json.loads((st_dir / "config.json").read_text())
+    config |= {"model_type": "site-bert", "auto_map": {"AutoConfig": "site.SiteConfig", "AutoModel": "site.SiteModel"}}
+    (st_dir / "config.json").write_text(json.dumps(config))
+    (st_dir / "site.py").write_text(
+        "from transformers import BertConfig, BertModel\n\n\n"
+        "class SiteConfig(BertConfig):\n    model_type = 'site-bert'\n\n\n"
+        "class SiteModel(BertModel):\n    config_class = SiteConfig\n"
+    )
+    argv = ["convert", str(st_dir), "--valid", str(_pair_file(tmp_path / "pairs.tsv")), "--out", str(out)]
+    capsys.readouterr()
+    assert main(argv) == 1
+    said = [line for line in capsys.readouterr().err.splitlines() if "dupq convert" in line or "trust" in line]
+    assert len(said) == 1 and not out.exists()  # one line
+    assert said[0].startswith(f"dupq convert: error: {st_dir}: its model runs Python code that it brings in its")
+    assert said[0].endswith("--trust-remote-code runs that code, for a model whose code you have read or trust")
+    assert main([*argv, "--trust-remote-code"]) == 0
+    assert read_config(out)["converted"]["trust_remote_code"] is True
+    source = SentenceTransformer(str(st_dir), device="cpu", trust_remote_code=True)
+    assert type(source[0].auto_model).__name__ == "SiteModel"
+    reference = source.encode(QUESTIONS, normalize_embeddings=True)
+    np.testing.assert_allclose(load_encoder(out).encode(QUESTIONS), reference, atol=1e-4)
+
+
 def test_a_model_of_other_modules_is_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from sentence_transformers.sentence_transformer.modules import LayerNorm
 
