@@ -23,7 +23,7 @@ def _tiny_transformer(
     path: Path, pooling: str | tuple[str, ...] = "mean", kind: str = "bert", head: list | None = None
 ) -> Path:
     """A sentence-transformers model of a tiny randomly initialised ``kind`` (bert, distilbert,
-    mpnet, roberta, modernbert, xlm-roberta with a unigram tokenizer; qwen2, a decoder whose
+    mpnet, roberta, modernbert, xlm-roberta with a unigram tokenizer, t5's encoder; qwen2, a decoder whose
     tokenizer ends each text with [SEP] as its end-of-text token), its word pieces trained on the
     test questions, its 32 columns pooled, then ``head`` (by default a Normalize module)."""
     import torch
@@ -64,6 +64,9 @@ def _tiny_transformer(
     sizes = {"vocab_size": tokenizer.get_vocab_size(), "max_position_embeddings": 66}
     if kind == "distilbert":
         config = transformers.DistilBertConfig(**sizes, dim=32, n_layers=2, n_heads=2, hidden_dim=64)
+    elif kind == "t5":  # the encoder alone, relative positions (sentence-t5, GTR)
+        t5 = {"d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 2, "num_heads": 2}
+        config = transformers.T5Config(vocab_size=sizes["vocab_size"], **t5, pad_token_id=specials.index("[PAD]"))
     elif kind == "qwen2":  # causal attention, grouped keys and values, rotary positions
         layers = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
         ids = {"pad_token_id": specials.index("[PAD]"), "eos_token_id": sep}
@@ -79,7 +82,8 @@ def _tiny_transformer(
         configs["xlm-roberta"] = transformers.XLMRobertaConfig
         config = configs.get(kind, transformers.RobertaConfig)(**sizes, **layers, **ids)
     raw = path / "raw"
-    transformers.AutoModel.from_config(config).save_pretrained(raw)
+    network = transformers.T5EncoderModel(config) if kind == "t5" else transformers.AutoModel.from_config(config)
+    network.save_pretrained(raw)
     inputs = {} if kind == "bert" else {"model_input_names": ["input_ids", "attention_mask"]}
     names = dict(zip(roles, ["[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]"], strict=True))
     transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, **names, **inputs).save_pretrained(raw)
@@ -110,11 +114,12 @@ def test_the_converted_model_serves_the_cosines_of_sentence_transformers(convert
     np.testing.assert_allclose(vectors, reference, atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["distilbert", "mpnet", "roberta", "xlm-roberta", "modernbert", "qwen2"])
+@pytest.mark.parametrize("kind", ["distilbert", "mpnet", "roberta", "xlm-roberta", "modernbert", "t5", "qwen2"])
 def test_other_transformers_convert_to_the_same_cosines(tmp_path: Path, kind: str) -> None:
     # all-mpnet-base-v2, the DistilBERT and RoBERTa models: no token types, and for the last two
     # positions counted from their padding id (1), where dupq pads with 0. XLM-RoBERTa (bge-m3,
-    # multilingual-e5) splits text into SentencePiece's pieces, other scripts included. A decoder
+    # multilingual-e5) splits text into SentencePiece's pieces, other scripts included; T5's encoder
+    # (sentence-t5, GTR) places tokens by relative position and takes no token types. A decoder
     # (Qwen2, as the Qwen3 embedders are) pools its last token's state, the only one that has read
     # the whole text.
     from sentence_transformers import SentenceTransformer
