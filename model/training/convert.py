@@ -16,7 +16,9 @@ off, truncation at ``max_tokens``), tau and the calibration fitted on the valida
 true``: the tokenizer adds the model's own, BERT's [CLS] and [SEP]). Serving then runs it with
 ONNX Runtime, no PyTorch; there are no PyTorch weights to fine-tune from. The written graph is
 checked against its source on the validation questions (:data:`MAX_COSINE_GAP`); a graph that
-fails writes nothing, and the output directory keeps what it held.
+fails writes nothing, and the output directory keeps what it held. Weights kept in float16 or
+bfloat16 are widened to float32 first, and a model that brings its own modeling code
+(``auto_map``) converts only when ``trust_remote_code`` says to run that code.
 
 The graph is exported with PyTorch's TorchScript exporter (``dynamo=False``; the dynamo exporter
 needs ``onnxscript``, which the train extra does not install): a transformer runs on a padded

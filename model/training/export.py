@@ -154,10 +154,10 @@ def load_network(model_dir: str | Path) -> Network:
 
 def upgrade_model_dir(model_dir: str | Path) -> dict[str, Any]:
     """Bring a model directory of an older format to format 4, the newest for dupq's own network
-    (:data:`ONE_FILE_FORMAT`): write ``model.onnx`` from the
-    weights and record it in ``config.json``, with the rows for unknown words it has (none, for
-    one written before they existed). No weight, vector or version changes; running it again
-    rewrites the same files. Returns the written config."""
+    (:data:`ONE_FILE_FORMAT`): write ``model.onnx`` from the weights and record it in
+    ``config.json``, with the rows for unknown words it has (none, for one written before they
+    existed). No weight, vector or version changes; running it again rewrites the same files.
+    Returns the written config."""
     model_dir = Path(model_dir)
     config = read_json(model_dir)
     if not (model_dir / TOKENIZER).is_file():
