@@ -1,23 +1,24 @@
 """``dupq convert``: a sentence-transformers model directory made into a dupq model directory.
 
 The source is a transformer (BERT-style, or a decoder pooled at its last token) and its Pooling
-module (any of its modes: the mean, as all-MiniLM-L6-v2's, the [CLS] token, ...), and after it any
-Dense layers (distiluse-base-multilingual's 768 to 512 with tanh, say) and Normalize modules. A
-prompt that sentence-transformers puts before each text (the model's default prompt, or the one
-``--prompt`` names, as ``encode(prompt_name=...)`` would) is written into the tokenizer, ahead of
-its normalizer, so that serving reads ``"query: " + question`` as the source does. A Matryoshka
-model's vectors can be cut to their first ``--dim`` columns, as sentence-transformers'
-``truncate_dim`` cuts them (a ``truncate_dim`` saved with the model is its default). The written
-directory is what serving loads for any model (:mod:`model.model_dir`): ``model.onnx`` with dupq's
-inputs (``ids`` (B, T) int64, ``lengths`` (B,) int32) and output (``embeddings`` (B, D), unit rows),
-its weights in ``model.onnx.data`` beside it (format 5), the source's ``tokenizer.json`` (padding
-off, truncation at ``max_tokens``), tau and the calibration fitted on the validation pairs, and a
-``config.json`` whose ``encoder`` says what it is (``"kind": "transformer"``, ``"special_tokens":
-true``: the tokenizer adds the model's own, BERT's [CLS] and [SEP]). Serving then runs it with
-ONNX Runtime, no PyTorch; there are no PyTorch weights to fine-tune from. The written graph is
-checked against its source on the validation questions (:data:`MAX_COSINE_GAP`); a graph that
-fails writes nothing, and the output directory keeps what it held. Weights kept in float16 or
-bfloat16 are widened to float32 first, and a model that brings its own modeling code
+module (any of its modes: the mean, as all-MiniLM-L6-v2's, the [CLS] token, ...), or a
+StaticEmbedding (a vector a token, averaged: model2vec's models), and after it any Dense layers
+(distiluse-base-multilingual's 768 to 512 with tanh, say) and Normalize modules. A prompt that
+sentence-transformers puts before each text (the model's default prompt, or the one ``--prompt``
+names, as ``encode(prompt_name=...)`` would) is written into the tokenizer, ahead of its normalizer,
+so that serving reads ``"query: " + question`` as the source does. A Matryoshka model's vectors can
+be cut to their first ``--dim`` columns, as sentence-transformers' ``truncate_dim`` cuts them (a
+``truncate_dim`` saved with the model is its default). The written directory is what serving loads
+for any model (:mod:`model.model_dir`): ``model.onnx`` with dupq's inputs (``ids`` (B, T) int64,
+``lengths`` (B,) int32) and output (``embeddings`` (B, D), unit rows), its weights in
+``model.onnx.data`` beside it (format 5), the source's ``tokenizer.json`` (padding off, truncation
+at ``max_tokens``), tau and the calibration fitted on the validation pairs, and a ``config.json``
+whose ``encoder`` says what it is (``"kind": "transformer"`` or ``"static"``, ``"special_tokens":
+true``: the tokenizer adds the model's own, BERT's [CLS] and [SEP], a static model's none). Serving
+then runs it with ONNX Runtime, no PyTorch; there are no PyTorch weights to fine-tune from. The
+written graph is checked against its source on the validation questions (:data:`MAX_COSINE_GAP`); a
+graph that fails writes nothing, and the output directory keeps what it held. Weights kept in
+float16 or bfloat16 are widened to float32 first, and a model that brings its own modeling code
 (``auto_map``) converts only when ``trust_remote_code`` says to run that code.
 
 The graph is exported with PyTorch's TorchScript exporter (``dynamo=False``; the dynamo exporter
@@ -34,7 +35,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -62,17 +63,21 @@ MAX_COSINE_GAP = 1e-3
 LARGEST_WEIGHT = 2**31
 # Encoding the validation questions, the log says how far it got every so many seconds.
 PROGRESS_EVERY_S, PROGRESS_SLICE = 30.0, 1024
+# A StaticEmbedding reads every token; dupq reads this many (a question of DUPQ_MAX_QUESTION_CHARS'
+# 1,000 characters has fewer).
+STATIC_MAX_TOKENS = 2048
 
 
 class Pooled(nn.Module):
     """The transformer with dupq's inputs (the attention mask from ``lengths``, token types 0),
-    then the source's own Pooling module and the modules after it (``head``: Dense and
-    Normalize), run as sentence-transformers runs them on its features, cut to the first ``dim``
-    columns (all of them but for a Matryoshka cut) and L2-normalized: a width the graph states
-    (the gather of [CLS] pooling would leave it symbolic)."""
+    then the source's own Pooling module, or a StaticEmbedding's mean of its tokens' rows (no
+    ``pooling``); then the modules after it (``head``: Dense and Normalize), run as
+    sentence-transformers runs them on its features, cut to the first ``dim`` columns (all of them
+    but for a Matryoshka cut) and L2-normalized: a width the graph states (the gather of [CLS]
+    pooling would leave it symbolic)."""
 
     def __init__(
-        self, transformer: nn.Module, pooling: nn.Module, head: Sequence[nn.Module], dim: int, cut: bool = False
+        self, transformer: nn.Module, pooling: nn.Module | None, head: Sequence[nn.Module], dim: int, cut: bool = False
     ) -> None:
         super().__init__()
         self.transformer = transformer
@@ -83,8 +88,12 @@ class Pooled(nn.Module):
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         mask = (torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]).to(torch.int64)  # (B, T)
-        states = self.transformer(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids))[0]
-        features = self.pooling({"token_embeddings": states, "attention_mask": mask})
+        if self.pooling is None:  # a StaticEmbedding: the mean of its tokens' rows, as its EmbeddingBag takes it
+            rows = cast(nn.EmbeddingBag, self.transformer.embedding).weight[ids] * mask[..., None].to(torch.float32)
+            features = {"sentence_embedding": rows.sum(1) / lengths.clamp(min=1)[:, None].to(torch.float32)}
+        else:
+            states = self.transformer(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids))[0]
+            features = self.pooling({"token_embeddings": states, "attention_mask": mask})
         for module in self.head:
             features = module(features)
         vectors = features["sentence_embedding"]
@@ -116,26 +125,32 @@ def _source(st_dir: Path, trust_remote_code: bool = False) -> tuple[Any, nn.Modu
             "--trust-remote-code runs that code, for a model whose code you have read or trust"
         ) from None
     modules = list(model)
-    if not modules or not isinstance(modules[0], Transformer):
-        raise ValueError(f"{st_dir}: the first module is not a Transformer")
-    pooling, head = (modules[1], modules[2:]) if len(modules) > 1 else (None, [])
-    if not isinstance(pooling, Pooling) or not all(
+    static = bool(modules) and _is_static(modules[0])
+    pooling, head = (None, modules[1:]) if static else (modules[1], modules[2:]) if len(modules) > 1 else (None, [])
+    if not (static or (isinstance(modules[0], Transformer) and isinstance(pooling, Pooling))) or not all(
         isinstance(m, Normalize) or (isinstance(m, Dense) and _on_the_sentence(m)) for m in head
     ):
-        names = ", ".join(type(m).__name__ for m in modules)
+        names = ", ".join(type(m).__name__ for m in modules) or "no module"
         raise ValueError(
-            f"{st_dir}: dupq converts a Transformer, its Pooling, then Dense or Normalize modules; "
-            f"this model is {names}"
+            f"{st_dir}: dupq converts a Transformer and its Pooling, or a StaticEmbedding, then Dense or Normalize "
+            f"modules; this model is {names}"
         )
-    dim = [_width(m) for m in (pooling, *head) if not isinstance(m, Normalize)][-1]
+    dim = [_width(m) for m in (pooling or modules[0], *head) if not isinstance(m, Normalize)][-1]
     if not dim:
         raise ValueError(f"{st_dir}: the model does not say the width of its vectors")
-    longest = model.max_seq_length
+    longest = STATIC_MAX_TOKENS if static else model.max_seq_length
     if not longest:
         raise ValueError(f"{st_dir}: the model does not say its longest input (max_seq_length)")
     while head and isinstance(head[-1], Normalize):  # the graph's own normalization ends it
         head = head[:-1]
-    return model, modules[0].auto_model, pooling, head, int(dim), int(longest)
+    network = cast(nn.Module, modules[0] if static else modules[0].auto_model)
+    return model, network, pooling, head, int(dim), int(longest)
+
+
+def _is_static(module: Any) -> bool:
+    """Whether ``module`` is sentence-transformers' StaticEmbedding (3.2 and later; model2vec's
+    models load as one): a vector for each token, averaged."""
+    return type(module).__name__ == "StaticEmbedding" and hasattr(module, "embedding")
 
 
 def _widened(model: Any, st_dir: Path) -> str:
@@ -191,8 +206,12 @@ def _prompt(model: Any, pooling: Any, st_dir: Path, name: str | None) -> tuple[s
 def _serving_tokenizer(model: Any, max_tokens: int, prompt: str) -> Tokenizer:
     """A copy of the `tokenizers` Tokenizer behind the model's fast tokenizer as serving runs it:
     no padding, truncation at ``max_tokens``, and ``prompt`` put before each text ahead of the
-    normalizer (the source lowercases its prompt with the text, as this does)."""
-    tokenizer = Tokenizer.from_str(model.tokenizer.backend_tokenizer.to_str())  # the source's stays as it was
+    normalizer (the source lowercases its prompt with the text, as this does). A StaticEmbedding's
+    is a `tokenizers` Tokenizer already, and adds no special tokens (it encodes without them)."""
+    source = model.tokenizer
+    tokenizer = Tokenizer.from_str(getattr(source, "backend_tokenizer", source).to_str())  # the source's stays
+    if _is_static(model[0]):
+        tokenizer.post_processor = None
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length=max_tokens)
     if prompt:
@@ -316,8 +335,8 @@ def convert(
             "name": name or st_dir.resolve().name,
             "version": model_version(*digests),
             "encoder": {
-                "kind": "transformer",
-                "pooling": "+".join(_pooling_modes(pooling)),
+                "kind": "transformer" if pooling else "static",
+                "pooling": "+".join(_pooling_modes(pooling)) if pooling else "mean",
                 "max_tokens": max_tokens,
                 "special_tokens": True,
             },

@@ -119,10 +119,10 @@ def load_network(model_dir: str | Path) -> Network:
     config = read_json(model_dir)
     if "encoder" not in config:
         raise ModelDirError(f"{model_dir / CONFIG} lacks the field 'encoder'")
-    if config["encoder"].get("kind") == "transformer":
+    if config["encoder"].get("kind") in ("transformer", "static"):
         raise ModelDirError(
-            f"{model_dir} holds a converted transformer (dupq convert), not dupq's own network: it has no weights "
-            "to train or upgrade"
+            f"{model_dir} holds a converted {config['encoder']['kind']} model (dupq convert), not dupq's own "
+            "network: it has no weights to train or upgrade"
         )
     fields = {f.name for f in dataclasses.fields(EncoderConfig)}
     unknown = set(config["encoder"]) - fields

@@ -132,6 +132,34 @@ def test_other_transformers_convert_to_the_same_cosines(tmp_path: Path, kind: st
     np.testing.assert_allclose(load_encoder(out).encode(texts, batch_size=4), reference, atol=1e-4)
 
 
+def test_a_static_embedding_converts_to_the_mean_of_its_token_rows(tmp_path: Path) -> None:
+    # model2vec's models and sentence-transformers' static ones: a vector a token, averaged, no
+    # special tokens; refused before as "the first module is not a Transformer".
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, StaticEmbedding
+    from tokenizers import Tokenizer
+
+    _tiny_transformer(tmp_path)  # for its word pieces, trained on the test questions
+    torch_seeded = StaticEmbedding(Tokenizer.from_file(str(tmp_path / "raw" / "tokenizer.json")), embedding_dim=24)
+    st_dir, out = tmp_path / "static", tmp_path / "dupq"
+    SentenceTransformer(modules=[torch_seeded, Normalize()], device="cpu").save(str(st_dir))
+    argv = ["convert", str(st_dir), "--valid", str(_pair_file(tmp_path / "pairs.tsv")), "--out", str(out)]
+    assert main(argv) == 0
+    config = read_config(out)
+    assert config["encoder"] == {"kind": "static", "pooling": "mean", "max_tokens": 2048, "special_tokens": True}
+    assert config["dim"] == 24
+    texts = [*QUESTIONS, *OTHER_SCRIPTS, "A question far longer than a transformer reads: " + "word " * 300]
+    source = SentenceTransformer(str(st_dir), device="cpu")
+    assert 1000 < len(source[0].tokenizer.encode(texts[-1]).ids) < 2048  # every token read, as the source reads
+    reference = source.encode(texts, normalize_embeddings=True)
+    np.testing.assert_allclose(load_encoder(out, threads=2).encode(texts, batch_size=4), reference, atol=1e-5)
+    assert main([*argv[:-1], str(tmp_path / "cut"), "--dim", "8"]) == 0  # Matryoshka models of this kind
+    cut = SentenceTransformer(str(st_dir), device="cpu", truncate_dim=8).encode(texts, normalize_embeddings=True)
+    np.testing.assert_allclose(load_encoder(tmp_path / "cut").encode(texts), cut, atol=1e-5)
+    with pytest.raises(ModelDirError, match="converted static model"):
+        load_network(out)
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_weights_kept_in_half_precision_convert_widened(tmp_path: Path, dtype: str) -> None:
     # Models the hub ships in float16 or bfloat16 (the Qwen3 embedders) ended in ONNX Runtime's
@@ -329,7 +357,7 @@ def test_the_converted_directory_says_what_it_is(converted: tuple[Path, Path]) -
     assert not (out / "model.safetensors").exists()
     tokenizer = json.loads((out / "tokenizer.json").read_text())
     assert tokenizer["padding"] is None and tokenizer["truncation"]["max_length"] == 32
-    with pytest.raises(ModelDirError, match="converted transformer"):
+    with pytest.raises(ModelDirError, match="converted transformer model"):
         load_network(out)
 
 
@@ -387,8 +415,8 @@ def test_a_model_of_other_modules_is_refused_in_one_line(tmp_path: Path, capsys:
     argv = ["convert", str(st_dir), "--valid", str(_pair_file(tmp_path / "p.tsv")), "--out", str(tmp_path / "o")]
     assert main(argv) == 1
     err = capsys.readouterr().err
-    said = "dupq converts a Transformer, its Pooling, then Dense or Normalize modules; this model is Transformer, "
-    assert said + "Pooling, LayerNorm" in err
+    said = "dupq converts a Transformer and its Pooling, or a StaticEmbedding, then Dense or Normalize modules; "
+    assert said + "this model is Transformer, Pooling, LayerNorm" in err
     assert not (tmp_path / "o").exists()
     assert main(["convert", str(tmp_path), "--valid", "x", "--out", str(tmp_path / "o")]) == 1
     capsys.readouterr()
