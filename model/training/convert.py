@@ -125,9 +125,11 @@ def _source(st_dir: Path, trust_remote_code: bool = False) -> tuple[Any, nn.Modu
             "--trust-remote-code runs that code, for a model whose code you have read or trust"
         ) from None
     modules = list(model)
-    static = bool(modules) and _is_static(modules[0])
-    pooling, head = (None, modules[1:]) if static else (modules[1], modules[2:]) if len(modules) > 1 else (None, [])
-    if not (static or (isinstance(modules[0], Transformer) and isinstance(pooling, Pooling))) or not all(
+    first = modules[0] if modules else None
+    static = _is_static(first)  # no Pooling: it averages its rows itself
+    pooling = None if static or len(modules) < 2 else modules[1]
+    head = modules[1:] if static else modules[2:]
+    if not (static or (isinstance(first, Transformer) and isinstance(pooling, Pooling))) or not all(
         isinstance(m, Normalize) or (isinstance(m, Dense) and _on_the_sentence(m)) for m in head
     ):
         names = ", ".join(type(m).__name__ for m in modules) or "no module"
@@ -135,7 +137,7 @@ def _source(st_dir: Path, trust_remote_code: bool = False) -> tuple[Any, nn.Modu
             f"{st_dir}: dupq converts a Transformer and its Pooling, or a StaticEmbedding, then Dense or Normalize "
             f"modules; this model is {names}"
         )
-    dim = [_width(m) for m in (pooling or modules[0], *head) if not isinstance(m, Normalize)][-1]
+    dim = [_width(m) for m in (pooling or first, *head) if not isinstance(m, Normalize)][-1]
     if not dim:
         raise ValueError(f"{st_dir}: the model does not say the width of its vectors")
     longest = STATIC_MAX_TOKENS if static else model.max_seq_length
@@ -143,7 +145,7 @@ def _source(st_dir: Path, trust_remote_code: bool = False) -> tuple[Any, nn.Modu
         raise ValueError(f"{st_dir}: the model does not say its longest input (max_seq_length)")
     while head and isinstance(head[-1], Normalize):  # the graph's own normalization ends it
         head = head[:-1]
-    network = cast(nn.Module, modules[0] if static else modules[0].auto_model)
+    network = cast(nn.Module, first if static else first.auto_model)  # type: ignore[union-attr]  # a Transformer
     return model, network, pooling, head, int(dim), int(longest)
 
 
