@@ -247,7 +247,7 @@ def export_graph(
     (``dim`` columns out, the first ``dim`` of them where ``cut``), batch and length dynamic, to
     ``out/model.onnx``, its weights to ``out/model.onnx.data`` beside it: ONNX's protobuf holds at
     most 2 GiB (bge-m3 and multilingual-e5-large are past it), and serving loads the weights apart
-    from the graph with less memory (a converted all-MiniLM-L6-v2: 156 to 177 against 235 to 273
+    from the graph with less memory (a converted all-MiniLM-L6-v2: 147 to 177 against 235 to 273
     MiB). PyTorch's exporter writes a graph past 2 GiB as one file a weight, so the graph it
     writes is read back and saved with every weight in one file.
 
