@@ -89,8 +89,11 @@ class Pooled(nn.Module):
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         mask = (torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]).to(torch.int64)  # (B, T)
         if self.pooling is None:  # a StaticEmbedding: the mean of its tokens' rows, as its EmbeddingBag takes it
-            rows = cast(nn.EmbeddingBag, self.transformer.embedding).weight[ids] * mask[..., None].to(torch.float32)
-            features = {"sentence_embedding": rows.sum(1) / lengths.clamp(min=1)[:, None].to(torch.float32)}
+            table = cast(nn.EmbeddingBag, self.transformer.embedding).weight
+            mean = (table[ids] * mask[..., None].to(table.dtype)).sum(1) / lengths.clamp(min=1)[:, None].to(table.dtype)
+            # A text with no token (control characters only): the mean of every row, where sentence-transformers
+            # gives a zero vector, which has no direction (the contract wants s(a, a) == 1).
+            features = {"sentence_embedding": torch.where(lengths[:, None] > 0, mean, table.mean(0, keepdim=True))}
         else:
             states = self.transformer(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids))[0]
             features = self.pooling({"token_embeddings": states, "attention_mask": mask})

@@ -158,6 +158,14 @@ def test_a_static_embedding_converts_to_the_mean_of_its_token_rows(tmp_path: Pat
     np.testing.assert_allclose(load_encoder(tmp_path / "cut").encode(texts), cut, atol=1e-5)
     with pytest.raises(ModelDirError, match="converted static model"):
         load_network(out)
+    # A text it reads no token of: sentence-transformers' zero vector has no direction; dupq gives
+    # the mean of every row, so that such a question is its own duplicate, as the contract wants.
+    nothing = ["\x01", "\x02\x03"]
+    assert not source.encode(nothing).any()
+    vectors = load_encoder(out).encode([*nothing, *QUESTIONS[:2]])
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-6)
+    rows = source[0].embedding.weight.detach().numpy().mean(0)
+    np.testing.assert_allclose(vectors[:2], np.stack([rows, rows]) / np.linalg.norm(rows), atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
