@@ -106,9 +106,11 @@ class Pooled(nn.Module):
 
 
 def _source(st_dir: Path, trust_remote_code: bool = False) -> tuple[Any, nn.Module, Any, list[nn.Module], int, int]:
-    """The sentence-transformers model of ``st_dir``: the model, its transformer, its pooling, the
+    """The sentence-transformers model of ``st_dir``: the model, its transformer (or its
+    StaticEmbedding), its pooling (None for a StaticEmbedding, which averages its rows itself), the
     modules after that, its width and its longest input; refused with the reason unless it is a
-    transformer, a Pooling module (any of its modes) and then only Dense and Normalize modules."""
+    transformer and a Pooling module (any of its modes), or a StaticEmbedding, and then only Dense
+    and Normalize modules."""
     from sentence_transformers import SentenceTransformer
 
     try:  # sentence-transformers 6 moved the modules; 3 to 5 have them here only
@@ -244,7 +246,12 @@ def _pooling_modes(pooling: Any) -> list[str]:
 
 
 def export_graph(
-    transformer: nn.Module, pooling: nn.Module, head: Sequence[nn.Module], dim: int, out: Path, cut: bool = False
+    transformer: nn.Module,
+    pooling: nn.Module | None,
+    head: Sequence[nn.Module],
+    dim: int,
+    out: Path,
+    cut: bool = False,
 ) -> None:
     """Write the ONNX graph of :class:`Pooled` over ``transformer``, ``pooling`` and ``head``
     (``dim`` columns out, the first ``dim`` of them where ``cut``), batch and length dynamic, to

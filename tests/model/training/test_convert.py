@@ -140,9 +140,9 @@ def test_a_static_embedding_converts_to_the_mean_of_its_token_rows(tmp_path: Pat
     from tokenizers import Tokenizer
 
     _tiny_transformer(tmp_path)  # for its word pieces, trained on the test questions
-    torch_seeded = StaticEmbedding(Tokenizer.from_file(str(tmp_path / "raw" / "tokenizer.json")), embedding_dim=24)
+    static = StaticEmbedding(Tokenizer.from_file(str(tmp_path / "raw" / "tokenizer.json")), embedding_dim=24)
     st_dir, out = tmp_path / "static", tmp_path / "dupq"
-    SentenceTransformer(modules=[torch_seeded, Normalize()], device="cpu").save(str(st_dir))
+    SentenceTransformer(modules=[static, Normalize()], device="cpu").save(str(st_dir))
     argv = ["convert", str(st_dir), "--valid", str(_pair_file(tmp_path / "pairs.tsv")), "--out", str(out)]
     assert main(argv) == 0
     config = read_config(out)
