@@ -266,6 +266,39 @@ def _groups(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reembed(args: argparse.Namespace) -> int:
+    import time
+
+    from tqdm import tqdm
+
+    from app.staged import StagedVectors, reembed
+    from model.encoder import load_encoder
+
+    settings = _settings(data_dir=args.data_dir, model_dir=args.model_dir, store_url=args.store_url)
+    store, _ = _read_only_store(settings)
+    try:
+        started = time.monotonic()
+        encoder = load_encoder(settings.model_dir, threads=args.threads)
+        stale = sum(n for v, n in store.model_versions().items() if v != encoder.version)
+        summary: dict[str, typing.Any] = {"model": encoder.version, "questions": stale}
+        if stale:
+            staged = StagedVectors.create(settings.data_dir, encoder.version, encoder.dim)
+            try:
+                with tqdm(total=stale, desc="staging", unit="question") as bar:
+                    done = reembed(encoder, store, staged, staged.add, bar.update)
+                summary.update(encoded=done.encoded, already_staged=done.staged, staged=staged.count())
+            finally:
+                staged.close()
+            summary["file"] = str(staged.path)
+        else:  # the store is this model's already: the service will not re-embed, nothing to stage
+            summary.update(encoded=0, already_staged=0, staged=0, file=None)
+    finally:
+        store.close()
+    summary["seconds"] = round(time.monotonic() - started, 1)
+    print(json.dumps(summary))
+    return 0
+
+
 def _feedback(args: argparse.Namespace) -> int:
     import csv
 
@@ -633,6 +666,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-size", type=_ranged(int, 1), default=2, help="smallest group written (default 2)")
     p.add_argument("--out", required=True, type=Path, help="JSON lines, one group per line, largest first")
     p.set_defaults(func=_groups)
+
+    p = sub.add_parser(
+        "reembed",
+        help="embed a data directory's questions with a new model beside the running service",
+        description="Encode the stored questions with another model while the service serves the old one, "
+        "into a file of the data directory; the service then started on that model takes those vectors and "
+        "encodes only the questions added or edited since, instead of all of them before it is ready. "
+        "Reads the store, never writes it; run it again to catch up, or to go on after an interruption.",
+    )
+    _store_flags(p, "the running service's data directory (the staged vectors go there)", "the new model directory")
+    p.add_argument(
+        "--threads",
+        type=_ranged(int, 0),
+        default=0,
+        help="encoder threads (default: 0, every CPU; fewer leave the running service its share)",
+    )
+    p.set_defaults(func=_reembed)
 
     p = sub.add_parser(
         "feedback",

@@ -48,6 +48,7 @@ from app.question_file import Skipped, describe_skipped, read_questions
 from app.replica import COPY_FILE, Follower
 from app.schemas import Limits, QuestionIn
 from app.settings import Settings
+from app.staged import StagedVectors, reembed
 from app.store import DEFAULT_NAMESPACE, Feedback, NewQuestion, QuestionStore, Store, StoredQuestion, StoreTooNew
 from model.encoder import QuestionEncoder, load_encoder
 
@@ -287,7 +288,7 @@ class Engine:
         store, primary, follower = stores.local, stores.primary, None
         if primary is not None:
             primary.claim_model(encoder.version)  # before re-embedding: replicas of an old model stop writing
-            reembedded = _reembed(encoder, primary, progress)
+            reembedded = _reembed(settings, encoder, primary, progress)
             follower = Follower(primary, store, encoder.version)
             try:
                 copied = follower.prepare()
@@ -295,7 +296,7 @@ class Engine:
                 raise StartupError(f"the store holds vectors of model {err}, not {encoder.version}") from err
             reembedded += copied
         else:
-            reembedded = _reembed(encoder, store, progress)
+            reembedded = _reembed(settings, encoder, store, progress)
         tag = _tag(encoder, primary)
         index, generation = _load_index(settings, tag, encoder.dim, store, trust_snapshot=not reembedded)
         engine = cls(settings, encoder, store, index, generation, on_batch, primary, follower)
@@ -695,22 +696,33 @@ def _glibc() -> ctypes.CDLL | None:
 _LIBC = _glibc()
 
 
-def _reembed(encoder: QuestionEncoder, store: Store, progress: bool) -> int:
-    """Re-embed the stored questions of other model versions; returns how many."""
+def _reembed(settings: Settings, encoder: QuestionEncoder, store: Store, progress: bool) -> int:
+    """Re-embed the stored questions of other model versions, taking the vectors that ``dupq
+    reembed`` staged for this model where their questions did not change; returns how many."""
+    staged = StagedVectors.find(settings.data_dir, encoder.version, encoder.dim)
     stale = sum(n for v, n in store.model_versions().items() if v != encoder.version)
     if not stale:
+        if staged is not None:
+            logger.info("removing %s: no stored question needs the vectors staged in it", staged.path)
+            staged.remove()
         return 0
-    logger.warning("re-embedding %d stored questions with model %s", stale, encoder.version)
-    done, started = 0, time.monotonic()
+    of = f", taking the vectors staged in {staged.path.name}" if staged is not None else ""
+    logger.warning("re-embedding %d stored questions with model %s%s", stale, encoder.version, of)
+
+    def put(rows: Sequence[tuple[int, str]], vectors: np.ndarray) -> None:
+        store.set_embeddings([key for key, _ in rows], vectors, encoder.version)
+
     with tqdm(total=stale, desc="re-embedding", unit="question", disable=not progress) as bar:
-        for rows in store.iter_texts(not_version=encoder.version):
-            vectors = encoder.encode([t for _, t in rows])
-            store.set_embeddings([k for k, _ in rows], vectors, encoder.version)
-            done += len(rows)
-            bar.update(len(rows))
-            logger.info(
-                "re-embedded %d/%d questions (%.0f/s)", done, stale, done / max(1e-9, time.monotonic() - started)
-            )
+        done = reembed(encoder, store, staged, put, bar.update)
+    logger.warning(
+        "re-embedded %d questions in %.1f s: %d staged, %d encoded",
+        done.staged + done.encoded,
+        done.seconds,
+        done.staged,
+        done.encoded,
+    )
+    if staged is not None:
+        staged.remove()
     return stale
 
 

@@ -1,0 +1,121 @@
+"""A model change, with and without ``dupq reembed`` first: how long the service is out of service.
+
+    python bench/model_change.py --model build/minilm [--questions 20000] [--edits 200]
+
+A data directory of QUESTIONS questions (Quora's training questions, then made-up ones, as in
+bench/service.py) is filled by ``dupq index`` with the bundled model and copied twice. On each copy
+``dupq serve`` runs the bundled model and takes EDITS new questions over HTTP, as a site does while
+the change is prepared; on the second copy ``dupq reembed --model-dir MODEL`` runs beside it first.
+Then the service is stopped and ``dupq serve`` started on MODEL: the seconds from its start to a
+200 of ``/ready`` are the time the change keeps the service out (503). Both copies run the same
+steps in the same session, so their times compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.service import distinct_questions, fill, post, wait_ready  # noqa: E402
+
+
+def serve(data_dir: Path, model: Path | None, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "DUPQ_DATA_DIR": str(data_dir), "DUPQ_LOG_LEVEL": "WARNING", "DUPQ_SEED_FILE": ""}
+    env.pop("DUPQ_MODEL_DIR", None)
+    if model is not None:
+        env["DUPQ_MODEL_DIR"] = str(model)
+    return subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], env=env, cwd=ROOT)
+
+
+def stop(server: subprocess.Popen[bytes]) -> None:
+    server.terminate()
+    server.wait(120)
+
+
+def dupq(*args: str) -> dict[str, object]:
+    out = subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, check=True, stdout=subprocess.PIPE)
+    return json.loads(out.stdout.decode().strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def change(data_dir: Path, model: Path, edits: list[str], port: int, stage: bool, threads: int) -> dict[str, float]:
+    """The old model serves and takes the edits (staging the new model's vectors first, if
+    ``stage``); then the new model starts: the seconds until it is ready."""
+    url = f"http://127.0.0.1:{port}"
+    result: dict[str, float] = {}
+    old = serve(data_dir, None, port)
+    try:
+        wait_ready(url)
+        if stage:
+            started = time.monotonic()
+            summary = dupq("reembed", "--data-dir", str(data_dir), "--model-dir", str(model), "--threads", str(threads))
+            result["reembed_s"] = round(time.monotonic() - started, 1)
+            result["staged_file_mib"] = round(Path(str(summary["file"])).stat().st_size / 2**20, 1)
+        for start in range(0, len(edits), 256):
+            questions = [{"id": f"edit-{start + i}", "text": t} for i, t in enumerate(edits[start : start + 256])]
+            post(url + "/questions", {"questions": questions})
+    finally:
+        stop(old)
+    started = time.monotonic()
+    new = serve(data_dir, model, port)
+    try:
+        ready = wait_ready(url)
+        result["ready_s"] = round(time.monotonic() - started, 1)
+        result["index_size"] = ready["index_size"]
+        with urllib.request.urlopen(url + "/info", timeout=5) as response:
+            assert json.loads(response.read())["version"] == json.loads((model / "config.json").read_text())["version"]
+    finally:
+        stop(new)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True, help="the model directory to change to")
+    parser.add_argument("--questions", type=int, default=20_000)
+    parser.add_argument("--edits", type=int, default=200, help="questions added after dupq reembed ran")
+    parser.add_argument("--threads", type=int, default=0, help="dupq reembed's encoder threads (default: every CPU)")
+    parser.add_argument("--port", type=int, default=8766)
+    parser.add_argument("--pairs", type=Path, default=ROOT.parent / "shared/data/qqp/train.tsv.gz")
+    args = parser.parse_args(argv)
+
+    texts = fill(distinct_questions(args.pairs, args.questions + args.edits), args.questions + args.edits)
+    stored, edits = texts[: args.questions], texts[args.questions :]
+    work = Path(tempfile.mkdtemp(prefix="dupq-model-change-"))
+    try:
+        source = work / "questions.jsonl"
+        source.write_text("".join(json.dumps({"id": f"q{i}", "text": t}) + "\n" for i, t in enumerate(stored)))
+        started = time.monotonic()
+        env = {**os.environ, "DUPQ_LOG_LEVEL": "WARNING"}
+        env.pop("DUPQ_MODEL_DIR", None)
+        subprocess.run(
+            [sys.executable, "-m", "app.cli", "index", str(source), "--data-dir", str(work / "base")],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        print(f"indexed {len(stored):,} questions in {time.monotonic() - started:.0f} s", file=sys.stderr)
+        results: dict[str, object] = {"questions": len(stored), "edits": len(edits), "model": str(args.model)}
+        for name, stage in (("without", False), ("with_reembed", True)):
+            shutil.copytree(work / "base", work / name)
+            results[name] = change(work / name, args.model, edits, args.port, stage, args.threads)
+            print(f"{name}: {results[name]}", file=sys.stderr)
+        print(json.dumps(results))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
