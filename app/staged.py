@@ -148,18 +148,18 @@ class StagedVectors:
         return found
 
     def add(self, rows: Sequence[tuple[int, str]], vectors: np.ndarray) -> None:
-        """Stage the vectors of ``rows`` (store key, text), in one transaction."""
+        """Stage the vectors of ``rows`` (store key, text), in one transaction; a write that fails
+        (a full disk, a file damaged meanwhile) is a ``ValueError`` that names the file."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        self._conn.execute("BEGIN IMMEDIATE")
         try:
-            self._conn.executemany(
-                "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
-                [(key, text_digest(text), v.tobytes()) for (key, text), v in zip(rows, vectors, strict=True)],
-            )
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
+            with self._conn:  # a transaction, committed or rolled back
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.executemany(
+                    "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
+                    [(key, text_digest(text), v.tobytes()) for (key, text), v in zip(rows, vectors, strict=True)],
+                )
+        except sqlite3.Error as err:
+            raise ValueError(f"cannot stage vectors in {self.path}: {err}") from err
 
     def close(self) -> None:
         self._conn.close()
@@ -171,8 +171,13 @@ class StagedVectors:
 
 
 def _remove(path: Path) -> None:
+    """Remove a staged file and its WAL files; one that cannot be removed is only logged: it is
+    never used for another model, and a later start-up on this one tries again."""
     for suffix in ("", "-wal", "-shm"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
+        try:
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        except OSError as err:
+            logger.warning("cannot remove %s: %s", err.filename, err.strerror)
 
 
 @dataclass(frozen=True)

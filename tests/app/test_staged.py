@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from app.cli import main
-from app.staged import StagedVectors, staged_path
+from app.staged import StagedVectors, _remove, staged_path
 from model.encoder import load_encoder
 
 from ..conftest import build_tiny_model
@@ -64,6 +64,12 @@ def test_a_staged_file_that_cannot_be_read_is_set_aside_not_a_failed_start(
     with pytest.raises(ValueError, match=f"^{re.escape(refusal)}$"):
         StagedVectors.create(tmp_path, "v1", 8)
     assert StagedVectors.find(tmp_path, "v1", 8) is None and not path.exists()
+    staged = StagedVectors.create(tmp_path, "v1", 4)
+    with sqlite3.connect(path) as other:  # the file damaged while staging
+        other.execute("DROP TABLE vectors")
+    with pytest.raises(ValueError, match=f"^cannot stage vectors in {re.escape(str(path))}: no such table: vectors$"):
+        staged.add([(1, "Why?")], _unit(4, 0)[None])
+    staged.close()
 
 
 def test_vectors_staged_beside_the_running_service_are_taken_at_the_switch_to_their_model(
@@ -124,3 +130,19 @@ def test_reembed_says_in_one_line_what_it_cannot_read(tmp_path: Path, capsys: py
         capsys.readouterr().err.strip()
         == f"dupq reembed: error: no question store at {tmp_path / 'none'}/questions.sqlite3"
     )
+
+
+def test_a_staged_file_that_cannot_be_opened_is_left_one_that_cannot_be_removed_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    staged = StagedVectors.create(tmp_path, "v1", 4)
+    staged.add([(1, "Why?")], _unit(4, 0)[None])
+    staged.close()
+    in_the_way = Path(f"{staged.path}-wal")
+    in_the_way.mkdir()  # SQLite cannot open the file, nor unlink remove this
+    with caplog.at_level(logging.WARNING, logger="app.staged"):
+        assert StagedVectors.find(tmp_path, "v1", 4) is None
+        assert f"ignoring {staged.path}, vectors staged by dupq reembed" in caplog.text
+        assert staged.path.exists()  # not readable now is not damaged: left as it is
+        _remove(staged.path)
+    assert f"cannot remove {in_the_way}" in caplog.text and not staged.path.exists()
