@@ -7,8 +7,9 @@ bench/service.py) is filled by ``dupq index`` with the bundled model and copied 
 ``dupq serve`` runs the bundled model and takes EDITS new questions over HTTP, as a site does while
 the change is prepared; on the second copy ``dupq reembed --model-dir MODEL`` runs beside it first.
 Then the service is stopped and ``dupq serve`` started on MODEL: the seconds from its start to a
-200 of ``/ready`` are the time the change keeps the service out (503). Both copies run the same
-steps in the same session, so their times compare.
+200 of ``/ready`` are the time the change keeps the service out (503), of which its log says how
+long the re-embedding and the index rebuild took. Both copies run the same steps in the same
+session, so their times compare.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,12 +32,35 @@ sys.path.insert(0, str(ROOT))
 from bench.service import distinct_questions, fill, post, wait_ready  # noqa: E402
 
 
-def serve(data_dir: Path, model: Path | None, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "DUPQ_DATA_DIR": str(data_dir), "DUPQ_LOG_LEVEL": "WARNING", "DUPQ_SEED_FILE": ""}
+def serve(data_dir: Path, model: Path | None, port: int, log: Path | None = None) -> subprocess.Popen[bytes]:
+    """``dupq serve`` on ``data_dir``; with ``log``, its log lines (JSON, INFO) go there."""
+    level = "INFO" if log else "WARNING"
+    env = {**os.environ, "DUPQ_DATA_DIR": str(data_dir), "DUPQ_LOG_LEVEL": level, "DUPQ_LOG_JSON": "true"}
+    env["DUPQ_SEED_FILE"] = ""
     env.pop("DUPQ_MODEL_DIR", None)
     if model is not None:
         env["DUPQ_MODEL_DIR"] = str(model)
-    return subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], env=env, cwd=ROOT)
+    command = [sys.executable, "-m", "app.cli", "serve", "--port", str(port)]
+    stderr = open(log, "wb") if log else None  # noqa: SIM115 (the child holds it; closed on exit)
+    try:
+        return subprocess.Popen(command, env=env, cwd=ROOT, stderr=stderr)
+    finally:
+        if stderr:
+            stderr.close()
+
+
+def seconds_in_log(log: Path) -> dict[str, float]:
+    """How long the start-up's re-embedding and index rebuild took, from the service's log."""
+    found: dict[str, float] = {}
+    for line in log.read_text().splitlines():
+        message = json.loads(line).get("msg", "") if line.startswith("{") else ""
+        for name, pattern in (
+            ("reembedding_s", r"^re-embedded \d+ questions in ([\d.]+) s"),
+            ("index_rebuild_s", r"^index rebuilt: \d+ questions in ([\d.]+) s"),
+        ):
+            if match := re.match(pattern, message):
+                found[name] = float(match.group(1))
+    return found
 
 
 def stop(server: subprocess.Popen[bytes]) -> None:
@@ -67,11 +92,13 @@ def change(data_dir: Path, model: Path, edits: list[str], port: int, stage: bool
     finally:
         stop(old)
     started = time.monotonic()
-    new = serve(data_dir, model, port)
+    log = data_dir / "start.log"
+    new = serve(data_dir, model, port, log)
     try:
         ready = wait_ready(url)
         result["ready_s"] = round(time.monotonic() - started, 1)
         result["index_size"] = ready["index_size"]
+        result.update(seconds_in_log(log))
         with urllib.request.urlopen(url + "/info", timeout=5) as response:
             assert json.loads(response.read())["version"] == json.loads((model / "config.json").read_text())["version"]
     finally:
