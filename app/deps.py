@@ -23,14 +23,19 @@ class ServiceState:
     limits: Limits
     engine: Engine | None = None  # None while loading, or when loading failed (load_error says why)
     load_error: str | None = None
+    loading: str | None = None  # how far the slow part of loading is (Engine.build's status)
 
     def ready_engine(self) -> Engine:
         """The engine, or :class:`NotReady` (a 503) while there is none."""
         if self.engine is None:
-            raise NotReady(self.load_error or "the model and the index are still loading")
+            step = f" ({self.loading})" if self.loading else ""
+            raise NotReady(self.load_error or f"the model and the index are still loading{step}")
         if self.engine.problem is not None:
             raise NotReady(self.engine.problem)
         return self.engine
+
+    def loading_step(self, step: str) -> None:
+        self.loading = step
 
 
 def _state(request: Request) -> ServiceState:

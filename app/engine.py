@@ -281,14 +281,16 @@ class Engine:
         stores: Stores,
         on_batch: Callable[[int], None] | None = None,
         progress: bool = False,
+        status: Callable[[str], None] = lambda step: None,
     ) -> Engine:
         """The slow part of start-up: re-embed what another model version embedded, bring a
         replica's copy level with its PostgreSQL store, load or rebuild the index, seed an empty
-        store, warm the encoder up. ``progress`` shows bars."""
+        store, warm the encoder up. ``progress`` shows bars; ``status`` is told how far the long
+        steps are, in a line (for ``/ready``'s 503)."""
         store, primary, follower = stores.local, stores.primary, None
         if primary is not None:
             primary.claim_model(encoder.version)  # before re-embedding: replicas of an old model stop writing
-            reembedded = _reembed(settings, encoder, primary, progress)
+            reembedded = _reembed(settings, encoder, primary, progress, status)
             follower = Follower(primary, store, encoder.version)
             try:
                 copied = follower.prepare()
@@ -296,14 +298,14 @@ class Engine:
                 raise StartupError(f"the store holds vectors of model {err}, not {encoder.version}") from err
             reembedded += copied
         else:
-            reembedded = _reembed(settings, encoder, store, progress)
+            reembedded = _reembed(settings, encoder, store, progress, status)
         tag = _tag(encoder, primary)
-        index, generation = _load_index(settings, tag, encoder.dim, store, trust_snapshot=not reembedded)
+        index, generation = _load_index(settings, tag, encoder.dim, store, not reembedded, status)
         engine = cls(settings, encoder, store, index, generation, on_batch, primary, follower)
         if generation < 0:  # rebuilt: snapshot it now; a caught-up snapshot waits for the next one
             engine.save_snapshot()
         if stores.truth.count() == 0 and settings.seed_file:
-            engine._seed(settings.seed_file, progress)
+            engine._seed(settings.seed_file, progress, status)
         for _ in range(3):
             encoder.encode(["Is the encoder warm yet?"])
         logger.info("ready: model %s, %s index of %d questions", encoder.full_name, index.kind, len(index))
@@ -421,7 +423,7 @@ class Engine:
             due = self.index.due([namespace])
         self._schedule_rebuilds(due)  # writes during the rebuild may have made another one due
 
-    def _seed(self, path: Path, progress: bool) -> None:
+    def _seed(self, path: Path, progress: bool, status: Callable[[str], None]) -> None:
         parsed, skipped = _read_seed(self.settings, path)
         if skipped:
             logger.warning(describe_skipped(f"seed file {path}", skipped))
@@ -432,6 +434,7 @@ class Engine:
                 chunk = items[start : start + 1024]
                 self._write(chunk, self.encoder.encode([q.text for q in chunk]))
                 bar.update(len(chunk))
+                status(f"seeding the empty store: {start + len(chunk):,} of {len(items):,} questions")
 
     # Operations -------------------------------------------------------------------------------
 
@@ -696,7 +699,9 @@ def _glibc() -> ctypes.CDLL | None:
 _LIBC = _glibc()
 
 
-def _reembed(settings: Settings, encoder: QuestionEncoder, store: Store, progress: bool) -> int:
+def _reembed(
+    settings: Settings, encoder: QuestionEncoder, store: Store, progress: bool, status: Callable[[str], None]
+) -> int:
     """Re-embed the stored questions of other model versions, taking the vectors that ``dupq
     reembed`` staged for this model where their questions did not change; returns how many."""
     staged = StagedVectors.find(settings.data_dir, encoder.version, encoder.dim)
@@ -712,8 +717,16 @@ def _reembed(settings: Settings, encoder: QuestionEncoder, store: Store, progres
     def put(rows: Sequence[tuple[int, str]], vectors: np.ndarray) -> None:
         store.set_embeddings([key for key, _ in rows], vectors, encoder.version)
 
+    so_far = 0
     with tqdm(total=stale, desc="re-embedding", unit="question", disable=not progress) as bar:
-        done = reembed(encoder, store, staged, put, bar.update)
+
+        def advanced(n: int) -> None:
+            nonlocal so_far
+            so_far += n
+            bar.update(n)
+            status(f"re-embedding the stored questions with model {encoder.version}: {so_far:,} of {stale:,}")
+
+        done = reembed(encoder, store, staged, put, advanced)
     logger.warning(
         "re-embedded %d questions in %.1f s: %d staged, %d encoded",
         done.staged + done.encoded,
@@ -731,7 +744,12 @@ def index_params(settings: Settings) -> IndexParams:
 
 
 def _load_index(
-    settings: Settings, tag: str, dim: int, store: QuestionStore, trust_snapshot: bool
+    settings: Settings,
+    tag: str,
+    dim: int,
+    store: QuestionStore,
+    trust_snapshot: bool,
+    status: Callable[[str], None] = lambda step: None,
 ) -> tuple[NamespacedIndex, int]:
     """The index, from its snapshot caught up with the store, or rebuilt from the store; and the
     store generation of the snapshot on disk (-1: none usable)."""
@@ -759,10 +777,12 @@ def _load_index(
             )
         return index, generation
     index = NamespacedIndex(dim, params)
-    index.expect(store.namespace_sizes())  # each namespace built in the structure its size calls for
+    sizes = store.namespace_sizes()
+    index.expect(sizes)  # each namespace built in the structure its size calls for
     started = time.monotonic()
     for keys, vectors, namespaces in store.iter_vectors():
         index.add(keys, vectors, namespaces)
+        status(f"rebuilding the index from the store: {len(index):,} of {sum(sizes.values()):,} questions")
     logger.info("index rebuilt: %d questions in %.1f s", len(index), time.monotonic() - started)
     return index, -1
 

@@ -38,7 +38,9 @@ def create_app(settings: Settings | None = None, opened: tuple[QuestionEncoder, 
 
     async def build(encoder: QuestionEncoder, store: Stores) -> None:
         try:
-            engine = await asyncio.to_thread(Engine.build, settings, encoder, store, metrics.batch_size.observe)
+            engine = await asyncio.to_thread(
+                Engine.build, settings, encoder, store, metrics.batch_size.observe, status=state.loading_step
+            )
             await engine.start()
         except Exception as err:
             state.load_error = f"start-up failed: {err}"

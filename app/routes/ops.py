@@ -30,8 +30,9 @@ router.add_api_route("/health", health, methods=["HEAD"], include_in_schema=Fals
     responses={
         503: {
             "model": ErrorBody,
-            "description": "still loading (see Retry-After), loading failed, or (a replica on PostgreSQL) behind "
-            "the store's change feed for more than max_lag_s",
+            "description": "still loading (see Retry-After; detail says how far a re-embedding, an index rebuild or "
+            "the seeding is), loading failed, or (a replica on PostgreSQL) behind the store's change feed for more "
+            "than max_lag_s",
         }
     },
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.cli import main
+from app.deps import ServiceState
 from app.engine import StartupError
 from app.main import create_app
 
@@ -349,3 +351,39 @@ def test_while_loading_and_after_a_failed_start_every_route_but_health_is_a_503_
             assert response.json() == {"detail": "not ready: start-up failed: disk full"}
         failed = [r for r in caplog.records if r.getMessage().startswith("start-up failed")]
         assert len(failed) == 1 and (failed[0].exc_info is not None) == traceback, error
+
+
+def test_ready_says_how_far_the_re_embedding_of_a_new_model_is(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    with serving(make_settings(tiny_model_dir, data)) as client:
+        client.post("/questions", json={"questions": [{"text": t} for t in ("How old are you?", "Why?", "Where?")]})
+    other = build_tiny_model(tmp_path / "other", seed=1, version_prefix="other")
+    version = json.loads((other / "config.json").read_text())["version"]
+    seen, go_on = threading.Event(), threading.Event()
+    steps: list[str] = []
+    original = ServiceState.loading_step
+
+    def held(self: ServiceState, step: str) -> None:  # the build waits at its first step
+        original(self, step)
+        steps.append(step)
+        if not seen.is_set():
+            seen.set()
+            go_on.wait(10)
+
+    monkeypatch.setattr(ServiceState, "loading_step", held)
+    with TestClient(create_app(make_settings(other, data))) as client:
+        assert seen.wait(10)
+        ready = client.get("/ready")
+        assert ready.status_code == 503
+        assert ready.json()["detail"].endswith(
+            f"the model and the index are still loading (re-embedding the stored questions with model {version}: "
+            "3 of 3)"
+        )
+        go_on.set()
+        wait_ready(client)
+    assert steps == [
+        f"re-embedding the stored questions with model {version}: 3 of 3",
+        "rebuilding the index from the store: 3 of 3 questions",
+    ]
