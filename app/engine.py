@@ -300,7 +300,7 @@ class Engine:
         else:
             reembedded = _reembed(settings, encoder, store, progress, status)
         tag = _tag(encoder, primary)
-        index, generation = _load_index(settings, tag, encoder.dim, store, not reembedded, status)
+        index, generation = _load_index(settings, tag, encoder.dim, store, trust_snapshot=not reembedded, status=status)
         engine = cls(settings, encoder, store, index, generation, on_batch, primary, follower)
         if generation < 0:  # rebuilt: snapshot it now; a caught-up snapshot waits for the next one
             engine.save_snapshot()
