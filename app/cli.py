@@ -269,9 +269,12 @@ def _groups(args: argparse.Namespace) -> int:
 def _reembed(args: argparse.Namespace) -> int:
     import time
 
+    import faiss
     from tqdm import tqdm
 
-    from app.staged import StagedVectors, reembed
+    from app.engine import index_params, index_tag
+    from app.pgstore import PostgresStore
+    from app.staged import StagedVectors, reembed, stage_index
     from model.encoder import load_encoder
 
     settings = _settings(data_dir=args.data_dir, model_dir=args.model_dir, store_url=args.store_url)
@@ -286,12 +289,16 @@ def _reembed(args: argparse.Namespace) -> int:
             try:
                 with tqdm(total=stale, desc="staging", unit="question") as bar:
                     done = reembed(encoder, store, staged, staged.add, bar.update)
-                summary.update(encoded=done.encoded, already_staged=done.staged, staged=staged.count())
+                dropped = staged.keep_only(done.seen)  # deleted or edited since an earlier run
+                summary.update(encoded=done.encoded, already_staged=done.staged, dropped=dropped)
+                faiss.omp_set_num_threads(args.threads or settings.cpu_count())
+                tag = index_tag(encoder, store if isinstance(store, PostgresStore) else None)
+                summary["indexed"] = stage_index(staged, settings.data_dir, tag, index_params(settings))
             finally:
                 staged.close()
             summary["file"] = str(staged.path)
         else:  # the store is this model's already: the service will not re-embed, nothing to stage
-            summary.update(encoded=0, already_staged=0, staged=0, file=None)
+            summary.update(encoded=0, already_staged=0, dropped=0, indexed=0, file=None)
     finally:
         store.close()
     summary["seconds"] = round(time.monotonic() - started, 1)
@@ -671,9 +678,10 @@ def build_parser() -> argparse.ArgumentParser:
         "reembed",
         help="embed a data directory's questions with a new model beside the running service",
         description="Encode the stored questions with another model while the service serves the old one, "
-        "into a file of the data directory; the service then started on that model takes those vectors and "
-        "encodes only the questions added or edited since, instead of all of them before it is ready. "
-        "Reads the store, never writes it; run it again to catch up, or to go on after an interruption.",
+        "into a file of the data directory, and build their index beside it; the service then started on that "
+        "model takes those vectors and that index and encodes only the questions added or edited since, instead "
+        "of encoding and indexing all of them before it is ready. Reads the store, never writes it; run it again "
+        "to catch up, or to go on after an interruption.",
     )
     _store_flags(p, "the running service's data directory (the staged vectors go there)", "the new model directory")
     p.add_argument(

@@ -48,7 +48,7 @@ from app.question_file import Skipped, describe_skipped, read_questions
 from app.replica import COPY_FILE, Follower
 from app.schemas import Limits, QuestionIn
 from app.settings import Settings
-from app.staged import StagedVectors, reembed
+from app.staged import Reembedded, Row, StagedVectors, load_staged_index, reembed, remove_staged
 from app.store import DEFAULT_NAMESPACE, Feedback, NewQuestion, QuestionStore, Store, StoredQuestion, StoreTooNew
 from model.encoder import QuestionEncoder, load_encoder
 
@@ -206,7 +206,7 @@ def _remove_old_snapshots(data_dir: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _tag(encoder: QuestionEncoder, primary: PostgresStore | None) -> str:
+def index_tag(encoder: QuestionEncoder, primary: PostgresStore | None) -> str:
     """What an index holds: vectors of this model version (a snapshot of another is useless), of
     which PostgreSQL store for a replica."""
     of = f" of store {primary.store_id}" if primary else ""
@@ -233,7 +233,7 @@ class Engine:
         self.primary = primary
         self.stores = Stores(store, primary)
         self.follower = follower
-        self.tag = _tag(encoder, primary)
+        self.tag = index_tag(encoder, primary)
         self.index = index
         self.threads = settings.cpu_count()
         self.snapshot_path = _snapshot_path(settings)
@@ -283,24 +283,34 @@ class Engine:
         progress: bool = False,
         status: Callable[[str], None] = lambda step: None,
     ) -> Engine:
-        """The slow part of start-up: re-embed what another model version embedded, bring a
-        replica's copy level with its PostgreSQL store, load or rebuild the index, seed an empty
+        """The slow part of start-up: re-embed what another model version embedded (taking what
+        ``dupq reembed`` staged), bring a replica's copy level with its PostgreSQL store, load the
+        index (its snapshot, or the one ``dupq reembed`` staged) or rebuild it, seed an empty
         store, warm the encoder up. ``progress`` shows bars; ``status`` is told how far the long
         steps are, in a line (for ``/ready``'s 503)."""
         store, primary, follower = stores.local, stores.primary, None
         if primary is not None:
             primary.claim_model(encoder.version)  # before re-embedding: replicas of an old model stop writing
-            reembedded = _reembed(settings, encoder, primary, progress, status)
+            done = _reembed(settings, encoder, primary, progress, status)
             follower = Follower(primary, store, encoder.version)
             try:
                 copied = follower.prepare()
             except ModelMismatch as err:  # another replica re-embedded meanwhile
                 raise StartupError(f"the store holds vectors of model {err}, not {encoder.version}") from err
-            reembedded += copied
         else:
-            reembedded = _reembed(settings, encoder, store, progress, status)
-        tag = _tag(encoder, primary)
-        index, generation = _load_index(settings, tag, encoder.dim, store, trust_snapshot=not reembedded, status=status)
+            done, copied = _reembed(settings, encoder, store, progress, status), False
+        tag = index_tag(encoder, primary)
+        staged = None
+        if done is not None and done.staged:  # and their index, if dupq reembed staged it too
+            status("loading the index staged by dupq reembed")
+            params = index_params(settings)
+            staged = load_staged_index(settings.data_dir, encoder.version, tag, params, store, done.taken_keys)
+        if staged is not None:
+            index, generation = staged, -1
+        else:
+            trust = done is None and not copied
+            index, generation = _load_index(settings, tag, encoder.dim, store, trust_snapshot=trust, status=status)
+        remove_staged(settings.data_dir, encoder.version)  # used, or of no use once the store is re-embedded
         engine = cls(settings, encoder, store, index, generation, on_batch, primary, follower)
         if generation < 0:  # rebuilt: snapshot it now; a caught-up snapshot waits for the next one
             engine.save_snapshot()
@@ -701,32 +711,33 @@ _LIBC = _glibc()
 
 def _reembed(
     settings: Settings, encoder: QuestionEncoder, store: Store, progress: bool, status: Callable[[str], None]
-) -> int:
+) -> Reembedded | None:
     """Re-embed the stored questions of other model versions, taking the vectors that ``dupq
-    reembed`` staged for this model where their questions did not change; returns how many."""
-    staged = StagedVectors.find(settings.data_dir, encoder.version, encoder.dim)
+    reembed`` staged for this model where their questions did not change; None if there were none."""
     stale = sum(n for v, n in store.model_versions().items() if v != encoder.version)
     if not stale:
-        if staged is not None:
-            logger.info("removing %s: no stored question needs the vectors staged in it", staged.path)
-            staged.remove()
-        return 0
+        return None
+    staged = StagedVectors.find(settings.data_dir, encoder.version, encoder.dim)
     of = f", taking the vectors staged in {staged.path.name}" if staged is not None else ""
     logger.warning("re-embedding %d stored questions with model %s%s", stale, encoder.version, of)
 
-    def put(rows: Sequence[tuple[int, str]], vectors: np.ndarray) -> None:
-        store.set_embeddings([key for key, _ in rows], vectors, encoder.version)
+    def put(rows: Sequence[Row], vectors: np.ndarray) -> None:
+        store.set_embeddings([row[0] for row in rows], vectors, encoder.version)
 
     so_far = 0
-    with tqdm(total=stale, desc="re-embedding", unit="question", disable=not progress) as bar:
+    try:
+        with tqdm(total=stale, desc="re-embedding", unit="question", disable=not progress) as bar:
 
-        def advanced(n: int) -> None:
-            nonlocal so_far
-            so_far += n
-            bar.update(n)
-            status(f"re-embedding the stored questions with model {encoder.version}: {so_far:,} of {stale:,}")
+            def advanced(n: int) -> None:
+                nonlocal so_far
+                so_far += n
+                bar.update(n)
+                status(f"re-embedding the stored questions with model {encoder.version}: {so_far:,} of {stale:,}")
 
-        done = reembed(encoder, store, staged, put, advanced)
+            done = reembed(encoder, store, staged, put, advanced)
+    finally:
+        if staged is not None:
+            staged.close()
     logger.warning(
         "re-embedded %d questions in %.1f s: %d staged, %d encoded",
         done.staged + done.encoded,
@@ -734,9 +745,7 @@ def _reembed(
         done.staged,
         done.encoded,
     )
-    if staged is not None:
-        staged.remove()
-    return stale
+    return done
 
 
 def index_params(settings: Settings) -> IndexParams:

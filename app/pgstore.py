@@ -349,17 +349,18 @@ class PostgresStore:
         vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), self.dim)
         return [str(r[0]) for r in rows], vectors
 
-    def iter_texts(self, not_version: str, batch: int = 2048) -> Iterator[list[tuple[int, str]]]:
+    def iter_texts(self, not_version: str, batch: int = 2048) -> Iterator[list[tuple[int, str, str]]]:
         last = -1
         while True:
             with self._conn() as conn:
                 rows = conn.execute(
-                    "SELECT key, text FROM questions WHERE key > %s AND model_version != %s ORDER BY key LIMIT %s",
+                    "SELECT key, text, namespace FROM questions WHERE key > %s AND model_version != %s "
+                    "ORDER BY key LIMIT %s",
                     (last, not_version, batch),
                 ).fetchall()
             if not rows:
                 return
-            yield [(int(k), str(t)) for k, t in rows]
+            yield [(int(k), str(t), str(ns)) for k, t, ns in rows]
             last = int(rows[-1][0])
 
     def iter_feedback(self) -> Iterator[tuple[int, Feedback, str, float]]:

@@ -1,18 +1,21 @@
 """Vectors of a new model made beside the running service (``dupq reembed``), so that the service
-started on that model copies them instead of encoding every stored question again.
+started on that model copies them instead of encoding every stored question again, and loads their
+index instead of building it.
 
-A model change re-embeds the store at start-up, and the service answers 503 until that is done: a
-million questions take 20 minutes with a converted all-MiniLM-L6-v2. ``dupq reembed --model-dir
-NEW`` encodes the stored questions with the new model while the old one serves, into a file of the
-data directory named for the new model's version (:func:`staged_path`). The service started on
-that model then takes the vectors of the questions that did not change since, encodes only the
-rest (questions added or edited after the run), and removes the file (:func:`reembed`).
+A model change re-embeds the store at start-up and rebuilds the index from the new vectors, and the
+service answers 503 until both are done: with a converted all-MiniLM-L6-v2, over half an hour for a
+million questions. ``dupq reembed --model-dir NEW`` encodes the stored questions with the new model
+while the old one serves, into a file of the data directory named for the new model's version
+(:func:`staged_path`), then builds their index into a snapshot beside it (:func:`stage_index`). The
+service started on that model takes the vectors of the questions that did not change since, encodes
+only the rest (questions added or edited after the run) (:func:`reembed`), loads the snapshot and
+brings it level with the store (:func:`load_staged_index`), and removes both files.
 
-Each vector is kept with its question's store key and a digest of its text. In a store a key means
-one text (an upsert gives the question a new key); the digest makes sure of it where the file
-meets another store (one restored from a backup, a data directory used again). The file is a cache:
-SQLite in WAL mode, a crash loses at most its last batches, and one that cannot be read is set
-aside with a warning, never a failed start-up.
+Each vector is kept with its question's store key and a digest of its namespace and text. In a store
+a key means one question (an upsert gives the question a new key); the digest makes sure of it where
+the file meets another store (one restored from a backup, a data directory used again). The files
+are a cache: SQLite in WAL mode, a crash loses at most its last batches; one that cannot be read is
+set aside with a warning, never a failed start-up.
 """
 
 from __future__ import annotations
@@ -21,21 +24,26 @@ import hashlib
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from app.store import Store
+from app.index import IndexParams, NamespacedIndex, SnapshotError, SnapshotFile
+from app.store import QuestionStore, Store
 from model.encoder import QuestionEncoder
 
 logger = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS vectors (key INTEGER PRIMARY KEY, digest BLOB NOT NULL, embedding BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS vectors (
+    key INTEGER PRIMARY KEY, digest BLOB NOT NULL, namespace TEXT NOT NULL, embedding BLOB NOT NULL
+);
 """
+
+Row = tuple[int, str, str]  # a stored question's key, text and namespace (Store.iter_texts)
 
 
 def staged_path(data_dir: Path, version: str) -> Path:
@@ -43,9 +51,14 @@ def staged_path(data_dir: Path, version: str) -> Path:
     return data_dir / f"staged-{hashlib.sha256(version.encode()).hexdigest()[:16]}.sqlite3"
 
 
-def text_digest(text: str) -> bytes:
-    """What a staged vector keeps of its question's text: 16 bytes of BLAKE2b."""
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+def staged_index_path(data_dir: Path, version: str) -> Path:
+    """The index snapshot of the vectors staged for model ``version`` (with its ``.json``)."""
+    return staged_path(data_dir, version).with_suffix(".faiss")
+
+
+def question_digest(namespace: str, text: str) -> bytes:
+    """What a staged vector keeps of its question: 16 bytes of BLAKE2b of its namespace and text."""
+    return hashlib.blake2b(f"{namespace}\0{text}".encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 class StagedVectors:
@@ -132,9 +145,9 @@ class StagedVectors:
     def count(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM vectors").fetchone()[0])
 
-    def lookup(self, rows: Sequence[tuple[int, str]], chunk: int = 900) -> dict[int, np.ndarray]:
-        """The staged vectors of ``rows`` (store key, text) whose text is the one staged."""
-        wanted = {key: text_digest(text) for key, text in rows}
+    def lookup(self, rows: Sequence[Row], chunk: int = 900) -> dict[int, np.ndarray]:
+        """The staged vectors of ``rows`` whose namespace and text are the ones staged."""
+        wanted = {key: question_digest(namespace, text) for key, text, namespace in rows}
         found: dict[int, np.ndarray] = {}
         keys = list(wanted)
         for start in range(0, len(keys), chunk):
@@ -147,37 +160,85 @@ class StagedVectors:
                     found[int(key)] = vector
         return found
 
-    def add(self, rows: Sequence[tuple[int, str]], vectors: np.ndarray) -> None:
-        """Stage the vectors of ``rows`` (store key, text), in one transaction; a write that fails
-        (a full disk, a file damaged meanwhile) is a ``ValueError`` that names the file."""
+    def add(self, rows: Sequence[Row], vectors: np.ndarray) -> None:
+        """Stage the vectors of ``rows``, in one transaction; a write that fails (a full disk, a
+        file damaged meanwhile) is a ``ValueError`` that names the file."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        staged = [
+            (key, question_digest(namespace, text), namespace, v.tobytes())
+            for (key, text, namespace), v in zip(rows, vectors, strict=True)
+        ]
         try:
             with self._conn:  # a transaction, committed or rolled back
                 self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.executemany(
-                    "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
-                    [(key, text_digest(text), v.tobytes()) for (key, text), v in zip(rows, vectors, strict=True)],
-                )
+                self._conn.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?)", staged)
         except sqlite3.Error as err:
             raise ValueError(f"cannot stage vectors in {self.path}: {err}") from err
+
+    def keep_only(self, keys: np.ndarray, chunk: int = 900) -> int:
+        """Drop the staged vectors of keys not in ``keys`` (questions deleted or edited since an
+        earlier run); returns how many."""
+        held = np.fromiter((k for (k,) in self._conn.execute("SELECT key FROM vectors")), dtype=np.int64)
+        gone = held[~np.isin(held, keys)].tolist()
+        try:
+            with self._conn:
+                self._conn.execute("BEGIN IMMEDIATE")
+                for start in range(0, len(gone), chunk):
+                    part = gone[start : start + chunk]
+                    self._conn.execute(f"DELETE FROM vectors WHERE key IN ({','.join('?' * len(part))})", part)
+        except sqlite3.Error as err:
+            raise ValueError(f"cannot stage vectors in {self.path}: {err}") from err
+        return len(gone)
+
+    def namespace_sizes(self) -> dict[str, int]:
+        rows = self._conn.execute("SELECT namespace, COUNT(*) FROM vectors GROUP BY namespace")
+        return {str(namespace): int(n) for namespace, n in rows}
+
+    def iter_vectors(self, batch: int = 10000) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
+        """(keys, vectors, namespaces) of every staged vector, by key, ``batch`` at a time."""
+        last = -1
+        while True:
+            rows = self._conn.execute(
+                "SELECT key, embedding, namespace FROM vectors WHERE key > ? ORDER BY key LIMIT ?", (last, batch)
+            ).fetchall()
+            if not rows:
+                return
+            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), self.dim)
+            yield np.array([r[0] for r in rows], dtype=np.int64), vectors, [r[2] for r in rows]
+            last = int(rows[-1][0])
 
     def close(self) -> None:
         self._conn.close()
 
     def remove(self) -> None:
-        """Close the file and remove it, with its WAL files."""
+        """Close the file and remove it, with its WAL files and the index staged beside it."""
         self.close()
         _remove(self.path)
 
 
+def remove_staged(data_dir: Path, version: str) -> None:
+    """Remove what ``dupq reembed`` staged for model ``version`` in ``data_dir``, if anything."""
+    path = staged_path(data_dir, version)
+    if path.exists() or path.with_suffix(".faiss").exists():
+        logger.info("removing %s and its index, staged by dupq reembed", path.name)
+        _remove(path)
+
+
 def _remove(path: Path) -> None:
-    """Remove a staged file and its WAL files; one that cannot be removed is only logged: it is
-    never used for another model, and a later start-up on this one tries again."""
+    """Remove a staged file, its WAL files and its index; one that cannot be removed is only
+    logged: it is never used for another model, and a later start-up on this one tries again."""
+    index = path.with_suffix(".faiss")
     for suffix in ("", "-wal", "-shm"):
-        try:
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
-        except OSError as err:
-            logger.warning("cannot remove %s: %s", err.filename, err.strerror)
+        _unlink(Path(f"{path}{suffix}"))
+    for file in (index, index.with_suffix(".faiss.json")):
+        _unlink(file)
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as err:
+        logger.warning("cannot remove %s: %s", err.filename, err.strerror)
 
 
 @dataclass(frozen=True)
@@ -188,22 +249,31 @@ class Reembedded:
     encoded: int  # encoded by this pass
     staged: int  # taken from staged vectors
     seconds: float
+    seen: np.ndarray  # the keys of every question it re-embedded
+    encoded_keys: np.ndarray  # those it encoded
+
+    @property
+    def taken_keys(self) -> np.ndarray:
+        """The keys of the questions whose staged vectors it took."""
+        return np.setdiff1d(self.seen, self.encoded_keys)
 
 
 def reembed(
     encoder: QuestionEncoder,
     store: Store,
     take: StagedVectors | None,
-    put: Callable[[Sequence[tuple[int, str]], np.ndarray], None],
+    put: Callable[[Sequence[Row], np.ndarray], None],
     progress: Callable[[int], None] = lambda n: None,
 ) -> Reembedded:
     """One pass over the stored questions that another model version embedded, in batches: each
-    question's vector taken from ``take`` where it was staged for its text, else encoded, then
+    question's vector taken from ``take`` where it was staged for it, else encoded, then
     handed to ``put`` with the rows, a batch at a time. Start-up puts them into the store
     (:meth:`Store.set_embeddings`); ``dupq reembed`` stages them."""
     total = sum(n for v, n in store.model_versions().items() if v != encoder.version)
     encoded = taken = done = 0
     started = time.monotonic()
+    seen: list[int] = []
+    encoded_keys: list[int] = []
     for rows in store.iter_texts(not_version=encoder.version):
         found: dict[int, np.ndarray] = {}
         if take is not None:
@@ -212,14 +282,16 @@ def reembed(
             except sqlite3.Error as err:  # damaged since it was opened: encode the rest
                 logger.warning("no longer reading %s, vectors staged by dupq reembed: %s", take.path, err)
                 take = None
-        missing = [i for i, (key, _) in enumerate(rows) if key not in found]
+        missing = [i for i, row in enumerate(rows) if row[0] not in found]
         vectors = np.empty((len(rows), encoder.dim), dtype=np.float32)
         if missing:
             vectors[missing] = encoder.encode([rows[i][1] for i in missing])
-        for i, (key, _) in enumerate(rows):
-            if key in found:
-                vectors[i] = found[key]
+        for i, row in enumerate(rows):
+            if row[0] in found:
+                vectors[i] = found[row[0]]
         put(rows, vectors)
+        seen += [row[0] for row in rows]
+        encoded_keys += [rows[i][0] for i in missing]
         encoded += len(missing)
         taken += len(rows) - len(missing)
         done += len(rows)
@@ -231,4 +303,65 @@ def reembed(
             taken,
             done / max(1e-9, time.monotonic() - started),
         )
-    return Reembedded(total, encoded, taken, round(time.monotonic() - started, 1))
+    return Reembedded(
+        total,
+        encoded,
+        taken,
+        round(time.monotonic() - started, 1),
+        np.array(seen, dtype=np.int64),
+        np.array(encoded_keys, dtype=np.int64),
+    )
+
+
+def stage_index(staged: StagedVectors, data_dir: Path, tag: str, params: IndexParams) -> int:
+    """Build the index of every staged vector, each namespace in the structure its size calls
+    for, as start-up would, into a snapshot beside the file (tagged as the service's index is);
+    returns its size."""
+    index = NamespacedIndex(staged.dim, params)
+    index.expect(staged.namespace_sizes())
+    for keys, vectors, namespaces in staged.iter_vectors():
+        index.add(keys, vectors, namespaces)
+    with SnapshotFile(staged_index_path(data_dir, staged.version)) as file:
+        file.commit({**index.write_to(file), "tag": tag, "generation": -1})
+    return len(index)
+
+
+def load_staged_index(
+    data_dir: Path, version: str, tag: str, params: IndexParams, store: QuestionStore, taken: np.ndarray
+) -> NamespacedIndex | None:
+    """The index staged for model ``version``, brought level with the store just re-embedded: it
+    keeps the questions whose staged vectors start-up ``taken`` (keys) and that are still stored,
+    drops the rest, and every stored question it lacks is added from the store (those encoded at
+    start-up, added since, or of this model before). None if there is no staged index, or it
+    cannot be read (logged)."""
+    path = staged_index_path(data_dir, version)
+    if not path.is_file():
+        return None
+    started = time.monotonic()
+    try:
+        index = NamespacedIndex.load(path, tag, params, store.dim)
+    except SnapshotError as why:
+        logger.warning("ignoring %s, the index staged by dupq reembed: %s", path, why)
+        return None
+    loaded = len(index)
+    stored = store.keys(upto=np.iinfo(np.int64).max)
+    gone: list[tuple[int, str]] = []
+    held: list[np.ndarray] = []
+    for namespace, live in index.live():
+        drop = ~np.isin(live, taken) | ~np.isin(live, stored)
+        gone += [(int(key), namespace) for key in live[drop]]
+        held.append(live[~drop])
+    index.remove(gone)
+    lacking = stored[~np.isin(stored, np.concatenate(held))] if held else stored
+    for start in range(0, len(lacking), 10000):
+        keys, vectors, namespaces = store.vectors_of(lacking[start : start + 10000])
+        index.add(keys, vectors, namespaces)
+    logger.info(
+        "index loaded from %s: %d questions, %d removed, %d added from the store, in %.1f s",
+        path.name,
+        loaded,
+        len(gone),
+        len(lacking),
+        time.monotonic() - started,
+    )
+    return index

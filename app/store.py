@@ -200,7 +200,7 @@ class Store(Protocol):
     def get(self, qid: str) -> StoredQuestion | None: ...
     def model_versions(self) -> dict[str, int]: ...
     def namespace_sizes(self) -> dict[str, int]: ...
-    def iter_texts(self, not_version: str, batch: int = 2048) -> Iterator[list[tuple[int, str]]]: ...
+    def iter_texts(self, not_version: str, batch: int = 2048) -> Iterator[list[tuple[int, str, str]]]: ...
     def iter_feedback(self) -> Iterator[tuple[int, Feedback, str, float]]: ...
     def close(self) -> None: ...
 
@@ -537,18 +537,33 @@ class QuestionStore:
         keys = np.fromiter((r[0] for r in rows), dtype=np.int64)
         return keys[keys <= upto]
 
-    def iter_texts(self, not_version: str, batch: int = 2048) -> Iterator[list[tuple[int, str]]]:
-        """(key, text) of the rows embedded by another model version than ``not_version``."""
+    def iter_texts(self, not_version: str, batch: int = 2048) -> Iterator[list[tuple[int, str, str]]]:
+        """(key, text, namespace) of the rows embedded by another model version than
+        ``not_version``, by key."""
         last = -1
         while True:
             rows = self._reader.execute(
-                "SELECT key, text FROM questions WHERE key > ? AND model_version != ? ORDER BY key LIMIT ?",
+                "SELECT key, text, namespace FROM questions WHERE key > ? AND model_version != ? ORDER BY key LIMIT ?",
                 (last, not_version, batch),
             ).fetchall()
             if not rows:
                 return
-            yield [(int(k), t) for k, t in rows]
+            yield [(int(k), t, ns) for k, t, ns in rows]
             last = int(rows[-1][0])
+
+    def vectors_of(
+        self, keys: Sequence[int] | np.ndarray, chunk: int = 900
+    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """The keys, vectors and namespaces of the rows of ``keys`` that exist, by key."""
+        found: list[tuple[int, bytes, str]] = []
+        for start in range(0, len(keys), chunk):
+            part = [int(k) for k in keys[start : start + chunk]]
+            found += self._reader.execute(
+                f"SELECT key, embedding, namespace FROM questions WHERE key IN ({','.join('?' * len(part))})", part
+            ).fetchall()
+        found.sort()
+        vectors = np.frombuffer(b"".join(r[1] for r in found), dtype=np.float32).reshape(len(found), self.dim)
+        return np.array([r[0] for r in found], dtype=np.int64), vectors, [r[2] for r in found]
 
     def meta(self, name: str) -> str | None:
         row = self._reader.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()

@@ -8,12 +8,14 @@ import logging
 import re
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from app.cli import main
-from app.staged import StagedVectors, _remove, staged_path
+from app.engine import Engine
+from app.staged import StagedVectors, _remove, question_digest, staged_path
 from model.encoder import load_encoder
 
 from ..conftest import build_tiny_model
@@ -33,16 +35,22 @@ def _unit(dim: int, i: int) -> np.ndarray:
     return np.eye(dim, dtype=np.float32)[i]
 
 
-def test_a_staged_vector_is_taken_only_for_the_text_it_was_made_of(tmp_path: Path) -> None:
+def test_a_staged_vector_is_taken_only_for_the_question_it_was_made_of(tmp_path: Path) -> None:
     staged = StagedVectors.create(tmp_path, "v1", 4)
-    staged.add([(1, "How old are you?"), (2, "Why?")], np.stack([_unit(4, 0), _unit(4, 1)]))
-    found = staged.lookup([(1, "How old are you?"), (2, "Why not?"), (3, "Where?")])
+    staged.add([(1, "How old are you?", "default"), (2, "Why?", "forum")], np.stack([_unit(4, 0), _unit(4, 1)]))
+    asked = [(1, "How old are you?", "default"), (2, "Why not?", "forum"), (3, "Where?", "default")]
+    found = staged.lookup(asked)
     assert list(found) == [1] and np.array_equal(found[1], _unit(4, 0))
-    staged.add([(2, "Why not?")], _unit(4, 2)[None])  # staged again: the new text replaces the old
-    assert np.array_equal(staged.lookup([(2, "Why not?")])[2], _unit(4, 2)) and staged.count() == 2
+    assert staged.lookup([(1, "How old are you?", "forum")]) == {}  # the same text in another namespace
+    staged.add([(2, "Why not?", "forum")], _unit(4, 2)[None])  # staged again: the new text replaces the old
+    assert np.array_equal(staged.lookup([(2, "Why not?", "forum")])[2], _unit(4, 2)) and staged.count() == 2
+    assert staged.namespace_sizes() == {"default": 1, "forum": 1}
+    assert staged.keep_only(np.array([2, 7])) == 1 and staged.count() == 1
+    [(keys, vectors, namespaces)] = list(staged.iter_vectors())
+    assert keys.tolist() == [2] and np.array_equal(vectors, _unit(4, 2)[None]) and namespaces == ["forum"]
     staged.close()
     again = StagedVectors.find(tmp_path, "v1", 4)
-    assert again is not None and again.count() == 2
+    assert again is not None and again.count() == 1
     again.remove()
     assert list(tmp_path.iterdir()) == []
     assert StagedVectors.find(tmp_path, "v1", 4) is None
@@ -68,11 +76,36 @@ def test_a_staged_file_that_cannot_be_read_is_set_aside_not_a_failed_start(
     with sqlite3.connect(path) as other:  # the file damaged while staging
         other.execute("DROP TABLE vectors")
     with pytest.raises(ValueError, match=f"^cannot stage vectors in {re.escape(str(path))}: no such table: vectors$"):
-        staged.add([(1, "Why?")], _unit(4, 0)[None])
+        staged.add([(1, "Why?", "default")], _unit(4, 0)[None])
     staged.close()
 
 
-def test_vectors_staged_beside_the_running_service_are_taken_at_the_switch_to_their_model(
+def _staging(flags: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    capsys.readouterr()
+    assert main(["reembed", *flags]) == 0
+    return json.loads(capsys.readouterr().out)  # type: ignore[no-any-return]
+
+
+def _mark(staged_file: Path, key: int, vector: np.ndarray | None = None, text: str | None = None) -> None:
+    """Change a staged vector, or the question it was staged for, behind dupq reembed's back."""
+    with sqlite3.connect(staged_file) as conn:
+        if vector is not None:
+            conn.execute("UPDATE vectors SET embedding = ? WHERE key = ?", (vector.tobytes(), key))
+        if text is not None:
+            conn.execute("UPDATE vectors SET digest = ? WHERE key = ?", (question_digest("default", text), key))
+
+
+def _index_matches_store(engine: Engine) -> None:
+    """Every stored question is in its namespace's index with its stored vector, and nothing else."""
+    live = {(int(key), namespace) for namespace, keys in engine.index.live() for key in keys}
+    stored = engine.store.vectors_of(engine.store.keys(upto=2**62))
+    assert live == set(zip(stored[0].tolist(), stored[2], strict=True))
+    for key, vector, namespace in zip(*stored, strict=True):
+        scores, keys = engine.index.search(namespace, vector[None], 1)
+        assert keys[0, 0] == key and scores[0, 0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_vectors_and_their_index_staged_beside_the_running_service_are_taken_at_the_switch(
     tiny_model_dir: Path,
     tmp_path: Path,
     store_url: str | None,
@@ -81,47 +114,70 @@ def test_vectors_staged_beside_the_running_service_are_taken_at_the_switch_to_th
 ) -> None:
     data = tmp_path / "data"
     other = build_tiny_model(tmp_path / "other", seed=1, version_prefix="other")
-    flags = ["reembed", "--data-dir", str(data), "--model-dir", str(other), "--threads", "1"]
+    flags = ["--data-dir", str(data), "--model-dir", str(other), "--threads", "1"]
     flags += ["--store-url", store_url] if store_url else []
-
-    def staging() -> dict[str, object]:
-        capsys.readouterr()
-        assert main(flags) == 0
-        return json.loads(capsys.readouterr().out)  # type: ignore[no-any-return]
-
+    questions = [{"id": f"q{i}", "text": t} for i, t in enumerate(QUESTIONS)]
+    questions[4]["namespace"] = "forum"
     with serving(make_settings(tiny_model_dir, data, store_url=store_url)) as client:
-        client.post("/questions", json={"questions": [{"id": f"q{i}", "text": t} for i, t in enumerate(QUESTIONS)]})
-        first = staging()  # beside the service, which owns the store
-        assert (first["questions"], first["encoded"], first["already_staged"], first["staged"]) == (6, 6, 0, 6)
+        client.post("/questions", json={"questions": questions})
+        keys = {q: engine_of(client).store.get(q).key for q in ("q0", "q5")}  # type: ignore[union-attr]
+        first = _staging(flags, capsys)  # beside the service, which owns the store
+        assert (first["questions"], first["encoded"], first["already_staged"], first["indexed"]) == (6, 6, 0, 6)
+        staged_file = Path(first["file"])
+        assert staged_file == staged_path(data, first["model"]) and staged_file.with_suffix(".faiss").is_file()
         edits = [{"id": "q1", "text": "What is your age now?"}, {"id": "new", "text": "Is this new?"}]
         client.post("/questions", json={"questions": edits})
-        second = staging()  # again: only what changed is encoded
-        assert (second["questions"], second["encoded"], second["already_staged"], second["staged"]) == (7, 2, 5, 8)
+        # Marked vectors: q5's is to be taken at the switch, q0's to be encoded again (below).
+        _mark(staged_file, keys["q5"], _unit(24, 5))
+        _mark(staged_file, keys["q0"], _unit(24, 6))
+        second = _staging(flags, capsys)  # again: only what changed is encoded
+        assert (second["questions"], second["encoded"], second["already_staged"]) == (7, 2, 5)
+        assert (second["dropped"], second["indexed"]) == (1, 7)  # q1's old text is gone
         client.post("/questions", json={"questions": [{"id": "q2", "text": "Where are you from, then?"}]})
         client.delete("/questions/q3")
-        q0 = engine_of(client).store.get("q0")
-        assert q0 is not None
-    # Mark q0's staged vector, to tell a vector taken from the file from one encoded again.
-    staged_file = staged_path(data, str(second["model"]))
-    with sqlite3.connect(staged_file) as conn:
-        conn.execute("UPDATE vectors SET embedding = ? WHERE key = ?", (_unit(24, 5).tobytes(), q0.key))
+    _mark(staged_file, keys["q0"], text="Not what it was")  # staged for another text: encoded at the switch
     caplog.set_level(logging.INFO)
     with serving(make_settings(other, data, store_url=store_url)) as client:
-        assert "re-embedded 6 questions in" in caplog.text and ": 5 staged, 1 encoded" in caplog.text
+        assert "re-embedded 6 questions in" in caplog.text and ": 4 staged, 2 encoded" in caplog.text
+        assert f"index loaded from {staged_file.with_suffix('.faiss').name}: 7 questions, 3 removed, 2 added" in (
+            caplog.text
+        )
+        assert "index rebuilt" not in caplog.text
         engine = engine_of(client)
-        assert engine.encoder.version == second["model"] and not staged_file.exists()
-        q0_now = engine.store.vector_of("q0")
-        assert q0_now is not None and np.array_equal(q0_now[1], _unit(24, 5))  # taken from the file
+        assert engine.encoder.version == second["model"]
+        assert not [f.name for f in data.iterdir() if f.name.startswith("staged-")]
+        q5 = engine.store.vector_of("q5")
+        assert q5 is not None and np.array_equal(q5[1], _unit(24, 5))  # taken from the file
         encoder = load_encoder(other, threads=1)
-        q2_now = engine.store.vector_of("q2")
-        assert q2_now is not None
-        np.testing.assert_allclose(q2_now[1], encoder.encode(["Where are you from, then?"])[0], atol=1e-6)
-        for qid, text in [("q4", QUESTIONS[4]), ("new", "Is this new?"), ("q1", "What is your age now?")]:
-            match = client.post("/duplicates", json={"question": text, "k": 1}).json()["matches"][0]
-            assert match["id"] == qid and match["similarity"] == pytest.approx(1.0, abs=1e-5)
+        for qid, text in [("q0", QUESTIONS[0]), ("q2", "Where are you from, then?")]:
+            stored = engine.store.vector_of(qid)
+            assert stored is not None
+            np.testing.assert_allclose(stored[1], encoder.encode([text])[0], atol=1e-6)  # encoded at the switch
+        _index_matches_store(engine)
+        for qid, text, namespace in [("q0", QUESTIONS[0], "default"), ("q4", QUESTIONS[4], "forum")]:
+            match = client.post("/duplicates", json={"question": text, "k": 1, "namespace": namespace}).json()
+            assert match["matches"][0]["id"] == qid and match["matches"][0]["similarity"] == pytest.approx(1.0)
         assert client.get("/ready").json()["index_size"] == 6
-    done = staging()  # every question is the new model's now: nothing to stage, no file
+    done = _staging(flags, capsys)  # every question is the new model's now: nothing to stage, no file
     assert (done["questions"], done["encoded"], done["file"]) == (0, 0, None) and not staged_file.exists()
+
+
+def test_a_staged_index_that_cannot_be_read_is_rebuilt_from_the_store(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    data = tmp_path / "data"
+    other = build_tiny_model(tmp_path / "other", seed=1, version_prefix="other")
+    with serving(make_settings(tiny_model_dir, data)) as client:
+        client.post("/questions", json={"questions": [{"id": f"q{i}", "text": t} for i, t in enumerate(QUESTIONS)]})
+        staged = _staging(["--data-dir", str(data), "--model-dir", str(other)], capsys)
+    snapshot = Path(staged["file"]).with_suffix(".faiss")
+    snapshot.write_bytes(snapshot.read_bytes()[:-8] + b"damaged!")
+    caplog.set_level(logging.INFO)
+    with serving(make_settings(other, data)) as client:
+        assert ": 6 staged, 0 encoded" in caplog.text
+        assert f"ignoring {snapshot}, the index staged by dupq reembed: snapshot fails its checksum" in caplog.text
+        assert "index rebuilt: 6 questions" in caplog.text and not snapshot.exists()
+        _index_matches_store(engine_of(client))
 
 
 def test_reembed_says_in_one_line_what_it_cannot_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -136,7 +192,7 @@ def test_a_staged_file_that_cannot_be_opened_is_left_one_that_cannot_be_removed_
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     staged = StagedVectors.create(tmp_path, "v1", 4)
-    staged.add([(1, "Why?")], _unit(4, 0)[None])
+    staged.add([(1, "Why?", "default")], _unit(4, 0)[None])
     staged.close()
     in_the_way = Path(f"{staged.path}-wal")
     in_the_way.mkdir()  # SQLite cannot open the file, nor unlink remove this

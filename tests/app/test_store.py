@@ -52,8 +52,17 @@ def test_writes_survive_reopening(tmp_path: Path) -> None:
     store.close()
     again = QuestionStore(tmp_path / "q.sqlite3", dim=4)
     assert again.get("a").text == "A?" and again.model_versions() == {"v1": 1}  # type: ignore[union-attr]
-    assert [rows for rows in again.iter_texts(not_version="v2")] == [[(1, "A?")]]
+    assert [rows for rows in again.iter_texts(not_version="v2")] == [[(1, "A?", "default")]]
     assert list(again.iter_texts(not_version="v1")) == []
+
+
+def test_vectors_of_keys_are_those_that_exist_by_key(tmp_path: Path) -> None:
+    store = QuestionStore(tmp_path / "q.sqlite3", dim=4)
+    _, keys = store.upsert([NewQuestion.of(q, q, "ns" if q == "b" else "default") for q in "abc"], _vectors(3), "v")
+    found, vectors, namespaces = store.vectors_of([keys[2], 999, keys[1]])
+    assert found.tolist() == [keys[1], keys[2]] and namespaces == ["ns", "default"]
+    assert np.array_equal(vectors, _vectors(3)[1:])
+    assert store.vectors_of([])[1].shape == (0, 4)
 
 
 def test_new_stores_take_wide_pages_and_old_ones_keep_theirs(tmp_path: Path) -> None:
