@@ -6,10 +6,10 @@ A data directory of QUESTIONS questions (Quora's training questions, then made-u
 bench/service.py) is filled by ``dupq index`` with the bundled model and copied twice. On each copy
 ``dupq serve`` runs the bundled model and takes EDITS new questions over HTTP, as a site does while
 the change is prepared; on the second copy ``dupq reembed --model-dir MODEL`` runs beside it first.
-Then the service is stopped and ``dupq serve`` started on MODEL: the seconds from its start to a
-200 of ``/ready`` are the time the change keeps the service out (503), of which its log says how
-long the re-embedding and the index rebuild took. Both copies run the same steps in the same
-session, so their times compare.
+Then the service is stopped and ``dupq serve`` started on MODEL: the seconds from its start to a 200
+of ``/ready`` are the time the change keeps the service out (503), of which its log says how long
+the re-embedding and the index (rebuilt, or the one ``dupq reembed`` staged loaded and brought level
+with the store) took. Both copies run the same steps in the same session, so their times compare.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ def seconds_in_log(log: Path) -> dict[str, float]:
         for name, pattern in (
             ("reembedding_s", r"^re-embedded \d+ questions in ([\d.]+) s"),
             ("index_rebuild_s", r"^index rebuilt: \d+ questions in ([\d.]+) s"),
+            ("staged_index_s", r"^index loaded from \S+: .* in ([\d.]+) s"),
         ):
             if match := re.match(pattern, message):
                 found[name] = float(match.group(1))
@@ -85,7 +86,9 @@ def change(data_dir: Path, model: Path, edits: list[str], port: int, stage: bool
             started = time.monotonic()
             summary = dupq("reembed", "--data-dir", str(data_dir), "--model-dir", str(model), "--threads", str(threads))
             result["reembed_s"] = round(time.monotonic() - started, 1)
-            result["staged_file_mib"] = round(Path(str(summary["file"])).stat().st_size / 2**20, 1)
+            staged = Path(str(summary["file"]))
+            result["staged_file_mib"] = round(staged.stat().st_size / 2**20, 1)
+            result["staged_index_mib"] = round(staged.with_suffix(".faiss").stat().st_size / 2**20, 1)
         for start in range(0, len(edits), 256):
             questions = [{"id": f"edit-{start + i}", "text": t} for i, t in enumerate(edits[start : start + 256])]
             post(url + "/questions", {"questions": questions})
