@@ -683,12 +683,13 @@ def build_parser() -> argparse.ArgumentParser:
         "of encoding and indexing all of them before it is ready. Reads the store, never writes it; run it again "
         "to catch up, or to go on after an interruption.",
     )
-    _store_flags(p, "the running service's data directory (the staged vectors go there)", "the new model directory")
+    _store_flags(p, "the running service's data directory (the staged files go there)", "the new model directory")
     p.add_argument(
         "--threads",
         type=_ranged(int, 0),
         default=0,
-        help="encoder threads (default: 0, every CPU; fewer leave the running service its share)",
+        help="threads for the encoder and the index build (default: 0, every CPU; fewer leave the running "
+        "service its share)",
     )
     p.set_defaults(func=_reembed)
 

@@ -112,7 +112,8 @@ class StagedVectors:
     @classmethod
     def find(cls, data_dir: Path, version: str, dim: int) -> StagedVectors | None:
         """The staged vectors of ``version`` in ``data_dir``, or None: none were staged, or the
-        file cannot be used (damaged, another width), which is logged and the file removed."""
+        file cannot be used, which is logged (damaged or of another width: removed, with the index
+        staged beside it; not readable now, for its permissions or a lock: left as it is)."""
         path = staged_path(data_dir, version)
         if not path.is_file():
             return None
