@@ -312,7 +312,7 @@ class Engine:
             index, generation = _load_index(settings, tag, encoder.dim, store, trust_snapshot=trust, status=status)
         remove_staged(settings.data_dir, encoder.version)  # used, or of no use once the store is re-embedded
         engine = cls(settings, encoder, store, index, generation, on_batch, primary, follower)
-        if generation < 0:  # rebuilt: snapshot it now; a caught-up snapshot waits for the next one
+        if generation < 0:  # rebuilt or staged: snapshot it now; a caught-up snapshot waits for the next one
             engine.save_snapshot()
         if stores.truth.count() == 0 and settings.seed_file:
             engine._seed(settings.seed_file, progress, status)
