@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from app.index import IndexParams, NamespacedIndex, SnapshotError, SnapshotFile
-from app.store import QuestionStore, Store
+from app.store import QuestionStore, Store, keyed_vectors
 from model.encoder import QuestionEncoder
 
 logger = logging.getLogger(__name__)
@@ -197,16 +197,7 @@ class StagedVectors:
 
     def iter_vectors(self, batch: int = 10000) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
         """(keys, vectors, namespaces) of every staged vector, by key, ``batch`` at a time."""
-        last = -1
-        while True:
-            rows = self._conn.execute(
-                "SELECT key, embedding, namespace FROM vectors WHERE key > ? ORDER BY key LIMIT ?", (last, batch)
-            ).fetchall()
-            if not rows:
-                return
-            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), self.dim)
-            yield np.array([r[0] for r in rows], dtype=np.int64), vectors, [r[2] for r in rows]
-            last = int(rows[-1][0])
+        return keyed_vectors(self._conn, "vectors", self.dim, batch=batch)
 
     def close(self) -> None:
         self._conn.close()

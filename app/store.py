@@ -97,6 +97,24 @@ def metadata_terms(metadata: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     return tuple((name, term_value(value)) for name, value in metadata.items())
 
 
+def keyed_vectors(
+    conn: sqlite3.Connection, table: str, dim: int, after: int = -1, batch: int = 10000
+) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
+    """(keys, vectors, namespaces) of the rows of ``table`` (a ``key``, an ``embedding`` and a
+    ``namespace`` column) whose key is over ``after``, in key order, ``batch`` rows at a time."""
+    last = after
+    while True:
+        rows = conn.execute(
+            f"SELECT key, embedding, namespace FROM {table} WHERE key > ? ORDER BY key LIMIT ?", (last, batch)
+        ).fetchall()
+        if not rows:
+            return
+        keys = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
+        yield keys, vectors, [r[2] for r in rows]
+        last = int(keys[-1])
+
+
 def _own(lock_path: Path) -> IO[str]:
     """The lock file, opened and exclusively locked; raises :class:`StoreInUse` if it is taken."""
     handle = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115 (held open until close())
@@ -517,17 +535,7 @@ class QuestionStore:
         """(keys, vectors, namespaces) of the rows whose key is over ``after`` (all by default), in
         key order, ``batch`` rows at a time. Keys only grow (AUTOINCREMENT; an upsert makes a new
         row), so the rows over a key are exactly those written after it."""
-        last = after
-        while True:
-            rows = self._reader.execute(
-                "SELECT key, embedding, namespace FROM questions WHERE key > ? ORDER BY key LIMIT ?", (last, batch)
-            ).fetchall()
-            if not rows:
-                return
-            keys = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), self.dim)
-            yield keys, vectors, [r[2] for r in rows]
-            last = int(keys[-1])
+        return keyed_vectors(self._reader, "questions", self.dim, after, batch)
 
     def keys(self, upto: int) -> np.ndarray:
         """The keys of the rows whose key is at most ``upto``, in no particular order. Read from
