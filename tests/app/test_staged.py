@@ -1,5 +1,5 @@
-"""Vectors of a new model staged beside the running service (``dupq reembed``) and taken at the
-switch to that model."""
+"""Vectors of a new model and their index, staged beside the running service (``dupq reembed``)
+and taken at the switch to that model."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,7 @@ def test_a_staged_file_that_cannot_be_read_is_set_aside_not_a_failed_start(
         StagedVectors.create(tmp_path, "v1", 8)
     assert StagedVectors.find(tmp_path, "v1", 8) is None and not path.exists()
     staged = StagedVectors.create(tmp_path, "v1", 4)
-    with sqlite3.connect(path) as other:  # the file damaged while staging
+    with closing(sqlite3.connect(path)) as other, other:  # the file damaged while staging
         other.execute("DROP TABLE vectors")
     with pytest.raises(ValueError, match=f"^cannot stage vectors in {re.escape(str(path))}: no such table: vectors$"):
         staged.add([(1, "Why?", "default")], _unit(4, 0)[None])
@@ -88,7 +89,7 @@ def _staging(flags: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, 
 
 def _mark(staged_file: Path, key: int, vector: np.ndarray | None = None, text: str | None = None) -> None:
     """Change a staged vector, or the question it was staged for, behind dupq reembed's back."""
-    with sqlite3.connect(staged_file) as conn:
+    with closing(sqlite3.connect(staged_file)) as conn, conn:
         if vector is not None:
             conn.execute("UPDATE vectors SET embedding = ? WHERE key = ?", (vector.tobytes(), key))
         if text is not None:
