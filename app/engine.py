@@ -48,8 +48,17 @@ from app.question_file import Skipped, describe_skipped, read_questions
 from app.replica import COPY_FILE, Follower
 from app.schemas import Limits, QuestionIn
 from app.settings import Settings
-from app.staged import Reembedded, Row, StagedVectors, load_staged_index, reembed, remove_staged
-from app.store import DEFAULT_NAMESPACE, Feedback, NewQuestion, QuestionStore, Store, StoredQuestion, StoreTooNew
+from app.staged import Reembedded, StagedVectors, load_staged_index, reembed, remove_staged
+from app.store import (
+    DEFAULT_NAMESPACE,
+    Feedback,
+    NewQuestion,
+    QuestionStore,
+    Store,
+    StoredQuestion,
+    StoreTooNew,
+    TextRow,
+)
 from model.encoder import QuestionEncoder, load_encoder
 
 logger = logging.getLogger(__name__)
@@ -721,7 +730,7 @@ def _reembed(
     of = f", taking the vectors staged in {staged.path.name}" if staged is not None else ""
     logger.warning("re-embedding %d stored questions with model %s%s", stale, encoder.version, of)
 
-    def put(rows: Sequence[Row], vectors: np.ndarray) -> None:
+    def put(rows: Sequence[TextRow], vectors: np.ndarray) -> None:
         store.set_embeddings([row[0] for row in rows], vectors, encoder.version)
 
     so_far = 0

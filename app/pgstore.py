@@ -30,7 +30,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from app.feed import Change, FeedBatch, Row
-from app.store import Feedback, NewQuestion, Removed, StoredQuestion, StoreTooNew
+from app.store import Feedback, NewQuestion, Removed, StoredQuestion, StoreTooNew, TextRow
 
 SCHEMA_VERSION = 1  # the row of table dupq_schema
 WRITE_LOCK = 0x64757071  # advisory lock key ('dupq') that orders every write transaction
@@ -349,7 +349,7 @@ class PostgresStore:
         vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), self.dim)
         return [str(r[0]) for r in rows], vectors
 
-    def iter_texts(self, not_version: str, batch: int = 2048) -> Iterator[list[tuple[int, str, str]]]:
+    def iter_texts(self, not_version: str, batch: int = 2048) -> Iterator[list[TextRow]]:
         last = -1
         while True:
             with self._conn() as conn:

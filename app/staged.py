@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from app.index import IndexParams, NamespacedIndex, SnapshotError, SnapshotFile
-from app.store import QuestionStore, Store, keyed_vectors
+from app.store import QuestionStore, Store, TextRow, keyed_vectors
 from model.encoder import QuestionEncoder
 
 logger = logging.getLogger(__name__)
@@ -42,8 +42,6 @@ CREATE TABLE IF NOT EXISTS vectors (
     key INTEGER PRIMARY KEY, digest BLOB NOT NULL, namespace TEXT NOT NULL, embedding BLOB NOT NULL
 );
 """
-
-Row = tuple[int, str, str]  # a stored question's key, text and namespace (Store.iter_texts)
 
 
 def staged_path(data_dir: Path, version: str) -> Path:
@@ -146,7 +144,7 @@ class StagedVectors:
     def count(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM vectors").fetchone()[0])
 
-    def lookup(self, rows: Sequence[Row], chunk: int = 900) -> dict[int, np.ndarray]:
+    def lookup(self, rows: Sequence[TextRow], chunk: int = 900) -> dict[int, np.ndarray]:
         """The staged vectors of ``rows`` whose namespace and text are the ones staged."""
         wanted = {key: question_digest(namespace, text) for key, text, namespace in rows}
         found: dict[int, np.ndarray] = {}
@@ -161,7 +159,7 @@ class StagedVectors:
                     found[int(key)] = vector
         return found
 
-    def add(self, rows: Sequence[Row], vectors: np.ndarray) -> None:
+    def add(self, rows: Sequence[TextRow], vectors: np.ndarray) -> None:
         """Stage the vectors of ``rows``, in one transaction; a write that fails (a full disk, a
         file damaged meanwhile) is a ``ValueError`` that names the file."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -254,7 +252,7 @@ def reembed(
     encoder: QuestionEncoder,
     store: Store,
     take: StagedVectors | None,
-    put: Callable[[Sequence[Row], np.ndarray], None],
+    put: Callable[[Sequence[TextRow], np.ndarray], None],
     progress: Callable[[int], None] = lambda n: None,
 ) -> Reembedded:
     """One pass over the stored questions that another model version embedded, in batches: each

@@ -82,6 +82,8 @@ CREATE INDEX IF NOT EXISTS questions_model_version ON questions (model_version);
 
 DEFAULT_NAMESPACE = "default"
 
+TextRow = tuple[int, str, str]  # a stored question's key, text and namespace (iter_texts)
+
 
 def term_value(value: object) -> str:
     """A metadata value as the ``terms`` table holds it, so that a filter's value finds it: JSON
@@ -218,7 +220,7 @@ class Store(Protocol):
     def get(self, qid: str) -> StoredQuestion | None: ...
     def model_versions(self) -> dict[str, int]: ...
     def namespace_sizes(self) -> dict[str, int]: ...
-    def iter_texts(self, not_version: str, batch: int = 2048) -> Iterator[list[tuple[int, str, str]]]: ...
+    def iter_texts(self, not_version: str, batch: int = 2048) -> Iterator[list[TextRow]]: ...
     def iter_feedback(self) -> Iterator[tuple[int, Feedback, str, float]]: ...
     def close(self) -> None: ...
 
@@ -545,7 +547,7 @@ class QuestionStore:
         keys = np.fromiter((r[0] for r in rows), dtype=np.int64)
         return keys[keys <= upto]
 
-    def iter_texts(self, not_version: str, batch: int = 2048) -> Iterator[list[tuple[int, str, str]]]:
+    def iter_texts(self, not_version: str, batch: int = 2048) -> Iterator[list[TextRow]]:
         """(key, text, namespace) of the rows embedded by another model version than
         ``not_version``, by key."""
         last = -1
