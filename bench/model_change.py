@@ -50,7 +50,8 @@ def serve(data_dir: Path, model: Path | None, port: int, log: Path | None = None
 
 
 def seconds_in_log(log: Path) -> dict[str, float]:
-    """How long the start-up's re-embedding and index rebuild took, from the service's log."""
+    """How long the start-up's re-embedding and its index (rebuilt, or the staged one brought level
+    with the store) took, from the service's log."""
     found: dict[str, float] = {}
     for line in log.read_text().splitlines():
         message = json.loads(line).get("msg", "") if line.startswith("{") else ""
@@ -75,8 +76,8 @@ def dupq(*args: str) -> dict[str, object]:
 
 
 def change(data_dir: Path, model: Path, edits: list[str], port: int, stage: bool, threads: int) -> dict[str, float]:
-    """The old model serves and takes the edits (staging the new model's vectors first, if
-    ``stage``); then the new model starts: the seconds until it is ready."""
+    """The old model serves and takes the edits (staging the new model's vectors and index first,
+    if ``stage``); then the new model starts: the seconds until it is ready."""
     url = f"http://127.0.0.1:{port}"
     result: dict[str, float] = {}
     old = serve(data_dir, None, port)
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, required=True, help="the model directory to change to")
     parser.add_argument("--questions", type=int, default=20_000)
     parser.add_argument("--edits", type=int, default=200, help="questions added after dupq reembed ran")
-    parser.add_argument("--threads", type=int, default=0, help="dupq reembed's encoder threads (default: every CPU)")
+    parser.add_argument("--threads", type=int, default=0, help="dupq reembed's threads (default: every CPU)")
     parser.add_argument("--port", type=int, default=8766)
     parser.add_argument("--pairs", type=Path, default=ROOT.parent / "shared/data/qqp/train.tsv.gz")
     args = parser.parse_args(argv)
