@@ -10,6 +10,9 @@ Then the service is stopped and ``dupq serve`` started on MODEL: the seconds fro
 of ``/ready`` are the time the change keeps the service out (503), of which its log says how long
 the re-embedding and the index (rebuilt, or the one ``dupq reembed`` staged loaded and brought level
 with the store) took. Both copies run the same steps in the same session, so their times compare.
+While ``dupq reembed`` runs (``--threads``), and then for as long again without it, one client sends
+the old service ``/duplicates`` requests one after another (200 Quora questions kept out of the
+store): their rate and latency say what staging costs the service it runs beside.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -65,6 +69,43 @@ def seconds_in_log(log: Path) -> dict[str, float]:
     return found
 
 
+class Searches:
+    """One client sending ``/duplicates`` requests one after another, from a thread, until
+    stopped: the latencies and the rate the service answered at meanwhile."""
+
+    def __init__(self, url: str, queries: list[str]) -> None:
+        self.url, self.queries = url, queries
+        self.latencies: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            started = time.perf_counter()
+            post(self.url + "/duplicates", {"question": self.queries[i % len(self.queries)], "k": 10})
+            self.latencies.append(time.perf_counter() - started)
+            i += 1
+
+    def __enter__(self) -> Searches:
+        self._started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.seconds = time.monotonic() - self._started
+
+    def figures(self) -> dict[str, float]:
+        ms = sorted(1000 * x for x in self.latencies)
+        return {
+            "requests_per_s": round(len(ms) / self.seconds, 1),
+            "p50_ms": round(ms[len(ms) // 2], 2),
+            "p99_ms": round(ms[int(len(ms) * 0.99)], 2),
+        }
+
+
 def stop(server: subprocess.Popen[bytes]) -> None:
     server.terminate()
     server.wait(120)
@@ -75,18 +116,26 @@ def dupq(*args: str) -> dict[str, object]:
     return json.loads(out.stdout.decode().strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def change(data_dir: Path, model: Path, edits: list[str], port: int, stage: bool, threads: int) -> dict[str, float]:
+def change(
+    data_dir: Path, model: Path, edits: list[str], port: int, stage: bool, threads: int, queries: list[str]
+) -> dict[str, object]:
     """The old model serves and takes the edits (staging the new model's vectors and index first,
-    if ``stage``); then the new model starts: the seconds until it is ready."""
+    if ``stage``, while one client searches, and as long again with nothing beside it); then the
+    new model starts: the seconds until it is ready."""
     url = f"http://127.0.0.1:{port}"
-    result: dict[str, float] = {}
+    result: dict[str, object] = {}
     old = serve(data_dir, None, port)
     try:
         wait_ready(url)
         if stage:
             started = time.monotonic()
-            summary = dupq("reembed", "--data-dir", str(data_dir), "--model-dir", str(model), "--threads", str(threads))
+            flags = ["--data-dir", str(data_dir), "--model-dir", str(model), "--threads", str(threads)]
+            with Searches(url, queries) as during:
+                summary = dupq("reembed", *flags)
             result["reembed_s"] = round(time.monotonic() - started, 1)
+            with Searches(url, queries) as alone:  # the same service, as long again, with nothing beside it
+                time.sleep(during.seconds)
+            result["searches_alone"], result["searches_during_reembed"] = alone.figures(), during.figures()
             staged = Path(str(summary["file"]))
             result["staged_file_mib"] = round(staged.stat().st_size / 2**20, 1)
             result["staged_index_mib"] = round(staged.with_suffix(".faiss").stat().st_size / 2**20, 1)
@@ -101,7 +150,7 @@ def change(data_dir: Path, model: Path, edits: list[str], port: int, stage: bool
     try:
         ready = wait_ready(url)
         result["ready_s"] = round(time.monotonic() - started, 1)
-        result["index_size"] = ready["index_size"]
+        result["index_size"] = int(ready["index_size"])
         result.update(seconds_in_log(log))
         with urllib.request.urlopen(url + "/info", timeout=5) as response:
             assert json.loads(response.read())["version"] == json.loads((model / "config.json").read_text())["version"]
@@ -120,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=Path, default=ROOT.parent / "shared/data/qqp/train.tsv.gz")
     args = parser.parse_args(argv)
 
-    texts = fill(distinct_questions(args.pairs, args.questions + args.edits), args.questions + args.edits)
+    real = distinct_questions(args.pairs, args.questions + args.edits + 200)
+    queries, texts = real[:200], fill(real[200:], args.questions + args.edits)
     stored, edits = texts[: args.questions], texts[args.questions :]
     work = Path(tempfile.mkdtemp(prefix="dupq-model-change-"))
     try:
@@ -140,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, object] = {"questions": len(stored), "edits": len(edits), "model": str(args.model)}
         for name, stage in (("without", False), ("with_reembed", True)):
             shutil.copytree(work / "base", work / name)
-            results[name] = change(work / name, args.model, edits, args.port, stage, args.threads)
+            results[name] = change(work / name, args.model, edits, args.port, stage, args.threads, queries)
             print(f"{name}: {results[name]}", file=sys.stderr)
         print(json.dumps(results))
     finally:
