@@ -270,11 +270,13 @@ def _reembed(args: argparse.Namespace) -> int:
     import time
 
     import faiss
+    import numpy as np
     from tqdm import tqdm
 
     from app.engine import index_params, index_tag
     from app.pgstore import PostgresStore
     from app.staged import StagedVectors, reembed, stage_index
+    from app.store import TextRow
     from model.encoder import load_encoder
 
     settings = _settings(data_dir=args.data_dir, model_dir=args.model_dir, store_url=args.store_url)
@@ -287,8 +289,12 @@ def _reembed(args: argparse.Namespace) -> int:
         if stale:
             staged = StagedVectors.create(settings.data_dir, encoder.version, encoder.dim)
             try:
+
+                def put(rows: Sequence[TextRow], vectors: np.ndarray, encoded: np.ndarray) -> None:
+                    staged.add([row for row, new in zip(rows, encoded, strict=True) if new], vectors[encoded])
+
                 with tqdm(total=stale, desc="staging", unit="question") as bar:
-                    done = reembed(encoder, store, staged, staged.add, bar.update)
+                    done = reembed(encoder, store, staged, put, bar.update)
                 dropped = staged.keep_only(done.seen)  # deleted or edited since an earlier run
                 summary.update(encoded=done.encoded, already_staged=done.staged, dropped=dropped)
                 faiss.omp_set_num_threads(args.threads or settings.cpu_count())

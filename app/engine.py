@@ -730,7 +730,7 @@ def _reembed(
     of = f", taking the vectors staged in {staged.path.name}" if staged is not None else ""
     logger.warning("re-embedding %d stored questions with model %s%s", stale, encoder.version, of)
 
-    def put(rows: Sequence[TextRow], vectors: np.ndarray) -> None:
+    def put(rows: Sequence[TextRow], vectors: np.ndarray, encoded: np.ndarray) -> None:
         store.set_embeddings([row[0] for row in rows], vectors, encoder.version)
 
     so_far = 0

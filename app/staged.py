@@ -252,13 +252,14 @@ def reembed(
     encoder: QuestionEncoder,
     store: Store,
     take: StagedVectors | None,
-    put: Callable[[Sequence[TextRow], np.ndarray], None],
+    put: Callable[[Sequence[TextRow], np.ndarray, np.ndarray], None],
     progress: Callable[[int], None] = lambda n: None,
 ) -> Reembedded:
     """One pass over the stored questions that another model version embedded, in batches: each
     question's vector taken from ``take`` where it was staged for it, else encoded, then
-    handed to ``put`` with the rows, a batch at a time. Start-up puts them into the store
-    (:meth:`Store.set_embeddings`); ``dupq reembed`` stages them."""
+    handed to ``put`` with the rows and which of them were encoded, a batch at a time. Start-up
+    puts every one into the store (:meth:`Store.set_embeddings`); ``dupq reembed`` stages the
+    encoded ones (:meth:`StagedVectors.add`), the others being there already."""
     total = sum(n for v, n in store.model_versions().items() if v != encoder.version)
     encoded = taken = done = 0
     started = time.monotonic()
@@ -279,7 +280,9 @@ def reembed(
         for i, row in enumerate(rows):
             if row[0] in found:
                 vectors[i] = found[row[0]]
-        put(rows, vectors)
+        fresh = np.zeros(len(rows), dtype=bool)
+        fresh[missing] = True
+        put(rows, vectors, fresh)
         seen += [row[0] for row in rows]
         encoded_keys += [rows[i][0] for i in missing]
         encoded += len(missing)

@@ -16,7 +16,8 @@ import pytest
 
 from app.cli import main
 from app.engine import Engine
-from app.staged import StagedVectors, _remove, question_digest, staged_path
+from app.staged import StagedVectors, _remove, question_digest, reembed, staged_path
+from app.store import NewQuestion, QuestionStore
 from model.encoder import load_encoder
 
 from ..conftest import build_tiny_model
@@ -55,6 +56,27 @@ def test_a_staged_vector_is_taken_only_for_the_question_it_was_made_of(tmp_path:
     again.remove()
     assert list(tmp_path.iterdir()) == []
     assert StagedVectors.find(tmp_path, "v1", 4) is None
+
+
+def test_a_pass_takes_what_was_staged_encodes_the_rest_and_says_which_it_encoded(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    store = QuestionStore(tmp_path / "q.sqlite3", dim=24)
+    _, keys = store.upsert(
+        [NewQuestion.of(f"q{i}", t) for i, t in enumerate(QUESTIONS[:3])], _unit(24, 0)[None].repeat(3, 0), "old"
+    )
+    encoder = load_encoder(tiny_model_dir, threads=1)
+    staged = StagedVectors.create(tmp_path, encoder.version, 24)
+    staged.add([(keys[1], QUESTIONS[1], "default")], _unit(24, 7)[None])
+    handed: list[tuple[list[int], np.ndarray, list[bool]]] = []
+    done = reembed(encoder, store, staged, lambda rows, v, new: handed.append(([r[0] for r in rows], v, new.tolist())))
+    [(put_keys, vectors, encoded)] = handed
+    assert put_keys == list(keys) and encoded == [True, False, True]  # dupq reembed stages only the two
+    assert np.array_equal(vectors[1], _unit(24, 7))
+    np.testing.assert_allclose(vectors[[0, 2]], encoder.encode([QUESTIONS[0], QUESTIONS[2]]), atol=1e-6)
+    assert (done.encoded, done.staged) == (2, 1) and done.taken_keys.tolist() == [keys[1]]
+    staged.close()
+    store.close()
 
 
 def test_a_staged_file_that_cannot_be_read_is_set_aside_not_a_failed_start(
