@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from app.index import IndexParams, NamespacedIndex, SnapshotError, SnapshotFile
-from app.store import QuestionStore, Store, TextRow, keyed_vectors
+from app.store import QuestionStore, Store, TextRow, keyed_vectors, rows_in
 from model.encoder import QuestionEncoder
 
 logger = logging.getLogger(__name__)
@@ -144,19 +144,15 @@ class StagedVectors:
     def count(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM vectors").fetchone()[0])
 
-    def lookup(self, rows: Sequence[TextRow], chunk: int = 900) -> dict[int, np.ndarray]:
+    def lookup(self, rows: Sequence[TextRow]) -> dict[int, np.ndarray]:
         """The staged vectors of ``rows`` whose namespace and text are the ones staged."""
         wanted = {key: question_digest(namespace, text) for key, text, namespace in rows}
         found: dict[int, np.ndarray] = {}
-        keys = list(wanted)
-        for start in range(0, len(keys), chunk):
-            part = keys[start : start + chunk]
-            for key, digest, blob in self._conn.execute(
-                f"SELECT key, digest, embedding FROM vectors WHERE key IN ({','.join('?' * len(part))})", part
-            ):
-                vector = np.frombuffer(blob, dtype=np.float32)
-                if digest == wanted[key] and vector.shape == (self.dim,):
-                    found[int(key)] = vector
+        sql = "SELECT key, digest, embedding FROM vectors WHERE key IN ({})"
+        for key, digest, blob in rows_in(self._conn, sql, list(wanted)):
+            vector = np.frombuffer(blob, dtype=np.float32)
+            if digest == wanted[key] and vector.shape == (self.dim,):
+                found[int(key)] = vector
         return found
 
     def add(self, rows: Sequence[TextRow], vectors: np.ndarray) -> None:
@@ -174,7 +170,7 @@ class StagedVectors:
         except sqlite3.Error as err:
             raise ValueError(f"cannot stage vectors in {self.path}: {err}") from err
 
-    def keep_only(self, keys: np.ndarray, chunk: int = 900) -> int:
+    def keep_only(self, keys: np.ndarray) -> int:
         """Drop the staged vectors of keys not in ``keys`` (questions deleted or edited since an
         earlier run); returns how many."""
         held = np.fromiter((k for (k,) in self._conn.execute("SELECT key FROM vectors")), dtype=np.int64)
@@ -182,9 +178,7 @@ class StagedVectors:
         try:
             with self._conn:
                 self._conn.execute("BEGIN IMMEDIATE")
-                for start in range(0, len(gone), chunk):
-                    part = gone[start : start + chunk]
-                    self._conn.execute(f"DELETE FROM vectors WHERE key IN ({','.join('?' * len(part))})", part)
+                self._conn.executemany("DELETE FROM vectors WHERE key = ?", [(key,) for key in gone])
         except sqlite3.Error as err:
             raise ValueError(f"cannot stage vectors in {self.path}: {err}") from err
         return len(gone)

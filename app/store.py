@@ -99,6 +99,14 @@ def metadata_terms(metadata: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     return tuple((name, term_value(value)) for name, value in metadata.items())
 
 
+def rows_in(conn: sqlite3.Connection, select: str, values: Sequence[Any], chunk: int = 900) -> Iterator[Any]:
+    """The rows of ``select``, a query with one ``IN ({})``, for every one of ``values``: asked
+    in chunks that stay under the smallest limit on bound variables SQLite builds have (999)."""
+    for start in range(0, len(values), chunk):
+        part = list(values[start : start + chunk])
+        yield from conn.execute(select.format(",".join("?" * len(part))), part)
+
+
 def keyed_vectors(
     conn: sqlite3.Connection, table: str, dim: int, after: int = -1, batch: int = 10000
 ) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
@@ -445,29 +453,17 @@ class QuestionStore:
             return None
         return StoredQuestion(*row[:5]), np.frombuffer(row[5], dtype=np.float32)
 
-    def by_keys(self, keys: Sequence[int], chunk: int = 900) -> dict[int, StoredQuestion]:
-        """The questions with these keys (absent keys are left out), asked in chunks that stay
-        under the smallest limit on bound variables SQLite builds have (999)."""
-        found: dict[int, StoredQuestion] = {}
-        for start in range(0, len(keys), chunk):
-            part = [int(k) for k in keys[start : start + chunk]]
-            marks = ",".join("?" * len(part))
-            sql = f"SELECT key, id, text, namespace, metadata FROM questions WHERE key IN ({marks})"
-            for row in self._reader.execute(sql, part):
-                found[row[0]] = StoredQuestion(*row)
-        return found
+    def by_keys(self, keys: Sequence[int]) -> dict[int, StoredQuestion]:
+        """The questions with these keys (absent keys are left out)."""
+        sql = "SELECT key, id, text, namespace, metadata FROM questions WHERE key IN ({})"
+        return {row[0]: StoredQuestion(*row) for row in rows_in(self._reader, sql, [int(k) for k in keys])}
 
-    def keys_of(self, ids: Sequence[str], namespace: str, chunk: int = 900) -> np.ndarray:
+    def keys_of(self, ids: Sequence[str], namespace: str) -> np.ndarray:
         """The keys of those of ``ids`` stored in ``namespace``. Looked up by id alone (its unique
         index), the namespace checked here: with both in the query, SQLite would walk the
         namespace's rows instead."""
-        keys: list[int] = []
-        for start in range(0, len(ids), chunk):
-            part = list(ids[start : start + chunk])
-            marks = ",".join("?" * len(part))
-            sql = f"SELECT key, namespace FROM questions WHERE id IN ({marks})"
-            keys.extend(key for key, of in self._reader.execute(sql, part) if of == namespace)
-        return np.array(keys, dtype=np.int64)
+        rows = rows_in(self._reader, "SELECT key, namespace FROM questions WHERE id IN ({})", ids)
+        return np.array([key for key, of in rows if of == namespace], dtype=np.int64)
 
     def filter_keys(self, namespace: str, conditions: Sequence[tuple[str, Sequence[str]]]) -> np.ndarray:
         """The sorted keys of the questions of ``namespace`` whose metadata meets every condition
@@ -561,17 +557,10 @@ class QuestionStore:
             yield [(int(k), t, ns) for k, t, ns in rows]
             last = int(rows[-1][0])
 
-    def vectors_of(
-        self, keys: Sequence[int] | np.ndarray, chunk: int = 900
-    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    def vectors_of(self, keys: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """The keys, vectors and namespaces of the rows of ``keys`` that exist, by key."""
-        found: list[tuple[int, bytes, str]] = []
-        for start in range(0, len(keys), chunk):
-            part = [int(k) for k in keys[start : start + chunk]]
-            found += self._reader.execute(
-                f"SELECT key, embedding, namespace FROM questions WHERE key IN ({','.join('?' * len(part))})", part
-            ).fetchall()
-        found.sort()
+        sql = "SELECT key, embedding, namespace FROM questions WHERE key IN ({})"
+        found = sorted(rows_in(self._reader, sql, [int(k) for k in keys]))
         vectors = np.frombuffer(b"".join(r[1] for r in found), dtype=np.float32).reshape(len(found), self.dim)
         return np.array([r[0] for r in found], dtype=np.int64), vectors, [r[2] for r in found]
 
