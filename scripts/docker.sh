@@ -6,12 +6,12 @@
 # Steps: install docker.io, docker-compose and debootstrap if missing; start dockerd if it is not
 # running; make local Debian bookworm base images with debootstrap (no image can be pulled here):
 # one with Python 3.11 for the service, one with nginx for the gateway; build both images; check
-# the image (at most 500 MB, no PyTorch, non-root, no compilers, no tests; an empty store unless
-# DUPQ_SEED_FILE asks for the demo corpus); start the stack (PostgreSQL and three replicas behind
-# the gateway); check /ready, /similarity, an add and /duplicates, a write on one replica found by
-# GET and a search served by each of the others, a namespace with a filter, /export and the
-# playground, a body over the gateway's cap, the per-client rate limit, and data kept across a
-# restart.
+# the image (at most 500 MB, no PyTorch, non-root, no compilers, no tests, no ONNX Runtime
+# telemetry; an empty store unless DUPQ_SEED_FILE asks for the demo corpus); start the stack
+# (PostgreSQL and three replicas behind the gateway); check /ready, /similarity, an add and
+# /duplicates, a write on one replica found by GET and a search served by each of the others, a
+# namespace with a filter, /export and the playground, a body over the gateway's cap, the
+# per-client rate limit, and data kept across a restart.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -85,6 +85,11 @@ if docker run --rm --entrypoint sh dupq:latest -c 'command -v gcc cc c++ clang g
 ok "no compiler in the image"
 if docker run --rm --entrypoint sh dupq:latest -c 'ls -d /opt/dupq/tests /opt/venv/lib/python3*/site-packages/tests 2>/dev/null | grep -q .'; then fail "test files in the image"; fi
 ok "no test files in the image"
+kept=$(docker run --rm -e HOME=/tmp --entrypoint sh dupq:latest -c \
+    'python3 -c "from model.encoder import load_encoder; load_encoder(\"/opt/dupq/models/dupq-qqp\").encode([\"Why?\"])" && find /tmp -type f') \
+    || fail "the bundled model does not encode in the image"
+[ -z "$kept" ] || fail "ONNX Runtime keeps telemetry in the image: $kept"
+ok "no ONNX Runtime telemetry: an encoder run with a writable HOME leaves nothing there"
 
 started_ready() {  # container name, port: /ready of a container started with -p, once it answers
     for _ in $(seq 60); do

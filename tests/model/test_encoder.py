@@ -1,5 +1,8 @@
 """The encoder at run time (ONNX Runtime): the embedding contract, batching, threads."""
 
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,8 @@ from model.encoder import (
 )
 
 from ..conftest import QUESTIONS
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +103,28 @@ def test_a_graph_that_keeps_no_weight_beside_it_loads_with_an_empty_file(model_d
     empty.touch()
     session = single_thread_session((model_dir / "model.onnx").read_bytes(), empty)
     assert session.get_outputs()[0].name == "embeddings"
+
+
+@pytest.mark.parametrize("setting", [None, "0"])
+def test_onnx_runtime_calls_home_only_when_the_operator_says_so(
+    tiny_model_dir: Path, tmp_path: Path, setting: str | None
+) -> None:
+    """ONNX Runtime keeps its telemetry (a device identifier, a queue of events to upload) under
+    the home folder from its import on; dupq turns it off unless ORT_DISABLE_TELEMETRY says
+    otherwise. "0" shows that the probe sees the telemetry where it is on."""
+    quiet = {"ORT_DISABLE_TELEMETRY", "CI", "GITHUB_ACTIONS", "TF_BUILD", "ORT_RUNNING_UNIT_TESTS"}
+    env = {k: v for k, v in os.environ.items() if k not in quiet}
+    env |= {"HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path)}
+    if setting is not None:
+        env["ORT_DISABLE_TELEMETRY"] = setting
+    probe = f"from model.encoder import load_encoder as e; print(len(e({str(tiny_model_dir)!r}).encode(['Why?'])))"
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=ROOT, check=True)
+    assert run.stdout.strip() == "1"
+    kept = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    if setting is None:
+        assert kept == [] and "telemetry" not in run.stderr
+    else:
+        assert any("onnxruntime" in name for name in kept)
 
 
 def test_threshold_and_a_monotonic_calibrated_probability(encoder: QuestionEncoder) -> None:
