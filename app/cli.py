@@ -283,7 +283,8 @@ def _reembed(args: argparse.Namespace) -> int:
     store, _ = _read_only_store(settings)
     try:
         started = time.monotonic()
-        encoder = load_encoder(settings.model_dir, threads=args.threads)
+        threads = args.threads or settings.cpu_count()  # the encoder's and the index build's
+        encoder = load_encoder(settings.model_dir, threads=threads)
         stale = sum(n for v, n in store.model_versions().items() if v != encoder.version)
         summary: dict[str, typing.Any] = {"model": encoder.version, "questions": stale}
         if stale:
@@ -297,7 +298,7 @@ def _reembed(args: argparse.Namespace) -> int:
                     done = reembed(encoder, store, staged, put, bar.update)
                 dropped = staged.keep_only(done.seen)  # deleted or edited since an earlier run
                 summary.update(encoded=done.encoded, already_staged=done.staged, dropped=dropped)
-                faiss.omp_set_num_threads(args.threads or settings.cpu_count())
+                faiss.omp_set_num_threads(threads)
                 tag = index_tag(encoder, store if isinstance(store, PostgresStore) else None)
                 summary["indexed"] = stage_index(staged, settings.data_dir, tag, index_params(settings))
             finally:
@@ -694,8 +695,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=_ranged(int, 0),
         default=0,
-        help="threads for the encoder and the index build (default: 0, every CPU; fewer leave the running "
-        "service its share)",
+        help="threads for the encoder and the index build (default: 0, DUPQ_THREADS or else every CPU the "
+        "process may use; fewer leave the running service its share)",
     )
     p.set_defaults(func=_reembed)
 

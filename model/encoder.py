@@ -46,16 +46,30 @@ def pad_ids(sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     return ids, np.array(lengths, dtype=np.int64)
 
 
-def available_cpus() -> int:
-    """CPUs this process may use: the affinity mask, capped by a cgroup v2 quota (containers)."""
+def available_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may use: the affinity mask, capped by the CPU quota of a container (whole
+    CPUs, at least one), as ``cgroup`` holds it: cgroup v2's ``cpu.max``, or v1's
+    ``cpu/cpu.cfs_quota_us`` over ``cpu/cpu.cfs_period_us`` (Docker on a v1 host)."""
     count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = _cpu_quota(cgroup)
+    if quota is not None:
+        count = min(count, max(1, int(quota)))
+    return max(1, count)
+
+
+def _cpu_quota(cgroup: Path) -> float | None:
+    """The CPU quota in CPUs (1.5: a period and a half of CPU time per period), None if none."""
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if quota != "max":
-            count = min(count, max(1, int(int(quota) / int(period))))
+        quota, period = (cgroup / "cpu.max").read_text().split()
+        return None if quota == "max" else int(quota) / int(period)
     except (OSError, ValueError):
         pass
-    return max(1, count)
+    try:
+        quota_us = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None  # v1 says -1 for none
 
 
 class QuestionEncoder:

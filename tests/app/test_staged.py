@@ -11,6 +11,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 import pytest
 
@@ -201,6 +202,29 @@ def test_a_staged_index_that_cannot_be_read_is_rebuilt_from_the_store(
         assert f"ignoring {snapshot}, the index staged by dupq reembed: snapshot fails its checksum" in caplog.text
         assert "index rebuilt: 6 questions" in caplog.text and not snapshot.exists()
         _index_matches_store(engine_of(client))
+
+
+def test_reembed_runs_on_the_threads_the_service_would_have(
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """--threads 0 is DUPQ_THREADS (the Docker entry point sets it to the container's CPU limit)
+    for the encoder and the index build alike, or else every CPU the process may use."""
+    store = QuestionStore(tmp_path / "questions.sqlite3", dim=24)
+    store.upsert([NewQuestion.of("q0", QUESTIONS[0])], _unit(24, 0)[None], "old")
+    store.close()
+    monkeypatch.setenv("DUPQ_THREADS", "3")
+    caplog.set_level(logging.INFO, logger="model.encoder")
+    before = faiss.omp_get_max_threads()
+    try:
+        assert _staging(["--data-dir", str(tmp_path), "--model-dir", str(tiny_model_dir)], capsys)["indexed"] == 1
+        assert faiss.omp_get_max_threads() == 3
+    finally:
+        faiss.omp_set_num_threads(before)
+    assert "(dim 24, 3 thread(s))" in caplog.text
 
 
 def test_reembed_says_in_one_line_what_it_cannot_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,6 +15,7 @@ from model.encoder import (
     _STEP_COST,
     QuestionEncoder,
     _length_buckets,
+    available_cpus,
     load_encoder,
     pad_ids,
     single_thread_session,
@@ -103,6 +104,27 @@ def test_a_graph_that_keeps_no_weight_beside_it_loads_with_an_empty_file(model_d
     empty.touch()
     session = single_thread_session((model_dir / "model.onnx").read_bytes(), empty)
     assert session.get_outputs()[0].name == "embeddings"
+
+
+@pytest.mark.parametrize(
+    ("files", "cap"),
+    [
+        ({"cpu.max": "100000 100000\n"}, 1),  # cgroup v2: docker run --cpus 1
+        ({"cpu.max": "50000 100000\n"}, 1),  # half a CPU: still one thread
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # cgroup v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),  # no cgroup file: not in a container
+    ],
+)
+def test_available_cpus_are_capped_by_a_containers_quota(
+    tmp_path: Path, files: dict[str, str], cap: int | None
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+    affinity = len(os.sched_getaffinity(0))
+    assert available_cpus(tmp_path) == (affinity if cap is None else min(cap, affinity))
 
 
 @pytest.mark.parametrize("setting", [None, "0"])
