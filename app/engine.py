@@ -300,7 +300,8 @@ class Engine:
         store, primary, follower = stores.local, stores.primary, None
         if primary is not None:
             primary.claim_model(encoder.version)  # before re-embedding: replicas of an old model stop writing
-            done = _reembed(settings, encoder, primary, progress, status)
+            with primary.reembedding(functools.partial(_waiting, encoder.version, status, [])):
+                done = _reembed(settings, encoder, primary, progress, status)
             follower = Follower(primary, store, encoder.version)
             try:
                 copied = follower.prepare()
@@ -716,6 +717,15 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 _LIBC = _glibc()
+
+
+def _waiting(version: str, status: Callable[[str], None], told: list[bool]) -> None:
+    """While another replica re-embeds the store for this model: say so, in the log once."""
+    step = f"waiting for the replica that re-embeds the stored questions with model {version}"
+    if not told:
+        logger.warning("%s (another replica holds the store's re-embedding lock)", step)
+        told.append(True)
+    status(step)
 
 
 def _reembed(

@@ -35,6 +35,7 @@ from app.store import Feedback, NewQuestion, Removed, StoredQuestion, StoreTooNe
 SCHEMA_VERSION = 1  # the row of table dupq_schema
 WRITE_LOCK = 0x64757071  # advisory lock key ('dupq') that orders every write transaction
 MIGRATE_LOCK = 0x6475706D  # one replica migrates at a time
+REEMBED_LOCK = 0x64757065  # one replica re-embeds the store at a time
 CHANNEL = "dupq_changes"
 
 MIGRATIONS = {
@@ -284,6 +285,24 @@ class PostgresStore:
             row = cur.execute("SELECT value FROM meta WHERE name = 'model_version'").fetchone()
             if row is None or row[0] != version:
                 self._set_model(cur, version)
+
+    @contextmanager
+    def reembedding(self, waiting: Callable[[], None], poll_s: float = 0.5) -> Iterator[None]:
+        """Hold the store's re-embedding lock: replicas started on a new model at once re-embed it
+        one at a time, so that none encodes what another is encoding (a replica given the vectors
+        staged by ``dupq reembed`` is not slowed down by the others either), and those that follow
+        find it done. A session lock, on a connection of its own, that the server drops if this
+        process dies (the next one goes on from there); ``waiting`` is called while another
+        replica holds it."""
+        try:
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=2)
+        except psycopg.OperationalError as err:
+            raise StoreUnavailable(f"PostgreSQL at {self.where} is unreachable: {_reason(err)}") from err
+        with conn:
+            while not conn.execute("SELECT pg_try_advisory_lock(%s)", (REEMBED_LOCK,)).fetchone()[0]:  # type: ignore[index]
+                waiting()
+                time.sleep(poll_s)
+            yield  # the lock goes with the connection
 
     def add_feedback(self, pairs: Sequence[Feedback], model_version: str) -> int:
         now = time.time()

@@ -16,10 +16,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.client import STORE_UNAVAILABLE
+from app.main import create_app
+from app.pgstore import REEMBED_LOCK
 from tests.postgres import PostgresServer
 
 from ..conftest import CORPUS, build_tiny_model
-from .conftest import engine_of, make_settings, serving
+from .conftest import engine_of, make_settings, serving, wait_ready
 from .server import Server
 from .test_durability import _text
 
@@ -125,6 +127,32 @@ def test_a_replica_of_a_new_model_reembeds_and_those_of_the_old_one_stop_serving
             assert refused.status_code == 503 and "Retry-After" in refused.headers
             assert new.post("/questions", json={"questions": [{"id": "n", "text": CORPUS[5]}]}).status_code == 201
             assert engine_of(new).primary.model_versions() == {engine_of(new).encoder.version: 5}  # type: ignore[union-attr]
+
+
+def test_replicas_of_a_new_model_reembed_the_store_one_at_a_time(
+    tiny_model_dir: Path, tmp_path: Path, postgres: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A replica started on a new model while another re-embeds the store (holds the lock) waits
+    for it, says so in /ready, encodes nothing meanwhile, and then finds the store done."""
+    url = postgres.new_database()
+    other_model = build_tiny_model(tmp_path / "other-model", seed=1, version_prefix="other")
+    with _replica(tiny_model_dir, tmp_path / "a", url) as old:
+        old.post("/questions", json={"questions": [{"id": f"q{i}", "text": t} for i, t in enumerate(CORPUS[:4])]})
+        old_version = engine_of(old).encoder.version
+    versions = "SELECT model_version, count(*) FROM questions GROUP BY model_version"
+    with psycopg.connect(url, autocommit=True) as other_replica, psycopg.connect(url, autocommit=True) as look:
+        other_replica.execute("SELECT pg_advisory_lock(%s)", (REEMBED_LOCK,))
+        with TestClient(create_app(make_settings(other_model, tmp_path / "b", store_url=url))) as new:
+            step = "waiting for the replica that re-embeds the stored questions with model other"
+            _within(10.0, lambda: step in new.get("/ready").json().get("detail", ""))
+            time.sleep(0.5)
+            assert new.get("/ready").status_code == 503
+            assert look.execute(versions).fetchall() == [(old_version, 4)]  # it encoded nothing meanwhile
+            assert "another replica holds the store's re-embedding lock" in caplog.text
+            other_replica.execute("SELECT pg_advisory_unlock(%s)", (REEMBED_LOCK,))
+            wait_ready(new)
+            new_version = engine_of(new).encoder.version
+            assert look.execute(versions).fetchall() == [(new_version, 4)] and _finds(new, CORPUS[2], "q2")
 
 
 def test_while_postgresql_is_down_reads_go_on_and_writes_answer_503_then_resume_by_themselves(
