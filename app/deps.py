@@ -7,7 +7,8 @@ so a route only ever sees a complete engine.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -24,6 +25,7 @@ class ServiceState:
     engine: Engine | None = None  # None while loading, or when loading failed (load_error says why)
     load_error: str | None = None
     loading: str | None = None  # how far the slow part of loading is (Engine.build's status)
+    stopping: threading.Event = field(default_factory=threading.Event)  # set at shutdown
 
     def ready_engine(self) -> Engine:
         """The engine, or :class:`NotReady` (a 503) while there is none."""

@@ -76,6 +76,12 @@ class StartupError(ValueError):
     that ``dupq``'s subcommands report it in one line like any other bad input."""
 
 
+class StartupStopped(Exception):
+    """The service was asked to stop while :meth:`Engine.build` re-embedded the store, waited for
+    the replica that does, or rebuilt the index: what it did so far is kept (re-embedded batches
+    are committed), and the next start goes on from there."""
+
+
 @dataclass(frozen=True)
 class Match:
     id: str
@@ -291,35 +297,40 @@ class Engine:
         on_batch: Callable[[int], None] | None = None,
         progress: bool = False,
         status: Callable[[str], None] = lambda step: None,
+        stopping: threading.Event | None = None,
     ) -> Engine:
         """The slow part of start-up: re-embed what another model version embedded (taking what
         ``dupq reembed`` staged), bring a replica's copy level with its PostgreSQL store, load the
         index (its snapshot, or the one ``dupq reembed`` staged) or rebuild it, seed an empty
         store, warm the encoder up. ``progress`` shows bars; ``status`` is told how far the long
-        steps are, in a line (for ``/ready``'s 503)."""
+        steps are, in a line (for ``/ready``'s 503). Once ``stopping`` is set, the re-embedding,
+        the wait for another replica's and the index rebuild end at their next step with
+        :class:`StartupStopped` (seeding an empty store goes on to its end: a store partly seeded
+        would not be seeded again)."""
+        step = _stoppable(status, stopping)
         store, primary, follower = stores.local, stores.primary, None
         if primary is not None:
             primary.claim_model(encoder.version)  # before re-embedding: replicas of an old model stop writing
-            with primary.reembedding(functools.partial(_waiting, encoder.version, status, [])):
-                done = _reembed(settings, encoder, primary, progress, status)
+            with primary.reembedding(functools.partial(_waiting, encoder.version, step, [])):
+                done = _reembed(settings, encoder, primary, progress, step)
             follower = Follower(primary, store, encoder.version)
             try:
                 copied = follower.prepare()
             except ModelMismatch as err:  # another replica re-embedded meanwhile
                 raise StartupError(f"the store holds vectors of model {err}, not {encoder.version}") from err
         else:
-            done, copied = _reembed(settings, encoder, store, progress, status), False
+            done, copied = _reembed(settings, encoder, store, progress, step), False
         tag = index_tag(encoder, primary)
         staged = None
         if done is not None and done.staged:  # and their index, if dupq reembed staged it too
-            status("loading the index staged by dupq reembed")
+            step("loading the index staged by dupq reembed")
             params = index_params(settings)
             staged = load_staged_index(settings.data_dir, encoder.version, tag, params, store, done.taken_keys)
         if staged is not None:
             index, generation = staged, -1
         else:
             trust = done is None and not copied
-            index, generation = _load_index(settings, tag, encoder.dim, store, trust_snapshot=trust, status=status)
+            index, generation = _load_index(settings, tag, encoder.dim, store, trust_snapshot=trust, status=step)
         remove_staged(settings.data_dir, encoder.version)  # used, or of no use once the store is re-embedded
         engine = cls(settings, encoder, store, index, generation, on_batch, primary, follower)
         if generation < 0:  # rebuilt or staged: snapshot it now; a caught-up snapshot waits for the next one
@@ -717,6 +728,18 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 _LIBC = _glibc()
+
+
+def _stoppable(status: Callable[[str], None], stopping: threading.Event | None) -> Callable[[str], None]:
+    """``status``, which first ends start-up with :class:`StartupStopped` once ``stopping`` is set."""
+
+    @functools.wraps(status)
+    def step(text: str) -> None:
+        if stopping is not None and stopping.is_set():
+            raise StartupStopped(f"asked to stop while {text}")
+        status(text)
+
+    return step
 
 
 def _waiting(version: str, status: Callable[[str], None], told: list[bool]) -> None:

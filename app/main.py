@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from app.deps import ServiceState
-from app.engine import Engine, StartupError, Stores, open_model_and_store
+from app.engine import Engine, StartupError, StartupStopped, Stores, open_model_and_store
 from app.errors import register_errors
 from app.metrics import Metrics
 from app.middleware import OPEN_PATHS, ApiKey, BodyLimit, Telemetry
@@ -39,9 +39,19 @@ def create_app(settings: Settings | None = None, opened: tuple[QuestionEncoder, 
     async def build(encoder: QuestionEncoder, store: Stores) -> None:
         try:
             engine = await asyncio.to_thread(
-                Engine.build, settings, encoder, store, metrics.batch_size.observe, status=state.loading_step
+                Engine.build,
+                settings,
+                encoder,
+                store,
+                metrics.batch_size.observe,
+                status=state.loading_step,
+                stopping=state.stopping,
             )
             await engine.start()
+        except StartupStopped as stopped:
+            logger.warning("start-up stopped: %s; the next start goes on from there", stopped)
+            store.close()
+            return
         except Exception as err:
             state.load_error = f"start-up failed: {err}"
             if isinstance(err, StartupError):  # a reason, in one line
@@ -66,6 +76,7 @@ def create_app(settings: Settings | None = None, opened: tuple[QuestionEncoder, 
         try:
             yield
         finally:
+            state.stopping.set()  # a start-up still re-embedding or indexing ends at its next step
             await building
             if state.engine is not None:
                 await state.engine.stop()

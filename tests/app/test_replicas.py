@@ -155,6 +155,28 @@ def test_replicas_of_a_new_model_reembed_the_store_one_at_a_time(
             assert look.execute(versions).fetchall() == [(new_version, 4)] and _finds(new, CORPUS[2], "q2")
 
 
+def test_a_replica_waiting_for_another_to_re_embed_stops_when_asked(
+    tiny_model_dir: Path, tmp_path: Path, postgres: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = postgres.new_database()
+    with _replica(tiny_model_dir, tmp_path / "a", url) as old:
+        old.post("/questions", json={"questions": [{"id": "q0", "text": CORPUS[0]}]})
+    other_model = build_tiny_model(tmp_path / "other-model", seed=1, version_prefix="other")
+    with psycopg.connect(url, autocommit=True) as other_replica:
+        other_replica.execute("SELECT pg_advisory_lock(%s)", (REEMBED_LOCK,))
+        try:
+            new = TestClient(create_app(make_settings(other_model, tmp_path / "b", store_url=url)))
+            new.__enter__()
+            _within(10.0, lambda: "waiting for the replica" in new.get("/ready").json().get("detail", ""))
+            stopping = threading.Thread(target=new.__exit__, args=(None, None, None))
+            stopping.start()
+            stopping.join(10)  # it waited for the lock, as long as the other replica re-embedded
+            assert not stopping.is_alive()
+        finally:
+            other_replica.execute("SELECT pg_advisory_unlock(%s)", (REEMBED_LOCK,))
+    assert "start-up stopped: asked to stop while waiting for the replica that re-embeds" in caplog.text
+
+
 def test_while_postgresql_is_down_reads_go_on_and_writes_answer_503_then_resume_by_themselves(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:

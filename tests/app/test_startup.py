@@ -6,6 +6,7 @@ import json
 import logging
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,9 @@ from fastapi.testclient import TestClient
 
 from app.cli import main
 from app.deps import ServiceState
-from app.engine import StartupError
+from app.engine import STORE_FILE, StartupError
 from app.main import create_app
+from app.store import NewQuestion, QuestionStore
 
 from ..conftest import build_tiny_model
 from .conftest import engine_of, make_settings, serving, wait_ready
@@ -387,3 +389,48 @@ def test_ready_says_how_far_the_re_embedding_of_a_new_model_is(
         f"re-embedding the stored questions with model {version}: 3 of 3",
         "rebuilding the index from the store: 3 of 3 questions",
     ]
+
+
+def test_a_shutdown_stops_the_re_embedding_between_batches_and_the_next_start_goes_on(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Asked to stop while it re-embeds the store for a new model, the service stops after the
+    batch in hand (it waited for the whole store, half an hour for a million questions with a
+    converted MiniLM); the batches done are kept, and the next start re-embeds only the rest."""
+    data = tmp_path / "data"
+    store = QuestionStore(data / STORE_FILE, dim=24)
+    vectors = np.random.default_rng(0).standard_normal((5000, 24)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    store.upsert([NewQuestion.of(f"q{i}", f"Is this question number {i}?") for i in range(5000)], vectors, "old")
+    store.close()
+    version = json.loads((tiny_model_dir / "config.json").read_text())["version"]
+    seen, go_on = threading.Event(), threading.Event()
+    original = ServiceState.loading_step
+
+    def held(self: ServiceState, step: str) -> None:  # the build waits at its first step
+        original(self, step)
+        if not seen.is_set():
+            seen.set()
+            go_on.wait(10)
+
+    monkeypatch.setattr(ServiceState, "loading_step", held)
+    caplog.set_level(logging.INFO)
+    client = TestClient(create_app(make_settings(tiny_model_dir, data)))
+    client.__enter__()
+    assert seen.wait(10)
+    stopping = threading.Thread(target=client.__exit__, args=(None, None, None))
+    stopping.start()  # the shutdown asks the build to stop, then waits for it
+    time.sleep(0.2)
+    go_on.set()
+    stopping.join(10)
+    assert not stopping.is_alive()
+    step = f"re-embedding the stored questions with model {version}: 4,096 of 5,000"
+    assert f"start-up stopped: asked to stop while {step}; the next start goes on from there" in caplog.text
+    with closing(QuestionStore(data / STORE_FILE, dim=24, read_only=True)) as kept:
+        assert kept.model_versions() == {version: 4096, "old": 904}  # two batches done, the third not begun
+    monkeypatch.setattr(ServiceState, "loading_step", original)
+    caplog.clear()
+    with serving(make_settings(tiny_model_dir, data)) as client:
+        assert f"re-embedding 904 stored questions with model {version}" in caplog.text
+        assert client.get("/ready").json()["index_size"] == 5000
+        assert engine_of(client).store.model_versions() == {version: 5000}
