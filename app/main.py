@@ -18,7 +18,7 @@ from app.engine import Engine, StartupError, StartupStopped, Stores, open_model_
 from app.errors import register_errors
 from app.metrics import Metrics
 from app.middleware import OPEN_PATHS, ApiKey, BodyLimit, Telemetry
-from app.routes import clients, corpus, duplicates, embed, ops, questions, similarity
+from app.routes import clients, corpus, docs, duplicates, embed, ops, questions, similarity
 from app.schemas import Limits
 from app.settings import Settings
 from model.encoder import QuestionEncoder
@@ -89,6 +89,9 @@ def create_app(settings: Settings | None = None, opened: tuple[QuestionEncoder, 
         lifespan=lifespan,
         # "/health/" is not "/health": a 404 in JSON, not a redirect to a URL the gateway may not serve.
         redirect_slashes=False,
+        # /docs and /redoc are app/routes/docs.py's: FastAPI's load Swagger UI and ReDoc from a CDN.
+        docs_url=None,
+        redoc_url=None,
         # The service keeps its own Prometheus metrics (/metrics). FastAPI's OpenTelemetry hooks,
         # unused, asked the environment for providers on every request (about 20 us of ~130).
         telemetry={"tracing": False, "metrics": False, "logs": False},
@@ -97,11 +100,11 @@ def create_app(settings: Settings | None = None, opened: tuple[QuestionEncoder, 
     app.state.metrics = metrics
     # The routers' routes themselves, not include_router: FastAPI answers an included route
     # through request_response(route.get_route_handler()), which would put back, for every JSON
-    # request, what JsonRoute leaves out (app/routing.py). They go ahead of FastAPI's own
-    # documentation routes, so that a request to the API is matched first.
+    # request, what JsonRoute leaves out (app/routing.py). They go ahead of FastAPI's own route
+    # (/openapi.json), so that a request to the API is matched first.
     app.router.routes[:0] = [
         route
-        for module in (similarity, embed, questions, duplicates, corpus, clients, ops)
+        for module in (similarity, embed, questions, duplicates, corpus, clients, ops, docs)
         for route in module.router.routes
     ]
     register_errors(app)

@@ -18,12 +18,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import error_response
 from app.metrics import Metrics
+from app.routes.docs import ASSETS as SWAGGER_UI_FILES
 
 access = logging.getLogger("dupq.access")
 
 # Never behind the API key: the probes, and the pages a browser loads before it can send a key
-# (the playground, and Swagger's, whose "Authorize" button then sends it).
-OPEN_PATHS = frozenset({"/health", "/ready", "/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+# (the playground, and Swagger's, whose "Authorize" button then sends it), with their files.
+OPEN_PATHS = frozenset(
+    {"/health", "/ready", "/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+    | {f"/docs/{name}" for name in SWAGGER_UI_FILES}
+)
 
 
 def is_write(method: str, path: str) -> bool:

@@ -3,6 +3,7 @@ PyTorch or anything else of the train extra (tests/app/server.py)."""
 
 from __future__ import annotations
 
+import http.client
 import re
 import subprocess
 import sys
@@ -117,6 +118,29 @@ def test_the_api_key_guards_everything_but_the_probes_and_the_pages(server: Serv
     # The pages a browser loads before it can send a key: the playground, Swagger and its document.
     for path in ("/", "/docs", "/openapi.json"):
         assert server.request("GET", path)[0] == 200, path
+
+
+def test_the_docs_page_loads_nothing_from_outside_the_service(server: Server) -> None:
+    """/docs is Swagger UI from files the package ships (FastAPI's loads it from a CDN, and the
+    page stayed blank where the browser could not reach it), open without the key as the page is."""
+    status, page = server.request("GET", "/docs")
+    assert status == 200
+    links = re.findall(rb"""(?:src|href)=["']([^"']+)["']""", page)
+    assert sorted(links) == [b"/docs/favicon-32x32.png", b"/docs/swagger-ui-bundle.js", b"/docs/swagger-ui.css"]
+    assert b"http" not in page.replace(b"window.location.origin", b"")
+    for link, media_type, sign in [
+        ("/docs/swagger-ui-bundle.js", "text/javascript", b"SwaggerUIBundle"),
+        ("/docs/swagger-ui.css", "text/css", b".swagger-ui"),
+        ("/docs/favicon-32x32.png", "image/png", b"\x89PNG"),
+    ]:
+        with urllib.request.urlopen(server.url + link, timeout=5) as response:
+            assert response.status == 200 and response.headers.get_content_type() == media_type, link
+            assert sign in response.read(), link
+    connection = http.client.HTTPConnection(server.url.removeprefix("http://"), timeout=5)
+    connection.request("GET", "/redoc")  # FastAPI's other page, ReDoc from a CDN, leads there
+    answer = connection.getresponse()
+    assert (answer.status, answer.getheader("location")) == (307, "/docs")
+    connection.close()
 
 
 def test_the_server_runs_where_training_packages_cannot_be_imported() -> None:

@@ -1,5 +1,6 @@
-"""The playground at / in a real headless Chromium against a real server: type into both forms, read
-the answers. Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them, and
+"""The playground at / and the API's page at /docs in a real headless Chromium against a real
+server, which no other host can be reached from: type into both forms, read the answers; see every
+operation listed. Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them, and
 sets DUPQ_REQUIRE_BROWSER=1 so that their absence fails the run instead of skipping the test).
 
 ``DUPQ_SCREENSHOT=path.png`` saves what the page shows at the end (docs/img/playground.png).
@@ -33,6 +34,8 @@ def browser() -> Iterator[object]:
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,1100"):
         options.add_argument(flag)
+    # No host but this one resolves: a page that needs anything from outside the service shows it.
+    options.add_argument("--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1")
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
         yield driver
@@ -97,5 +100,29 @@ def test_the_playground_answers_both_forms(browser: object, tiny_model_dir: Path
         wait.until(ready.text_to_be_present_in_element((By.ID, "found"), "422"))
         if os.environ.get("DUPQ_SCREENSHOT"):
             driver.save_screenshot(os.environ["DUPQ_SCREENSHOT"])  # type: ignore[attr-defined]
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_the_docs_page_lists_every_operation_from_the_service_alone(
+    browser: object, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = browser
+    server = Server(tiny_model_dir, tmp_path / "data", DUPQ_API_KEY="secret").start()
+    try:
+        document = server.request("GET", "/openapi.json")[1]
+        operations = sum(len(methods) for methods in document["paths"].values())
+        driver.get(server.url + "/docs")  # type: ignore[attr-defined]
+        shown = lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) == operations  # noqa: E731
+        WebDriverWait(driver, 10).until(shown)
+        assert "dupq" in driver.find_element(By.CSS_SELECTOR, ".info .title").text  # type: ignore[attr-defined]
+        loaded = driver.execute_script(  # type: ignore[attr-defined]
+            "return performance.getEntriesByType('resource').map(e => e.name)"
+        )
+        assert loaded and all(url.startswith(server.url + "/") for url in loaded), loaded
     finally:
         server.stop()
