@@ -287,22 +287,27 @@ class PostgresStore:
                 self._set_model(cur, version)
 
     @contextmanager
-    def reembedding(self, waiting: Callable[[], None], poll_s: float = 0.5) -> Iterator[None]:
+    def reembedding(self, waiting: Callable[[], None], poll_s: float = 0.5) -> Iterator[psycopg.Connection[Any]]:
         """Hold the store's re-embedding lock: replicas started on a new model at once re-embed it
         one at a time, so that none encodes what another is encoding (a replica given the vectors
         staged by ``dupq reembed`` is not slowed down by the others either), and those that follow
-        find it done. A session lock, on a connection of its own, that the server drops if this
-        process dies (the next one goes on from there); ``waiting`` is called while another
-        replica holds it."""
+        find it done. A session lock, on a connection of its own (yielded), that the server drops
+        with the connection if this process dies (the next one goes on from there); ``waiting`` is
+        called while another replica holds it."""
         try:
             conn = psycopg.connect(self.url, autocommit=True, connect_timeout=2)
+            # The server notices within about 25 s that a replica vanished without closing the
+            # connection (its machine lost power, the network was cut), and drops the lock, where
+            # the system's TCP keepalive would wait two hours. Ignored on a Unix socket.
+            for setting in ("tcp_keepalives_idle = 10", "tcp_keepalives_interval = 5", "tcp_keepalives_count = 3"):
+                conn.execute(f"SET {setting}".encode())
         except psycopg.OperationalError as err:
             raise StoreUnavailable(f"PostgreSQL at {self.where} is unreachable: {_reason(err)}") from err
         with conn:
             while not conn.execute("SELECT pg_try_advisory_lock(%s)", (REEMBED_LOCK,)).fetchone()[0]:  # type: ignore[index]
                 waiting()
                 time.sleep(poll_s)
-            yield  # the lock goes with the connection
+            yield conn  # the lock goes with the connection
 
     def add_feedback(self, pairs: Sequence[Feedback], model_version: str) -> int:
         now = time.time()

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from app.client import STORE_UNAVAILABLE
 from app.main import create_app
-from app.pgstore import REEMBED_LOCK
+from app.pgstore import REEMBED_LOCK, PostgresStore
 from tests.postgres import PostgresServer
 
 from ..conftest import CORPUS, build_tiny_model
@@ -153,6 +153,18 @@ def test_replicas_of_a_new_model_reembed_the_store_one_at_a_time(
             wait_ready(new)
             new_version = engine_of(new).encoder.version
             assert look.execute(versions).fetchall() == [(new_version, 4)] and _finds(new, CORPUS[2], "q2")
+
+
+def test_the_server_drops_the_re_embedding_lock_soon_after_its_holder_vanishes(postgres: PostgresServer) -> None:
+    """The lock's connection asks the server for TCP keepalives every few seconds: a replica gone
+    without closing it (power lost, network cut) would otherwise hold the lock for two hours."""
+    store = PostgresStore(postgres.new_database(), dim=4)
+    try:
+        with store.reembedding(lambda: None) as holder:
+            shown = [holder.execute(f"SHOW tcp_keepalives_{name}").fetchone() for name in ("idle", "interval", "count")]
+            assert shown == [("10",), ("5",), ("3",)]
+    finally:
+        store.close()
 
 
 def test_a_replica_waiting_for_another_to_re_embed_stops_when_asked(
