@@ -106,6 +106,34 @@ def safe_url(url: str) -> str:
     return f"postgresql://{user}@{host}:{port or 5432}/{db}"
 
 
+# TCP settings of every connection, on both sides: keepalive probes after 10 s idle, every 5 s, 3
+# lost ending it; and at most 25 s for sent data (or probes) to go unacknowledged.
+KEEPALIVE = {"keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3, "tcp_user_timeout": 25_000}
+
+
+def client_keepalives(url: str) -> dict[str, Any]:
+    """libpq's TCP settings (:data:`KEEPALIVE`) that ``url`` does not set itself. With
+    :func:`_keep_alive`, a side gone without closing the connection (its machine lost power, the
+    network was cut) is noticed within about 25 s, not the hours of the system's defaults (two
+    hours idle; some fifteen minutes of retransmissions): here, a query waiting on a server gone
+    fails (a 503)."""
+    given = psycopg.conninfo.conninfo_to_dict(url)
+    return {k: v for k, v in {"keepalives": 1, **KEEPALIVE}.items() if k not in given}
+
+
+def _keep_alive(conn: psycopg.Connection[Any]) -> None:
+    """The server's side, for this session (ignored on a Unix socket): it ends the session of a
+    replica gone, and with it a transaction that held the write lock, which every write waits for,
+    or the re-embedding lock. SET, not a startup option, which a pooler such as PgBouncer may refuse."""
+    for name, value in KEEPALIVE.items():
+        conn.execute(f"SET {name.replace('keepalives', 'tcp_keepalives')} = {value}".encode())
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    _keep_alive(conn)
+    conn.commit()  # the pool hands out connections idle, outside a transaction
+
+
 class PostgresStore:
     """The store in a PostgreSQL database: connect, create or migrate the schema (a newer schema
     is refused with :class:`StoreTooNew`), and keep a pool of connections. ``connect_timeout``:
@@ -116,6 +144,7 @@ class PostgresStore:
         self.url = url
         self.dim = dim
         self.where = safe_url(url)
+        self.keepalives = client_keepalives(url)
         self.pool = ConnectionPool(
             url,
             min_size=1,
@@ -125,7 +154,8 @@ class PostgresStore:
             # A connection is tried before it is handed out: after a server restart the stale ones
             # are dropped there, instead of failing one request each.
             check=ConnectionPool.check_connection,
-            kwargs={"connect_timeout": max(1, int(timeout))},
+            kwargs={"connect_timeout": max(1, int(timeout)), **self.keepalives},
+            configure=_configure,
             name="dupq",
         )
         try:
@@ -294,13 +324,9 @@ class PostgresStore:
         find it done. A session lock, on a connection of its own (yielded), that the server drops
         with the connection if this process dies (the next one goes on from there); ``waiting`` is
         called while another replica holds it."""
-        try:
-            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=2)
-            # The server notices within about 25 s that a replica vanished without closing the
-            # connection (its machine lost power, the network was cut), and drops the lock, where
-            # the system's TCP keepalive would wait two hours. Ignored on a Unix socket.
-            for setting in ("tcp_keepalives_idle = 10", "tcp_keepalives_interval = 5", "tcp_keepalives_count = 3"):
-                conn.execute(f"SET {setting}".encode())
+        try:  # with keepalives: the server drops the lock of a replica that vanished within 25 s
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=2, **self.keepalives)
+            _keep_alive(conn)
         except psycopg.OperationalError as err:
             raise StoreUnavailable(f"PostgreSQL at {self.where} is unreachable: {_reason(err)}") from err
         with conn:
@@ -440,7 +466,8 @@ class PostgresStore:
     def listen(self) -> psycopg.Connection[Any]:
         """A connection of its own that receives the feed's notifications."""
         try:
-            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=2)
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=2, **self.keepalives)
+            _keep_alive(conn)
             conn.execute(f"LISTEN {CHANNEL}")
         except psycopg.OperationalError as err:
             raise StoreUnavailable(f"PostgreSQL at {self.where} is unreachable: {_reason(err)}") from err

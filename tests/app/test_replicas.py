@@ -155,16 +155,38 @@ def test_replicas_of_a_new_model_reembed_the_store_one_at_a_time(
             assert look.execute(versions).fetchall() == [(new_version, 4)] and _finds(new, CORPUS[2], "q2")
 
 
-def test_the_server_drops_the_re_embedding_lock_soon_after_its_holder_vanishes(postgres: PostgresServer) -> None:
-    """The lock's connection asks the server for TCP keepalives every few seconds: a replica gone
-    without closing it (power lost, network cut) would otherwise hold the lock for two hours."""
-    store = PostgresStore(postgres.new_database(), dim=4)
+def _keepalives(conn: psycopg.Connection[Any]) -> tuple[list[Any], dict[str, str]]:
+    names = ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count", "tcp_user_timeout")
+    server = [conn.execute(f"SHOW {name}").fetchone() for name in names]
+    client = {k: v for k, v in conn.info.get_parameters().items() if k.startswith(("keepalives", "tcp_"))}
+    return server, client
+
+
+def test_every_connection_to_the_store_notices_a_side_gone_within_seconds(postgres: PostgresServer) -> None:
+    """Each connection keeps TCP keepalives of a few seconds both ways: a replica gone without
+    closing its connection (power lost, network cut) would otherwise hold a lock (the write lock,
+    in a transaction, which every write waits for; the re-embedding lock) for two hours, and a
+    query would wait as long on a server gone. The URL's own settings are kept."""
+    url = postgres.new_database()
+    client = {"keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5", "keepalives_count": "3"}
+    client["tcp_user_timeout"] = "25000"
+    expected = ([("10",), ("5",), ("3",), ("25000",)], client)
+    store = PostgresStore(url, dim=4)
     try:
+        with store.pool.connection() as conn:
+            assert _keepalives(conn) == expected
         with store.reembedding(lambda: None) as holder:
-            shown = [holder.execute(f"SHOW tcp_keepalives_{name}").fetchone() for name in ("idle", "interval", "count")]
-            assert shown == [("10",), ("5",), ("3",)]
+            assert _keepalives(holder) == expected
+        with store.listen() as listener:
+            assert _keepalives(listener) == expected
     finally:
         store.close()
+    own = PostgresStore(url + "?keepalives_idle=30", dim=4)
+    try:
+        with own.pool.connection() as conn:
+            assert _keepalives(conn) == (expected[0], {**client, "keepalives_idle": "30"})
+    finally:
+        own.close()
 
 
 def test_a_replica_waiting_for_another_to_re_embed_stops_when_asked(
