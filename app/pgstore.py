@@ -124,7 +124,8 @@ def client_keepalives(url: str) -> dict[str, Any]:
 def _keep_alive(conn: psycopg.Connection[Any]) -> None:
     """The server's side, for this session (ignored on a Unix socket): it ends the session of a
     replica gone, and with it a transaction that held the write lock, which every write waits for,
-    or the re-embedding lock. SET, not a startup option, which a pooler such as PgBouncer may refuse."""
+    or the re-embedding lock. SET, not a startup option, which a pooler such as PgBouncer may refuse
+    (behind one, these settle when the server takes the pooler for gone; the pooler's own, a replica)."""
     for name, value in KEEPALIVE.items():
         conn.execute(f"SET {name.replace('keepalives', 'tcp_keepalives')} = {value}".encode())
 

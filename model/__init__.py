@@ -15,7 +15,7 @@ import os
 
 # ONNX Runtime's packages for Linux send telemetry (1.32 here): from the moment it is imported it
 # keeps a device identifier and a queue of events about the process and its sessions under
-# ~/.cache/Microsoft and uploads them to Microsoft. A self-hosted service does not call home, so
+# ~/.cache/Microsoft to upload to Microsoft. A self-hosted service does not call home, so
 # every dupq process turns that off before anything imports ONNX Runtime (nothing outside this
 # package does); ORT_DISABLE_TELEMETRY=0, set by the operator, leaves it on.
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
