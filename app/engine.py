@@ -311,8 +311,10 @@ class Engine:
         store, primary, follower = stores.local, stores.primary, None
         if primary is not None:
             primary.claim_model(encoder.version)  # before re-embedding: replicas of an old model stop writing
-            with primary.reembedding(functools.partial(_waiting, encoder.version, step, [])):
-                done = _reembed(settings, encoder, primary, progress, step)
+            done = None
+            if any(version != encoder.version for version in primary.model_versions()):  # else no lock to wait for
+                with primary.reembedding(functools.partial(_waiting, encoder.version, step, [])):
+                    done = _reembed(settings, encoder, primary, progress, step)
             follower = Follower(primary, store, encoder.version)
             try:
                 copied = follower.prepare()

@@ -189,6 +189,20 @@ def test_every_connection_to_the_store_notices_a_side_gone_within_seconds(postgr
         own.close()
 
 
+def test_a_replica_of_the_store_s_own_model_does_not_wait_for_the_re_embedding_lock(
+    tiny_model_dir: Path, tmp_path: Path, postgres: PostgresServer
+) -> None:
+    """Only a replica that has questions to re-embed takes the lock: the others start at once, even
+    while a replica of another model holds it."""
+    url = postgres.new_database()
+    with _replica(tiny_model_dir, tmp_path / "a", url) as first:
+        first.post("/questions", json={"questions": [{"id": "q0", "text": CORPUS[0]}]})
+    with psycopg.connect(url, autocommit=True) as other_replica:
+        other_replica.execute("SELECT pg_advisory_lock(%s)", (REEMBED_LOCK,))
+        with _replica(tiny_model_dir, tmp_path / "b", url) as second:
+            assert second.get("/ready").json()["index_size"] == 1 and _finds(second, CORPUS[0], "q0")
+
+
 def test_a_replica_waiting_for_another_to_re_embed_stops_when_asked(
     tiny_model_dir: Path, tmp_path: Path, postgres: PostgresServer, caplog: pytest.LogCaptureFixture
 ) -> None:
