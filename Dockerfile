@@ -47,7 +47,11 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER dupq
 VOLUME ["/data"]
 EXPOSE 8000
-HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
+# Healthy once /ready says 200. Start-up may take minutes (re-embedding a store for a new model,
+# copying a large one from PostgreSQL, seeding): failures count only after the first success or
+# 10 minutes, so that docker-compose waits for it rather than call the replica unhealthy (with 60 s,
+# `docker-compose up -d` onto a new model failed after 83 s while 50,000 questions were re-embedded).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=600s --retries=3 \
     CMD ["python3", "-c", "import urllib.request, sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/ready', timeout=2).status != 200)"]
 ENTRYPOINT ["/opt/dupq/bin/dupq-entrypoint"]
 CMD ["dupq", "serve", "--host", "0.0.0.0", "--port", "8000"]
