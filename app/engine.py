@@ -735,7 +735,6 @@ _LIBC = _glibc()
 def _stoppable(status: Callable[[str], None], stopping: threading.Event | None) -> Callable[[str], None]:
     """``status``, which first ends start-up with :class:`StartupStopped` once ``stopping`` is set."""
 
-    @functools.wraps(status)
     def step(text: str) -> None:
         if stopping is not None and stopping.is_set():
             raise StartupStopped(f"asked to stop while {text}")

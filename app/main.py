@@ -18,6 +18,7 @@ from app.engine import Engine, StartupError, StartupStopped, Stores, open_model_
 from app.errors import register_errors
 from app.metrics import Metrics
 from app.middleware import OPEN_PATHS, ApiKey, BodyLimit, Telemetry
+from app.pgstore import StoreUnavailable
 from app.routes import clients, corpus, docs, duplicates, embed, ops, questions, similarity
 from app.schemas import Limits
 from app.settings import Settings
@@ -54,7 +55,7 @@ def create_app(settings: Settings | None = None, opened: tuple[QuestionEncoder, 
             return
         except Exception as err:
             state.load_error = f"start-up failed: {err}"
-            if isinstance(err, StartupError):  # a reason, in one line
+            if isinstance(err, StartupError | StoreUnavailable):  # a reason, in one line
                 logger.error("start-up failed: %s", err)
             else:
                 logger.exception("start-up failed")

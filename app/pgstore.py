@@ -325,15 +325,13 @@ class PostgresStore:
         find it done. A session lock, on a connection of its own (yielded), that the server drops
         with the connection if this process dies (the next one goes on from there); ``waiting`` is
         called while another replica holds it."""
-        try:  # with keepalives: the server drops the lock of a replica that vanished within 25 s
-            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=2, **self.keepalives)
-            _keep_alive(conn)
-        except psycopg.OperationalError as err:
-            raise StoreUnavailable(f"PostgreSQL at {self.where} is unreachable: {_reason(err)}") from err
-        with conn:
-            while not conn.execute("SELECT pg_try_advisory_lock(%s)", (REEMBED_LOCK,)).fetchone()[0]:  # type: ignore[index]
-                waiting()
-                time.sleep(poll_s)
+        with self._connection() as conn:  # with keepalives: the lock of a replica gone is dropped in 25 s
+            try:
+                while not conn.execute("SELECT pg_try_advisory_lock(%s)", (REEMBED_LOCK,)).fetchone()[0]:  # type: ignore[index]
+                    waiting()
+                    time.sleep(poll_s)
+            except psycopg.OperationalError as err:
+                raise StoreUnavailable(f"PostgreSQL at {self.where} is unreachable: {_reason(err)}") from err
             yield conn  # the lock goes with the connection
 
     def add_feedback(self, pairs: Sequence[Feedback], model_version: str) -> int:
@@ -466,10 +464,19 @@ class PostgresStore:
 
     def listen(self) -> psycopg.Connection[Any]:
         """A connection of its own that receives the feed's notifications."""
+        return self._connection(f"LISTEN {CHANNEL}")
+
+    def _connection(self, *statements: str) -> psycopg.Connection[Any]:
+        """A connection of its own, outside the pool (autocommit, with the keepalives), once it has
+        run ``statements``; a server it cannot reach is a :class:`StoreUnavailable`."""
+        conn = None
         try:
             conn = psycopg.connect(self.url, autocommit=True, connect_timeout=2, **self.keepalives)
             _keep_alive(conn)
-            conn.execute(f"LISTEN {CHANNEL}")
+            for statement in statements:
+                conn.execute(statement.encode())
         except psycopg.OperationalError as err:
+            if conn is not None:
+                conn.close()
             raise StoreUnavailable(f"PostgreSQL at {self.where} is unreachable: {_reason(err)}") from err
         return conn

@@ -225,6 +225,27 @@ def test_a_replica_waiting_for_another_to_re_embed_stops_when_asked(
     assert "start-up stopped: asked to stop while waiting for the replica that re-embeds" in caplog.text
 
 
+def test_a_replica_waiting_for_the_re_embedding_lock_says_in_one_line_that_postgresql_went_away(
+    tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    other_model = build_tiny_model(tmp_path / "other-model", seed=1, version_prefix="other")
+    with _private_postgres() as pg:
+        url = pg.new_database()
+        with _replica(tiny_model_dir, tmp_path / "a", url) as old:
+            old.post("/questions", json={"questions": [{"id": "q0", "text": CORPUS[0]}]})
+        other_replica = psycopg.connect(url, autocommit=True)
+        other_replica.execute("SELECT pg_advisory_lock(%s)", (REEMBED_LOCK,))
+        with TestClient(create_app(make_settings(other_model, tmp_path / "b", store_url=url))) as new:
+            _within(10.0, lambda: "waiting for the replica" in new.get("/ready").json().get("detail", ""))
+            pg.stop()
+            _within(10.0, lambda: "start-up failed" in new.get("/ready").json().get("detail", ""))
+            detail = new.get("/ready").json()["detail"]
+        other_replica.close()
+        pg.start()  # for the fixture to stop
+    assert detail.startswith("not ready: start-up failed: PostgreSQL at postgresql://") and "is unreachable" in detail
+    assert "Traceback" not in caplog.text
+
+
 def test_while_postgresql_is_down_reads_go_on_and_writes_answer_503_then_resume_by_themselves(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
