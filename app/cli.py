@@ -274,8 +274,9 @@ def _reembed(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from app.engine import index_params, index_tag
+    from app.pgstaged import StagedRows, remove_staged_rows
     from app.pgstore import PostgresStore
-    from app.staged import StagedVectors, reembed, stage_index
+    from app.staged import Staged, StagedVectors, reembed, stage_index, staged_index_path
     from app.store import TextRow
     from model.encoder import load_encoder
 
@@ -287,8 +288,12 @@ def _reembed(args: argparse.Namespace) -> int:
         encoder = load_encoder(settings.model_dir, threads=threads)
         stale = sum(n for v, n in store.model_versions().items() if v != encoder.version)
         summary: dict[str, typing.Any] = {"model": encoder.version, "questions": stale}
+        staged: Staged
         if stale:
-            staged = StagedVectors.create(settings.data_dir, encoder.version, encoder.dim)
+            if isinstance(store, PostgresStore):  # where whichever replica re-embeds the store takes them
+                staged = StagedRows.create(store, encoder.version, encoder.dim)
+            else:
+                staged = StagedVectors.create(settings.data_dir, encoder.version, encoder.dim)
             try:
 
                 def put(rows: Sequence[TextRow], vectors: np.ndarray, encoded: np.ndarray) -> None:
@@ -303,9 +308,11 @@ def _reembed(args: argparse.Namespace) -> int:
                 summary["indexed"] = stage_index(staged, settings.data_dir, tag, index_params(settings))
             finally:
                 staged.close()
-            summary["file"] = str(staged.path)
+            summary.update(staged_in=staged.name, index=str(staged_index_path(settings.data_dir, encoder.version)))
         else:  # the store is this model's already: the service will not re-embed, nothing to stage
-            summary.update(encoded=0, already_staged=0, dropped=0, indexed=0, file=None)
+            if isinstance(store, PostgresStore):  # what a run left after the re-embedding took the rest
+                remove_staged_rows(store, encoder.version)
+            summary.update(encoded=0, already_staged=0, dropped=0, indexed=0, staged_in=None, index=None)
     finally:
         store.close()
     summary["seconds"] = round(time.monotonic() - started, 1)
@@ -685,12 +692,18 @@ def build_parser() -> argparse.ArgumentParser:
         "reembed",
         help="embed a data directory's questions with a new model beside the running service",
         description="Encode the stored questions with another model while the service serves the old one, "
-        "into a file of the data directory, and build their index beside it; the service then started on that "
-        "model takes those vectors and that index and encodes only the questions added or edited since, instead "
-        "of encoding and indexing all of them before it is ready. Reads the store, never writes it; run it again "
-        "to catch up, or to go on after an interruption.",
+        "into a file of the data directory (with --store-url: a table of the PostgreSQL store, staged_vectors), "
+        "and build their index in the data directory; the service then started on that model takes those "
+        "vectors and that index and encodes only the questions added or edited since, instead of encoding and "
+        "indexing all of them before it is ready. Never writes the questions; run it again to catch up, or to "
+        "go on after an interruption.",
     )
-    _store_flags(p, "the running service's data directory (the staged files go there)", "the new model directory")
+    _store_flags(
+        p,
+        "the running service's data directory (the staged files go there; with a PostgreSQL --store-url, only "
+        "the staged index, which the replica of this directory loads)",
+        "the new model directory",
+    )
     p.add_argument(
         "--threads",
         type=_ranged(int, 0),

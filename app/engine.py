@@ -43,12 +43,21 @@ from app.feed import Applied, FeedBatch, ModelMismatch
 from app.groups import find_groups
 from app.index import IndexParams, NamespacedIndex, SnapshotError, SnapshotFile
 from app.locks import ReadWriteLock
+from app.pgstaged import StagedRows, remove_staged_rows
 from app.pgstore import PostgresStore, StoreUnavailable
 from app.question_file import Skipped, describe_skipped, read_questions
 from app.replica import COPY_FILE, Follower
 from app.schemas import Limits, QuestionIn
 from app.settings import Settings
-from app.staged import Reembedded, StagedVectors, load_staged_index, reembed, remove_staged
+from app.staged import (
+    Reembedded,
+    Staged,
+    StagedVectors,
+    load_staged_index,
+    reembed,
+    remove_staged,
+    staged_index_path,
+)
 from app.store import (
     DEFAULT_NAMESPACE,
     Feedback,
@@ -315,6 +324,8 @@ class Engine:
             if any(version != encoder.version for version in primary.model_versions()):  # else no lock to wait for
                 with primary.reembedding(functools.partial(_waiting, encoder.version, step, [])):
                     done = _reembed(settings, encoder, primary, progress, step)
+                if done is not None:  # after the lock: the others need not wait for it
+                    remove_staged_rows(primary, encoder.version)  # used, or of no use once it is re-embedded
             follower = Follower(primary, store, encoder.version)
             try:
                 copied = follower.prepare()
@@ -324,10 +335,12 @@ class Engine:
             done, copied = _reembed(settings, encoder, store, progress, step), False
         tag = index_tag(encoder, primary)
         staged = None
-        if done is not None and done.staged:  # and their index, if dupq reembed staged it too
+        # Re-embedded now, here or (a replica's copy) by another replica: the index dupq reembed staged
+        # for the new vectors, if any, is worth more than a rebuild.
+        if (done is not None or copied) and staged_index_path(settings.data_dir, encoder.version).is_file():
             step("loading the index staged by dupq reembed")
-            params = index_params(settings)
-            staged = load_staged_index(settings.data_dir, encoder.version, tag, params, store, done.taken_keys)
+            params, taken = index_params(settings), done.taken_keys if done is not None else np.empty(0, np.int64)
+            staged = load_staged_index(settings.data_dir, encoder.version, tag, params, store, taken)
         if staged is not None:
             index, generation = staged, -1
         else:
@@ -760,8 +773,12 @@ def _reembed(
     stale = sum(n for v, n in store.model_versions().items() if v != encoder.version)
     if not stale:
         return None
-    staged = StagedVectors.find(settings.data_dir, encoder.version, encoder.dim)
-    of = f", taking the vectors staged in {staged.path.name}" if staged is not None else ""
+    staged: Staged | None
+    if isinstance(store, PostgresStore):
+        staged = StagedRows.find(store, encoder.version, encoder.dim)
+    else:
+        staged = StagedVectors.find(settings.data_dir, encoder.version, encoder.dim)
+    of = f", taking the vectors staged in {staged.name}" if staged is not None else ""
     logger.warning("re-embedding %d stored questions with model %s%s", stale, encoder.version, of)
 
     def put(rows: Sequence[TextRow], vectors: np.ndarray, encoded: np.ndarray) -> None:

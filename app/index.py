@@ -461,14 +461,20 @@ class SnapshotFile:
     def write_index(self, index: faiss.Index) -> tuple[int, int]:
         """Append a FAISS index; returns where it is: (offset, length)."""
         start = self._offset
-
-        def write(chunk: bytes) -> None:
-            self._hash.update(chunk)
-            self._handle.write(chunk)
-            self._offset += len(chunk)
-
-        faiss.write_index(index, faiss.PyCallbackIOWriter(write))  # type: ignore[attr-defined]  # not in the stubs
+        faiss.write_index(index, faiss.PyCallbackIOWriter(self._write))  # type: ignore[attr-defined]  # not in the stubs
         return start, self._offset - start
+
+    def write_bytes(self, data: bytes) -> tuple[int, int]:
+        """Append bytes of the caller's (read back by :func:`read_bytes_at`); returns where they
+        are: (offset, length)."""
+        start = self._offset
+        self._write(data)
+        return start, len(data)
+
+    def _write(self, chunk: bytes) -> None:
+        self._hash.update(chunk)
+        self._handle.write(chunk)
+        self._offset += len(chunk)
 
     def commit(self, meta: dict[str, Any]) -> None:
         self._handle.flush()
@@ -511,6 +517,20 @@ def read_snapshot(path: str | Path, tag: str, kind: str, dim: int) -> dict[str, 
         if hashlib.file_digest(handle, "sha256").hexdigest() != meta.get("sha256"):
             raise SnapshotError("snapshot fails its checksum")
     return meta
+
+
+def read_bytes_at(path: str | Path, offset: int, length: int) -> bytes:
+    """The bytes at ``[offset, offset + length)`` of a file; :class:`SnapshotError` if it cannot be
+    read or is shorter."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            data = handle.read(length)
+    except OSError as err:
+        raise SnapshotError(f"snapshot cannot be read: {err.strerror}") from err
+    if len(data) != length:
+        raise SnapshotError(f"snapshot entry of {length} bytes held {len(data)}")
+    return data
 
 
 def read_index_at(path: str | Path, offset: int, length: int) -> faiss.Index:

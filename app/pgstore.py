@@ -175,7 +175,7 @@ class PostgresStore:
         self.pool.close()
 
     @contextmanager
-    def _conn(self) -> Iterator[psycopg.Connection[Any]]:
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
         """A pooled connection in a transaction (committed on leaving, rolled back on an error);
         losing the server is a :class:`StoreUnavailable`."""
         try:
@@ -185,7 +185,7 @@ class PostgresStore:
             raise StoreUnavailable(f"PostgreSQL at {self.where} is unreachable: {_reason(err)}") from err
 
     def _migrate(self) -> None:
-        with self._conn() as conn:
+        with self.connection() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
             conn.execute("CREATE TABLE IF NOT EXISTS dupq_schema (version INTEGER NOT NULL)")
             row = conn.execute("SELECT version FROM dupq_schema").fetchone()
@@ -202,7 +202,7 @@ class PostgresStore:
                 conn.execute("INSERT INTO dupq_schema VALUES (%s)", (SCHEMA_VERSION,))
 
     def _meta(self, name: str) -> str | None:
-        with self._conn() as conn:
+        with self.connection() as conn:
             row = conn.execute("SELECT value FROM meta WHERE name = %s", (name,)).fetchone()
         return str(row[0]) if row else None
 
@@ -212,7 +212,7 @@ class PostgresStore:
     def _write(self, model_version: str | None) -> Iterator[psycopg.Cursor[Any]]:
         """A write transaction, holding the write lock; with ``model_version``, refused with
         :class:`ModelChanged` unless it is the store's (a fresh store takes it)."""
-        with self._conn() as conn, conn.cursor() as cur:
+        with self.connection() as conn, conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
             if model_version is not None:
                 row = cur.execute("SELECT value FROM meta WHERE name = 'model_version'").fetchone()
@@ -336,7 +336,7 @@ class PostgresStore:
 
     def add_feedback(self, pairs: Sequence[Feedback], model_version: str) -> int:
         now = time.time()
-        with self._conn() as conn, conn.cursor() as cur:
+        with self.connection() as conn, conn.cursor() as cur:
             cur.executemany(
                 "INSERT INTO feedback (question1, question2, id1, id2, is_duplicate, model_version, created) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s)",
@@ -366,7 +366,7 @@ class PostgresStore:
         return self._meta("model_version")
 
     def count(self, namespace: str | None = None) -> int:
-        with self._conn() as conn:
+        with self.connection() as conn:
             if namespace is None:
                 row = conn.execute("SELECT count(*) FROM questions").fetchone()
             else:
@@ -374,24 +374,24 @@ class PostgresStore:
         return int(row[0]) if row else 0
 
     def get(self, qid: str) -> StoredQuestion | None:
-        with self._conn() as conn:
+        with self.connection() as conn:
             row = conn.execute("SELECT key, id, text, namespace, metadata FROM questions WHERE id = %s", (qid,))
             found = row.fetchone()
         return StoredQuestion(*found) if found else None
 
     def model_versions(self) -> dict[str, int]:
-        with self._conn() as conn:
+        with self.connection() as conn:
             rows = conn.execute("SELECT model_version, count(*) FROM questions GROUP BY model_version").fetchall()
         return {str(version): int(n) for version, n in rows}
 
     def namespace_sizes(self) -> dict[str, int]:
-        with self._conn() as conn:
+        with self.connection() as conn:
             rows = conn.execute("SELECT namespace, count(*) FROM questions GROUP BY namespace").fetchall()
         return {str(namespace): int(n) for namespace, n in rows}
 
     def namespace_vectors(self, namespace: str) -> tuple[list[str], np.ndarray]:
         """The ids and vectors of a namespace, in key order."""
-        with self._conn() as conn:
+        with self.connection() as conn:
             rows = conn.execute(
                 "SELECT id, embedding FROM questions WHERE namespace = %s ORDER BY key", (namespace,)
             ).fetchall()
@@ -401,7 +401,7 @@ class PostgresStore:
     def iter_texts(self, not_version: str, batch: int = 2048) -> Iterator[list[TextRow]]:
         last = -1
         while True:
-            with self._conn() as conn:
+            with self.connection() as conn:
                 rows = conn.execute(
                     "SELECT key, text, namespace FROM questions WHERE key > %s AND model_version != %s "
                     "ORDER BY key LIMIT %s",
@@ -413,7 +413,7 @@ class PostgresStore:
             last = int(rows[-1][0])
 
     def iter_feedback(self) -> Iterator[tuple[int, Feedback, str, float]]:
-        with self._conn() as conn:
+        with self.connection() as conn:
             rows = conn.execute(
                 "SELECT n, question1, question2, is_duplicate, id1, id2, model_version, created "
                 "FROM feedback ORDER BY n"
@@ -426,7 +426,7 @@ class PostgresStore:
     @contextmanager
     def _snapshot(self) -> Iterator[psycopg.Connection[Any]]:
         """A read-only transaction that sees one state of the store throughout."""
-        with self._conn() as conn:
+        with self.connection() as conn:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             yield conn
 

@@ -9,7 +9,9 @@ while the old one serves, into a file of the data directory named for the new mo
 (:func:`staged_path`), then builds their index into a snapshot beside it (:func:`stage_index`). The
 service started on that model takes the vectors of the questions that did not change since, encodes
 only the rest (questions added or edited after the run) (:func:`reembed`), loads the snapshot and
-brings it level with the store (:func:`load_staged_index`), and removes both files.
+brings it level with the store (:func:`load_staged_index`), and removes both files. On PostgreSQL
+the vectors are staged in the store itself (:mod:`app.pgstaged`), where whichever replica re-embeds
+it takes them, and the index in the data directory given (that replica's, if it is the one).
 
 Each vector is kept with its question's store key and a digest of its namespace and text. In a store
 a key means one question (an upsert gives the question a new key); the digest makes sure of it where
@@ -27,10 +29,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-from app.index import IndexParams, NamespacedIndex, SnapshotError, SnapshotFile
+from app.index import IndexParams, NamespacedIndex, SnapshotError, SnapshotFile, read_bytes_at
 from app.store import QuestionStore, Store, TextRow, keyed_vectors, rows_in
 from model.encoder import QuestionEncoder
 
@@ -59,12 +62,29 @@ def question_digest(namespace: str, text: str) -> bytes:
     return hashlib.blake2b(f"{namespace}\0{text}".encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
+class Staged(Protocol):
+    """Vectors staged for one model version: in a file of the data directory
+    (:class:`StagedVectors`), or in the PostgreSQL store (:class:`app.pgstaged.StagedRows`)."""
+
+    version: str
+    dim: int
+    name: str  # where they are, for the log
+
+    def lookup(self, rows: Sequence[TextRow]) -> dict[int, np.ndarray]: ...
+    def add(self, rows: Sequence[TextRow], vectors: np.ndarray) -> None: ...
+    def keep_only(self, keys: np.ndarray) -> int: ...
+    def namespace_sizes(self) -> dict[str, int]: ...
+    def iter_vectors(self, batch: int = 10000) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]: ...
+    def close(self) -> None: ...
+
+
 class StagedVectors:
     """The staged vectors of one model version in a data directory, created by :meth:`create`
     (``dupq reembed``) or found by :meth:`find` (start-up)."""
 
     def __init__(self, path: Path, conn: sqlite3.Connection, version: str, dim: int) -> None:
         self.path = path
+        self.name = str(path)
         self.version = version
         self.dim = dim
         self._conn = conn
@@ -203,8 +223,9 @@ class StagedVectors:
 def remove_staged(data_dir: Path, version: str) -> None:
     """Remove what ``dupq reembed`` staged for model ``version`` in ``data_dir``, if anything."""
     path = staged_path(data_dir, version)
-    if path.exists() or path.with_suffix(".faiss").exists():
-        logger.info("removing %s and its index, staged by dupq reembed", path.name)
+    found = [file.name for file in (path, path.with_suffix(".faiss")) if file.exists()]
+    if found:
+        logger.info("removing %s, staged by dupq reembed", " and ".join(found))
         _remove(path)
 
 
@@ -245,7 +266,7 @@ class Reembedded:
 def reembed(
     encoder: QuestionEncoder,
     store: Store,
-    take: StagedVectors | None,
+    take: Staged | None,
     put: Callable[[Sequence[TextRow], np.ndarray, np.ndarray], None],
     progress: Callable[[int], None] = lambda n: None,
 ) -> Reembedded:
@@ -265,7 +286,7 @@ def reembed(
             try:
                 found = take.lookup(rows)
             except sqlite3.Error as err:  # damaged since it was opened: encode the rest
-                logger.warning("no longer reading %s, vectors staged by dupq reembed: %s", take.path, err)
+                logger.warning("no longer reading %s, vectors staged by dupq reembed: %s", take.name, err)
                 take = None
         missing = [i for i, row in enumerate(rows) if row[0] not in found]
         vectors = np.empty((len(rows), encoder.dim), dtype=np.float32)
@@ -300,33 +321,64 @@ def reembed(
     )
 
 
-def stage_index(staged: StagedVectors, data_dir: Path, tag: str, params: IndexParams) -> int:
+def vector_digests(vectors: np.ndarray) -> np.ndarray:
+    """8 bytes of BLAKE2b of each vector's float32 bytes, as unsigned integers: what a staged index
+    keeps of each vector it holds, to tell at the switch whether the store holds that very vector."""
+    rows = np.ascontiguousarray(vectors, dtype=np.float32)
+    raw = rows.view(np.uint8).reshape(len(rows), -1)
+    digests = (hashlib.blake2b(row.data, digest_size=8).digest() for row in raw)
+    return np.frombuffer(b"".join(digests), dtype=np.uint64)
+
+
+def stage_index(staged: Staged, data_dir: Path, tag: str, params: IndexParams) -> int:
     """Build the index of every staged vector, each namespace in the structure its size calls
-    for, as start-up would, into a snapshot beside the file (tagged as the service's index is);
-    returns its size."""
+    for, as start-up would, into a snapshot in ``data_dir`` (tagged as the service's index is),
+    with the key and :func:`vector_digests` of each vector after the indexes; returns its size."""
     index = NamespacedIndex(staged.dim, params)
     index.expect(staged.namespace_sizes())
-    for keys, vectors, namespaces in staged.iter_vectors():
-        index.add(keys, vectors, namespaces)
+    keys: list[np.ndarray] = []
+    digests: list[np.ndarray] = []
+    for batch, vectors, namespaces in staged.iter_vectors():
+        index.add(batch, vectors, namespaces)
+        keys.append(batch)
+        digests.append(vector_digests(vectors))
+    pairs = np.zeros((len(index), 2), dtype="<u8")  # (key, digest) of each vector, by key
+    if keys:
+        pairs[:, 0], pairs[:, 1] = np.concatenate(keys), np.concatenate(digests)
     with SnapshotFile(staged_index_path(data_dir, staged.version)) as file:
-        file.commit({**index.write_to(file), "tag": tag, "generation": -1})
+        meta = index.write_to(file)
+        offset, length = file.write_bytes(pairs.tobytes())
+        file.commit({**meta, "tag": tag, "generation": -1, "vectors": {"offset": offset, "length": length}})
     return len(index)
+
+
+def _staged_digests(index: NamespacedIndex, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The keys of the vectors a staged index holds, in order, and their digests."""
+    where = index.snapshot_meta.get("vectors")
+    if not isinstance(where, dict):
+        raise SnapshotError("snapshot holds no digests of its vectors")
+    held = np.frombuffer(read_bytes_at(path, int(where["offset"]), int(where["length"])), dtype="<u8")
+    pairs = held.reshape(-1, 2)
+    return pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.uint64)
 
 
 def load_staged_index(
     data_dir: Path, version: str, tag: str, params: IndexParams, store: QuestionStore, taken: np.ndarray
 ) -> NamespacedIndex | None:
-    """The index staged for model ``version``, brought level with the store just re-embedded: it
-    keeps the questions whose staged vectors start-up ``taken`` (keys) and that are still stored,
-    drops the rest, and every stored question it lacks is added from the store (those encoded at
-    start-up, added since, or of this model before). None if there is no staged index, or it
-    cannot be read (logged)."""
+    """The index staged for model ``version``, brought level with the store re-embedded with it:
+    it keeps each question that is still stored with the vector it was staged with (those whose
+    staged vectors this start-up ``taken``, keys; the others if the store's vector has the digest
+    staged beside it, as when another replica of a PostgreSQL store took them), drops the rest,
+    and every stored question it lacks is added from the store (those encoded at the switch, added
+    since, or of this model before). None if there is no staged index, or it cannot be read
+    (logged)."""
     path = staged_index_path(data_dir, version)
     if not path.is_file():
         return None
     started = time.monotonic()
     try:
         index = NamespacedIndex.load(path, tag, params, store.dim)
+        staged_keys, staged_digests = _staged_digests(index, path)
     except SnapshotError as why:
         logger.warning("ignoring %s, the index staged by dupq reembed: %s", path, why)
         return None
@@ -334,21 +386,40 @@ def load_staged_index(
     stored = store.keys(upto=np.iinfo(np.int64).max)
     gone: list[tuple[int, str]] = []
     held: list[np.ndarray] = []
+    checked = 0
     for namespace, live in index.live():
-        drop = ~np.isin(live, taken) | ~np.isin(live, stored)
-        gone += [(int(key), namespace) for key in live[drop]]
-        held.append(live[~drop])
+        keep = np.isin(live, stored)
+        unsure = np.flatnonzero(keep & ~np.isin(live, taken))
+        for start in range(0, len(unsure), 10000):
+            at = unsure[start : start + 10000]
+            keep[at] = _same_vectors(store, live[at], staged_keys, staged_digests)
+        checked += len(unsure)
+        gone += [(int(key), namespace) for key in live[~keep]]
+        held.append(live[keep])
     index.remove(gone)
     lacking = stored[~np.isin(stored, np.concatenate(held))] if held else stored
     for start in range(0, len(lacking), 10000):
         keys, vectors, namespaces = store.vectors_of(lacking[start : start + 10000])
         index.add(keys, vectors, namespaces)
     logger.info(
-        "index loaded from %s: %d questions, %d removed, %d added from the store, in %.1f s",
+        "index loaded from %s: %d questions, %d removed, %d added from the store, %d checked against it, in %.1f s",
         path.name,
         loaded,
         len(gone),
         len(lacking),
+        checked,
         time.monotonic() - started,
     )
     return index
+
+
+def _same_vectors(store: QuestionStore, keys: np.ndarray, staged_keys: np.ndarray, staged: np.ndarray) -> np.ndarray:
+    """Whether the store holds each of ``keys`` (stored ones) with the vector staged for it."""
+    found, vectors, _ = store.vectors_of(keys)
+    digests = dict(zip(found.tolist(), vector_digests(vectors).tolist(), strict=True))
+    at = np.clip(np.searchsorted(staged_keys, keys), 0, max(0, len(staged_keys) - 1))
+    known = (staged_keys[at] == keys) if len(staged_keys) else np.zeros(len(keys), dtype=bool)
+    return np.array(
+        [bool(k) and digests.get(int(key)) == int(staged[i]) for key, i, k in zip(keys, at, known, strict=True)],
+        dtype=bool,
+    )

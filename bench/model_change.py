@@ -136,9 +136,8 @@ def change(
             with Searches(url, queries) as alone:  # the same service, as long again, with nothing beside it
                 time.sleep(during.seconds)
             result["searches_alone"], result["searches_during_reembed"] = alone.figures(), during.figures()
-            staged = Path(str(summary["file"]))
-            result["staged_file_mib"] = round(staged.stat().st_size / 2**20, 1)
-            result["staged_index_mib"] = round(staged.with_suffix(".faiss").stat().st_size / 2**20, 1)
+            result["staged_file_mib"] = round(Path(str(summary["staged_in"])).stat().st_size / 2**20, 1)
+            result["staged_index_mib"] = round(Path(str(summary["index"])).stat().st_size / 2**20, 1)
         for start in range(0, len(edits), 256):
             questions = [{"id": f"edit-{start + i}", "text": t} for i, t in enumerate(edits[start : start + 256])]
             post(url + "/questions", {"questions": questions})

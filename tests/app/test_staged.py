@@ -13,13 +13,17 @@ from typing import Any
 
 import faiss
 import numpy as np
+import psycopg
 import pytest
 
 from app.cli import main
 from app.engine import Engine
-from app.staged import StagedVectors, _remove, question_digest, reembed, staged_path
+from app.pgstaged import StagedRows
+from app.pgstore import PostgresStore, safe_url
+from app.staged import StagedVectors, _remove, question_digest, reembed, staged_index_path, staged_path
 from app.store import NewQuestion, QuestionStore
 from model.encoder import load_encoder
+from tests.postgres import PostgresServer
 
 from ..conftest import build_tiny_model
 from .conftest import engine_of, make_settings, serving
@@ -110,13 +114,24 @@ def _staging(flags: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, 
     return json.loads(capsys.readouterr().out)  # type: ignore[no-any-return]
 
 
-def _mark(staged_file: Path, key: int, vector: np.ndarray | None = None, text: str | None = None) -> None:
+def _mark(
+    staged_in: str, store_url: str | None, key: int, vector: np.ndarray | None = None, text: str | None = None
+) -> None:
     """Change a staged vector, or the question it was staged for, behind dupq reembed's back."""
-    with closing(sqlite3.connect(staged_file)) as conn, conn:
-        if vector is not None:
-            conn.execute("UPDATE vectors SET embedding = ? WHERE key = ?", (vector.tobytes(), key))
-        if text is not None:
-            conn.execute("UPDATE vectors SET digest = ? WHERE key = ?", (question_digest("default", text), key))
+    changes = [("embedding", vector.tobytes())] if vector is not None else []
+    changes += [("digest", question_digest("default", text))] if text is not None else []
+    for column, value in changes:
+        if store_url:
+            with psycopg.connect(store_url, autocommit=True) as conn:
+                conn.execute(f"UPDATE staged_vectors SET {column} = %s WHERE key = %s", (value, key))
+        else:
+            with closing(sqlite3.connect(staged_in)) as conn, conn:
+                conn.execute(f"UPDATE vectors SET {column} = ? WHERE key = ?", (value, key))
+
+
+def _staged_rows(store_url: str) -> list[tuple[str, int]]:
+    with psycopg.connect(store_url) as conn:
+        return [(str(v), int(k)) for v, k in conn.execute("SELECT model_version, key FROM staged_vectors")]
 
 
 def _index_matches_store(engine: Engine) -> None:
@@ -147,29 +162,36 @@ def test_vectors_and_their_index_staged_beside_the_running_service_are_taken_at_
         keys = {q: engine_of(client).store.get(q).key for q in ("q0", "q5")}  # type: ignore[union-attr]
         first = _staging(flags, capsys)  # beside the service, which owns the store
         assert (first["questions"], first["encoded"], first["already_staged"], first["indexed"]) == (6, 6, 0, 6)
-        staged_file = Path(first["file"])
-        assert staged_file == staged_path(data, first["model"]) and staged_file.with_suffix(".faiss").is_file()
+        staged_index = Path(first["index"])
+        assert staged_index == staged_index_path(data, first["model"]) and staged_index.is_file()
+        if store_url:  # in the store, where whichever replica re-embeds it takes them
+            assert first["staged_in"] == f"table staged_vectors of {safe_url(store_url)}"
+            assert not staged_path(data, first["model"]).exists()
+        else:
+            assert first["staged_in"] == str(staged_path(data, first["model"]))
         edits = [{"id": "q1", "text": "What is your age now?"}, {"id": "new", "text": "Is this new?"}]
         client.post("/questions", json={"questions": edits})
         # Marked vectors: q5's is to be taken at the switch, q0's to be encoded again (below).
-        _mark(staged_file, keys["q5"], _unit(24, 5))
-        _mark(staged_file, keys["q0"], _unit(24, 6))
+        _mark(first["staged_in"], store_url, keys["q5"], _unit(24, 5))
+        _mark(first["staged_in"], store_url, keys["q0"], _unit(24, 6))
         second = _staging(flags, capsys)  # again: only what changed is encoded
         assert (second["questions"], second["encoded"], second["already_staged"]) == (7, 2, 5)
         assert (second["dropped"], second["indexed"]) == (1, 7)  # q1's old text is gone
         client.post("/questions", json={"questions": [{"id": "q2", "text": "Where are you from, then?"}]})
         client.delete("/questions/q3")
-    _mark(staged_file, keys["q0"], text="Not what it was")  # staged for another text: encoded at the switch
+    _mark(first["staged_in"], store_url, keys["q0"], text="Not what it was")  # encoded at the switch
     caplog.set_level(logging.INFO)
     with serving(make_settings(other, data, store_url=store_url)) as client:
         assert "re-embedded 6 questions in" in caplog.text and ": 4 staged, 2 encoded" in caplog.text
-        assert f"index loaded from {staged_file.with_suffix('.faiss').name}: 7 questions, 3 removed, 2 added" in (
+        assert f"index loaded from {staged_index.name}: 7 questions, 3 removed, 2 added from the store, 1 checked" in (
             caplog.text
         )
         assert "index rebuilt" not in caplog.text
         engine = engine_of(client)
         assert engine.encoder.version == second["model"]
         assert not [f.name for f in data.iterdir() if f.name.startswith("staged-")]
+        if store_url:
+            assert _staged_rows(store_url) == [] and "removed the 7 vectors that dupq reembed staged" in caplog.text
         q5 = engine.store.vector_of("q5")
         assert q5 is not None and np.array_equal(q5[1], _unit(24, 5))  # taken from the file
         encoder = load_encoder(other, threads=1)
@@ -182,8 +204,9 @@ def test_vectors_and_their_index_staged_beside_the_running_service_are_taken_at_
             match = client.post("/duplicates", json={"question": text, "k": 1, "namespace": namespace}).json()
             assert match["matches"][0]["id"] == qid and match["matches"][0]["similarity"] == pytest.approx(1.0)
         assert client.get("/ready").json()["index_size"] == 6
-    done = _staging(flags, capsys)  # every question is the new model's now: nothing to stage, no file
-    assert (done["questions"], done["encoded"], done["file"]) == (0, 0, None) and not staged_file.exists()
+    done = _staging(flags, capsys)  # every question is the new model's now: nothing to stage
+    assert (done["questions"], done["encoded"], done["staged_in"], done["index"]) == (0, 0, None, None)
+    assert not [f.name for f in data.iterdir() if f.name.startswith("staged-")]
 
 
 def test_a_staged_index_that_cannot_be_read_is_rebuilt_from_the_store(
@@ -194,7 +217,7 @@ def test_a_staged_index_that_cannot_be_read_is_rebuilt_from_the_store(
     with serving(make_settings(tiny_model_dir, data)) as client:
         client.post("/questions", json={"questions": [{"id": f"q{i}", "text": t} for i, t in enumerate(QUESTIONS)]})
         staged = _staging(["--data-dir", str(data), "--model-dir", str(other)], capsys)
-    snapshot = Path(staged["file"]).with_suffix(".faiss")
+    snapshot = Path(staged["index"])
     snapshot.write_bytes(snapshot.read_bytes()[:-8] + b"damaged!")
     caplog.set_level(logging.INFO)
     with serving(make_settings(other, data)) as client:
@@ -249,3 +272,69 @@ def test_a_staged_file_that_cannot_be_opened_is_left_one_that_cannot_be_removed_
         assert staged.path.exists()  # not readable now is not damaged: left as it is
         _remove(staged.path)
     assert f"cannot remove {in_the_way}" in caplog.text and not staged.path.exists()
+
+
+def test_vectors_staged_in_postgresql_are_kept_by_version_and_taken_only_for_their_question(
+    postgres: PostgresServer,
+) -> None:
+    store = PostgresStore(postgres.new_database(), dim=4)
+    try:
+        assert StagedRows.find(store, "v1", 4) is None  # no table yet
+        staged = StagedRows.create(store, "v1", 4)
+        assert StagedRows.find(store, "v1", 4) is None  # a table, but nothing of v1
+        staged.add([(1, "How old are you?", "default"), (2, "Why?", "forum")], np.stack([_unit(4, 0), _unit(4, 1)]))
+        StagedRows.create(store, "v2", 4).add([(1, "How old are you?", "default")], _unit(4, 3)[None])
+        asked = [(1, "How old are you?", "default"), (2, "Why not?", "forum"), (3, "Where?", "default")]
+        found = staged.lookup(asked)
+        assert list(found) == [1] and np.array_equal(found[1], _unit(4, 0))  # v1's, not v2's
+        assert staged.lookup([(1, "How old are you?", "forum")]) == {}  # the same text in another namespace
+        staged.add([(2, "Why not?", "forum")], _unit(4, 2)[None])  # staged again: the new text replaces the old
+        assert np.array_equal(staged.lookup([(2, "Why not?", "forum")])[2], _unit(4, 2)) and staged.count() == 2
+        assert staged.namespace_sizes() == {"default": 1, "forum": 1}
+        assert staged.keep_only(np.array([2, 7])) == 1 and staged.count() == 1
+        [(keys, vectors, namespaces)] = list(staged.iter_vectors())
+        assert keys.tolist() == [2] and np.array_equal(vectors, _unit(4, 2)[None]) and namespaces == ["forum"]
+        again = StagedRows.find(store, "v1", 4)
+        assert again is not None and again.count() == 1
+        again.remove()
+        assert StagedRows.find(store, "v1", 4) is None and StagedRows.find(store, "v2", 4) is not None
+    finally:
+        store.close()
+
+
+def test_on_postgresql_the_replica_that_re_embeds_takes_the_staged_vectors_whatever_its_data_directory(
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    postgres: PostgresServer,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """dupq reembed ran in replica A's data directory; replica B, a new one (a container made
+    afresh), is the first started on the new model: it takes the vectors staged in the store and
+    builds its own index. A, started after it, copies the store and loads the index it staged,
+    keeping each vector the store holds too (by its digest) and taking the others from the store."""
+    url = postgres.new_database()
+    other = build_tiny_model(tmp_path / "other", seed=1, version_prefix="other")
+    a, b = tmp_path / "a", tmp_path / "b"
+    with serving(make_settings(tiny_model_dir, a, store_url=url)) as client:
+        client.post("/questions", json={"questions": [{"id": f"q{i}", "text": t} for i, t in enumerate(QUESTIONS)]})
+        q5 = engine_of(client).store.get("q5").key  # type: ignore[union-attr]
+        staged = _staging(["--data-dir", str(a), "--model-dir", str(other), "--store-url", url], capsys)
+    assert Path(staged["index"]).is_file()
+    _mark(staged["staged_in"], url, q5, _unit(24, 5))  # B takes this one, which A's index does not hold
+    caplog.set_level(logging.INFO)
+    with serving(make_settings(other, b, store_url=url)) as client:
+        assert ": 6 staged, 0 encoded" in caplog.text and "index rebuilt: 6 questions" in caplog.text
+        assert _staged_rows(url) == []
+        _index_matches_store(engine_of(client))
+        match = client.post("/duplicates", json={"question": QUESTIONS[2], "k": 1}).json()["matches"]
+        assert match[0]["id"] == "q2" and match[0]["similarity"] == pytest.approx(1.0)
+    caplog.clear()
+    with serving(make_settings(other, a, store_url=url)) as client:
+        loaded = f"index loaded from {Path(staged['index']).name}: 6 questions, 1 removed, 1 added from the store, "
+        assert loaded + "6 checked against it" in caplog.text and "index rebuilt" not in caplog.text
+        assert not Path(staged["index"]).exists()
+        engine = engine_of(client)
+        _index_matches_store(engine)
+        stored = engine.store.vector_of("q5")
+        assert stored is not None and np.array_equal(stored[1], _unit(24, 5))
