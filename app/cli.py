@@ -276,12 +276,20 @@ def _reembed(args: argparse.Namespace) -> int:
     from app.engine import index_params, index_tag
     from app.pgstaged import StagedRows, remove_staged_rows
     from app.pgstore import PostgresStore
-    from app.staged import Staged, StagedVectors, reembed, stage_index, staged_index_path
+    from app.staged import Staged, StagedVectors, reembed, remove_staged, stage_index, staged_index_path
     from app.store import TextRow
     from model.encoder import load_encoder
 
     settings = _settings(data_dir=args.data_dir, model_dir=args.model_dir, store_url=args.store_url)
-    store, _ = _read_only_store(settings)
+    store, config = _read_only_store(settings)
+    if args.discard:  # a model that will not be served after all
+        try:
+            files = remove_staged(settings.data_dir, str(config["version"]))
+            rows = remove_staged_rows(store, str(config["version"])) if isinstance(store, PostgresStore) else 0
+        finally:
+            store.close()
+        print(json.dumps({"model": config["version"], "discarded_files": files, "discarded_rows": rows}))
+        return 0
     try:
         started = time.monotonic()
         threads = args.threads or settings.cpu_count()  # the encoder's and the index build's
@@ -710,6 +718,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="threads for the encoder and the index build (default: 0, DUPQ_THREADS or else every CPU the "
         "process may use; fewer leave the running service its share)",
+    )
+    p.add_argument(
+        "--discard",
+        action="store_true",
+        help="remove what earlier runs staged for this model (its files in the data directory, its rows in a "
+        "PostgreSQL store) instead of staging: for a model that will not be served after all",
     )
     p.set_defaults(func=_reembed)
 

@@ -152,11 +152,13 @@ class StagedRows:
         remove_staged_rows(self.store, self.version)
 
 
-def remove_staged_rows(store: PostgresStore, version: str) -> None:
-    """Delete what ``dupq reembed`` staged in the store for model ``version``, if anything."""
+def remove_staged_rows(store: PostgresStore, version: str) -> int:
+    """Delete what ``dupq reembed`` staged in the store for model ``version``, if anything;
+    returns how many vectors."""
     with store.connection() as conn:
         if conn.execute("SELECT to_regclass(%s)", (TABLE,)).fetchone() == (None,):
-            return
-        n = conn.execute(f"DELETE FROM {TABLE} WHERE model_version = %s", (version,)).rowcount
+            return 0
+        n = int(conn.execute(f"DELETE FROM {TABLE} WHERE model_version = %s", (version,)).rowcount)
     if n:
         logger.info("removed the %d vectors that dupq reembed staged in %s", n, TABLE)
+    return n

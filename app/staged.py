@@ -220,13 +220,15 @@ class StagedVectors:
         _remove(self.path)
 
 
-def remove_staged(data_dir: Path, version: str) -> None:
-    """Remove what ``dupq reembed`` staged for model ``version`` in ``data_dir``, if anything."""
+def remove_staged(data_dir: Path, version: str) -> list[str]:
+    """Remove what ``dupq reembed`` staged for model ``version`` in ``data_dir``, if anything;
+    returns the files found (their names)."""
     path = staged_path(data_dir, version)
     found = [file.name for file in (path, path.with_suffix(".faiss")) if file.exists()]
     if found:
         logger.info("removing %s, staged by dupq reembed", " and ".join(found))
         _remove(path)
+    return found
 
 
 def _remove(path: Path) -> None:

@@ -338,3 +338,24 @@ def test_on_postgresql_the_replica_that_re_embeds_takes_the_staged_vectors_whate
         _index_matches_store(engine)
         stored = engine.store.vector_of("q5")
         assert stored is not None and np.array_equal(stored[1], _unit(24, 5))
+
+
+def test_what_was_staged_for_a_model_not_served_after_all_is_discarded(
+    tiny_model_dir: Path, tmp_path: Path, store_url: str | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    other = build_tiny_model(tmp_path / "other", seed=1, version_prefix="other")
+    flags = ["--data-dir", str(data), "--model-dir", str(other)] + (["--store-url", store_url] if store_url else [])
+    with serving(make_settings(tiny_model_dir, data, store_url=store_url)) as client:
+        client.post("/questions", json={"questions": [{"id": f"q{i}", "text": t} for i, t in enumerate(QUESTIONS)]})
+        staged = _staging(flags, capsys)
+        gone = _staging([*flags, "--discard"], capsys)
+        index = Path(staged["index"]).name
+        if store_url:
+            assert (gone["discarded_files"], gone["discarded_rows"]) == ([index], 6) and _staged_rows(store_url) == []
+        else:
+            assert (gone["discarded_files"], gone["discarded_rows"]) == ([Path(staged["staged_in"]).name, index], 0)
+        assert gone["model"] == staged["model"] and not [f for f in data.iterdir() if f.name.startswith("staged-")]
+        again = _staging([*flags, "--discard"], capsys)  # nothing left: not an error
+        assert (again["discarded_files"], again["discarded_rows"]) == ([], 0)
+        assert client.get("/ready").json()["index_size"] == 6  # the store and the service as they were
