@@ -313,14 +313,15 @@ def _reembed(args: argparse.Namespace) -> int:
                 summary.update(encoded=done.encoded, already_staged=done.staged, dropped=dropped)
                 faiss.omp_set_num_threads(threads)
                 tag = index_tag(encoder, store if isinstance(store, PostgresStore) else None)
-                summary["indexed"] = stage_index(staged, settings.data_dir, tag, index_params(settings))
+                indexed = stage_index(staged, settings.data_dir, tag, index_params(settings))
+                summary.update(indexed=indexed[0], index_kept=indexed[1])
             finally:
                 staged.close()
             summary.update(staged_in=staged.name, index=str(staged_index_path(settings.data_dir, encoder.version)))
         else:  # the store is this model's already: the service will not re-embed, nothing to stage
             if isinstance(store, PostgresStore):  # what a run left after the re-embedding took the rest
                 remove_staged_rows(store, encoder.version)
-            summary.update(encoded=0, already_staged=0, dropped=0, indexed=0, staged_in=None, index=None)
+            summary.update(encoded=0, already_staged=0, dropped=0, indexed=0, index_kept=0, staged_in=None, index=None)
     finally:
         store.close()
     summary["seconds"] = round(time.monotonic() - started, 1)

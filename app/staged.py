@@ -332,26 +332,88 @@ def vector_digests(vectors: np.ndarray) -> np.ndarray:
     return np.frombuffer(b"".join(digests), dtype=np.uint64)
 
 
-def stage_index(staged: Staged, data_dir: Path, tag: str, params: IndexParams) -> int:
-    """Build the index of every staged vector, each namespace in the structure its size calls
-    for, as start-up would, into a snapshot in ``data_dir`` (tagged as the service's index is),
-    with the key and :func:`vector_digests` of each vector after the indexes; returns its size."""
-    index = NamespacedIndex(staged.dim, params)
-    index.expect(staged.namespace_sizes())
-    keys: list[np.ndarray] = []
-    digests: list[np.ndarray] = []
-    for batch, vectors, namespaces in staged.iter_vectors():
-        index.add(batch, vectors, namespaces)
-        keys.append(batch)
-        digests.append(vector_digests(vectors))
-    pairs = np.zeros((len(index), 2), dtype="<u8")  # (key, digest) of each vector, by key
-    if keys:
-        pairs[:, 0], pairs[:, 1] = np.concatenate(keys), np.concatenate(digests)
-    with SnapshotFile(staged_index_path(data_dir, staged.version)) as file:
+def stage_index(staged: Staged, data_dir: Path, tag: str, params: IndexParams) -> tuple[int, int]:
+    """Index every staged vector into a snapshot in ``data_dir`` (tagged as the service's index
+    is), with the key and :func:`vector_digests` of each vector after the indexes; returns its size
+    and how many of them an earlier run's index held already. That index, if there is one, is
+    brought level with the staged vectors (each vector it holds that is still staged, by its
+    digest, is kept; the others are removed, and the vectors it lacks added); an index is built
+    afresh, each namespace in the structure its size calls for, as start-up would, where there is
+    none, it cannot be read, or what changed calls for a rebuild (an HNSW index with a quarter of it
+    removed, or a flat one grown to HNSW's size)."""
+    path = staged_index_path(data_dir, staged.version)
+    index, kept = _previous_index(staged, path, tag, params), 0
+    if index is not None:
+        index, kept, pairs = _level(index, staged, path)
+        if index.due():
+            logger.info("building the staged index afresh: %d namespace(s) want a rebuild", len(index.due()))
+            index = None
+    if index is None:
+        index, kept = NamespacedIndex(staged.dim, params), 0
+        index.expect(staged.namespace_sizes())
+        keys: list[np.ndarray] = []
+        digests: list[np.ndarray] = []
+        for batch, vectors, namespaces in staged.iter_vectors():
+            index.add(batch, vectors, namespaces)
+            keys.append(batch)
+            digests.append(vector_digests(vectors))
+        pairs = _pairs(keys, digests)
+    with SnapshotFile(path) as file:
         meta = index.write_to(file)
         offset, length = file.write_bytes(pairs.tobytes())
         file.commit({**meta, "tag": tag, "generation": -1, "vectors": {"offset": offset, "length": length}})
-    return len(index)
+    return len(index), kept
+
+
+def _pairs(keys: list[np.ndarray], digests: list[np.ndarray]) -> np.ndarray:
+    """(key, digest) of each vector, by key, as a staged index keeps them."""
+    pairs = np.zeros((sum(len(k) for k in keys), 2), dtype="<u8")
+    if keys:
+        pairs[:, 0], pairs[:, 1] = np.concatenate(keys), np.concatenate(digests)
+    return pairs
+
+
+def _previous_index(staged: Staged, path: Path, tag: str, params: IndexParams) -> NamespacedIndex | None:
+    """The index an earlier run staged, if it can be read (one that cannot is built again)."""
+    if not path.is_file():
+        return None
+    try:
+        return NamespacedIndex.load(path, tag, params, staged.dim)
+    except SnapshotError as why:
+        logger.warning("building the staged index afresh: %s cannot be used (%s)", path.name, why)
+        return None
+
+
+def _level(index: NamespacedIndex, staged: Staged, path: Path) -> tuple[NamespacedIndex, int, np.ndarray]:
+    """An earlier run's ``index`` made to hold exactly the staged vectors; with how many it kept,
+    and the (key, digest) pairs of them all."""
+    try:
+        old_keys, old_digests = _staged_digests(index, path)
+    except SnapshotError:
+        old_keys, old_digests = np.empty(0, np.int64), np.empty(0, np.uint64)
+    held = {int(key): namespace for namespace, live in index.live() for key in live}
+    keys: list[np.ndarray] = []
+    digests: list[np.ndarray] = []
+    kept = 0
+    for batch, vectors, namespaces in staged.iter_vectors():
+        batch_digests = vector_digests(vectors)
+        keys.append(batch)
+        digests.append(batch_digests)
+        at = np.clip(np.searchsorted(old_keys, batch), 0, max(0, len(old_keys) - 1))
+        same = (
+            (old_keys[at] == batch) & (old_digests[at] == batch_digests)
+            if len(old_keys)
+            else np.zeros(len(batch), bool)
+        )
+        same &= np.array([held.get(int(key)) == ns for key, ns in zip(batch, namespaces, strict=True)], dtype=bool)
+        index.remove([(int(key), held.pop(int(key))) for key in batch[~same] if int(key) in held])
+        for key in batch[same]:
+            del held[int(key)]
+        fresh = np.flatnonzero(~same)
+        index.add(batch[fresh], vectors[fresh], [namespaces[i] for i in fresh])
+        kept += int(same.sum())
+    index.remove(list(held.items()))  # no longer staged: deleted or edited since
+    return index, kept, _pairs(keys, digests)
 
 
 def _staged_digests(index: NamespacedIndex, path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -18,9 +18,18 @@ import pytest
 
 from app.cli import main
 from app.engine import Engine
+from app.index import IndexParams, NamespacedIndex
 from app.pgstaged import StagedRows
 from app.pgstore import PostgresStore, safe_url
-from app.staged import StagedVectors, _remove, question_digest, reembed, staged_index_path, staged_path
+from app.staged import (
+    StagedVectors,
+    _remove,
+    question_digest,
+    reembed,
+    stage_index,
+    staged_index_path,
+    staged_path,
+)
 from app.store import NewQuestion, QuestionStore
 from model.encoder import load_encoder
 from tests.postgres import PostgresServer
@@ -162,6 +171,7 @@ def test_vectors_and_their_index_staged_beside_the_running_service_are_taken_at_
         keys = {q: engine_of(client).store.get(q).key for q in ("q0", "q5")}  # type: ignore[union-attr]
         first = _staging(flags, capsys)  # beside the service, which owns the store
         assert (first["questions"], first["encoded"], first["already_staged"], first["indexed"]) == (6, 6, 0, 6)
+        assert first["index_kept"] == 0
         staged_index = Path(first["index"])
         assert staged_index == staged_index_path(data, first["model"]) and staged_index.is_file()
         if store_url:  # in the store, where whichever replica re-embeds it takes them
@@ -177,6 +187,8 @@ def test_vectors_and_their_index_staged_beside_the_running_service_are_taken_at_
         second = _staging(flags, capsys)  # again: only what changed is encoded
         assert (second["questions"], second["encoded"], second["already_staged"]) == (7, 2, 5)
         assert (second["dropped"], second["indexed"]) == (1, 7)  # q1's old text is gone
+        # The first run's index brought level: q2, q3 and q4 kept; q0 and q5 (marked), q1 and new added.
+        assert second["index_kept"] == 3
         client.post("/questions", json={"questions": [{"id": "q2", "text": "Where are you from, then?"}]})
         client.delete("/questions/q3")
     _mark(first["staged_in"], store_url, keys["q0"], text="Not what it was")  # encoded at the switch
@@ -359,3 +371,34 @@ def test_what_was_staged_for_a_model_not_served_after_all_is_discarded(
         again = _staging([*flags, "--discard"], capsys)  # nothing left: not an error
         assert (again["discarded_files"], again["discarded_rows"]) == ([], 0)
         assert client.get("/ready").json()["index_size"] == 6  # the store and the service as they were
+
+
+def test_a_staged_index_is_brought_level_by_the_next_run_or_built_afresh_where_that_calls_for_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((30, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    rows = [(key, f"question {key}", "default") for key in range(30)]
+    params = IndexParams("auto", hnsw_from=20)
+    staged = StagedVectors.create(tmp_path, "v1", 8)
+    staged.add(rows[:10], vectors[:10])
+    assert stage_index(staged, tmp_path, "t", params) == (10, 0)
+    staged.add(rows[10:15], vectors[10:15])
+    staged.add(rows[3:4], vectors[20:21])  # a vector staged again, changed
+    assert staged.keep_only(np.arange(1, 15)) == 1  # key 0 no longer staged
+    assert stage_index(staged, tmp_path, "t", params) == (14, 8)  # keys 1 to 9 but 3 kept
+    index = NamespacedIndex.load(staged_index_path(tmp_path, "v1"), "t", params, 8)
+    assert sorted(next(index.live())[1].tolist()) == list(range(1, 15)) and index.structures()["flat"] == 1
+    scores, keys = index.search("default", vectors[[20, 12]], 1)
+    assert keys[:, 0].tolist() == [3, 12] and scores[:, 0] == pytest.approx([1.0, 1.0], abs=1e-5)
+    staged.add(rows[15:25], vectors[15:25])  # 24 now: past auto's switching size, as HNSW afresh
+    caplog.set_level(logging.INFO, logger="app.staged")
+    assert stage_index(staged, tmp_path, "t", params) == (24, 0)
+    assert "building the staged index afresh: 1 namespace(s) want a rebuild" in caplog.text
+    assert NamespacedIndex.load(staged_index_path(tmp_path, "v1"), "t", params, 8).structures()["hnsw"] == 1
+    path = staged_index_path(tmp_path, "v1")
+    path.write_bytes(path.read_bytes()[:-8] + b"damaged!")
+    assert stage_index(staged, tmp_path, "t", params) == (24, 0)
+    assert f"building the staged index afresh: {path.name} cannot be used (snapshot fails its checksum)" in caplog.text
+    staged.close()
