@@ -313,7 +313,8 @@ class Engine:
         index (its snapshot, or the one ``dupq reembed`` staged) or rebuild it, seed an empty
         store, warm the encoder up. ``progress`` shows bars; ``status`` is told how far the long
         steps are, in a line (for ``/ready``'s 503). Once ``stopping`` is set, the re-embedding,
-        the wait for another replica's and the index rebuild end at their next step with
+        the wait for another replica's, a replica's copy of the store (left as it was) and the
+        index rebuild end at their next step with
         :class:`StartupStopped` (seeding an empty store goes on to its end: a store partly seeded
         would not be seeded again)."""
         step = _stoppable(status, stopping)
@@ -328,7 +329,7 @@ class Engine:
                     remove_staged_rows(primary, encoder.version)  # used, or of no use once it is re-embedded
             follower = Follower(primary, store, encoder.version)
             try:
-                copied = follower.prepare()
+                copied = follower.prepare(step)
             except ModelMismatch as err:  # another replica re-embedded meanwhile
                 raise StartupError(f"the store holds vectors of model {err}, not {encoder.version}") from err
         else:

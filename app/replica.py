@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import psycopg
 
-from app.feed import Applied, FeedBatch
+from app.feed import Applied, FeedBatch, Row
 from app.pgstore import PostgresStore, StoreUnavailable
 from app.store import QuestionStore
 
@@ -46,10 +46,12 @@ class Follower:
         self.unreachable: str | None = None  # why the last pass failed, while the store is away
         self._lock = threading.Lock()
 
-    def prepare(self) -> bool:
+    def prepare(self, status: Callable[[str], None] = lambda text: None) -> bool:
         """At start-up: copy the whole store if the copy cannot follow the feed (a new replica, a
         copy of another database or of another model's vectors, or one that was away longer than
-        the feed is kept), then catch up. Returns whether it copied everything."""
+        the feed is kept), then catch up. Returns whether it copied everything. ``status`` is told
+        how far the copy is after each batch; whatever it raises ends the copy, which leaves the
+        copy as it was (one transaction)."""
         reason = None
         versions = set(self.copy.model_versions())
         if self.copy.meta("source") != self.primary.store_id:
@@ -62,7 +64,21 @@ class Follower:
         if copied:
             started = time.monotonic()
             logger.info("copying the whole store from %s (%s)", self.primary.where, reason)
-            n = self.copy.reset(self.primary.store_id, self.primary.dump, self.model_version)
+            total = self.primary.count()
+
+            def dump(sink: Callable[[list[Row]], None]) -> int:
+                done = 0
+
+                def counted(rows: list[Row]) -> None:
+                    nonlocal done
+                    sink(rows)
+                    done += len(rows)
+                    status(f"copying the store from PostgreSQL: {done:,} of about {total:,} questions")
+
+                status(f"copying the store from PostgreSQL: 0 of about {total:,} questions")
+                return self.primary.dump(counted)
+
+            n = self.copy.reset(self.primary.store_id, dump, self.model_version)
             self.position = int(self.copy.meta("feed_position") or 0)
             logger.info(
                 "copied %d questions in %.1f s, at feed position %d", n, time.monotonic() - started, self.position

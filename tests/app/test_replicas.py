@@ -4,6 +4,7 @@ loses no acknowledged write, replicas of different models never mix vectors."""
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,8 +17,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.client import STORE_UNAVAILABLE
+from app.engine import StartupStopped
 from app.main import create_app
 from app.pgstore import REEMBED_LOCK, PostgresStore
+from app.replica import Follower
+from app.store import QuestionStore
 from tests.postgres import PostgresServer
 
 from ..conftest import CORPUS, build_tiny_model
@@ -394,3 +398,35 @@ def test_a_postgresql_restart_amid_reads_and_writes_fails_no_read_and_loses_no_a
             stop.set()
             for server in servers:
                 server.stop()
+
+
+def test_a_replica_s_copy_of_the_store_says_how_far_it_is_and_stops_when_told_leaving_its_copy(
+    tiny_model_dir: Path, tmp_path: Path, postgres: PostgresServer
+) -> None:
+    """Start-up's status is told after each batch of the copy (/ready's 503 shows it), and a
+    shutdown, which makes it raise, ends the copy there: the old copy stays, the next start copies."""
+    url = postgres.new_database()
+    with _replica(tiny_model_dir, tmp_path / "a", url) as a:
+        a.post("/questions", json={"questions": [{"id": f"q{i}", "text": t} for i, t in enumerate(CORPUS)]})
+        version = engine_of(a).encoder.version
+    primary = PostgresStore(url, dim=24)
+    copy = QuestionStore(tmp_path / "b" / "replica.sqlite3", dim=24)
+    try:
+        primary.dump = functools.partial(PostgresStore.dump, primary, batch=5)  # type: ignore[method-assign]
+        told: list[str] = []
+
+        def stop_after_a_batch(text: str) -> None:
+            told.append(text)
+            if len(told) == 2:
+                raise StartupStopped(f"asked to stop while {text}")
+
+        with pytest.raises(StartupStopped):
+            Follower(primary, copy, version).prepare(stop_after_a_batch)
+        assert told == [f"copying the store from PostgreSQL: {n} of about 12 questions" for n in (0, 5)]
+        assert copy.count() == 0 and copy.meta("source") is None
+        told.clear()
+        assert Follower(primary, copy, version).prepare(told.append)  # copied, all of it
+        assert copy.count() == 12 and told[-1] == "copying the store from PostgreSQL: 12 of about 12 questions"
+    finally:
+        copy.close()
+        primary.close()
