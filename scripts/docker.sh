@@ -11,7 +11,8 @@
 # (PostgreSQL and three replicas behind the gateway); check /ready, /similarity, an add and
 # /duplicates, a write on one replica found by a search and a GET on each of the others, a
 # namespace with a filter, /export, the playground and /docs's script, a body over the gateway's
-# cap, the per-client rate limit, and data kept across a restart.
+# cap, the per-client rate limit, data kept across a restart, and a model change as
+# docs/operations.md gives it (dupq reembed in a replica, then one docker-compose up -d).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -113,9 +114,21 @@ for seed in "unset" "" "/opt/dupq/demo/questions.tsv"; do
     ok "DUPQ_SEED_FILE ${seed:-(empty)}: $ready"
 done
 
+# A "new model" for the model change below: the bundled one under another version (the same
+# vectors), which is what the service and dupq reembed go by.
+MODELS=$(mktemp -d /tmp/dupq-models.XXXXXX)
+trap 'rm -rf "$MODELS"' EXIT
+chmod 755 "$MODELS"
+cp -r models/dupq-qqp "$MODELS/next"
+NEXT_VERSION=$(python3 -c 'import json, sys
+path = sys.argv[1] + "/next/config.json"
+config = json.load(open(path))
+config["version"] += "-check"
+json.dump(config, open(path, "w"))
+print(config["version"])' "$MODELS")
 compose() {
     DUPQ_PORT=$PORT DUPQ_BASE_IMAGE=$BASE_IMAGE GATEWAY_BASE_IMAGE=$GATEWAY_BASE_IMAGE DUPQ_POSTGRES_IMAGE=dupq-postgres:15 \
-        DUPQ_REPLICAS=$REPLICAS docker-compose -p "$PROJECT" "$@"
+        DUPQ_REPLICAS=$REPLICAS DUPQ_MODELS=$MODELS docker-compose -p "$PROJECT" "$@"
 }
 cleanup() { compose down -v >/dev/null 2>&1 || true; }
 trap 'compose logs --tail=30 || true; cleanup' ERR
@@ -208,6 +221,32 @@ for _ in $(seq 15); do
 done
 echo "$kept" | grep -q guitar || fail "question lost across restart: $kept"
 ok "kept across docker-compose restart: $kept"
+
+step "model change"
+# docs/operations.md's recipe: dupq reembed in replica 1 (the vectors into the store, the index into
+# its volume), then the replicas recreated on the new model by one up -d.
+staged=$(compose exec -T --index=1 dupq dupq reembed --model-dir /models/next 2>/tmp/dupq-reembed.log) \
+    || { tail -5 /tmp/dupq-reembed.log; fail "dupq reembed in replica 1"; }
+echo "$staged" | grep -q '"staged_in": "table staged_vectors' || fail "dupq reembed in replica 1: $staged"
+ok "dupq reembed in replica 1: ${staged:0:150}..."
+DUPQ_MODEL_DIR=/models/next compose up -d >/dev/null 2>&1 || fail "docker-compose up -d on the new model"
+compose restart gateway >/dev/null 2>&1
+for _ in $(seq 90); do
+    served=0
+    for _ in $(seq $((2 * REPLICAS))); do
+        curl -s "$url/info" | grep -q "\"version\":\"$NEXT_VERSION\"" && served=$((served + 1))
+    done
+    [ "$served" = $((2 * REPLICAS)) ] && break
+    sleep 1
+done
+[ "$served" = $((2 * REPLICAS)) ] || fail "not every replica serves $NEXT_VERSION: $(curl -s "$url/info")"
+logs=$(compose logs --no-color dupq 2>&1)
+took=$(echo "$logs" | grep -o 're-embedded [0-9]* questions in [0-9.]* s: [0-9]* staged, [0-9]* encoded' | tail -1)
+echo "$took" | grep -q ' 0 encoded' || fail "no replica took the vectors staged in the store: $took"
+echo "$logs" | grep -q 'index loaded from staged-' || fail "replica 1 did not load the index it staged"
+kept=$(post /duplicates '{"question": "What is the fastest way to learn guitar?", "k": 3}')
+echo "$kept" | grep -q '"docker-check-1"' || fail "/duplicates on the new model: $kept"
+ok "every replica serves $NEXT_VERSION; $took; replica 1 loaded the index it staged"
 
 trap - ERR
 cleanup
