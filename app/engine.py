@@ -191,6 +191,16 @@ def open_model_and_store(settings: Settings) -> tuple[QuestionEncoder, Stores]:
     return encoder, stores
 
 
+SEEDING = "seeding"  # the store's meta row that says whether a seeding began ("started") and ended ("done")
+
+
+def seeding_due(store: Store) -> bool:
+    """Whether start-up seeds the store (when ``DUPQ_SEED_FILE`` is set): it is empty and was never
+    seeded, or a seeding began and did not end. A store seeded and emptied since stays empty."""
+    state = store.meta(SEEDING)
+    return state == "started" or (state is None and store.count() == 0)
+
+
 def _read_seed(settings: Settings, path: Path) -> tuple[list[QuestionIn], list[Skipped]]:
     """The questions of a seed file and the lines skipped, or a :class:`StartupError` that says why
     the file cannot be read (not UTF-8, a CSV without a text column, a damaged gzip stream)."""
@@ -202,9 +212,10 @@ def _read_seed(settings: Settings, path: Path) -> tuple[list[QuestionIn], list[S
 
 def _check_store(settings: Settings, encoder: QuestionEncoder, store: Store) -> None:
     seed = settings.seed_file
-    if seed and store.count() == 0:
+    if seed and seeding_due(store):
         if not seed.is_file():
-            raise StartupError(f"the store is empty and the seed file {seed} (DUPQ_SEED_FILE) is not a file")
+            why = "is empty" if store.count() == 0 else "was being seeded when it stopped"
+            raise StartupError(f"the store {why} and the seed file {seed} (DUPQ_SEED_FILE) is not a file")
         _read_seed(settings, seed)  # a file that cannot be read fails now, in one line, not at /ready
     others = {v: n for v, n in store.model_versions().items() if v != encoder.version}
     if others and settings.on_model_change == "refuse":
@@ -310,13 +321,13 @@ class Engine:
     ) -> Engine:
         """The slow part of start-up: re-embed what another model version embedded (taking what
         ``dupq reembed`` staged), bring a replica's copy level with its PostgreSQL store, load the
-        index (its snapshot, or the one ``dupq reembed`` staged) or rebuild it, seed an empty
-        store, warm the encoder up. ``progress`` shows bars; ``status`` is told how far the long
-        steps are, in a line (for ``/ready``'s 503). Once ``stopping`` is set, the re-embedding,
-        the wait for another replica's, a replica's copy of the store (left as it was) and the
-        index rebuild end at their next step with
-        :class:`StartupStopped` (seeding an empty store goes on to its end: a store partly seeded
-        would not be seeded again)."""
+        index (its snapshot, or the one ``dupq reembed`` staged) or rebuild it, seed a new store
+        (:func:`seeding_due`), warm the encoder up. ``progress`` shows bars; ``status`` is told how
+        far the long steps are, in a line (for ``/ready``'s 503). Once ``stopping`` is set, the
+        re-embedding, the wait for another replica's, a replica's copy of the store (left as it
+        was), the index rebuild and the seeding end at their next step with
+        :class:`StartupStopped` (a seeding stopped, or killed, is done again from the top at the
+        next start)."""
         step = _stoppable(status, stopping)
         store, primary, follower = stores.local, stores.primary, None
         if primary is not None:
@@ -351,8 +362,8 @@ class Engine:
         engine = cls(settings, encoder, store, index, generation, on_batch, primary, follower)
         if generation < 0:  # rebuilt or staged: snapshot it now; a caught-up snapshot waits for the next one
             engine.save_snapshot()
-        if stores.truth.count() == 0 and settings.seed_file:
-            engine._seed(settings.seed_file, progress, status)
+        if settings.seed_file and seeding_due(stores.truth):
+            engine._seed(settings.seed_file, progress, step)
         for _ in range(3):
             encoder.encode(["Is the encoder warm yet?"])
         logger.info("ready: model %s, %s index of %d questions", encoder.full_name, index.kind, len(index))
@@ -471,17 +482,24 @@ class Engine:
         self._schedule_rebuilds(due)  # writes during the rebuild may have made another one due
 
     def _seed(self, path: Path, progress: bool, status: Callable[[str], None]) -> None:
+        """Seed the store from ``path``, recording in it that a seeding began and that it ended:
+        one that did not end (stopped through ``status``, or the process killed) is done again
+        from the top at the next start, its questions upserted under the same ids."""
         parsed, skipped = _read_seed(self.settings, path)
         if skipped:
             logger.warning(describe_skipped(f"seed file {path}", skipped))
         items = [NewQuestion.of(q.id or f"seed-{n}", q.text, q.namespace, q.metadata) for n, q in enumerate(parsed, 1)]
-        logger.info("seeding the empty store with %d questions from %s", len(items), path)
+        truth = self.stores.truth
+        again = " again (the last seeding did not end)" if truth.meta(SEEDING) == "started" else ""
+        logger.info("seeding the store%s with %d questions from %s", again, len(items), path)
+        truth.set_meta(SEEDING, "started")
         with tqdm(total=len(items), desc="seeding", unit="question", disable=not progress) as bar:
             for start in range(0, len(items), 1024):
+                status(f"seeding the store: {start:,} of {len(items):,} questions")
                 chunk = items[start : start + 1024]
                 self._write(chunk, self.encoder.encode([q.text for q in chunk]))
                 bar.update(len(chunk))
-                status(f"seeding the empty store: {start + len(chunk):,} of {len(items):,} questions")
+        truth.set_meta(SEEDING, "done")
 
     # Operations -------------------------------------------------------------------------------
 

@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None, opened: tuple[QuestionEncoder, 
             )
             await engine.start()
         except StartupStopped as stopped:
-            logger.warning("start-up stopped: %s; the next start goes on from there", stopped)
+            logger.warning("start-up stopped: %s; the next start takes it up again", stopped)
             store.close()
             return
         except Exception as err:

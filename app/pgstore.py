@@ -166,7 +166,7 @@ class PostgresStore:
             raise StoreUnavailable(f"cannot reach PostgreSQL at {self.where} within {connect_timeout:g} s") from err
         try:
             self._migrate()
-            self.store_id = str(self._meta("store_id"))
+            self.store_id = str(self.meta("store_id"))
         except BaseException:
             self.pool.close()
             raise
@@ -201,10 +201,18 @@ class PostgresStore:
                 conn.execute("DELETE FROM dupq_schema")
                 conn.execute("INSERT INTO dupq_schema VALUES (%s)", (SCHEMA_VERSION,))
 
-    def _meta(self, name: str) -> str | None:
+    def meta(self, name: str) -> str | None:
         with self.connection() as conn:
             row = conn.execute("SELECT value FROM meta WHERE name = %s", (name,)).fetchone()
         return str(row[0]) if row else None
+
+    def set_meta(self, name: str, value: str) -> None:
+        """Record a value of the store's own (not in the feed: replicas read it from here)."""
+        with self.connection() as conn:
+            conn.execute(
+                "INSERT INTO meta VALUES (%s, %s) ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+                (name, value),
+            )
 
     # Writes: each is one transaction, in feed order ---------------------------------------------
 
@@ -363,7 +371,7 @@ class PostgresStore:
 
     def model_version(self) -> str | None:
         """The store's model version (None: no replica has written yet)."""
-        return self._meta("model_version")
+        return self.meta("model_version")
 
     def count(self, namespace: str | None = None) -> int:
         with self.connection() as conn:

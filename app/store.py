@@ -230,6 +230,8 @@ class Store(Protocol):
     def namespace_sizes(self) -> dict[str, int]: ...
     def iter_texts(self, not_version: str, batch: int = 2048) -> Iterator[list[TextRow]]: ...
     def iter_feedback(self) -> Iterator[tuple[int, Feedback, str, float]]: ...
+    def meta(self, name: str) -> str | None: ...
+    def set_meta(self, name: str, value: str) -> None: ...
     def close(self) -> None: ...
 
 
@@ -567,6 +569,11 @@ class QuestionStore:
     def meta(self, name: str) -> str | None:
         row = self._reader.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
         return str(row[0]) if row else None
+
+    def set_meta(self, name: str, value: str) -> None:
+        """Record a value of the store's own (no question changes: the generation stays)."""
+        with self._write_lock:  # one statement: a transaction of its own (autocommit)
+            self._writer.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
 
     # A replica's copy of a PostgreSQL store (app.replica) ----------------------------------------
 

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from app.cli import main
 from app.deps import ServiceState
-from app.engine import STORE_FILE, StartupError
+from app.engine import STORE_FILE, Engine, StartupError
 from app.main import create_app
 from app.store import NewQuestion, QuestionStore
 
@@ -162,6 +162,45 @@ def test_seed_file_fills_an_empty_store_once(
         client.delete("/questions/s1")
     with serving(settings) as client:
         assert client.get("/ready").json()["index_size"] == 1  # not seeded again
+        client.delete("/questions/seed-2")
+    with serving(settings) as client:  # emptied since it was seeded: not seeded again either
+        assert client.get("/ready").json()["index_size"] == 0
+
+
+def test_a_seeding_that_did_not_end_is_done_again_at_the_next_start(
+    tiny_model_dir: Path, tmp_path: Path, store_url: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process killed in the middle of a seeding (here: its second write fails) left the store
+    partly seeded: the next start seeds it again, whole, instead of taking it for seeded."""
+    seed = tmp_path / "seed.txt"
+    seed.write_text("".join(f"Is question number {n} a duplicate of another one?\n" for n in range(2100)))
+    settings = make_settings(tiny_model_dir, tmp_path / "data", seed_file=seed, store_url=store_url)
+    written = Engine._write
+    calls: list[int] = []
+
+    def killed_after_one(self: Engine, items: list[NewQuestion], vectors: np.ndarray) -> None:
+        calls.append(len(items))
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        written(self, items, vectors)
+
+    monkeypatch.setattr(Engine, "_write", killed_after_one)
+    with TestClient(create_app(settings)) as client:
+        deadline = time.monotonic() + 30
+        while "start-up failed" not in client.get("/ready").json().get("detail", ""):
+            assert time.monotonic() < deadline, client.get("/ready").json()
+            time.sleep(0.05)
+    monkeypatch.setattr(Engine, "_write", written)
+    with serving(settings) as client:
+        assert client.get("/ready").json()["index_size"] == 2100
+        assert (
+            client.get("/questions/seed-2100").json()["text"] == "Is question number 2099 a duplicate of another one?"
+        )
+        assert engine_of(client).stores.truth.meta("seeding") == "done"
+    with serving(settings) as client:
+        client.delete("/questions/seed-1")
+    with serving(settings) as client:  # done: not again
+        assert client.get("/ready").json()["index_size"] == 2099
 
 
 def test_a_seed_file_may_be_a_table_with_namespaces_and_metadata(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -425,7 +464,7 @@ def test_a_shutdown_stops_the_re_embedding_between_batches_and_the_next_start_go
     stopping.join(10)
     assert not stopping.is_alive()
     step = f"re-embedding the stored questions with model {version}: 4,096 of 5,000"
-    assert f"start-up stopped: asked to stop while {step}; the next start goes on from there" in caplog.text
+    assert f"start-up stopped: asked to stop while {step}; the next start takes it up again" in caplog.text
     with closing(QuestionStore(data / STORE_FILE, dim=24, read_only=True)) as kept:
         assert kept.model_versions() == {version: 4096, "old": 904}  # two batches done, the third not begun
     monkeypatch.setattr(ServiceState, "loading_step", original)
