@@ -399,12 +399,8 @@ def _level(index: NamespacedIndex, staged: Staged, path: Path) -> tuple[Namespac
         batch_digests = vector_digests(vectors)
         keys.append(batch)
         digests.append(batch_digests)
-        at = np.clip(np.searchsorted(old_keys, batch), 0, max(0, len(old_keys) - 1))
-        same = (
-            (old_keys[at] == batch) & (old_digests[at] == batch_digests)
-            if len(old_keys)
-            else np.zeros(len(batch), bool)
-        )
+        known, staged_before = _digests_of(batch, old_keys, old_digests)
+        same = known & (staged_before == batch_digests)
         same &= np.array([held.get(int(key)) == ns for key, ns in zip(batch, namespaces, strict=True)], dtype=bool)
         index.remove([(int(key), held.pop(int(key))) for key in batch[~same] if int(key) in held])
         for key in batch[same]:
@@ -478,12 +474,17 @@ def load_staged_index(
 
 
 def _same_vectors(store: QuestionStore, keys: np.ndarray, staged_keys: np.ndarray, staged: np.ndarray) -> np.ndarray:
-    """Whether the store holds each of ``keys`` (stored ones) with the vector staged for it."""
+    """Whether the store holds each of ``keys`` (stored ones, by key) with the vector staged for it."""
     found, vectors, _ = store.vectors_of(keys)
-    digests = dict(zip(found.tolist(), vector_digests(vectors).tolist(), strict=True))
-    at = np.clip(np.searchsorted(staged_keys, keys), 0, max(0, len(staged_keys) - 1))
-    known = (staged_keys[at] == keys) if len(staged_keys) else np.zeros(len(keys), dtype=bool)
-    return np.array(
-        [bool(k) and digests.get(int(key)) == int(staged[i]) for key, i, k in zip(keys, at, known, strict=True)],
-        dtype=bool,
-    )
+    known, digests = _digests_of(found, staged_keys, staged)
+    same = dict(zip(found.tolist(), (known & (digests == vector_digests(vectors))).tolist(), strict=True))
+    return np.array([same.get(int(key), False) for key in keys], dtype=bool)
+
+
+def _digests_of(keys: np.ndarray, staged_keys: np.ndarray, digests: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each of ``keys``: whether ``staged_keys`` (in order) holds it, and its digest there (0 if not)."""
+    if not len(staged_keys):
+        return np.zeros(len(keys), dtype=bool), np.zeros(len(keys), dtype=np.uint64)
+    at = np.clip(np.searchsorted(staged_keys, keys), 0, len(staged_keys) - 1)
+    known = staged_keys[at] == keys
+    return known, np.where(known, digests[at], np.uint64(0))
