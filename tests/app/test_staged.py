@@ -51,8 +51,9 @@ def _unit(dim: int, i: int) -> np.ndarray:
     return np.eye(dim, dtype=np.float32)[i]
 
 
-def test_a_staged_vector_is_taken_only_for_the_question_it_was_made_of(tmp_path: Path) -> None:
-    staged = StagedVectors.create(tmp_path, "v1", 4)
+def _stage_take_and_drop(staged: StagedVectors | StagedRows) -> None:
+    """Stage, look up, stage again, keep only some, read back: a staged vector is taken only for
+    the question (namespace and text) it was made of."""
     staged.add([(1, "How old are you?", "default"), (2, "Why?", "forum")], np.stack([_unit(4, 0), _unit(4, 1)]))
     asked = [(1, "How old are you?", "default"), (2, "Why not?", "forum"), (3, "Where?", "default")]
     found = staged.lookup(asked)
@@ -64,6 +65,11 @@ def test_a_staged_vector_is_taken_only_for_the_question_it_was_made_of(tmp_path:
     assert staged.keep_only(np.array([2, 7])) == 1 and staged.count() == 1
     [(keys, vectors, namespaces)] = list(staged.iter_vectors())
     assert keys.tolist() == [2] and np.array_equal(vectors, _unit(4, 2)[None]) and namespaces == ["forum"]
+
+
+def test_a_staged_vector_is_taken_only_for_the_question_it_was_made_of(tmp_path: Path) -> None:
+    staged = StagedVectors.create(tmp_path, "v1", 4)
+    _stage_take_and_drop(staged)
     staged.close()
     again = StagedVectors.find(tmp_path, "v1", 4)
     assert again is not None and again.count() == 1
@@ -294,18 +300,8 @@ def test_vectors_staged_in_postgresql_are_kept_by_version_and_taken_only_for_the
         assert StagedRows.find(store, "v1", 4) is None  # no table yet
         staged = StagedRows.create(store, "v1", 4)
         assert StagedRows.find(store, "v1", 4) is None  # a table, but nothing of v1
-        staged.add([(1, "How old are you?", "default"), (2, "Why?", "forum")], np.stack([_unit(4, 0), _unit(4, 1)]))
         StagedRows.create(store, "v2", 4).add([(1, "How old are you?", "default")], _unit(4, 3)[None])
-        asked = [(1, "How old are you?", "default"), (2, "Why not?", "forum"), (3, "Where?", "default")]
-        found = staged.lookup(asked)
-        assert list(found) == [1] and np.array_equal(found[1], _unit(4, 0))  # v1's, not v2's
-        assert staged.lookup([(1, "How old are you?", "forum")]) == {}  # the same text in another namespace
-        staged.add([(2, "Why not?", "forum")], _unit(4, 2)[None])  # staged again: the new text replaces the old
-        assert np.array_equal(staged.lookup([(2, "Why not?", "forum")])[2], _unit(4, 2)) and staged.count() == 2
-        assert staged.namespace_sizes() == {"default": 1, "forum": 1}
-        assert staged.keep_only(np.array([2, 7])) == 1 and staged.count() == 1
-        [(keys, vectors, namespaces)] = list(staged.iter_vectors())
-        assert keys.tolist() == [2] and np.array_equal(vectors, _unit(4, 2)[None]) and namespaces == ["forum"]
+        _stage_take_and_drop(staged)  # v1's vectors only
         again = StagedRows.find(store, "v1", 4)
         assert again is not None and again.count() == 1
         again.remove()
