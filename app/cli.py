@@ -860,6 +860,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not args.verbose:  # FAISS logs each build it tries and cannot load, as if it were an error
         logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)  # each failed try: the error line says why
     try:
         return int(args.func(args))
     except ModuleNotFoundError as err:  # an extra that is not installed

@@ -83,9 +83,10 @@ INSERT INTO meta VALUES ('store_id', gen_random_uuid()::text), ('feed_floor', '0
 ROW_COLUMNS = "key, id, text, embedding, model_version, namespace, metadata, seq"
 
 
-class StoreUnavailable(RuntimeError):
+class StoreUnavailable(ConnectionError):
     """PostgreSQL cannot be reached, or the connection was lost: a 503 with Retry-After. A write
-    that raised it may or may not have been committed; it was never acknowledged."""
+    that raised it may or may not have been committed; it was never acknowledged. (An
+    ``OSError``: a command line tool says it in one line, as it does a file it cannot read.)"""
 
 
 class ModelChanged(RuntimeError):
@@ -94,6 +95,15 @@ class ModelChanged(RuntimeError):
 
 def _reason(err: BaseException) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _why_not(url: str) -> str:
+    """Why a connection to ``url`` fails now (the pool only logs it), as ": REASON", or ""."""
+    try:
+        psycopg.connect(url, connect_timeout=2).close()
+    except psycopg.Error as err:
+        return f": {_reason(err)}"
+    return ""
 
 
 def safe_url(url: str) -> str:
@@ -163,7 +173,9 @@ class PostgresStore:
             self.pool.open(wait=True, timeout=connect_timeout)
         except PoolTimeout as err:
             self.pool.close()
-            raise StoreUnavailable(f"cannot reach PostgreSQL at {self.where} within {connect_timeout:g} s") from err
+            raise StoreUnavailable(
+                f"cannot reach PostgreSQL at {self.where} within {connect_timeout:g} s{_why_not(url)}"
+            ) from err
         try:
             self._migrate()
             self.store_id = str(self.meta("store_id"))

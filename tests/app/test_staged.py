@@ -276,6 +276,15 @@ def test_reembed_says_in_one_line_what_it_cannot_read(tmp_path: Path, capsys: py
     )
 
 
+def test_reembed_says_in_one_line_why_it_cannot_reach_postgresql(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["reembed", "--store-url", "postgresql://nobody:secret@127.0.0.1:1/x"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "dupq reembed: error: cannot reach PostgreSQL at postgresql://nobody@127.0.0.1:1/x within 5 s: "
+    )
+    assert err.strip().endswith("Connection refused") and len(err.strip().splitlines()) == 1 and "secret" not in err
+
+
 def test_a_staged_file_that_cannot_be_opened_is_left_one_that_cannot_be_removed_is_logged(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -133,8 +133,12 @@ def test_a_write_to_another_model_s_store_is_refused(postgres: PostgresServer) -
 
 def test_an_unreachable_postgresql_is_a_clear_error(tmp_path: Path) -> None:
     where = re.escape("cannot reach PostgreSQL at postgresql://nobody@127.0.0.1:1/x within")  # no password
-    with pytest.raises(StoreUnavailable, match=where):
+    with pytest.raises(StoreUnavailable, match=where) as raised:
         PostgresStore("postgresql://nobody:secret@127.0.0.1:1/x", dim=4, connect_timeout=1.0)
+    assert str(raised.value).endswith(
+        'within 1 s: connection failed: connection to server at "127.0.0.1", port 1 failed: Connection refused'
+    )
+    assert "secret" not in str(raised.value) and isinstance(raised.value, OSError)  # one line from a command
 
 
 def test_a_replica_copy_that_meets_another_model_keeps_the_copy_it_had(tmp_path: Path) -> None:
