@@ -334,7 +334,8 @@ class Engine:
             primary.claim_model(encoder.version)  # before re-embedding: replicas of an old model stop writing
             done = None
             if any(version != encoder.version for version in primary.model_versions()):  # else no lock to wait for
-                with primary.reembedding(functools.partial(_waiting, encoder.version, step, [])):
+                reembeds = f"the replica that re-embeds the stored questions with model {encoder.version}"
+                with primary.reembedding(functools.partial(_waiting, reembeds, "re-embedding", step, [])):
                     done = _reembed(settings, encoder, primary, progress, step)
                 if done is not None:  # after the lock: the others need not wait for it
                     remove_staged_rows(primary, encoder.version)  # used, or of no use once it is re-embedded
@@ -363,7 +364,15 @@ class Engine:
         if generation < 0:  # rebuilt or staged: snapshot it now; a caught-up snapshot waits for the next one
             engine.save_snapshot()
         if settings.seed_file and seeding_due(stores.truth):
-            engine._seed(settings.seed_file, progress, step)
+            if primary is None:
+                engine._seed(settings.seed_file, progress, step)
+            else:  # replicas started together on an empty store: one seeds it, the others find it seeded
+                with primary.seeding(
+                    functools.partial(_waiting, "the replica that seeds the store", "seeding", step, [])
+                ):
+                    if seeding_due(primary):
+                        engine._seed(settings.seed_file, progress, step)
+                engine._follow_own_write()  # what another replica seeded, here before /ready says 200
         for _ in range(3):
             encoder.encode(["Is the encoder warm yet?"])
         logger.info("ready: model %s, %s index of %d questions", encoder.full_name, index.kind, len(index))
@@ -775,11 +784,12 @@ def _stoppable(status: Callable[[str], None], stopping: threading.Event | None) 
     return step
 
 
-def _waiting(version: str, status: Callable[[str], None], told: list[bool]) -> None:
-    """While another replica re-embeds the store for this model: say so, in the log once."""
-    step = f"waiting for the replica that re-embeds the stored questions with model {version}"
+def _waiting(holder: str, lock: str, status: Callable[[str], None], told: list[bool]) -> None:
+    """While another replica holds a lock of the store (``lock``: what it is for): say so, in the
+    log once."""
+    step = f"waiting for {holder}"
     if not told:
-        logger.warning("%s (another replica holds the store's re-embedding lock)", step)
+        logger.warning("%s (another replica holds the store's %s lock)", step, lock)
         told.append(True)
     status(step)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,7 @@ SCHEMA_VERSION = 1  # the row of table dupq_schema
 WRITE_LOCK = 0x64757071  # advisory lock key ('dupq') that orders every write transaction
 MIGRATE_LOCK = 0x6475706D  # one replica migrates at a time
 REEMBED_LOCK = 0x64757065  # one replica re-embeds the store at a time
+SEED_LOCK = 0x64757073  # one replica seeds the store at a time
 CHANNEL = "dupq_changes"
 
 MIGRATIONS = {
@@ -337,17 +338,32 @@ class PostgresStore:
             if row is None or row[0] != version:
                 self._set_model(cur, version)
 
-    @contextmanager
-    def reembedding(self, waiting: Callable[[], None], poll_s: float = 0.5) -> Iterator[psycopg.Connection[Any]]:
+    def reembedding(
+        self, waiting: Callable[[], None], poll_s: float = 0.5
+    ) -> AbstractContextManager[psycopg.Connection[Any]]:
         """Hold the store's re-embedding lock: replicas started on a new model at once re-embed it
         one at a time, so that none encodes what another is encoding (a replica given the vectors
         staged by ``dupq reembed`` is not slowed down by the others either), and those that follow
-        find it done. A session lock, on a connection of its own (yielded), that the server drops
-        with the connection if this process dies (the next one goes on from there); ``waiting`` is
-        called while another replica holds it."""
+        find it done. See :meth:`exclusive`."""
+        return self.exclusive(REEMBED_LOCK, waiting, poll_s)
+
+    def seeding(
+        self, waiting: Callable[[], None], poll_s: float = 0.5
+    ) -> AbstractContextManager[psycopg.Connection[Any]]:
+        """Hold the store's seeding lock: replicas started at once on an empty store seed it one
+        at a time, and those that follow find it seeded. See :meth:`exclusive`."""
+        return self.exclusive(SEED_LOCK, waiting, poll_s)
+
+    @contextmanager
+    def exclusive(
+        self, lock: int, waiting: Callable[[], None], poll_s: float = 0.5
+    ) -> Iterator[psycopg.Connection[Any]]:
+        """Hold advisory lock ``lock``: a session lock, on a connection of its own (yielded), that
+        the server drops with the connection if this process dies (the next one goes on from
+        there); ``waiting`` is called while another replica holds it."""
         with self._connection() as conn:  # with keepalives: the lock of a replica gone is dropped in 25 s
             try:
-                while not conn.execute("SELECT pg_try_advisory_lock(%s)", (REEMBED_LOCK,)).fetchone()[0]:  # type: ignore[index]
+                while not conn.execute("SELECT pg_try_advisory_lock(%s)", (lock,)).fetchone()[0]:  # type: ignore[index]
                     waiting()
                     time.sleep(poll_s)
             except psycopg.OperationalError as err:

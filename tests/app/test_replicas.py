@@ -5,6 +5,7 @@ loses no acknowledged write, replicas of different models never mix vectors."""
 from __future__ import annotations
 
 import functools
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,6 +13,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
@@ -21,7 +23,7 @@ from app.engine import StartupStopped
 from app.main import create_app
 from app.pgstore import REEMBED_LOCK, PostgresStore
 from app.replica import Follower
-from app.store import QuestionStore
+from app.store import NewQuestion, QuestionStore
 from tests.postgres import PostgresServer
 
 from ..conftest import CORPUS, build_tiny_model
@@ -430,3 +432,35 @@ def test_a_replica_s_copy_of_the_store_says_how_far_it_is_and_stops_when_told_le
     finally:
         copy.close()
         primary.close()
+
+
+def test_replicas_started_together_on_an_empty_store_seed_it_once(
+    tiny_model_dir: Path, tmp_path: Path, postgres: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A replica that finds another seeding the store (holding the seeding lock) waits, says so in
+    /ready, and then serves what the other seeded instead of seeding it again."""
+    url = postgres.new_database()
+    seed = tmp_path / "seed.txt"
+    seed.write_text("How old are you?\nWhy is the sky blue?\n")
+    version = json.loads((tiny_model_dir / "config.json").read_text())["version"]
+    settings = make_settings(tiny_model_dir, tmp_path / "b", store_url=url, seed_file=seed)
+    other_replica = PostgresStore(url, dim=24)
+    try:
+        with ExitStack() as lock:
+            lock.enter_context(other_replica.seeding(lambda: None))
+            with TestClient(create_app(settings)) as new:
+                _within(
+                    10.0, lambda: "waiting for the replica that seeds the store" in new.get("/ready").json()["detail"]
+                )
+                # What the other replica seeds meanwhile (from a file of its own, in this test).
+                vectors = np.eye(24, dtype=np.float32)[:3]
+                other_replica.upsert([NewQuestion.of(f"s{i}", t) for i, t in enumerate(CORPUS[:3])], vectors, version)
+                other_replica.set_meta("seeding", "done")
+                lock.close()  # the lock released: the new replica goes on
+                wait_ready(new)
+                assert new.get("/ready").json()["index_size"] == 3 and new.get("/questions/s1").status_code == 200
+                assert other_replica.count() == 3  # not seeded again
+    finally:
+        other_replica.close()
+    assert "another replica holds the store's seeding lock" in caplog.text
+    assert "seeding the store with" not in caplog.text
