@@ -23,8 +23,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from app.pgstore import MIGRATE_LOCK, PostgresStore
-from app.staged import question_digest
-from app.store import TextRow
+from app.staged import question_digest, staged_for
+from app.store import TextRow, keyed_rows
 
 logger = logging.getLogger(__name__)
 
@@ -76,18 +76,12 @@ class StagedRows:
 
     def lookup(self, rows: Sequence[TextRow]) -> dict[int, np.ndarray]:
         """The staged vectors of ``rows`` whose namespace and text are the ones staged."""
-        wanted = {key: question_digest(namespace, text) for key, text, namespace in rows}
-        found: dict[int, np.ndarray] = {}
         with self.store.connection() as conn:
             staged = conn.execute(
                 f"SELECT key, digest, embedding FROM {TABLE} WHERE model_version = %s AND key = ANY(%s)",
-                (self.version, list(wanted)),
+                (self.version, [key for key, _, _ in rows]),
             ).fetchall()
-        for key, digest, blob in staged:
-            vector = np.frombuffer(blob, dtype=np.float32)
-            if bytes(digest) == wanted[key] and vector.shape == (self.dim,):
-                found[int(key)] = vector
-        return found
+        return staged_for(rows, staged, self.dim)
 
     def add(self, rows: Sequence[TextRow], vectors: np.ndarray) -> None:
         """Stage the vectors of ``rows``, in one transaction."""
@@ -139,9 +133,8 @@ class StagedRows:
                 ).fetchall()
             if not rows:
                 return
-            keys = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), self.dim)
-            yield keys, vectors, [str(r[2]) for r in rows]
+            keys, vectors, namespaces = keyed_rows(rows, self.dim)
+            yield keys, vectors, namespaces
             last = int(keys[-1])
 
     def close(self) -> None:

@@ -26,7 +26,7 @@ import hashlib
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -60,6 +60,18 @@ def staged_index_path(data_dir: Path, version: str) -> Path:
 def question_digest(namespace: str, text: str) -> bytes:
     """What a staged vector keeps of its question: 16 bytes of BLAKE2b of its namespace and text."""
     return hashlib.blake2b(f"{namespace}\0{text}".encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def staged_for(rows: Sequence[TextRow], staged: Iterable[tuple[int, bytes, bytes]], dim: int) -> dict[int, np.ndarray]:
+    """Of the (key, digest, vector bytes) ``staged`` for the keys of ``rows``, the vectors whose
+    question (namespace and text) is the row's, by key."""
+    wanted = {key: question_digest(namespace, text) for key, text, namespace in rows}
+    found: dict[int, np.ndarray] = {}
+    for key, digest, blob in staged:
+        vector = np.frombuffer(blob, dtype=np.float32)
+        if bytes(digest) == wanted.get(int(key)) and vector.shape == (dim,):
+            found[int(key)] = vector
+    return found
 
 
 class Staged(Protocol):
@@ -166,14 +178,8 @@ class StagedVectors:
 
     def lookup(self, rows: Sequence[TextRow]) -> dict[int, np.ndarray]:
         """The staged vectors of ``rows`` whose namespace and text are the ones staged."""
-        wanted = {key: question_digest(namespace, text) for key, text, namespace in rows}
-        found: dict[int, np.ndarray] = {}
         sql = "SELECT key, digest, embedding FROM vectors WHERE key IN ({})"
-        for key, digest, blob in rows_in(self._conn, sql, list(wanted)):
-            vector = np.frombuffer(blob, dtype=np.float32)
-            if digest == wanted[key] and vector.shape == (self.dim,):
-                found[int(key)] = vector
-        return found
+        return staged_for(rows, rows_in(self._conn, sql, [key for key, _, _ in rows]), self.dim)
 
     def add(self, rows: Sequence[TextRow], vectors: np.ndarray) -> None:
         """Stage the vectors of ``rows``, in one transaction; a write that fails (a full disk, a
@@ -345,8 +351,8 @@ def stage_index(staged: Staged, data_dir: Path, tag: str, params: IndexParams) -
     index, kept = _previous_index(staged, path, tag, params), 0
     if index is not None:
         index, kept, pairs = _level(index, staged, path)
-        if index.due():
-            logger.info("building the staged index afresh: %d namespace(s) want a rebuild", len(index.due()))
+        if due := index.due():
+            logger.info("building the staged index afresh: %d namespace(s) want a rebuild", len(due))
             index = None
     if index is None:
         index, kept = NamespacedIndex(staged.dim, params), 0

@@ -119,10 +119,16 @@ def keyed_vectors(
         ).fetchall()
         if not rows:
             return
-        keys = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
-        yield keys, vectors, [r[2] for r in rows]
+        keys, vectors, namespaces = keyed_rows(rows, dim)
+        yield keys, vectors, namespaces
         last = int(keys[-1])
+
+
+def keyed_rows(rows: Sequence[Any], dim: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(keys, vectors, namespaces) of rows of (key, embedding bytes, namespace)."""
+    keys = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
+    return keys, vectors, [str(r[2]) for r in rows]
 
 
 def _own(lock_path: Path) -> IO[str]:
