@@ -311,13 +311,18 @@ def _reembed(args: argparse.Namespace) -> int:
                     done = reembed(encoder, store, staged, put, bar.update)
                 dropped = staged.keep_only(done.seen)  # deleted or edited since an earlier run
                 summary.update(encoded=done.encoded, already_staged=done.staged, dropped=dropped)
-                faiss.omp_set_num_threads(threads)
-                tag = index_tag(encoder, store if isinstance(store, PostgresStore) else None)
-                indexed = stage_index(staged, settings.data_dir, tag, index_params(settings))
-                summary.update(indexed=indexed[0], index_kept=indexed[1])
+                index: str | None = None
+                if args.no_index:  # the service builds it at the switch, as without dupq reembed
+                    summary.update(indexed=0, index_kept=0)
+                else:
+                    faiss.omp_set_num_threads(threads)
+                    tag = index_tag(encoder, store if isinstance(store, PostgresStore) else None)
+                    indexed = stage_index(staged, settings.data_dir, tag, index_params(settings))
+                    summary.update(indexed=indexed[0], index_kept=indexed[1])
+                    index = str(staged_index_path(settings.data_dir, encoder.version))
             finally:
                 staged.close()
-            summary.update(staged_in=staged.name, index=str(staged_index_path(settings.data_dir, encoder.version)))
+            summary.update(staged_in=staged.name, index=index)
         else:  # the store is this model's already: the service will not re-embed, nothing to stage
             if isinstance(store, PostgresStore):  # what a run left after the re-embedding took the rest
                 remove_staged_rows(store, encoder.version)
@@ -719,6 +724,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="threads for the encoder and the index build (default: 0, DUPQ_THREADS or else every CPU the "
         "process may use; fewer leave the running service its share)",
+    )
+    p.add_argument(
+        "--no-index",
+        action="store_true",
+        help="stage the vectors only, not their index: where no replica will start from this data directory "
+        "(a job of its own beside PostgreSQL replicas), or its disk has no room; the service builds the index "
+        "when it switches, as without dupq reembed (an index an earlier run staged is left, and checked vector "
+        "by vector if loaded)",
     )
     p.add_argument(
         "--discard",

@@ -357,6 +357,35 @@ def test_on_postgresql_the_replica_that_re_embeds_takes_the_staged_vectors_whate
         assert stored is not None and np.array_equal(stored[1], _unit(24, 5))
 
 
+def test_with_no_index_only_the_vectors_are_staged_and_the_service_builds_the_index_at_the_switch(
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    store_url: str | None,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A job of its own beside PostgreSQL replicas stages the vectors in the store and writes
+    nothing to its data directory, which no replica starts from (not even makes it)."""
+    data, job = tmp_path / "data", tmp_path / "job"
+    other = build_tiny_model(tmp_path / "other", seed=1, version_prefix="other")
+    with serving(make_settings(tiny_model_dir, data, store_url=store_url)) as client:
+        client.post("/questions", json={"questions": [{"id": f"q{i}", "text": t} for i, t in enumerate(QUESTIONS)]})
+        where = ["--data-dir", str(job if store_url else data)] + (["--store-url", store_url] if store_url else [])
+        staged = _staging([*where, "--model-dir", str(other), "--no-index"], capsys)
+    assert (staged["questions"], staged["encoded"], staged["indexed"], staged["index"]) == (6, 6, 0, None)
+    assert not staged_index_path(data, staged["model"]).exists()
+    if store_url:
+        assert len(_staged_rows(store_url)) == 6 and not job.exists()
+    else:
+        assert Path(staged["staged_in"]).is_file()
+    caplog.set_level(logging.INFO)
+    with serving(make_settings(other, data, store_url=store_url)) as client:
+        assert ": 6 staged, 0 encoded" in caplog.text and "index rebuilt: 6 questions" in caplog.text
+        _index_matches_store(engine_of(client))
+        match = client.post("/duplicates", json={"question": QUESTIONS[2], "k": 1}).json()["matches"]
+        assert match[0]["id"] == "q2" and match[0]["similarity"] == pytest.approx(1.0)
+
+
 def test_what_was_staged_for_a_model_not_served_after_all_is_discarded(
     tiny_model_dir: Path, tmp_path: Path, store_url: str | None, capsys: pytest.CaptureFixture[str]
 ) -> None:
