@@ -406,7 +406,10 @@ class Engine:
         await loop.run_in_executor(None, functools.partial(self._rebuilder.shutdown, wait=True))
         if self._following is not None:
             await loop.run_in_executor(None, self._following.join)
-        self.save_snapshot()
+        try:
+            self.save_snapshot()
+        except Exception:  # a full disk, say: the store is whole, and the next start catches up from it
+            logger.exception("index snapshot not written at shutdown; the next start will catch up with the store")
         self._workers.shutdown(wait=True)
         self.stores.close()
 

@@ -1,9 +1,9 @@
 """Every error as a JSON object with a ``detail`` field: the exception handlers, in one place.
 
 Validation errors (422), HTTP errors (404, 405, ...), "not ready", "overloaded" and "store
-unavailable" (503 with ``Retry-After``) and anything unexpected (500, logged, no stack trace in
-the answer) are mapped to their status here; the middleware (:mod:`app.middleware`) answers 401
-and 413 itself.
+unavailable" (503 with ``Retry-After``), "store full" (507) and anything unexpected (500, logged,
+no stack trace in the answer) are mapped to their status here; the middleware
+(:mod:`app.middleware`) answers 401 and 413 itself.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from app.batching import Overloaded
 from app.engine import NotReady, UnknownIds
 from app.pgstore import ModelChanged, StoreUnavailable
 from app.schemas import ErrorBody
+from app.store import StoreFull
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
 # And those of a route that writes.
 WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorBody, "description": "the read-only key cannot write"},
+    507: {"model": ErrorBody, "description": "no room left on the store's disk: nothing was written"},
 }
 
 NOT_READY_RETRY_S = 5
@@ -82,6 +84,13 @@ def register_errors(app: FastAPI) -> None:
         return error_response(
             503, f"the question store is unavailable: {exc}; retry later", {"Retry-After": str(STORE_RETRY_S)}
         )
+
+    @app.exception_handler(StoreFull)
+    async def store_full(request: Request, exc: StoreFull) -> JSONResponse:
+        # Rolled back whole, so a retry once there is room is safe; no Retry-After: room is made by
+        # the operator (or by deletes), not by time.
+        logger.error("a write was refused: %s", exc)
+        return error_response(507, f"{exc}; nothing was written: retry once the store has room again")
 
     @app.exception_handler(ModelChanged)
     async def model_changed(request: Request, exc: ModelChanged) -> JSONResponse:

@@ -29,7 +29,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -491,7 +491,8 @@ class SnapshotFile:
 
     def abort(self) -> None:
         if not self._handle.closed:
-            self._handle.close()
+            with suppress(OSError):  # it flushes: on a full disk, fails as the write did
+                self._handle.close()
             self._tmp.unlink(missing_ok=True)
 
 

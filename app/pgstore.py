@@ -30,7 +30,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from app.feed import Change, FeedBatch, Row
-from app.store import Feedback, NewQuestion, Removed, StoredQuestion, StoreTooNew, TextRow
+from app.store import Feedback, NewQuestion, Removed, StoredQuestion, StoreFull, StoreTooNew, TextRow
 
 SCHEMA_VERSION = 1  # the row of table dupq_schema
 WRITE_LOCK = 0x64757071  # advisory lock key ('dupq') that orders every write transaction
@@ -190,10 +190,12 @@ class PostgresStore:
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
         """A pooled connection in a transaction (committed on leaving, rolled back on an error);
-        losing the server is a :class:`StoreUnavailable`."""
+        losing the server is a :class:`StoreUnavailable`, its disk full a :class:`StoreFull`."""
         try:
             with self.pool.connection() as conn:
                 yield conn
+        except psycopg.errors.DiskFull as err:  # the server's disk: the transaction was rolled back
+            raise StoreFull(f"no room left for the question store at PostgreSQL {self.where}: {_reason(err)}") from err
         except (psycopg.OperationalError, PoolTimeout) as err:
             raise StoreUnavailable(f"PostgreSQL at {self.where} is unreachable: {_reason(err)}") from err
 

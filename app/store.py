@@ -245,6 +245,18 @@ class StoreInUse(OSError):
     """Another process has the store open."""
 
 
+class StoreFull(OSError):
+    """The store's disk (or database server) has no room left for a write, which was rolled back
+    whole: nothing of it was written (a 507; a command line tool says it in one line)."""
+
+
+def _full(err: BaseException, where: object) -> StoreFull | None:
+    """``err`` as a :class:`StoreFull` if SQLite said the disk is full (``SQLITE_FULL``)."""
+    if isinstance(err, sqlite3.OperationalError) and getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        return StoreFull(f"no room left for the question store {where}: {err}")
+    return None
+
+
 class StoreTooNew(ValueError):
     """The store was written by a newer dupq, with a schema this one does not know."""
 
@@ -316,8 +328,11 @@ class QuestionStore:
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
+        except BaseException as err:
+            if conn.in_transaction:  # SQLite rolls back by itself on some errors (a full disk)
+                conn.execute("ROLLBACK")
+            if full := _full(err, self.path):
+                raise full from err
             raise
 
     @property
@@ -349,8 +364,11 @@ class QuestionStore:
                 if self._writer.total_changes != changes:
                     cur.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE name = 'generation'")
                 cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
+            except BaseException as err:
+                if self._writer.in_transaction:  # SQLite rolls back by itself on some errors (a full disk)
+                    cur.execute("ROLLBACK")
+                if full := _full(err, self.path):
+                    raise full from err
                 raise
 
     def upsert(
