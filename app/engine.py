@@ -406,10 +406,12 @@ class Engine:
         await loop.run_in_executor(None, functools.partial(self._rebuilder.shutdown, wait=True))
         if self._following is not None:
             await loop.run_in_executor(None, self._following.join)
-        try:
+        try:  # the store is whole whatever happens here, and the next start catches up from it
             self.save_snapshot()
-        except Exception:  # a full disk, say: the store is whole, and the next start catches up from it
-            logger.exception("index snapshot not written at shutdown; the next start will catch up with the store")
+        except OSError as err:  # a full disk, say: said in a line
+            logger.error("index snapshot not written at shutdown (%s); the next start catches up with the store", err)
+        except Exception:
+            logger.exception("index snapshot not written at shutdown; the next start catches up with the store")
         self._workers.shutdown(wait=True)
         self.stores.close()
 
