@@ -65,6 +65,7 @@ from app.store import (
     QuestionStore,
     Store,
     StoredQuestion,
+    StoreFull,
     StoreTooNew,
     TextRow,
 )
@@ -581,12 +582,13 @@ class Engine:
 
     def _follow_own_write(self) -> None:
         """After a write committed in PostgreSQL: apply the feed up to it here, so that this
-        replica's next read sees it. Should the store vanish in between, the write stands (it is
-        committed) and the follower applies it once the store is back."""
+        replica's next read sees it. Should the store vanish in between, or this replica's copy
+        have no room left, the write stands (it is committed) and the follower applies it once the
+        store is back, or there is room."""
         assert self.follower is not None
         try:
             self.follower.follow()
-        except StoreUnavailable as err:
+        except (StoreUnavailable, StoreFull) as err:
             logger.warning("a write was committed but is not yet in this replica's index: %s", err)
 
     def _apply_feed(self, batch: FeedBatch) -> Applied:

@@ -23,7 +23,7 @@ import psycopg
 
 from app.feed import Applied, FeedBatch, Row
 from app.pgstore import PostgresStore, StoreUnavailable
-from app.store import QuestionStore
+from app.store import QuestionStore, StoreFull
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class Follower:
         self.position = int(copy.meta("feed_position") or 0)
         self.caught_up_at = time.monotonic()  # when the last pass that found nothing more to apply began
         self.problem: str | None = None  # why this replica must stop serving (another model's vectors)
-        self.unreachable: str | None = None  # why the last pass failed, while the store is away
+        self.stalled: str | None = None  # why the last pass failed: the store away, or no room for the copy
         self._lock = threading.Lock()
 
     def prepare(self, status: Callable[[str], None] = lambda text: None) -> bool:
@@ -102,9 +102,8 @@ class Follower:
                 try:
                     batch = self.primary.read_feed(self.position, self.batch)
                 except StoreUnavailable as err:
-                    self.unreachable = str(err)
+                    self.stalled = str(err)
                     raise
-                self.unreachable = None
                 if batch.floor > self.position:
                     self.problem = (
                         f"this replica fell behind the store's change feed (at {self.position}, the feed keeps changes "
@@ -112,7 +111,11 @@ class Follower:
                     )
                     break
                 if batch.changes:
-                    applied = self.apply(batch)
+                    try:
+                        applied = self.apply(batch)
+                    except StoreFull as err:  # the copy's disk: the store keeps the changes until there is room
+                        self.stalled = str(err)
+                        raise
                     self.position = batch.position
                     total += len(batch.changes)
                     if applied.model_version is not None:
@@ -121,6 +124,7 @@ class Follower:
                             f"{self.model_version}: restart it with that model"
                         )
                         logger.error("%s", self.problem)
+                self.stalled = None
                 if len(batch.changes) < self.batch:
                     self.caught_up_at = started
                     break
@@ -130,15 +134,16 @@ class Follower:
         """The follower's thread: follow the feed, then wait for a notification or ``poll_s``
         seconds, until ``stopping``; while PostgreSQL is away, try again every ``poll_s``."""
         listener: psycopg.Connection[object] | None = None
-        away = False
+        away = full = False
         while not stopping.is_set():
             try:
                 if listener is None:
                     listener = self.primary.listen()
                 self.follow()
-                if away:
-                    logger.warning("the store is reachable again; this replica caught up with its feed")
-                    away = False
+                if away or full:
+                    again = "the store is reachable again" if away else "this replica's copy has room again"
+                    logger.warning("%s; this replica caught up with its feed", again)
+                    away = full = False
                 for _ in listener.notifies(timeout=poll_s, stop_after=1):
                     pass
             except (StoreUnavailable, psycopg.OperationalError) as err:
@@ -148,6 +153,11 @@ class Follower:
                 if listener is not None:
                     listener.close()
                     listener = None
+                stopping.wait(poll_s)
+            except StoreFull as err:  # this replica's copy, not the store: said once, not at every try
+                if not full:
+                    logger.error("cannot apply the store's change feed (%s); reads go on from this copy as it is", err)
+                    full = True
                 stopping.wait(poll_s)
             except Exception:
                 logger.exception("following the store's change feed failed; trying again")

@@ -42,7 +42,7 @@ async def ready(state: StateDep) -> ReadyStatus:
     engine = state.ready_engine()
     lag = engine.feed_lag()
     if lag is not None and lag > state.settings.max_lag_s:
-        why = engine.follower.unreachable if engine.follower and engine.follower.unreachable else "still applying"
+        why = engine.follower.stalled if engine.follower and engine.follower.stalled else "still applying"
         raise NotReady(f"behind the store's change feed for {lag:.1f} s ({why})")
     return ReadyStatus(status="ready", index_size=engine.index_size())
 

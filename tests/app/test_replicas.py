@@ -277,6 +277,39 @@ def test_while_postgresql_is_down_reads_go_on_and_writes_answer_503_then_resume_
         assert a.get("/questions/new").json()["text"] == "Is it back?"
 
 
+def test_a_write_that_the_replica_s_full_copy_cannot_take_is_committed_and_taken_once_there_is_room(
+    tiny_model_dir: Path, tmp_path: Path, postgres: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The disk of a replica's copy is full (its page limit, SQLite's SQLITE_FULL): a write there
+    is committed in PostgreSQL, so it is a 201, not the 507 of a write refused; /ready says why the
+    replica falls behind, the log says it once, not at every try, and given room it catches up."""
+    url = postgres.new_database()
+    long_text = " ".join(["How do I learn to play the guitar?"] * 25)
+    more = [{"id": f"long{i}", "text": f"{i}: {long_text}"} for i in range(50)]
+    with _replica(tiny_model_dir, tmp_path / "a", url, max_lag_s=0.5, feed_poll_s=0.1) as a:
+        a.post("/questions", json={"questions": [{"id": f"q{i}", "text": t} for i, t in enumerate(CORPUS)]})
+        copy = engine_of(a).stores.local
+        with copy._write_lock:
+            pages = copy._writer.execute("PRAGMA page_count").fetchone()[0]
+            copy._writer.execute(f"PRAGMA max_page_count = {pages}")
+        assert a.post("/questions", json={"questions": more}).status_code == 201
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT count(*) FROM questions WHERE id LIKE 'long%'").fetchone() == (50,)
+        assert a.get("/questions/long0").status_code == 404  # not in this replica's copy yet
+        assert _finds(a, CORPUS[3], "q3")  # reads go on
+        _within(3.0, lambda: a.get("/ready").status_code == 503)
+        detail = a.get("/ready").json()["detail"]
+        assert "behind the store's change feed" in detail and "no room left for the question store" in detail
+        time.sleep(0.5)  # several tries of the follower
+        assert caplog.text.count("cannot apply the store's change feed (no room left") == 1
+        assert "Traceback" not in caplog.text
+        with copy._write_lock:
+            copy._writer.execute(f"PRAGMA max_page_count = {2**30}")
+        _within(3.0, lambda: a.get("/ready").status_code == 200)
+        assert a.get("/questions/long49").json()["text"] == more[49]["text"]
+        assert "this replica's copy has room again; this replica caught up with its feed" in caplog.text
+
+
 @pytest.mark.slow
 def test_three_replicas_with_writers_on_each_and_one_killed_lose_nothing(
     tiny_model_dir: Path, tmp_path: Path, postgres: PostgresServer
