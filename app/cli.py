@@ -334,6 +334,56 @@ def _reembed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sqlite_store(settings: typing.Any, what: str) -> Path:
+    """The SQLite file of ``settings``' store; a PostgreSQL one is refused, naming its own tools."""
+    from app.engine import STORE_FILE
+
+    if settings.store_url is not None and settings.store_url.startswith("postgres"):
+        raise ValueError(
+            f"dupq {what} copies a SQLite store; a PostgreSQL store is backed up and restored with PostgreSQL's own "
+            "tools, pg_dump and pg_restore (docs/operations.md#backups)"
+        )
+    return Path(settings.sqlite_path() or settings.data_dir / STORE_FILE)
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from app.backup import backup
+    from model.files import check_writable
+
+    settings = _settings(data_dir=args.data_dir, store_url=args.store_url)
+    check_writable(args.out, file=True)
+    copied = backup(_sqlite_store(settings, "backup"), args.out)
+    summary = {
+        "out": str(copied.path),
+        "questions": copied.questions,
+        "feedback": copied.feedback,
+        "bytes": copied.bytes,
+        "seconds": round(copied.seconds, 1),
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from app.backup import restore
+    from app.engine import SNAPSHOT_FILE
+
+    settings = _settings(data_dir=args.data_dir, store_url=args.store_url)
+    store = _sqlite_store(settings, "restore")
+    derived = [settings.data_dir / SNAPSHOT_FILE, settings.data_dir / (SNAPSHOT_FILE + ".json")]
+    restored = restore(args.backup, store, derived, replace=args.replace)
+    summary = {
+        "store": str(restored.path),
+        "questions": restored.questions,
+        "feedback": restored.feedback,
+        "bytes": restored.bytes,
+        "kept_aside": str(restored.kept_aside) if restored.kept_aside else None,
+        "seconds": round(restored.seconds, 1),
+    }
+    print(json.dumps(summary))
+    return 0
+
+
 def _feedback(args: argparse.Namespace) -> int:
     import csv
 
@@ -740,6 +790,33 @@ def build_parser() -> argparse.ArgumentParser:
         "PostgreSQL store) instead of staging: for a model that will not be served after all",
     )
     p.set_defaults(func=_reembed)
+
+    p = sub.add_parser(
+        "backup",
+        help="copy a data directory's SQLite store into one file, beside the running service",
+        description="Copy the question store (questions, metadata, vectors, feedback) as it is at one moment "
+        "into one SQLite file, with SQLite's online backup: beside the running service, whose writes go on "
+        "meanwhile. The index is not in it: the service rebuilds it from the stored vectors after a restore. "
+        "A PostgreSQL store is backed up with pg_dump.",
+    )
+    p.add_argument("--data-dir", type=Path, help="the service's data directory" + env % ("DUPQ_DATA_DIR", "data"))
+    p.add_argument("--store-url", help="sqlite:///PATH" + env % ("DUPQ_STORE_URL", "the data directory's SQLite file"))
+    p.add_argument("--out", required=True, type=Path, help="the backup file to write")
+    p.set_defaults(func=_backup)
+
+    p = sub.add_parser(
+        "restore",
+        help="make a backup the store of a data directory (the service stopped)",
+        description="Make a file of dupq backup the question store of a data directory, which no dupq process "
+        "may have open. A store already there is replaced only with --replace, and kept beside it whole "
+        "(questions.sqlite3.before-restore-TIME); the index snapshot is removed, so the service rebuilds the "
+        "index from the restored vectors at its next start.",
+    )
+    p.add_argument("backup", type=Path, help="a file written by dupq backup")
+    p.add_argument("--data-dir", type=Path, help="the data directory" + env % ("DUPQ_DATA_DIR", "data"))
+    p.add_argument("--store-url", help="sqlite:///PATH" + env % ("DUPQ_STORE_URL", "the data directory's SQLite file"))
+    p.add_argument("--replace", action="store_true", help="replace a store that is there (kept beside it)")
+    p.set_defaults(func=_restore)
 
     p = sub.add_parser(
         "feedback",

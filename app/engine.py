@@ -864,10 +864,13 @@ def _load_index(
         if not trust_snapshot:  # vectors changed in place: the snapshot cannot tell which
             raise SnapshotError("stored questions were re-embedded")
         index = NamespacedIndex.load(_snapshot_path(settings), tag, params, dim)
+        if (generation := int(index.snapshot_meta.get("generation", -1))) > store.generation():
+            # A store's generation only grows: this one is older than what the snapshot holds (one
+            # copied back from a backup), whose rows deleted since would not be caught up.
+            raise SnapshotError(f"the snapshot is of generation {generation}, the store of {store.generation()}")
     except SnapshotError as why:
         logger.info("rebuilding the index from the store (%s)", why)
     else:
-        generation = int(index.snapshot_meta.get("generation", -1))
         logger.info("index snapshot loaded: %d questions", len(index))
         if generation != store.generation():
             # Written before the last changes (a crash, or changes since the last periodic

@@ -1,0 +1,128 @@
+"""Backups of a data directory's SQLite store (``dupq backup``, ``dupq restore``).
+
+A backup is one SQLite file, copied from the store by SQLite's online backup API in one step,
+that is within one read transaction: beside a running service, whose writes go on meanwhile and
+are in it whole or not at all. It holds everything the store holds (questions, their metadata and
+vectors, feedback); the index is derived, so a restore leaves none and the service rebuilds it
+from the stored vectors at its next start, re-encoding nothing. A PostgreSQL store is backed up
+with PostgreSQL's own tools (``pg_dump``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import time
+from collections.abc import Sequence
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.store import SCHEMA_VERSION, StoreInUse, StoreTooNew, _own
+from model.files import replacing_file
+
+
+@dataclass(frozen=True)
+class Copied:
+    """What a backup or a restore copied."""
+
+    path: Path
+    questions: int
+    feedback: int
+    bytes: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Restored(Copied):
+    kept_aside: Path | None  # the store that was there
+
+
+def _check(conn: sqlite3.Connection, what: Path) -> tuple[int, int]:
+    """The questions and feedback of a dupq store ``conn``, once SQLite finds the file whole."""
+    try:
+        return _checked(conn, what)
+    except sqlite3.DatabaseError as err:  # not a database at all, say
+        raise ValueError(f"{what} cannot be read as a question store: {err}") from err
+
+
+def _checked(conn: sqlite3.Connection, what: Path) -> tuple[int, int]:
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise StoreTooNew(f"{what} has schema version {version}; this dupq knows up to {SCHEMA_VERSION}: upgrade dupq")
+    problem = conn.execute("PRAGMA quick_check").fetchone()[0]
+    if problem != "ok":
+        raise ValueError(f"{what} is damaged: {problem}")
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "questions" not in tables:
+        raise ValueError(f"{what} is not a dupq question store (no questions table)")
+    questions = int(conn.execute("SELECT count(*) FROM questions").fetchone()[0])
+    feedback = int(conn.execute("SELECT count(*) FROM feedback").fetchone()[0]) if "feedback" in tables else 0
+    return questions, feedback
+
+
+def _read_only(path: Path) -> sqlite3.Connection:
+    if not path.is_file():
+        raise FileNotFoundError(f"no question store at {path}")
+    return sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True, isolation_level=None, timeout=30.0)
+
+
+def _aside(store: Path) -> Path:
+    """A name not taken yet for the store a restore replaces."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    names = (store.with_name(f"{store.name}.before-restore-{stamp}{f'-{n}' if n else ''}") for n in range(1000))
+    return next(name for name in names if not name.exists())
+
+
+def backup(store: Path, out: Path) -> Copied:
+    """Copy ``store`` as it is at one moment into the new file ``out`` (written beside its name and
+    renamed over it once checked), a single file with no write-ahead log beside it."""
+    if out.exists() and not out.is_file():
+        raise ValueError(f"--out {out} is not a file")
+    started = time.monotonic()
+    with (
+        closing(_read_only(store)) as source,
+        replacing_file(out) as partial,
+        closing(sqlite3.connect(partial, isolation_level=None)) as target,  # closed before the rename
+    ):
+        source.backup(target)  # every page in one step: one read transaction, one state
+        target.execute("PRAGMA journal_mode=DELETE")  # the file alone is the whole store
+        questions, feedback = _check(target, out)
+    return Copied(out, questions, feedback, out.stat().st_size, time.monotonic() - started)
+
+
+def restore(backup_file: Path, store: Path, derived: Sequence[Path] = (), replace: bool = False) -> Restored:
+    """Make ``backup_file`` the SQLite store ``store``, which no process may have open (its lock is
+    taken meanwhile). A store already there is kept beside it, whole, as
+    ``questions.sqlite3.before-restore-<time>``, and only with ``replace``; the files ``derived``
+    from it (the index snapshot) are removed. The new store takes the old one's place in one
+    rename, so a restore stopped at any point leaves one or the other."""
+    started = time.monotonic()
+    with closing(_read_only(backup_file)) as conn:
+        questions, feedback = _check(conn, backup_file)
+    store.parent.mkdir(parents=True, exist_ok=True)
+    owner = _own(store.with_name(store.name + ".lock"))  # no service may run on it meanwhile
+    try:
+        if store.exists() and not replace:
+            raise ValueError(
+                f"{store} holds a question store already: restore into an empty data directory, or give "
+                "--replace (the store there is kept beside it)"
+            )
+        aside = None
+        with replacing_file(store) as partial:
+            shutil.copyfile(backup_file, partial)
+            for path in derived:
+                path.unlink(missing_ok=True)
+            if store.exists():
+                with closing(sqlite3.connect(store, isolation_level=None)) as old:  # its log into it
+                    busy, logged, done = old.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if busy or logged != done:
+                    raise StoreInUse(f"{store} is being read: its log could not be folded into it; try again")
+                for log in ("-wal", "-shm"):  # never to be read with the new file
+                    store.with_name(store.name + log).unlink(missing_ok=True)
+                aside = _aside(store)
+                os.link(store, aside)
+    finally:
+        owner.close()
+    return Restored(store, questions, feedback, store.stat().st_size, time.monotonic() - started, aside)
