@@ -94,6 +94,12 @@ class ModelChanged(RuntimeError):
     """The store's vectors are now made by another model version than this replica's."""
 
 
+def _feed_end(conn: psycopg.Connection[Any]) -> int:
+    floor = int(conn.execute("SELECT value FROM meta WHERE name = 'feed_floor'").fetchone()[0])  # type: ignore[index]
+    last = conn.execute("SELECT max(seq) FROM changes").fetchone()
+    return max(floor, int(last[0]) if last and last[0] is not None else 0)
+
+
 def _reason(err: BaseException) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
@@ -490,15 +496,18 @@ class PostgresStore:
         """Hand every stored row to ``sink``, ``batch`` at a time, as of one moment; returns the
         feed position of that moment (the changes after it are those the rows do not show)."""
         with self._snapshot() as conn:
-            floor = int(conn.execute("SELECT value FROM meta WHERE name = 'feed_floor'").fetchone()[0])  # type: ignore[index]
-            last = conn.execute("SELECT max(seq) FROM changes").fetchone()
-            position = max(floor, int(last[0]) if last and last[0] is not None else 0)
+            position = _feed_end(conn)
             with conn.cursor(name="dupq_dump") as cur:
                 cur.itersize = batch
                 cur.execute(f"SELECT {ROW_COLUMNS} FROM questions ORDER BY key")
                 while rows := cur.fetchmany(batch):
                     sink([Row(*r) for r in rows])
         return position
+
+    def feed_end(self) -> int:
+        """The position of the last change committed (a replica's copy can be at no later one)."""
+        with self.connection() as conn:
+            return _feed_end(conn)
 
     def listen(self) -> psycopg.Connection[Any]:
         """A connection of its own that receives the feed's notifications."""

@@ -48,10 +48,10 @@ class Follower:
 
     def prepare(self, status: Callable[[str], None] = lambda text: None) -> bool:
         """At start-up: copy the whole store if the copy cannot follow the feed (a new replica, a
-        copy of another database or of another model's vectors, or one that was away longer than
-        the feed is kept), then catch up. Returns whether it copied everything. ``status`` is told
-        how far the copy is after each batch; whatever it raises ends the copy, which leaves the
-        copy as it was (one transaction)."""
+        copy of another database or of another model's vectors, one that was away longer than the
+        feed is kept, or one ahead of the store: a store restored from a backup), then catch up.
+        Returns whether it copied everything. ``status`` is told how far the copy is after each
+        batch; whatever it raises ends the copy, which leaves the copy as it was (one transaction)."""
         reason = None
         versions = set(self.copy.model_versions())
         if self.copy.meta("source") != self.primary.store_id:
@@ -60,6 +60,8 @@ class Follower:
             reason = f"the copy holds vectors of model {', '.join(sorted(versions - {self.model_version}))}"
         elif self.primary.read_feed(self.position, 1).floor > self.position:
             reason = "the feed no longer holds the changes since this replica's copy"
+        elif (end := self.primary.feed_end()) < self.position:  # the feed went back: its changes since are others
+            reason = f"the store's feed ends at {end}, before this copy's position {self.position}: restored?"
         copied = reason is not None
         if copied:
             started = time.monotonic()

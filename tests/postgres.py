@@ -25,7 +25,7 @@ import psycopg
 
 def _bindir() -> Path | None:
     if found := shutil.which("pg_ctl"):
-        return Path(found).parent
+        return Path(found).resolve().parent  # where pg_dump and pg_restore are too, not a link's folder
     versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(Path(p).parts[-3]))
     return Path(versions[-1]).parent if versions else None
 

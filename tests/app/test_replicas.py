@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -275,6 +277,30 @@ def test_while_postgresql_is_down_reads_go_on_and_writes_answer_503_then_resume_
         _within(10.0, lambda: a.post("/questions", json=ok).status_code == 201)
         _within(3.0, lambda: a.get("/ready").status_code == 200)
         assert a.get("/questions/new").json()["text"] == "Is it back?"
+
+
+def test_a_replica_ahead_of_a_store_restored_from_a_dump_copies_it_again(
+    tiny_model_dir: Path, tmp_path: Path, postgres: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """pg_dump, more writes, then the database restored from the dump (pg_restore into a new one,
+    the replicas pointed at it): a replica that kept its copy is ahead of the restored feed, whose
+    next changes will be other ones. It copies the store again, where it followed from its own
+    position and kept what the restored store no longer holds."""
+    url, dump = postgres.new_database(), tmp_path / "dupq.dump"
+    with _replica(tiny_model_dir, tmp_path / "a", url) as a:
+        a.post("/questions", json={"questions": [{"id": f"q{i}", "text": t} for i, t in enumerate(CORPUS[:6])]})
+        subprocess.run([str(postgres.bindir / "pg_dump"), "-Fc", "-f", str(dump), url], check=True)
+        a.post("/questions", json={"questions": [{"id": "later", "text": "Is this after the dump?"}]})
+        a.delete("/questions/q1")
+    restored = postgres.new_database()
+    subprocess.run([str(postgres.bindir / "pg_restore"), "-d", restored, str(dump)], check=True)
+    caplog.set_level(logging.INFO)
+    with _replica(tiny_model_dir, tmp_path / "a", restored) as a:
+        assert "copying the whole store from" in caplog.text and "before this copy's position" in caplog.text
+        assert a.get("/questions/later").status_code == 404 and a.get("/questions/q1").status_code == 200
+        assert a.get("/ready").json()["index_size"] == 6 and _finds(a, CORPUS[1], "q1")
+        assert a.post("/questions", json={"questions": [{"id": "new", "text": "Is this new?"}]}).status_code == 201
+        assert a.get("/questions/new").status_code == 200
 
 
 def test_a_write_that_the_replica_s_full_copy_cannot_take_is_committed_and_taken_once_there_is_room(
