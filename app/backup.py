@@ -19,7 +19,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.store import SCHEMA_VERSION, StoreInUse, StoreTooNew, _own
+from app.store import SCHEMA_VERSION, StoreInUse, StoreTooNew, own_lock
 from model.files import replacing_file
 
 
@@ -102,7 +102,7 @@ def restore(backup_file: Path, store: Path, derived: Sequence[Path] = (), replac
     with closing(_read_only(backup_file)) as conn:
         questions, feedback = _check(conn, backup_file)
     store.parent.mkdir(parents=True, exist_ok=True)
-    owner = _own(store.with_name(store.name + ".lock"))  # no service may run on it meanwhile
+    owner = own_lock(store.with_name(store.name + ".lock"))  # no service may run on it meanwhile
     try:
         if store.exists() and not replace:
             raise ValueError(

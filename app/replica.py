@@ -61,7 +61,8 @@ class Follower:
         elif self.primary.read_feed(self.position, 1).floor > self.position:
             reason = "the feed no longer holds the changes since this replica's copy"
         elif (end := self.primary.feed_end()) < self.position:  # the feed went back: its changes since are others
-            reason = f"the store's feed ends at {end}, before this copy's position {self.position}: restored?"
+            reason = f"the store's feed ends at {end}, before this copy's position {self.position}"
+            reason += ": a store restored from a backup"
         copied = reason is not None
         if copied:
             started = time.monotonic()

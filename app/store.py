@@ -131,7 +131,7 @@ def keyed_rows(rows: Sequence[Any], dim: int) -> tuple[np.ndarray, np.ndarray, l
     return keys, vectors, [str(r[2]) for r in rows]
 
 
-def _own(lock_path: Path) -> IO[str]:
+def own_lock(lock_path: Path) -> IO[str]:
     """The lock file, opened and exclusively locked; raises :class:`StoreInUse` if it is taken."""
     handle = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115 (held open until close())
     try:
@@ -284,7 +284,7 @@ class QuestionStore:
                 )
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._owner = _own(self.path.with_name(self.path.name + ".lock"))
+        self._owner = own_lock(self.path.with_name(self.path.name + ".lock"))
         try:
             with self._write_lock:
                 self._writer = self._connect()
