@@ -114,6 +114,31 @@ for seed in "unset" "" "/opt/dupq/demo/questions.tsv"; do
     ok "DUPQ_SEED_FILE ${seed:-(empty)}: $ready"
 done
 
+step "backup and restore (one container)"
+# docs/operations.md's recipe: dupq backup in the running container, docker cp, dupq restore into a
+# new volume in a container of its own, then a service on that volume.
+name=dupq-backupcheck
+volume=dupq-backupcheck-data
+backups=$(mktemp -d /tmp/dupq-backups.XXXXXX)
+chmod 755 "$backups"
+docker rm -f "$name" >/dev/null 2>&1 || true
+docker volume rm "$volume" >/dev/null 2>&1 || true
+docker run -d --name "$name" -p 127.0.0.1:18089:8000 -e DUPQ_SEED_FILE=/opt/dupq/demo/questions.tsv dupq:latest >/dev/null
+started_ready "$name" 18089 >/dev/null || fail "the demo container did not become ready"
+copied=$(docker exec "$name" dupq backup --out /data/backup.sqlite3) || fail "dupq backup in the container"
+echo "$copied" | grep -q '"questions": 4000' || fail "dupq backup: $copied"
+docker cp "$name:/data/backup.sqlite3" "$backups/" >/dev/null || fail "docker cp of the backup"
+docker rm -f "$name" >/dev/null
+put=$(docker run --rm -v "$volume:/data" -v "$backups:/backups:ro" dupq:latest dupq restore /backups/backup.sqlite3) \
+    || fail "dupq restore into a new volume"
+docker run -d --name "$name" -p 127.0.0.1:18089:8000 -v "$volume:/data" dupq:latest >/dev/null
+ready=$(started_ready "$name" 18089) || fail "a container on the restored volume did not become ready"
+docker rm -f "$name" >/dev/null
+docker volume rm "$volume" >/dev/null
+rm -rf "$backups"
+echo "$ready" | grep -q '"index_size":4000' || fail "the restored volume: $ready"
+ok "dupq backup in a running container: ${copied:0:60}...; dupq restore: ${put:0:60}...; then $ready"
+
 # A "new model" for the model change below: the bundled one under another version (the same
 # vectors), which is what the service and dupq reembed go by.
 MODELS=$(mktemp -d /tmp/dupq-models.XXXXXX)
