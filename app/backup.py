@@ -68,6 +68,12 @@ def _read_only(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True, isolation_level=None, timeout=30.0)
 
 
+def _of_store(path: Path, store: Path) -> bool:
+    """Whether ``path`` is the store's file, or one SQLite and dupq keep beside it."""
+    names = {store.name + suffix for suffix in ("", "-wal", "-shm", "-journal", ".lock")}
+    return path.absolute().parent.resolve() == store.absolute().parent.resolve() and path.name in names
+
+
 def _aside(store: Path) -> Path:
     """A name not taken yet for the store a restore replaces."""
     stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -80,6 +86,8 @@ def backup(store: Path, out: Path) -> Copied:
     renamed over it once checked), a single file with no write-ahead log beside it."""
     if out.exists() and not out.is_file():
         raise ValueError(f"--out {out} is not a file")
+    if _of_store(out, store):
+        raise ValueError(f"--out {out} is a file of the store itself: write the backup elsewhere")
     started = time.monotonic()
     with (
         closing(_read_only(store)) as source,
@@ -98,6 +106,8 @@ def restore(backup_file: Path, store: Path, derived: Sequence[Path] = (), replac
     ``questions.sqlite3.before-restore-<time>``, and only with ``replace``; the files ``derived``
     from it (the index snapshot) are removed. The new store takes the old one's place in one
     rename, so a restore stopped at any point leaves one or the other."""
+    if _of_store(backup_file, store):
+        raise ValueError(f"{backup_file} is a file of the store itself, not a backup of it")
     started = time.monotonic()
     with closing(_read_only(backup_file)) as conn:
         questions, feedback = _check(conn, backup_file)

@@ -155,13 +155,22 @@ def test_a_store_copied_back_by_hand_under_a_later_snapshot_gets_its_index_rebui
 
 
 def test_backup_and_restore_say_in_one_line_what_they_cannot_do(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert _failure(capsys, "backup", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "b")) == (
         f"dupq backup: error: no question store at {tmp_path / 'none' / STORE_FILE}"
     )
     pg = _failure(capsys, "backup", "--store-url", "postgresql://dupq@db/dupq", "--out", str(tmp_path / "b"))
     assert pg.startswith("dupq backup: error: dupq backup copies a SQLite store;") and "pg_dump" in pg
+    data = tmp_path / "data"
+    with serving(make_settings(tiny_model_dir, data)) as client:
+        client.post("/questions", json={"questions": [{"id": "q0", "text": CORPUS[0]}]})
+        for name in (STORE_FILE, STORE_FILE + "-wal"):  # the live store would be replaced under the service
+            over = _failure(capsys, "backup", "--data-dir", str(data), "--out", str(data / ".." / "data" / name))
+            assert over.endswith("is a file of the store itself: write the backup elsewhere")
+        assert client.get("/questions/q0").status_code == 200
+    itself = _failure(capsys, "restore", str(data / STORE_FILE), "--data-dir", str(data), "--replace")
+    assert itself.endswith("is a file of the store itself, not a backup of it")
     not_a_store = tmp_path / "notes.sqlite3"
     with closing(sqlite3.connect(not_a_store)) as conn:
         conn.execute("CREATE TABLE notes (x)")
