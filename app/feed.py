@@ -27,6 +27,7 @@ class Change:
     key: int | None
     namespace: str | None
     model_version: str | None
+    created: str = ""  # when it was committed, as the store has it: with seq, which change this is
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,12 @@ class FeedBatch:
     @property
     def position(self) -> int:
         return self.changes[-1].seq
+
+    @property
+    def mark(self) -> str:
+        """What tells the change at :attr:`position` from another given the same number (a store
+        restored from a backup, written to since)."""
+        return f"{self.changes[-1].seq}@{self.changes[-1].created}"
 
 
 @dataclass

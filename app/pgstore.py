@@ -481,7 +481,8 @@ class PostgresStore:
             changes = [
                 Change(*row)
                 for row in conn.execute(
-                    "SELECT seq, op, key, namespace, model_version FROM changes WHERE seq > %s ORDER BY seq LIMIT %s",
+                    "SELECT seq, op, key, namespace, model_version, created::text FROM changes WHERE seq > %s "
+                    "ORDER BY seq LIMIT %s",
                     (after, limit),
                 )
             ]
@@ -503,6 +504,12 @@ class PostgresStore:
                 while rows := cur.fetchmany(batch):
                     sink([Row(*r) for r in rows])
         return position
+
+    def feed_mark(self, position: int) -> str | None:
+        """The :attr:`FeedBatch.mark` of the change at ``position``, if the feed still holds it."""
+        with self.connection() as conn:
+            row = conn.execute("SELECT created::text FROM changes WHERE seq = %s", (position,)).fetchone()
+        return f"{position}@{row[0]}" if row else None
 
     def feed_end(self) -> int:
         """The position of the last change committed (a replica's copy can be at no later one)."""

@@ -63,6 +63,10 @@ class Follower:
         elif (end := self.primary.feed_end()) < self.position:  # the feed went back: its changes since are others
             reason = f"the store's feed ends at {end}, before this copy's position {self.position}"
             reason += ": a store restored from a backup"
+        elif (mark := self.copy.meta("feed_mark")) and self.primary.feed_mark(self.position) not in (None, mark):
+            # The same number, another change: a store restored and written to since.
+            reason = f"the store's change at this copy's position {self.position} is another one than the copy's"
+            reason += ": a store restored from a backup"
         copied = reason is not None
         if copied:
             started = time.monotonic()
@@ -83,6 +87,8 @@ class Follower:
 
             n = self.copy.reset(self.primary.store_id, dump, self.model_version)
             self.position = int(self.copy.meta("feed_position") or 0)
+            if mark := self.primary.feed_mark(self.position):  # else the next change applied records one
+                self.copy.set_meta("feed_mark", mark)
             logger.info(
                 "copied %d questions in %.1f s, at feed position %d", n, time.monotonic() - started, self.position
             )

@@ -627,6 +627,7 @@ class QuestionStore:
                     if change.op == "add":
                         self._insert_row(cur, batch.rows[int(change.key or 0)], model_version, applied)
             cur.execute("INSERT OR REPLACE INTO meta VALUES ('feed_position', ?)", (str(batch.position),))
+            cur.execute("INSERT OR REPLACE INTO meta VALUES ('feed_mark', ?)", (batch.mark,))
         return applied
 
     def _insert_row(self, cur: sqlite3.Cursor, row: Row, model_version: str, applied: Applied) -> None:
@@ -673,6 +674,7 @@ class QuestionStore:
             if applied.model_version is not None:  # rolled back: the old copy stays
                 raise ModelMismatch(applied.model_version)
             cur.execute("INSERT OR REPLACE INTO meta VALUES ('feed_position', ?)", (str(position),))
+            cur.execute("DELETE FROM meta WHERE name = 'feed_mark'")  # of the copy replaced
             cur.execute("INSERT OR REPLACE INTO meta VALUES ('source', ?)", (source,))
         return applied.count
 

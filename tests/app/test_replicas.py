@@ -303,6 +303,35 @@ def test_a_replica_ahead_of_a_store_restored_from_a_dump_copies_it_again(
         assert a.get("/questions/new").status_code == 200
 
 
+def test_a_replica_whose_position_a_restored_store_has_passed_since_copies_it_again(
+    tiny_model_dir: Path, tmp_path: Path, postgres: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As above, but a new replica took writes on the restored store before the old one started:
+    its feed is past the old copy's position again, with other changes at the same numbers (each
+    change is told by its number and its commit time)."""
+    url, dump = postgres.new_database(), tmp_path / "dupq.dump"
+    with _replica(tiny_model_dir, tmp_path / "a", url) as a:
+        a.post("/questions", json={"questions": [{"id": f"q{i}", "text": t} for i, t in enumerate(CORPUS[:6])]})
+        subprocess.run([str(postgres.bindir / "pg_dump"), "-Fc", "-f", str(dump), url], check=True)
+        a.post(
+            "/questions", json={"questions": [{"id": f"later{i}", "text": f"Is {i} after the dump?"} for i in (1, 2)]}
+        )
+        a.delete("/questions/q1")
+    restored = postgres.new_database()
+    subprocess.run([str(postgres.bindir / "pg_restore"), "-d", restored, str(dump)], check=True)
+    with _replica(tiny_model_dir, tmp_path / "b", restored) as b:  # a new one: it copies the restored store
+        for i in range(5):
+            b.post("/questions", json={"questions": [{"id": f"new{i}", "text": CORPUS[6 + i]}]})
+    caplog.set_level(logging.INFO)
+    with _replica(tiny_model_dir, tmp_path / "a", restored) as a:
+        assert "copying the whole store from" in caplog.text and "is another one than the copy's" in caplog.text
+        assert a.get("/questions/later1").status_code == 404 and a.get("/questions/q1").status_code == 200
+        assert a.get("/questions/new4").status_code == 200 and a.get("/ready").json()["index_size"] == 11
+    caplog.clear()
+    with _replica(tiny_model_dir, tmp_path / "a", restored) as a:  # copied once, not at every start
+        assert "copying the whole store" not in caplog.text and a.get("/ready").json()["index_size"] == 11
+
+
 def test_a_write_that_the_replica_s_full_copy_cannot_take_is_committed_and_taken_once_there_is_room(
     tiny_model_dir: Path, tmp_path: Path, postgres: PostgresServer, caplog: pytest.LogCaptureFixture
 ) -> None:
