@@ -678,6 +678,14 @@ def _store_flags(
     p.add_argument("--model-dir", type=Path, help=model_dir + env % ("DUPQ_MODEL_DIR", "the bundled model"))
 
 
+def _sqlite_flags(p: argparse.ArgumentParser, data_dir: str) -> None:
+    """Where a SQLite store is: the data directory, or a SQLite URL, each defaulting to its DUPQ_*
+    variable as the service's settings do."""
+    env = " (default: $%s, else %s)"
+    p.add_argument("--data-dir", type=Path, help=data_dir + env % ("DUPQ_DATA_DIR", "data"))
+    p.add_argument("--store-url", help="sqlite:///PATH" + env % ("DUPQ_STORE_URL", "the data directory's SQLite file"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dupq", description="Duplicate-question detection: serve, index, import, group, embed, train, evaluate."
@@ -799,8 +807,7 @@ def build_parser() -> argparse.ArgumentParser:
         "meanwhile. The index is not in it: the service rebuilds it from the stored vectors after a restore. "
         "A PostgreSQL store is backed up with pg_dump.",
     )
-    p.add_argument("--data-dir", type=Path, help="the service's data directory" + env % ("DUPQ_DATA_DIR", "data"))
-    p.add_argument("--store-url", help="sqlite:///PATH" + env % ("DUPQ_STORE_URL", "the data directory's SQLite file"))
+    _sqlite_flags(p, "the service's data directory")
     p.add_argument("--out", required=True, type=Path, help="the backup file to write")
     p.set_defaults(func=_backup)
 
@@ -813,8 +820,7 @@ def build_parser() -> argparse.ArgumentParser:
         "index from the restored vectors at its next start.",
     )
     p.add_argument("backup", type=Path, help="a file written by dupq backup")
-    p.add_argument("--data-dir", type=Path, help="the data directory" + env % ("DUPQ_DATA_DIR", "data"))
-    p.add_argument("--store-url", help="sqlite:///PATH" + env % ("DUPQ_STORE_URL", "the data directory's SQLite file"))
+    _sqlite_flags(p, "the data directory")
     p.add_argument("--replace", action="store_true", help="replace a store that is there (kept beside it)")
     p.set_defaults(func=_restore)
 
