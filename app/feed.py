@@ -27,7 +27,7 @@ class Change:
     key: int | None
     namespace: str | None
     model_version: str | None
-    created: str = ""  # when it was committed, as the store has it: with seq, which change this is
+    created: int = 0  # when it was committed (microseconds since 1970): with seq, which change this is
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from app.feed import Change, FeedBatch, Row
 from app.store import Feedback, NewQuestion, Removed, StoredQuestion, StoreFull, StoreTooNew, TextRow
 
 SCHEMA_VERSION = 1  # the row of table dupq_schema
+CREATED_US = "(extract(epoch FROM created) * 1000000)::bigint"  # a change's commit time, whatever the time zone
 WRITE_LOCK = 0x64757071  # advisory lock key ('dupq') that orders every write transaction
 MIGRATE_LOCK = 0x6475706D  # one replica migrates at a time
 REEMBED_LOCK = 0x64757065  # one replica re-embeds the store at a time
@@ -481,7 +482,7 @@ class PostgresStore:
             changes = [
                 Change(*row)
                 for row in conn.execute(
-                    "SELECT seq, op, key, namespace, model_version, created::text FROM changes WHERE seq > %s "
+                    f"SELECT seq, op, key, namespace, model_version, {CREATED_US} FROM changes WHERE seq > %s "
                     "ORDER BY seq LIMIT %s",
                     (after, limit),
                 )
@@ -508,7 +509,7 @@ class PostgresStore:
     def feed_mark(self, position: int) -> str | None:
         """The :attr:`FeedBatch.mark` of the change at ``position``, if the feed still holds it."""
         with self.connection() as conn:
-            row = conn.execute("SELECT created::text FROM changes WHERE seq = %s", (position,)).fetchone()
+            row = conn.execute(f"SELECT {CREATED_US} FROM changes WHERE seq = %s", (position,)).fetchone()
         return f"{position}@{row[0]}" if row else None
 
     def feed_end(self) -> int:
