@@ -68,6 +68,7 @@ from app.store import (
     StoreFull,
     StoreTooNew,
     TextRow,
+    damaged,
 )
 from model.encoder import QuestionEncoder, load_encoder
 
@@ -84,6 +85,15 @@ class NotReady(RuntimeError):
 class StartupError(ValueError):
     """The service cannot start with this configuration; the message says why. A ValueError, so
     that ``dupq``'s subcommands report it in one line like any other bad input."""
+
+
+def damaged_store(err: BaseException) -> StartupError | None:
+    """``err`` as a :class:`StartupError` that says what to do, if SQLite found the store damaged."""
+    if damaged(err):
+        return StartupError(
+            f"the question store is damaged ({err}): restore a backup (dupq restore, docs/operations.md#backups)"
+        )
+    return None
 
 
 class StartupStopped(Exception):
@@ -182,13 +192,17 @@ def open_model_and_store(settings: Settings) -> tuple[QuestionEncoder, Stores]:
     except (OSError, sqlite3.Error) as err:
         if primary:
             primary.close()
-        raise StartupError(f"cannot open the question store in {settings.data_dir}: {err}") from err
+        raise damaged_store(err) or StartupError(
+            f"cannot open the question store in {settings.data_dir}: {err}"
+        ) from err
     stores = Stores(local, primary)
     try:
         _check_store(settings, encoder, stores.truth)
-    except (StartupError, StoreUnavailable) as err:
+    except (StartupError, StoreUnavailable, sqlite3.DatabaseError) as err:
         stores.close()  # and its lock: the next attempt may open it
-        raise StartupError(str(err)) from err
+        if isinstance(err, sqlite3.DatabaseError) and not damaged(err):
+            raise
+        raise damaged_store(err) or StartupError(str(err)) from err
     return encoder, stores
 
 

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from app.deps import ServiceState
-from app.engine import Engine, StartupError, StartupStopped, Stores, open_model_and_store
+from app.engine import Engine, StartupError, StartupStopped, Stores, damaged_store, open_model_and_store
 from app.errors import register_errors
 from app.metrics import Metrics
 from app.middleware import OPEN_PATHS, ApiKey, BodyLimit, Telemetry
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None, opened: tuple[QuestionEncoder, 
             store.close()
             return
         except Exception as err:
+            err = damaged_store(err) or err  # a reason too, and what to do
             state.load_error = f"start-up failed: {err}"
             if isinstance(err, StartupError | StoreUnavailable):  # a reason, in one line
                 logger.error("start-up failed: %s", err)

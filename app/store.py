@@ -257,6 +257,13 @@ def _full(err: BaseException, where: object) -> StoreFull | None:
     return None
 
 
+def damaged(err: BaseException) -> bool:
+    """Whether SQLite found a store file damaged (a page overwritten, a file cut short), where only
+    a backup helps."""
+    codes = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    return isinstance(err, sqlite3.DatabaseError) and getattr(err, "sqlite_errorcode", None) in codes
+
+
 class StoreTooNew(ValueError):
     """The store was written by a newer dupq, with a schema this one does not know."""
 

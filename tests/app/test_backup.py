@@ -183,3 +183,35 @@ def test_backup_and_restore_say_in_one_line_what_they_cannot_do(
         f"dupq restore: error: {damaged} cannot be read as a question store: file is not a database"
     )
     assert not (tmp_path / "d" / STORE_FILE).exists()
+
+
+def test_a_damaged_store_is_a_start_up_failure_that_says_so_and_what_to_do(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, out = tmp_path / "data", tmp_path / "backup.sqlite3"
+    settings = make_settings(tiny_model_dir, data)
+    with serving(settings) as client:
+        many = [{"id": f"q{i}", "text": f"{_text(i)} " * 30} for i in range(200)]
+        client.post("/questions", json={"questions": many})
+        engine_of(client).store._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # type: ignore[attr-defined]
+        shutil.copyfile(data / STORE_FILE, out)
+    for name in (SNAPSHOT_FILE, STORE_FILE + "-wal", STORE_FILE + "-shm"):
+        (data / name).unlink(missing_ok=True)
+    with open(data / STORE_FILE, "r+b") as file:  # pages in the middle overwritten
+        file.seek(file.seek(0, 2) // 2)
+        file.write(b"\xff" * 3 * 16384)
+    argv = ["serve", "--data-dir", str(data), "--model-dir", str(tiny_model_dir), "--port", "1"]
+    capsys.readouterr()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level  # `dupq serve` sets up the process's logging
+    try:
+        assert main(argv) == 1  # before it listens
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    said = capsys.readouterr().err
+    assert "cannot start: the question store is damaged (database disk image is malformed): restore a backup " in said
+    assert "Traceback" not in said
+    assert _run(capsys, "restore", str(out), "--data-dir", str(data), "--replace")["questions"] == 200
+    with serving(settings) as client:
+        assert client.get("/ready").json()["index_size"] == 200
