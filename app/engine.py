@@ -473,6 +473,8 @@ class Engine:
                     await self._run(self.primary.prune_feed, self.settings.feed_retention_s)
             except StoreUnavailable as err:
                 logger.warning("the change feed was not pruned: %s", err)
+            except OSError as err:  # a full disk, say: said in a line at each try, not a traceback
+                logger.error("index snapshot not written (%s); the next one will try again", err)
             except Exception:
                 logger.exception("index snapshot failed; the next one will try again")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from pathlib import Path
 
 import psycopg
@@ -102,3 +103,25 @@ def test_a_snapshot_with_no_room_leaves_no_partial_file_and_the_shutdown_goes_on
     with serving(settings) as client:  # the store was closed: its lock is free
         assert "index caught up with the store: 2 added" in caplog.text
         assert client.get("/ready").json()["index_size"] == 5
+
+
+def test_a_periodic_snapshot_with_no_room_is_said_in_a_line_and_written_once_there_is_room(
+    tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = tmp_path / "data"
+    tmp = data / (SNAPSHOT_FILE + ".tmp")
+    with serving(make_settings(tiny_model_dir, data, snapshot_interval_s=0.2)) as client:
+        tmp.symlink_to("/dev/full")
+        client.post("/questions", json={"questions": _questions(3)})
+        deadline = time.monotonic() + 5
+        while "index snapshot not written" not in caplog.text:  # the next try of the snapshotter
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert "index snapshot not written ([Errno 28] No space left on device); the next one will try" in caplog.text
+        assert "Traceback" not in caplog.text and not tmp.is_symlink()
+        caplog.set_level(logging.INFO)
+        deadline = time.monotonic() + 5
+        while "index snapshot written (3 questions" not in caplog.text:  # the disk has room again
+            assert time.monotonic() < deadline
+            client.post("/questions", json={"questions": _questions(3)})
+            time.sleep(0.1)
