@@ -3,18 +3,21 @@
 A backup is one SQLite file, copied from the store by SQLite's online backup API in one step,
 that is within one read transaction: beside a running service, whose writes go on meanwhile and
 are in it whole or not at all. It holds everything the store holds (questions, their metadata and
-vectors, feedback); the index is derived, so a restore leaves none and the service rebuilds it
-from the stored vectors at its next start, re-encoding nothing. A PostgreSQL store is backed up
-with PostgreSQL's own tools (``pg_dump``).
+vectors, feedback). The index is derived: the service's last snapshot of it, copied first, goes
+beside the file (``FILE.faiss`` and its sidecar), so that a restore puts it back and the service
+catches it up with the store, as after a crash, instead of rebuilding the index; without it the
+service rebuilds the index from the stored vectors, re-encoding nothing. A PostgreSQL store is
+backed up with PostgreSQL's own tools (``pg_dump``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +40,47 @@ class Copied:
 @dataclass(frozen=True)
 class Restored(Copied):
     kept_aside: Path | None  # the store that was there
+    index: Path | None  # the snapshot put back with it
+
+
+class _Replaced(Exception):
+    """The snapshot was replaced while it was copied."""
+
+
+def sidecar(snapshot: Path) -> Path:
+    """The metadata file of an index snapshot (:class:`app.index.SnapshotFile`)."""
+    return snapshot.with_name(snapshot.name + ".json")
+
+
+def snapshot_beside(path: Path) -> tuple[Path, Path]:
+    """The index snapshot that goes with a backup file, and its sidecar."""
+    snapshot = path.with_name(path.name + ".faiss")
+    return snapshot, sidecar(snapshot)
+
+
+def _copy_snapshot(snapshot: Path, sidecar: Path, to: tuple[Path, Path], tries: int = 3) -> bool:
+    """Copy an index snapshot and its sidecar to ``to``, whole: the copy's checksum is checked
+    against the sidecar's, and a snapshot that the service replaced meanwhile is copied again.
+    Returns whether there was one to copy."""
+    for _ in range(tries):
+        try:
+            meta = sidecar.read_bytes()
+            expected = json.loads(meta).get("sha256")
+            with replacing_file(to[0]) as partial, open(snapshot, "rb") as source, open(partial, "wb") as target:
+                digest = hashlib.sha256()
+                while chunk := source.read(1 << 20):
+                    digest.update(chunk)
+                    target.write(chunk)
+                if digest.hexdigest() != expected:
+                    raise _Replaced
+        except FileNotFoundError:
+            return False
+        except _Replaced:
+            continue
+        with replacing_file(to[1]) as partial:  # the sidecar last: without it, no snapshot
+            partial.write_bytes(meta)
+        return True
+    raise ValueError(f"the index snapshot {snapshot} was replaced at every one of {tries} tries to copy it")
 
 
 def _check(conn: sqlite3.Connection, what: Path) -> tuple[int, int]:
@@ -81,14 +125,20 @@ def _aside(store: Path) -> Path:
     return next(name for name in names if not name.exists())
 
 
-def backup(store: Path, out: Path) -> Copied:
+def backup(store: Path, out: Path, snapshot: Path | None = None) -> Copied:
     """Copy ``store`` as it is at one moment into the new file ``out`` (written beside its name and
-    renamed over it once checked), a single file with no write-ahead log beside it."""
+    renamed over it once checked), a single file with no write-ahead log beside it; and first the
+    index ``snapshot``, if there is one, beside it (:func:`snapshot_beside`): of the store as it was
+    then, or before, which a restore catches up."""
     if out.exists() and not out.is_file():
         raise ValueError(f"--out {out} is not a file")
     if _of_store(out, store):
         raise ValueError(f"--out {out} is a file of the store itself: write the backup elsewhere")
     started = time.monotonic()
+    for old in snapshot_beside(out):  # an earlier backup's, of another state
+        old.unlink(missing_ok=True)
+    if snapshot is not None:
+        _copy_snapshot(snapshot, sidecar(snapshot), snapshot_beside(out))
     with (
         closing(_read_only(store)) as source,
         replacing_file(out) as partial,
@@ -100,12 +150,13 @@ def backup(store: Path, out: Path) -> Copied:
     return Copied(out, questions, feedback, out.stat().st_size, time.monotonic() - started)
 
 
-def restore(backup_file: Path, store: Path, derived: Sequence[Path] = (), replace: bool = False) -> Restored:
+def restore(backup_file: Path, store: Path, snapshot: Path | None = None, replace: bool = False) -> Restored:
     """Make ``backup_file`` the SQLite store ``store``, which no process may have open (its lock is
     taken meanwhile). A store already there is kept beside it, whole, as
-    ``questions.sqlite3.before-restore-<time>``, and only with ``replace``; the files ``derived``
-    from it (the index snapshot) are removed. The new store takes the old one's place in one
-    rename, so a restore stopped at any point leaves one or the other."""
+    ``questions.sqlite3.before-restore-<time>``, and only with ``replace``; its index ``snapshot``
+    is removed first, and the one that came with the backup, if any, put in its place once the
+    new store has taken the old one's place (in one rename: a restore stopped at any point leaves
+    one store or the other, and no snapshot of the other)."""
     if _of_store(backup_file, store):
         raise ValueError(f"{backup_file} is a file of the store itself, not a backup of it")
     started = time.monotonic()
@@ -122,7 +173,7 @@ def restore(backup_file: Path, store: Path, derived: Sequence[Path] = (), replac
         aside = None
         with replacing_file(store) as partial:
             shutil.copyfile(backup_file, partial)
-            for path in derived:
+            for path in [snapshot, sidecar(snapshot)] if snapshot else []:
                 path.unlink(missing_ok=True)
             if store.exists():
                 with closing(sqlite3.connect(store, isolation_level=None)) as old:  # its log into it
@@ -133,6 +184,9 @@ def restore(backup_file: Path, store: Path, derived: Sequence[Path] = (), replac
                     store.with_name(store.name + log).unlink(missing_ok=True)
                 aside = _aside(store)
                 os.link(store, aside)
+        index = None
+        if snapshot is not None and _copy_snapshot(*snapshot_beside(backup_file), to=(snapshot, sidecar(snapshot))):
+            index = snapshot
     finally:
         owner.close()
-    return Restored(store, questions, feedback, store.stat().st_size, time.monotonic() - started, aside)
+    return Restored(store, questions, feedback, store.stat().st_size, time.monotonic() - started, aside, index)

@@ -347,17 +347,20 @@ def _sqlite_store(settings: typing.Any, what: str) -> Path:
 
 
 def _backup(args: argparse.Namespace) -> int:
-    from app.backup import backup
+    from app.backup import backup, snapshot_beside
+    from app.engine import SNAPSHOT_FILE
     from model.files import check_writable
 
     settings = _settings(data_dir=args.data_dir, store_url=args.store_url)
     check_writable(args.out, file=True)
-    copied = backup(_sqlite_store(settings, "backup"), args.out)
+    copied = backup(_sqlite_store(settings, "backup"), args.out, settings.data_dir / SNAPSHOT_FILE)
+    index = snapshot_beside(args.out)[0]
     summary = {
         "out": str(copied.path),
         "questions": copied.questions,
         "feedback": copied.feedback,
         "bytes": copied.bytes,
+        "index": str(index) if index.exists() else None,
         "seconds": round(copied.seconds, 1),
     }
     print(json.dumps(summary))
@@ -370,13 +373,13 @@ def _restore(args: argparse.Namespace) -> int:
 
     settings = _settings(data_dir=args.data_dir, store_url=args.store_url)
     store = _sqlite_store(settings, "restore")
-    derived = [settings.data_dir / SNAPSHOT_FILE, settings.data_dir / (SNAPSHOT_FILE + ".json")]
-    restored = restore(args.backup, store, derived, replace=args.replace)
+    restored = restore(args.backup, store, settings.data_dir / SNAPSHOT_FILE, replace=args.replace)
     summary = {
         "store": str(restored.path),
         "questions": restored.questions,
         "feedback": restored.feedback,
         "bytes": restored.bytes,
+        "index": str(restored.index) if restored.index else None,
         "kept_aside": str(restored.kept_aside) if restored.kept_aside else None,
         "seconds": round(restored.seconds, 1),
     }
@@ -804,8 +807,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="copy a data directory's SQLite store into one file, beside the running service",
         description="Copy the question store (questions, metadata, vectors, feedback) as it is at one moment "
         "into one SQLite file, with SQLite's online backup: beside the running service, whose writes go on "
-        "meanwhile. The index is not in it: the service rebuilds it from the stored vectors after a restore. "
-        "A PostgreSQL store is backed up with pg_dump.",
+        "meanwhile; and first the service's last index snapshot beside it (OUT.faiss and OUT.faiss.json), which "
+        "dupq restore puts back. A PostgreSQL store is backed up with pg_dump.",
     )
     _sqlite_flags(p, "the service's data directory")
     p.add_argument("--out", required=True, type=Path, help="the backup file to write")
@@ -816,8 +819,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="make a backup the store of a data directory (the service stopped)",
         description="Make a file of dupq backup the question store of a data directory, which no dupq process "
         "may have open. A store already there is replaced only with --replace, and kept beside it whole "
-        "(questions.sqlite3.before-restore-TIME); the index snapshot is removed, so the service rebuilds the "
-        "index from the restored vectors at its next start.",
+        "(questions.sqlite3.before-restore-TIME); its index snapshot is replaced by the one beside the backup, "
+        "which the service catches up at its next start (without one, it rebuilds the index from the restored "
+        "vectors).",
     )
     p.add_argument("backup", type=Path, help="a file written by dupq backup")
     _sqlite_flags(p, "the data directory")

@@ -115,8 +115,8 @@ for seed in "unset" "" "/opt/dupq/demo/questions.tsv"; do
 done
 
 step "backup and restore (one container)"
-# docs/operations.md's recipe: dupq backup in the running container, docker cp, dupq restore into a
-# new volume in a container of its own, then a service on that volume.
+# docs/operations.md's recipe: dupq backup in the running container (the store and the index snapshot),
+# docker cp, dupq restore into a new volume in a container of its own, then a service on that volume.
 name=dupq-backupcheck
 volume=dupq-backupcheck-data
 backups=$(mktemp -d /tmp/dupq-backups.XXXXXX)
@@ -125,14 +125,17 @@ docker rm -f "$name" >/dev/null 2>&1 || true
 docker volume rm "$volume" >/dev/null 2>&1 || true
 docker run -d --name "$name" -p 127.0.0.1:18089:8000 -e DUPQ_SEED_FILE=/opt/dupq/demo/questions.tsv dupq:latest >/dev/null
 started_ready "$name" 18089 >/dev/null || fail "the demo container did not become ready"
-copied=$(docker exec "$name" dupq backup --out /data/backup.sqlite3) || fail "dupq backup in the container"
-echo "$copied" | grep -q '"questions": 4000' || fail "dupq backup: $copied"
-docker cp "$name:/data/backup.sqlite3" "$backups/" >/dev/null || fail "docker cp of the backup"
+copied=$(docker exec "$name" sh -c 'mkdir -p /data/backups && dupq backup --out /data/backups/dupq.sqlite3') \
+    || fail "dupq backup in the container"
+echo "$copied" | grep -q '"questions": 4000, .*"index": "/data/backups/dupq.sqlite3.faiss"' || fail "dupq backup: $copied"
+docker cp "$name:/data/backups" "$backups/" >/dev/null || fail "docker cp of the backup"
 docker rm -f "$name" >/dev/null
-put=$(docker run --rm -v "$volume:/data" -v "$backups:/backups:ro" dupq:latest dupq restore /backups/backup.sqlite3) \
+put=$(docker run --rm -v "$volume:/data" -v "$backups/backups:/backups:ro" dupq:latest dupq restore /backups/dupq.sqlite3) \
     || fail "dupq restore into a new volume"
+echo "$put" | grep -q '"index": "/data/index.faiss"' || fail "dupq restore put no index snapshot back: $put"
 docker run -d --name "$name" -p 127.0.0.1:18089:8000 -v "$volume:/data" dupq:latest >/dev/null
 ready=$(started_ready "$name" 18089) || fail "a container on the restored volume did not become ready"
+docker logs "$name" 2>&1 | grep -q 'index snapshot loaded' || fail "the restored snapshot was not loaded"
 docker rm -f "$name" >/dev/null
 docker volume rm "$volume" >/dev/null
 rm -rf "$backups"

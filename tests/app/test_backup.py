@@ -47,7 +47,7 @@ def test_a_backup_beside_a_busy_service_is_one_state_of_the_store_and_restores_t
 ) -> None:
     data, out, restored = tmp_path / "data", tmp_path / "backups" / "dupq.sqlite3", tmp_path / "restored"
     out.parent.mkdir()
-    server = Server(tiny_model_dir, data).start()
+    server = Server(tiny_model_dir, data, DUPQ_SNAPSHOT_CHANGES="40").start()  # snapshots as it goes
     try:
         corpus = [{"id": f"q{i}", "text": t, "namespace": "forum", "metadata": {"n": i}} for i, t in enumerate(CORPUS)]
         assert server.request("POST", "/questions", {"questions": corpus})[0] == 201
@@ -81,8 +81,10 @@ def test_a_backup_beside_a_busy_service_is_one_state_of_the_store_and_restores_t
     batches = Counter(qid.split("-")[0] for qid in ids if qid.startswith("b"))
     assert set(batches.values()) == {5}  # each write in it whole, or not at all
     assert before <= len(batches) <= after + 1 and len(batches) < written[0]
+    index = str(out) + ".faiss"  # the service's last snapshot, of an earlier state, caught up at the restore
     assert copied == {"out": str(out), "questions": len(ids), "feedback": 1, "bytes": out.stat().st_size} | {
-        "seconds": copied["seconds"]
+        "index": index,
+        "seconds": copied["seconds"],
     }
     assert not out.with_name(out.name + "-wal").exists()  # one file, whole by itself
     with closing(sqlite3.connect(out)) as conn:
@@ -90,17 +92,24 @@ def test_a_backup_beside_a_busy_service_is_one_state_of_the_store_and_restores_t
 
     put = _run(capsys, "restore", str(out), "--data-dir", str(restored))
     assert (put["questions"], put["feedback"], put["kept_aside"]) == (len(ids), 1, None)
+    assert put["index"] == str(restored / SNAPSHOT_FILE)
     caplog.set_level(logging.INFO)
     with serving(make_settings(tiny_model_dir, restored)) as client:
-        assert "rebuilding the index from the store (no snapshot)" in caplog.text
+        assert "index snapshot loaded: " in caplog.text and "rebuilding the index" not in caplog.text
         assert client.get("/ready").json()["index_size"] == len(ids)
+        texts = {qid: _text(5 * int(qid[1:].split("-")[0]) + int(qid.split("-")[1])) for qid in ids if qid[0] == "b"}
+        for chunk in range(0, len(texts), 100):  # each written question finds itself
+            asked = list(texts.items())[chunk : chunk + 100]
+            body = {"questions": [text for _, text in asked], "k": 1}
+            answers = client.post("/duplicates/batch", json=body).json()["results"]
+            assert [a["matches"][0]["id"] for a in answers] == [qid for qid, _ in asked]
         assert client.get("/questions/q3").json() == corpus[3]
         found = client.post("/duplicates", json={"question": CORPUS[3], "k": 1, "namespace": "forum"}).json()
         assert found["matches"][0]["id"] == "q3" and found["matches"][0]["similarity"] == pytest.approx(1.0)
         assert engine_of(client).store.count() == len(ids)
 
 
-def test_a_restore_over_a_store_keeps_it_beside_and_drops_its_index_and_refuses_a_running_service(
+def test_a_restore_over_a_store_keeps_it_beside_puts_the_backup_s_index_in_its_place_and_refuses_a_running_service(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data, out = tmp_path / "data", tmp_path / "backup.sqlite3"
@@ -122,7 +131,8 @@ def test_a_restore_over_a_store_keeps_it_beside_and_drops_its_index_and_refuses_
     aside = Path(put["kept_aside"])
     assert aside.parent == data and aside.name.startswith(STORE_FILE + ".before-restore-")
     assert sorted(_ids(aside)) == sorted(["later"] + [f"q{i}" for i in range(len(CORPUS)) if i != 2])  # whole
-    assert not (data / SNAPSHOT_FILE).exists() and not (data / (STORE_FILE + "-wal")).exists()
+    assert not (data / (STORE_FILE + "-wal")).exists()
+    assert (data / SNAPSHOT_FILE).read_bytes() == Path(str(out) + ".faiss").read_bytes()  # the backup's
     with serving(settings) as client:  # the backup's questions: q2 again, "later" not yet
         assert client.get("/ready").json()["index_size"] == len(CORPUS)
         assert client.get("/questions/later").status_code == 404
