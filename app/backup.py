@@ -58,13 +58,13 @@ def snapshot_beside(path: Path) -> tuple[Path, Path]:
     return snapshot, sidecar(snapshot)
 
 
-def _copy_snapshot(snapshot: Path, sidecar: Path, to: tuple[Path, Path], tries: int = 3) -> bool:
+def _copy_snapshot(snapshot: Path, meta_path: Path, to: tuple[Path, Path], tries: int = 3) -> bool:
     """Copy an index snapshot and its sidecar to ``to``, whole: the copy's checksum is checked
     against the sidecar's, and a snapshot that the service replaced meanwhile is copied again.
     Returns whether there was one to copy."""
     for _ in range(tries):
         try:
-            meta = sidecar.read_bytes()
+            meta = meta_path.read_bytes()
             expected = json.loads(meta).get("sha256")
             with replacing_file(to[0]) as partial, open(snapshot, "rb") as source, open(partial, "wb") as target:
                 digest = hashlib.sha256()
