@@ -6,8 +6,12 @@ are in it whole or not at all. It holds everything the store holds (questions, t
 vectors, feedback). The index is derived: the service's last snapshot of it, copied first, goes
 beside the file (``FILE.faiss`` and its sidecar), so that a restore puts it back and the service
 catches it up with the store, as after a crash, instead of rebuilding the index; without it the
-service rebuilds the index from the stored vectors, re-encoding nothing. A PostgreSQL store is
-backed up with PostgreSQL's own tools (``pg_dump``).
+service rebuilds the index from the stored vectors, re-encoding nothing.
+
+A PostgreSQL store is copied into the same kind of file, in one read-only transaction (no index
+goes with it: each replica has its own), and a backup file is loaded into a PostgreSQL store that
+holds nothing yet: so a site moves from one SQLite store to replicas on PostgreSQL, or back, with
+its questions, vectors and feedback. (``pg_dump`` backs up a PostgreSQL store as well.)
 """
 
 from __future__ import annotations
@@ -21,8 +25,18 @@ import time
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from app.store import SCHEMA_VERSION, StoreInUse, StoreTooNew, own_lock
+from app.store import (
+    PAGE_SIZE,
+    SCHEMA_VERSION,
+    SEEDING,
+    StoreInUse,
+    StoreTooNew,
+    create_tables,
+    metadata_terms,
+    own_lock,
+)
 from model.files import replacing_file
 
 
@@ -148,6 +162,95 @@ def backup(store: Path, out: Path, snapshot: Path | None = None) -> Copied:
         target.execute("PRAGMA journal_mode=DELETE")  # the file alone is the whole store
         questions, feedback = _check(target, out)
     return Copied(out, questions, feedback, out.stat().st_size, time.monotonic() - started)
+
+
+def backup_postgres(url: str, out: Path) -> Copied:
+    """Copy the PostgreSQL store at ``url``, as it is at one moment (one read-only transaction,
+    beside the running replicas), into the new SQLite file ``out``: a store like a data
+    directory's, with the questions (keys and listing order kept), their metadata and vectors, the
+    feedback and the model version, which ``dupq restore`` makes a data directory's store or loads
+    into another PostgreSQL store. No index goes with it: the service builds one from its vectors."""
+    from app.pgstore import FEEDBACK_COLUMNS, LOAD_COLUMNS, PostgresStore
+
+    if out.exists() and not out.is_file():
+        raise ValueError(f"--out {out} is not a file")
+    started = time.monotonic()
+    for old in snapshot_beside(out):  # an earlier backup's, of another store
+        old.unlink(missing_ok=True)
+    store = PostgresStore(url, 0, connect_timeout=5.0)
+    try:
+        with replacing_file(out) as partial, closing(sqlite3.connect(partial, isolation_level=None)) as target:
+            target.execute(f"PRAGMA page_size={PAGE_SIZE}")
+            target.execute("BEGIN")
+            create_tables(target)
+
+            def questions(rows: list[Any]) -> None:
+                target.executemany(f"INSERT INTO questions ({LOAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                target.executemany(
+                    "INSERT INTO terms VALUES (?, ?, ?, ?)",
+                    [
+                        (namespace, name, value, key)
+                        for key, _, _, _, _, namespace, metadata, _, _ in rows
+                        for name, value in metadata_terms(json.loads(metadata))
+                    ],
+                )
+
+            def feedback(rows: list[Any]) -> None:
+                target.executemany(f"INSERT INTO feedback ({FEEDBACK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+            meta = store.read_all(questions, feedback)
+            if SEEDING in meta:
+                target.execute("INSERT INTO meta VALUES (?, ?)", (SEEDING, meta[SEEDING]))
+            target.execute("COMMIT")
+            counts = _check(target, out)
+    finally:
+        store.close()
+    return Copied(out, *counts, out.stat().st_size, time.monotonic() - started)
+
+
+def restore_postgres(backup_file: Path, url: str) -> Copied:
+    """Load ``backup_file`` into the PostgreSQL store at ``url``, which holds no question and no
+    feedback yet: a site that moves from one SQLite store to replicas keeps every question (id,
+    text, namespace, metadata, vector, listing order), the feedback and the model version, and
+    encodes nothing again (:meth:`app.pgstore.PostgresStore.load`: one transaction). The backup is
+    read in one read transaction, so the store of a running service reads as one state too."""
+    from app.pgstore import FEEDBACK_COLUMNS, LOAD_COLUMNS, PostgresStore
+
+    started = time.monotonic()
+    with closing(_read_only(backup_file)) as conn:
+        conn.execute("BEGIN")  # one state of the file, whatever writes it meanwhile
+        questions, feedback = _check(conn, backup_file)
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if version < 2:
+            raise ValueError(
+                f"{backup_file} is a store of dupq 0.2 or older (schema version {version}): restore it into a data "
+                "directory and serve it once with this dupq, which migrates it, then back it up again"
+            )
+        versions = dict(conn.execute("SELECT model_version, count(*) FROM questions GROUP BY model_version"))
+        if len(versions) > 1:
+            held = ", ".join(f"{n} of {v}" for v, n in sorted(versions.items()))
+            raise ValueError(
+                f"{backup_file} holds vectors of {len(versions)} models ({held}): a re-embedding that did not end; "
+                "serve it once on the model to keep, then back it up again"
+            )
+        first = conn.execute("SELECT length(embedding) FROM questions LIMIT 1").fetchone()
+        seeding = conn.execute("SELECT value FROM meta WHERE name = ?", (SEEDING,)).fetchone()
+        store = PostgresStore(url, first[0] // 4 if first else 0, connect_timeout=5.0)
+        try:
+            store.load(
+                conn.execute(f"SELECT {LOAD_COLUMNS} FROM questions ORDER BY key"),
+                (
+                    (n, q1, q2, id1, id2, bool(dup), model, created)
+                    for n, q1, q2, id1, id2, dup, model, created in conn.execute(
+                        f"SELECT {FEEDBACK_COLUMNS} FROM feedback ORDER BY n"
+                    )
+                ),
+                next(iter(versions), None),
+                {SEEDING: seeding[0] if seeding else None},
+            )
+        finally:
+            store.close()
+    return Copied(backup_file, questions, feedback, backup_file.stat().st_size, time.monotonic() - started)
 
 
 def restore(backup_file: Path, store: Path, snapshot: Path | None = None, replace: bool = False) -> Restored:

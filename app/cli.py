@@ -334,26 +334,24 @@ def _reembed(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sqlite_store(settings: typing.Any, what: str) -> Path:
-    """The SQLite file of ``settings``' store; a PostgreSQL one is refused, naming its own tools."""
+def _sqlite_store(settings: typing.Any) -> Path:
+    """The SQLite file of ``settings``' store."""
     from app.engine import STORE_FILE
 
-    if settings.store_url is not None and settings.store_url.startswith("postgres"):
-        raise ValueError(
-            f"dupq {what} copies a SQLite store; a PostgreSQL store is backed up and restored with PostgreSQL's own "
-            "tools, pg_dump and pg_restore (docs/operations.md#backups)"
-        )
     return Path(settings.sqlite_path() or settings.data_dir / STORE_FILE)
 
 
 def _backup(args: argparse.Namespace) -> int:
-    from app.backup import backup, snapshot_beside
+    from app.backup import backup, backup_postgres, snapshot_beside
     from app.engine import SNAPSHOT_FILE
     from model.files import check_writable
 
     settings = _settings(data_dir=args.data_dir, store_url=args.store_url)
     check_writable(args.out, file=True)
-    copied = backup(_sqlite_store(settings, "backup"), args.out, settings.data_dir / SNAPSHOT_FILE)
+    if settings.store_url is not None and settings.store_url.startswith("postgres"):
+        copied = backup_postgres(settings.store_url, args.out)
+    else:
+        copied = backup(_sqlite_store(settings), args.out, settings.data_dir / SNAPSHOT_FILE)
     index = snapshot_beside(args.out)[0]
     summary = {
         "out": str(copied.path),
@@ -368,11 +366,27 @@ def _backup(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    from app.backup import restore
+    from app.backup import restore, restore_postgres
     from app.engine import SNAPSHOT_FILE
+    from app.pgstore import safe_url
 
     settings = _settings(data_dir=args.data_dir, store_url=args.store_url)
-    store = _sqlite_store(settings, "restore")
+    if settings.store_url is not None and settings.store_url.startswith("postgres"):
+        if args.replace:
+            raise ValueError(
+                "--replace is for a data directory's store: a PostgreSQL store takes a backup only while it holds "
+                "no questions and no feedback"
+            )
+        loaded = restore_postgres(args.backup, settings.store_url)
+        summary = {
+            "store": safe_url(settings.store_url),
+            "questions": loaded.questions,
+            "feedback": loaded.feedback,
+            "seconds": round(loaded.seconds, 1),
+        }
+        print(json.dumps(summary))
+        return 0
+    store = _sqlite_store(settings)
     restored = restore(args.backup, store, settings.data_dir / SNAPSHOT_FILE, replace=args.replace)
     summary = {
         "store": str(restored.path),
@@ -681,12 +695,16 @@ def _store_flags(
     p.add_argument("--model-dir", type=Path, help=model_dir + env % ("DUPQ_MODEL_DIR", "the bundled model"))
 
 
-def _sqlite_flags(p: argparse.ArgumentParser, data_dir: str) -> None:
-    """Where a SQLite store is: the data directory, or a SQLite URL, each defaulting to its DUPQ_*
-    variable as the service's settings do."""
+def _backup_flags(p: argparse.ArgumentParser, data_dir: str, postgres: str) -> None:
+    """Where the store of ``dupq backup`` or ``dupq restore`` is: the data directory, or a URL,
+    each defaulting to its DUPQ_* variable as the service's settings do."""
     env = " (default: $%s, else %s)"
     p.add_argument("--data-dir", type=Path, help=data_dir + env % ("DUPQ_DATA_DIR", "data"))
-    p.add_argument("--store-url", help="sqlite:///PATH" + env % ("DUPQ_STORE_URL", "the data directory's SQLite file"))
+    p.add_argument(
+        "--store-url",
+        help=f"sqlite:///PATH, or postgresql://USER:PASSWORD@HOST:PORT/DB {postgres}"
+        + env % ("DUPQ_STORE_URL", "the data directory's SQLite file"),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -804,27 +822,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "backup",
-        help="copy a data directory's SQLite store into one file, beside the running service",
+        help="copy the question store into one SQLite file, beside the running service",
         description="Copy the question store (questions, metadata, vectors, feedback) as it is at one moment "
         "into one SQLite file, with SQLite's online backup: beside the running service, whose writes go on "
         "meanwhile; and first the service's last index snapshot beside it (OUT.faiss and OUT.faiss.json), which "
-        "dupq restore puts back. A PostgreSQL store is backed up with pg_dump.",
+        "dupq restore puts back. With a PostgreSQL --store-url, copy that store (questions, metadata, vectors, "
+        "feedback) as it is at one moment into such a file, beside the running replicas, with no index.",
     )
-    _sqlite_flags(p, "the service's data directory")
+    _backup_flags(p, "the service's data directory", "to copy")
     p.add_argument("--out", required=True, type=Path, help="the backup file to write")
     p.set_defaults(func=_backup)
 
     p = sub.add_parser(
         "restore",
-        help="make a backup the store of a data directory (the service stopped)",
+        help="make a backup the store of a data directory (the service stopped), or load it into PostgreSQL",
         description="Make a file of dupq backup the question store of a data directory, which no dupq process "
         "may have open. A store already there is replaced only with --replace, and kept beside it whole "
         "(questions.sqlite3.before-restore-TIME); its index snapshot is replaced by the one beside the backup, "
         "which the service catches up at its next start (without one, it rebuilds the index from the restored "
-        "vectors).",
+        "vectors). With a PostgreSQL --store-url, load the backup into that store, which must hold no questions "
+        "and no feedback yet: ids, texts, namespaces, metadata, vectors, feedback and the model version kept, "
+        "nothing encoded again, in one transaction (the move from one SQLite store to replicas).",
     )
     p.add_argument("backup", type=Path, help="a file written by dupq backup")
-    _sqlite_flags(p, "the data directory")
+    _backup_flags(p, "the data directory", "to load the backup into")
     p.add_argument("--replace", action="store_true", help="replace a store that is there (kept beside it)")
     p.set_defaults(func=_restore)
 

@@ -60,6 +60,7 @@ from app.staged import (
 )
 from app.store import (
     DEFAULT_NAMESPACE,
+    SEEDING,
     Feedback,
     NewQuestion,
     QuestionStore,
@@ -204,9 +205,6 @@ def open_model_and_store(settings: Settings) -> tuple[QuestionEncoder, Stores]:
             raise
         raise damaged_store(err) or StartupError(str(err)) from err
     return encoder, stores
-
-
-SEEDING = "seeding"  # the store's meta row that says whether a seeding began ("started") and ended ("done")
 
 
 def seeding_due(store: Store) -> bool:

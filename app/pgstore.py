@@ -21,7 +21,7 @@ server is back.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
@@ -83,12 +83,20 @@ INSERT INTO meta VALUES ('store_id', gen_random_uuid()::text), ('feed_floor', '0
 
 # A row of ``questions`` as the feed hands it to a replica.
 ROW_COLUMNS = "key, id, text, embedding, model_version, namespace, metadata, seq"
+# A row of ``questions``, and one of ``feedback``, as :meth:`PostgresStore.load` takes them (those
+# of the SQLite store too: app.backup).
+LOAD_COLUMNS = ROW_COLUMNS + ", updated"
+FEEDBACK_COLUMNS = "n, question1, question2, id1, id2, is_duplicate, model_version, created"
 
 
 class StoreUnavailable(ConnectionError):
     """PostgreSQL cannot be reached, or the connection was lost: a 503 with Retry-After. A write
     that raised it may or may not have been committed; it was never acknowledged. (An
     ``OSError``: a command line tool says it in one line, as it does a file it cannot read.)"""
+
+
+class StoreNotEmpty(ValueError):
+    """A store to load (:meth:`PostgresStore.load`) holds questions or feedback already."""
 
 
 class ModelChanged(RuntimeError):
@@ -99,6 +107,15 @@ def _feed_end(conn: psycopg.Connection[Any]) -> int:
     floor = int(conn.execute("SELECT value FROM meta WHERE name = 'feed_floor'").fetchone()[0])  # type: ignore[index]
     last = conn.execute("SELECT max(seq) FROM changes").fetchone()
     return max(floor, int(last[0]) if last and last[0] is not None else 0)
+
+
+def _stream(conn: psycopg.Connection[Any], query: str, sink: Callable[[list[Any]], None], batch: int) -> None:
+    """Hand the rows of ``query`` to ``sink``, ``batch`` at a time, through a server-side cursor."""
+    with conn.cursor(name="dupq_stream") as cur:
+        cur.itersize = batch
+        cur.execute(query.encode())
+        while rows := cur.fetchmany(batch):
+            sink(rows)
 
 
 def _reason(err: BaseException) -> str:
@@ -379,6 +396,51 @@ class PostgresStore:
                 raise StoreUnavailable(f"PostgreSQL at {self.where} is unreachable: {_reason(err)}") from err
             yield conn  # the lock goes with the connection
 
+    def load(
+        self,
+        questions: Iterable[Sequence[Any]],
+        feedback: Iterable[Sequence[Any]],
+        model_version: str | None,
+        meta: dict[str, str | None],
+    ) -> None:
+        """Fill a store that holds no question and no feedback (:class:`StoreNotEmpty` otherwise)
+        with the rows of another store, as they are: ``questions`` as :data:`LOAD_COLUMNS`, keys
+        and listing order kept, ``feedback`` as :data:`FEEDBACK_COLUMNS`, numbers kept; the store's
+        model version set to ``model_version`` and its ``meta`` rows to theirs (None: removed). One
+        write transaction, in the feed like any other (the model first, then an ``add`` per
+        question): replicas running on the empty store take the questions, or stop if their model
+        is another; replicas started later copy them."""
+        with self._write(None) as cur:
+            held = cur.execute("SELECT (SELECT count(*) FROM questions), (SELECT count(*) FROM feedback)").fetchone()
+            if held is not None and any(held):
+                raise StoreNotEmpty(
+                    f"the store at {self.where} holds {held[0]} questions and {held[1]} feedback pairs already: "
+                    "load into a new database, or one whose questions and feedback were deleted"
+                )
+            if model_version is not None:
+                row = cur.execute("SELECT value FROM meta WHERE name = 'model_version'").fetchone()
+                if row is None or row[0] != model_version:
+                    self._set_model(cur, model_version)
+            with cur.copy(f"COPY questions ({LOAD_COLUMNS}) FROM STDIN") as copy:
+                for question in questions:
+                    copy.write_row(question)
+            with cur.copy(f"COPY feedback ({FEEDBACK_COLUMNS}) FROM STDIN") as copy:
+                for pair in feedback:
+                    copy.write_row(pair)
+            cur.execute(
+                "INSERT INTO changes (seq, op, key, namespace) SELECT nextval('change_seqs'), 'add', key, namespace "
+                "FROM (SELECT key, namespace FROM questions ORDER BY key) AS loaded"
+            )
+            cur.execute("SELECT setval('question_keys', max(key)) FROM questions HAVING count(*) > 0")
+            cur.execute(
+                "SELECT setval(pg_get_serial_sequence('feedback', 'n'), max(n)) FROM feedback HAVING count(*) > 0"
+            )
+            for name, value in meta.items():
+                cur.execute("DELETE FROM meta WHERE name = %s", (name,))
+                if value is not None:
+                    cur.execute("INSERT INTO meta VALUES (%s, %s)", (name, value))
+            cur.execute(f"NOTIFY {CHANNEL}")
+
     def add_feedback(self, pairs: Sequence[Feedback], model_version: str) -> int:
         now = time.time()
         with self.connection() as conn, conn.cursor() as cur:
@@ -499,12 +561,24 @@ class PostgresStore:
         feed position of that moment (the changes after it are those the rows do not show)."""
         with self._snapshot() as conn:
             position = _feed_end(conn)
-            with conn.cursor(name="dupq_dump") as cur:
-                cur.itersize = batch
-                cur.execute(f"SELECT {ROW_COLUMNS} FROM questions ORDER BY key")
-                while rows := cur.fetchmany(batch):
-                    sink([Row(*r) for r in rows])
+            _stream(
+                conn,
+                f"SELECT {ROW_COLUMNS} FROM questions ORDER BY key",
+                lambda rows: sink([Row(*r) for r in rows]),
+                batch,
+            )
         return position
+
+    def read_all(
+        self, questions: Callable[[list[Any]], None], feedback: Callable[[list[Any]], None], batch: int = 5000
+    ) -> dict[str, str]:
+        """Hand every stored question (:data:`LOAD_COLUMNS`) to ``questions`` and every feedback
+        pair (:data:`FEEDBACK_COLUMNS`) to ``feedback``, ``batch`` at a time, as of one moment, and
+        return the store's meta rows of that moment: what :meth:`load` takes (``dupq backup``)."""
+        with self._snapshot() as conn:
+            _stream(conn, f"SELECT {LOAD_COLUMNS} FROM questions ORDER BY key", questions, batch)
+            _stream(conn, f"SELECT {FEEDBACK_COLUMNS} FROM feedback ORDER BY n", feedback, batch)
+            return {str(name): str(value) for name, value in conn.execute("SELECT name, value FROM meta")}
 
     def feed_mark(self, position: int) -> str | None:
         """The :attr:`FeedBatch.mark` of the change at ``position``, if the feed still holds it."""

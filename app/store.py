@@ -81,6 +81,7 @@ CREATE INDEX IF NOT EXISTS questions_model_version ON questions (model_version);
 """
 
 DEFAULT_NAMESPACE = "default"
+SEEDING = "seeding"  # the meta row that says whether a seeding began ("started") and ended ("done")
 
 TextRow = tuple[int, str, str]  # a stored question's key, text and namespace (iter_texts)
 
@@ -268,6 +269,15 @@ class StoreTooNew(ValueError):
     """The store was written by a newer dupq, with a schema this one does not know."""
 
 
+def create_tables(conn: sqlite3.Connection) -> None:
+    """Make the tables of :data:`SCHEMA_VERSION` that a file lacks and mark it of that version (in
+    a new file, set its ``page_size`` to :data:`PAGE_SIZE` before)."""
+    for statement in (SCHEMA + SCHEMA_2 + SCHEMA_3).split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
 class QuestionStore:
     """The store of a data directory. ``read_only``: for reading beside the process that owns it
     (``dupq groups``, ``dupq feedback``): no lock taken, no write possible, and the store must be
@@ -330,10 +340,7 @@ class QuestionStore:
                 conn.execute("ALTER TABLE questions ADD COLUMN namespace TEXT NOT NULL DEFAULT 'default'")
                 conn.execute("ALTER TABLE questions ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}'")
                 conn.execute("ALTER TABLE questions ADD COLUMN seq INTEGER")
-            for statement in (SCHEMA + SCHEMA_2 + SCHEMA_3).split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            create_tables(conn)
             conn.execute("COMMIT")
         except BaseException as err:
             if conn.in_transaction:  # SQLite rolls back by itself on some errors (a full disk)

@@ -138,14 +138,13 @@ ready=$(started_ready "$name" 18089) || fail "a container on the restored volume
 docker logs "$name" 2>&1 | grep -q 'index snapshot loaded' || fail "the restored snapshot was not loaded"
 docker rm -f "$name" >/dev/null
 docker volume rm "$volume" >/dev/null
-rm -rf "$backups"
 echo "$ready" | grep -q '"index_size":4000' || fail "the restored volume: $ready"
 ok "dupq backup in a running container: ${copied:0:60}...; dupq restore: ${put:0:60}...; then $ready"
 
 # A "new model" for the model change below: the bundled one under another version (the same
 # vectors), which is what the service and dupq reembed go by.
 MODELS=$(mktemp -d /tmp/dupq-models.XXXXXX)
-trap 'rm -rf "$MODELS"' EXIT
+trap 'rm -rf "$MODELS" "$backups"' EXIT
 chmod 755 "$MODELS"
 cp -r models/dupq-qqp "$MODELS/next"
 NEXT_VERSION=$(python3 -c 'import json, sys
@@ -163,6 +162,16 @@ trap 'compose logs --tail=30 || true; cleanup' ERR
 cleanup
 
 step "compose stack"
+# docs/operations.md's move from one container to replicas: the backup above loaded into the
+# stack's PostgreSQL (DUPQ_STORE_URL of the compose file) before the replicas start.
+compose up -d postgres >/dev/null 2>&1 || fail "docker-compose up -d postgres"
+for _ in $(seq 60); do
+    [ "$(docker inspect -f '{{.State.Health.Status}}' "$(compose ps -q postgres)")" = healthy ] && break
+    sleep 1
+done
+moved=$(compose run --rm -T --no-deps -v "$backups/backups:/backups:ro" dupq dupq restore /backups/dupq.sqlite3 2>/tmp/dupq-move.log) \
+    || { tail -5 /tmp/dupq-move.log; fail "dupq restore into the stack's PostgreSQL"; }
+echo "$moved" | grep -q '"questions": 4000, "feedback": 0' || fail "dupq restore into the stack's PostgreSQL: $moved"
 compose up -d >/dev/null 2>&1 || { compose up -d; fail "docker-compose up"; }
 url="http://127.0.0.1:$PORT"
 wait_ready() {
@@ -173,7 +182,11 @@ wait_ready() {
     return 1
 }
 wait_ready || fail "/ready through the gateway"
-ok "/ready through the gateway: $(curl -s "$url/ready")"
+ready=$(curl -s "$url/ready")
+echo "$ready" | grep -q '"index_size":4000' || fail "the replicas on the loaded store: $ready"
+demo=$(curl -s "$url/questions/demo-103")
+echo "$demo" | grep -q 'Gmail account password' || fail "a question of the loaded store: $demo"
+ok "the single container's backup loaded into PostgreSQL ($moved); /ready through the gateway: $ready"
 published=$(docker ps --filter "label=com.docker.compose.project=$PROJECT" --format '{{.Names}} {{.Ports}}' | grep -c -- '->' || true)
 [ "$published" = 1 ] && ok "only the gateway publishes a port" || fail "$published containers publish ports"
 running=$(docker ps --filter "label=com.docker.compose.project=$PROJECT" --filter "label=com.docker.compose.service=dupq" -q | wc -l)
@@ -186,7 +199,7 @@ ok "/similarity: $sim"
 added=$(post /questions '{"questions": [{"id": "docker-check-1", "text": "How do I learn to play the guitar quickly?"}]}')
 echo "$added" | grep -q '"docker-check-1"' || fail "add: $added"
 ok "add: $added"
-found=$(post /duplicates '{"question": "What is the fastest way to learn guitar?", "k": 3}')
+found=$(post /duplicates '{"question": "What is the fastest way to learn guitar?", "k": 10}')
 echo "$found" | grep -q '"docker-check-1"' || fail "/duplicates: $found"
 ok "/duplicates finds it: ${found:0:160}..."
 
@@ -272,7 +285,7 @@ logs=$(compose logs --no-color dupq 2>&1)
 took=$(echo "$logs" | grep -o 're-embedded [0-9]* questions in [0-9.]* s: [0-9]* staged, [0-9]* encoded' | tail -1)
 echo "$took" | grep -q ' 0 encoded' || fail "no replica took the vectors staged in the store: $took"
 echo "$logs" | grep -q 'index loaded from staged-' || fail "replica 1 did not load the index it staged"
-kept=$(post /duplicates '{"question": "What is the fastest way to learn guitar?", "k": 3}')
+kept=$(post /duplicates '{"question": "What is the fastest way to learn guitar?", "k": 10}')
 echo "$kept" | grep -q '"docker-check-1"' || fail "/duplicates on the new model: $kept"
 ok "every replica serves $NEXT_VERSION; $took; replica 1 loaded the index it staged"
 

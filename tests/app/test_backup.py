@@ -14,10 +14,12 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from app.cli import main
 from app.engine import SNAPSHOT_FILE, STORE_FILE
+from tests.postgres import PostgresServer
 
 from ..conftest import CORPUS
 from .conftest import engine_of, make_settings, serving
@@ -164,14 +166,105 @@ def test_a_store_copied_back_by_hand_under_a_later_snapshot_gets_its_index_rebui
         assert found[0]["id"] == "q2" and found[0]["similarity"] == pytest.approx(1.0)
 
 
+def _listing(client: Any, namespace: str) -> list[dict[str, Any]]:
+    return client.get("/questions", params={"namespace": namespace, "limit": 100}).json()["questions"]  # type: ignore[no-any-return]
+
+
+def test_a_sqlite_store_loaded_into_postgresql_keeps_its_questions_vectors_feedback_and_model(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], postgres: PostgresServer
+) -> None:
+    """The move from one SQLite store to replicas: dupq restore with a PostgreSQL --store-url loads a
+    backup into an empty store, every question with its id, namespace, metadata, vector and place
+    in the listings, the feedback and the model version; a replica running on the empty store takes
+    it through the feed, a replica started after copies it, and writes go on from there."""
+    data, out, url = tmp_path / "data", tmp_path / "move.sqlite3", postgres.new_database()
+    corpus = [
+        {"id": f"q{i}", "text": t, "namespace": f"ns{i % 2}", "metadata": {"n": i, "tag": f"t{i % 3}"}}
+        for i, t in enumerate(CORPUS)
+    ]
+    with serving(make_settings(tiny_model_dir, data)) as client:
+        client.post("/questions", json={"questions": corpus})
+        client.delete("/questions/q2")  # a gap in the keys
+        client.post("/questions", json={"questions": [{**corpus[1], "text": "Is this edited?"}]})  # a new key
+        client.post("/feedback", json={"pairs": [{"id1": "q0", "id2": "q4", "is_duplicate": True}]})
+        client.post(
+            "/feedback", json={"pairs": [{"question1": "Why?", "question2": "Why not?", "is_duplicate": False}]}
+        )
+        asked = {"questions": [*CORPUS, "Is this edited?"], "k": 5, "namespace": "ns1"}
+        before = client.post("/duplicates/batch", json=asked).json()
+        listed = {ns: _listing(client, ns) for ns in ("ns0", "ns1")}
+        filtered = {"question": CORPUS[3], "k": 10, "namespace": "ns1", "filter": {"tag": "t0"}}
+        narrowed = client.post("/duplicates", json=filtered).json()
+        version = engine_of(client).encoder.version
+        _run(capsys, "backup", "--data-dir", str(data), "--out", str(out))
+    with closing(sqlite3.connect(out)) as conn:
+        vectors = dict(conn.execute("SELECT id, embedding FROM questions"))
+    common = ["--data-dir", str(tmp_path / "unused"), "--store-url", url]
+    with serving(make_settings(tiny_model_dir, tmp_path / "a", store_url=url)) as a:  # on the empty store
+        loaded = _run(capsys, "restore", str(out), *common)
+        assert (loaded["questions"], loaded["feedback"]) == (len(CORPUS) - 1, 2)
+        with serving(make_settings(tiny_model_dir, tmp_path / "b", store_url=url)) as b:
+            for replica in (a, b):
+                wait = time.monotonic() + 10
+                while replica.get("/ready").json().get("index_size") != len(CORPUS) - 1:
+                    assert time.monotonic() < wait, "the replica did not take the loaded store"
+                    time.sleep(0.05)
+                assert replica.post("/duplicates/batch", json=asked).json() == before
+                assert {ns: _listing(replica, ns) for ns in ("ns0", "ns1")} == listed
+                assert replica.post("/duplicates", json=filtered).json() == narrowed
+                assert replica.get("/questions/q1").json() == {**corpus[1], "text": "Is this edited?"}
+            new = {"id": "new", "text": "Is this written after the move?", "namespace": "ns1"}
+            assert b.post("/questions", json={"questions": [new]}).status_code == 201
+            assert (
+                a.post("/feedback", json={"pairs": [{"id1": "q0", "id2": "new", "is_duplicate": False}]}).status_code
+                == 201
+            )
+            assert _listing(b, "ns1")[-1]["id"] == "new"  # after the loaded ones: its key drawn past theirs
+    with closing(psycopg.connect(url)) as conn:
+        stored = dict(conn.execute("SELECT id, embedding FROM questions WHERE id != 'new'").fetchall())
+        assert {k: bytes(v) for k, v in stored.items()} == vectors  # the vectors themselves, not encoded again
+        assert conn.execute("SELECT value FROM meta WHERE name = 'model_version'").fetchone()[0] == version
+        assert [r[0] for r in conn.execute("SELECT n FROM feedback ORDER BY n")] == [1, 2, 3]
+    # Back: the PostgreSQL store copied into one file beside a running replica, as a data directory's
+    # store or another PostgreSQL store.
+    back, single, other = tmp_path / "back.sqlite3", tmp_path / "single", postgres.new_database()
+    with serving(make_settings(tiny_model_dir, tmp_path / "b", store_url=url)) as b:
+        copied = _run(capsys, "backup", "--store-url", url, "--out", str(back))
+        with_new = {**asked, "questions": [*asked["questions"], new["text"]]}
+        answers = b.post("/duplicates/batch", json=with_new).json()
+        listed = {ns: _listing(b, ns) for ns in ("ns0", "ns1")}
+        narrowed = b.post("/duplicates", json=filtered).json()
+    assert copied == {"out": str(back), "questions": len(CORPUS), "feedback": 3, "bytes": back.stat().st_size} | {
+        "index": None,
+        "seconds": copied["seconds"],
+    }
+    _run(capsys, "restore", str(back), "--data-dir", str(single))
+    assert _run(capsys, "restore", str(back), "--store-url", other)["questions"] == len(CORPUS)
+    for settings in (
+        make_settings(tiny_model_dir, single),
+        make_settings(tiny_model_dir, tmp_path / "c", store_url=other),
+    ):
+        with serving(settings) as client:
+            assert client.post("/duplicates/batch", json=with_new).json() == answers
+            assert {ns: _listing(client, ns) for ns in ("ns0", "ns1")} == listed
+            assert client.post("/duplicates", json=filtered).json() == narrowed
+            pairs = [(n, f.id2, f.is_duplicate) for n, f, _, _ in engine_of(client).stores.truth.iter_feedback()]
+            assert pairs == [(1, "q4", True), (2, None, False), (3, "new", False)]
+    again = _failure(capsys, "restore", str(out), *common)
+    assert again == (
+        f"dupq restore: error: the store at {loaded['store']} holds {len(CORPUS)} questions and 3 feedback pairs "
+        "already: load into a new database, or one whose questions and feedback were deleted"
+    )
+    replace = _failure(capsys, "restore", str(out), *common, "--replace")
+    assert replace.startswith("dupq restore: error: --replace is for a data directory's store")
+
+
 def test_backup_and_restore_say_in_one_line_what_they_cannot_do(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert _failure(capsys, "backup", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "b")) == (
         f"dupq backup: error: no question store at {tmp_path / 'none' / STORE_FILE}"
     )
-    pg = _failure(capsys, "backup", "--store-url", "postgresql://dupq@db/dupq", "--out", str(tmp_path / "b"))
-    assert pg.startswith("dupq backup: error: dupq backup copies a SQLite store;") and "pg_dump" in pg
     data = tmp_path / "data"
     with serving(make_settings(tiny_model_dir, data)) as client:
         client.post("/questions", json={"questions": [{"id": "q0", "text": CORPUS[0]}]})
@@ -193,6 +286,22 @@ def test_backup_and_restore_say_in_one_line_what_they_cannot_do(
         f"dupq restore: error: {damaged} cannot be read as a question store: file is not a database"
     )
     assert not (tmp_path / "d" / STORE_FILE).exists()
+    mixed, pg = tmp_path / "mixed.sqlite3", ["--store-url", "postgresql://dupq@db/dupq"]  # refused before connecting
+    _run(capsys, "backup", "--data-dir", str(data), "--out", str(mixed))
+    with closing(sqlite3.connect(mixed)) as conn, conn:
+        conn.execute(
+            "INSERT INTO questions SELECT NULL, 'q1', text, embedding, 'other', updated, namespace, metadata, "
+            "seq FROM questions"
+        )
+    assert _failure(capsys, "restore", str(mixed), *pg).startswith(
+        f"dupq restore: error: {mixed} holds vectors of 2 models (1 of "
+    )
+    with closing(sqlite3.connect(mixed)) as conn:
+        conn.execute("PRAGMA user_version = 0")
+    assert _failure(capsys, "restore", str(mixed), *pg) == (
+        f"dupq restore: error: {mixed} is a store of dupq 0.2 or older (schema version 0): restore it into a data "
+        "directory and serve it once with this dupq, which migrates it, then back it up again"
+    )
 
 
 def test_a_damaged_store_is_a_start_up_failure_that_says_so_and_what_to_do(
