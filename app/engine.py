@@ -370,8 +370,9 @@ class Engine:
         if staged is not None:
             index, generation = staged, -1
         else:
-            trust = done is None and not copied
-            index, generation = _load_index(settings, tag, encoder.dim, store, trust_snapshot=trust, status=step)
+            distrust = "stored questions were re-embedded" if done is not None else None
+            distrust = "this replica copied the whole store" if copied else distrust
+            index, generation = _load_index(settings, tag, encoder.dim, store, distrust, status=step)
         remove_staged(settings.data_dir, encoder.version)  # used, or of no use once the store is re-embedded
         engine = cls(settings, encoder, store, index, generation, on_batch, primary, follower)
         if generation < 0:  # rebuilt or staged: snapshot it now; a caught-up snapshot waits for the next one
@@ -867,16 +868,17 @@ def _load_index(
     tag: str,
     dim: int,
     store: QuestionStore,
-    trust_snapshot: bool,
+    distrust: str | None,
     status: Callable[[str], None] = lambda step: None,
 ) -> tuple[NamespacedIndex, int]:
     """The index, from its snapshot caught up with the store, or rebuilt from the store; and the
-    store generation of the snapshot on disk (-1: none usable)."""
+    store generation of the snapshot on disk (-1: none usable). ``distrust``: why no snapshot
+    can be caught up (vectors replaced in place, a replica's copy made anew), if so."""
     params = index_params(settings)
     _remove_old_snapshots(settings.data_dir)
     try:
-        if not trust_snapshot:  # vectors changed in place: the snapshot cannot tell which
-            raise SnapshotError("stored questions were re-embedded")
+        if distrust is not None:  # the snapshot cannot tell which vectors changed
+            raise SnapshotError(distrust)
         index = NamespacedIndex.load(_snapshot_path(settings), tag, params, dim)
         if (generation := int(index.snapshot_meta.get("generation", -1))) > store.generation():
             # A store's generation only grows: this one is older than what the snapshot holds (one

@@ -297,6 +297,7 @@ def test_a_replica_ahead_of_a_store_restored_from_a_dump_copies_it_again(
     caplog.set_level(logging.INFO)
     with _replica(tiny_model_dir, tmp_path / "a", restored) as a:
         assert "copying the whole store from" in caplog.text and "before this copy's position" in caplog.text
+        assert "rebuilding the index from the store (this replica copied the whole store)" in caplog.text
         assert a.get("/questions/later").status_code == 404 and a.get("/questions/q1").status_code == 200
         assert a.get("/ready").json()["index_size"] == 6 and _finds(a, CORPUS[1], "q1")
         assert a.post("/questions", json={"questions": [{"id": "new", "text": "Is this new?"}]}).status_code == 201
