@@ -346,7 +346,9 @@ def stage_index(staged: Staged, data_dir: Path, tag: str, params: IndexParams) -
     digest, is kept; the others are removed, and the vectors it lacks added); an index is built
     afresh, each namespace in the structure its size calls for, as start-up would, where there is
     none, it cannot be read, or what changed calls for a rebuild (an HNSW index with a quarter of it
-    removed, or a flat one grown to HNSW's size)."""
+    removed, or a flat one grown to HNSW's size). ``data_dir`` is made if missing (a replica's on
+    PostgreSQL, before its first start)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
     path = staged_index_path(data_dir, staged.version)
     index, kept = _previous_index(staged, path, tag, params), 0
     if index is not None:

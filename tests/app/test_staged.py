@@ -357,6 +357,34 @@ def test_on_postgresql_the_replica_that_re_embeds_takes_the_staged_vectors_whate
         assert stored is not None and np.array_equal(stored[1], _unit(24, 5))
 
 
+def test_on_postgresql_a_run_in_each_replica_s_data_directory_stages_an_index_that_replica_loads(
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    postgres: PostgresServer,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The first run encodes; the runs in the other replicas' data directories (one not made yet:
+    a replica never started) take the vectors from the store and build only the index there. Each
+    replica started on the new model loads its own, none rebuilds one."""
+    url = postgres.new_database()
+    other = build_tiny_model(tmp_path / "other", seed=1, version_prefix="other")
+    dirs = [tmp_path / name for name in "abc"]
+    with serving(make_settings(tiny_model_dir, dirs[0], store_url=url)) as client:
+        client.post("/questions", json={"questions": [{"id": f"q{i}", "text": t} for i, t in enumerate(QUESTIONS)]})
+        runs = [_staging(["--data-dir", str(d), "--model-dir", str(other), "--store-url", url], capsys) for d in dirs]
+    assert [(r["encoded"], r["already_staged"], r["indexed"]) for r in runs] == [(6, 0, 6), (0, 6, 6), (0, 6, 6)]
+    caplog.set_level(logging.INFO)
+    for d in dirs:
+        caplog.clear()
+        with serving(make_settings(other, d, store_url=url)) as client:
+            assert "index loaded from staged-" in caplog.text and "index rebuilt" not in caplog.text
+            _index_matches_store(engine_of(client))
+            match = client.post("/duplicates", json={"question": QUESTIONS[4], "k": 1}).json()["matches"]
+            assert match[0]["id"] == "q4" and match[0]["similarity"] == pytest.approx(1.0)
+    assert _staged_rows(url) == [] and not [f for d in dirs for f in d.glob("staged-*")]
+
+
 def test_with_no_index_only_the_vectors_are_staged_and_the_service_builds_the_index_at_the_switch(
     tiny_model_dir: Path,
     tmp_path: Path,
