@@ -259,6 +259,44 @@ def test_a_sqlite_store_loaded_into_postgresql_keeps_its_questions_vectors_feedb
     assert replace.startswith("dupq restore: error: --replace is for a data directory's store")
 
 
+def test_a_backup_of_a_postgresql_store_beside_busy_replicas_is_one_state_of_it(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], postgres: PostgresServer
+) -> None:
+    """Batches of five questions written through a replica while dupq backup copies the store: each
+    batch is in the backup whole or not at all, and the writes go on."""
+    url, out = postgres.new_database(), tmp_path / "pg.sqlite3"
+    with serving(make_settings(tiny_model_dir, tmp_path / "a", store_url=url)) as client:
+        for start in range(0, 2000, 250):
+            corpus = [{"id": f"q{i}", "text": _text(10_000 + i)} for i in range(start, start + 250)]
+            assert client.post("/questions", json={"questions": corpus}).status_code == 201
+        stop, written = threading.Event(), [0]
+
+        def write() -> None:
+            while not stop.is_set():
+                n = written[0]
+                batch = [{"id": f"b{n}-{i}", "text": _text(5 * n + i)} for i in range(5)]
+                assert client.post("/questions", json={"questions": batch}).status_code == 201
+                written[0] += 1
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        try:
+            while written[0] < 10:
+                time.sleep(0.01)
+            before = written[0]
+            copied = _run(capsys, "backup", "--store-url", url, "--out", str(out))
+            after = written[0]
+            while written[0] < after + 5:
+                time.sleep(0.01)
+        finally:
+            stop.set()
+            writer.join()
+    ids = _ids(out)
+    batches = Counter(qid.split("-")[0] for qid in ids if qid.startswith("b"))
+    assert set(batches.values()) == {5} and before <= len(batches) <= after + 1 and len(batches) < written[0]
+    assert copied["questions"] == len(ids) == 2000 + 5 * len(batches)
+
+
 def test_backup_and_restore_say_in_one_line_what_they_cannot_do(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
