@@ -182,8 +182,11 @@ def test_a_sqlite_store_loaded_into_postgresql_keeps_its_questions_vectors_feedb
         {"id": f"q{i}", "text": t, "namespace": f"ns{i % 2}", "metadata": {"n": i, "tag": f"t{i % 3}"}}
         for i, t in enumerate(CORPUS)
     ]
+    # What COPY's text format escapes: a backslash, a tab, a new line; and text outside ASCII.
+    odd = {"id": "odd", "text": "Is a back\\slash, a\ttab or a\nnew line kept? ü 中文 😀", "namespace": "ns0"}
+    corpus.append({**odd, "metadata": {"note": "a\ttab\\N"}})
     with serving(make_settings(tiny_model_dir, data)) as client:
-        client.post("/questions", json={"questions": corpus})
+        assert client.post("/questions", json={"questions": corpus}).status_code == 201
         client.delete("/questions/q2")  # a gap in the keys
         client.post("/questions", json={"questions": [{**corpus[1], "text": "Is this edited?"}]})  # a new key
         client.post("/feedback", json={"pairs": [{"id1": "q0", "id2": "q4", "is_duplicate": True}]})
@@ -202,17 +205,18 @@ def test_a_sqlite_store_loaded_into_postgresql_keeps_its_questions_vectors_feedb
     common = ["--data-dir", str(tmp_path / "unused"), "--store-url", url]
     with serving(make_settings(tiny_model_dir, tmp_path / "a", store_url=url)) as a:  # on the empty store
         loaded = _run(capsys, "restore", str(out), *common)
-        assert (loaded["questions"], loaded["feedback"]) == (len(CORPUS) - 1, 2)
+        assert (loaded["questions"], loaded["feedback"]) == (len(CORPUS), 2)
         with serving(make_settings(tiny_model_dir, tmp_path / "b", store_url=url)) as b:
             for replica in (a, b):
                 wait = time.monotonic() + 10
-                while replica.get("/ready").json().get("index_size") != len(CORPUS) - 1:
+                while replica.get("/ready").json().get("index_size") != len(CORPUS):
                     assert time.monotonic() < wait, "the replica did not take the loaded store"
                     time.sleep(0.05)
                 assert replica.post("/duplicates/batch", json=asked).json() == before
                 assert {ns: _listing(replica, ns) for ns in ("ns0", "ns1")} == listed
                 assert replica.post("/duplicates", json=filtered).json() == narrowed
                 assert replica.get("/questions/q1").json() == {**corpus[1], "text": "Is this edited?"}
+                assert replica.get("/questions/odd").json() == corpus[-1]
             new = {"id": "new", "text": "Is this written after the move?", "namespace": "ns1"}
             assert b.post("/questions", json={"questions": [new]}).status_code == 201
             assert (
@@ -234,12 +238,12 @@ def test_a_sqlite_store_loaded_into_postgresql_keeps_its_questions_vectors_feedb
         answers = b.post("/duplicates/batch", json=with_new).json()
         listed = {ns: _listing(b, ns) for ns in ("ns0", "ns1")}
         narrowed = b.post("/duplicates", json=filtered).json()
-    assert copied == {"out": str(back), "questions": len(CORPUS), "feedback": 3, "bytes": back.stat().st_size} | {
+    assert copied == {"out": str(back), "questions": len(CORPUS) + 1, "feedback": 3, "bytes": back.stat().st_size} | {
         "index": None,
         "seconds": copied["seconds"],
     }
     _run(capsys, "restore", str(back), "--data-dir", str(single))
-    assert _run(capsys, "restore", str(back), "--store-url", other)["questions"] == len(CORPUS)
+    assert _run(capsys, "restore", str(back), "--store-url", other)["questions"] == len(CORPUS) + 1
     for settings in (
         make_settings(tiny_model_dir, single),
         make_settings(tiny_model_dir, tmp_path / "c", store_url=other),
@@ -248,11 +252,12 @@ def test_a_sqlite_store_loaded_into_postgresql_keeps_its_questions_vectors_feedb
             assert client.post("/duplicates/batch", json=with_new).json() == answers
             assert {ns: _listing(client, ns) for ns in ("ns0", "ns1")} == listed
             assert client.post("/duplicates", json=filtered).json() == narrowed
+            assert client.get("/questions/odd").json() == corpus[-1]
             pairs = [(n, f.id2, f.is_duplicate) for n, f, _, _ in engine_of(client).stores.truth.iter_feedback()]
             assert pairs == [(1, "q4", True), (2, None, False), (3, "new", False)]
     again = _failure(capsys, "restore", str(out), *common)
     assert again == (
-        f"dupq restore: error: the store at {loaded['store']} holds {len(CORPUS)} questions and 3 feedback pairs "
+        f"dupq restore: error: the store at {loaded['store']} holds {len(CORPUS) + 1} questions and 3 feedback pairs "
         "already: load into a new database, or one whose questions and feedback were deleted"
     )
     replace = _failure(capsys, "restore", str(out), *common, "--replace")
