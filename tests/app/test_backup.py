@@ -10,7 +10,8 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from contextlib import closing
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,44 @@ def _ids(path: Path) -> list[str]:
         return [row[0] for row in conn.execute("SELECT id FROM questions")]
 
 
+@contextmanager
+def _batches_written(post: Callable[[list[dict[str, Any]]], int]) -> Iterator[list[int]]:
+    """Batches of five questions posted one after another by a thread (each written in one
+    transaction) until the block ends; yields how many were written so far (a list of one)."""
+    stop, written, refused = threading.Event(), [0], []
+
+    def write() -> None:
+        while not stop.is_set():
+            n = written[0]
+            status = post([{"id": f"b{n}-{i}", "text": _text(5 * n + i)} for i in range(5)])
+            if status != 201:
+                refused.append(status)
+                return
+            written[0] += 1
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        yield written
+    finally:
+        stop.set()
+        writer.join()
+    assert not refused, f"a batch was answered {refused[0]}"
+
+
+def _backup_amid(written: list[int], capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any], int]:
+    """dupq backup once some batches are written; returns how many were written before it, what it
+    printed, and how many after it, once five more went through (writes go on after it)."""
+    while written[0] < 10:
+        time.sleep(0.01)
+    before = written[0]
+    copied = _run(capsys, "backup", *argv)
+    after = written[0]
+    while written[0] < after + 5:
+        time.sleep(0.01)
+    return before, copied, after
+
+
 def test_a_backup_beside_a_busy_service_is_one_state_of_the_store_and_restores_to_a_service_that_finds_it(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -55,28 +94,8 @@ def test_a_backup_beside_a_busy_service_is_one_state_of_the_store_and_restores_t
         assert server.request("POST", "/questions", {"questions": corpus})[0] == 201
         feedback = {"pairs": [{"id1": "q0", "id2": "q1", "is_duplicate": True}]}
         assert server.request("POST", "/feedback", feedback)[0] == 201
-        stop, written = threading.Event(), [0]
-
-        def write() -> None:  # batches of five questions, each written in one transaction
-            while not stop.is_set():
-                n = written[0]
-                batch = [{"id": f"b{n}-{i}", "text": _text(5 * n + i)} for i in range(5)]
-                assert server.request("POST", "/questions", {"questions": batch})[0] == 201
-                written[0] += 1
-
-        writer = threading.Thread(target=write)
-        writer.start()
-        try:
-            while written[0] < 20:
-                time.sleep(0.01)
-            before = written[0]
-            copied = _run(capsys, "backup", "--data-dir", str(data), "--out", str(out))
-            after = written[0]
-            while written[0] < after + 5:  # writes go on after it
-                time.sleep(0.01)
-        finally:
-            stop.set()
-            writer.join()
+        with _batches_written(lambda batch: server.request("POST", "/questions", {"questions": batch})[0]) as written:
+            before, copied, after = _backup_amid(written, capsys, "--data-dir", str(data), "--out", str(out))
     finally:
         server.stop()
     ids = _ids(out)
@@ -274,28 +293,10 @@ def test_a_backup_of_a_postgresql_store_beside_busy_replicas_is_one_state_of_it(
         for start in range(0, 2000, 250):
             corpus = [{"id": f"q{i}", "text": _text(10_000 + i)} for i in range(start, start + 250)]
             assert client.post("/questions", json={"questions": corpus}).status_code == 201
-        stop, written = threading.Event(), [0]
-
-        def write() -> None:
-            while not stop.is_set():
-                n = written[0]
-                batch = [{"id": f"b{n}-{i}", "text": _text(5 * n + i)} for i in range(5)]
-                assert client.post("/questions", json={"questions": batch}).status_code == 201
-                written[0] += 1
-
-        writer = threading.Thread(target=write)
-        writer.start()
-        try:
-            while written[0] < 10:
-                time.sleep(0.01)
-            before = written[0]
-            copied = _run(capsys, "backup", "--store-url", url, "--out", str(out))
-            after = written[0]
-            while written[0] < after + 5:
-                time.sleep(0.01)
-        finally:
-            stop.set()
-            writer.join()
+        with _batches_written(
+            lambda batch: client.post("/questions", json={"questions": batch}).status_code
+        ) as written:
+            before, copied, after = _backup_amid(written, capsys, "--store-url", url, "--out", str(out))
     ids = _ids(out)
     batches = Counter(qid.split("-")[0] for qid in ids if qid.startswith("b"))
     assert set(batches.values()) == {5} and before <= len(batches) <= after + 1 and len(batches) < written[0]
