@@ -177,7 +177,7 @@ def backup_postgres(url: str, out: Path) -> Copied:
     started = time.monotonic()
     for old in snapshot_beside(out):  # an earlier backup's, of another store
         old.unlink(missing_ok=True)
-    store = PostgresStore(url, 0, connect_timeout=5.0)
+    store = PostgresStore(url, 0, connect_timeout=5.0, existing=True)
     try:
         with replacing_file(out) as partial, closing(sqlite3.connect(partial, isolation_level=None)) as target:
             target.execute(f"PRAGMA page_size={PAGE_SIZE}")

@@ -219,7 +219,7 @@ def _read_only_store(settings: typing.Any) -> tuple[typing.Any, dict[str, typing
     if settings.store_url is not None and settings.store_url.startswith("postgres"):
         from app.pgstore import PostgresStore
 
-        return PostgresStore(settings.store_url, int(config["dim"]), connect_timeout=5.0), config
+        return PostgresStore(settings.store_url, int(config["dim"]), connect_timeout=5.0, existing=True), config
     path = settings.sqlite_path() or settings.data_dir / STORE_FILE
     return QuestionStore(path, int(config["dim"]), read_only=True), config
 

@@ -174,9 +174,19 @@ class PostgresStore:
     """The store in a PostgreSQL database: connect, create or migrate the schema (a newer schema
     is refused with :class:`StoreTooNew`), and keep a pool of connections. ``connect_timeout``:
     how long opening waits for the server (a replica may start before its database);
-    ``timeout``: how long a call waits for a connection before :class:`StoreUnavailable`."""
+    ``timeout``: how long a call waits for a connection before :class:`StoreUnavailable`.
+    ``existing``: a database without the schema is refused (``FileNotFoundError``), not given one:
+    for the tools that read a store (a mistyped database name is not an empty store)."""
 
-    def __init__(self, url: str, dim: int, timeout: float = 2.0, connect_timeout: float = 30.0, size: int = 4) -> None:
+    def __init__(
+        self,
+        url: str,
+        dim: int,
+        timeout: float = 2.0,
+        connect_timeout: float = 30.0,
+        size: int = 4,
+        existing: bool = False,
+    ) -> None:
         self.url = url
         self.dim = dim
         self.where = safe_url(url)
@@ -202,7 +212,7 @@ class PostgresStore:
                 f"cannot reach PostgreSQL at {self.where} within {connect_timeout:g} s{_why_not(url)}"
             ) from err
         try:
-            self._migrate()
+            self._migrate(existing)
             self.store_id = str(self.meta("store_id"))
         except BaseException:
             self.pool.close()
@@ -223,9 +233,13 @@ class PostgresStore:
         except (psycopg.OperationalError, PoolTimeout) as err:
             raise StoreUnavailable(f"PostgreSQL at {self.where} is unreachable: {_reason(err)}") from err
 
-    def _migrate(self) -> None:
+    def _migrate(self, existing: bool = False) -> None:
         with self.connection() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
+            if existing and conn.execute("SELECT to_regclass('dupq_schema')").fetchone() == (None,):
+                raise FileNotFoundError(
+                    f"no dupq store in the database at {self.where} (it has no dupq_schema table): check the URL"
+                )
             conn.execute("CREATE TABLE IF NOT EXISTS dupq_schema (version INTEGER NOT NULL)")
             row = conn.execute("SELECT version FROM dupq_schema").fetchone()
             version = int(row[0]) if row else 0

@@ -303,6 +303,27 @@ def test_a_backup_of_a_postgresql_store_beside_busy_replicas_is_one_state_of_it(
     assert copied["questions"] == len(ids) == 2000 + 5 * len(batches)
 
 
+def test_the_tools_that_read_a_postgresql_store_refuse_a_database_without_one(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], postgres: PostgresServer
+) -> None:
+    """A URL naming a database that holds no dupq store (a mistyped name, the server's default
+    database) is refused in one line: it was given the schema, and backed up as an empty store."""
+    url, out = postgres.new_database(), tmp_path / "b.sqlite3"
+    flags = ["--store-url", url, "--model-dir", str(tiny_model_dir)]
+    for argv in (
+        ["backup", "--store-url", url, "--out", str(out)],
+        ["feedback", *flags, "--out", str(tmp_path / "pairs.tsv")],
+        ["groups", *flags, "--out", str(tmp_path / "groups.jsonl")],
+        ["reembed", *flags],
+    ):
+        refused = _failure(capsys, *argv)
+        assert refused.startswith(f"dupq {argv[0]}: error: no dupq store in the database at postgresql://")
+        assert refused.endswith("(it has no dupq_schema table): check the URL")
+    assert not out.exists()
+    with closing(psycopg.connect(url)) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
+
+
 def test_backup_and_restore_say_in_one_line_what_they_cannot_do(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
