@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -30,6 +31,8 @@ from typing import IO, Any, Protocol
 import numpy as np
 
 from app.feed import Applied, FeedBatch, ModelMismatch, Removed, Row
+
+logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 3  # PRAGMA user_version; 0 is a store of dupq 0.2 or older (contract v1), 2 of 0.3
 
@@ -358,10 +361,27 @@ class QuestionStore:
         return conn
 
     def close(self) -> None:
+        """Fold the write-ahead log into the store's file, then close: a store closed cleanly is
+        that one file (its ``-wal`` empty), whole, which a copy of the file alone takes whole."""
         if self.read_only:
             return
+        self.fold_log()
         self._writer.close()
         self._owner.close()  # releases the lock
+
+    def fold_log(self) -> None:
+        """Copy what the write-ahead log holds into the store's file and empty the log (a
+        ``TRUNCATE`` checkpoint): after a large transaction (a replica's whole copy) its space is
+        given back at once. One that cannot be done now (a reader in a transaction, a full disk)
+        is left to SQLite's own checkpoints: nothing is lost, the log is read at the next open."""
+        with self._write_lock:
+            try:
+                busy, _, _ = self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.Error as err:
+                logger.warning("could not fold the write-ahead log into %s: %s", self.path, err)
+                return
+        if busy:
+            logger.info("the write-ahead log of %s is left to SQLite's own checkpoints: a reader holds it", self.path)
 
     # Writes: each is one transaction ------------------------------------------------------------
 
@@ -690,6 +710,7 @@ class QuestionStore:
             cur.execute("INSERT OR REPLACE INTO meta VALUES ('feed_position', ?)", (str(position),))
             cur.execute("DELETE FROM meta WHERE name = 'feed_mark'")  # of the copy replaced
             cur.execute("INSERT OR REPLACE INTO meta VALUES ('source', ?)", (source,))
+        self.fold_log()  # the whole copy went through the log: as large as the store
         return applied.count
 
     def iter_feedback(self) -> Iterator[tuple[int, Feedback, str, float]]:

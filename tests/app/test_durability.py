@@ -4,9 +4,12 @@ stays done: a real server process, killed at a random moment, on each store (SQL
 from __future__ import annotations
 
 import random
+import shutil
 import socket
+import sqlite3
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +126,23 @@ def test_every_acknowledged_question_survives_sigkill(
     finally:
         stop.set()
         server.stop()
+
+
+def test_a_clean_stop_leaves_the_whole_store_in_its_file(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Stopped with SIGTERM, the service folds its write-ahead log into the store's file: a copy of
+    questions.sqlite3 alone (what an operator takes of a stopped service) holds every question. It
+    held none: the tables and rows were all in questions.sqlite3-wal."""
+    data, copy = tmp_path / "data", tmp_path / "copy.sqlite3"
+    server = Server(tiny_model_dir, data).start()
+    try:
+        for start in range(0, 40, 8):
+            questions = [{"id": f"q{i}", "text": _text(i)} for i in range(start, start + 8)]
+            assert server.request("POST", "/questions", {"questions": questions})[0] == 201
+        assert server.request("DELETE", "/questions/q3")[0] == 204
+    finally:
+        server.stop()
+    assert not (data / "questions.sqlite3-wal").exists() or (data / "questions.sqlite3-wal").stat().st_size == 0
+    shutil.copyfile(data / "questions.sqlite3", copy)
+    with closing(sqlite3.connect(copy)) as conn:
+        ids = {row[0] for row in conn.execute("SELECT id FROM questions")}
+    assert ids == {f"q{i}" for i in range(40)} - {"q3"}
