@@ -341,6 +341,15 @@ def _sqlite_store(settings: typing.Any) -> Path:
     return Path(settings.sqlite_path() or settings.data_dir / STORE_FILE)
 
 
+def _replica_copy(args: argparse.Namespace, settings: typing.Any) -> Path:
+    """The file of a replica's copy of a PostgreSQL store in its data directory (``--replica``)."""
+    from app.replica import COPY_FILE
+
+    if args.store_url is not None:
+        raise ValueError("--replica names the data directory's copy of the store: give --data-dir, not --store-url")
+    return Path(settings.data_dir / COPY_FILE)
+
+
 def _backup(args: argparse.Namespace) -> int:
     from app.backup import backup, backup_postgres, snapshot_beside
     from app.engine import SNAPSHOT_FILE
@@ -348,7 +357,9 @@ def _backup(args: argparse.Namespace) -> int:
 
     settings = _settings(data_dir=args.data_dir, store_url=args.store_url)
     check_writable(args.out, file=True)
-    if settings.store_url is not None and settings.store_url.startswith("postgres"):
+    if args.replica:
+        copied = backup(_replica_copy(args, settings), args.out, settings.data_dir / SNAPSHOT_FILE)
+    elif settings.store_url is not None and settings.store_url.startswith("postgres"):
         copied = backup_postgres(settings.store_url, args.out)
     else:
         copied = backup(_sqlite_store(settings), args.out, settings.data_dir / SNAPSHOT_FILE)
@@ -371,7 +382,7 @@ def _restore(args: argparse.Namespace) -> int:
     from app.pgstore import safe_url
 
     settings = _settings(data_dir=args.data_dir, store_url=args.store_url)
-    if settings.store_url is not None and settings.store_url.startswith("postgres"):
+    if not args.replica and settings.store_url is not None and settings.store_url.startswith("postgres"):
         if args.replace:
             raise ValueError(
                 "--replace is for a data directory's store: a PostgreSQL store takes a backup only while it holds "
@@ -386,7 +397,7 @@ def _restore(args: argparse.Namespace) -> int:
         }
         print(json.dumps(summary))
         return 0
-    store = _sqlite_store(settings)
+    store = _replica_copy(args, settings) if args.replica else _sqlite_store(settings)
     restored = restore(args.backup, store, settings.data_dir / SNAPSHOT_FILE, replace=args.replace)
     summary = {
         "store": str(restored.path),
@@ -704,6 +715,13 @@ def _backup_flags(p: argparse.ArgumentParser, data_dir: str, postgres: str) -> N
         "--store-url",
         help=f"sqlite:///PATH, or postgresql://USER:PASSWORD@HOST:PORT/DB {postgres}"
         + env % ("DUPQ_STORE_URL", "the data directory's SQLite file"),
+    )
+    p.add_argument(
+        "--replica",
+        action="store_true",
+        help="the data directory of a replica on PostgreSQL: its copy of the store (replica.sqlite3) and its index "
+        "snapshot, to start a new replica from another's, following the store's change feed from there instead of "
+        "copying the whole store and building its index",
     )
 
 

@@ -303,6 +303,42 @@ def test_a_backup_of_a_postgresql_store_beside_busy_replicas_is_one_state_of_it(
     assert copied["questions"] == len(ids) == 2000 + 5 * len(batches)
 
 
+def test_a_replica_started_from_a_backup_of_another_s_data_directory_follows_the_feed_from_there(
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    postgres: PostgresServer,
+) -> None:
+    """dupq backup --replica beside a running replica, then writes and a delete, then dupq restore
+    --replica into a new data directory: the new replica loads the index snapshot and applies the
+    changes since from the feed, instead of copying the whole store and building its index."""
+    url, a, b, out = postgres.new_database(), tmp_path / "a", tmp_path / "b", tmp_path / "replica.sqlite3"
+    with serving(make_settings(tiny_model_dir, a, store_url=url)) as first:
+        first.post("/questions", json={"questions": [{"id": f"q{i}", "text": t} for i, t in enumerate(CORPUS[:8])]})
+        engine_of(first).save_snapshot()
+        copied = _run(capsys, "backup", "--replica", "--data-dir", str(a), "--out", str(out))
+        assert (copied["questions"], copied["index"]) == (8, str(out) + ".faiss")
+        later = [{"id": f"q{i}", "text": t} for i, t in enumerate(CORPUS[8:], 8)]
+        first.post("/questions", json={"questions": later})
+        first.delete("/questions/q1")
+        put = _run(capsys, "restore", str(out), "--replica", "--data-dir", str(b))
+        assert (put["store"], put["index"]) == (str(b / "replica.sqlite3"), str(b / SNAPSHOT_FILE))
+        caplog.set_level(logging.INFO)
+        caplog.clear()
+        with serving(make_settings(tiny_model_dir, b, store_url=url)) as second:
+            assert "copying the whole store" not in caplog.text and "rebuilding the index" not in caplog.text
+            assert "index snapshot loaded: 8 questions" in caplog.text and "4 added, 1 removed" in caplog.text
+            assert second.get("/ready").json()["index_size"] == len(CORPUS) - 1
+            assert second.get("/questions/q1").status_code == 404
+            found = second.post("/duplicates", json={"question": CORPUS[9], "k": 1}).json()["matches"]
+            assert found[0]["id"] == "q9" and found[0]["similarity"] == pytest.approx(1.0)
+    refused = _failure(capsys, "backup", "--replica", "--data-dir", str(a), "--store-url", url, "--out", str(out))
+    assert refused == (
+        "dupq backup: error: --replica names the data directory's copy of the store: give --data-dir, not --store-url"
+    )
+
+
 def test_the_tools_that_read_a_postgresql_store_refuse_a_database_without_one(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], postgres: PostgresServer
 ) -> None:
