@@ -208,15 +208,32 @@ def backup_postgres(url: str, out: Path) -> Copied:
     return Copied(out, *counts, out.stat().st_size, time.monotonic() - started)
 
 
-def restore_postgres(backup_file: Path, url: str) -> Copied:
+@dataclass(frozen=True)
+class Loaded(Copied):
+    replica: Path | None  # the copy of the store made a first replica's
+    index: Path | None  # the backup's index snapshot, put beside that copy
+
+
+def restore_postgres(backup_file: Path, url: str, replica: tuple[Path, Path] | None = None) -> Loaded:
     """Load ``backup_file`` into the PostgreSQL store at ``url``, which holds no question and no
     feedback yet: a site that moves from one SQLite store to replicas keeps every question (id,
     text, namespace, metadata, vector, listing order), the feedback and the model version, and
     encodes nothing again (:meth:`app.pgstore.PostgresStore.load`: one transaction). The backup is
-    read in one read transaction, so the store of a running service reads as one state too."""
+    read in one read transaction, so the store of a running service reads as one state too.
+
+    ``replica`` (a copy file and its index snapshot's path, in a data directory that holds no
+    copy): the backup file and its index snapshot are made that replica's copy of the store as of
+    the load, so that it follows the feed from there and catches the snapshot up, instead of
+    copying the store and building its index."""
+    from app.index import snapshot_tag
     from app.pgstore import FEEDBACK_COLUMNS, LOAD_COLUMNS, PostgresStore
 
     started = time.monotonic()
+    if replica is not None:
+        if replica[0].exists():
+            raise ValueError(f"{replica[0]} is there already: give the data directory of a new replica")
+        replica[0].parent.mkdir(parents=True, exist_ok=True)
+        own_lock(replica[0].with_name(replica[0].name + ".lock")).close()  # no process has it open
     with closing(_read_only(backup_file)) as conn:
         conn.execute("BEGIN")  # one state of the file, whatever writes it meanwhile
         questions, feedback = _check(conn, backup_file)
@@ -233,24 +250,39 @@ def restore_postgres(backup_file: Path, url: str) -> Copied:
                 f"{backup_file} holds vectors of {len(versions)} models ({held}): a re-embedding that did not end; "
                 "serve it once on the model to keep, then back it up again"
             )
+        model = next(iter(versions), None)
         first = conn.execute("SELECT length(embedding) FROM questions LIMIT 1").fetchone()
         seeding = conn.execute("SELECT value FROM meta WHERE name = ?", (SEEDING,)).fetchone()
         store = PostgresStore(url, first[0] // 4 if first else 0, connect_timeout=5.0)
         try:
-            store.load(
+            position, mark = store.load(
                 conn.execute(f"SELECT {LOAD_COLUMNS} FROM questions ORDER BY key"),
                 (
-                    (n, q1, q2, id1, id2, bool(dup), model, created)
-                    for n, q1, q2, id1, id2, dup, model, created in conn.execute(
+                    (n, q1, q2, id1, id2, bool(dup), served, created)
+                    for n, q1, q2, id1, id2, dup, served, created in conn.execute(
                         f"SELECT {FEEDBACK_COLUMNS} FROM feedback ORDER BY n"
                     )
                 ),
-                next(iter(versions), None),
+                model,
                 {SEEDING: seeding[0] if seeding else None},
             )
+            store_id = store.store_id
         finally:
             store.close()
-    return Copied(backup_file, questions, feedback, backup_file.stat().st_size, time.monotonic() - started)
+    index = None
+    if replica is not None:
+        put = restore(backup_file, *replica)
+        marks = [("source", store_id), ("feed_position", str(position))] + ([("feed_mark", mark)] if mark else [])
+        with closing(sqlite3.connect(replica[0], isolation_level=None)) as copy:
+            copy.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", marks)
+        if put.index is not None and model is not None:  # the snapshot now of this store's copy
+            meta = json.loads(sidecar(put.index).read_text())
+            if meta.get("tag") == snapshot_tag(model, None):
+                with replacing_file(sidecar(put.index)) as partial:
+                    partial.write_text(json.dumps({**meta, "tag": snapshot_tag(model, store_id)}))
+                index = put.index
+    copied = (backup_file, questions, feedback, backup_file.stat().st_size, time.monotonic() - started)
+    return Loaded(*copied, replica[0] if replica else None, index)
 
 
 def restore(backup_file: Path, store: Path, snapshot: Path | None = None, replace: bool = False) -> Restored:

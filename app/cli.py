@@ -380,19 +380,25 @@ def _restore(args: argparse.Namespace) -> int:
     from app.backup import restore, restore_postgres
     from app.engine import SNAPSHOT_FILE
     from app.pgstore import safe_url
+    from app.replica import COPY_FILE
 
     settings = _settings(data_dir=args.data_dir, store_url=args.store_url)
-    if not args.replica and settings.store_url is not None and settings.store_url.startswith("postgres"):
+    # With --replica, a PostgreSQL URL given as a flag, not one of a replica's own environment.
+    postgres = settings.store_url is not None and settings.store_url.startswith("postgres")
+    if postgres and (not args.replica or args.store_url is not None):
         if args.replace:
             raise ValueError(
                 "--replace is for a data directory's store: a PostgreSQL store takes a backup only while it holds "
                 "no questions and no feedback"
             )
-        loaded = restore_postgres(args.backup, settings.store_url)
+        replica = (settings.data_dir / COPY_FILE, settings.data_dir / SNAPSHOT_FILE) if args.replica else None
+        loaded = restore_postgres(args.backup, settings.store_url, replica)
         summary = {
             "store": safe_url(settings.store_url),
             "questions": loaded.questions,
             "feedback": loaded.feedback,
+            "replica": str(loaded.replica) if loaded.replica else None,
+            "index": str(loaded.index) if loaded.index else None,
             "seconds": round(loaded.seconds, 1),
         }
         print(json.dumps(summary))
@@ -721,7 +727,8 @@ def _backup_flags(p: argparse.ArgumentParser, data_dir: str, postgres: str) -> N
         action="store_true",
         help="the data directory of a replica on PostgreSQL: its copy of the store (replica.sqlite3) and its index "
         "snapshot, to start a new replica from another's, following the store's change feed from there instead of "
-        "copying the whole store and building its index",
+        "copying the whole store and building its index (restore with a PostgreSQL --store-url: the backup loaded "
+        "into it also made the data directory's first replica)",
     )
 
 

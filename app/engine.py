@@ -41,7 +41,7 @@ from tqdm import tqdm
 from app.batching import Batcher
 from app.feed import Applied, FeedBatch, ModelMismatch
 from app.groups import find_groups
-from app.index import IndexParams, NamespacedIndex, SnapshotError, SnapshotFile
+from app.index import IndexParams, NamespacedIndex, SnapshotError, SnapshotFile, snapshot_tag
 from app.locks import ReadWriteLock
 from app.pgstaged import StagedRows, remove_staged_rows
 from app.pgstore import PostgresStore, StoreUnavailable
@@ -255,10 +255,8 @@ def _remove_old_snapshots(data_dir: Path) -> None:
 
 
 def index_tag(encoder: QuestionEncoder, primary: PostgresStore | None) -> str:
-    """What an index holds: vectors of this model version (a snapshot of another is useless), of
-    which PostgreSQL store for a replica."""
-    of = f" of store {primary.store_id}" if primary else ""
-    return f"vectors of model {encoder.version}{of}"
+    """What this service's index holds (:func:`app.index.snapshot_tag`)."""
+    return snapshot_tag(encoder.version, primary.store_id if primary else None)
 
 
 class Engine:

@@ -496,6 +496,13 @@ class SnapshotFile:
             self._tmp.unlink(missing_ok=True)
 
 
+def snapshot_tag(model_version: str, store_id: str | None) -> str:
+    """What an index holds: vectors of this model version (a snapshot of another is useless), of
+    which PostgreSQL store for a replica's."""
+    of = f" of store {store_id}" if store_id else ""
+    return f"vectors of model {model_version}{of}"
+
+
 def read_snapshot(path: str | Path, tag: str, kind: str, dim: int) -> dict[str, Any]:
     """The metadata of a snapshot file written through a :class:`SnapshotFile` with this
     ``tag``, kind and dim, once the file passes its checksum; or :class:`SnapshotError`. The file

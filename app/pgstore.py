@@ -416,14 +416,16 @@ class PostgresStore:
         feedback: Iterable[Sequence[Any]],
         model_version: str | None,
         meta: dict[str, str | None],
-    ) -> None:
+    ) -> tuple[int, str | None]:
         """Fill a store that holds no question and no feedback (:class:`StoreNotEmpty` otherwise)
         with the rows of another store, as they are: ``questions`` as :data:`LOAD_COLUMNS`, keys
         and listing order kept, ``feedback`` as :data:`FEEDBACK_COLUMNS`, numbers kept; the store's
         model version set to ``model_version`` and its ``meta`` rows to theirs (None: removed). One
         write transaction, in the feed like any other (the model first, then an ``add`` per
         question): replicas running on the empty store take the questions, or stop if their model
-        is another; replicas started later copy them."""
+        is another; replicas started later copy them. Returns the feed's position after the load
+        and its :attr:`FeedBatch.mark` (None if the feed is empty): where a copy of these rows
+        made into a replica's follows the feed from."""
         with self._write(None) as cur:
             held = cur.execute("SELECT (SELECT count(*) FROM questions), (SELECT count(*) FROM feedback)").fetchone()
             if held is not None and any(held):
@@ -454,6 +456,10 @@ class PostgresStore:
                 if value is not None:
                     cur.execute("INSERT INTO meta VALUES (%s, %s)", (name, value))
             cur.execute(f"NOTIFY {CHANNEL}")
+            last = cur.execute(f"SELECT seq, {CREATED_US} FROM changes ORDER BY seq DESC LIMIT 1").fetchone()
+            if last is None:
+                return _feed_end(cur.connection), None
+            return int(last[0]), f"{last[0]}@{last[1]}"
 
     def add_feedback(self, pairs: Sequence[Feedback], model_version: str) -> int:
         now = time.time()

@@ -283,6 +283,45 @@ def test_a_sqlite_store_loaded_into_postgresql_keeps_its_questions_vectors_feedb
     assert replace.startswith("dupq restore: error: --replace is for a data directory's store")
 
 
+def test_a_backup_loaded_into_postgresql_makes_the_first_replica_s_data_directory_too(
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    postgres: PostgresServer,
+) -> None:
+    """dupq restore --store-url URL --replica --data-dir DIR: the backup file and its index snapshot
+    become that replica's copy as of the load, so it follows the feed from there (a write made since
+    on another replica) and catches the snapshot up, instead of copying the store and building its
+    index."""
+    data, out, url, first = tmp_path / "data", tmp_path / "move.sqlite3", postgres.new_database(), tmp_path / "r1"
+    corpus = [{"id": f"q{i}", "text": t, "namespace": f"ns{i % 2}"} for i, t in enumerate(CORPUS)]
+    with serving(make_settings(tiny_model_dir, data)) as client:
+        client.post("/questions", json={"questions": corpus})
+        engine_of(client).save_snapshot()
+        asked = {"questions": CORPUS, "k": 4, "namespace": "ns0"}  # the later question is in ns1
+        before = client.post("/duplicates/batch", json=asked).json()
+        _run(capsys, "backup", "--data-dir", str(data), "--out", str(out))
+    loaded = _run(capsys, "restore", str(out), "--store-url", url, "--replica", "--data-dir", str(first))
+    assert (loaded["replica"], loaded["index"]) == (str(first / "replica.sqlite3"), str(first / SNAPSHOT_FILE))
+    with serving(make_settings(tiny_model_dir, tmp_path / "r2", store_url=url)) as other:  # copies the store
+        later = {"id": "later", "text": "Is this written after the load?", "namespace": "ns1"}
+        assert other.post("/questions", json={"questions": [later]}).status_code == 201
+    caplog.set_level(logging.INFO)
+    caplog.clear()
+    with serving(make_settings(tiny_model_dir, first, store_url=url)) as replica:
+        assert "copying the whole store" not in caplog.text and "rebuilding the index" not in caplog.text
+        assert f"index snapshot loaded: {len(CORPUS)} questions" in caplog.text
+        assert "applied 1 changes of the feed" in caplog.text and "1 added, 0 removed" in caplog.text
+        assert replica.get("/questions/later").json() == {**later, "metadata": {}}
+        after = replica.post("/duplicates/batch", json=asked).json()
+        assert [r["matches"] for r in after["results"]] == [r["matches"] for r in before["results"]]
+    refused = _failure(capsys, "restore", str(out), "--store-url", url, "--replica", "--data-dir", str(first))
+    assert refused == (
+        f"dupq restore: error: {first / 'replica.sqlite3'} is there already: give the data directory of a new replica"
+    )
+
+
 def test_a_backup_of_a_postgresql_store_beside_busy_replicas_is_one_state_of_it(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], postgres: PostgresServer
 ) -> None:
