@@ -225,7 +225,7 @@ def restore_postgres(backup_file: Path, url: str, replica: tuple[Path, Path] | N
     copy): the backup file and its index snapshot are made that replica's copy of the store as of
     the load, so that it follows the feed from there and catches the snapshot up, instead of
     copying the store and building its index."""
-    from app.index import snapshot_tag
+    from app.index import retag_snapshot, snapshot_tag
     from app.pgstore import FEEDBACK_COLUMNS, LOAD_COLUMNS, PostgresStore
 
     started = time.monotonic()
@@ -275,12 +275,10 @@ def restore_postgres(backup_file: Path, url: str, replica: tuple[Path, Path] | N
         marks = [("source", store_id), ("feed_position", str(position))] + ([("feed_mark", mark)] if mark else [])
         with closing(sqlite3.connect(replica[0], isolation_level=None)) as copy:
             copy.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", marks)
-        if put.index is not None and model is not None:  # the snapshot now of this store's copy
-            meta = json.loads(sidecar(put.index).read_text())
-            if meta.get("tag") == snapshot_tag(model, None):
-                with replacing_file(sidecar(put.index)) as partial:
-                    partial.write_text(json.dumps({**meta, "tag": snapshot_tag(model, store_id)}))
-                index = put.index
+        # The service's snapshot, of the same rows, made one of this store's copy.
+        tags = (snapshot_tag(model, None), snapshot_tag(model, store_id)) if model is not None else None
+        if put.index is not None and tags is not None and retag_snapshot(put.index, *tags):
+            index = put.index
     copied = (backup_file, questions, feedback, backup_file.stat().st_size, time.monotonic() - started)
     return Loaded(*copied, replica[0] if replica else None, index)
 

@@ -364,15 +364,15 @@ def _backup(args: argparse.Namespace) -> int:
     else:
         copied = backup(_sqlite_store(settings), args.out, settings.data_dir / SNAPSHOT_FILE)
     index = snapshot_beside(args.out)[0]
-    summary = {
-        "out": str(copied.path),
-        "questions": copied.questions,
-        "feedback": copied.feedback,
-        "bytes": copied.bytes,
-        "index": str(index) if index.exists() else None,
-        "seconds": round(copied.seconds, 1),
-    }
-    print(json.dumps(summary))
+    return _report(("out", copied.path), copied, bytes=copied.bytes, index=index if index.exists() else None)
+
+
+def _report(where: tuple[str, typing.Any], copied: typing.Any, **more: typing.Any) -> int:
+    """Print what ``dupq backup`` or ``restore`` copied, and where, as one JSON line (paths as
+    text); exit status 0."""
+    fields = {where[0]: where[1], "questions": copied.questions, "feedback": copied.feedback, **more}
+    fields = {name: str(value) if isinstance(value, Path) else value for name, value in fields.items()}
+    print(json.dumps({**fields, "seconds": round(copied.seconds, 1)}))
     return 0
 
 
@@ -393,29 +393,12 @@ def _restore(args: argparse.Namespace) -> int:
             )
         replica = (settings.data_dir / COPY_FILE, settings.data_dir / SNAPSHOT_FILE) if args.replica else None
         loaded = restore_postgres(args.backup, settings.store_url, replica)
-        summary = {
-            "store": safe_url(settings.store_url),
-            "questions": loaded.questions,
-            "feedback": loaded.feedback,
-            "replica": str(loaded.replica) if loaded.replica else None,
-            "index": str(loaded.index) if loaded.index else None,
-            "seconds": round(loaded.seconds, 1),
-        }
-        print(json.dumps(summary))
-        return 0
+        return _report(("store", safe_url(settings.store_url)), loaded, replica=loaded.replica, index=loaded.index)
     store = _replica_copy(args, settings) if args.replica else _sqlite_store(settings)
     restored = restore(args.backup, store, settings.data_dir / SNAPSHOT_FILE, replace=args.replace)
-    summary = {
-        "store": str(restored.path),
-        "questions": restored.questions,
-        "feedback": restored.feedback,
-        "bytes": restored.bytes,
-        "index": str(restored.index) if restored.index else None,
-        "kept_aside": str(restored.kept_aside) if restored.kept_aside else None,
-        "seconds": round(restored.seconds, 1),
-    }
-    print(json.dumps(summary))
-    return 0
+    return _report(
+        ("store", restored.path), restored, bytes=restored.bytes, index=restored.index, kept_aside=restored.kept_aside
+    )
 
 
 def _feedback(args: argparse.Namespace) -> int:

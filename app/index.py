@@ -481,19 +481,34 @@ class SnapshotFile:
         os.fsync(self._handle.fileno())
         self._handle.close()
         os.replace(self._tmp, self.path)
-        meta = {**meta, "sha256": self._hash.hexdigest()}
-        meta_tmp = self.path.with_suffix(self.path.suffix + ".json.tmp")
-        with open(meta_tmp, "w", encoding="utf-8") as handle:
-            json.dump(meta, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(meta_tmp, self.path.with_suffix(self.path.suffix + ".json"))
+        _write_meta(self.path, {**meta, "sha256": self._hash.hexdigest()})
 
     def abort(self) -> None:
         if not self._handle.closed:
             with suppress(OSError):  # it flushes: on a full disk, fails as the write did
                 self._handle.close()
             self._tmp.unlink(missing_ok=True)
+
+
+def _write_meta(path: Path, meta: dict[str, Any]) -> None:
+    """Write a snapshot's sidecar ``path.json`` whole: to a temporary name, synced, renamed."""
+    meta_tmp = path.with_suffix(path.suffix + ".json.tmp")
+    with open(meta_tmp, "w", encoding="utf-8") as handle:
+        json.dump(meta, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(meta_tmp, path.with_suffix(path.suffix + ".json"))
+
+
+def retag_snapshot(path: Path, tag: str, new_tag: str) -> bool:
+    """Give the snapshot at ``path`` tagged ``tag`` the tag ``new_tag`` (its sidecar rewritten; the
+    vectors, and so the checksum, are the same): a SQLite service's snapshot made a replica's of
+    the PostgreSQL store that the same rows were loaded into. False if it is tagged otherwise."""
+    meta = json.loads(path.with_suffix(path.suffix + ".json").read_text(encoding="utf-8"))
+    if meta.get("tag") != tag:
+        return False
+    _write_meta(path, {**meta, "tag": new_tag})
+    return True
 
 
 def snapshot_tag(model_version: str, store_id: str | None) -> str:
